@@ -1,0 +1,84 @@
+"""Every KVM request number pyvmm issues, built in one table from
+``_IO/_IOR/_IOW/_IOWR`` and the argument type, as include/uapi/linux/kvm.h does.
+
+arm64 uses the generic ioctl encoding (include/uapi/asm-generic/ioctl.h):
+``dir << 30 | size << 16 | type << 8 | nr`` with dir NONE=0, WRITE=1, READ=2.
+The comment after each entry names the fd it applies to and, where it is not
+part of the base API, the capability that makes it available.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from ._ffi import ffi
+
+_IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
+KVMIO = 0xAE
+
+
+def _ioc(direction: int, typ: int, nr: int, size: int) -> int:
+    if not 0 <= size < (1 << 14):
+        raise ValueError(f"ioctl argument size {size} does not fit in 14 bits")
+    return (direction << 30) | (size << 16) | (typ << 8) | nr
+
+
+class Request(NamedTuple):
+    name: str
+    number: int
+    argtype: Optional[str]  # C type of the argument, None for _IO
+
+
+def _IO(name, nr):
+    return Request(name, _ioc(_IOC_NONE, KVMIO, nr, 0), None)
+
+
+def _IOR(name, nr, argtype):
+    return Request(name, _ioc(_IOC_READ, KVMIO, nr, ffi.sizeof(argtype)), argtype)
+
+
+def _IOW(name, nr, argtype):
+    return Request(name, _ioc(_IOC_WRITE, KVMIO, nr, ffi.sizeof(argtype)), argtype)
+
+
+def _IOWR(name, nr, argtype):
+    return Request(name, _ioc(_IOC_READ | _IOC_WRITE, KVMIO, nr, ffi.sizeof(argtype)), argtype)
+
+
+_TABLE = [
+    # system fd (/dev/kvm)
+    _IO("KVM_GET_API_VERSION", 0x00),
+    _IO("KVM_CREATE_VM", 0x01),
+    _IO("KVM_CHECK_EXTENSION", 0x03),  # also on the VM fd: KVM_CAP_CHECK_EXTENSION_VM
+    _IO("KVM_GET_VCPU_MMAP_SIZE", 0x04),
+    # VM fd
+    _IO("KVM_CREATE_VCPU", 0x41),
+    _IOW("KVM_SET_USER_MEMORY_REGION", 0x46, "struct kvm_userspace_memory_region"),
+    _IOW("KVM_IRQ_LINE", 0x61, "struct kvm_irq_level"),  # KVM_CAP_IRQCHIP
+    _IOW("KVM_IRQFD", 0x76, "struct kvm_irqfd"),  # KVM_CAP_IRQFD
+    _IOW("KVM_IOEVENTFD", 0x79, "struct kvm_ioeventfd"),  # KVM_CAP_IOEVENTFD
+    _IOW("KVM_ENABLE_CAP", 0xA3, "struct kvm_enable_cap"),  # KVM_CAP_ENABLE_CAP_VM
+    _IOR("KVM_ARM_PREFERRED_TARGET", 0xAF, "struct kvm_vcpu_init"),
+    _IOW("KVM_ARM_SET_COUNTER_OFFSET", 0xB5, "struct kvm_arm_counter_offset"),  # KVM_CAP_COUNTER_OFFSET
+    _IOWR("KVM_CREATE_DEVICE", 0xE0, "struct kvm_create_device"),  # KVM_CAP_DEVICE_CTRL
+    # vCPU fd
+    _IO("KVM_RUN", 0x80),
+    _IOR("KVM_GET_MP_STATE", 0x98, "struct kvm_mp_state"),
+    _IOW("KVM_SET_MP_STATE", 0x99, "struct kvm_mp_state"),
+    _IOR("KVM_GET_VCPU_EVENTS", 0x9F, "struct kvm_vcpu_events"),  # KVM_CAP_VCPU_EVENTS
+    _IOW("KVM_SET_VCPU_EVENTS", 0xA0, "struct kvm_vcpu_events"),  # KVM_CAP_VCPU_EVENTS
+    _IOW("KVM_GET_ONE_REG", 0xAB, "struct kvm_one_reg"),  # KVM_CAP_ONE_REG
+    _IOW("KVM_SET_ONE_REG", 0xAC, "struct kvm_one_reg"),  # KVM_CAP_ONE_REG
+    _IOW("KVM_ARM_VCPU_INIT", 0xAE, "struct kvm_vcpu_init"),
+    _IOWR("KVM_GET_REG_LIST", 0xB0, "struct kvm_reg_list"),
+    _IOW("KVM_ARM_VCPU_FINALIZE", 0xC2, "int"),  # KVM_CAP_ARM_SVE (and SME)
+    # device fd (and vCPU fd for KVM_CAP_VCPU_ATTRIBUTES)
+    _IOW("KVM_SET_DEVICE_ATTR", 0xE1, "struct kvm_device_attr"),
+    _IOW("KVM_GET_DEVICE_ATTR", 0xE2, "struct kvm_device_attr"),
+    _IOW("KVM_HAS_DEVICE_ATTR", 0xE3, "struct kvm_device_attr"),
+]
+
+REQUESTS = {r.name: r for r in _TABLE}
+
+
+def request(name: str) -> Request:
+    return REQUESTS[name]

@@ -1,0 +1,86 @@
+"""Guest RAM: anonymous host mappings registered as KVM memory slots.
+
+Every access from device models goes through :meth:`GuestMemory.read` /
+:meth:`GuestMemory.write`, which check the whole range against guest RAM, so
+a guest-supplied address or length can never reach host memory outside it.
+"""
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass
+from typing import List, Optional
+
+from ._ffi import ffi
+from .errors import GuestError, UsageProblem
+
+
+class GuestMemoryError(GuestError):
+    """A guest-supplied address range is not (entirely) guest RAM."""
+
+
+@dataclass
+class Region:
+    slot: int
+    gpa: int
+    size: int
+    mm: mmap.mmap
+
+    @property
+    def end(self) -> int:
+        return self.gpa + self.size
+
+    def host_address(self) -> int:
+        return int(ffi.cast("uintptr_t", ffi.from_buffer(self.mm)))
+
+
+class GuestMemory:
+    def __init__(self):
+        self.regions: List[Region] = []
+
+    def add(self, gpa: int, size: int, vm=None, readonly: bool = False) -> Region:
+        if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
+            raise UsageProblem(f"guest RAM at {gpa:#x} size {size:#x} must be page aligned and non-empty")
+        for r in self.regions:
+            if gpa < r.end and r.gpa < gpa + size:
+                raise UsageProblem(f"guest RAM at {gpa:#x} overlaps the region at {r.gpa:#x}")
+        mm = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                       mmap.PROT_READ | mmap.PROT_WRITE)
+        region = Region(len(self.regions), gpa, size, mm)
+        if vm is not None:
+            vm.set_user_memory_region(region.slot, gpa, size, region.host_address(),
+                                      2 if readonly else 0)
+        self.regions.append(region)
+        return region
+
+    def _find(self, gpa: int, length: int) -> Optional[Region]:
+        if length < 0 or gpa < 0:
+            return None
+        for r in self.regions:
+            if r.gpa <= gpa and gpa + length <= r.end:
+                return r
+        return None
+
+    def contains(self, gpa: int, length: int) -> bool:
+        return self._find(gpa, length) is not None
+
+    def read(self, gpa: int, length: int) -> bytes:
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        off = gpa - r.gpa
+        return r.mm[off:off + length]
+
+    def write(self, gpa: int, data: bytes) -> None:
+        r = self._find(gpa, len(data))
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{len(data):#x} is outside guest RAM")
+        off = gpa - r.gpa
+        r.mm[off:off + len(data)] = data
+
+    def close(self) -> None:
+        for r in self.regions:
+            try:
+                r.mm.close()
+            except BufferError:
+                pass
+        self.regions = []

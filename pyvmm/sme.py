@@ -1,0 +1,143 @@
+"""SME through KVM: discovery of the SME vCPU feature bit and capability, and
+vector-length sets. See ../shared/docs/kvm-sme-abi.md (the ABI page).
+
+The SME feature bit and KVM_CAP_ARM_SME are not settled upstream (ABI page
+§2): they are found by probing, never hard-coded; an override can be given
+with ``PYVMM_SME_BIT`` / ``PYVMM_SME_CAP`` or the CLI's ``--sme-bit``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import List, Optional
+
+from . import regs
+from ._ffi import const
+from .errors import KvmError, UsageProblem
+
+# ABI page §2: bits seen in revisions of the series (8, 9, 10) and the rest of
+# features[0] that 7.3 leaves free. Bits 0-7 have settled merged meanings.
+SME_BIT_CANDIDATES = tuple(range(8, 32))
+# 7.3's last merged capability is 251 (KVM_CAP_ARM_PMU_V3_STRICT); SME caps
+# are looked for above it (a 7.3 rebase takes 252, ABI page §2).
+LAST_MERGED_CAP = 251
+SME_CAP_CANDIDATES = tuple(range(LAST_MERGED_CAP + 1, LAST_MERGED_CAP + 33))
+
+ENV_BIT = "PYVMM_SME_BIT"
+ENV_CAP = "PYVMM_SME_CAP"
+
+
+@dataclass(frozen=True)
+class SmeDiscovery:
+    """Result of probing. ``bit`` is None when the kernel offers no SME."""
+    bit: Optional[int]
+    cap: Optional[int]
+    vqs: tuple  # SME VQs the host offers (SME_VLS after init), () if none
+    how: str  # "probed", "override"
+    reason: str = ""  # why SME is absent, when it is
+
+    @property
+    def present(self) -> bool:
+        return self.bit is not None
+
+    @property
+    def vls_bits(self) -> List[int]:
+        return [128 * q for q in self.vqs]
+
+
+def _env_int(name: str) -> Optional[int]:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise UsageProblem(f"{name}={raw!r} is not a number", f"set {name} to e.g. 10, or unset it") from None
+    if not 0 <= value < 7 * 32:
+        raise UsageProblem(f"{name}={value} is not a vCPU feature bit (0..223)")
+    return value
+
+
+def _try_bit(kvm, bit: int):
+    """(init_errno, vls_bytes): create a scratch VM + vCPU with ``bit`` set
+    and read SME_VLS. init_errno is 0 when VCPU_INIT succeeded."""
+    vm = kvm.create_vm()
+    try:
+        vcpu = vm.create_vcpu(0)
+        try:
+            vcpu.arm_vcpu_init([const("KVM_ARM_VCPU_PSCI_0_2"), bit])
+        except KvmError as e:
+            return e.errno, None
+        try:
+            return 0, vcpu.get_one_reg(regs.SME_VLS)
+        except KvmError as e:
+            return 0, e.errno
+    finally:
+        vm.close()
+
+
+def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
+    """Find the SME feature bit by probing (ABI page §2): the bit for which
+    VCPU_INIT succeeds *and* reading SME_VLS succeeds. An unknown bit fails
+    init with ENOENT; a bit meaning something else passes init but the
+    SME_VLS read fails with ENOENT."""
+    if bit_override is None:
+        bit_override = _env_int(ENV_BIT)
+    candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
+    how = "override" if bit_override is not None else "probed"
+    reasons = []
+    for bit in candidates:
+        init_err, vls = _try_bit(kvm, bit)
+        if init_err == errno.ENOENT:
+            # Bits are allocated in order: the first unknown bit ends the search.
+            reasons.append(f"bit {bit}: unknown to the kernel")
+            if bit_override is None:
+                break
+            continue
+        if init_err:
+            reasons.append(f"bit {bit}: VCPU_INIT {errno.errorcode.get(init_err, init_err)}")
+            if init_err == errno.EINVAL and bit_override is not None:
+                reasons.append("the host cannot offer SME (ABI page §7)")
+            continue
+        if isinstance(vls, bytes):
+            return SmeDiscovery(bit, _discover_cap(kvm), tuple(regs.vls_decode(vls)), how)
+        reasons.append(f"bit {bit}: SME_VLS read {errno.errorcode.get(vls, vls)}")
+    return SmeDiscovery(None, None, (), how, "; ".join(reasons) or "no candidate bit")
+
+
+def _discover_cap(kvm) -> Optional[int]:
+    override = os.environ.get(ENV_CAP)
+    if override:
+        try:
+            return int(override, 0)
+        except ValueError:
+            raise UsageProblem(f"{ENV_CAP}={override!r} is not a number") from None
+    for cap in SME_CAP_CANDIDATES:
+        if kvm.check_extension(cap) > 0:
+            return cap
+    return None
+
+
+def parse_vl(text, what: str = "vector length") -> int:
+    """A vector length in bits ('256', 256) -> VQ; refuses what is not a
+    multiple of 128 in 128..2048."""
+    try:
+        bits = int(text)
+    except (TypeError, ValueError):
+        raise UsageProblem(f"{what} {text!r} is not a number of bits",
+                           "give a multiple of 128 between 128 and 2048") from None
+    if bits < 128 or bits > 2048 or bits % 128:
+        raise UsageProblem(f"{what} {bits} is not a multiple of 128 between 128 and 2048")
+    return bits // 128
+
+
+def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
+    """Cut the host's VQ set at ``max_bits`` (ABI page §4: the only change KVM
+    allows), refusing a length the host does not offer."""
+    vq = parse_vl(max_bits, what)
+    if vq not in offered:
+        offered_bits = ", ".join(str(128 * q) for q in offered) or "none"
+        raise UsageProblem(f"{what} {max_bits} bits is not offered by this host",
+                           f"choose one of: {offered_bits}")
+    return regs.vls_cut(offered, vq)

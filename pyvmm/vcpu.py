@@ -1,0 +1,136 @@
+"""The vCPU fd. A Vcpu owns its mmapped ``struct kvm_run``."""
+from __future__ import annotations
+
+import errno
+import mmap
+from typing import Iterable, List, Optional
+
+from . import exits, regs
+from ._fd import KvmFd
+from ._ffi import ffi
+from .device import DeviceAttrs
+from .errors import KvmError, UsageProblem
+
+
+class Vcpu(DeviceAttrs, KvmFd):
+    def __init__(self, vm, index: int, fd: int, mmap_size: int):
+        KvmFd.__init__(self, fd)
+        self.vm = vm
+        self.index = index
+        self.target = f"vcpu{index}"
+        self._mmap = mmap.mmap(fd, mmap_size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.run_struct = ffi.from_buffer("struct kvm_run *", self._mmap)
+
+    # -- KVM_ARM_VCPU_INIT / FINALIZE -----------------------------------------
+    def arm_vcpu_init(self, features: Iterable[int] = (), target: Optional[int] = None) -> None:
+        """KVM_ARM_VCPU_INIT with the given feature bit numbers (e.g.
+        ``KVM_ARM_VCPU_PSCI_0_2``, ``KVM_ARM_VCPU_SVE``, the SME bit)."""
+        init = ffi.new("struct kvm_vcpu_init *")
+        init.target = self.vm.arm_preferred_target().target if target is None else target
+        for bit in features:
+            if not 0 <= bit < 7 * 32:
+                raise ValueError(f"feature bit {bit} out of range")
+            init.features[bit // 32] |= 1 << (bit % 32)
+        self.ioctl("KVM_ARM_VCPU_INIT", init)
+
+    def arm_vcpu_finalize(self, what: int = 4) -> None:
+        """KVM_ARM_VCPU_FINALIZE(what). 4 is KVM_ARM_VCPU_VEC (= _SVE): one
+        call finalises SVE and SME together (ABI page §4)."""
+        arg = ffi.new("int *", what)
+        self.ioctl("KVM_ARM_VCPU_FINALIZE", arg)
+
+    # -- ONE_REG ----------------------------------------------------------------
+    def get_one_reg(self, reg_id: int) -> bytes:
+        size = regs.size_of(reg_id)
+        buf = ffi.new("uint8_t[]", size)
+        one = ffi.new("struct kvm_one_reg *")
+        one.id, one.addr = reg_id, int(ffi.cast("uintptr_t", buf))
+        self.ioctl("KVM_GET_ONE_REG", one, reg=regs.name(reg_id))
+        return bytes(ffi.buffer(buf, size))
+
+    def set_one_reg(self, reg_id: int, value: bytes) -> None:
+        size = regs.size_of(reg_id)
+        if len(value) != size:
+            raise UsageProblem(f"register {regs.name(reg_id)} takes {size} bytes, got {len(value)}")
+        buf = ffi.new("uint8_t[]", bytes(value))
+        one = ffi.new("struct kvm_one_reg *")
+        one.id, one.addr = reg_id, int(ffi.cast("uintptr_t", buf))
+        self.ioctl("KVM_SET_ONE_REG", one, reg=regs.name(reg_id))
+
+    def get_reg(self, reg_id: int) -> int:
+        """A register as an unsigned little-endian integer."""
+        return int.from_bytes(self.get_one_reg(reg_id), "little")
+
+    def set_reg(self, reg_id: int, value: int) -> None:
+        self.set_one_reg(reg_id, value.to_bytes(regs.size_of(reg_id), "little"))
+
+    def get_reg_list(self) -> List[int]:
+        """KVM_GET_REG_LIST, sized from the count KVM reports with E2BIG."""
+        probe = ffi.new("struct kvm_reg_list *")
+        probe.n = 0
+        try:
+            self.ioctl("KVM_GET_REG_LIST", probe)
+            return []
+        except KvmError as e:
+            if e.errno != errno.E2BIG:
+                raise
+        n = int(probe.n)
+        storage = ffi.new("uint64_t[]", n + 1)
+        lst = ffi.cast("struct kvm_reg_list *", storage)
+        lst.n = n
+        self.ioctl("KVM_GET_REG_LIST", lst)
+        return [int(lst.reg[i]) for i in range(int(lst.n))]
+
+    # -- run ---------------------------------------------------------------------
+    def run(self):
+        """KVM_RUN, then the decoded exit. A signal (EINTR) is an
+        :class:`pyvmm.exits.InterruptedExit`, not an exception."""
+        try:
+            self.ioctl("KVM_RUN")
+        except KvmError as e:
+            if e.errno == errno.EINTR:
+                return exits.InterruptedExit()
+            raise
+        return exits.decode(self.run_struct)
+
+    def complete_mmio_read(self, value: bytes) -> None:
+        exits.complete_mmio_read(self.run_struct, value)
+
+    def set_immediate_exit(self, on: bool) -> None:
+        self.run_struct.immediate_exit = 1 if on else 0
+
+    # -- state ioctls ------------------------------------------------------------
+    def get_mp_state(self) -> int:
+        s = ffi.new("struct kvm_mp_state *")
+        self.ioctl("KVM_GET_MP_STATE", s)
+        return int(s.mp_state)
+
+    def set_mp_state(self, state: int) -> None:
+        s = ffi.new("struct kvm_mp_state *", {"mp_state": state})
+        self.ioctl("KVM_SET_MP_STATE", s)
+
+    def get_vcpu_events(self) -> bytes:
+        ev = ffi.new("struct kvm_vcpu_events *")
+        self.ioctl("KVM_GET_VCPU_EVENTS", ev)
+        return bytes(ffi.buffer(ev))
+
+    def set_vcpu_events(self, raw: bytes) -> None:
+        ev = ffi.new("struct kvm_vcpu_events *")
+        if len(raw) != ffi.sizeof(ev[0]):
+            raise UsageProblem(f"kvm_vcpu_events is {ffi.sizeof(ev[0])} bytes, got {len(raw)}")
+        ffi.memmove(ev, raw, len(raw))
+        self.ioctl("KVM_SET_VCPU_EVENTS", ev)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.run_struct = None
+            try:
+                self._mmap.close()
+            except BufferError:
+                pass  # a caller still holds a view; the mapping dies with the process
+            KvmFd.close(self)
+
+
+def mpidr_of(vcpu: Vcpu) -> int:
+    return vcpu.get_reg(regs.MPIDR_EL1)
+

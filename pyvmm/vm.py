@@ -1,0 +1,92 @@
+"""The VM fd."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from ._fd import KvmFd
+from ._ffi import const, ffi
+
+
+class Vm(KvmFd):
+    """A VM. Children: :class:`pyvmm.vcpu.Vcpu` and :class:`pyvmm.device.Device`."""
+
+    target = "vm"
+
+    def __init__(self, kvm, fd: int):
+        super().__init__(fd)
+        self.kvm = kvm
+        self.vcpus: List = []
+
+    # -- one method per ioctl --------------------------------------------------
+    def check_extension(self, cap: int) -> int:
+        """KVM_CHECK_EXTENSION on the VM fd (answers for this VM's type)."""
+        return self.ioctl("KVM_CHECK_EXTENSION", cap)
+
+    def create_vcpu(self, index: int):
+        from .vcpu import Vcpu
+
+        fd = self.ioctl("KVM_CREATE_VCPU", index)
+        vcpu = Vcpu(self, index, fd, self.kvm.get_vcpu_mmap_size())
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def set_user_memory_region(self, slot: int, guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int, flags: int = 0) -> None:
+        r = ffi.new("struct kvm_userspace_memory_region *")
+        r.slot, r.flags = slot, flags
+        r.guest_phys_addr, r.memory_size, r.userspace_addr = guest_phys_addr, memory_size, userspace_addr
+        self.ioctl("KVM_SET_USER_MEMORY_REGION", r)
+
+    def arm_preferred_target(self):
+        """KVM_ARM_PREFERRED_TARGET: a kvm_vcpu_init with the target to use."""
+        init = ffi.new("struct kvm_vcpu_init *")
+        self.ioctl("KVM_ARM_PREFERRED_TARGET", init)
+        return init
+
+    def create_device(self, dev_type: int, test: bool = False):
+        from .device import Device
+
+        cd = ffi.new("struct kvm_create_device *")
+        cd.type = dev_type
+        cd.flags = const("KVM_CREATE_DEVICE_TEST") if test else 0
+        self.ioctl("KVM_CREATE_DEVICE", cd)
+        if test:
+            return None
+        return Device(self, cd.fd, dev_type)
+
+    def irq_line(self, irq: int, level: int) -> None:
+        il = ffi.new("struct kvm_irq_level *")
+        il.irq, il.level = irq, level
+        self.ioctl("KVM_IRQ_LINE", il)
+
+    def arm_set_counter_offset(self, offset: int) -> None:
+        co = ffi.new("struct kvm_arm_counter_offset *")
+        co.counter_offset = offset
+        self.ioctl("KVM_ARM_SET_COUNTER_OFFSET", co)
+
+    def enable_cap(self, cap: int, *args: int, flags: int = 0) -> None:
+        ec = ffi.new("struct kvm_enable_cap *")
+        ec.cap, ec.flags = cap, flags
+        for i, a in enumerate(args):
+            ec.args[i] = a
+        self.ioctl("KVM_ENABLE_CAP", ec)
+
+    def irqfd(self, fd: int, gsi: int, flags: int = 0) -> None:
+        a = ffi.new("struct kvm_irqfd *")
+        a.fd, a.gsi, a.flags = fd, gsi, flags
+        self.ioctl("KVM_IRQFD", a)
+
+    def ioeventfd(self, addr: int, length: int, fd: int, datamatch: Optional[int] = None,
+                  flags: int = 0) -> None:
+        a = ffi.new("struct kvm_ioeventfd *")
+        a.addr, a.len, a.fd, a.flags = addr, length, fd, flags
+        if datamatch is not None:
+            a.datamatch = datamatch
+            a.flags |= 1  # KVM_IOEVENTFD_FLAG_DATAMATCH
+        self.ioctl("KVM_IOEVENTFD", a)
+
+    def close(self) -> None:
+        for v in self.vcpus:
+            v.close()
+        self.vcpus = []
+        super().close()
