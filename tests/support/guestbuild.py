@@ -1,0 +1,57 @@
+"""Assemble the bare-metal guests in guests/baremetal/ with a real assembler.
+
+Uses GNU binutils for aarch64: native ``as``/``ld``/``objcopy`` on an arm64
+host (the test machine's Debian root has binutils 2.44), or
+``aarch64-linux-gnu-*`` when cross-assembling. Output is cached by content
+hash under $TMPDIR.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+
+GUESTS = os.path.join(os.path.dirname(__file__), "..", "..", "guests", "baremetal")
+LOAD_ADDR = 0x80000000
+MARCH = "armv9.2-a+sve2+sme2"
+
+
+def _tool(name: str) -> str:
+    candidates = [f"aarch64-linux-gnu-{name}"]
+    if platform.machine() in ("aarch64", "arm64"):
+        candidates.insert(0, name)
+    for c in candidates:
+        path = shutil.which(c)
+        if path:
+            return path
+    raise RuntimeError(f"no aarch64 '{name}' found (install binutils on arm64, "
+                       f"or binutils-aarch64-linux-gnu elsewhere)")
+
+
+def build(name: str) -> bytes:
+    """Assemble guests/baremetal/<name>.s into a raw binary linked at LOAD_ADDR."""
+    src = os.path.join(GUESTS, f"{name}.s")
+    with open(src, "rb") as f:
+        text = f.read()
+    key = hashlib.sha256(text + MARCH.encode()).hexdigest()[:16]
+    cache = os.path.join(tempfile.gettempdir(), "pyvmm-guests")
+    os.makedirs(cache, exist_ok=True)
+    out = os.path.join(cache, f"{name}-{key}.bin")
+    if os.path.exists(out):
+        with open(out, "rb") as f:
+            return f.read()
+    with tempfile.TemporaryDirectory() as d:
+        obj, elf, binary = (os.path.join(d, n) for n in ("g.o", "g.elf", "g.bin"))
+        subprocess.run([_tool("as"), f"-march={MARCH}", "-o", obj, src], check=True)
+        subprocess.run([_tool("ld"), "-Ttext", hex(LOAD_ADDR), "-e", "_start", "-o", elf, obj], check=True)
+        subprocess.run([_tool("objcopy"), "-O", "binary", elf, binary], check=True)
+        with open(binary, "rb") as f:
+            data = f.read()
+    tmp = out + f".{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, out)
+    return data
