@@ -94,9 +94,6 @@ APGAKEYHI_EL1 3 0 2 3 1
 GCSCR_EL1 3 0 2 5 0
 GCSPR_EL1 3 0 2 5 1
 GCSCRE0_EL1 3 0 2 5 2
-SPSR_EL1 3 0 4 0 0
-ELR_EL1 3 0 4 0 1
-SP_EL0 3 0 4 1 0
 ICC_PMR_EL1 3 0 4 6 0
 AFSR0_EL1 3 0 5 1 0
 AFSR1_EL1 3 0 5 1 1
@@ -165,14 +162,14 @@ ACCDATA_EL1 3 0 13 0 5
 SCXTNUM_EL1 3 0 13 0 7
 CNTKCTL_EL1 3 0 14 1 0
 # --- EL0 ---
+# SPSR_EL1, ELR_EL1, SP_EL0, FPCR and FPSR are not here: KVM exposes them only
+# as core registers (struct kvm_regs), and their names belong to those ids.
 NZCV 3 3 4 2 0
 DAIF 3 3 4 2 1
 SVCR 3 3 4 2 2
 DIT 3 3 4 2 5
 SSBS 3 3 4 2 6
 TCO 3 3 4 2 7
-FPCR 3 3 4 4 0
-FPSR 3 3 4 4 1
 FPMR 3 3 4 4 2
 GCSPR_EL0 3 3 2 5 1
 PMCR_EL0 3 3 9 12 0

@@ -16,7 +16,7 @@ import tempfile
 
 GUESTS = os.path.join(os.path.dirname(__file__), "..", "..", "guests", "baremetal")
 LOAD_ADDR = 0x80000000
-MARCH = "armv9.2-a+sve2+sme2"
+MARCH = "armv9-a+sve2+sme"  # SME2 payloads add ".arch_extension sme2" (binutils >= 2.41)
 
 
 def _tool(name: str) -> str:
