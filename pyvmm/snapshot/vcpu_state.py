@@ -1,0 +1,175 @@
+"""Save and restore one vCPU's complete state.
+
+Saved: every id ``KVM_GET_REG_LIST`` returns (sized from E2BIG) with its
+bytes, the init features, the SVE/SME vector-length sets, SVCR, MP state and
+vCPU events. Restore follows the order the SME ABI forces (ABI page §6),
+computed from the *saved* SVCR, never from the destination's register list
+(a fresh vCPU has SVCR = 0, so its list lacks ZA/ZT0 and has the wrong Z/P
+sizes).
+"""
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from .. import regs, sysregs
+from ..errors import KvmError, UsageProblem
+
+SVCR_SM, SVCR_ZA = 1, 2
+_TIME_REGS = ("CNTVCT_EL0", "CNTPCT_EL0")
+_FIRST_CONTROL = ("FPSR", "FPCR")  # core ids, written right after SVCR (§6 step 5)
+
+
+@dataclass
+class VcpuState:
+    index: int
+    features: List[int]
+    sve_vls: Optional[List[int]] = None
+    sme_vls: Optional[List[int]] = None
+    svcr: int = 0
+    registers: List[Tuple[int, bytes]] = field(default_factory=list)
+    mp_state: int = 0
+    events: bytes = b""
+    saved_at_ns: int = 0  # CLOCK_REALTIME when saved, for the --clock policy
+
+    def to_json(self) -> Dict:
+        return {"index": self.index, "features": self.features, "sve_vls": self.sve_vls,
+                "sme_vls": self.sme_vls, "svcr": self.svcr, "mp_state": self.mp_state,
+                "events": base64.b64encode(self.events).decode(), "saved_at_ns": self.saved_at_ns,
+                "register_count": len(self.registers)}
+
+    def registers_blob(self) -> bytes:
+        out = bytearray()
+        for reg_id, value in self.registers:
+            out += reg_id.to_bytes(8, "little") + value
+        return bytes(out)
+
+    @classmethod
+    def from_json(cls, meta: Dict, blob: bytes) -> "VcpuState":
+        state = cls(int(meta["index"]), [int(f) for f in meta["features"]],
+                    meta.get("sve_vls"), meta.get("sme_vls"), int(meta.get("svcr", 0)),
+                    [], int(meta.get("mp_state", 0)), base64.b64decode(meta.get("events", "")),
+                    int(meta.get("saved_at_ns", 0)))
+        pos = 0
+        while pos < len(blob):
+            if pos + 8 > len(blob):
+                raise ValueError("register blob ends inside an id")
+            reg_id = int.from_bytes(blob[pos:pos + 8], "little")
+            size = regs.size_of(reg_id)
+            if pos + 8 + size > len(blob):
+                raise ValueError(f"register blob ends inside {regs.name(reg_id)}")
+            state.registers.append((reg_id, blob[pos + 8:pos + 8 + size]))
+            pos += 8 + size
+        if len(state.registers) != int(meta.get("register_count", len(state.registers))):
+            raise ValueError("register count does not match the manifest")
+        return state
+
+    def register_map(self) -> Dict[int, bytes]:
+        return dict(self.registers)
+
+
+def save(vcpu, features: List[int], sme_bit: Optional[int] = None) -> VcpuState:
+    ids = vcpu.get_reg_list()
+    values = []
+    sve_vls = sme_vls = None
+    for reg_id in ids:
+        value = vcpu.get_one_reg(reg_id)
+        if reg_id == regs.SVE_VLS:
+            sve_vls = regs.vls_decode(value)
+        elif reg_id == regs.SME_VLS:
+            sme_vls = regs.vls_decode(value)
+        else:
+            values.append((reg_id, value))
+    svcr = 0
+    if sme_bit is not None and sme_bit in features:
+        svcr = vcpu.get_reg(regs.SVCR)
+    return VcpuState(vcpu.index, list(features), sve_vls, sme_vls, svcr, values,
+                     vcpu.get_mp_state(), vcpu.get_vcpu_events(), time.time_ns())
+
+
+def _is_id_register(reg_id: int) -> bool:
+    d = regs.decode(reg_id)
+    return d.kind == "sysreg" and (sysregs.is_id_space(d.encoding) or d.name in ("SMIDR_EL1", "MIDR_EL1",
+                                                                                  "REVIDR_EL1", "CTR_EL0",
+                                                                                  "CLIDR_EL1", "AIDR_EL1"))
+
+
+def restore_order(state: VcpuState) -> List[Tuple[str, List[int]]]:
+    """Steps of ABI page §6 after init/VLS: (reason, ids) in write order."""
+    ids = [reg_id for reg_id, _ in state.registers]
+    sm, za = bool(state.svcr & SVCR_SM), bool(state.svcr & SVCR_ZA)
+    id_regs = [i for i in ids if _is_id_register(i)]
+    control = [i for i in ids if i == regs.SVCR]
+    control += [regs.core(n) for n in _FIRST_CONTROL if regs.core(n) in ids]
+    control += [i for i in ids if i == regs.FPMR]
+    vector_kinds = {"sve_z", "sve_p", "sve_ffr"} | ({"sme_za", "sme_zt"} if za else set())
+    vregs = [i for i in ids if regs.decode(i).kind == "core" and regs.decode(i).name.startswith("V")]
+    vector = vregs + [i for i in ids if regs.decode(i).kind in vector_kinds]
+    placed = set(id_regs) | set(control) | set(vector)
+    # ZA/ZT0 exist only while SVCR.ZA = 1 (§5): with ZA off they are never written.
+    rest = [i for i in ids if i not in placed and regs.decode(i).kind not in ("sme_za", "sme_zt")]
+    mode = f"SVCR.SM={int(sm)}, SVCR.ZA={int(za)}"
+    return [
+        ("ID registers before the first KVM_RUN (§6 step 3)", id_regs),
+        (f"SVCR first, then FPSR/FPCR/FPMR: SVCR writes zero vector state (§5, §6 step 5; {mode})", control),
+        (f"vector registers valid for the saved {mode} (§6 step 6)", vector),
+        ("all other registers (§6 step 7)", rest),
+    ]
+
+
+def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "keep",
+            cntfrq: Optional[int] = None) -> int:
+    """Write ``state`` into a fresh vCPU (not yet initialised). Returns the
+    number of ONE_REG writes. ``clock``: "keep" (guest counters advance by the
+    wall time since the save) or "hide" (they resume where they stopped)."""
+    if clock not in ("keep", "hide"):
+        raise UsageProblem(f"clock policy {clock!r} is not 'keep' or 'hide'")
+    vcpu.arm_vcpu_init(state.features, target)
+    for reg_id, vqs, label in ((regs.SVE_VLS, state.sve_vls, "SVE"), (regs.SME_VLS, state.sme_vls, "SME")):
+        if vqs is None:
+            continue
+        try:
+            vcpu.set_one_reg(reg_id, regs.vls_encode(vqs))
+        except KvmError as e:
+            raise UsageProblem(f"this host cannot offer the snapshot's {label} vector lengths "
+                               f"{[128 * q for q in vqs]} ({e.strerror})") from None
+    values = state.register_map()
+    writes = 0
+    steps = restore_order(state)
+    for_finalise_first, after = steps[0], steps[1:]
+    for reg_id in for_finalise_first[1]:
+        _write_id_register(vcpu, reg_id, values[reg_id])
+        writes += 1
+    if state.sve_vls is not None or state.sme_vls is not None:
+        vcpu.arm_vcpu_finalize(4)
+    elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
+    time_ids = {regs.sysreg_named(n) for n in _TIME_REGS}
+    for _, ids in after:
+        for reg_id in ids:
+            value = values[reg_id]
+            if reg_id in time_ids and clock == "keep" and cntfrq:
+                ticks = int.from_bytes(value, "little") + elapsed * cntfrq // 1_000_000_000
+                value = (ticks & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+            vcpu.set_one_reg(reg_id, value)
+            writes += 1
+    if state.events:
+        vcpu.set_vcpu_events(state.events)
+    vcpu.set_mp_state(state.mp_state)
+    return writes
+
+
+def _write_id_register(vcpu, reg_id: int, value: bytes) -> None:
+    """ID registers: write the saved value; if the host refuses it, say which
+    one differs (a different CPU model or kernel)."""
+    try:
+        vcpu.set_one_reg(reg_id, value)
+    except KvmError as e:
+        current = vcpu.get_one_reg(reg_id)
+        if current == value:
+            return
+        raise UsageProblem(
+            f"this host cannot present the snapshot's {regs.name(reg_id)} "
+            f"({int.from_bytes(value, 'little'):#x}; host has {int.from_bytes(current, 'little'):#x}, "
+            f"{e.strerror})", "restore on a host with the same CPU features") from None
