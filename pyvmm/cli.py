@@ -15,6 +15,8 @@ import click
 from . import __version__
 from .errors import PyvmmError
 from .commands import caps as caps_cmd
+from .commands import diff as diff_cmd
+from .commands import inspect as inspect_cmd
 
 
 class _Group(click.Group):
@@ -62,6 +64,8 @@ def cli(ctx, debug):
 
 
 cli.add_command(caps_cmd.caps)
+cli.add_command(inspect_cmd.inspect)
+cli.add_command(diff_cmd.diff)
 
 
 def main(argv=None):
