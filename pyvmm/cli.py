@@ -14,7 +14,9 @@ import click
 
 from . import __version__
 from .errors import PyvmmError
+from .commands import abi_check as abi_check_cmd
 from .commands import caps as caps_cmd
+from .commands import plan as plan_cmd
 from .commands import diff as diff_cmd
 from .commands import inspect as inspect_cmd
 
@@ -64,6 +66,8 @@ def cli(ctx, debug):
 
 
 cli.add_command(caps_cmd.caps)
+cli.add_command(abi_check_cmd.abi_check)
+cli.add_command(plan_cmd.restore_plan_cmd)
 cli.add_command(inspect_cmd.inspect)
 cli.add_command(diff_cmd.diff)
 

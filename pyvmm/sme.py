@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from . import regs
+from . import errno_explain, regs
 from ._ffi import const
-from .errors import KvmError, UsageProblem
+from .errors import HostUnsupported, KvmError, UsageProblem
 
 # ABI page §2: bits seen in revisions of the series (8, 9, 10) and the rest of
 # features[0] that 7.3 leaves free. Bits 0-7 have settled merged meanings.
@@ -23,6 +23,8 @@ SME_BIT_CANDIDATES = tuple(range(8, 32))
 # are looked for above it (a 7.3 rebase takes 252, ABI page §2).
 LAST_MERGED_CAP = 251
 SME_CAP_CANDIDATES = tuple(range(LAST_MERGED_CAP + 1, LAST_MERGED_CAP + 33))
+
+KVM_ARM_VCPU_VEC = 4  # ABI page §1: the argument of FINALIZE, = KVM_ARM_VCPU_SVE
 
 ENV_BIT = "PYVMM_SME_BIT"
 ENV_CAP = "PYVMM_SME_CAP"
@@ -141,3 +143,85 @@ def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
         raise UsageProblem(f"{what} {max_bits} bits is not offered by this host",
                            f"choose one of: {offered_bits}")
     return regs.vls_cut(offered, vq)
+
+
+# ---- vCPU configuration (ABI page §4) ------------------------------------------
+
+@dataclass(frozen=True)
+class VecConfig:
+    """The vector configuration a vCPU was given: VQ sets after the cuts
+    (empty when that feature is off) and the SME feature bit used."""
+    sve_vqs: tuple
+    sme_vqs: tuple
+    sme_bit: Optional[int]
+
+    @property
+    def sve(self) -> bool:
+        return bool(self.sve_vqs)
+
+    @property
+    def sme(self) -> bool:
+        return bool(self.sme_vqs)
+
+
+def cut_vls(vcpu, vls_id: int, max_bits: Optional[int], what: str) -> tuple:
+    """Read the host's set from ``vls_id`` (SVE_VLS or SME_VLS) and, when
+    ``max_bits`` is given, write the set cut at it (ABI page §4: the only
+    change KVM allows). A length the host does not offer is refused with the
+    list of those it does, before any write."""
+    offered = regs.vls_decode(vcpu.get_one_reg(vls_id))
+    if max_bits is None:
+        return tuple(offered)
+    chosen = choose_vqs(offered, max_bits, what)
+    if chosen != offered:
+        vcpu.set_one_reg(vls_id, regs.vls_encode(chosen))
+    return tuple(chosen)
+
+
+def require_vqs(vcpu, vls_id: int, wanted, what: str) -> None:
+    """Set ``vls_id`` to exactly ``wanted`` (a saved set), refusing with the
+    reason when the host cannot offer it (ABI page §6.2)."""
+    offered = regs.vls_decode(vcpu.get_one_reg(vls_id))
+    wanted = sorted(wanted)
+    if not wanted or regs.vls_cut(offered, max(wanted)) != wanted:
+        have = ", ".join(str(128 * q) for q in offered) or "none"
+        want = ", ".join(str(128 * q) for q in wanted) or "none"
+        raise HostUnsupported(f"the saved {what} set ({want} bits) cannot be offered by this host",
+                              f"the host offers {have} bits; a vCPU can only get a prefix of that list")
+    if wanted != offered:
+        vcpu.set_one_reg(vls_id, regs.vls_encode(wanted))
+
+
+def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
+                   sme_max_bits: Optional[int] = None, *, sve: bool = True,
+                   extra_features=()) -> VecConfig:
+    """Initialise ``vcpu`` with SVE and/or SME, cut the vector lengths, and
+    finalise both with one KVM_ARM_VCPU_FINALIZE(KVM_ARM_VCPU_VEC).
+
+    ``bit``: the SME feature bit (from :func:`discover`), None for no SME.
+    ``sve_max_bits`` / ``sme_max_bits``: maximum vector lengths in bits
+    (None keeps everything the host offers). ``sve=False`` makes an SME-only
+    vCPU (legal, ABI page §4). Order: INIT -> SVE_VLS/SME_VLS -> FINALIZE(4).
+    """
+    errno_explain.install()
+    if not sve and bit is None:
+        raise UsageProblem("a vCPU without SVE needs SME", "drop --no-sve, or use a kernel with SME")
+    if bit is None and sme_max_bits is not None:
+        raise UsageProblem("an SME vector length was given but SME is not enabled",
+                           "this kernel offers no SME (see pyvmm caps)")
+    if not sve and sve_max_bits is not None:
+        raise UsageProblem("an SVE vector length was given together with --no-sve")
+    # Check the requested lengths' syntax before touching the vCPU.
+    for bits, what in ((sve_max_bits, "SVE vector length"), (sme_max_bits, "SME vector length")):
+        if bits is not None:
+            parse_vl(bits, what)
+    feats = [const("KVM_ARM_VCPU_PSCI_0_2"), *extra_features]
+    if sve:
+        feats.append(const("KVM_ARM_VCPU_SVE"))
+    if bit is not None:
+        feats.append(bit)
+    vcpu.arm_vcpu_init(feats)
+    sve_vqs = cut_vls(vcpu, regs.SVE_VLS, sve_max_bits, "SVE vector length") if sve else ()
+    sme_vqs = cut_vls(vcpu, regs.SME_VLS, sme_max_bits, "SME vector length") if bit is not None else ()
+    vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)  # one call for SVE and SME (§4)
+    return VecConfig(sve_vqs, sme_vqs, bit)

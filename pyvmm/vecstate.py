@@ -1,0 +1,512 @@
+"""The vector state of one vCPU: SVE and SME registers as the KVM SME ABI
+exposes them (../shared/docs/kvm-sme-abi.md, "the ABI page").
+
+:class:`VecState` wraps a finalised vCPU. It knows SVCR and reads and writes
+
+* Z0-Z31 / P0-P15 / FFR at the vector length of the *current* mode (§5:
+  the streaming maximum when SVCR.SM = 1, the SVE maximum otherwise),
+* V0-V31 for an SME-only vCPU outside streaming mode,
+* FFR only where it exists (in streaming mode only with FA64),
+* ZA as SVL/8 rows and as the architectural tiles (ZA0.B; ZA0-1.H; ZA0-3.S;
+  ZA0-7.D; ZA0-15.Q, see :class:`Tile`), and ZT0 (SME2),
+* SVCR, SMCR_EL1, TPIDR2_EL0, SMPRI_EL1, SMIDR_EL1, FPMR, FPSR, FPCR,
+  ID_AA64PFR1_EL1, ID_AA64SMFR0_EL1.
+
+:meth:`VecState.save` returns a :class:`SavedVecState`, a plain object that
+serialises to JSON; :func:`restore` writes one back in the order of
+:mod:`pyvmm.restore_plan` (ABI page §6).
+
+Buffers are always the id's full size (§3); only the first VL/8 bytes of a
+Z register or ZA row (VL/64 of a P register or FFR) carry data. This module
+returns and stores only those bytes and pads with zeros when writing.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import errno_explain, regs, restore_plan, sme
+from ._ffi import ffi
+from .errors import KvmError, UsageProblem
+
+SVCR_SM = restore_plan.SVCR_SM
+SVCR_ZA = restore_plan.SVCR_ZA
+SMFR0_FA64 = 1 << 63  # ID_AA64SMFR0_EL1.FA64 (ABI page §3)
+PFR1_SME_SHIFT = 24  # ID_AA64PFR1_EL1.SME [27:24]: 0 none, 1 SME, 2 SME2
+ZT0_BYTES = 64  # ZT0 is 512 bits (Arm ARM, SME2)
+FORMAT_VERSION = 1
+
+# Registers saved with every SME state besides the vector data; the plan
+# decides where each is written (ABI page §6).
+_ID_REGS = ("ID_AA64PFR1_EL1", "ID_AA64SMFR0_EL1", "SMIDR_EL1")
+CONTROL_NAMES = ("SVCR", "SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1", "SMIDR_EL1", "FPMR", "FPSR", "FPCR",
+                 "ZCR_EL1", "ID_AA64PFR1_EL1", "ID_AA64SMFR0_EL1")
+
+
+# ---- ZA tiles (Arm ARM, "ZA storage") ---------------------------------------------
+
+ELEMENT_BYTES = {"B": 1, "H": 2, "S": 4, "D": 8, "Q": 16}
+_TILE_NAME = re.compile(r"ZA(\d+)\.([BHSDQ])", re.IGNORECASE)
+
+
+def tile_names() -> List[str]:
+    """ZA0.B; ZA0.H, ZA1.H; ZA0.S-ZA3.S; ZA0.D-ZA7.D; ZA0.Q-ZA15.Q."""
+    return [f"ZA{t}.{s}" for s, e in ELEMENT_BYTES.items() for t in range(e)]
+
+
+def tile_rows(name: str, svl_bytes: int) -> List[int]:
+    """ZA array rows holding the horizontal slices of tile ``name``.
+
+    Arm ARM (SME, "ZA storage"): with element size esize bytes there are
+    esize tiles ZA0-ZA(esize-1) of that type, each SVL_B/esize slices high;
+    horizontal slice i of tile ZAt is ZA array row ``i * esize + t``. So
+    ZA0.H is the even rows and ZA1.H the odd ones, ZA3.S rows 3, 7, 11, ...
+    """
+    m = _TILE_NAME.fullmatch(name.strip())
+    if not m:
+        raise UsageProblem(f"{name!r} is not a ZA tile", "use e.g. ZA0.B, ZA1.H, ZA3.S, ZA7.D, ZA15.Q")
+    t, esize = int(m[1]), ELEMENT_BYTES[m[2].upper()]
+    if t >= esize:
+        raise UsageProblem(f"{name}: there are only {esize} tiles of {m[2].upper()} elements "
+                           f"(ZA0.{m[2].upper()}-ZA{esize - 1}.{m[2].upper()})")
+    if svl_bytes < 16 or svl_bytes % 16:
+        raise ValueError(f"SVL of {svl_bytes} bytes is not a multiple of 16")
+    return [i * esize + t for i in range(svl_bytes // esize)]
+
+
+class Tile:
+    """A view of one ZA tile over the ZA rows (a sequence of SVL_B-byte
+    ``bytes``, row 0 first). Elements are little-endian, in the byte order
+    ``STR ZA`` stores (ABI page §3)."""
+
+    def __init__(self, name: str, za_rows: Sequence[bytes]):
+        svl_b = len(za_rows[0]) if za_rows else 0
+        if len(za_rows) != svl_b or any(len(r) != svl_b for r in za_rows):
+            raise ValueError("ZA must be SVL_B rows of SVL_B bytes")
+        m = _TILE_NAME.fullmatch(name.strip())
+        self.rows = tile_rows(name, svl_b)
+        self.name = f"ZA{int(m[1])}.{m[2].upper()}"
+        self.esize = ELEMENT_BYTES[m[2].upper()]
+        self.dim = svl_b // self.esize  # a tile is dim x dim elements
+        self._za = za_rows
+
+    def horizontal(self, i: int) -> bytes:
+        """Horizontal slice i (ZAtH[i]): one ZA row."""
+        return self._za[self.rows[i]]
+
+    def vertical(self, j: int) -> bytes:
+        """Vertical slice j (ZAtV[j]): element j of every horizontal slice."""
+        e = self.esize
+        return b"".join(self._za[r][j * e:(j + 1) * e] for r in self.rows)
+
+    def element(self, i: int, j: int) -> int:
+        e = self.esize
+        return int.from_bytes(self._za[self.rows[i]][j * e:(j + 1) * e], "little")
+
+    def matrix(self) -> List[List[int]]:
+        return [[self.element(i, j) for j in range(self.dim)] for i in range(self.dim)]
+
+
+# ---- the saved form --------------------------------------------------------------
+
+@dataclass
+class SavedVecState:
+    """A vCPU's vector state as plain data. ``registers`` maps register names
+    (``Z3``, ``ZA[12]``, ``SVCR``) to their data bytes (only the bytes that
+    carry data at the saved vector lengths); ``svcr`` is kept apart too,
+    because the restore order is derived from it (ABI page §6)."""
+    sve_vqs: Tuple[int, ...]
+    sme_vqs: Tuple[int, ...]
+    sme_bit: Optional[int]
+    fa64: bool
+    sme2: bool
+    svcr: int
+    registers: Dict[str, bytes] = field(default_factory=dict)
+    version: int = FORMAT_VERSION
+
+    def shape(self) -> restore_plan.VecShape:
+        extra = tuple(regs.parse(n) for n in self.registers
+                      if n in ("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1", "ZCR_EL1"))
+        return restore_plan.VecShape(
+            sve=bool(self.sve_vqs), sme=bool(self.sme_vqs), svcr=self.svcr,
+            sve_vqs=tuple(self.sve_vqs), sme_vqs=tuple(self.sme_vqs), fa64=self.fa64, sme2=self.sme2,
+            fpmr="FPMR" in self.registers, sme_bit=self.sme_bit, extra=extra)
+
+    def to_dict(self) -> dict:
+        return {"format": "pyvmm-vecstate", "version": self.version, "sve_vqs": list(self.sve_vqs),
+                "sme_vqs": list(self.sme_vqs), "sme_bit": self.sme_bit, "fa64": self.fa64,
+                "sme2": self.sme2, "svcr": self.svcr,
+                "registers": {k: v.hex() for k, v in self.registers.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "SavedVecState":
+        if d.get("format") != "pyvmm-vecstate":
+            raise UsageProblem("not a pyvmm vector state (format is not 'pyvmm-vecstate')")
+        if d.get("version") != FORMAT_VERSION:
+            raise UsageProblem(f"vector state version {d.get('version')} is not understood",
+                               f"this pyvmm reads version {FORMAT_VERSION}")
+        try:
+            return cls(tuple(d["sve_vqs"]), tuple(d["sme_vqs"]), d["sme_bit"], bool(d["fa64"]),
+                       bool(d["sme2"]), int(d["svcr"]),
+                       {k: bytes.fromhex(v) for k, v in d["registers"].items()})
+        except (KeyError, TypeError, ValueError) as e:
+            raise UsageProblem(f"malformed vector state: {e}") from None
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SavedVecState":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise UsageProblem(f"vector state is not JSON: {e}") from None
+
+    # -- views of the saved data --
+    @property
+    def svl_bytes(self) -> int:
+        return 16 * max(self.sme_vqs) if self.sme_vqs else 0
+
+    def za_rows(self) -> List[bytes]:
+        return [self.registers[f"ZA[{r}]"] for r in range(self.svl_bytes)]
+
+    def tile(self, name: str) -> Tile:
+        if not self.svcr & SVCR_ZA:
+            raise UsageProblem("the saved state has ZA off (SVCR.ZA = 0): it holds no ZA tiles")
+        return Tile(name, self.za_rows())
+
+
+# ---- fast ONE_REG batches -----------------------------------------------------------
+
+class _RegIO:
+    """KVM_GET/SET_ONE_REG for a fixed list of ids with buffers and
+    ``kvm_one_reg`` structs built once, so a whole-state save or restore
+    costs little more than the ioctls themselves (bench/sme_state.py).
+    Goes through the vCPU's :meth:`ioctl`, so errors are KvmErrors with the
+    register name and the errno explainer's hint."""
+
+    def __init__(self, vcpu, ids: Sequence[int]):
+        self.vcpu = vcpu
+        self.ids = list(ids)
+        self.names = [regs.name(i) for i in self.ids]
+        self.sizes = [regs.size_of(i) for i in self.ids]
+        self.bufs = [ffi.new("uint8_t[]", s) for s in self.sizes]
+        self.ones = []
+        for i, b in zip(self.ids, self.bufs):
+            one = ffi.new("struct kvm_one_reg *")
+            one.id, one.addr = i, int(ffi.cast("uintptr_t", b))
+            self.ones.append(one)
+
+    def get_all(self, lengths: Sequence[int]) -> List[bytes]:
+        out = []
+        ioctl, buffer = self.vcpu.ioctl, ffi.buffer
+        for one, buf, name, n in zip(self.ones, self.bufs, self.names, lengths):
+            ioctl("KVM_GET_ONE_REG", one, name)
+            out.append(buffer(buf, n)[:])
+        return out
+
+    def set_all(self, values: Sequence[bytes]) -> None:
+        ioctl, memmove = self.vcpu.ioctl, ffi.memmove
+        for one, buf, name, size, v in zip(self.ones, self.bufs, self.names, self.sizes, values):
+            if len(v) > size:
+                raise UsageProblem(f"{name} takes at most {size} bytes, got {len(v)}")
+            memmove(buf, v, len(v))
+            if len(v) < size:
+                memmove(buf + len(v), bytes(size - len(v)), size - len(v))
+            ioctl("KVM_SET_ONE_REG", one, name)
+
+
+# ---- the live model ------------------------------------------------------------------
+
+def _absent(vcpu, reg_id: int) -> bool:
+    try:
+        vcpu.get_one_reg(reg_id)
+        return False
+    except KvmError as e:
+        import errno
+
+        if e.errno == errno.ENOENT:
+            return True
+        raise
+
+
+class VecState:
+    """The vector state of a finalised vCPU (see the module docstring).
+
+    The vector lengths, FA64 and SME2 are read once, when attaching; SVCR is
+    read live (the guest changes it), so mode-dependent accessors always
+    use the vCPU's current mode.
+    """
+
+    def __init__(self, vcpu, sme_bit: Optional[int] = None):
+        errno_explain.install()
+        self.vcpu = vcpu
+        self.sme_bit = sme_bit
+        self.sve_vqs = self._vqs(regs.SVE_VLS)
+        self.sme_vqs = self._vqs(regs.SME_VLS)
+        if not (self.sve_vqs or self.sme_vqs):
+            raise UsageProblem(f"{vcpu.target} has neither SVE nor SME: it has no vector state to model")
+        self.fa64 = self.sme2 = False
+        if self.sme_vqs:
+            self.fa64 = bool(vcpu.get_reg(regs.ID_AA64SMFR0_EL1) & SMFR0_FA64)
+            self.sme2 = (vcpu.get_reg(regs.ID_AA64PFR1_EL1) >> PFR1_SME_SHIFT) & 0xF >= 2
+        self.has_fpmr = not _absent(vcpu, regs.FPMR)
+        self._io: Dict[Tuple[int, ...], _RegIO] = {}
+
+    def _vqs(self, vls_id: int) -> Tuple[int, ...]:
+        import errno
+
+        try:
+            return tuple(regs.vls_decode(self.vcpu.get_one_reg(vls_id)))
+        except KvmError as e:
+            if e.errno == errno.ENOENT:  # no such feature on this vCPU (§4)
+                return ()
+            raise
+
+    # -- configuration --
+    @property
+    def sve(self) -> bool:
+        return bool(self.sve_vqs)
+
+    @property
+    def sme(self) -> bool:
+        return bool(self.sme_vqs)
+
+    @property
+    def config(self) -> str:
+        return {(True, True): "sve+sme", (False, True): "sme", (True, False): "sve"}[(self.sve, self.sme)]
+
+    @property
+    def svl_bytes(self) -> int:
+        """Maximum streaming vector length in bytes (= ZA rows)."""
+        return 16 * max(self.sme_vqs) if self.sme_vqs else 0
+
+    @property
+    def sve_vl_bytes(self) -> int:
+        return 16 * max(self.sve_vqs) if self.sve_vqs else 0
+
+    # -- SVCR --
+    @property
+    def svcr(self) -> int:
+        return self.vcpu.get_reg(regs.SVCR) if self.sme else 0
+
+    def set_svcr(self, value: int) -> None:
+        """Write SVCR. Side effects (ABI page §5): a change of SM zeroes V,
+        Z, P and FFR, sets FPMR to 0 and FPSR to 0x0800009F; ZA 0 -> 1
+        zeroes ZA and ZT0; writing the current value changes nothing."""
+        if not self.sme:
+            raise UsageProblem(f"{self.vcpu.target} has no SME: SVCR is always 0")
+        self.vcpu.set_reg(regs.SVCR, value)
+
+    def _shape(self, svcr: int) -> restore_plan.VecShape:
+        return restore_plan.VecShape(
+            sve=self.sve, sme=self.sme, svcr=svcr, sve_vqs=self.sve_vqs, sme_vqs=self.sme_vqs,
+            fa64=self.fa64, sme2=self.sme2, fpmr=self.has_fpmr, sme_bit=self.sme_bit,
+            extra=tuple(regs.parse(n) for n in self._control_extra()))
+
+    def _control_extra(self) -> Tuple[str, ...]:
+        return (("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1") if self.sme else ()) + (
+            ("ZCR_EL1",) if self.sve else ())
+
+    # -- lengths of the current mode --
+    def vl_bytes(self, svcr: Optional[int] = None) -> int:
+        """Bytes of data in a Z register in the current mode (§5); 0 when
+        the mode has only V registers (SME only, SM = 0)."""
+        svcr = self.svcr if svcr is None else svcr
+        if svcr & SVCR_SM:
+            return self.svl_bytes
+        return self.sve_vl_bytes
+
+    def has_ffr(self, svcr: Optional[int] = None) -> bool:
+        svcr = self.svcr if svcr is None else svcr
+        if svcr & SVCR_SM:
+            return self.fa64
+        return self.sve
+
+    def data_length(self, reg_id: int, svcr: int) -> int:
+        """How many bytes of ``reg_id``'s buffer carry data for ``svcr``."""
+        d = regs.decode(reg_id)
+        if d.kind == "sve_z":
+            return self.vl_bytes(svcr)
+        if d.kind in ("sve_p", "sve_ffr"):
+            return self.vl_bytes(svcr) // 8
+        if d.kind == "sme_za":
+            return self.svl_bytes
+        if d.kind == "sme_zt":
+            return ZT0_BYTES
+        return d.size
+
+    # -- single registers (live, at the current mode's length) --
+    def _get(self, reg_id: int, svcr: Optional[int] = None) -> bytes:
+        svcr = self.svcr if svcr is None else svcr
+        return self.vcpu.get_one_reg(reg_id)[:self.data_length(reg_id, svcr)]
+
+    def _set(self, reg_id: int, data: bytes, svcr: Optional[int] = None) -> None:
+        svcr = self.svcr if svcr is None else svcr
+        n = self.data_length(reg_id, svcr)
+        if len(data) != n:
+            raise UsageProblem(f"{regs.name(reg_id)} holds {n} bytes in this mode "
+                               f"(SVCR = {svcr:#x}), got {len(data)}")
+        self.vcpu.set_one_reg(reg_id, bytes(data).ljust(regs.size_of(reg_id), b"\0"))
+
+    def z(self, n: int) -> bytes:
+        return self._get(regs.sve_z(n))
+
+    def set_z(self, n: int, data: bytes) -> None:
+        self._set(regs.sve_z(n), data)
+
+    def p(self, n: int) -> bytes:
+        return self._get(regs.sve_p(n))
+
+    def set_p(self, n: int, data: bytes) -> None:
+        self._set(regs.sve_p(n), data)
+
+    def ffr(self) -> bytes:
+        return self._get(regs.sve_ffr())
+
+    def set_ffr(self, data: bytes) -> None:
+        self._set(regs.sve_ffr(), data)
+
+    def v(self, n: int) -> bytes:
+        return self.vcpu.get_one_reg(regs.core(f"V{n}"))
+
+    def set_v(self, n: int, data: bytes) -> None:
+        self.vcpu.set_one_reg(regs.core(f"V{n}"), bytes(data))
+
+    def za_row(self, n: int) -> bytes:
+        return self._get(regs.sme_za_row(n))
+
+    def set_za_row(self, n: int, data: bytes) -> None:
+        self._set(regs.sme_za_row(n), data)
+
+    def za(self) -> List[bytes]:
+        """All SVL/8 ZA rows (one batch of reads)."""
+        ids = tuple(regs.sme_za_row(r) for r in range(self.svl_bytes))
+        return self._batch(ids).get_all([self.svl_bytes] * len(ids))
+
+    def set_za(self, rows: Sequence[bytes]) -> None:
+        if len(rows) != self.svl_bytes or any(len(r) != self.svl_bytes for r in rows):
+            raise UsageProblem(f"ZA is {self.svl_bytes} rows of {self.svl_bytes} bytes at this SVL")
+        ids = tuple(regs.sme_za_row(r) for r in range(self.svl_bytes))
+        self._batch(ids).set_all(rows)
+
+    def tile(self, name: str) -> Tile:
+        return Tile(name, self.za())
+
+    def set_tile(self, name: str, slices: Sequence[bytes]) -> None:
+        """Write the horizontal slices of one tile (the other tiles' rows are kept)."""
+        rows = tile_rows(name, self.svl_bytes)
+        if len(slices) != len(rows):
+            raise UsageProblem(f"{name} has {len(rows)} horizontal slices, got {len(slices)}")
+        for r, data in zip(rows, slices):
+            self.set_za_row(r, data)
+
+    def zt0(self) -> bytes:
+        return self._get(regs.sme_zt(0))
+
+    def set_zt0(self, data: bytes) -> None:
+        self._set(regs.sme_zt(0), data)
+
+    def control(self, name: str) -> int:
+        """One of :data:`CONTROL_NAMES` (or any register) as an integer."""
+        return self.vcpu.get_reg(regs.parse(name))
+
+    def set_control(self, name: str, value: int) -> None:
+        if name.upper() == "SVCR":
+            return self.set_svcr(value)
+        self.vcpu.set_reg(regs.parse(name), value)
+
+    # -- whole state --
+    def _batch(self, ids: Tuple[int, ...]) -> _RegIO:
+        io = self._io.get(ids)
+        if io is None:
+            io = self._io[ids] = _RegIO(self.vcpu, ids)
+        return io
+
+    def state_ids(self, svcr: int) -> List[int]:
+        """The ids saved for ``svcr``: the restore plan's set (§5, §6), plus
+        the SME ID registers a fresh destination needs."""
+        ids = restore_plan.plan(self._shape(svcr), fresh=False).ids()
+        if self.sme:
+            ids += [regs.parse(n) for n in _ID_REGS]
+        return ids
+
+    def save(self) -> SavedVecState:
+        svcr = self.svcr
+        ids = tuple(self.state_ids(svcr))
+        data = self._batch(ids).get_all([self.data_length(i, svcr) for i in ids])
+        names = self._batch(ids).names
+        return SavedVecState(self.sve_vqs, self.sme_vqs, self.sme_bit, self.fa64, self.sme2, svcr,
+                             dict(zip(names, data)))
+
+    def restore(self, saved: SavedVecState) -> restore_plan.Plan:
+        """Write ``saved`` into this (finalised, same-configuration) vCPU in
+        the §6 order; returns the plan it followed."""
+        if tuple(saved.sve_vqs) != self.sve_vqs or tuple(saved.sme_vqs) != self.sme_vqs:
+            raise UsageProblem(
+                f"the saved state is for SVE {_bits(saved.sve_vqs)} / SME {_bits(saved.sme_vqs)} but "
+                f"{self.vcpu.target} has SVE {_bits(self.sve_vqs)} / SME {_bits(self.sme_vqs)}",
+                "restore into a fresh vCPU with vecstate.restore_fresh()")
+        if saved.sme2 and not self.sme2 and saved.svcr & SVCR_ZA:
+            raise UsageProblem("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
+        p = restore_plan.plan(saved.shape(), fresh=False)
+        _write_plan(self, p, saved)
+        return p
+
+
+def _bits(vqs) -> str:
+    return f"{128 * max(vqs)} bits" if vqs else "off"
+
+
+def _write_plan(state: "VecState", p: restore_plan.Plan, saved: SavedVecState) -> None:
+    for step in p.steps:
+        if step.action != "set" or not step.ids:
+            continue
+        io = state._batch(step.ids)
+        try:
+            values = [saved.registers[n] for n in io.names]
+        except KeyError as e:
+            raise UsageProblem(f"the saved state lacks {e.args[0]}, which its SVCR "
+                               f"({saved.svcr:#x}) says must be there") from None
+        io.set_all(values)
+
+
+def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> VecState:
+    """Restore ``saved`` into a new, uninitialised vCPU: the whole §6 order
+    (INIT with the source's features, the saved VLS sets, the SME ID
+    registers, FINALIZE(4), then the registers). Returns the live model."""
+    errno_explain.install()
+    bit = saved.sme_bit if sme_bit is None else sme_bit
+    if saved.sme_vqs and bit is None:
+        raise UsageProblem("the saved state has SME but no SME feature bit is known",
+                           "give the bit (pyvmm caps shows it)")
+    p = restore_plan.plan(_with_bit(saved.shape(), bit), fresh=True)
+    finalised = False
+    for step in p.steps:
+        if step.action == "init":
+            vcpu.arm_vcpu_init(step.features)
+        elif step.action == "finalize":
+            vcpu.arm_vcpu_finalize(sme.KVM_ARM_VCPU_VEC)
+            finalised = True
+        elif step.action == "set" and not finalised:
+            for i in step.ids:
+                kind = regs.decode(i).kind
+                if kind == "sve_vls":
+                    sme.require_vqs(vcpu, i, saved.sve_vqs, "SVE vector length")
+                elif kind == "sme_vls":
+                    sme.require_vqs(vcpu, i, saved.sme_vqs, "SME vector length")
+                else:  # ID registers: write only what differs (§6.3)
+                    want = int.from_bytes(saved.registers[regs.name(i)], "little")
+                    if vcpu.get_reg(i) != want:
+                        vcpu.set_reg(i, want)
+    state = VecState(vcpu, bit)
+    _write_plan(state, restore_plan.plan(saved.shape(), fresh=False), saved)
+    return state
+
+
+def _with_bit(shape: restore_plan.VecShape, bit: Optional[int]) -> restore_plan.VecShape:
+    from dataclasses import replace
+
+    return replace(shape, sme_bit=bit)
