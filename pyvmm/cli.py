@@ -19,6 +19,7 @@ from .commands import caps as caps_cmd
 from .commands import plan as plan_cmd
 from .commands import diff as diff_cmd
 from .commands import inspect as inspect_cmd
+from .commands import run as run_cmd
 
 
 class _Group(click.Group):
@@ -70,6 +71,7 @@ cli.add_command(abi_check_cmd.abi_check)
 cli.add_command(plan_cmd.restore_plan_cmd)
 cli.add_command(inspect_cmd.inspect)
 cli.add_command(diff_cmd.diff)
+cli.add_command(run_cmd.run)
 
 
 def main(argv=None):

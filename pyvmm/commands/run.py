@@ -1,0 +1,110 @@
+"""``pyvmm run``: boot an arm64 Linux kernel (or a bare-metal binary) in a VM."""
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import tty
+
+import click
+
+from .. import machine as machine_lib
+from ..boot import layout
+from ..errors import UsageProblem
+from ..kvm import DEFAULT_PATH
+
+_LAST_WORDS = {
+    machine_lib.ExitStatus.RESET: "the guest asked for a reset (exit status 3; --on-reboot restart reboots it)",
+}
+
+
+def parse_disk(spec: str) -> machine_lib.DiskSpec:
+    path, sep, opt = spec.rpartition(",")
+    if sep and opt in ("ro", "rw"):
+        return machine_lib.DiskSpec(path, opt == "ro")
+    if not spec:
+        raise UsageProblem("--disk needs a path")
+    return machine_lib.DiskSpec(spec, False)
+
+
+def _writer(fd: int):
+    def output(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return  # the reader went away: the guest keeps running
+            view = view[n:]
+    return output
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("-k", "--kernel", metavar="IMAGE", help="arm64 Linux kernel Image (uncompressed).")
+@click.option("-i", "--initrd", metavar="FILE", help="Initial ramdisk (initramfs) to load.")
+@click.option("-p", "--params", metavar="CMDLINE", default=None,
+              help="Kernel command line; a console= for --console is added unless given.")
+@click.option("-m", "--mem", "mem", default="512M", metavar="SIZE", help="Guest RAM: 512M, 2G (plain numbers are MiB).")
+@click.option("-c", "--cpus", type=int, default=1, metavar="N", help="Number of vCPUs.")
+@click.option("--sve-max-vl", type=int, default=None, metavar="BITS",
+              help="Largest SVE vector length the guest may use (a length the host offers).")
+@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
+              help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
+@click.option("--console", type=click.Choice(["serial", "virtio"]), default="serial",
+              help="Guest console: serial (PL011, ttyAMA0) or virtio (virtio-console, hvc0).")
+@click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
+@click.option("--firmware", metavar="BIN",
+              help="Raw bare-metal binary loaded at the start of RAM and entered with the MMU off.")
+@click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart",
+              help="What a guest reset does: reboot it, or exit with status 3.")
+@click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
+@click.pass_context
+def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, disks, console, dump_dtb, firmware,
+        on_reboot, kvm_path, debug):
+    """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
+
+    \b
+    Exit status: 0 the guest powered off; 1 pyvmm failed; 2 usage error;
+    3 the guest asked for a reset with --on-reboot exit; 4 the guest crashed;
+    130 Ctrl-C / SIGINT (or Ctrl-A x on a terminal); 143 SIGTERM.
+
+    On a terminal, input goes to the guest raw; type Ctrl-A x to stop it.
+
+    \b
+    Examples:
+      pyvmm run -k Image -i initrd.cpio.gz -p quiet -c 2 -m 1G
+      pyvmm run -k Image -i initrd.cpio.gz --disk disk.img --console virtio
+      pyvmm run --firmware payload.bin --dump-dtb machine.dtb
+    """
+    if debug:
+        ctx.find_root().obj["debug"] = True
+    config = machine_lib.MachineConfig(
+        kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
+        cpus=cpus, sve_max_vl=sve_max_vl, disks=[parse_disk(d) for d in disks], console=console,
+        on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path)
+    stdin_fd = None
+    saved = None
+    try:
+        stdin_fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        stdin_fd = None
+    machine_lib.prepare(config)  # usage errors before touching the terminal
+    if stdin_fd is not None and os.isatty(stdin_fd):
+        saved = termios.tcgetattr(stdin_fd)
+        tty.setraw(stdin_fd)
+    try:
+        outcome = machine_lib.run(config, _writer(sys.stdout.fileno()), stdin_fd, escape=saved is not None)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+    if debug:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.exits.items())) or "none"
+        click.echo(f"pyvmm: {outcome.reason}; {outcome.seconds:.2f} s, resets {outcome.resets}, "
+                   f"console {outcome.console_bytes} bytes, exits: {counts}", err=True)
+    status = outcome.status
+    if status not in (machine_lib.ExitStatus.POWEROFF,) and not debug:
+        click.echo(f"pyvmm: {_LAST_WORDS.get(status, outcome.reason)}", err=True)
+    sys.exit(int(status))

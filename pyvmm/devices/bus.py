@@ -1,0 +1,85 @@
+"""The MMIO bus: maps guest physical ranges to devices, refuses overlaps.
+
+A device on the bus implements ``read(offset, length) -> bytes`` and
+``write(offset, data)``; offsets are relative to its base.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from typing import List, Optional, Protocol
+
+from ..errors import PyvmmError
+
+
+class MmioDevice(Protocol):
+    def read(self, offset: int, length: int) -> bytes: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+
+class BusOverlap(PyvmmError):
+    """Two devices were asked to share guest physical addresses."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    base: int
+    size: int
+    device: object
+    name: str
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+
+class MmioBus:
+    def __init__(self):
+        self._maps: List[Mapping] = []
+        self._bases: List[int] = []
+        self._lock = threading.Lock()
+        self.unhandled = 0  # accesses that hit no device
+
+    def register(self, base: int, size: int, device, name: str = "") -> Mapping:
+        if size <= 0 or base < 0:
+            raise ValueError(f"bad MMIO range {base:#x}+{size:#x}")
+        name = name or type(device).__name__
+        with self._lock:
+            for m in self._maps:
+                if base < m.end and m.base < base + size:
+                    raise BusOverlap(f"MMIO range {base:#x}-{base + size - 1:#x} of {name} overlaps "
+                                     f"{m.name} at {m.base:#x}-{m.end - 1:#x}")
+            m = Mapping(base, size, device, name)
+            i = bisect.bisect(self._bases, base)
+            self._maps.insert(i, m)
+            self._bases.insert(i, base)
+        return m
+
+    def find(self, addr: int, length: int = 1) -> Optional[Mapping]:
+        i = bisect.bisect(self._bases, addr) - 1
+        if i < 0:
+            return None
+        m = self._maps[i]
+        if addr + length <= m.end:
+            return m
+        return None
+
+    def read(self, addr: int, length: int) -> bytes:
+        m = self.find(addr, length)
+        if m is None:
+            self.unhandled += 1
+            return bytes(length)
+        data = m.device.read(addr - m.base, length)
+        return bytes(data[:length]).ljust(length, b"\0")
+
+    def write(self, addr: int, data: bytes) -> None:
+        m = self.find(addr, len(data))
+        if m is None:
+            self.unhandled += 1
+            return
+        m.device.write(addr - m.base, data)
+
+    def mappings(self) -> List[Mapping]:
+        return list(self._maps)

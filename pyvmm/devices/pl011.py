@@ -1,0 +1,129 @@
+"""ARM PrimeCell UART (PL011), as Linux's amba-pl011 driver and earlycon use it.
+
+Register map and bits: ARM DDI 0183 (PrimeCell UART PL011 TRM), section 3.
+Transmission is instantaneous, so the TX FIFO is always empty (FR.TXFE) and
+the TX interrupt is raised after every write to DR. Received bytes wait in a
+host-side queue; FR.RXFE says whether one is there; RX and RX-timeout
+interrupts are raised while it is non-empty.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Callable
+
+from ..boot import fdt
+
+DR, RSR_ECR, FR, ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, RIS, MIS, ICR, DMACR = (
+    0x000, 0x004, 0x018, 0x020, 0x024, 0x028, 0x02C, 0x030, 0x034, 0x038, 0x03C, 0x040, 0x044, 0x048)
+ID_BASE = 0xFE0
+# UARTPeriphID0-3, UARTPCellID0-3 (TRM 3.3.14-15): part 0x011, designer ARM, rev r1p5.
+ID_BYTES = bytes((0x11, 0x10, 0x34, 0x00, 0x0D, 0xF0, 0x05, 0xB1))
+
+FR_RXFE, FR_TXFF, FR_RXFF, FR_TXFE = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+INT_RX, INT_TX, INT_RT = 1 << 4, 1 << 5, 1 << 6
+INT_ALL = 0x7FF
+LCR_H_FEN = 1 << 4
+FIFO_DEPTH = 32
+RX_QUEUE_MAX = 64 * 1024  # host-side input kept while the guest is not reading
+
+SIZE = 0x1000
+
+
+class Pl011:
+    def __init__(self, base: int, spi: int, raise_irq: Callable[[bool], None],
+                 output: Callable[[bytes], None]):
+        self.base, self.spi = base, spi
+        self._raise_irq = raise_irq
+        self._output = output
+        self._lock = threading.Lock()
+        self._rx = collections.deque()
+        self.tx_bytes = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self.regs = {ILPR: 0, IBRD: 0, FBRD: 0, LCR_H: 0, CR: 0x300, IFLS: 0x12, IMSC: 0, DMACR: 0}
+        self.ris = 0
+        self._level = False
+
+    # -- guest side ---------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        with self._lock:
+            value = self._read(offset)
+            self._update()
+        return value.to_bytes(4, "little")[:length].ljust(length, b"\0")
+
+    def _read(self, offset: int) -> int:
+        if offset == DR:
+            if not self._rx:
+                return 0
+            b = self._rx.popleft()
+            if not self._rx:
+                self.ris &= ~(INT_RX | INT_RT)
+            return b
+        if offset == FR:
+            fr = FR_TXFE
+            if not self._rx:
+                fr |= FR_RXFE
+            elif len(self._rx) >= (FIFO_DEPTH if self.regs[LCR_H] & LCR_H_FEN else 1):
+                fr |= FR_RXFF
+            return fr
+        if offset == RIS:
+            return self.ris
+        if offset == MIS:
+            return self.ris & self.regs[IMSC]
+        if offset == RSR_ECR:
+            return 0
+        if ID_BASE <= offset < ID_BASE + 32 and offset % 4 == 0:
+            return ID_BYTES[(offset - ID_BASE) // 4]
+        return self.regs.get(offset, 0)
+
+    def write(self, offset: int, data: bytes) -> None:
+        value = int.from_bytes(data[:4], "little")
+        out = None
+        with self._lock:
+            if offset == DR:
+                out = bytes((value & 0xFF,))
+                self.tx_bytes += 1
+                self.ris |= INT_TX
+            elif offset == ICR:
+                self.ris &= ~(value & INT_ALL)
+                if self._rx:
+                    self.ris |= INT_RX | INT_RT  # still data: the condition holds
+            elif offset == IMSC:
+                self.regs[IMSC] = value & INT_ALL
+            elif offset in self.regs:
+                self.regs[offset] = value & 0xFFFF
+            self._update()
+        if out is not None:
+            self._output(out)
+
+    # -- host side ------------------------------------------------------------
+    def receive(self, data: bytes) -> int:
+        """Queue input for the guest (host stdin); returns how many bytes were taken."""
+        with self._lock:
+            room = RX_QUEUE_MAX - len(self._rx)
+            taken = data[:max(room, 0)]
+            self._rx.extend(taken)
+            if self._rx:
+                self.ris |= INT_RX | INT_RT
+            self._update()
+        return len(taken)
+
+    def _update(self) -> None:
+        level = bool(self.ris & self.regs[IMSC])
+        if level != self._level:
+            self._level = level
+            self._raise_irq(level)
+
+    def dt_node(self) -> fdt.Node:
+        return (fdt.Node(f"pl011@{self.base:x}")
+                .prop("compatible", ["arm,pl011", "arm,primecell"])
+                .prop("reg", fdt.reg64((self.base, SIZE)))
+                .prop("interrupts", fdt.irq(fdt.GIC_SPI, self.spi, fdt.IRQ_TYPE_LEVEL_HIGH))
+                .prop("clocks", (fdt.PHANDLE_APB_CLOCK, fdt.PHANDLE_APB_CLOCK))
+                .prop("clock-names", ["uartclk", "apb_pclk"]))
+
+    @property
+    def dt_path(self) -> str:
+        return f"/pl011@{self.base:x}"

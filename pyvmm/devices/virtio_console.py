@@ -1,0 +1,87 @@
+"""virtio-console, one port, no multiport (virtio 1.2, section 5.3): queue 0
+receives (host -> guest), queue 1 transmits (guest -> host). Linux names it hvc0."""
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
+from .virtqueue import read_segments, write_segments
+
+DEVICE_ID = 3
+RX, TX = 0, 1
+PENDING_MAX = 64 * 1024
+
+
+class VirtioConsole(VirtioBackend):
+    device_id = DEVICE_ID
+    num_queues = 2
+    queue_max = 256
+    features = VIRTIO_F_VERSION_1
+
+    def __init__(self, output: Callable[[bytes], None]):
+        self._output = output
+        self._pending = bytearray()
+        self.tx_bytes = 0
+
+    def config_read(self, offset: int, length: int) -> bytes:
+        # struct virtio_console_config: cols u16, rows u16, max_nr_ports u32, emerg_wr u32
+        return struct.pack("<HHII", 80, 25, 1, 0)[offset:offset + length].ljust(length, b"\0")
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        if offset == 8 and data:  # emerg_wr: one character out, no queue involved
+            self._output(data[:1])
+
+    def reset(self) -> None:
+        self._pending.clear()
+
+    def queue_notify(self, transport, index: int) -> None:
+        if index == TX:
+            q = transport.queues[TX]
+            out, done = [], False
+            while True:
+                chain = q.pop()
+                if chain is None:
+                    break
+                out.append(read_segments(transport.mem, chain.readable))
+                q.push(chain.head, 0)
+                done = True
+            if out:
+                data = b"".join(out)
+                self.tx_bytes += len(data)
+                self._output(data)
+            if done:
+                transport.signal_used(q)
+        elif index == RX:
+            self._fill()
+
+    def _fill(self) -> None:
+        t = self.transport
+        if t is None or not t.driver_ok or not self._pending:
+            return
+        q = t.queues[RX]
+        if not q.ready:
+            return
+        done = False
+        while self._pending:
+            chain = q.pop()
+            if chain is None:
+                break
+            n = write_segments(t.mem, chain.writable, bytes(self._pending[:chain.writable_len]))
+            del self._pending[:n]
+            q.push(chain.head, n)
+            done = True
+        if done:
+            t.signal_used(q)
+
+    def receive(self, data: bytes) -> int:
+        """Host input for the guest (called from the stdin thread)."""
+        t = self.transport
+        if t is None:
+            return 0
+        with t.lock:
+            room = PENDING_MAX - len(self._pending)
+            taken = data[:max(room, 0)]
+            self._pending += taken
+            t.run_guarded(self._fill)
+        return len(taken)

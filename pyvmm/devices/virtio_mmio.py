@@ -1,0 +1,238 @@
+"""The virtio-mmio transport, version 2 (virtio 1.2, section 4.2.2).
+
+A backend (virtio_blk, virtio_console) supplies the device id, features,
+config space and the queue handlers; the transport owns the registers, the
+queues, the interrupt status and the error state: when a backend's queue
+handling raises :class:`VirtqueueError` or touches memory outside guest RAM,
+the device sets DEVICE_NEEDS_RESET, raises a configuration-change interrupt
+(4.2.2.1 / 2.1.2) and ignores its queues until the driver resets it.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Callable, List
+
+from ..boot import fdt
+from ..memory import GuestMemoryError
+from .virtqueue import Virtqueue, VirtqueueError
+
+MAGIC = 0x74726976  # "virt"
+VERSION = 2
+VENDOR_ID = 0x554D4551  # the id QEMU and kvmtool use ("QEMU"): Linux does not look at it
+
+(R_MAGIC, R_VERSION, R_DEVICE_ID, R_VENDOR_ID, R_DEVICE_FEATURES, R_DEVICE_FEATURES_SEL,
+ R_DRIVER_FEATURES, R_DRIVER_FEATURES_SEL, R_QUEUE_SEL, R_QUEUE_NUM_MAX, R_QUEUE_NUM,
+ R_QUEUE_READY, R_QUEUE_NOTIFY, R_INTERRUPT_STATUS, R_INTERRUPT_ACK, R_STATUS,
+ R_QUEUE_DESC_LOW, R_QUEUE_DESC_HIGH, R_QUEUE_DRIVER_LOW, R_QUEUE_DRIVER_HIGH,
+ R_QUEUE_DEVICE_LOW, R_QUEUE_DEVICE_HIGH, R_SHM_SEL, R_SHM_LEN_LOW, R_SHM_LEN_HIGH,
+ R_SHM_BASE_LOW, R_SHM_BASE_HIGH, R_QUEUE_RESET, R_CONFIG_GENERATION) = (
+    0x000, 0x004, 0x008, 0x00C, 0x010, 0x014, 0x020, 0x024, 0x030, 0x034, 0x038, 0x044, 0x050,
+    0x060, 0x064, 0x070, 0x080, 0x084, 0x090, 0x094, 0x0A0, 0x0A4, 0x0AC, 0x0B0, 0x0B4, 0x0B8,
+    0x0BC, 0x0C0, 0x0FC)
+CONFIG = 0x100
+SIZE = 0x200
+
+# Device status bits (2.1)
+ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, DEVICE_NEEDS_RESET, FAILED = 1, 2, 4, 8, 64, 128
+# Interrupt status bits (4.2.2)
+INT_USED_BUFFER, INT_CONFIG_CHANGE = 1, 2
+
+VIRTIO_F_VERSION_1 = 1 << 32
+
+
+class VirtioBackend:
+    """What a virtio device type supplies. Handlers run with the transport's lock held."""
+
+    device_id = 0
+    features = VIRTIO_F_VERSION_1
+    transport = None  # set by the transport that carries this backend
+    num_queues = 1
+    queue_max = 256
+
+    def config_read(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        pass
+
+    def queue_notify(self, transport: "VirtioMmio", index: int) -> None:
+        pass
+
+    def activate(self, transport: "VirtioMmio") -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+
+class VirtioMmio:
+    def __init__(self, base: int, spi: int, mem, raise_irq: Callable[[bool], None], backend: VirtioBackend):
+        self.base, self.spi = base, spi
+        self.mem = mem
+        self._raise_irq = raise_irq
+        self.backend = backend
+        backend.transport = self
+        self.lock = threading.RLock()
+        self.queues: List[Virtqueue] = [Virtqueue(mem, backend.queue_max) for _ in range(backend.num_queues)]
+        self.error = None  # why the device is in its error state
+        self.notifications = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.status = 0
+        self.device_features_sel = self.driver_features_sel = 0
+        self.driver_features = 0
+        self.queue_sel = 0
+        self.interrupt_status = 0
+        self.config_generation = 0
+        self.error = None
+        for q in self.queues:
+            q.reset()
+        self.backend.reset()
+        self._set_level(False)
+
+    def _set_level(self, level: bool) -> None:
+        self._raise_irq(level)
+
+    # -- interrupts and errors -----------------------------------------------
+    def signal_used(self, queue: Virtqueue) -> None:
+        if queue.wants_interrupt():
+            self.interrupt_status |= INT_USED_BUFFER
+            self._set_level(True)
+
+    def fail(self, why: str) -> None:
+        """Enter the error state (2.1.1: DEVICE_NEEDS_RESET + config change)."""
+        if self.error is None:
+            self.error = why
+            self.status |= DEVICE_NEEDS_RESET
+            self.interrupt_status |= INT_CONFIG_CHANGE
+            self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
+            self._set_level(True)
+
+    @property
+    def driver_ok(self) -> bool:
+        return bool(self.status & DRIVER_OK) and self.error is None
+
+    def run_guarded(self, fn, *args) -> None:
+        """Run backend queue code; a driver error puts the device in its error state."""
+        try:
+            fn(*args)
+        except (VirtqueueError, GuestMemoryError) as e:
+            self.fail(str(e))
+
+    # -- registers ---------------------------------------------------------------
+    def _queue(self):
+        return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
+
+    def read(self, offset: int, length: int) -> bytes:
+        with self.lock:
+            if offset >= CONFIG:
+                return self.backend.config_read(offset - CONFIG, length)
+            return self._read_reg(offset).to_bytes(4, "little")[:length].ljust(length, b"\0")
+
+    def _read_reg(self, offset: int) -> int:
+        q = self._queue()
+        if offset == R_MAGIC:
+            return MAGIC
+        if offset == R_VERSION:
+            return VERSION
+        if offset == R_DEVICE_ID:
+            return self.backend.device_id
+        if offset == R_VENDOR_ID:
+            return VENDOR_ID
+        if offset == R_DEVICE_FEATURES:
+            return (self.backend.features >> (32 * self.device_features_sel)) & 0xFFFFFFFF \
+                if self.device_features_sel < 2 else 0
+        if offset == R_QUEUE_NUM_MAX:
+            return q.max_size if q else 0
+        if offset == R_QUEUE_READY:
+            return int(q.ready) if q else 0
+        if offset == R_INTERRUPT_STATUS:
+            return self.interrupt_status
+        if offset == R_STATUS:
+            return self.status
+        if offset == R_CONFIG_GENERATION:
+            return self.config_generation
+        if offset == R_SHM_LEN_LOW or offset == R_SHM_LEN_HIGH:
+            return 0xFFFFFFFF  # no shared memory regions (4.2.2: length -1)
+        if q is not None:
+            for reg, attr, hi in ((R_QUEUE_DESC_LOW, "desc_addr", 0), (R_QUEUE_DESC_HIGH, "desc_addr", 1),
+                                  (R_QUEUE_DRIVER_LOW, "avail_addr", 0), (R_QUEUE_DRIVER_HIGH, "avail_addr", 1),
+                                  (R_QUEUE_DEVICE_LOW, "used_addr", 0), (R_QUEUE_DEVICE_HIGH, "used_addr", 1)):
+                if offset == reg:
+                    return (getattr(q, attr) >> (32 * hi)) & 0xFFFFFFFF
+            if offset == R_QUEUE_NUM:
+                return q.size
+        return 0
+
+    def write(self, offset: int, data: bytes) -> None:
+        with self.lock:
+            if offset >= CONFIG:
+                self.backend.config_write(offset - CONFIG, data)
+                return
+            value = int.from_bytes(data[:4], "little")
+            self._write_reg(offset, value)
+
+    def _write_reg(self, offset: int, value: int) -> None:
+        q = self._queue()
+        if offset == R_DEVICE_FEATURES_SEL:
+            self.device_features_sel = value
+        elif offset == R_DRIVER_FEATURES_SEL:
+            self.driver_features_sel = value
+        elif offset == R_DRIVER_FEATURES:
+            if self.driver_features_sel < 2 and not self.status & FEATURES_OK:
+                shift = 32 * self.driver_features_sel
+                self.driver_features = (self.driver_features & ~(0xFFFFFFFF << shift)) | (value << shift)
+        elif offset == R_QUEUE_SEL:
+            self.queue_sel = value
+        elif offset == R_INTERRUPT_ACK:
+            self.interrupt_status &= ~value
+            if self.interrupt_status == 0:
+                self._set_level(False)
+        elif offset == R_STATUS:
+            self._write_status(value)
+        elif offset == R_QUEUE_NOTIFY:
+            self.notifications += 1
+            if self.driver_ok and value < len(self.queues) and self.queues[value].ready:
+                self.run_guarded(self.backend.queue_notify, self, value)
+        elif q is not None and not q.ready:
+            # Queue set-up registers are only written while the queue is not ready (4.2.3.2).
+            if offset == R_QUEUE_NUM:
+                q.size = value
+            elif offset == R_QUEUE_READY:
+                if value == 1:
+                    try:
+                        q.activate()
+                    except VirtqueueError as e:
+                        self.fail(str(e))
+            else:
+                for reg, attr, hi in ((R_QUEUE_DESC_LOW, "desc_addr", 0), (R_QUEUE_DESC_HIGH, "desc_addr", 1),
+                                      (R_QUEUE_DRIVER_LOW, "avail_addr", 0), (R_QUEUE_DRIVER_HIGH, "avail_addr", 1),
+                                      (R_QUEUE_DEVICE_LOW, "used_addr", 0), (R_QUEUE_DEVICE_HIGH, "used_addr", 1)):
+                    if offset == reg:
+                        old = getattr(q, attr)
+                        mask = 0xFFFFFFFF << (32 * hi)
+                        setattr(q, attr, (old & ~mask) | (value << (32 * hi)))
+        elif q is not None and offset == R_QUEUE_READY and value == 0:
+            q.ready = False
+
+    def _write_status(self, value: int) -> None:
+        if value == 0:
+            self._reset()
+            return
+        if value & FEATURES_OK and not self.status & FEATURES_OK:
+            # 2.2: the driver may only accept features the device offered; VERSION_1 is required.
+            if self.driver_features & ~self.backend.features or not self.driver_features & VIRTIO_F_VERSION_1:
+                value &= ~FEATURES_OK
+        was_ok = self.status & DRIVER_OK
+        self.status = (value & ~DEVICE_NEEDS_RESET) | (self.status & DEVICE_NEEDS_RESET)
+        if self.status & DRIVER_OK and not was_ok and self.error is None:
+            self.run_guarded(self.backend.activate, self)
+
+    # -- device tree -------------------------------------------------------------
+    def dt_node(self) -> fdt.Node:
+        return (fdt.Node(f"virtio_mmio@{self.base:x}")
+                .prop("compatible", "virtio,mmio")
+                .prop("reg", fdt.reg64((self.base, SIZE)))
+                .prop("interrupts", fdt.irq(fdt.GIC_SPI, self.spi, fdt.IRQ_TYPE_LEVEL_HIGH))
+                .prop("dma-coherent"))

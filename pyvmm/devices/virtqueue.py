@@ -1,0 +1,186 @@
+"""Split virtqueues (virtio 1.2, section 2.7), device side.
+
+Every guest-supplied address, length and index is checked before use: ring
+and descriptor addresses must lie entirely in guest RAM (all access goes
+through the GuestMemory accessor, which refuses anything else), indices must
+be below the queue size, a chain may not be longer than the table it lives in
+(no loops), indirect tables may not nest, and a chain may not describe more
+than MAX_CHAIN_BYTES. A violation raises :class:`VirtqueueError`; the
+transport then puts the device into its error state (DEVICE_NEEDS_RESET).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+from ..errors import GuestError
+
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+DESC_SIZE = 16
+MAX_QUEUE_SIZE = 32768  # 2.7: "Queue Size ... maximum 32768"
+MAX_CHAIN_BYTES = 128 << 20
+
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+
+
+class VirtqueueError(GuestError):
+    """The driver broke the virtqueue rules; the device must be reset."""
+
+
+Segment = Tuple[int, int]  # (guest physical address, length)
+
+
+@dataclass
+class Chain:
+    head: int
+    readable: List[Segment] = field(default_factory=list)
+    writable: List[Segment] = field(default_factory=list)
+
+    @property
+    def readable_len(self) -> int:
+        return sum(n for _, n in self.readable)
+
+    @property
+    def writable_len(self) -> int:
+        return sum(n for _, n in self.writable)
+
+
+def read_segments(mem, segs: List[Segment], offset: int = 0, length: Optional[int] = None) -> bytes:
+    """Bytes [offset, offset+length) of the concatenation of ``segs``."""
+    out = []
+    want = None if length is None else length
+    for addr, n in segs:
+        if offset >= n:
+            offset -= n
+            continue
+        take = n - offset if want is None else min(n - offset, want)
+        out.append(mem.read(addr + offset, take))
+        offset = 0
+        if want is not None:
+            want -= take
+            if want == 0:
+                break
+    return b"".join(out)
+
+
+def write_segments(mem, segs: List[Segment], data: bytes, offset: int = 0) -> int:
+    """Scatter ``data`` into ``segs`` starting ``offset`` bytes in; returns bytes written."""
+    pos = 0
+    for addr, n in segs:
+        if offset >= n:
+            offset -= n
+            continue
+        take = min(n - offset, len(data) - pos)
+        if take <= 0:
+            break
+        mem.write(addr + offset, data[pos:pos + take])
+        pos += take
+        offset = 0
+    return pos
+
+
+class Virtqueue:
+    def __init__(self, mem, max_size: int = 256):
+        if not 1 <= max_size <= MAX_QUEUE_SIZE:
+            raise ValueError("bad queue size")
+        self.mem = mem
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        self.size = self.max_size
+        self.ready = False
+        self.desc_addr = self.avail_addr = self.used_addr = 0
+        self.last_avail = 0
+        self.used_idx = 0
+
+    # -- set-up ---------------------------------------------------------------
+    def activate(self) -> None:
+        """Check the ring geometry the driver wrote (2.7: alignment 16/2/4)."""
+        size = self.size
+        if not 1 <= size <= self.max_size or size & (size - 1):
+            raise VirtqueueError(f"queue size {size} is not a power of two in 1..{self.max_size}")
+        for what, addr, length, align in (("descriptor table", self.desc_addr, DESC_SIZE * size, 16),
+                                          ("available ring", self.avail_addr, 6 + 2 * size, 2),
+                                          ("used ring", self.used_addr, 6 + 8 * size, 4)):
+            if addr % align:
+                raise VirtqueueError(f"{what} at {addr:#x} is not {align}-byte aligned")
+            if not self.mem.contains(addr, length):
+                raise VirtqueueError(f"{what} at {addr:#x}+{length:#x} is outside guest RAM")
+        self.ready = True
+
+    # -- the rings ------------------------------------------------------------
+    def _u16(self, addr: int) -> int:
+        return _U16.unpack(self.mem.read(addr, 2))[0]
+
+    def pending(self) -> int:
+        n = (self._u16(self.avail_addr + 2) - self.last_avail) & 0xFFFF
+        if n > self.size:
+            raise VirtqueueError(f"available index moved by {n}, more than the queue size {self.size}")
+        return n
+
+    def pop(self) -> Optional[Chain]:
+        """The next available descriptor chain, or None."""
+        if not self.ready or self.pending() == 0:
+            return None
+        head = self._u16(self.avail_addr + 4 + 2 * (self.last_avail % self.size))
+        if head >= self.size:
+            raise VirtqueueError(f"available ring entry {head} is not below the queue size {self.size}")
+        chain = self._walk(head)
+        self.last_avail = (self.last_avail + 1) & 0xFFFF
+        return chain
+
+    def _walk(self, head: int) -> Chain:
+        chain = Chain(head)
+        table, table_size = self.desc_addr, self.size
+        idx, seen, total, indirect = head, 0, 0, False
+        while True:
+            if idx >= table_size:
+                raise VirtqueueError(f"descriptor index {idx} is not below the table size {table_size}")
+            seen += 1
+            if seen > table_size:
+                raise VirtqueueError(f"descriptor chain from {head} is longer than its table (a loop)")
+            addr, length, flags, nxt = _DESC.unpack(self.mem.read(table + DESC_SIZE * idx, DESC_SIZE))
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                if indirect:
+                    raise VirtqueueError("nested indirect descriptor table")
+                if flags & VIRTQ_DESC_F_NEXT:
+                    raise VirtqueueError("indirect descriptor with NEXT set")
+                if length == 0 or length % DESC_SIZE or length // DESC_SIZE > MAX_QUEUE_SIZE:
+                    raise VirtqueueError(f"indirect table length {length} is not a multiple of 16 in 16..512K")
+                if not self.mem.contains(addr, length):
+                    raise VirtqueueError(f"indirect table at {addr:#x}+{length:#x} is outside guest RAM")
+                table, table_size, idx, seen, indirect = addr, length // DESC_SIZE, 0, 0, True
+                continue
+            if not self.mem.contains(addr, length):
+                raise VirtqueueError(f"buffer {addr:#x}+{length:#x} is outside guest RAM")
+            total += length
+            if total > MAX_CHAIN_BYTES:
+                raise VirtqueueError(f"descriptor chain describes more than {MAX_CHAIN_BYTES} bytes")
+            if flags & VIRTQ_DESC_F_WRITE:
+                chain.writable.append((addr, length))
+            else:
+                if chain.writable:
+                    raise VirtqueueError("device-readable descriptor after a device-writable one")
+                chain.readable.append((addr, length))
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return chain
+            idx = nxt
+
+    def push(self, head: int, written: int) -> None:
+        """Return chain ``head`` to the driver with ``written`` bytes written."""
+        slot = self.used_addr + 4 + 8 * (self.used_idx % self.size)
+        self.mem.write(slot, _USED_ELEM.pack(head, written))
+        self.used_idx = (self.used_idx + 1) & 0xFFFF
+        # The element is stored before the index; the interrupt that follows is
+        # delivered through a system call, which orders both for the guest.
+        self.mem.write(self.used_addr + 2, _U16.pack(self.used_idx))
+
+    def wants_interrupt(self) -> bool:
+        return not self._u16(self.avail_addr) & VIRTQ_AVAIL_F_NO_INTERRUPT

@@ -1,0 +1,498 @@
+"""The machine: guest RAM, the vGICv3, the MMIO bus with its devices, one
+host thread per vCPU, and the run loop that turns guest events into an exit
+status (a value: this module prints nothing and never exits).
+
+Boot follows Documentation/arch/arm64/booting.rst: vCPU 0 starts at the
+kernel entry with x0 = DTB address, x1-x3 = 0, MMU off, EL1h, DAIF masked
+(KVM's reset state). Secondaries start powered off (KVM_ARM_VCPU_POWER_OFF);
+PSCI 0.2 (KVM_ARM_VCPU_PSCI_0_2) is handled inside KVM, which exits to us only
+for SYSTEM_OFF / SYSTEM_RESET (KVM_EXIT_SYSTEM_EVENT).
+
+Stopping: set ``immediate_exit`` in every vCPU's kvm_run, then send each vCPU
+thread SIGUSR1 (a no-op handler), so KVM_RUN returns EINTR wherever it is.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import select
+import signal
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+from . import exits, regs
+from ._ffi import const
+from .boot import fdt, image, layout
+from .devices.bus import MmioBus
+from .devices.pl011 import SIZE as PL011_SIZE, Pl011
+from .devices.virtio_blk import VirtioBlk
+from .devices.virtio_console import VirtioConsole
+from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
+from .errors import HostUnsupported, PyvmmError, UsageProblem
+from .gic import VgicV3, spi_irq_line
+from .memory import GuestMemory
+from .sme import choose_vqs
+from .vcpu import mpidr_of
+
+
+class ExitStatus(enum.IntEnum):
+    POWEROFF = 0     # the guest powered off (PSCI SYSTEM_OFF)
+    ERROR = 1        # pyvmm failed at run time
+    USAGE = 2        # bad options or input files
+    RESET = 3        # the guest asked for a reset and on_reboot is "exit"
+    CRASH = 4        # KVM crash event, failed entry, an exit pyvmm cannot continue from
+    INTERRUPTED = 130  # SIGINT (Ctrl-C) or the console escape (Ctrl-A x)
+    TERMINATED = 143   # SIGTERM
+
+
+@dataclass
+class DiskSpec:
+    path: str
+    readonly: bool = False
+
+
+@dataclass
+class MachineConfig:
+    kernel: Optional[str] = None
+    initrd: Optional[str] = None
+    firmware: Optional[str] = None
+    cmdline: Optional[str] = None
+    mem: int = 512 * layout.MiB
+    cpus: int = 1
+    sve_max_vl: Optional[int] = None
+    disks: List[DiskSpec] = field(default_factory=list)
+    console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
+    on_reboot: str = "restart"  # restart | exit
+    dump_dtb: Optional[str] = None
+    kvm_path: str = "/dev/kvm"
+
+
+@dataclass
+class Outcome:
+    status: ExitStatus
+    reason: str
+    resets: int = 0
+    exits: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    console_bytes: int = 0
+
+
+def default_cmdline(console: str) -> str:
+    return "console=hvc0" if console == "virtio" else "console=ttyAMA0 earlycon"
+
+
+def full_cmdline(config: MachineConfig) -> str:
+    """The user's -p, with a console= for the chosen console unless it names one."""
+    user = (config.cmdline or "").strip()
+    if "console=" in user:
+        return user
+    return f"{default_cmdline(config.console)} {user}".strip()
+
+
+@dataclass
+class Payload:
+    """What goes into RAM, checked before any KVM object exists."""
+    data: bytes
+    initrd: Optional[bytes]
+    plan: layout.BootPlan
+    firmware: bool
+
+
+def prepare(config: MachineConfig) -> Payload:
+    """Validate options and files; raise UsageProblem with the reason."""
+    if not 1 <= config.cpus <= layout.MAX_VCPUS:
+        raise UsageProblem(f"--cpus {config.cpus}: pyvmm runs 1 to {layout.MAX_VCPUS} vCPUs")
+    if config.console not in ("serial", "virtio"):
+        raise UsageProblem(f"--console {config.console!r}: choose serial or virtio")
+    if config.on_reboot not in ("restart", "exit"):
+        raise UsageProblem(f"--on-reboot {config.on_reboot!r}: choose restart or exit")
+    if bool(config.kernel) == bool(config.firmware):
+        raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
+    layout.check_ram(config.mem)
+    for d in config.disks:
+        if not os.path.isfile(d.path):
+            raise UsageProblem(f"--disk {d.path}: no such file" if not os.path.exists(d.path)
+                               else f"--disk {d.path}: not a regular file")
+        if not os.access(d.path, os.R_OK if d.readonly else os.R_OK | os.W_OK):
+            raise UsageProblem(f"--disk {d.path}: permission denied"
+                               + ("" if d.readonly else " (add ,ro for a read-only disk)"))
+    if len(config.disks) + (config.console == "virtio") > layout.VIRTIO_SLOTS:
+        raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
+    initrd = None
+    if config.initrd:
+        initrd = image.read_file(config.initrd, "initrd")
+        if not initrd:
+            raise UsageProblem(f"initrd {config.initrd}: the file is empty")
+    if config.firmware:
+        data = image.read_file(config.firmware, "firmware")
+        if not data:
+            raise UsageProblem(f"firmware {config.firmware}: the file is empty")
+        plan = layout.plan(config.mem, len(data), 0, len(initrd or b""), initrd is not None, what="firmware")
+        return Payload(data, initrd, plan, True)
+    data = image.read_file(config.kernel, "kernel")
+    hdr = image.parse_header(data, f"kernel {config.kernel}")
+    plan = layout.plan(config.mem, image.load_size(hdr, len(data)), hdr.text_offset,
+                       len(initrd or b""), initrd is not None)
+    return Payload(data, initrd, plan, False)
+
+
+class _KernelOwned:
+    """A bus placeholder for a range KVM handles itself (the vGIC): it keeps
+    devices from being placed there; accesses never reach userspace."""
+
+    def read(self, offset, length):
+        return bytes(length)
+
+    def write(self, offset, data):
+        pass
+
+
+class ConsoleInput:
+    """Reads host input and hands it to the current machine's console.
+    In raw terminal mode, Ctrl-A x stops the guest and Ctrl-A Ctrl-A sends Ctrl-A."""
+
+    ESCAPE = 0x01
+
+    def __init__(self, fd: Optional[int], escape: bool = False):
+        self.fd = fd
+        self.escape = escape
+        self.sink: Optional[Callable[[bytes], int]] = None
+        self.on_escape: Optional[Callable[[], None]] = None
+        self._stop = threading.Event()
+        self._pending_escape = False
+        self._thread = None
+
+    def start(self) -> None:
+        if self.fd is None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="console-input", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                r, _, _ = select.select([self.fd], [], [], 0.2)
+                if not r:
+                    continue
+                data = os.read(self.fd, 4096)
+            except (OSError, ValueError):
+                return
+            if not data:
+                return  # EOF: no more input
+            if self.escape:
+                data = self._filter(data)
+            while data and not self._stop.is_set():
+                sink = self.sink
+                taken = sink(data) if sink else 0
+                data = data[taken:]
+                if data:
+                    time.sleep(0.01)  # the guest is not reading: wait for room
+
+    def _filter(self, data: bytes) -> bytes:
+        out = bytearray()
+        for b in data:
+            if self._pending_escape:
+                self._pending_escape = False
+                if b in (ord("x"), ord("X")):
+                    if self.on_escape:
+                        self.on_escape()
+                    continue
+                if b == self.ESCAPE:
+                    out.append(b)
+                    continue
+                out += bytes((self.ESCAPE, b))
+            elif b == self.ESCAPE:
+                self._pending_escape = True
+            else:
+                out.append(b)
+        return bytes(out)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Machine:
+    def __init__(self, kvm, config: MachineConfig, payload: Payload, output: Callable[[bytes], None]):
+        self.kvm = kvm
+        self.config = config
+        self.payload = payload
+        self.output = output
+        self.vm = None
+        self.mem = GuestMemory()
+        self.bus = MmioBus()
+        self.vcpus = []
+        self.gic = None
+        self.uart = None
+        self.console = None
+        self.virtio: List[VirtioMmio] = []
+        self.disks: List[VirtioBlk] = []
+        self.dtb = b""
+        self.cmdline = full_cmdline(config)
+        self._threads: List[threading.Thread] = []
+        self._done = threading.Event()
+        self._outcome_lock = threading.Lock()
+        self._outcome: Optional[Outcome] = None
+        self.exits: Counter = Counter()
+
+    # -- building --------------------------------------------------------------
+    def _irq(self, spi: int) -> Callable[[bool], None]:
+        line = spi_irq_line(spi)
+        vm = self.vm
+
+        def raise_irq(level: bool) -> None:
+            vm.irq_line(line, 1 if level else 0)
+        return raise_irq
+
+    def build(self) -> None:
+        c, kvm = self.config, self.kvm
+        self.vm = kvm.create_vm()
+        self.mem.add(layout.RAM_BASE, c.mem, self.vm)
+        has_sve = kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0
+        if c.sve_max_vl is not None and not has_sve:
+            raise HostUnsupported("--sve-max-vl: this host's KVM offers no SVE to guests")
+        if kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
+            raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
+        for i in range(c.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            features = [const("KVM_ARM_VCPU_PSCI_0_2")]
+            if i > 0:
+                features.append(const("KVM_ARM_VCPU_POWER_OFF"))
+            if has_sve:
+                features.append(const("KVM_ARM_VCPU_SVE"))
+            vcpu.arm_vcpu_init(features)
+            if has_sve:
+                if c.sve_max_vl is not None:
+                    offered = regs.vls_decode(vcpu.get_one_reg(regs.SVE_VLS))
+                    chosen = choose_vqs(offered, c.sve_max_vl, "--sve-max-vl")
+                    vcpu.set_one_reg(regs.SVE_VLS, regs.vls_encode(chosen))
+                vcpu.arm_vcpu_finalize(4)  # KVM_ARM_VCPU_VEC (= KVM_ARM_VCPU_SVE)
+            self.vcpus.append(vcpu)
+        self.gic = VgicV3(self.vm, c.cpus)
+        self.gic.init()
+        self.bus.register(layout.GICD_BASE, layout.GICD_SIZE, _KernelOwned(), "vGICv3 distributor")
+        self.bus.register(layout.GICR_BASE, layout.gicr_size(c.cpus), _KernelOwned(), "vGICv3 redistributors")
+
+        self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.output)
+        self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
+        slot = 0
+        if c.console == "virtio":
+            self.console = VirtioConsole(self.output)
+            self._add_virtio(slot, self.console, "virtio-console")
+            slot += 1
+        for d in c.disks:
+            blk = VirtioBlk(d.path, d.readonly)
+            self.disks.append(blk)
+            self._add_virtio(slot, blk, f"virtio-blk {d.path}")
+            slot += 1
+        self._load()
+
+    def _add_virtio(self, slot: int, backend, name: str) -> None:
+        base, spi = layout.virtio_slot(slot)
+        t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+        self.bus.register(base, VIRTIO_SIZE, t, name)
+        self.virtio.append(t)
+
+    def device_nodes(self) -> List[fdt.Node]:
+        return [self.uart.dt_node()] + [t.dt_node() for t in self.virtio]
+
+    def _load(self) -> None:
+        p = self.payload.plan
+        self.mem.write(p.kernel_addr, self.payload.data)
+        initrd_range = None
+        if self.payload.initrd is not None:
+            self.mem.write(p.initrd_addr, self.payload.initrd)
+            initrd_range = (p.initrd_addr, p.initrd_addr + len(self.payload.initrd))
+        self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
+                             gic=self.gic.dt_node(), devices=self.device_nodes(), bootargs=self.cmdline,
+                             initrd=initrd_range,
+                             stdout_path=self.uart.dt_path if self.config.console == "serial" else None)
+        self.mem.write(p.dtb_addr, self.dtb)
+        boot = self.vcpus[0]
+        boot.set_reg(regs.core("PC"), p.entry)
+        boot.set_reg(regs.core("X0"), p.dtb_addr)
+        for n in (1, 2, 3):
+            boot.set_reg(regs.core(f"X{n}"), 0)
+
+    # -- running -----------------------------------------------------------------
+    def console_sink(self) -> Callable[[bytes], int]:
+        if self.console is not None:
+            return self.console.receive
+        return self.uart.receive
+
+    def finish(self, status: ExitStatus, reason: str) -> None:
+        """Record the first outcome and stop every vCPU. Safe from any thread."""
+        with self._outcome_lock:
+            if self._outcome is None:
+                self._outcome = Outcome(status, reason)
+        self._done.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        for v in self.vcpus:
+            if v.run_struct is not None:
+                v.set_immediate_exit(True)
+        me = threading.get_ident()
+        for t in self._threads:
+            if t.ident is not None and t.ident != me and t.is_alive():
+                try:
+                    signal.pthread_kill(t.ident, signal.SIGUSR1)
+                except (ProcessLookupError, OSError):
+                    pass
+
+    def _vcpu_loop(self, vcpu) -> None:
+        counts = Counter()
+        bus = self.bus
+        MmioExit, Interrupted, SystemEvent = exits.MmioExit, exits.InterruptedExit, exits.SystemEventExit
+        try:
+            while not self._done.is_set():
+                ex = vcpu.run()
+                t = type(ex)
+                if t is MmioExit:
+                    counts["mmio"] += 1
+                    if ex.is_write:
+                        bus.write(ex.phys_addr, ex.data)
+                    else:
+                        vcpu.complete_mmio_read(bus.read(ex.phys_addr, ex.length))
+                elif t is Interrupted:
+                    counts["intr"] += 1
+                elif t is SystemEvent:
+                    counts["system_event"] += 1
+                    self._system_event(vcpu, ex)
+                else:
+                    counts[type(ex).__name__] += 1
+                    self.finish(ExitStatus.CRASH, f"vcpu{vcpu.index}: {_describe(ex)}")
+        except PyvmmError as e:
+            self.finish(ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR,
+                        f"vcpu{vcpu.index}: {e}")
+        except Exception as e:  # a bug in pyvmm: stop the guest, report it
+            self.finish(ExitStatus.ERROR, f"vcpu{vcpu.index}: internal error: {type(e).__name__}: {e}")
+        finally:
+            with self._outcome_lock:
+                self.exits.update(counts)
+
+    def _system_event(self, vcpu, ex) -> None:
+        kind = ex.type
+        if kind == const("KVM_SYSTEM_EVENT_SHUTDOWN"):
+            self.finish(ExitStatus.POWEROFF, "the guest powered off")
+        elif kind == const("KVM_SYSTEM_EVENT_RESET"):
+            self.finish(ExitStatus.RESET, "the guest asked for a reset")
+        elif kind == const("KVM_SYSTEM_EVENT_CRASH"):
+            self.finish(ExitStatus.CRASH, "the guest crashed (KVM crash event)")
+        else:
+            # WAKEUP / SUSPEND: only with caps pyvmm does not enable; resume.
+            pass
+
+    def run(self, on_signal_stop: Optional[Callable[[], Optional[Outcome]]] = None) -> Outcome:
+        """Run until the guest powers off, resets, crashes or finish() is called."""
+        t0 = time.monotonic()
+        for v in self.vcpus:
+            t = threading.Thread(target=self._vcpu_loop, args=(v,), name=f"vcpu{v.index}", daemon=True)
+            self._threads.append(t)
+        for t in self._threads:
+            t.start()
+        while not self._done.wait(0.25):
+            pass
+        self._kick()
+        for t in self._threads:
+            while t.is_alive():
+                t.join(0.2)
+                if t.is_alive():
+                    self._kick()
+        out = self._outcome
+        out.exits = self.exits
+        out.seconds = time.monotonic() - t0
+        out.console_bytes = self.uart.tx_bytes + (self.console.tx_bytes if self.console else 0)
+        return out
+
+    def close(self) -> None:
+        for d in self.disks:
+            d.close()
+        if self.gic is not None:
+            self.gic.close()
+        if self.vm is not None:
+            self.vm.close()
+        self.mem.close()
+
+
+def _describe(ex) -> str:
+    if isinstance(ex, exits.FailEntryExit):
+        return f"KVM could not enter the guest (FAIL_ENTRY, reason {ex.reason:#x})"
+    if isinstance(ex, exits.InternalErrorExit):
+        return f"KVM internal error (suberror {ex.suberror})"
+    if isinstance(ex, exits.NisvExit):
+        return (f"the guest accessed {ex.fault_ipa:#x} in a way KVM cannot emulate "
+                f"(data abort without syndrome, ESR ISS {ex.esr_iss:#x}); it is not RAM or an emulated device")
+    if isinstance(ex, exits.OtherExit):
+        return f"unexpected exit {ex.name or ex.reason}"
+    return repr(ex)
+
+
+def _noop(signum, frame):
+    pass
+
+
+def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Optional[int] = None,
+        escape: bool = False, on_ready: Optional[Callable[[Machine], None]] = None) -> Outcome:
+    """Boot the guest; restart it on reset when ``on_reboot`` is "restart".
+    Must be called from the main thread (it installs signal handlers)."""
+    from .kvm import open_kvm
+
+    payload = prepare(config)
+    kvm = open_kvm(config.kvm_path)
+    console_in = ConsoleInput(input_fd, escape)
+    current: List[Optional[Machine]] = [None]
+    stop_request: List[Optional[tuple]] = [None]
+
+    def stop(status, reason):
+        stop_request[0] = (status, reason)
+        m = current[0]
+        if m is not None:
+            m.finish(status, reason)
+
+    handlers = {signal.SIGUSR1: _noop,
+                signal.SIGINT: lambda s, f: stop(ExitStatus.INTERRUPTED, "stopped by SIGINT"),
+                signal.SIGTERM: lambda s, f: stop(ExitStatus.TERMINATED, "stopped by SIGTERM")}
+    old = {s: signal.signal(s, h) for s, h in handlers.items()}
+    console_in.on_escape = lambda: stop(ExitStatus.INTERRUPTED, "stopped from the console (Ctrl-A x)")
+    resets = 0
+    try:
+        console_in.start()
+        while True:
+            m = Machine(kvm, config, payload, output)
+            try:
+                m.build()
+                if config.dump_dtb and resets == 0:
+                    _write_file(config.dump_dtb, m.dtb)
+                current[0] = m
+                console_in.sink = m.console_sink()
+                if on_ready:
+                    on_ready(m)
+                if stop_request[0] is not None:
+                    m.finish(*stop_request[0])
+                outcome = m.run()
+            finally:
+                console_in.sink = None
+                current[0] = None
+                m.close()
+            if outcome.status == ExitStatus.RESET and config.on_reboot == "restart" \
+                    and stop_request[0] is None:
+                resets += 1
+                continue
+            outcome.resets = resets
+            return outcome
+    finally:
+        console_in.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        kvm.close()
+
+
+def _write_file(path: str, data: bytes) -> None:
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise UsageProblem(f"--dump-dtb {path}: {e.strerror}") from None
