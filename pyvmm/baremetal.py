@@ -57,7 +57,10 @@ class BareMetal:
         ram_end = self.mem.regions[0].end
         v.set_reg(regs.core("SP_EL1"), ram_end if sp is None else sp)
 
-    def run(self, max_exits: int = 100000) -> Outcome:
+    def run(self, max_exits: int = 100000, pause_at_report: Optional[int] = None) -> Outcome:
+        """Run until the payload is done or powers off; with
+        ``pause_at_report``, return (stopped_by "paused") as soon as it
+        reports that value, so the caller can inspect or snapshot it."""
         out = Outcome()
         while out.exits < max_exits:
             ex = self.vcpu.run()
@@ -72,6 +75,9 @@ class BareMetal:
                 value = int.from_bytes(ex.data, "little")
                 if off == 0:
                     out.reports.append(value)
+                    if pause_at_report is not None and value == pause_at_report:
+                        out.stopped_by = "paused"
+                        return out
                 elif off == 8:
                     out.status, out.stopped_by = value, "done"
                     return out

@@ -11,7 +11,7 @@ import platform
 import time
 from typing import Callable, Optional
 
-from .. import __version__, regs
+from .. import __version__, hostinfo
 from ..baremetal import BareMetal
 from ..errors import UsageProblem
 from . import format as fmt
@@ -41,7 +41,7 @@ def take(bm: BareMetal, features, sme_bit: Optional[int] = None,
         name = f"ram{r.slot}"
         blobs[name] = blob
         regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
-    cntfrq = bm.vcpu.get_reg(regs.CNTFRQ_EL0)
+    cntfrq = hostinfo.cntfrq()
     manifest = {
         "kind": KIND,
         "created_by": f"pyvmm {__version__}",
@@ -78,11 +78,11 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "keep") -> BareMetal:
     try:
         if bm.mem.regions[0].gpa != int(region["gpa"]):
             raise UsageProblem(f"snapshot RAM at {int(region['gpa']):#x} is not where this runner puts it")
-        host_cntfrq = None
-        vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=int(machine["cntfrq"]))
-        host_cntfrq = bm.vcpu.get_reg(regs.CNTFRQ_EL0)
+        host_cntfrq = hostinfo.cntfrq()
         if host_cntfrq != int(machine["cntfrq"]):
-            raise UsageProblem(f"CNTFRQ differs: snapshot {machine['cntfrq']} Hz, this host {host_cntfrq} Hz")
+            raise UsageProblem(f"CNTFRQ differs: snapshot {machine['cntfrq']} Hz, this host {host_cntfrq} Hz",
+                               "restore on a host whose timer runs at the same frequency")
+        vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=host_cntfrq)
         mem = bm.mem
         base = mem.regions[0].gpa
         try:
