@@ -162,7 +162,7 @@ class Checker:
 
     @property
     def _no_sme(self) -> str:
-        return f"SME is absent from this kernel ({self.discovery.reason})"
+        return "SME is absent from this kernel (see the SME line above)"
 
     # -- §2: discovery --
     def _host(self):
@@ -170,7 +170,8 @@ class Checker:
             v = self.vcpu("sve", finalize=False)
             self.sve_vqs = tuple(regs.vls_decode(v.get_one_reg(regs.SVE_VLS)))
         if not self.sme_present:
-            self.skip("2.sme_bit", "§2", "SME feature bit found by probing", self._no_sme)
+            self.skip("2.sme_bit", "§2", "SME feature bit found by probing",
+                      f"SME is absent from this kernel ({self.discovery.reason})")
             return
         self._add("2.sme_bit", "§2", "SME feature bit found by probing", PASS, "a bit",
                   f"bit {self.bit} ({self.discovery.how})")
