@@ -14,12 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .. import regs, sysregs
+from .. import regs, restore_plan, sysregs
 from ..errors import KvmError, UsageProblem
 
-SVCR_SM, SVCR_ZA = 1, 2
+SVCR_ZA = 2
 _TIME_REGS = ("CNTVCT_EL0", "CNTPCT_EL0")
-_FIRST_CONTROL = ("FPSR", "FPCR")  # core ids, written right after SVCR (§6 step 5)
+_SVE_BIT = 4  # KVM_ARM_VCPU_SVE
 
 
 @dataclass
@@ -91,36 +91,59 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None) -> VcpuState:
 
 def _is_id_register(reg_id: int) -> bool:
     d = regs.decode(reg_id)
-    return d.kind == "sysreg" and (sysregs.is_id_space(d.encoding) or d.name in ("SMIDR_EL1", "MIDR_EL1",
-                                                                                  "REVIDR_EL1", "CTR_EL0",
-                                                                                  "CLIDR_EL1", "AIDR_EL1"))
+    return d.kind == "sysreg" and (sysregs.is_id_space(d.encoding) or d.name in (
+        "SMIDR_EL1", "MIDR_EL1", "REVIDR_EL1", "CTR_EL0", "CLIDR_EL1", "AIDR_EL1"))
 
 
-def restore_order(state: VcpuState) -> List[Tuple[str, List[int]]]:
-    """Steps of ABI page §6 after init/VLS: (reason, ids) in write order."""
-    ids = [reg_id for reg_id, _ in state.registers]
-    sm, za = bool(state.svcr & SVCR_SM), bool(state.svcr & SVCR_ZA)
-    id_regs = [i for i in ids if _is_id_register(i)]
-    control = [i for i in ids if i == regs.SVCR]
-    control += [regs.core(n) for n in _FIRST_CONTROL if regs.core(n) in ids]
-    control += [i for i in ids if i == regs.FPMR]
-    vector_kinds = {"sve_z", "sve_p", "sve_ffr"} | ({"sme_za", "sme_zt"} if za else set())
-    vregs = [i for i in ids if regs.decode(i).kind == "core" and regs.decode(i).name.startswith("V")]
-    vector = vregs + [i for i in ids if regs.decode(i).kind in vector_kinds]
-    placed = set(id_regs) | set(control) | set(vector)
+def vector_shape(state: VcpuState, sme_bit: Optional[int]) -> Optional[restore_plan.VecShape]:
+    """The restore planner's view of a saved vCPU, or None without SVE/SME."""
+    sve = _SVE_BIT in state.features
+    sme = sme_bit is not None and sme_bit in state.features
+    if not (sve or sme):
+        return None
+    values = state.register_map()
+
+    def field(reg_id, shift, width):
+        raw = values.get(reg_id)
+        return (int.from_bytes(raw, "little") >> shift) & ((1 << width) - 1) if raw else 0
+
+    return restore_plan.VecShape(
+        sve=sve, sme=sme, svcr=state.svcr, sve_vqs=tuple(state.sve_vls or ()),
+        sme_vqs=tuple(state.sme_vls or ()),
+        fa64=bool(field(regs.ID_AA64SMFR0_EL1, 63, 1)) if sme else False,
+        sme2=field(regs.ID_AA64PFR1_EL1, 24, 4) >= 2 if sme else False,
+        fpmr=regs.FPMR in values, sme_bit=sme_bit if sme else None)
+
+
+def restore_order(state: VcpuState, sme_bit: Optional[int] = None) -> List[Tuple[str, List[int]]]:
+    """(reason, ids) in write order after KVM_ARM_VCPU_INIT: ID registers and
+    vector lengths before finalisation, then the ABI page §6 plan computed by
+    :func:`pyvmm.restore_plan.plan` from the *saved* SVCR, then the rest."""
+    values = state.register_map()
+    shape = vector_shape(state, sme_bit)
+    steps: List[Tuple[str, List[int]]] = []
+    written = set()
+    id_regs = [i for i in values if _is_id_register(i)]
+    steps.append(("ID registers before finalisation and the first KVM_RUN (§6 step 3)", id_regs))
+    written.update(id_regs)
+    if shape is not None:
+        steps.append(("finalize", []))
+        for step in restore_plan.plan(shape, fresh=False).steps:
+            if step.action != "set":
+                continue
+            ids = [i for i in step.ids if i in values and i not in written]
+            steps.append((f"{step.title}: {step.reason} ({step.section})", ids))
+            written.update(ids)
+    za_on = bool(state.svcr & SVCR_ZA)
     # ZA/ZT0 exist only while SVCR.ZA = 1 (§5): with ZA off they are never written.
-    rest = [i for i in ids if i not in placed and regs.decode(i).kind not in ("sme_za", "sme_zt")]
-    mode = f"SVCR.SM={int(sm)}, SVCR.ZA={int(za)}"
-    return [
-        ("ID registers before the first KVM_RUN (§6 step 3)", id_regs),
-        (f"SVCR first, then FPSR/FPCR/FPMR: SVCR writes zero vector state (§5, §6 step 5; {mode})", control),
-        (f"vector registers valid for the saved {mode} (§6 step 6)", vector),
-        ("all other registers (§6 step 7)", rest),
-    ]
+    rest = [i for i in values if i not in written
+            and (za_on or regs.decode(i).kind not in ("sme_za", "sme_zt"))]
+    steps.append(("all other registers (§6 step 7)", rest))
+    return steps
 
 
 def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "keep",
-            cntfrq: Optional[int] = None) -> int:
+            cntfrq: Optional[int] = None, sme_bit: Optional[int] = None) -> int:
     """Write ``state`` into a fresh vCPU (not yet initialised). Returns the
     number of ONE_REG writes. ``clock``: "keep" (guest counters advance by the
     wall time since the save) or "hide" (they resume where they stopped)."""
@@ -136,19 +159,19 @@ def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "
             raise UsageProblem(f"this host cannot offer the snapshot's {label} vector lengths "
                                f"{[128 * q for q in vqs]} ({e.strerror})") from None
     values = state.register_map()
-    writes = 0
-    steps = restore_order(state)
-    for_finalise_first, after = steps[0], steps[1:]
-    for reg_id in for_finalise_first[1]:
-        _write_id_register(vcpu, reg_id, values[reg_id])
-        writes += 1
-    if state.sve_vls is not None or state.sme_vls is not None:
-        vcpu.arm_vcpu_finalize(4)
     elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
     time_ids = {regs.sysreg_named(n) for n in _TIME_REGS}
-    for _, ids in after:
+    writes = 0
+    for reason, ids in restore_order(state, sme_bit):
+        if reason == "finalize":
+            vcpu.arm_vcpu_finalize(4)
+            continue
         for reg_id in ids:
             value = values[reg_id]
+            if _is_id_register(reg_id):
+                _write_id_register(vcpu, reg_id, value)
+                writes += 1
+                continue
             if reg_id in time_ids and clock == "keep" and cntfrq:
                 ticks = int.from_bytes(value, "little") + elapsed * cntfrq // 1_000_000_000
                 value = (ticks & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")

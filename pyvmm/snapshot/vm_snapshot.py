@@ -82,7 +82,8 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "keep") -> BareMetal:
         if host_cntfrq != int(machine["cntfrq"]):
             raise UsageProblem(f"CNTFRQ differs: snapshot {machine['cntfrq']} Hz, this host {host_cntfrq} Hz",
                                "restore on a host whose timer runs at the same frequency")
-        vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=host_cntfrq)
+        vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=host_cntfrq,
+                           sme_bit=machine.get("sme_bit"))
         mem = bm.mem
         base = mem.regions[0].gpa
         try:

@@ -145,7 +145,7 @@ def test_restore_order_puts_svcr_before_vector_state(svcr):
            regs.ID_AA64PFR1_EL1, regs.sysreg_named("TPIDR_EL1")]
     state = vcpu_state.VcpuState(0, [2, 4, 10], [1], [1, 2], svcr,
                                  [(i, bytes(regs.size_of(i))) for i in ids])
-    steps = vcpu_state.restore_order(state)
+    steps = vcpu_state.restore_order(state, sme_bit=10)
     order = [i for _, group in steps for i in group]
     assert order.index(regs.ID_AA64PFR1_EL1) < order.index(regs.SVCR)
     assert order.index(regs.SVCR) < order.index(regs.core("FPSR")) < order.index(regs.sve_z(0))
