@@ -34,7 +34,7 @@ from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from .errors import HostUnsupported, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
 from .memory import GuestMemory
-from .sme import choose_vqs
+from .sme import choose_vqs, parse_vl
 from .vcpu import mpidr_of
 
 
@@ -112,6 +112,8 @@ def prepare(config: MachineConfig) -> Payload:
     if bool(config.kernel) == bool(config.firmware):
         raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
     layout.check_ram(config.mem)
+    if config.sve_max_vl is not None:
+        parse_vl(config.sve_max_vl, "--sve-max-vl")
     for d in config.disks:
         if not os.path.isfile(d.path):
             raise UsageProblem(f"--disk {d.path}: no such file" if not os.path.exists(d.path)

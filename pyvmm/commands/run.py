@@ -27,7 +27,15 @@ def parse_disk(spec: str) -> machine_lib.DiskSpec:
     return machine_lib.DiskSpec(spec, False)
 
 
-def _writer(fd: int):
+def _writer(stream):
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        def output(data: bytes) -> None:  # not a real file (e.g. a test runner)
+            stream.buffer.write(data) if hasattr(stream, "buffer") else stream.write(data.decode(errors="replace"))
+            stream.flush()
+        return output
+
     def output(data: bytes) -> None:
         view = memoryview(data)
         while view:
@@ -52,12 +60,12 @@ def _writer(fd: int):
               help="Largest SVE vector length the guest may use (a length the host offers).")
 @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
               help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
-@click.option("--console", type=click.Choice(["serial", "virtio"]), default="serial",
+@click.option("--console", default="serial", metavar="serial|virtio",
               help="Guest console: serial (PL011, ttyAMA0) or virtio (virtio-console, hvc0).")
 @click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
 @click.option("--firmware", metavar="BIN",
               help="Raw bare-metal binary loaded at the start of RAM and entered with the MMU off.")
-@click.option("--on-reboot", type=click.Choice(["restart", "exit"]), default="restart",
+@click.option("--on-reboot", default="restart", metavar="restart|exit",
               help="What a guest reset does: reboot it, or exit with status 3.")
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
@@ -96,7 +104,7 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, disks, console, dump
         saved = termios.tcgetattr(stdin_fd)
         tty.setraw(stdin_fd)
     try:
-        outcome = machine_lib.run(config, _writer(sys.stdout.fileno()), stdin_fd, escape=saved is not None)
+        outcome = machine_lib.run(config, _writer(sys.stdout), stdin_fd, escape=saved is not None)
     finally:
         if saved is not None:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)

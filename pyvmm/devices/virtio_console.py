@@ -32,9 +32,6 @@ class VirtioConsole(VirtioBackend):
         if offset == 8 and data:  # emerg_wr: one character out, no queue involved
             self._output(data[:1])
 
-    def reset(self) -> None:
-        self._pending.clear()
-
     def queue_notify(self, transport, index: int) -> None:
         if index == TX:
             q = transport.queues[TX]

@@ -1,0 +1,129 @@
+"""arm64 Image header checks and RAM placement (pure; no KVM)."""
+import gzip
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from pyvmm.boot import image, layout
+from pyvmm.errors import UsageProblem
+
+
+def make_image(text_offset=0, image_size=4 << 20, flags=0b1010, body=4096, pe=True, magic=image.ARM64_MAGIC):
+    """A synthetic Image: header, optional PE header with one section covering the file."""
+    pe_off = 0x40 if pe else 0
+    hdr = struct.pack("<IIQQQQQQII", 0x14000000, 0, text_offset, image_size, flags, 0, 0, 0, magic, pe_off)
+    if pe:
+        hdr = b"MZ" + hdr[2:]
+        coff = b"PE\0\0" + struct.pack("<HHIIIHH", 0xAA64, 1, 0, 0, 0, 0, 0)
+        section = b".text\0\0\0" + struct.pack("<IIIIIIHHI", body, 0x1000, body - 0x200, 0x200, 0, 0, 0, 0, 0)
+        data = hdr + coff + section
+    else:
+        data = hdr
+    return data.ljust(body, b"\0")
+
+
+def test_valid_image():
+    h = image.parse_header(make_image())
+    assert h.text_offset == 0 and h.image_size == 4 << 20 and h.page_size == 4096 and not h.big_endian
+
+
+def test_legacy_image_size_zero_means_text_offset_0x80000():
+    h = image.parse_header(make_image(text_offset=0, image_size=0, pe=False))
+    assert h.text_offset == 0x80000
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"", "empty"),
+    (make_image()[:40], "truncated"),
+    (make_image()[:3000], "truncated"),
+    (gzip.compress(make_image()), "gzip-compressed"),
+    (b"\xfd7zXZ\x00" + bytes(100), "xz-compressed"),
+    (b"MZ\0\0zimg" + bytes(16) + b"gzip\0\0\0\0" + bytes(100), "EFI zboot gzip-compressed"),
+    (bytes(0x1FE) + b"\x55\xaa" + b"\xeb\x66HdrS" + bytes(100), "x86 bzImage"),
+    (make_image(magic=0x12345678), "bad magic"),
+    (make_image(flags=0b1011), "big-endian"),
+    (make_image(text_offset=0x123), "text_offset"),
+    (make_image(image_size=100), "larger than the image_size"),
+])
+def test_refusals_say_why(data, reason):
+    with pytest.raises(image.ImageError) as e:
+        image.parse_header(data, "kernel k")
+    assert reason in str(e.value)
+    assert isinstance(e.value, UsageProblem) and e.value.exit_status == 2
+
+
+def test_read_file_missing(tmp_path):
+    with pytest.raises(image.ImageError, match="no such file"):
+        image.read_file(str(tmp_path / "nope"), "kernel")
+    with pytest.raises(image.ImageError, match="is a directory"):
+        image.read_file(str(tmp_path), "kernel")
+
+
+@pytest.mark.parametrize("text,expected", [("512M", 512 << 20), ("2G", 2 << 30), ("1024", 1 << 30),
+                                           ("64MiB", 64 << 20), ("65536K", 64 << 20)])
+def test_parse_size(text, expected):
+    assert layout.parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "lots", "1.5G", "-1M", "12Q"])
+def test_parse_size_refuses(text):
+    with pytest.raises(UsageProblem):
+        layout.parse_size(text)
+
+
+def test_ram_limits():
+    with pytest.raises(UsageProblem, match="too small"):
+        layout.check_ram(1 << 20)
+    with pytest.raises(UsageProblem, match="does not fit"):
+        layout.check_ram(2 << 40)
+    with pytest.raises(UsageProblem, match="multiple of 2 MiB"):
+        layout.check_ram((64 << 20) + 4096)
+
+
+def test_initrd_larger_than_ram():
+    with pytest.raises(UsageProblem, match="larger than RAM"):
+        layout.plan(64 << 20, 8 << 20, 0, 65 << 20, True)
+
+
+def test_kernel_too_big_for_ram():
+    with pytest.raises(UsageProblem, match="too small"):
+        layout.plan(16 << 20, 50 << 20)
+
+
+def test_memory_map_regions_do_not_overlap():
+    regions = [(layout.GICD_BASE, layout.GICD_SIZE), (layout.GICR_BASE, layout.GICR_REGION_SIZE),
+               (layout.UART_BASE, layout.UART_SIZE),
+               (layout.VIRTIO_BASE, layout.VIRTIO_SLOTS * layout.VIRTIO_SLOT_SIZE),
+               (layout.RAM_BASE, layout.RAM_MAX)]
+    for i, (a, alen) in enumerate(regions):
+        for b, blen in regions[i + 1:]:
+            assert a + alen <= b or b + blen <= a
+    assert layout.MAX_VCPUS == 123
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ram_mib=st.integers(16, 64 * 1024).map(lambda m: m - m % 2),
+       kernel=st.integers(1, 128 << 20), text_offset=st.sampled_from([0, 0x80000, 0x1000]),
+       initrd=st.one_of(st.none(), st.integers(1, 256 << 20)))
+def test_plan_places_everything_inside_ram_without_overlap(ram_mib, kernel, text_offset, initrd):
+    ram = ram_mib << 20
+    try:
+        p = layout.plan(ram, kernel, text_offset, initrd or 0, initrd is not None)
+    except UsageProblem:
+        # refused only when it really does not fit
+        assert text_offset + kernel + (initrd or 0) + layout.DTB_MAX > ram - layout.INITRD_ALIGN or ram_mib < 16
+        return
+    end = layout.RAM_BASE + ram
+    spans = [(p.kernel_addr, kernel), (p.dtb_addr, layout.DTB_MAX)]
+    if initrd is not None:
+        spans.append((p.initrd_addr, initrd))
+        assert p.initrd_addr % layout.INITRD_ALIGN == 0
+        assert p.initrd_addr + initrd <= layout.RAM_BASE + layout.INITRD_WINDOW
+    for a, n in spans:
+        assert layout.RAM_BASE <= a and a + n <= end
+    for i, (a, alen) in enumerate(spans):
+        for b, blen in spans[i + 1:]:
+            assert a + alen <= b or b + blen <= a
+    assert (p.kernel_addr - text_offset) % (2 << 20) == 0
+    assert p.dtb_addr % 8 == 0

@@ -1,0 +1,262 @@
+"""virtio-mmio transport with the blk and console backends, driven by a
+minimal driver written from the virtio 1.2 spec (4.2.3 device initialisation)."""
+import struct
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from pyvmm.devices import virtio_blk as B
+from pyvmm.devices import virtio_mmio as T
+from pyvmm.devices.virtio_console import VirtioConsole
+from pyvmm.devices.virtqueue import VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE
+from pyvmm.memory import GuestMemory
+
+RAM, RAM_SIZE = 0x40000000, 0x40000
+QSIZE = 8
+
+
+class Driver:
+    def __init__(self, backend):
+        self.mem = GuestMemory()
+        self.mem.add(RAM, RAM_SIZE)
+        self.levels = []
+        self.dev = T.VirtioMmio(0xA000000, 16, self.mem, self.levels.append, backend)
+        self.next_data = RAM + 0x10000
+        self.avail_idx = {}
+
+    def r(self, off):
+        return int.from_bytes(self.dev.read(off, 4), "little")
+
+    def w(self, off, v):
+        self.dev.write(off, (v & 0xFFFFFFFF).to_bytes(4, "little"))
+
+    def qbase(self, q):
+        return RAM + 0x1000 * (1 + 3 * q)
+
+    def init(self, features=T.VIRTIO_F_VERSION_1):
+        assert self.r(T.R_MAGIC) == T.MAGIC and self.r(T.R_VERSION) == 2
+        self.w(T.R_STATUS, 0)
+        self.w(T.R_STATUS, T.ACKNOWLEDGE)
+        self.w(T.R_STATUS, T.ACKNOWLEDGE | T.DRIVER)
+        self.w(T.R_DEVICE_FEATURES_SEL, 1)
+        assert self.r(T.R_DEVICE_FEATURES) & 1  # VERSION_1
+        for sel in (0, 1):
+            self.w(T.R_DRIVER_FEATURES_SEL, sel)
+            self.w(T.R_DRIVER_FEATURES, features >> (32 * sel))
+        self.w(T.R_STATUS, T.ACKNOWLEDGE | T.DRIVER | T.FEATURES_OK)
+        if not self.r(T.R_STATUS) & T.FEATURES_OK:
+            return False
+        for q in range(len(self.dev.queues)):
+            base = self.qbase(q)
+            self.w(T.R_QUEUE_SEL, q)
+            assert self.r(T.R_QUEUE_NUM_MAX) >= QSIZE
+            self.w(T.R_QUEUE_NUM, QSIZE)
+            for reg, addr in ((T.R_QUEUE_DESC_LOW, base), (T.R_QUEUE_DRIVER_LOW, base + 0x800),
+                              (T.R_QUEUE_DEVICE_LOW, base + 0x1000)):
+                self.w(reg, addr)
+                self.w(reg + 4, 0)
+            self.w(T.R_QUEUE_READY, 1)
+            assert self.r(T.R_QUEUE_READY) == 1
+            self.avail_idx[q] = 0
+        self.w(T.R_STATUS, T.ACKNOWLEDGE | T.DRIVER | T.FEATURES_OK | T.DRIVER_OK)
+        return True
+
+    def buf(self, data=b"", size=None):
+        addr = self.next_data
+        n = len(data) if size is None else size
+        self.mem.write(addr, data.ljust(n, b"\0"))
+        self.next_data += (n + 15) // 16 * 16 + 16
+        return addr, n
+
+    def submit(self, q, segs, head=0, notify=True):
+        """segs: (addr, len, writable). Chain starts at descriptor ``head``."""
+        base = self.qbase(q)
+        for i, (a, n, wr) in enumerate(segs):
+            flags = (VIRTQ_DESC_F_WRITE if wr else 0) | (VIRTQ_DESC_F_NEXT if i + 1 < len(segs) else 0)
+            self.mem.write(base + 16 * (head + i), struct.pack("<QIHH", a, n, flags, head + i + 1))
+        idx = self.avail_idx[q]
+        self.mem.write(base + 0x800 + 4 + 2 * (idx % QSIZE), struct.pack("<H", head))
+        self.avail_idx[q] = idx + 1
+        self.mem.write(base + 0x800 + 2, struct.pack("<H", idx + 1))
+        if notify:
+            self.w(T.R_QUEUE_NOTIFY, q)
+
+    def used(self, q):
+        base = self.qbase(q) + 0x1000
+        idx = struct.unpack("<H", self.mem.read(base + 2, 2))[0]
+        return idx, [struct.unpack("<II", self.mem.read(base + 4 + 8 * i, 8)) for i in range(min(idx, QSIZE))]
+
+    def ack(self):
+        st_ = self.r(T.R_INTERRUPT_STATUS)
+        self.w(T.R_INTERRUPT_ACK, st_)
+        return st_
+
+
+@pytest.fixture
+def disk(tmp_path):
+    p = tmp_path / "disk.img"
+    p.write_bytes(bytes(range(256)) * 64)  # 16 KiB = 32 sectors
+    return p
+
+
+def blk_request(d, typ, sector, data=b"", read_len=0):
+    hdr = d.buf(struct.pack("<IIQ", typ, 0, sector))
+    segs = [(hdr[0], hdr[1], False)]
+    if data:
+        a, n = d.buf(data)
+        segs.append((a, n, False))
+    rd = None
+    if read_len:
+        rd = d.buf(size=read_len)
+        segs.append((rd[0], rd[1], True))
+    status = d.buf(size=1)
+    segs.append((status[0], 1, True))
+    d.submit(0, segs)
+    return rd, status
+
+
+def test_blk_config_and_features(disk):
+    d = Driver(B.VirtioBlk(str(disk)))
+    assert d.r(T.R_DEVICE_ID) == 2
+    assert struct.unpack("<Q", d.dev.read(T.CONFIG, 8))[0] == 32
+    d.w(T.R_DEVICE_FEATURES_SEL, 0)
+    feats = d.r(T.R_DEVICE_FEATURES)
+    assert feats & B.VIRTIO_BLK_F_FLUSH and not feats & B.VIRTIO_BLK_F_RO
+
+
+def test_blk_read_write_flush_getid(disk):
+    d = Driver(B.VirtioBlk(str(disk)))
+    assert d.init(T.VIRTIO_F_VERSION_1 | B.VIRTIO_BLK_F_FLUSH)
+    rd, status = blk_request(d, B.T_IN, 1, read_len=512)
+    assert d.mem.read(status[0], 1) == b"\0"
+    assert d.mem.read(rd[0], 512) == (bytes(range(256)) * 2)
+    assert d.levels[-1] is True and d.ack() == T.INT_USED_BUFFER and d.levels[-1] is False
+    idx, elems = d.used(0)
+    assert idx == 1 and elems[0] == (0, 513)
+    _, status = blk_request(d, B.T_OUT, 3, data=b"\xab" * 1024)
+    assert d.mem.read(status[0], 1) == b"\0"
+    assert disk.read_bytes()[3 * 512:5 * 512] == b"\xab" * 1024
+    _, status = blk_request(d, B.T_FLUSH, 0)
+    assert d.mem.read(status[0], 1) == b"\0"
+    rd, status = blk_request(d, B.T_GET_ID, 0, read_len=20)
+    assert d.mem.read(rd[0], 8) == b"disk.img"
+    _, status = blk_request(d, 99, 0)
+    assert d.mem.read(status[0], 1) == bytes([B.S_UNSUPP])
+
+
+def test_blk_out_of_range_and_readonly(disk):
+    d = Driver(B.VirtioBlk(str(disk), readonly=True))
+    d.w(T.R_DEVICE_FEATURES_SEL, 0)
+    assert d.r(T.R_DEVICE_FEATURES) & B.VIRTIO_BLK_F_RO
+    assert d.init(T.VIRTIO_F_VERSION_1 | B.VIRTIO_BLK_F_RO)
+    _, status = blk_request(d, B.T_OUT, 0, data=b"x" * 512)
+    assert d.mem.read(status[0], 1) == bytes([B.S_IOERR])
+    assert disk.read_bytes()[:4] == b"\0\1\2\3"
+    _, status = blk_request(d, B.T_IN, 31, read_len=1024)  # runs past the end
+    assert d.mem.read(status[0], 1) == bytes([B.S_IOERR])
+    _, status = blk_request(d, B.T_IN, 1 << 60, read_len=512)
+    assert d.mem.read(status[0], 1) == bytes([B.S_IOERR])
+    assert d.dev.error is None
+
+
+def test_features_not_offered_are_refused(disk):
+    d = Driver(B.VirtioBlk(str(disk)))
+    assert not d.init(T.VIRTIO_F_VERSION_1 | (1 << 40))
+    d2 = Driver(B.VirtioBlk(str(disk)))
+    assert not d2.init(0)  # a legacy driver (no VERSION_1)
+
+
+def test_malformed_request_needs_reset_then_recovers(disk):
+    d = Driver(B.VirtioBlk(str(disk)))
+    assert d.init()
+    hdr = d.buf(struct.pack("<IIQ", B.T_IN, 0, 0))
+    d.submit(0, [(hdr[0], hdr[1], False)])  # no status byte
+    assert d.r(T.R_STATUS) & T.DEVICE_NEEDS_RESET
+    assert d.r(T.R_INTERRUPT_STATUS) & T.INT_CONFIG_CHANGE and d.levels[-1] is True
+    assert "status byte" in d.dev.error
+    # ignored while broken
+    d.submit(0, [(0xDEAD0000, 16, False)])
+    d.w(T.R_STATUS, 0)  # reset
+    assert d.r(T.R_STATUS) == 0 and d.dev.error is None and d.levels[-1] is False
+    assert d.init()
+    _, status = blk_request(d, B.T_IN, 0, read_len=512)
+    assert d.mem.read(status[0], 1) == b"\0"
+
+
+def test_descriptor_outside_ram_needs_reset(disk):
+    d = Driver(B.VirtioBlk(str(disk)))
+    assert d.init()
+    d.submit(0, [(RAM + RAM_SIZE - 8, 16, False), (RAM + 0x20000, 1, True)])
+    assert d.r(T.R_STATUS) & T.DEVICE_NEEDS_RESET and "outside guest RAM" in d.dev.error
+
+
+def test_console_tx_and_rx():
+    out = []
+    con = VirtioConsole(out.append)
+    d = Driver(con)
+    assert d.r(T.R_DEVICE_ID) == 3
+    assert con.receive(b"early") == 5  # kept until the driver gives buffers
+    assert d.init()
+    a, n = d.buf(b"hello from the guest")
+    d.submit(1, [(a, n, False)])
+    assert b"".join(out) == b"hello from the guest"
+    rx = d.buf(size=64)
+    d.submit(0, [(rx[0], rx[1], True)])
+    idx, elems = d.used(0)
+    assert d.mem.read(rx[0], 5) == b"early" and elems[0] == (0, 5)
+    rx2 = d.buf(size=64)
+    d.submit(0, [(rx2[0], rx2[1], True)], head=1)
+    con.receive(b"typed")
+    assert d.mem.read(rx2[0], 5) == b"typed"
+    assert con.tx_bytes == 20
+
+
+# ---- property-based: a driver writing anything to any register --------------------
+
+REGS = [T.R_DEVICE_FEATURES_SEL, T.R_DRIVER_FEATURES, T.R_DRIVER_FEATURES_SEL, T.R_QUEUE_SEL, T.R_QUEUE_NUM,
+        T.R_QUEUE_READY, T.R_QUEUE_NOTIFY, T.R_INTERRUPT_ACK, T.R_STATUS, T.R_QUEUE_DESC_LOW, T.R_QUEUE_DESC_HIGH,
+        T.R_QUEUE_DRIVER_LOW, T.R_QUEUE_DRIVER_HIGH, T.R_QUEUE_DEVICE_LOW, T.R_QUEUE_DEVICE_HIGH]
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(ops=st.lists(st.tuples(st.sampled_from(REGS), st.one_of(st.integers(0, 16), st.integers(0, 0xFFFFFFFF),
+                                                               st.sampled_from([RAM, RAM + 0x1000, RAM + 0x1800,
+                                                                                RAM + 0x2000, 0xF]))),
+                    max_size=40),
+       junk=st.binary(max_size=512), console=st.booleans())
+def test_any_register_sequence_is_safe(tmp_path_factory, ops, junk, console):
+    class Checked(GuestMemory):
+        def read(self, gpa, n):
+            assert RAM <= gpa and gpa + n <= RAM + RAM_SIZE
+            return super().read(gpa, n)
+
+        def write(self, gpa, data):
+            assert RAM <= gpa and gpa + len(data) <= RAM + RAM_SIZE
+            return super().write(gpa, data)
+
+    backend = VirtioConsole(lambda b: None) if console else B.VirtioBlk(str(_fuzz_disk(tmp_path_factory)))
+    mem = Checked()
+    mem.add(RAM, RAM_SIZE)
+    mem.write(RAM + 0x1000, junk)  # descriptors / rings made of junk
+    mem.write(RAM + 0x1800, junk[::-1])
+    dev = T.VirtioMmio(0xA000000, 16, mem, lambda level: None, backend)
+    for reg, value in ops:
+        dev.write(reg, value.to_bytes(4, "little"))
+        if console:
+            backend.receive(b"k")
+    for off in (T.R_STATUS, T.R_INTERRUPT_STATUS, T.R_QUEUE_READY, T.R_CONFIG_GENERATION):
+        assert len(dev.read(off, 4)) == 4
+    if dev.error is not None:
+        assert dev.status & T.DEVICE_NEEDS_RESET
+    mem.close()
+
+
+_DISK = []
+
+
+def _fuzz_disk(factory):
+    if not _DISK:
+        p = factory.mktemp("fuzz") / "disk.img"
+        p.write_bytes(bytes(8192))
+        _DISK.append(p)
+    return _DISK[0]
