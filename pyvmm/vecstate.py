@@ -22,13 +22,15 @@ returns and stores only those bytes and pads with zeros when writing.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from . import errno_explain, regs, restore_plan, sme
-from ._ffi import ffi
+from . import _fd, errno_explain, regs, restore_plan, sme
+from ._ffi import ffi, libc
+from .ioctls import request
 from .errors import KvmError, UsageProblem
 
 SVCR_SM = restore_plan.SVCR_SM
@@ -41,6 +43,9 @@ FORMAT_VERSION = 1
 # Registers saved with every SME state besides the vector data; the plan
 # decides where each is written (ABI page §6).
 _ID_REGS = ("ID_AA64PFR1_EL1", "ID_AA64SMFR0_EL1", "SMIDR_EL1")
+# Control registers written in §6 step 7 (by name: the saved form is keyed by name).
+_EXTRA_IDS = {"SMCR_EL1": regs.SMCR_EL1, "TPIDR2_EL0": regs.TPIDR2_EL0, "SMPRI_EL1": regs.SMPRI_EL1,
+              "ZCR_EL1": regs.ZCR_EL1}
 CONTROL_NAMES = ("SVCR", "SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1", "SMIDR_EL1", "FPMR", "FPSR", "FPCR",
                  "ZCR_EL1", "ID_AA64PFR1_EL1", "ID_AA64SMFR0_EL1")
 
@@ -127,8 +132,7 @@ class SavedVecState:
     version: int = FORMAT_VERSION
 
     def shape(self) -> restore_plan.VecShape:
-        extra = tuple(regs.parse(n) for n in self.registers
-                      if n in ("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1", "ZCR_EL1"))
+        extra = tuple(i for n, i in _EXTRA_IDS.items() if n in self.registers)
         return restore_plan.VecShape(
             sve=bool(self.sve_vqs), sme=bool(self.sme_vqs), svcr=self.svcr,
             sve_vqs=tuple(self.sve_vqs), sme_vqs=tuple(self.sme_vqs), fa64=self.fa64, sme2=self.sme2,
@@ -178,44 +182,76 @@ class SavedVecState:
         return Tile(name, self.za_rows())
 
 
+@functools.lru_cache(maxsize=64)
+def _plan(shape: restore_plan.VecShape, fresh: bool) -> restore_plan.Plan:
+    """Plans depend only on the (hashable) shape: computed once per shape."""
+    return restore_plan.plan(shape, fresh=fresh)
+
+
 # ---- fast ONE_REG batches -----------------------------------------------------------
 
 class _RegIO:
-    """KVM_GET/SET_ONE_REG for a fixed list of ids with buffers and
-    ``kvm_one_reg`` structs built once, so a whole-state save or restore
+    """KVM_GET/SET_ONE_REG for a fixed list of ids with buffers, ``kvm_one_reg``
+    structs and request numbers built once, so a whole-state save or restore
     costs little more than the ioctls themselves (bench/sme_state.py).
-    Goes through the vCPU's :meth:`ioctl`, so errors are KvmErrors with the
-    register name and the errno explainer's hint."""
+
+    This is the one place besides :mod:`pyvmm._fd` that issues an ioctl: a
+    per-register trip through ``KvmFd.ioctl`` (request lookup, argument cast)
+    cost five times the ioctl itself under emulation. Failures become the
+    same KvmError, with the register name and the errno explainer's hint.
+    """
 
     def __init__(self, vcpu, ids: Sequence[int]):
         self.vcpu = vcpu
         self.ids = list(ids)
         self.names = [regs.name(i) for i in self.ids]
         self.sizes = [regs.size_of(i) for i in self.ids]
-        self.bufs = [ffi.new("uint8_t[]", s) for s in self.sizes]
+        self.offsets = [sum(self.sizes[:k]) for k in range(len(self.sizes))]
+        self.total = sum(self.sizes)
+        # One contiguous buffer: a register's bytes sit at its offset, so the
+        # data goes in and out with one copy for the whole batch.
+        self.buf = ffi.new("char[]", max(self.total, 1))
+        base = int(ffi.cast("uintptr_t", self.buf))
         self.ones = []
-        for i, b in zip(self.ids, self.bufs):
+        for i, off in zip(self.ids, self.offsets):
             one = ffi.new("struct kvm_one_reg *")
-            one.id, one.addr = i, int(ffi.cast("uintptr_t", b))
+            one.id, one.addr = i, base + off
             self.ones.append(one)
+        self._get = ffi.cast("unsigned long", request("KVM_GET_ONE_REG").number)
+        self._set = ffi.cast("unsigned long", request("KVM_SET_ONE_REG").number)
+
+    def _fail(self, ioctl: str, one):
+        err = ffi.errno
+        name = self.names[self.ones.index(one)]
+        return KvmError(err, ioctl, self.vcpu.target, name, _fd.explain(ioctl, err, name))
+
+    def _fd(self) -> int:
+        if self.vcpu.fd < 0:
+            raise ValueError(f"{self.vcpu.target} is closed")
+        return self.vcpu.fd
 
     def get_all(self, lengths: Sequence[int]) -> List[bytes]:
-        out = []
-        ioctl, buffer = self.vcpu.ioctl, ffi.buffer
-        for one, buf, name, n in zip(self.ones, self.bufs, self.names, lengths):
-            ioctl("KVM_GET_ONE_REG", one, name)
-            out.append(buffer(buf, n)[:])
-        return out
+        """Read every register; return the first ``lengths[k]`` bytes of each."""
+        fd, req, call = self._fd(), self._get, libc().ioctl
+        for one in self.ones:
+            if call(fd, req, one) < 0:
+                raise self._fail("KVM_GET_ONE_REG", one)
+        raw = ffi.buffer(self.buf, self.total)[:]
+        return [raw[o:o + n] for o, n in zip(self.offsets, lengths)]
 
     def set_all(self, values: Sequence[bytes]) -> None:
-        ioctl, memmove = self.vcpu.ioctl, ffi.memmove
-        for one, buf, name, size, v in zip(self.ones, self.bufs, self.names, self.sizes, values):
-            if len(v) > size:
-                raise UsageProblem(f"{name} takes at most {size} bytes, got {len(v)}")
-            memmove(buf, v, len(v))
-            if len(v) < size:
-                memmove(buf + len(v), bytes(size - len(v)), size - len(v))
-            ioctl("KVM_SET_ONE_REG", one, name)
+        """Write every register; shorter values are padded with zeros."""
+        blob = b"".join([v.ljust(s, b"\0") for v, s in zip(values, self.sizes)])
+        if len(blob) != self.total or len(values) != len(self.sizes):
+            for name, size, v in zip(self.names, self.sizes, values):
+                if len(v) > size:
+                    raise UsageProblem(f"{name} takes at most {size} bytes, got {len(v)}")
+            raise UsageProblem(f"{len(values)} values for {len(self.sizes)} registers")
+        ffi.memmove(self.buf, blob, self.total)
+        fd, req, call = self._fd(), self._set, libc().ioctl
+        for one in self.ones:
+            if call(fd, req, one) < 0:
+                raise self._fail("KVM_SET_ONE_REG", one)
 
 
 # ---- the live model ------------------------------------------------------------------
@@ -254,6 +290,8 @@ class VecState:
             self.sme2 = (vcpu.get_reg(regs.ID_AA64PFR1_EL1) >> PFR1_SME_SHIFT) & 0xF >= 2
         self.has_fpmr = not _absent(vcpu, regs.FPMR)
         self._io: Dict[Tuple[int, ...], _RegIO] = {}
+        self._saves: Dict[int, Tuple[_RegIO, List[int]]] = {}
+        self._writers: Dict[int, tuple] = {}
 
     def _vqs(self, vls_id: int) -> Tuple[int, ...]:
         import errno
@@ -290,7 +328,10 @@ class VecState:
     # -- SVCR --
     @property
     def svcr(self) -> int:
-        return self.vcpu.get_reg(regs.SVCR) if self.sme else 0
+        if not self.sme:
+            return 0
+        io = self._batch((regs.SVCR,))
+        return int.from_bytes(io.get_all((8,))[0], "little")
 
     def set_svcr(self, value: int) -> None:
         """Write SVCR. Side effects (ABI page §5): a change of SM zeroes V,
@@ -304,7 +345,7 @@ class VecState:
         return restore_plan.VecShape(
             sve=self.sve, sme=self.sme, svcr=svcr, sve_vqs=self.sve_vqs, sme_vqs=self.sme_vqs,
             fa64=self.fa64, sme2=self.sme2, fpmr=self.has_fpmr, sme_bit=self.sme_bit,
-            extra=tuple(regs.parse(n) for n in self._control_extra()))
+            extra=tuple(_EXTRA_IDS[n] for n in self._control_extra()))
 
     def _control_extra(self) -> Tuple[str, ...]:
         return (("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1") if self.sme else ()) + (
@@ -428,18 +469,25 @@ class VecState:
     def state_ids(self, svcr: int) -> List[int]:
         """The ids saved for ``svcr``: the restore plan's set (§5, §6), plus
         the SME ID registers a fresh destination needs."""
-        ids = restore_plan.plan(self._shape(svcr), fresh=False).ids()
+        ids = _plan(self._shape(svcr), False).ids()
         if self.sme:
             ids += [regs.parse(n) for n in _ID_REGS]
         return ids
 
+    def _save_batch(self, svcr: int) -> Tuple[_RegIO, List[int]]:
+        hit = self._saves.get(svcr)
+        if hit is None:
+            ids = tuple(self.state_ids(svcr))
+            hit = self._saves[svcr] = (self._batch(ids), [self.data_length(i, svcr) for i in ids])
+        return hit
+
     def save(self) -> SavedVecState:
+        """Read the whole vector state: SVCR first (it decides which registers
+        exist, §5), then that set in one batch."""
         svcr = self.svcr
-        ids = tuple(self.state_ids(svcr))
-        data = self._batch(ids).get_all([self.data_length(i, svcr) for i in ids])
-        names = self._batch(ids).names
+        io, lengths = self._save_batch(svcr)
         return SavedVecState(self.sve_vqs, self.sme_vqs, self.sme_bit, self.fa64, self.sme2, svcr,
-                             dict(zip(names, data)))
+                             dict(zip(io.names, io.get_all(lengths))))
 
     def restore(self, saved: SavedVecState) -> restore_plan.Plan:
         """Write ``saved`` into this (finalised, same-configuration) vCPU in
@@ -451,9 +499,16 @@ class VecState:
                 "restore into a fresh vCPU with vecstate.restore_fresh()")
         if saved.sme2 and not self.sme2 and saved.svcr & SVCR_ZA:
             raise UsageProblem("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
-        p = restore_plan.plan(saved.shape(), fresh=False)
+        p = _plan(saved.shape(), False)
         _write_plan(self, p, saved)
         return p
+
+    def _plan_batch(self, p: restore_plan.Plan) -> _RegIO:
+        """One batch with every id of plan ``p`` in plan order (cached per plan)."""
+        hit = self._writers.get(id(p))
+        if hit is None or hit[0] is not p:
+            hit = self._writers[id(p)] = (p, self._batch(tuple(p.ids())))
+        return hit[1]
 
 
 def _bits(vqs) -> str:
@@ -461,16 +516,14 @@ def _bits(vqs) -> str:
 
 
 def _write_plan(state: "VecState", p: restore_plan.Plan, saved: SavedVecState) -> None:
-    for step in p.steps:
-        if step.action != "set" or not step.ids:
-            continue
-        io = state._batch(step.ids)
-        try:
-            values = [saved.registers[n] for n in io.names]
-        except KeyError as e:
-            raise UsageProblem(f"the saved state lacks {e.args[0]}, which its SVCR "
-                               f"({saved.svcr:#x}) says must be there") from None
-        io.set_all(values)
+    """Every register write of ``p`` (a plan without INIT/FINALIZE steps), in order."""
+    io = state._plan_batch(p)
+    try:
+        values = [saved.registers[n] for n in io.names]
+    except KeyError as e:
+        raise UsageProblem(f"the saved state lacks {e.args[0]}, which its SVCR "
+                           f"({saved.svcr:#x}) says must be there") from None
+    io.set_all(values)
 
 
 def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> VecState:
@@ -502,7 +555,7 @@ def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> 
                     if vcpu.get_reg(i) != want:
                         vcpu.set_reg(i, want)
     state = VecState(vcpu, bit)
-    _write_plan(state, restore_plan.plan(saved.shape(), fresh=False), saved)
+    _write_plan(state, _plan(saved.shape(), False), saved)
     return state
 
 

@@ -4,7 +4,7 @@ deviations are caught, and a kernel without SME is reported as such."""
 import pytest
 
 from pyvmm import abi_check
-from test_sme_fake import SME_BIT, FakeKvm
+from test_sme_fake import SME_BIT, FakeKvm, fake_syscalls  # noqa: F401 (autouse fixture)
 
 
 def _run(**kw):

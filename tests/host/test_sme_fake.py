@@ -22,6 +22,36 @@ CAP_SVE = 170
 FPSR_RESET_SM = 0x0800009F
 
 
+_FDS = {}  # fake fd -> FakeVcpu, for the raw ioctl path of pyvmm.vecstate
+
+
+class FakeLibc:
+    """Stands in for the C library's ioctl(2) on fake vCPU fds."""
+
+    def ioctl(self, fd, req, arg):
+        from pyvmm.ioctls import request
+
+        names = {request(n).number: n for n in ("KVM_GET_ONE_REG", "KVM_SET_ONE_REG")}
+        try:
+            _FDS[fd].ioctl(names[int(req)], arg)
+            return 0
+        except KvmError as e:
+            ffi.errno = e.errno
+            return -1
+
+
+FAKE_LIBC = FakeLibc()
+
+
+@pytest.fixture(autouse=True)
+def fake_syscalls(monkeypatch):
+    """pyvmm.vecstate's batches call ioctl(2) directly: route fake fds here.
+    Modules using FakeKvm import this fixture (autouse)."""
+    from pyvmm import vecstate
+
+    monkeypatch.setattr(vecstate, "libc", lambda: FAKE_LIBC)
+
+
 def _err(err, ioctl, target, reg=None):
     return KvmError(err, ioctl, target, reg, _fd.explain(ioctl, err, reg))
 
@@ -73,6 +103,8 @@ class FakeVcpu:
     def __init__(self, vm, index):
         self.vm, self.kvm = vm, vm.kvm
         self.target = f"vcpu{index}"
+        self.fd = 1000 + len(_FDS)
+        _FDS[self.fd] = self
         self.inited = False
         self.finalized = False
         self.has_sve = self.has_sme = False

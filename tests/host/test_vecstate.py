@@ -8,7 +8,7 @@ import pytest
 
 from pyvmm import regs, sme, vecstate
 from pyvmm.errors import HostUnsupported, KvmError, UsageProblem
-from test_sme_fake import PSCI, SME_BIT, SVE, FakeKvm
+from test_sme_fake import SME_BIT, FakeKvm, fake_syscalls  # noqa: F401 (autouse fixture)
 
 SVLS = [16 * q for q in range(1, 17)]  # SVL in bytes, 128..2048 bits
 
@@ -286,3 +286,12 @@ def test_configure_vcpu_usage_errors(args, kw, match):
     with pytest.raises(UsageProblem, match=match):
         sme.configure_vcpu(v, *args, **kw)
     assert not v.inited
+
+
+def test_batch_failures_are_kvm_errors_with_the_hint():
+    st = vecstate.VecState(_vcpu(FakeKvm()), SME_BIT)
+    with pytest.raises(KvmError) as ei:
+        st.za()  # one batch of ZA row reads while ZA is off
+    e = ei.value
+    assert e.errno == 16 and e.reg == "ZA[0]" and e.ioctl == "KVM_GET_ONE_REG"
+    assert "ZA is off in this vCPU" in str(e)
