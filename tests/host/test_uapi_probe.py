@@ -8,6 +8,7 @@ compared here. Core-register offsets (struct kvm_regs has __int128, which
 cffi cannot declare) and register-id constructors are checked the same way.
 """
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -20,7 +21,8 @@ from pyvmm.ioctls import REQUESTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CDEF = os.path.join(ROOT, "pyvmm", "_kvm_cdef.h")
-CC = "aarch64-linux-gnu-gcc"
+# The cross compiler on x86_64; an arm64 host's own gcc compiles for arm64 already.
+CC = "gcc" if platform.machine() in ("aarch64", "arm64") else "aarch64-linux-gnu-gcc"
 
 STRUCTS = [
     "kvm_run", "kvm_userspace_memory_region", "kvm_one_reg", "kvm_reg_list", "kvm_vcpu_init",
