@@ -136,6 +136,7 @@ class Checker:
                 self._access(c)
                 self._close()
             if self.sme_present:
+                self._per_svl()
                 for c in [c for c in configs if c != "sve"]:
                     self._svcr(c)
                     self._close()
@@ -428,6 +429,31 @@ class Checker:
             if lst.index(regs.SVCR) < first_vec:
                 problems.append("SVCR listed before the vector registers (§6 says after)")
         return "; ".join(problems) or "ok"
+
+    # -- §4/§5: every streaming length the host offers --
+    def _per_svl(self):
+        cfg = "sve+sme" if self.sve_offered else "sme"
+        for q in self.sme_vqs:
+            svl_b = 16 * q
+
+            def observe(q=q, svl_b=svl_b):
+                v = self.vcpu(cfg, sme_vq=q)
+                if tuple(regs.vls_decode(v.get_one_reg(regs.SME_VLS))) != tuple(regs.vls_cut(self.sme_vqs, q)):
+                    return "SME_VLS not cut"
+                v.set_reg(regs.SVCR, restore_plan.SVCR_SM | restore_plan.SVCR_ZA)
+                out = [f"Z0 {self._len_probe(v, regs.sve_z(0))}", f"ZA {self._len_probe(v, regs.sme_za_row(svl_b - 1))}"]
+                if svl_b < 256:
+                    out.append(f"row{svl_b} {_try(v.get_one_reg, regs.sme_za_row(svl_b))}")
+                rows = sum(1 for i in v.get_reg_list() if regs.decode(i).kind == "sme_za")
+                out.append(f"{rows} rows listed")
+                v.set_reg(regs.SVCR, 0)
+                self._close()
+                return " ".join(out)
+            exp = f"Z0 ok {svl_b}B ZA ok {svl_b}B" + (f" row{svl_b} EINVAL" if svl_b < 256 else "") + \
+                f" {svl_b} rows listed"
+            self.check(f"5.svl{128 * q}", "§4, §5",
+                       f"SME_VLS cut at {128 * q} bits: streaming Z0 and ZA rows of {svl_b} bytes, {svl_b} rows",
+                       exp, observe)
 
     # -- §5: SVCR side effects --
     def _svcr(self, cfg: str):
