@@ -84,6 +84,12 @@ class FakeKvm:
     def close(self):
         pass
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
 
 class FakeVm:
     def __init__(self, kvm):
