@@ -34,7 +34,7 @@ from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from .errors import HostUnsupported, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
 from .memory import GuestMemory
-from .sme import choose_vqs, parse_vl
+from .sme import configure_vcpu, discover, parse_vl
 from .vcpu import mpidr_of
 
 
@@ -63,6 +63,10 @@ class MachineConfig:
     mem: int = 512 * layout.MiB
     cpus: int = 1
     sve_max_vl: Optional[int] = None
+    # SME (docs/sme.md): streaming maximum in bits, None = no SME; sve=False
+    # (--no-sve) leaves SVE out, which with SME makes SME-only vCPUs.
+    sme_max_vl: Optional[int] = None
+    sve: bool = True
     disks: List[DiskSpec] = field(default_factory=list)
     console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
     on_reboot: str = "restart"  # restart | exit
@@ -114,6 +118,10 @@ def prepare(config: MachineConfig) -> Payload:
     layout.check_ram(config.mem)
     if config.sve_max_vl is not None:
         parse_vl(config.sve_max_vl, "--sve-max-vl")
+    if config.sme_max_vl is not None:
+        parse_vl(config.sme_max_vl, "--sme-max-vl")
+    if not config.sve and config.sve_max_vl is not None:
+        raise UsageProblem("--sve-max-vl and --no-sve contradict each other")
     for d in config.disks:
         if not os.path.isfile(d.path):
             raise UsageProblem(f"--disk {d.path}: no such file" if not os.path.exists(d.path)
@@ -255,22 +263,27 @@ class Machine:
         has_sve = kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0
         if c.sve_max_vl is not None and not has_sve:
             raise HostUnsupported("--sve-max-vl: this host's KVM offers no SVE to guests")
+        use_sve = has_sve and c.sve
+        sme_bit = None
+        if c.sme_max_vl is not None:
+            found = discover(kvm)  # the SME feature bit is probed (ABI page §2)
+            if not found.present:
+                raise HostUnsupported(f"--sme-max-vl: this host's KVM offers no SME to guests ({found.reason})",
+                                      "see pyvmm caps and pyvmm abi-check; the project's SME kernel is "
+                                      "built by ci/qemu-aarch64/kernel/build")
+            sme_bit = found.bit
         if kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
             raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
         for i in range(c.cpus):
             vcpu = self.vm.create_vcpu(i)
-            features = [const("KVM_ARM_VCPU_PSCI_0_2")]
-            if i > 0:
-                features.append(const("KVM_ARM_VCPU_POWER_OFF"))
-            if has_sve:
-                features.append(const("KVM_ARM_VCPU_SVE"))
-            vcpu.arm_vcpu_init(features)
-            if has_sve:
-                if c.sve_max_vl is not None:
-                    offered = regs.vls_decode(vcpu.get_one_reg(regs.SVE_VLS))
-                    chosen = choose_vqs(offered, c.sve_max_vl, "--sve-max-vl")
-                    vcpu.set_one_reg(regs.SVE_VLS, regs.vls_encode(chosen))
-                vcpu.arm_vcpu_finalize(4)  # KVM_ARM_VCPU_VEC (= KVM_ARM_VCPU_SVE)
+            extra = [const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else []
+            if use_sve or sme_bit is not None:
+                # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
+                configure_vcpu(vcpu, sme_bit, c.sve_max_vl if use_sve else None, c.sme_max_vl,
+                               sve=use_sve, extra_features=extra,
+                               sve_label="--sve-max-vl", sme_label="--sme-max-vl")
+            else:
+                vcpu.arm_vcpu_init([const("KVM_ARM_VCPU_PSCI_0_2"), *extra])
             self.vcpus.append(vcpu)
         self.gic = VgicV3(self.vm, c.cpus)
         self.gic.init()

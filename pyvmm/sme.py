@@ -194,7 +194,8 @@ def require_vqs(vcpu, vls_id: int, wanted, what: str) -> None:
 
 def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
                    sme_max_bits: Optional[int] = None, *, sve: bool = True,
-                   extra_features=()) -> VecConfig:
+                   extra_features=(), sve_label: str = "SVE vector length",
+                   sme_label: str = "SME vector length") -> VecConfig:
     """Initialise ``vcpu`` with SVE and/or SME, cut the vector lengths, and
     finalise both with one KVM_ARM_VCPU_FINALIZE(KVM_ARM_VCPU_VEC).
 
@@ -202,6 +203,8 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     ``sve_max_bits`` / ``sme_max_bits``: maximum vector lengths in bits
     (None keeps everything the host offers). ``sve=False`` makes an SME-only
     vCPU (legal, ABI page §4). Order: INIT -> SVE_VLS/SME_VLS -> FINALIZE(4).
+    ``extra_features``: more feature bits for INIT (e.g. POWER_OFF);
+    ``sve_label``/``sme_label`` name the lengths in errors (e.g. the option).
     """
     errno_explain.install()
     if not sve and bit is None:
@@ -212,7 +215,7 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     if not sve and sve_max_bits is not None:
         raise UsageProblem("an SVE vector length was given together with --no-sve")
     # Check the requested lengths' syntax before touching the vCPU.
-    for bits, what in ((sve_max_bits, "SVE vector length"), (sme_max_bits, "SME vector length")):
+    for bits, what in ((sve_max_bits, sve_label), (sme_max_bits, sme_label)):
         if bits is not None:
             parse_vl(bits, what)
     feats = [const("KVM_ARM_VCPU_PSCI_0_2"), *extra_features]
@@ -221,7 +224,7 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     if bit is not None:
         feats.append(bit)
     vcpu.arm_vcpu_init(feats)
-    sve_vqs = cut_vls(vcpu, regs.SVE_VLS, sve_max_bits, "SVE vector length") if sve else ()
-    sme_vqs = cut_vls(vcpu, regs.SME_VLS, sme_max_bits, "SME vector length") if bit is not None else ()
+    sve_vqs = cut_vls(vcpu, regs.SVE_VLS, sve_max_bits, sve_label) if sve else ()
+    sme_vqs = cut_vls(vcpu, regs.SME_VLS, sme_max_bits, sme_label) if bit is not None else ()
     vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)  # one call for SVE and SME (§4)
     return VecConfig(sve_vqs, sme_vqs, bit)

@@ -5,8 +5,9 @@ import json
 
 import click
 
-from .. import restore_plan
 from ..errors import UsageProblem
+
+CONFIGS = ("sve+sme", "sme", "sve")  # = restore_plan.CONFIGS (imported when the command runs)
 
 
 def _bits(ctx, param, value):
@@ -18,7 +19,7 @@ def _bits(ctx, param, value):
 
 
 @click.command("restore-plan")
-@click.option("--config", type=click.Choice(restore_plan.CONFIGS), default="sve+sme", show_default=True,
+@click.option("--config", type=click.Choice(CONFIGS), default="sve+sme", show_default=True,
               help="vCPU configuration: SVE and SME, SME only, or SVE only.")
 @click.option("--sm", type=click.IntRange(0, 1), default=0, show_default=True, help="Saved SVCR.SM.")
 @click.option("--za", type=click.IntRange(0, 1), default=0, show_default=True, help="Saved SVCR.ZA.")
@@ -49,6 +50,8 @@ def restore_plan_cmd(config, sm, za, svl, sve_vl, fa64, sme2, fpmr, loaded, stat
       pyvmm restore-plan --config sme --sm 0 --za 1 --svl 2048 --explain
       pyvmm restore-plan --state saved.json --explain
     """
+    from .. import restore_plan
+
     if state_file is not None:
         from ..vecstate import SavedVecState
 

@@ -58,6 +58,9 @@ def _writer(stream):
 @click.option("-c", "--cpus", type=int, default=1, metavar="N", help="Number of vCPUs.")
 @click.option("--sve-max-vl", type=int, default=None, metavar="BITS",
               help="Largest SVE vector length the guest may use (a length the host offers).")
+@click.option("--sme-max-vl", type=int, default=None, metavar="BITS",
+              help="Give the guest SME, streaming vector lengths up to BITS (a length the host offers).")
+@click.option("--no-sve", is_flag=True, help="No SVE for the guest (with --sme-max-vl: SME-only vCPUs).")
 @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
               help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
 @click.option("--console", default="serial", metavar="serial|virtio",
@@ -70,7 +73,8 @@ def _writer(stream):
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
-def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, disks, console, dump_dtb, firmware,
+def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, disks,
+        console, dump_dtb, firmware,
         on_reboot, kvm_path, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
@@ -91,7 +95,8 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, disks, console, dump
         ctx.find_root().obj["debug"] = True
     config = machine_lib.MachineConfig(
         kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
-        cpus=cpus, sve_max_vl=sve_max_vl, disks=[parse_disk(d) for d in disks], console=console,
+        cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve,
+        disks=[parse_disk(d) for d in disks], console=console,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path)
     stdin_fd = None
     saved = None

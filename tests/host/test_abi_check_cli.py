@@ -82,3 +82,10 @@ def test_restore_plan_from_saved_state(tmp_path):
     d = json.loads(r.output)
     assert "SM=0, ZA=1" in d["shape"]
     assert d["steps"][0]["features"] == [2, 4, SME_BIT]
+
+
+def test_plan_command_configs_match_the_planner():
+    from pyvmm import restore_plan
+    from pyvmm.commands import plan
+
+    assert plan.CONFIGS == restore_plan.CONFIGS
