@@ -14,6 +14,7 @@ thread SIGUSR1 (a no-op handler), so KVM_RUN returns EINTR wherever it is.
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import select
 import signal
@@ -31,7 +32,7 @@ from .devices.pl011 import SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
 from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
-from .errors import HostUnsupported, PyvmmError, UsageProblem
+from .errors import HostUnsupported, KvmError, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
 from .memory import GuestMemory
 from .sme import configure_vcpu, discover, parse_vl
@@ -379,6 +380,14 @@ class Machine:
                 else:
                     counts[type(ex).__name__] += 1
                     self.finish(ExitStatus.CRASH, f"vcpu{vcpu.index}: {_describe(ex)}")
+        except KvmError as e:
+            if e.ioctl == "KVM_RUN" and e.errno in (errno.ENOSYS, errno.EFAULT, errno.ENOEXEC):
+                # KVM could not handle what the guest did (e.g. ENOSYS: a data abort
+                # outside RAM and devices without a valid syndrome): the guest is stuck.
+                self.finish(ExitStatus.CRASH, f"vcpu{vcpu.index}: the guest did something KVM cannot "
+                                              f"continue from ({e.message})")
+            else:
+                self.finish(ExitStatus.ERROR, f"vcpu{vcpu.index}: {e}")
         except PyvmmError as e:
             self.finish(ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR,
                         f"vcpu{vcpu.index}: {e}")

@@ -100,8 +100,13 @@ class Pl011:
 
     # -- host side ------------------------------------------------------------
     def receive(self, data: bytes) -> int:
-        """Queue input for the guest (host stdin); returns how many bytes were taken."""
+        """Queue input for the guest (host stdin); returns how many bytes were
+        taken. Nothing is taken until the guest's driver unmasks the receive
+        interrupts: Linux drains the FIFO when it opens the port, so input
+        sent earlier (a pipe, or keys typed during boot) would be lost."""
         with self._lock:
+            if not self.regs[IMSC] & (INT_RX | INT_RT):
+                return 0
             room = RX_QUEUE_MAX - len(self._rx)
             taken = data[:max(room, 0)]
             self._rx.extend(taken)

@@ -42,7 +42,7 @@ def test_overlap_refused_with_names():
     bus.register(0x1100, 0x100, Recorder(), "adjacent")  # touching is fine
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(1, 1 << 12)), min_size=1, max_size=12))
 def test_registered_ranges_never_overlap(ranges):
     bus = MmioBus()
