@@ -22,11 +22,12 @@ returns and stores only those bytes and pads with zeros when writing.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import _fd, errno_explain, regs, restore_plan, sme
 from ._ffi import ffi, libc
@@ -261,8 +262,6 @@ def _absent(vcpu, reg_id: int) -> bool:
         vcpu.get_one_reg(reg_id)
         return False
     except KvmError as e:
-        import errno
-
         if e.errno == errno.ENOENT:
             return True
         raise
@@ -294,8 +293,6 @@ class VecState:
         self._writers: Dict[int, tuple] = {}
 
     def _vqs(self, vls_id: int) -> Tuple[int, ...]:
-        import errno
-
         try:
             return tuple(regs.vls_decode(self.vcpu.get_one_reg(vls_id)))
         except KvmError as e:
