@@ -59,7 +59,7 @@ else
 	@ci/qemu-aarch64/setup
 endif
 
-test-machine:
+test-machine: $(if $(NATIVE_KVM),venv)
 ifeq ($(NATIVE_KVM),1)
 	PYVMM_REQUIRE_KVM=1 $(VENV)/bin/$(MACHINE_PYTEST) || { $(call no_tests_ok,test-machine); }
 else
