@@ -64,7 +64,7 @@ def test_virtio_blk_write_reaches_the_host_file_with_virtio_console(tmp_path):
     out = r.stdout.decode(errors="replace")
     assert r.returncode == 0, (r.stderr, out[-2000:])
     assert "pyvmm-guest: init" in out  # arrived through virtio-console (hvc0)
-    assert "vdb=read-only-disk ro=1" in out
+    assert "vdb=read-only-disk! ro=1" in out
     assert "vdb-write-refused" in out
     data = disk.read_bytes()
     assert data[3 * 512:3 * 512 + 27] == b"pyvmm-disk-test-0123456789\n"
