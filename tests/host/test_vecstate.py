@@ -295,3 +295,23 @@ def test_batch_failures_are_kvm_errors_with_the_hint():
     e = ei.value
     assert e.errno == 16 and e.reg == "ZA[0]" and e.ioctl == "KVM_GET_ONE_REG"
     assert "ZA is off in this vCPU" in str(e)
+
+
+def _overlaps(a, b, svl_b=256):
+    return bool(set(vecstate.tile_rows(a, svl_b)) & set(vecstate.tile_rows(b, svl_b)))
+
+
+@pytest.mark.parametrize("tile, q_tiles", [
+    # The SME spec's table of which 128-bit tiles each tile overlaps (DDI 0616, B2.3.2)
+    ("ZA0.B", range(16)),
+    ("ZA0.H", range(0, 16, 2)),
+    ("ZA1.H", range(1, 16, 2)),
+    ("ZA0.S", (0, 4, 8, 12)),
+    ("ZA1.S", (1, 5, 9, 13)),
+    ("ZA3.S", (3, 7, 11, 15)),
+    ("ZA3.D", (3, 11)),
+    ("ZA7.D", (7, 15)),
+])
+def test_overlaps_with_128_bit_tiles_match_the_spec(tile, q_tiles):
+    for svl_b in (16, 64, 256):
+        assert [q for q in range(16) if _overlaps(tile, f"ZA{q}.Q", svl_b)] == list(q_tiles)
