@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from . import exits, regs
-from ._ffi import const
+from ._fd import explain
+from ._ffi import const, ffi, libc
+from .ioctls import request
 from .boot import fdt, image, layout
 from .devices.bus import MmioBus
 from .devices.pl011 import SIZE as PL011_SIZE, Pl011
@@ -360,21 +362,42 @@ class Machine:
 
     def _vcpu_loop(self, vcpu) -> None:
         counts = Counter()
-        bus = self.bus
-        MmioExit, Interrupted, SystemEvent = exits.MmioExit, exits.InterruptedExit, exits.SystemEventExit
+        bus_read, bus_write = self.bus.read, self.bus.write
+        # The hot path: KVM_RUN and MMIO completion without the per-call
+        # lookups of Vcpu.run() / exits.decode() (same ioctl, same kvm_run
+        # fields; every other exit still goes through exits.decode).
+        run = vcpu.run_struct
+        mmio = run.mmio
+        ioctl = libc().ioctl
+        fd = vcpu.fd
+        req = ffi.cast("unsigned long", request("KVM_RUN").number)
+        zero = ffi.cast("unsigned long", 0)
+        buffer, memmove = ffi.buffer, ffi.memmove
+        EXIT_MMIO = const("KVM_EXIT_MMIO")
+        EXIT_INTR = const("KVM_EXIT_INTR")
+        SystemEvent = exits.SystemEventExit
+        n_mmio = 0
         try:
             while not self._done.is_set():
-                ex = vcpu.run()
-                t = type(ex)
-                if t is MmioExit:
-                    counts["mmio"] += 1
-                    if ex.is_write:
-                        bus.write(ex.phys_addr, ex.data)
+                if ioctl(fd, req, zero) < 0:
+                    err = ffi.errno
+                    if err == errno.EINTR:
+                        counts["intr"] += 1
+                        continue
+                    raise KvmError(err, "KVM_RUN", vcpu.target, None, explain("KVM_RUN", err, None))
+                if run.exit_reason == EXIT_MMIO:
+                    n_mmio += 1
+                    n = mmio.len
+                    if mmio.is_write:
+                        bus_write(mmio.phys_addr, buffer(mmio.data, n)[:])
                     else:
-                        vcpu.complete_mmio_read(bus.read(ex.phys_addr, ex.length))
-                elif t is Interrupted:
+                        memmove(mmio.data, bus_read(mmio.phys_addr, n), n)
+                    continue
+                if run.exit_reason == EXIT_INTR:
                     counts["intr"] += 1
-                elif t is SystemEvent:
+                    continue
+                ex = exits.decode(run)
+                if type(ex) is SystemEvent:
                     counts["system_event"] += 1
                     self._system_event(vcpu, ex)
                 else:
@@ -394,6 +417,7 @@ class Machine:
         except Exception as e:  # a bug in pyvmm: stop the guest, report it
             self.finish(ExitStatus.ERROR, f"vcpu{vcpu.index}: internal error: {type(e).__name__}: {e}")
         finally:
+            counts["mmio"] += n_mmio
             with self._outcome_lock:
                 self.exits.update(counts)
 
