@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from runsupport import guest_files, pyvmm
+from test_run_support import guest_files, pyvmm
 
 pytestmark = pytest.mark.kvm
 

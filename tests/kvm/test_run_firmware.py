@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from runsupport import (CHECKOUT, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, B_SELF, ldp_x1_x2_x0, mov64, print_then,
+from test_run_support import (CHECKOUT, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, B_SELF, ldp_x1_x2_x0, mov64, print_then,
                         program, pyvmm)
 
 pytestmark = pytest.mark.kvm

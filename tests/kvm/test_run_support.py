@@ -1,4 +1,4 @@
-"""Helpers for the ``pyvmm run`` KVM tests: the default guest's files, running
+"""Helpers (no tests) for the ``pyvmm run`` KVM tests: the default guest's files, running
 pyvmm as a subprocess, and tiny bare-metal payloads encoded by hand (so these
 tests need no assembler)."""
 from __future__ import annotations
