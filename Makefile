@@ -3,10 +3,11 @@
 #   make venv          host .venv with pyvmm installed editable, plus test extras
 #   make test-host     unit tests that need no KVM (pytest -m 'not kvm') on the host
 #   make machine       build/cache the arm64 test machine (ci/qemu-aarch64/setup)
+#   make guests        build the guests the KVM tests boot (guests/linux/build -> out/guest/)
 #   make test-machine  KVM tests (pytest -m kvm): natively on an arm64 host with
 #                      /dev/kvm, otherwise inside the emulated arm64 test machine
-#   make test          all of the above (host-deps + venv + test-host + machine + test-machine)
-#   make demo          `pyvmm caps` inside the test machine
+#   make test          all of the above (host-deps + venv + test-host + machine + guests + test-machine)
+#   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo
 #   make bench         benchmarks (none yet)
 #   make clean         remove .venv and build output (clean-cache: the machine cache too)
 
@@ -33,7 +34,7 @@ define no_tests_ok
 rc=$$?; if [ $$rc = 5 ]; then echo "$(1): no tests selected"; else exit $$rc; fi
 endef
 
-.PHONY: all host-deps venv test-host machine test-machine test demo bench clean clean-cache
+.PHONY: all host-deps venv test-host machine guests test-machine test demo bench clean clean-cache
 
 all: test
 
@@ -59,6 +60,9 @@ else
 	@ci/qemu-aarch64/setup
 endif
 
+guests: machine
+	@if [ -x guests/linux/build ]; then guests/linux/build; fi
+
 test-machine: $(if $(NATIVE_KVM),venv)
 ifeq ($(NATIVE_KVM),1)
 	PYVMM_REQUIRE_KVM=1 $(VENV)/bin/$(MACHINE_PYTEST) || { $(call no_tests_ok,test-machine); }
@@ -68,10 +72,11 @@ else
 	@echo "test-machine: $$(grep -E '^=+ .*(passed|failed|error|no tests ran).* in [0-9.]+s' out/test-machine.log | tail -n1 | tr -d '=' | sed 's/^ *//; s/ *$$//')"
 endif
 
-test: host-deps venv test-host machine test-machine
+test: host-deps venv test-host machine guests test-machine
 
 demo:
 	$(RUN) $(RUN_FLAGS) -- pyvmm caps
+	@if [ -x guests/linux/demo ]; then guests/linux/demo; fi
 
 bench:
 	@echo 'no benchmarks yet'
