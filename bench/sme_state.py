@@ -78,6 +78,7 @@ def floor_loop(vcpu, sequence):
         for req, one in calls:
             if ioctl(fd, req, one) < 0:
                 raise OSError(ffi.errno, "floor ioctl failed")
+    loop.buffers = bufs  # the structs hold only the buffers' addresses: keep them alive
     return loop
 
 
