@@ -222,6 +222,12 @@ class Checker:
             hole = [q for q in host if q != host[0]]
             self.check(f"4.{feat}.vls.refuse_hole", sec, f"{name} with a hole below its maximum is EINVAL",
                        "EINVAL", lambda: _try(v.set_one_reg, vls_id, regs.vls_encode(hole)))
+        gaps = [q for q in range(1, max(host)) if q not in host]
+        if gaps:  # sparse set (SME may be, §4): a length the host lacks, below its maximum
+            bad = sorted(set(host) | {gaps[-1]})
+            self.check(f"4.{feat}.vls.refuse_unoffered", sec,
+                       f"{name} with {128 * gaps[-1]} bits, which the host does not offer, is EINVAL",
+                       "EINVAL", lambda: _try(v.set_one_reg, vls_id, regs.vls_encode(bad)))
         above = max(host) + 1
         self.check(f"4.{feat}.vls.refuse_above", sec, f"{name} with VQ {above} above the host's set is EINVAL",
                    "EINVAL", lambda: _try(v.set_one_reg, vls_id, regs.vls_encode(list(host) + [above])))
