@@ -84,6 +84,7 @@ def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
     VCPU_INIT succeeds *and* reading SME_VLS succeeds. An unknown bit fails
     init with ENOENT; a bit meaning something else passes init but the
     SME_VLS read fails with ENOENT."""
+    errno_explain.install()  # every later KvmError on vector state carries its hint
     if bit_override is None:
         bit_override = _env_int(ENV_BIT)
     candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
