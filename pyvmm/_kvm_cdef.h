@@ -255,3 +255,32 @@ struct kvm_ioeventfd {
 /* memory regions */
 #define KVM_MEM_LOG_DIRTY_PAGES 1
 #define KVM_MEM_READONLY 2
+
+/* coalesced MMIO (include/uapi/linux/kvm.h, virt/kvm/coalesced_mmio.c): writes
+ * to a registered zone are queued in a ring page of the vCPU mapping (page
+ * offset = KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO)) instead of exiting. */
+struct kvm_coalesced_mmio_zone {
+    uint64_t addr;
+    uint32_t size;
+    union {
+        uint32_t pad;
+        uint32_t pio;
+    };
+};
+
+struct kvm_coalesced_mmio {
+    uint64_t phys_addr;
+    uint32_t len;
+    union {
+        uint32_t pad;
+        uint32_t pio;
+    };
+    uint8_t data[8];
+};
+
+struct kvm_coalesced_mmio_ring {
+    uint32_t first, last;
+    struct kvm_coalesced_mmio coalesced_mmio[];
+};
+
+#define KVM_CAP_COALESCED_MMIO 15

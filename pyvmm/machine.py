@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import mmap
 import os
 import select
 import signal
@@ -30,11 +31,11 @@ from ._ffi import const, ffi, libc
 from .ioctls import request
 from .boot import fdt, image, layout
 from .devices.bus import MmioBus
-from .devices.pl011 import SIZE as PL011_SIZE, Pl011
+from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
 from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
-from .errors import HostUnsupported, KvmError, PyvmmError, UsageProblem
+from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
 from .memory import GuestMemory
 from .sme import configure_vcpu, discover, parse_vl
@@ -75,6 +76,7 @@ class MachineConfig:
     on_reboot: str = "restart"  # restart | exit
     dump_dtb: Optional[str] = None
     kvm_path: str = "/dev/kvm"
+    trace_mmio: bool = False  # count MMIO accesses per device register (--debug)
 
 
 @dataclass
@@ -85,6 +87,8 @@ class Outcome:
     exits: Counter = field(default_factory=Counter)
     seconds: float = 0.0
     console_bytes: int = 0
+    build_seconds: float = 0.0
+    mmio_trace: Optional[Counter] = None
 
 
 def default_cmdline(console: str) -> str:
@@ -101,11 +105,30 @@ def full_cmdline(config: MachineConfig) -> str:
 
 @dataclass
 class Payload:
-    """What goes into RAM, checked before any KVM object exists."""
-    data: bytes
+    """What goes into RAM, checked before any KVM object exists. The kernel is
+    streamed from its file at load time rather than kept in memory (51 MB for
+    Debian's Image)."""
+    data: Optional[bytes]  # firmware bytes; None for a kernel (read from kernel_path)
     initrd: Optional[bytes]
     plan: layout.BootPlan
     firmware: bool
+    kernel_path: Optional[str] = None
+    kernel_size: int = 0
+
+    LOAD_CHUNK = 4 << 20
+
+    def load_into(self, mem, addr: int) -> None:
+        if self.data is not None:
+            mem.write(addr, self.data)
+            return
+        with open(self.kernel_path, "rb") as f:
+            done = 0
+            while done < self.kernel_size:
+                chunk = f.read(min(self.LOAD_CHUNK, self.kernel_size - done))
+                if not chunk:
+                    raise UsageProblem(f"kernel {self.kernel_path} shrank while loading")
+                mem.write(addr + done, chunk)
+                done += len(chunk)
 
 
 def prepare(config: MachineConfig) -> Payload:
@@ -145,11 +168,12 @@ def prepare(config: MachineConfig) -> Payload:
             raise UsageProblem(f"firmware {config.firmware}: the file is empty")
         plan = layout.plan(config.mem, len(data), 0, len(initrd or b""), initrd is not None, what="firmware")
         return Payload(data, initrd, plan, True)
-    data = image.read_file(config.kernel, "kernel")
-    hdr = image.parse_header(data, f"kernel {config.kernel}")
-    plan = layout.plan(config.mem, image.load_size(hdr, len(data)), hdr.text_offset,
+    head = image.read_file(config.kernel, "kernel", image.HEAD_BYTES)
+    size = os.path.getsize(config.kernel)
+    hdr = image.parse_header(head, f"kernel {config.kernel}", file_size=size)
+    plan = layout.plan(config.mem, image.load_size(hdr, size), hdr.text_offset,
                        len(initrd or b""), initrd is not None)
-    return Payload(data, initrd, plan, False)
+    return Payload(None, initrd, plan, False, config.kernel, size)
 
 
 class _KernelOwned:
@@ -227,6 +251,55 @@ class ConsoleInput:
         self._stop.set()
 
 
+class CoalescedRing:
+    """The VM's coalesced-MMIO ring (virt/kvm/coalesced_mmio.c): KVM appends
+    guest writes to registered zones here instead of exiting; pyvmm replays
+    them on the bus, in order, before handling any other exit and from the
+    main thread every few milliseconds (so output of an idle guest appears).
+    The ring is one page at KVM_CAP_COALESCED_MMIO's page offset in a vCPU
+    mapping; entries are consumed by advancing ``first`` (KVM writes ``last``)."""
+
+    ENTRY = 24  # sizeof(struct kvm_coalesced_mmio)
+
+    def __init__(self, vcpu_fd: int, page_offset: int, bus):
+        self.bus = bus
+        self.mm = mmap.mmap(vcpu_fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                            offset=page_offset * mmap.PAGESIZE)
+        self.ring = ffi.from_buffer("struct kvm_coalesced_mmio_ring *", self.mm)
+        self.max = (mmap.PAGESIZE - 8) // self.ENTRY  # KVM_COALESCED_MMIO_MAX
+        self.lock = threading.Lock()
+        self.entries = 0
+
+    def pending(self) -> bool:
+        ring = self.ring
+        return ring is not None and ring.first != ring.last
+
+    def drain(self) -> None:
+        with self.lock:
+            ring = self.ring
+            if ring is None:
+                return
+            first, last = ring.first, ring.last
+            while first != last:
+                if first >= self.max:
+                    raise GuestError(f"coalesced MMIO ring index {first} out of range")
+                e = ring.coalesced_mmio[first]
+                addr, data = e.phys_addr, ffi.buffer(e.data, min(e.len, 8))[:]
+                first = (first + 1) % self.max
+                # the entry is copied out before KVM may reuse its slot
+                ring.first = first
+                self.entries += 1
+                self.bus.write(addr, data)
+
+    def close(self) -> None:
+        with self.lock:
+            self.ring = None
+        try:
+            self.mm.close()
+        except BufferError:
+            pass
+
+
 class Machine:
     def __init__(self, kvm, config: MachineConfig, payload: Payload, output: Callable[[bytes], None]):
         self.kvm = kvm
@@ -249,6 +322,7 @@ class Machine:
         self._outcome_lock = threading.Lock()
         self._outcome: Optional[Outcome] = None
         self.exits: Counter = Counter()
+        self.coalesced: Optional[CoalescedRing] = None
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -295,6 +369,7 @@ class Machine:
 
         self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.output)
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
+        self._coalesce_uart_output()
         slot = 0
         if c.console == "virtio":
             self.console = VirtioConsole(self.output)
@@ -307,6 +382,18 @@ class Machine:
             slot += 1
         self._load()
 
+    def _coalesce_uart_output(self) -> None:
+        """Let the UART's data register take writes without exits (the console
+        costs one exit per character otherwise: Linux's PL011 driver writes DR
+        once per byte)."""
+        page = self.kvm.check_extension(const("KVM_CAP_COALESCED_MMIO"))
+        if page <= 0:
+            return
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr, zone.size = layout.UART_BASE + PL011_DR, 4
+        self.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", zone)
+        self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus)
+
     def _add_virtio(self, slot: int, backend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
         t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
@@ -318,7 +405,7 @@ class Machine:
 
     def _load(self) -> None:
         p = self.payload.plan
-        self.mem.write(p.kernel_addr, self.payload.data)
+        self.payload.load_into(self.mem, p.kernel_addr)
         initrd_range = None
         if self.payload.initrd is not None:
             self.mem.write(p.initrd_addr, self.payload.initrd)
@@ -376,6 +463,7 @@ class Machine:
         EXIT_MMIO = const("KVM_EXIT_MMIO")
         EXIT_INTR = const("KVM_EXIT_INTR")
         SystemEvent = exits.SystemEventExit
+        ring = self.coalesced
         n_mmio = 0
         try:
             while not self._done.is_set():
@@ -385,6 +473,8 @@ class Machine:
                         counts["intr"] += 1
                         continue
                     raise KvmError(err, "KVM_RUN", vcpu.target, None, explain("KVM_RUN", err, None))
+                if ring is not None and ring.pending():
+                    ring.drain()  # earlier writes first
                 if run.exit_reason == EXIT_MMIO:
                     n_mmio += 1
                     n = mmio.len
@@ -441,14 +531,19 @@ class Machine:
             self._threads.append(t)
         for t in self._threads:
             t.start()
-        while not self._done.wait(0.25):
-            pass
+        ring = self.coalesced
+        while not self._done.wait(0.02 if ring is not None else 0.25):
+            if ring is not None and ring.pending():
+                ring.drain()
         self._kick()
         for t in self._threads:
             while t.is_alive():
                 t.join(0.2)
                 if t.is_alive():
                     self._kick()
+        if ring is not None:
+            ring.drain()
+            self.exits["coalesced"] = ring.entries
         out = self._outcome
         out.exits = self.exits
         out.seconds = time.monotonic() - t0
@@ -456,6 +551,8 @@ class Machine:
         return out
 
     def close(self) -> None:
+        if self.coalesced is not None:
+            self.coalesced.close()
         for d in self.disks:
             d.close()
         if self.gic is not None:
@@ -511,7 +608,11 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
         while True:
             m = Machine(kvm, config, payload, output)
             try:
+                t_build = time.monotonic()
+                if config.trace_mmio:
+                    m.bus.trace = Counter()
                 m.build()
+                t_build = time.monotonic() - t_build
                 if config.dump_dtb and resets == 0:
                     _write_file(config.dump_dtb, m.dtb)
                 current[0] = m
@@ -530,6 +631,8 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
                 resets += 1
                 continue
             outcome.resets = resets
+            outcome.build_seconds = t_build
+            outcome.mmio_trace = m.bus.trace
             return outcome
     finally:
         console_in.stop()

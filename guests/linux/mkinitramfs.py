@@ -18,7 +18,6 @@ import lzma
 import os
 import stat
 import sys
-import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MTIME = 0  # reproducible archives

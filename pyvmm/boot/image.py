@@ -91,10 +91,15 @@ def _pe_file_end(data: bytes, pe_offset: int, what: str) -> int:
     return end
 
 
-def parse_header(data: bytes, what: str = "kernel") -> ImageHeader:
-    """Check ``data`` (the whole Image file) and return its header, or raise
+HEAD_BYTES = 1 << 16  # enough for the header and the PE section table
+
+
+def parse_header(data: bytes, what: str = "kernel", file_size=None) -> ImageHeader:
+    """Check ``data`` (the Image file, or its first HEAD_BYTES when
+    ``file_size`` gives the whole size) and return its header, or raise
     :class:`ImageError` saying why it cannot be booted."""
-    if len(data) == 0:
+    size = len(data) if file_size is None else file_size
+    if size == 0:
         raise ImageError(f"{what}: the file is empty")
     kind = _compressed_kind(data)
     if kind:
@@ -119,10 +124,10 @@ def parse_header(data: bytes, what: str = "kernel") -> ImageHeader:
     if hdr.text_offset % 4096 or hdr.text_offset >= 2 << 20:
         raise ImageError(f"{what}: text_offset {hdr.text_offset:#x} is not a page-aligned offset below 2 MiB")
     end = _pe_file_end(data, pe_offset, what)
-    if end > len(data):
-        raise ImageError(f"{what}: truncated ({len(data)} bytes, its PE sections end at {end})")
-    if image_size and len(data) > image_size:
-        raise ImageError(f"{what}: the file ({len(data)} bytes) is larger than the image_size "
+    if end > size:
+        raise ImageError(f"{what}: truncated ({size} bytes, its PE sections end at {end})")
+    if image_size and size > image_size:
+        raise ImageError(f"{what}: the file ({size} bytes) is larger than the image_size "
                          f"{image_size} its header declares")
     return hdr
 
@@ -132,10 +137,11 @@ def load_size(hdr: ImageHeader, file_size: int) -> int:
     return hdr.image_size if hdr.image_size else file_size
 
 
-def read_file(path: str, what: str) -> bytes:
+def read_file(path: str, what: str, limit=None) -> bytes:
+    """The file's bytes (at most ``limit``), or ImageError saying why not."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return f.read() if limit is None else f.read(limit)
     except FileNotFoundError:
         raise ImageError(f"{what} {path}: no such file") from None
     except IsADirectoryError:

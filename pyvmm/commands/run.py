@@ -97,7 +97,7 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
         cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve,
         disks=[parse_disk(d) for d in disks], console=console,
-        on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path)
+        on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     stdin_fd = None
     saved = None
     try:
@@ -115,8 +115,12 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     if debug:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.exits.items())) or "none"
-        click.echo(f"pyvmm: {outcome.reason}; {outcome.seconds:.2f} s, resets {outcome.resets}, "
-                   f"console {outcome.console_bytes} bytes, exits: {counts}", err=True)
+        click.echo(f"pyvmm: {outcome.reason}; VM set-up {outcome.build_seconds:.2f} s, guest ran "
+                   f"{outcome.seconds:.2f} s, resets {outcome.resets}, console {outcome.console_bytes} bytes, "
+                   f"exits: {counts}", err=True)
+        if outcome.mmio_trace:
+            top = ", ".join(f"{dev}+{off:#x} {rw} {n}" for (dev, off, rw), n in outcome.mmio_trace.most_common(8))
+            click.echo(f"pyvmm: busiest MMIO registers: {top}", err=True)
     status = outcome.status
     if status not in (machine_lib.ExitStatus.POWEROFF,) and not debug:
         click.echo(f"pyvmm: {_LAST_WORDS.get(status, outcome.reason)}", err=True)

@@ -41,6 +41,7 @@ class MmioBus:
         self._bases: List[int] = []
         self._lock = threading.Lock()
         self.unhandled = 0  # accesses that hit no device
+        self.trace = None  # a Counter of (device, offset, r/w) when tracing (--debug)
 
     def register(self, base: int, size: int, device, name: str = "") -> Mapping:
         if size <= 0 or base < 0:
@@ -71,6 +72,8 @@ class MmioBus:
         if m is None:
             self.unhandled += 1
             return bytes(length)
+        if self.trace is not None:
+            self.trace[(m.name, addr - m.base, "r")] += 1
         data = m.device.read(addr - m.base, length)
         return bytes(data[:length]).ljust(length, b"\0")
 
@@ -79,6 +82,8 @@ class MmioBus:
         if m is None:
             self.unhandled += 1
             return
+        if self.trace is not None:
+            self.trace[(m.name, addr - m.base, "w")] += 1
         m.device.write(addr - m.base, data)
 
     def mappings(self) -> List[Mapping]:

@@ -25,6 +25,11 @@ INT_RX, INT_TX, INT_RT = 1 << 4, 1 << 5, 1 << 6
 INT_ALL = 0x7FF
 LCR_H_FEN = 1 << 4
 FIFO_DEPTH = 32
+# After this many writes to DR, one read of FR reports the TX FIFO full. Linux's
+# driver then stops polling FR before each byte (two exits per byte) and
+# continues from the TX interrupt, which writes half a FIFO per pass without
+# reading FR (amba-pl011.c pl011_tx_chars).
+TX_BURST = FIFO_DEPTH // 2
 RX_QUEUE_MAX = 64 * 1024  # host-side input kept while the guest is not reading
 
 SIZE = 0x1000
@@ -45,6 +50,7 @@ class Pl011:
         self.regs = {ILPR: 0, IBRD: 0, FBRD: 0, LCR_H: 0, CR: 0x300, IFLS: 0x12, IMSC: 0, DMACR: 0}
         self.ris = 0
         self._level = False
+        self._tx_since_full = 0
 
     # -- guest side ---------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
@@ -62,6 +68,9 @@ class Pl011:
                 self.ris &= ~(INT_RX | INT_RT)
             return b
         if offset == FR:
+            if self._tx_since_full >= TX_BURST:
+                self._tx_since_full = 0
+                return FR_TXFF | (FR_RXFE if not self._rx else 0)
             fr = FR_TXFE
             if not self._rx:
                 fr |= FR_RXFE
@@ -85,6 +94,7 @@ class Pl011:
             if offset == DR:
                 out = bytes((value & 0xFF,))
                 self.tx_bytes += 1
+                self._tx_since_full += 1
                 self.ris |= INT_TX
             elif offset == ICR:
                 self.ris &= ~(value & INT_ALL)

@@ -89,3 +89,13 @@ def test_any_access_sequence_keeps_the_line_consistent(ops):
         assert (levels[-1] if levels else False) == expected
     # the line only ever toggles
     assert all(a != b for a, b in zip(levels, levels[1:]))
+
+
+def test_fifo_reports_full_once_per_burst():
+    u, _, out = make()
+    for i in range(P.TX_BURST):
+        assert not r32(u, P.FR) & P.FR_TXFF
+        w32(u, P.DR, 0x41)
+    assert r32(u, P.FR) & P.FR_TXFF  # once: the driver switches to the TX interrupt
+    assert not r32(u, P.FR) & P.FR_TXFF
+    assert len(out) == P.TX_BURST

@@ -2,11 +2,11 @@
 (guests/linux) on real KVM: vCPUs, command line, initrd, shell input,
 virtio-blk, virtio-console, --sve-max-vl. Each test is one guest boot."""
 import base64
-import struct
+import subprocess
 
 import pytest
 
-from test_run_support import guest_files, pyvmm
+from test_run_support import Running, guest_files, pyvmm
 
 pytestmark = pytest.mark.kvm
 
@@ -44,11 +44,15 @@ def test_two_vcpus_and_sve_max_vl_256():
 
 
 def test_typed_input_reaches_the_shell():
-    r = boot("-c", "1", cmdline="pyvmm.shell=1",
-             input=b"echo typed-$((6*7))\npoweroff -f\n")
-    out = r.stdout.decode(errors="replace")
-    assert r.returncode == 0, (r.stderr, out[-2000:])
-    assert "typed-42" in out
+    kernel, initrd = guest_files()
+    r = Running(["run", "-k", kernel, "-i", initrd, "-m", "256M", "-c", "1", "-p", "quiet pyvmm.shell=1"],
+                stdin=subprocess.PIPE)
+    r.wait_for(b"# ", timeout=240)  # the shell's prompt: type like a user would
+    r.type(b"echo typed-$((6*7))\n")
+    r.wait_for(b"typed-42", timeout=60)
+    r.type(b"poweroff -f\n")
+    err = r.wait_exit(120)
+    assert r.p.returncode == 0, err
 
 
 def test_virtio_blk_write_reaches_the_host_file_with_virtio_console(tmp_path):

@@ -1,16 +1,12 @@
 """``pyvmm run --firmware``: exit statuses, signals, the UART and --dump-dtb with
 tiny bare-metal payloads on real KVM (fast: no Linux boot)."""
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import threading
-import time
 
 import pytest
 
-from test_run_support import (CHECKOUT, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, B_SELF, ldp_x1_x2_x0, mov64, print_then,
+from test_run_support import (Running, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, B_SELF, ldp_x1_x2_x0, mov64, print_then,
                         program, pyvmm)
 
 pytestmark = pytest.mark.kvm
@@ -44,43 +40,13 @@ def test_unemulatable_access_is_a_crash_status_4(fw):
     assert len(r.stderr.decode().strip().splitlines()) == 1
 
 
-class Running:
-    """pyvmm in the background, its stdout collected by a thread."""
-
-    def __init__(self, args):
-        env = dict(os.environ, PYTHONPATH=CHECKOUT)
-        self.p = subprocess.Popen([sys.executable, "-m", "pyvmm", *map(str, args)], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=CHECKOUT)
-        self.out = b""
-        self.t = threading.Thread(target=self._read, daemon=True)
-        self.t.start()
-
-    def _read(self):
-        for chunk in iter(lambda: self.p.stdout.read1(4096), b""):
-            self.out += chunk
-
-    def wait_for(self, marker: bytes, count: int = 1, timeout: float = 120):
-        deadline = time.monotonic() + timeout
-        while self.out.count(marker) < count:
-            assert self.p.poll() is None, (self.p.returncode, self.out, self.p.stderr.read())
-            assert time.monotonic() < deadline, f"no {marker!r} x{count} within {timeout} s: {self.out!r}"
-            time.sleep(0.05)
-
-    def stop(self, sig):
-        t0 = time.monotonic()
-        self.p.send_signal(sig)
-        self.p.wait(timeout=60)
-        self.t.join(5)
-        return time.monotonic() - t0, self.p.stderr.read()
-
-
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signals_stop_a_spinning_guest_cleanly(fw, sig, status):
     r = Running(["run", "--firmware", fw(print_then(b"spinning\n", None)), "-m", "64M", "-c", "2", "--debug"])
     r.wait_for(b"spinning\n")
     took, err = r.stop(sig)
     assert r.p.returncode == status, err
-    assert took < 10
+    assert took < 20  # generous: the test machine may be busy
     assert b"stopped by SIG" in err
 
 
@@ -88,7 +54,7 @@ def test_restart_on_reset_reboots_until_stopped(fw):
     r = Running(["run", "--firmware", fw(print_then(b"boot\n", PSCI_SYSTEM_RESET)), "-m", "64M", "--debug"])
     r.wait_for(b"boot\n", count=3)
     took, err = r.stop(signal.SIGTERM)
-    assert r.p.returncode == 143, err
+    assert r.p.returncode == 143, (err, bytes(r.out[-200:]))
     assert b"resets " in err and b"resets 0," not in err
 
 

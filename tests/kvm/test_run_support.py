@@ -7,6 +7,8 @@ import os
 import struct
 import subprocess
 import sys
+import threading
+import time
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,6 +35,45 @@ def pyvmm(*args, input=None, timeout=240, **kw):
     env["PYTHONPATH"] = CHECKOUT + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return subprocess.run([sys.executable, "-m", "pyvmm", *map(str, args)], input=input, capture_output=True,
                           timeout=timeout, env=env, cwd=CHECKOUT, **kw)
+
+
+class Running:
+    """pyvmm in the background, its stdout collected by a thread."""
+
+    def __init__(self, args, stdin=subprocess.DEVNULL):
+        env = dict(os.environ, PYTHONPATH=CHECKOUT)
+        self.p = subprocess.Popen([sys.executable, "-m", "pyvmm", *map(str, args)], stdin=stdin,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=CHECKOUT)
+        self.out = bytearray()
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+
+    def _read(self):
+        for chunk in iter(lambda: self.p.stdout.read1(4096), b""):
+            self.out += chunk
+
+    def wait_for(self, marker: bytes, count: int = 1, timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while self.out.count(marker) < count:
+            assert self.p.poll() is None, (self.p.returncode, bytes(self.out[-2000:]), self.p.stderr.read())
+            assert time.monotonic() < deadline, f"no {marker!r} x{count} within {timeout} s: {self.out!r}"
+            time.sleep(0.05)
+
+    def stop(self, sig):
+        t0 = time.monotonic()
+        self.p.send_signal(sig)
+        self.p.wait(timeout=120)
+        self.t.join(5)
+        return time.monotonic() - t0, self.p.stderr.read()
+
+    def type(self, text: bytes):
+        self.p.stdin.write(text)
+        self.p.stdin.flush()
+
+    def wait_exit(self, timeout: float = 120):
+        self.p.wait(timeout=timeout)
+        self.t.join(5)
+        return self.p.stderr.read()
 
 
 # ---- A64 encodings (Arm ARM C6) ----------------------------------------------------
