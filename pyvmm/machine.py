@@ -626,8 +626,10 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
                 console_in.sink = None
                 current[0] = None
                 m.close()
-            if outcome.status == ExitStatus.RESET and config.on_reboot == "restart" \
-                    and stop_request[0] is None:
+            if stop_request[0] is not None and outcome.status == ExitStatus.RESET:
+                # stopped while the guest was resetting: the stop is the answer
+                outcome.status, outcome.reason = stop_request[0]
+            elif outcome.status == ExitStatus.RESET and config.on_reboot == "restart":
                 resets += 1
                 continue
             outcome.resets = resets
