@@ -251,6 +251,33 @@ class ConsoleInput:
         self._stop.set()
 
 
+class OutputBuffer:
+    """Console output collected while a batch of guest writes is replayed
+    (one coalesced-MMIO drain), then written at once: one write(2) per batch
+    instead of one per byte."""
+
+    def __init__(self, output: Callable[[bytes], None]):
+        self._output = output
+        self._buf = bytearray()
+        self._lock = threading.Lock()
+        self.batching = 0
+
+    def write(self, data: bytes) -> None:
+        if not self.batching:
+            self._output(data)
+            return
+        with self._lock:
+            self._buf += data
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._buf:
+                return
+            data = bytes(self._buf)
+            self._buf.clear()
+        self._output(data)
+
+
 class CoalescedRing:
     """The VM's coalesced-MMIO ring (virt/kvm/coalesced_mmio.c): KVM appends
     guest writes to registered zones here instead of exiting; pyvmm replays
@@ -261,8 +288,9 @@ class CoalescedRing:
 
     ENTRY = 24  # sizeof(struct kvm_coalesced_mmio)
 
-    def __init__(self, vcpu_fd: int, page_offset: int, bus):
+    def __init__(self, vcpu_fd: int, page_offset: int, bus, out: Optional[OutputBuffer] = None):
         self.bus = bus
+        self.out = out
         self.mm = mmap.mmap(vcpu_fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
                             offset=page_offset * mmap.PAGESIZE)
         self.ring = ffi.from_buffer("struct kvm_coalesced_mmio_ring *", self.mm)
@@ -279,17 +307,27 @@ class CoalescedRing:
             ring = self.ring
             if ring is None:
                 return
-            first, last = ring.first, ring.last
-            while first != last:
-                if first >= self.max:
-                    raise GuestError(f"coalesced MMIO ring index {first} out of range")
-                e = ring.coalesced_mmio[first]
-                addr, data = e.phys_addr, ffi.buffer(e.data, min(e.len, 8))[:]
-                first = (first + 1) % self.max
-                # the entry is copied out before KVM may reuse its slot
-                ring.first = first
-                self.entries += 1
-                self.bus.write(addr, data)
+            if self.out is not None:
+                self.out.batching += 1
+            try:
+                self._drain(ring)
+            finally:
+                if self.out is not None:
+                    self.out.batching -= 1
+                    self.out.flush()
+
+    def _drain(self, ring) -> None:
+        first, last = ring.first, ring.last
+        while first != last:
+            if first >= self.max:
+                raise GuestError(f"coalesced MMIO ring index {first} out of range")
+            e = ring.coalesced_mmio[first]
+            addr, data = e.phys_addr, ffi.buffer(e.data, min(e.len, 8))[:]
+            first = (first + 1) % self.max
+            # the entry is copied out before KVM may reuse its slot
+            ring.first = first
+            self.entries += 1
+            self.bus.write(addr, data)
 
     def close(self) -> None:
         with self.lock:
@@ -306,6 +344,7 @@ class Machine:
         self.config = config
         self.payload = payload
         self.output = output
+        self.uart_out = OutputBuffer(output)
         self.vm = None
         self.mem = GuestMemory()
         self.bus = MmioBus()
@@ -367,7 +406,7 @@ class Machine:
         self.bus.register(layout.GICD_BASE, layout.GICD_SIZE, _KernelOwned(), "vGICv3 distributor")
         self.bus.register(layout.GICR_BASE, layout.gicr_size(c.cpus), _KernelOwned(), "vGICv3 redistributors")
 
-        self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.output)
+        self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.uart_out.write)
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
         self._coalesce_uart_output()
         slot = 0
@@ -392,7 +431,7 @@ class Machine:
         zone = ffi.new("struct kvm_coalesced_mmio_zone *")
         zone.addr, zone.size = layout.UART_BASE + PL011_DR, 4
         self.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", zone)
-        self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus)
+        self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus, self.uart_out)
 
     def _add_virtio(self, slot: int, backend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
