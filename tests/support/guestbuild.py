@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 
 GUESTS = os.path.join(os.path.dirname(__file__), "..", "..", "guests", "baremetal")
+LINUX_USER = os.path.join(os.path.dirname(__file__), "..", "..", "guests", "linux-user")
 LOAD_ADDR = 0x80000000
 MARCH = "armv9-a+sve2+sme"  # SME2 payloads add ".arch_extension sme2" (binutils >= 2.41)
 
@@ -55,3 +56,25 @@ def build(name: str) -> bytes:
         f.write(data)
     os.replace(tmp, out)
     return data
+
+
+def build_linux_program(name: str) -> str:
+    """Assemble and link guests/linux-user/<name>.s into a static arm64 Linux
+    executable (no libc); returns its path (cached by content hash)."""
+    src = os.path.join(LINUX_USER, f"{name}.s")
+    with open(src, "rb") as f:
+        key = hashlib.sha256(f.read() + MARCH.encode()).hexdigest()[:16]
+    cache = os.path.join(tempfile.gettempdir(), "pyvmm-guests")
+    os.makedirs(cache, exist_ok=True)
+    out = os.path.join(cache, f"{name}-{key}")
+    if os.path.exists(out):
+        return out
+    with tempfile.TemporaryDirectory() as d:
+        obj, exe = os.path.join(d, "p.o"), os.path.join(d, "p")
+        subprocess.run([_tool("as"), f"-march={MARCH}", "-o", obj, src], check=True)
+        subprocess.run([_tool("ld"), "-static", "-e", "_start", "-o", exe, obj], check=True)
+        tmp = out + f".{os.getpid()}"
+        shutil.copyfile(exe, tmp)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, out)
+    return out
