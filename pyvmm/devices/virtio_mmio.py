@@ -76,6 +76,7 @@ class VirtioMmio:
         self.queues: List[Virtqueue] = [Virtqueue(mem, backend.queue_max) for _ in range(backend.num_queues)]
         self.error = None  # why the device is in its error state
         self.notifications = 0
+        self._level = False
         self._reset()
 
     def _reset(self) -> None:
@@ -92,7 +93,9 @@ class VirtioMmio:
         self._set_level(False)
 
     def _set_level(self, level: bool) -> None:
-        self._raise_irq(level)
+        if level != self._level:  # the line is level-triggered: only changes matter
+            self._level = level
+            self._raise_irq(level)
 
     # -- interrupts and errors -----------------------------------------------
     def signal_used(self, queue: Virtqueue) -> None:
