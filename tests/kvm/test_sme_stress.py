@@ -31,10 +31,9 @@ class Vcpu(threading.Thread):
         super().__init__(name=f"vcpu-seed{seed}")
         self.bm = BareMetal(kvm)
         self.bm.load(image)
-        cfg = sme.configure_vcpu(self.bm.vcpu, found.bit, sve=True)
+        sme.configure_vcpu(self.bm.vcpu, found.bit, sve=True)
         vq = max(found.vqs)
         self.svl_bits = 128 * vq
-        del cfg
         v = self.bm.vcpu
         v.set_reg(regs.SMCR_EL1, SMCR_FA64 | SMCR_EZT0 | (vq - 1))
         v.set_reg(regs.core("X0"), seed)
