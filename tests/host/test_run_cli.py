@@ -99,3 +99,17 @@ def test_cmdline_gets_a_console():
     assert full_cmdline(MachineConfig(cmdline="quiet")) == "console=ttyAMA0 earlycon quiet"
     assert full_cmdline(MachineConfig(cmdline="quiet", console="virtio")) == "console=hvc0 quiet"
     assert full_cmdline(MachineConfig(cmdline="console=ttyAMA0,115200")) == "console=ttyAMA0,115200"
+
+
+def test_a_vector_length_the_host_does_not_offer_is_refused_with_the_offered_list():
+    # The same call pyvmm run makes after reading SVE_VLS (the test machine offers
+    # every length 128..2048, so the refusal is checked here with a host that does not).
+    from pyvmm.errors import UsageProblem
+    from pyvmm.sme import choose_vqs
+
+    with pytest.raises(UsageProblem) as e:
+        choose_vqs([1, 2, 4], 384, "--sve-max-vl")
+    msg = str(e.value)
+    assert "--sve-max-vl 384 bits is not offered by this host" in msg and "128, 256, 512" in msg
+    assert "\n" not in msg and e.value.exit_status == 2
+    assert choose_vqs([1, 2, 3, 4], 384, "--sve-max-vl") == [1, 2, 3]
