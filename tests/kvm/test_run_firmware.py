@@ -75,7 +75,7 @@ def test_dump_dtb_passes_dtc(fw, tmp_path):
         assert needle in dts, needle
 
 
-def test_sve_vl_the_host_does_not_offer_is_a_usage_error(fw):
+def test_sve_max_vl_not_offered_is_refused_else_cut(fw):
     from pyvmm import regs
     from pyvmm.kvm import open_kvm
 
