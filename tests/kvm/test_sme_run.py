@@ -42,12 +42,30 @@ def test_run_with_sme(tmp_path, found, extra):
         assert "--sme-max-vl: this host's KVM offers no SME to guests" in err
 
 
-def test_run_refuses_an_svl_the_host_lacks(tmp_path, found):
-    if not found.present:
-        pytest.skip("this kernel has no SME")
+@pytest.mark.sme_kernel
+@pytest.mark.parametrize("extra", [[], ["--no-sve"]], ids=["sve+sme", "sme-only"])
+def test_run_with_sme_on_the_sme_kernel(tmp_path, request, extra):
+    from pyvmm.kvm import open_kvm
+    from test_sme_abi import require_sme
+
+    with open_kvm() as kvm:
+        found = require_sme(request, kvm)
+    fw = tmp_path / "off.bin"
+    fw.write_bytes(POWER_OFF)
+    r = pyvmm("run", "--firmware", fw, "-m", "64M", "--sme-max-vl", max(found.vls_bits), *extra)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.sme_kernel
+def test_run_refuses_an_svl_the_host_lacks(tmp_path, request):
+    from pyvmm.kvm import open_kvm
+    from test_sme_abi import require_sme
+
+    with open_kvm() as kvm:
+        found = require_sme(request, kvm)
+    # SVLs are powers of two (128..2048), so 384 bits is never offered.
     missing = [q for q in range(1, 17) if q not in found.vqs]
-    if not missing:
-        pytest.skip("the host offers every SVL")
+    assert missing, found.vqs
     fw = tmp_path / "off.bin"
     fw.write_bytes(POWER_OFF)
     r = pyvmm("run", "--firmware", fw, "-m", "64M", "--sme-max-vl", 128 * missing[0])
