@@ -1,30 +1,21 @@
-"""The one place that builds the cffi FFI from ``_kvm_cdef.h``.
+"""The one place the cffi FFI comes from.
 
-cffi's ABI mode is used: no compiler is needed at install time. Everyone else
-imports ``ffi`` and ``libc()`` from here.
+cffi's out-of-line ABI mode: ``_kvm_ffi.py`` is generated from
+``_kvm_cdef.h`` by ``python3 -m pyvmm._ffi_build`` and checked in, so no C is
+parsed at import and no compiler is needed at install time (the header is
+still the source of truth, and a test fails when the two drift). Everyone
+else imports ``ffi`` and ``libc()`` from here.
 """
 from __future__ import annotations
 
 import functools
-import os
 
-import cffi
-
-_CDEF = os.path.join(os.path.dirname(__file__), "_kvm_cdef.h")
-
-
-def _load_cdef() -> str:
-    with open(_CDEF, encoding="utf-8") as f:
-        return f.read()
-
-
-ffi = cffi.FFI()
-ffi.cdef(_load_cdef())
+from ._kvm_ffi import ffi
 
 
 @functools.lru_cache(maxsize=None)
 def libc():
-    """The C library (for ioctl), opened on first use."""
+    """The C library (for ioctl) with the header's constants, opened on first use."""
     return ffi.dlopen(None)
 
 

@@ -24,11 +24,9 @@ CDEF = os.path.join(ROOT, "pyvmm", "_kvm_cdef.h")
 # The cross compiler on x86_64; an arm64 host's own gcc compiles for arm64 already.
 CC = "gcc" if platform.machine() in ("aarch64", "arm64") else "aarch64-linux-gnu-gcc"
 
-STRUCTS = [
-    "kvm_run", "kvm_userspace_memory_region", "kvm_one_reg", "kvm_reg_list", "kvm_vcpu_init",
-    "kvm_device_attr", "kvm_create_device", "kvm_irq_level", "kvm_mp_state", "kvm_vcpu_events",
-    "kvm_arm_counter_offset", "kvm_enable_cap", "kvm_irqfd", "kvm_ioeventfd", "kvm_debug_exit_arch",
-]
+# Every struct _kvm_cdef.h declares is checked.
+with open(CDEF, encoding="utf-8") as _f:
+    STRUCTS = sorted(set(re.findall(r"^struct (\w+) \{", _f.read(), re.M)))
 
 
 def _need(tool_ok, what):
