@@ -91,9 +91,9 @@ def test_sme_state_survives_exits_migration_and_host_sme_users(kvm, request):
                 host_failures.append(rc)
 
     hosts = [threading.Thread(target=host_user) for _ in range(len(os.sched_getaffinity(0)))]
-    deadline = time.monotonic() + seconds
-    vcpus = [Vcpu(kvm, found, seed, image, deadline) for seed in (0x11, 0xC3)]
     start = time.monotonic()
+    deadline = start + seconds
+    vcpus = [Vcpu(kvm, found, seed, image, deadline) for seed in (0x11, 0xC3)]
     for t in hosts + vcpus:
         t.start()
     for t in vcpus:
