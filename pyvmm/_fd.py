@@ -45,9 +45,13 @@ class KvmFd:
             arg = ffi.cast("unsigned long", arg)
         ret = libc().ioctl(self.fd, ffi.cast("unsigned long", req.number), arg)
         if ret < 0:
-            err = ffi.errno
-            raise KvmError(err, name, self.target, reg, explain(name, err, reg))
+            raise self.error(name, ffi.errno, reg)
         return ret
+
+    def error(self, name: str, err: int, reg: Optional[str] = None) -> KvmError:
+        """The KvmError for request ``name`` failing with ``err`` on this fd,
+        with the registered explainers' hint."""
+        return KvmError(err, name, self.target, reg, explain(name, err, reg))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -29,9 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import _fd, errno_explain, regs, restore_plan, sme
-from ._ffi import ffi, libc
-from .ioctls import request
+from . import errno_explain, regs, restore_plan, sme
+from .vcpu import OneRegBatch
 from .errors import KvmError, UsageProblem
 
 SVCR_SM = restore_plan.SVCR_SM
@@ -189,72 +188,6 @@ def _plan(shape: restore_plan.VecShape, fresh: bool) -> restore_plan.Plan:
     return restore_plan.plan(shape, fresh=fresh)
 
 
-# ---- fast ONE_REG batches -----------------------------------------------------------
-
-class _RegIO:
-    """KVM_GET/SET_ONE_REG for a fixed list of ids with buffers, ``kvm_one_reg``
-    structs and request numbers built once, so a whole-state save or restore
-    costs little more than the ioctls themselves (bench/sme_state.py).
-
-    This is the one place besides :mod:`pyvmm._fd` that issues an ioctl: a
-    per-register trip through ``KvmFd.ioctl`` (request lookup, argument cast)
-    cost five times the ioctl itself under emulation. Failures become the
-    same KvmError, with the register name and the errno explainer's hint.
-    """
-
-    def __init__(self, vcpu, ids: Sequence[int]):
-        self.vcpu = vcpu
-        self.ids = list(ids)
-        self.names = [regs.name(i) for i in self.ids]
-        self.sizes = [regs.size_of(i) for i in self.ids]
-        self.offsets = [sum(self.sizes[:k]) for k in range(len(self.sizes))]
-        self.total = sum(self.sizes)
-        # One contiguous buffer: a register's bytes sit at its offset, so the
-        # data goes in and out with one copy for the whole batch.
-        self.buf = ffi.new("char[]", max(self.total, 1))
-        base = int(ffi.cast("uintptr_t", self.buf))
-        self.ones = []
-        for i, off in zip(self.ids, self.offsets):
-            one = ffi.new("struct kvm_one_reg *")
-            one.id, one.addr = i, base + off
-            self.ones.append(one)
-        self._get = ffi.cast("unsigned long", request("KVM_GET_ONE_REG").number)
-        self._set = ffi.cast("unsigned long", request("KVM_SET_ONE_REG").number)
-
-    def _fail(self, ioctl: str, one):
-        err = ffi.errno
-        name = self.names[self.ones.index(one)]
-        return KvmError(err, ioctl, self.vcpu.target, name, _fd.explain(ioctl, err, name))
-
-    def _fd(self) -> int:
-        if self.vcpu.fd < 0:
-            raise ValueError(f"{self.vcpu.target} is closed")
-        return self.vcpu.fd
-
-    def get_all(self, lengths: Sequence[int]) -> List[bytes]:
-        """Read every register; return the first ``lengths[k]`` bytes of each."""
-        fd, req, call = self._fd(), self._get, libc().ioctl
-        for one in self.ones:
-            if call(fd, req, one) < 0:
-                raise self._fail("KVM_GET_ONE_REG", one)
-        raw = ffi.buffer(self.buf, self.total)[:]
-        return [raw[o:o + n] for o, n in zip(self.offsets, lengths)]
-
-    def set_all(self, values: Sequence[bytes]) -> None:
-        """Write every register; shorter values are padded with zeros."""
-        blob = b"".join([v.ljust(s, b"\0") for v, s in zip(values, self.sizes)])
-        if len(blob) != self.total or len(values) != len(self.sizes):
-            for name, size, v in zip(self.names, self.sizes, values):
-                if len(v) > size:
-                    raise UsageProblem(f"{name} takes at most {size} bytes, got {len(v)}")
-            raise UsageProblem(f"{len(values)} values for {len(self.sizes)} registers")
-        ffi.memmove(self.buf, blob, self.total)
-        fd, req, call = self._fd(), self._set, libc().ioctl
-        for one in self.ones:
-            if call(fd, req, one) < 0:
-                raise self._fail("KVM_SET_ONE_REG", one)
-
-
 # ---- the live model ------------------------------------------------------------------
 
 def _absent(vcpu, reg_id: int) -> bool:
@@ -288,8 +221,8 @@ class VecState:
             self.fa64 = bool(vcpu.get_reg(regs.ID_AA64SMFR0_EL1) & SMFR0_FA64)
             self.sme2 = (vcpu.get_reg(regs.ID_AA64PFR1_EL1) >> PFR1_SME_SHIFT) & 0xF >= 2
         self.has_fpmr = not _absent(vcpu, regs.FPMR)
-        self._io: Dict[Tuple[int, ...], _RegIO] = {}
-        self._saves: Dict[int, Tuple[_RegIO, List[int]]] = {}
+        self._io: Dict[Tuple[int, ...], OneRegBatch] = {}
+        self._saves: Dict[int, Tuple[OneRegBatch, List[int]]] = {}
         self._writers: Dict[int, tuple] = {}
 
     def _vqs(self, vls_id: int) -> Tuple[int, ...]:
@@ -457,10 +390,10 @@ class VecState:
         self.vcpu.set_reg(regs.parse(name), value)
 
     # -- whole state --
-    def _batch(self, ids: Tuple[int, ...]) -> _RegIO:
+    def _batch(self, ids: Tuple[int, ...]) -> OneRegBatch:
         io = self._io.get(ids)
         if io is None:
-            io = self._io[ids] = _RegIO(self.vcpu, ids)
+            io = self._io[ids] = self.vcpu.one_reg_batch(ids)
         return io
 
     def state_ids(self, svcr: int) -> List[int]:
@@ -471,7 +404,7 @@ class VecState:
             ids += [regs.parse(n) for n in _ID_REGS]
         return ids
 
-    def _save_batch(self, svcr: int) -> Tuple[_RegIO, List[int]]:
+    def _save_batch(self, svcr: int) -> Tuple[OneRegBatch, List[int]]:
         hit = self._saves.get(svcr)
         if hit is None:
             ids = tuple(self.state_ids(svcr))
@@ -500,7 +433,7 @@ class VecState:
         _write_plan(self, p, saved)
         return p
 
-    def _plan_batch(self, p: restore_plan.Plan) -> _RegIO:
+    def _plan_batch(self, p: restore_plan.Plan) -> OneRegBatch:
         """One batch with every id of plan ``p`` in plan order (cached per plan)."""
         hit = self._writers.get(id(p))
         if hit is None or hit[0] is not p:

@@ -22,7 +22,7 @@ CAP_SVE = 170
 FPSR_RESET_SM = 0x0800009F
 
 
-_FDS = {}  # fake fd -> FakeVcpu, for the raw ioctl path of pyvmm.vecstate
+_FDS = {}  # fake fd -> FakeVcpu, for the raw ioctl path of pyvmm.vcpu.OneRegBatch
 
 
 class FakeLibc:
@@ -45,11 +45,11 @@ FAKE_LIBC = FakeLibc()
 
 @pytest.fixture(autouse=True)
 def fake_syscalls(monkeypatch):
-    """pyvmm.vecstate's batches call ioctl(2) directly: route fake fds here.
-    Modules using FakeKvm import this fixture (autouse)."""
-    from pyvmm import vecstate
+    """The vCPU's ONE_REG batches (pyvmm.vcpu.OneRegBatch) call ioctl(2)
+    directly: route fake fds here. Modules using FakeKvm import this fixture (autouse)."""
+    from pyvmm import vcpu
 
-    monkeypatch.setattr(vecstate, "libc", lambda: FAKE_LIBC)
+    monkeypatch.setattr(vcpu, "libc", lambda: FAKE_LIBC)
 
 
 def _err(err, ioctl, target, reg=None):
@@ -117,6 +117,14 @@ class FakeVcpu:
         self.immediate_exit = False
         self.ran = False
         self._reset_state()
+
+    def one_reg_batch(self, ids):
+        from pyvmm.vcpu import OneRegBatch
+
+        return OneRegBatch(self, ids)
+
+    def error(self, name, err, reg=None):
+        return _err(err, name, self.target, reg)
 
     # -- state --
     def _reset_state(self):
