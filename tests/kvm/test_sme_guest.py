@@ -73,6 +73,20 @@ def image():
     return guestbuild.build("sme_state")
 
 
+def start_payload(bm, host, image, svl, sm, za, with_sve):
+    """Load guests/baremetal/sme_state.s into ``bm``, give its vCPU SME at
+    ``svl`` (with or without SVE) and tell the payload which SM/ZA state to
+    enter and which patterns to use. Returns (VecConfig, VecState)."""
+    bm.load(image)
+    cfg = sme.configure_vcpu(bm.vcpu, host.bit, None, svl, sve=with_sve)
+    st = vecstate.VecState(bm.vcpu, host.bit)
+    flags = sm | za << 1 | int(with_sve) << 2 | int(st.fa64) << 3 | int(st.sme2) << 4
+    bm.enter_at(RAM_BASE)
+    for n, value in enumerate((flags, SEED_A, SEED_B)):
+        bm.vcpu.set_reg(regs.core(f"X{n}"), value)
+    return cfg, st
+
+
 @pytest.mark.parametrize("with_sve", [True, False], ids=["sve+sme", "sme-only"])
 @pytest.mark.parametrize("sm, za", STATES, ids=[f"sm{a}za{b}" for a, b in STATES])
 @pytest.mark.parametrize("svl", SVLS)
@@ -80,14 +94,7 @@ def test_guest_and_vmm_exchange_sme_state(kvm, host, image, svl, sm, za, with_sv
     if svl // 128 not in host.vqs:
         pytest.skip(f"the host offers no SVL {svl} (offers {host.vls_bits})")
     with BareMetal(kvm) as bm:
-        bm.load(image)
-        cfg = sme.configure_vcpu(bm.vcpu, host.bit, None, svl, sve=with_sve)
-        st = vecstate.VecState(bm.vcpu, host.bit)
-        flags = sm | za << 1 | int(with_sve) << 2 | int(st.fa64) << 3 | int(st.sme2) << 4
-        bm.enter_at(RAM_BASE)
-        for n, value in enumerate((flags, SEED_A, SEED_B)):
-            bm.vcpu.set_reg(regs.core(f"X{n}"), value)
-
+        cfg, st = start_payload(bm, host, image, svl, sm, za, with_sve)
         out = bm.run()
         assert (out.stopped_by, out.status) == ("done", CHECKPOINT), out
         svl_b, z_bytes = out.reports[:2]

@@ -6,14 +6,14 @@ VM, and the guest, resumed there, finds pattern B in every register.
 Marked sme_kernel: needs the project's kernel (see test_sme_abi.py)."""
 import pytest
 
-from pyvmm import regs, sme, vecstate
+from pyvmm import vecstate
 from pyvmm._ffi import const
-from pyvmm.baremetal import RAM_BASE, BareMetal
+from pyvmm.baremetal import BareMetal
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import vm_snapshot
 from support import guestbuild
 from test_sme_abi import require_sme
-from test_sme_guest import CHECKPOINT, SEED_A, SEED_B, expected_registers
+from test_sme_guest import CHECKPOINT, SEED_B, expected_registers, start_payload
 
 pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
 
@@ -37,13 +37,7 @@ def test_live_sme_guest_restored_in_a_new_vm(kvm, host, tmp_path, svl, sm, za, w
         pytest.skip(f"the host offers no SVL {svl}")
     features = [const("KVM_ARM_VCPU_PSCI_0_2")] + ([const("KVM_ARM_VCPU_SVE")] if with_sve else []) + [host.bit]
     with BareMetal(kvm) as bm:
-        bm.load(guestbuild.build("sme_state"))
-        sme.configure_vcpu(bm.vcpu, host.bit, None, svl, sve=with_sve)
-        st = vecstate.VecState(bm.vcpu, host.bit)
-        flags = sm | za << 1 | int(with_sve) << 2 | int(st.fa64) << 3 | int(st.sme2) << 4
-        bm.enter_at(RAM_BASE)
-        for n, value in enumerate((flags, SEED_A, SEED_B)):
-            bm.vcpu.set_reg(regs.core(f"X{n}"), value)
+        _, st = start_payload(bm, host, guestbuild.build("sme_state"), svl, sm, za, with_sve)
         out = bm.run()
         assert (out.stopped_by, out.status) == ("done", CHECKPOINT), out
         saved = st.save()
