@@ -5,8 +5,8 @@ import json
 
 import click
 
-from ..snapshot import describe
-from ..snapshot import format as fmt
+# The snapshot modules are imported when the command runs, not when the CLI
+# starts (as for abi-check): other commands would pay for them.
 
 
 @click.command()
@@ -21,6 +21,9 @@ def inspect(snapshot, as_json):
       pyvmm inspect guest.snap
       pyvmm inspect --json guest.snap | python3 -m json.tool
     """
+    from ..snapshot import describe
+    from ..snapshot import format as fmt
+
     info = describe.inspect(fmt.load(snapshot))
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
