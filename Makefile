@@ -12,7 +12,8 @@
 #   make test          all of the above (host-deps + venv + test-host + machine + guests +
 #                      test-machine + kernel + test-sme-kernel)
 #   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo
-#   make bench         benchmarks: boot time vs QEMU, SME state save/restore vs the ioctl floor
+#   make bench         benchmarks: boot time vs QEMU, SME state save/restore vs the ioctl floor,
+#                      live snapshot + restore vs QEMU migration to a file
 #   make clean         remove .venv and build output (clean-cache: the machine cache too)
 
 SHELL := /bin/bash
@@ -106,6 +107,7 @@ demo:
 bench: machine guests kernel
 	$(RUN) $(RUN_FLAGS) -- python3 bench/boot.py
 	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" -- python3 bench/sme_state.py
+	$(RUN) $(RUN_FLAGS) -- python3 bench/snapshot.py
 
 clean:
 	rm -rf $(VENV) out build .pytest_cache .hypothesis *.egg-info
