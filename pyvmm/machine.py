@@ -362,6 +362,15 @@ class Machine:
         self._outcome: Optional[Outcome] = None
         self.exits: Counter = Counter()
         self.coalesced: Optional[CoalescedRing] = None
+        self.vcpu_features: List[List[int]] = []  # INIT features per vCPU (without POWER_OFF)
+        self.sme_bit: Optional[int] = None
+        # Pausing (pause()/resume()): vCPU threads park outside KVM_RUN.
+        self._pause_cv = threading.Condition()
+        self._pause_req = False
+        self._parked = 0
+        # Held by host-side input into devices (console) and by whoever saves
+        # the machine, so a snapshot never sees a half-delivered input.
+        self.io_lock = threading.RLock()
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -373,9 +382,20 @@ class Machine:
         return raise_irq
 
     def build(self) -> None:
+        """A fresh machine ready to boot: VM, vCPUs, vGIC, devices, payload."""
+        self.create_vm()
+        self.create_vcpus()
+        self.create_devices()
+        self.load_payload()
+
+    def create_vm(self) -> None:
+        self.vm = self.kvm.create_vm()
+        self.mem.add(layout.RAM_BASE, self.config.mem, self.vm)
+        if self.kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
+            raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
+
+    def create_vcpus(self) -> None:
         c, kvm = self.config, self.kvm
-        self.vm = kvm.create_vm()
-        self.mem.add(layout.RAM_BASE, c.mem, self.vm)
         has_sve = kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0
         if c.sve_max_vl is not None and not has_sve:
             raise HostUnsupported("--sve-max-vl: this host's KVM offers no SVE to guests")
@@ -388,23 +408,35 @@ class Machine:
                                       "see pyvmm caps and pyvmm abi-check; the project's SME kernel is "
                                       "built by ci/qemu-aarch64/kernel/build")
             sme_bit = found.bit
-        if kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
-            raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
+        self.sme_bit = sme_bit
         for i in range(c.cpus):
             vcpu = self.vm.create_vcpu(i)
             extra = [const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else []
+            features = [const("KVM_ARM_VCPU_PSCI_0_2")]
             if use_sve or sme_bit is not None:
                 # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
                 configure_vcpu(vcpu, sme_bit, c.sve_max_vl if use_sve else None, c.sme_max_vl,
                                sve=use_sve, extra_features=extra,
                                sve_label="--sve-max-vl", sme_label="--sme-max-vl")
+                features += [f for f in (const("KVM_ARM_VCPU_SVE") if use_sve else None, sme_bit) if f is not None]
             else:
                 vcpu.arm_vcpu_init([const("KVM_ARM_VCPU_PSCI_0_2"), *extra])
-            self.vcpus.append(vcpu)
-        self.gic = VgicV3(self.vm, c.cpus)
+            self.add_vcpu(vcpu, features)
+
+    def add_vcpu(self, vcpu, features: List[int]) -> None:
+        """Record a vCPU created and initialised by the caller (also used by
+        snapshot restore, which initialises from the saved state)."""
+        self.vcpus.append(vcpu)
+        self.vcpu_features.append(list(features))
+
+    def create_devices(self) -> None:
+        """The vGIC (after every vCPU exists), the UART and the virtio devices."""
+        c = self.config
+        self.gic = VgicV3(self.vm, len(self.vcpus))
         self.gic.init()
         self.bus.register(layout.GICD_BASE, layout.GICD_SIZE, _KernelOwned(), "vGICv3 distributor")
-        self.bus.register(layout.GICR_BASE, layout.gicr_size(c.cpus), _KernelOwned(), "vGICv3 redistributors")
+        self.bus.register(layout.GICR_BASE, layout.gicr_size(len(self.vcpus)), _KernelOwned(),
+                          "vGICv3 redistributors")
 
         self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.uart_out.write)
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
@@ -419,7 +451,6 @@ class Machine:
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")
             slot += 1
-        self._load()
 
     def _coalesce_uart_output(self) -> None:
         """Let the UART's data register take writes without exits (the console
@@ -442,7 +473,8 @@ class Machine:
     def device_nodes(self) -> List[fdt.Node]:
         return [self.uart.dt_node()] + [t.dt_node() for t in self.virtio]
 
-    def _load(self) -> None:
+    def load_payload(self) -> None:
+        """Kernel (or firmware), initrd and device tree into RAM; vCPU 0 at the entry."""
         p = self.payload.plan
         self.payload.load_into(self.mem, p.kernel_addr)
         initrd_range = None
@@ -462,9 +494,68 @@ class Machine:
 
     # -- running -----------------------------------------------------------------
     def console_sink(self) -> Callable[[bytes], int]:
-        if self.console is not None:
-            return self.console.receive
-        return self.uart.receive
+        """Where host console input goes. Nothing is taken while the machine
+        is paused (a snapshot must not see input half delivered)."""
+        receive = self.console.receive if self.console is not None else self.uart.receive
+
+        def sink(data: bytes) -> int:
+            with self.io_lock:
+                if self._pause_req:
+                    return 0
+                return receive(data)
+        return sink
+
+    # -- pausing -----------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self._pause_req
+
+    def request_pause(self) -> None:
+        """Ask every vCPU thread to park outside KVM_RUN (before run(): they
+        park at once, so a restored machine can start paused)."""
+        with self._pause_cv:
+            self._pause_req = True
+            # Set under the lock: a thread leaving _park clears its own flag
+            # under the same lock, so a new pause can never be lost.
+            for v in self.vcpus:
+                if v.run_struct is not None:
+                    v.set_immediate_exit(True)
+        self._signal_threads()
+
+    def pause(self, timeout: float = 30.0) -> None:
+        """Stop every vCPU with its state consistent: KVM_RUN with
+        immediate_exit completes a pending MMIO access and returns EINTR, so
+        each thread parks with the PC past the instruction it was on. Then
+        drain the coalesced ring, so every guest write reached its device."""
+        self.request_pause()
+        deadline = time.monotonic() + timeout
+        with self._pause_cv:
+            while self._parked < len(self._threads) and not self._done.is_set():
+                if time.monotonic() > deadline:
+                    raise GuestError(f"the vCPUs did not stop within {timeout:.0f} s "
+                                     f"({self._parked} of {len(self._threads)} parked)")
+                self._pause_cv.wait(0.1)
+                if self._parked < len(self._threads):
+                    self._signal_threads()
+        if self._done.is_set():
+            raise GuestError("the guest stopped while being paused")
+        if self.coalesced is not None:
+            self.coalesced.drain()
+
+    def resume(self) -> None:
+        with self._pause_cv:
+            self._pause_req = False
+            self._pause_cv.notify_all()
+
+    def _park(self, vcpu) -> None:
+        with self._pause_cv:
+            self._parked += 1
+            self._pause_cv.notify_all()
+            while self._pause_req and not self._done.is_set():
+                self._pause_cv.wait(0.5)
+            self._parked -= 1
+            if not self._done.is_set():
+                vcpu.set_immediate_exit(False)
 
     def finish(self, status: ExitStatus, reason: str) -> None:
         """Record the first outcome and stop every vCPU. Safe from any thread."""
@@ -472,12 +563,17 @@ class Machine:
             if self._outcome is None:
                 self._outcome = Outcome(status, reason)
         self._done.set()
+        with self._pause_cv:
+            self._pause_cv.notify_all()
         self._kick()
 
     def _kick(self) -> None:
         for v in self.vcpus:
             if v.run_struct is not None:
                 v.set_immediate_exit(True)
+        self._signal_threads()
+
+    def _signal_threads(self) -> None:
         me = threading.get_ident()
         for t in self._threads:
             if t.ident is not None and t.ident != me and t.is_alive():
@@ -510,6 +606,8 @@ class Machine:
                     err = ffi.errno
                     if err == errno.EINTR:
                         counts["intr"] += 1
+                        if self._pause_req:
+                            self._park(vcpu)
                         continue
                     raise KvmError(err, "KVM_RUN", vcpu.target, None, explain("KVM_RUN", err, None))
                 if ring is not None and ring.pending():
@@ -524,6 +622,8 @@ class Machine:
                     continue
                 if run.exit_reason == EXIT_INTR:
                     counts["intr"] += 1
+                    if self._pause_req:
+                        self._park(vcpu)
                     continue
                 ex = exits.decode(run)
                 if type(ex) is SystemEvent:
@@ -619,13 +719,23 @@ def _noop(signum, frame):
 
 
 def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Optional[int] = None,
-        escape: bool = False, on_ready: Optional[Callable[[Machine], None]] = None) -> Outcome:
+        escape: bool = False, on_ready: Optional[Callable[[Machine], None]] = None,
+        first_build: Optional[Callable[[Machine], None]] = None, start_paused: bool = False,
+        kvm=None) -> Outcome:
     """Boot the guest; restart it on reset when ``on_reboot`` is "restart".
-    Must be called from the main thread (it installs signal handlers)."""
+    Must be called from the main thread (it installs signal handlers).
+
+    ``first_build(machine)`` builds the first machine instead of
+    :meth:`Machine.build` (snapshot restore); a later reset boots the kernel
+    of ``config`` afresh, if its files are still there. ``start_paused``:
+    the first machine's vCPUs wait for :meth:`Machine.resume`.
+    ``on_ready(machine)`` is called for each machine before it runs."""
     from .kvm import open_kvm
 
-    payload = prepare(config)
-    kvm = open_kvm(config.kvm_path)
+    payload = prepare(config) if first_build is None else None
+    own_kvm = kvm is None
+    if own_kvm:
+        kvm = open_kvm(config.kvm_path)
     console_in = ConsoleInput(input_fd, escape)
     current: List[Optional[Machine]] = [None]
     stop_request: List[Optional[tuple]] = [None]
@@ -645,14 +755,27 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
     try:
         console_in.start()
         while True:
+            if payload is None and (resets or first_build is None):
+                try:
+                    payload = prepare(config)
+                except UsageProblem as e:
+                    outcome.status = ExitStatus.RESET
+                    outcome.reason = f"the guest asked for a reset, and its kernel cannot be booted again ({e})"
+                    outcome.resets = resets
+                    return outcome
             m = Machine(kvm, config, payload, output)
             try:
                 t_build = time.monotonic()
                 if config.trace_mmio:
                     m.bus.trace = Counter()
-                m.build()
+                if first_build is not None and resets == 0:
+                    first_build(m)
+                    if start_paused:
+                        m.request_pause()
+                else:
+                    m.build()
                 t_build = time.monotonic() - t_build
-                if config.dump_dtb and resets == 0:
+                if config.dump_dtb and resets == 0 and m.dtb:
                     _write_file(config.dump_dtb, m.dtb)
                 current[0] = m
                 console_in.sink = m.console_sink()
@@ -679,7 +802,8 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
         console_in.stop()
         for s, h in old.items():
             signal.signal(s, h)
-        kvm.close()
+        if own_kvm:
+            kvm.close()
 
 
 def _write_file(path: str, data: bytes) -> None:
