@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable
+from typing import Callable, Dict
 
 from ..boot import fdt
+from .state import StateReader, b64
 
 DR, RSR_ECR, FR, ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, RIS, MIS, ICR, DMACR = (
     0x000, 0x004, 0x018, 0x020, 0x024, 0x028, 0x02C, 0x030, 0x034, 0x038, 0x03C, 0x040, 0x044, 0x048)
@@ -142,3 +143,41 @@ class Pl011:
     @property
     def dt_path(self) -> str:
         return f"/pl011@{self.base:x}"
+
+    # -- snapshot -------------------------------------------------------------
+    def save_state(self) -> Dict:
+        """Registers by name, RIS, the interrupt line level, the TX burst
+        counter and the received bytes the guest has not read yet."""
+        with self._lock:
+            return {"regs": {name: self.regs[off] for name, off in _STATE_REGS.items()},
+                    "ris": self.ris, "level": self._level, "tx_since_full": self._tx_since_full,
+                    "rx": b64(bytes(self._rx)), "tx_bytes": self.tx_bytes}
+
+    def load_state(self, state: Dict) -> None:
+        """Take a state from :meth:`save_state` (into a fresh device). A high
+        line is raised once, so the interrupt controller matches."""
+        r = StateReader("pl011", state, ("regs", "ris", "level", "tx_since_full", "rx", "tx_bytes"))
+        saved = StateReader("pl011 regs", r.dict("regs"), _STATE_REGS)
+        regs = {off: saved.int(name, 0, INT_ALL if off == IMSC else 0xFFFF) for name, off in _STATE_REGS.items()}
+        ris = r.int("ris", 0, INT_ALL)
+        level = r.bool("level")
+        tx_since_full = r.int("tx_since_full", 0, (1 << 63) - 1)
+        rx = r.bytes("rx", RX_QUEUE_MAX)
+        tx_bytes = r.int("tx_bytes", 0, (1 << 63) - 1)
+        if level != bool(ris & regs[IMSC]):
+            raise r.fail(f"line level {int(level)} does not match RIS {ris:#x} & IMSC {regs[IMSC]:#x}")
+        if rx and ris & (INT_RX | INT_RT) != INT_RX | INT_RT:
+            raise r.fail(f"{len(rx)} received bytes pending but RIS {ris:#x} lacks the RX interrupts")
+        with self._lock:
+            was_high = self._level
+            self.regs, self.ris, self._level = regs, ris, level
+            self._tx_since_full, self.tx_bytes = tx_since_full, tx_bytes
+            self._rx = collections.deque(rx)
+            if level:
+                self._raise_irq(True)
+            elif was_high:
+                self._raise_irq(False)
+
+
+_STATE_REGS = {"ILPR": ILPR, "IBRD": IBRD, "FBRD": FBRD, "LCR_H": LCR_H, "CR": CR, "IFLS": IFLS,
+               "IMSC": IMSC, "DMACR": DMACR}

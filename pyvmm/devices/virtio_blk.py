@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import Dict
 
+from .state import StateReader
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
 from .virtqueue import VirtqueueError, read_segments, write_segments
 
@@ -107,6 +109,30 @@ class VirtioBlk(VirtioBackend):
         except OSError:
             return S_IOERR
         return S_OK
+
+    # -- snapshot -------------------------------------------------------------
+    def save_state(self) -> Dict:
+        """The disk as this device saw it (path, read-only, size in bytes) and
+        the request counter. Requests complete before the notify exit
+        returns, so none is ever in flight; the disk's contents are the
+        file's, not the snapshot's."""
+        return {"path": self.path, "readonly": self.readonly, "size": self.size, "requests": self.requests}
+
+    def load_state(self, state: Dict) -> None:
+        """Refuses a disk the guest would see differently: another size
+        (capacity), read-only changed (features), or another file name (the
+        GET_ID serial is the file's base name). The directory may differ."""
+        r = StateReader("virtio-blk", state, ("path", "readonly", "size", "requests"))
+        path, readonly = r.str("path"), r.bool("readonly")
+        size, requests = r.int("size", 0, (1 << 63) - 1), r.int("requests", 0, (1 << 63) - 1)
+        if size != self.size:
+            raise r.fail(f"disk {self.path} is {self.size} bytes now, {size} bytes when the snapshot was taken")
+        if readonly != self.readonly:
+            raise r.fail(f"disk {self.path} was attached {'read-only' if readonly else 'read-write'}, "
+                         f"now {'read-only' if self.readonly else 'read-write'}")
+        if os.path.basename(path).encode()[:ID_BYTES] != self.serial:
+            raise r.fail(f"disk was {path}, now {self.path}: the guest-visible serial would change")
+        self.requests = requests
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -3,8 +3,9 @@ receives (host -> guest), queue 1 transmits (guest -> host). Linux names it hvc0
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from typing import Callable, Dict
 
+from .state import StateReader, b64
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
 from .virtqueue import read_segments, write_segments
 
@@ -82,3 +83,14 @@ class VirtioConsole(VirtioBackend):
             self._pending += taken
             t.run_guarded(self._fill)
         return len(taken)
+
+    # -- snapshot -------------------------------------------------------------
+    def save_state(self) -> Dict:
+        """Host input not yet given to the guest, and the transmit counter."""
+        return {"pending": b64(self._pending), "tx_bytes": self.tx_bytes}
+
+    def load_state(self, state: Dict) -> None:
+        r = StateReader("virtio-console", state, ("pending", "tx_bytes"))
+        pending = r.bytes("pending", PENDING_MAX)
+        tx_bytes = r.int("tx_bytes", 0, (1 << 63) - 1)
+        self._pending, self.tx_bytes = bytearray(pending), tx_bytes

@@ -10,10 +10,11 @@ the device sets DEVICE_NEEDS_RESET, raises a configuration-change interrupt
 from __future__ import annotations
 
 import threading
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
+from .state import StateReader
 from .virtqueue import Virtqueue, VirtqueueError
 
 MAGIC = 0x74726976  # "virt"
@@ -63,6 +64,14 @@ class VirtioBackend:
 
     def reset(self) -> None:
         pass
+
+    def save_state(self) -> Dict:
+        """What the backend holds beyond the transport (JSON-serialisable)."""
+        return {}
+
+    def load_state(self, state: Dict) -> None:
+        """Take a state from :meth:`save_state`; UsageProblem if it does not fit."""
+        StateReader(f"virtio device {self.device_id}", state, ())
 
 
 class VirtioMmio:
@@ -231,6 +240,58 @@ class VirtioMmio:
         self.status = (value & ~DEVICE_NEEDS_RESET) | (self.status & DEVICE_NEEDS_RESET)
         if self.status & DRIVER_OK and not was_ok and self.error is None:
             self.run_guarded(self.backend.activate, self)
+
+    # -- snapshot ----------------------------------------------------------------
+    _STATE_KEYS = ("device_id", "status", "device_features_sel", "driver_features_sel", "driver_features",
+                   "queue_sel", "interrupt_status", "config_generation", "error", "level", "queues", "backend")
+
+    def save_state(self) -> Dict:
+        """The transport's registers, the error state, the interrupt line
+        level, every queue (:meth:`Virtqueue.save_state`) and the backend's
+        own state under "backend", with the backend's device id."""
+        with self.lock:
+            return {"device_id": self.backend.device_id, "status": self.status,
+                    "device_features_sel": self.device_features_sel,
+                    "driver_features_sel": self.driver_features_sel, "driver_features": self.driver_features,
+                    "queue_sel": self.queue_sel, "interrupt_status": self.interrupt_status,
+                    "config_generation": self.config_generation, "error": self.error, "level": self._level,
+                    "queues": [q.save_state() for q in self.queues], "backend": self.backend.save_state()}
+
+    def load_state(self, state: Dict) -> None:
+        """Take a state from :meth:`save_state` into a freshly built transport
+        with the same kind of backend. Everything is checked before anything
+        changes; a high interrupt line is raised once so the interrupt
+        controller (restored first) matches."""
+        what = f"virtio-mmio@{self.base:#x}"
+        r = StateReader(what, state, self._STATE_KEYS)
+        device_id = r.int("device_id", 0, 0xFFFFFFFF)
+        if device_id != self.backend.device_id:
+            raise r.fail(f"saved from a device with id {device_id}, this one is device {self.backend.device_id}")
+        u32 = 0xFFFFFFFF
+        fields = {"status": r.int("status", 0, u32), "device_features_sel": r.int("device_features_sel", 0, u32),
+                  "driver_features_sel": r.int("driver_features_sel", 0, u32),
+                  "driver_features": r.int("driver_features", 0, (1 << 64) - 1),
+                  "queue_sel": r.int("queue_sel", 0, u32),
+                  "interrupt_status": r.int("interrupt_status", 0, INT_USED_BUFFER | INT_CONFIG_CHANGE),
+                  "config_generation": r.int("config_generation", 0, u32), "error": r.str("error", optional=True)}
+        level = r.bool("level")
+        if level != bool(fields["interrupt_status"]):
+            raise r.fail(f"line level {int(level)} does not match interrupt status {fields['interrupt_status']:#x}")
+        if (fields["error"] is not None) != bool(fields["status"] & DEVICE_NEEDS_RESET):
+            raise r.fail(f"error {fields['error']!r} does not match status {fields['status']:#x} (DEVICE_NEEDS_RESET)")
+        saved_queues = r.list("queues", len(self.queues))
+        queues = [q.check_state(s, f"{what} queue {i}") for i, (q, s) in enumerate(zip(self.queues, saved_queues))]
+        with self.lock:
+            self.backend.load_state(r.dict("backend"))
+            for name, value in fields.items():
+                setattr(self, name, value)
+            for q, attrs in zip(self.queues, queues):
+                q.apply_state(attrs)
+            was_high, self._level = self._level, level
+            if level:
+                self._raise_irq(True)
+            elif was_high:
+                self._raise_irq(False)
 
     # -- device tree -------------------------------------------------------------
     def dt_node(self) -> fdt.Node:

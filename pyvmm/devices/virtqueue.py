@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ..errors import GuestError
+from .state import StateReader
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -23,6 +24,7 @@ VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 DESC_SIZE = 16
 MAX_QUEUE_SIZE = 32768  # 2.7: "Queue Size ... maximum 32768"
 MAX_CHAIN_BYTES = 128 << 20
+_U64_MAX = (1 << 64) - 1
 
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
@@ -103,17 +105,57 @@ class Virtqueue:
     # -- set-up ---------------------------------------------------------------
     def activate(self) -> None:
         """Check the ring geometry the driver wrote (2.7: alignment 16/2/4)."""
-        size = self.size
+        self._check_geometry(self.size, self.desc_addr, self.avail_addr, self.used_addr)
+        self.ready = True
+
+    def _check_geometry(self, size: int, desc_addr: int, avail_addr: int, used_addr: int) -> None:
         if not 1 <= size <= self.max_size or size & (size - 1):
             raise VirtqueueError(f"queue size {size} is not a power of two in 1..{self.max_size}")
-        for what, addr, length, align in (("descriptor table", self.desc_addr, DESC_SIZE * size, 16),
-                                          ("available ring", self.avail_addr, 6 + 2 * size, 2),
-                                          ("used ring", self.used_addr, 6 + 8 * size, 4)):
+        for what, addr, length, align in (("descriptor table", desc_addr, DESC_SIZE * size, 16),
+                                          ("available ring", avail_addr, 6 + 2 * size, 2),
+                                          ("used ring", used_addr, 6 + 8 * size, 4)):
             if addr % align:
                 raise VirtqueueError(f"{what} at {addr:#x} is not {align}-byte aligned")
             if not self.mem.contains(addr, length):
                 raise VirtqueueError(f"{what} at {addr:#x}+{length:#x} is outside guest RAM")
-        self.ready = True
+
+    # -- snapshot -------------------------------------------------------------
+    _STATE_KEYS = ("max_size", "size", "ready", "desc_addr", "avail_addr", "used_addr", "last_avail", "used_idx")
+
+    def save_state(self) -> Dict:
+        """The queue's registers and ring positions. The rings themselves are
+        in guest RAM, which the machine snapshot saves."""
+        return {"max_size": self.max_size, "size": self.size, "ready": self.ready,
+                "desc_addr": self.desc_addr, "avail_addr": self.avail_addr, "used_addr": self.used_addr,
+                "last_avail": self.last_avail, "used_idx": self.used_idx}
+
+    def check_state(self, state: Dict, what: str = "virtqueue") -> Dict:
+        """The attributes ``state`` would set, checked (UsageProblem if not):
+        the maximum size must be this queue's, and a ready queue's geometry
+        must pass :meth:`activate`'s checks against this guest RAM, so a
+        damaged snapshot cannot point the rings outside it."""
+        r = StateReader(what, state, self._STATE_KEYS)
+        max_size = r.int("max_size", 1, MAX_QUEUE_SIZE)
+        if max_size != self.max_size:
+            raise r.fail(f"maximum size {max_size} is not this queue's {self.max_size}")
+        attrs = {"size": r.int("size", 0, 0xFFFFFFFF), "ready": r.bool("ready"),
+                 "desc_addr": r.int("desc_addr", 0, _U64_MAX), "avail_addr": r.int("avail_addr", 0, _U64_MAX),
+                 "used_addr": r.int("used_addr", 0, _U64_MAX), "last_avail": r.int("last_avail", 0, 0xFFFF),
+                 "used_idx": r.int("used_idx", 0, 0xFFFF)}
+        if attrs["ready"]:
+            try:
+                self._check_geometry(attrs["size"], attrs["desc_addr"], attrs["avail_addr"], attrs["used_addr"])
+            except VirtqueueError as e:
+                raise r.fail(f"ready queue refused: {e}") from None
+        return attrs
+
+    def load_state(self, state: Dict, what: str = "virtqueue") -> None:
+        """Take a state from :meth:`save_state` (checked first: see :meth:`check_state`)."""
+        self.apply_state(self.check_state(state, what))
+
+    def apply_state(self, attrs: Dict) -> None:
+        for name, value in attrs.items():
+            setattr(self, name, value)
 
     # -- the rings ------------------------------------------------------------
     def _u16(self, addr: int) -> int:
