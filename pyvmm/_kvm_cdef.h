@@ -240,6 +240,22 @@ struct kvm_ioeventfd {
 #define KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS 6
 #define KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO 7
 #define KVM_DEV_ARM_VGIC_CTRL_INIT 0
+/* vGICv3 state access (Documentation/virt/kvm/devices/arm-vgic-v3.rst): the
+ * attr of DIST_REGS/REDIST_REGS/CPU_SYSREGS/LEVEL_INFO carries the vCPU's MPIDR
+ * affinity (Aff3.Aff2.Aff1.Aff0) in [63:32]; the register offset, the sysreg
+ * instr (Op0 Op1 CRn CRm Op2, the KVM_REG_ARM64_SYSREG layout) or the
+ * level-info selector in [31:0]. */
+#define KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT 32
+#define KVM_DEV_ARM_VGIC_OFFSET_SHIFT 0
+#define KVM_DEV_ARM_VGIC_SYSREG_INSTR_MASK 0xffff
+#define KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT 10
+#define KVM_DEV_ARM_VGIC_LINE_LEVEL_INTID_MASK 0x3ff
+#define VGIC_LEVEL_INFO_LINE_LEVEL 0
+#define KVM_REG_ARM64_SYSREG_OP0_SHIFT 14
+#define KVM_REG_ARM64_SYSREG_OP1_SHIFT 11
+#define KVM_REG_ARM64_SYSREG_CRN_SHIFT 7
+#define KVM_REG_ARM64_SYSREG_CRM_SHIFT 3
+#define KVM_REG_ARM64_SYSREG_OP2_SHIFT 0
 #define KVM_ARM_VCPU_TIMER_CTRL 1
 #define KVM_ARM_VCPU_TIMER_IRQ_VTIMER 0
 #define KVM_ARM_VCPU_TIMER_IRQ_PTIMER 1

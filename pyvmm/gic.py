@@ -5,18 +5,26 @@ Documentation/virt/kvm/devices/arm-vgic-v3.rst: set the distributor and
 redistributor base addresses (KVM_DEV_ARM_VGIC_GRP_ADDR), the number of
 interrupts (GRP_NR_IRQS, a multiple of 32 including the 32 private ones),
 then KVM_DEV_ARM_VGIC_CTRL_INIT once every vCPU exists.
+
+:meth:`VgicV3.save` / :meth:`VgicV3.restore` move the whole in-kernel GIC
+state (distributor, redistributors, CPU interfaces, line levels) in and out
+as a JSON-serialisable dict, for machine snapshots. The register offsets they
+use are in the "vGICv3 registers" section below.
 """
 from __future__ import annotations
 
+import errno
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
 from ._ffi import const
 from .boot import fdt, layout
-from .errors import HostUnsupported, KvmError
+from .errors import HostUnsupported, KvmError, UsageProblem
 
 NR_IRQS = 128  # 32 private + 96 SPIs: UART (SPI 1) and 32 virtio slots (SPI 16..47)
 
 
 class VgicV3:
-    def __init__(self, vm, ncpus: int):
+    def __init__(self, vm, ncpus: int, nr_irqs: int = NR_IRQS):
         self.ncpus = ncpus
         try:
             self.device = vm.create_device(const("KVM_DEV_TYPE_ARM_VGIC_V3"))
@@ -26,7 +34,7 @@ class VgicV3:
         grp = const("KVM_DEV_ARM_VGIC_GRP_ADDR")
         self.device.set_device_attr(grp, const("KVM_VGIC_V3_ADDR_TYPE_DIST"), layout.GICD_BASE)
         self.device.set_device_attr(grp, const("KVM_VGIC_V3_ADDR_TYPE_REDIST"), layout.GICR_BASE)
-        self.device.set_device_attr(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0, NR_IRQS, ctype="uint32_t")
+        self.device.set_device_attr(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0, nr_irqs, ctype="uint32_t")
 
     def init(self) -> None:
         """CTRL_INIT: after all vCPUs are created."""
@@ -44,6 +52,456 @@ class VgicV3:
 
     def close(self) -> None:
         self.device.close()
+
+    # -- single registers (the device-attr groups of arm-vgic-v3.rst) ------------
+    def nr_irqs(self) -> int:
+        """GRP_NR_IRQS as the kernel holds it (32 private + the SPIs)."""
+        return int(self.device.get_device_attr(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0, ctype="uint32_t"))
+
+    def read_dist(self, offset: int) -> int:
+        return int(self.device.get_device_attr(_DIST, dist_attr(offset), ctype="uint32_t"))
+
+    def write_dist(self, offset: int, value: int) -> None:
+        self.device.set_device_attr(_DIST, dist_attr(offset), value, ctype="uint32_t")
+
+    def read_redist(self, mpidr: int, offset: int) -> int:
+        return int(self.device.get_device_attr(_REDIST, redist_attr(mpidr, offset), ctype="uint32_t"))
+
+    def write_redist(self, mpidr: int, offset: int, value: int) -> None:
+        self.device.set_device_attr(_REDIST, redist_attr(mpidr, offset), value, ctype="uint32_t")
+
+    def read_cpu_sysreg(self, mpidr: int, name: str) -> int:
+        return int(self.device.get_device_attr(_SYSREGS, sysreg_attr(mpidr, name), ctype="uint64_t"))
+
+    def write_cpu_sysreg(self, mpidr: int, name: str, value: int) -> None:
+        self.device.set_device_attr(_SYSREGS, sysreg_attr(mpidr, name), value, ctype="uint64_t")
+
+    def read_line_level(self, mpidr: int, intid: int) -> int:
+        return int(self.device.get_device_attr(_LEVEL, line_level_attr(mpidr, intid), ctype="uint32_t"))
+
+    def write_line_level(self, mpidr: int, intid: int, value: int) -> None:
+        self.device.set_device_attr(_LEVEL, line_level_attr(mpidr, intid), value, ctype="uint32_t")
+
+    def _read_dist64(self, offset: int) -> int:
+        # 64-bit registers go through this interface as two 32-bit halves.
+        return self.read_dist(offset) | (self.read_dist(offset + 4) << 32)
+
+    def _write_dist64(self, offset: int, value: int) -> None:
+        self.write_dist(offset, value & 0xFFFFFFFF)
+        self.write_dist(offset + 4, value >> 32)
+
+    def _read_redist64(self, mpidr: int, offset: int) -> int:
+        return self.read_redist(mpidr, offset) | (self.read_redist(mpidr, offset + 4) << 32)
+
+    def _write_redist64(self, mpidr: int, offset: int, value: int) -> None:
+        self.write_redist(mpidr, offset, value & 0xFFFFFFFF)
+        self.write_redist(mpidr, offset + 4, value >> 32)
+
+    # -- whole-GIC save / restore --------------------------------------------------
+    def save(self, mpidrs: List[int]) -> Dict:
+        """The whole vGIC state as a JSON-serialisable dict (str keys; int, str,
+        list and dict values).
+
+        ``mpidrs`` is each vCPU's MPIDR_EL1 in index order
+        (``pyvmm.vcpu.mpidr_of``). Every vCPU must be stopped — not inside
+        KVM_RUN — for the whole call: KVM refuses the accesses with EBUSY
+        otherwise (reported as a UsageProblem), and a vCPU running between two
+        reads would make the state inconsistent.
+
+        Pending bits are the *latches* (what ISPENDR writes set), not what the
+        guest would read; the input line levels are saved apart (LEVEL_INFO),
+        as arm-vgic-v3.rst asks, since the state of a level-triggered
+        interrupt is the pair of both.
+        """
+        mpidrs = self._check_mpidrs(mpidrs, "save")
+        try:
+            return self._save(mpidrs)
+        except KvmError as e:
+            raise _busy_or(e, "save") from None
+
+    def restore(self, state: Dict, mpidrs: List[int]) -> None:
+        """Load a :meth:`save` dict into this (fresh) vGIC.
+
+        Call on a new VgicV3 after :meth:`init` (CTRL_INIT) and after every
+        vCPU's registers, MPIDR_EL1 included, were restored: KVM finds the
+        redistributor and CPU interface of an access, and the target vCPU of
+        an SPI route, by MPIDR affinity. No vCPU may be inside KVM_RUN.
+        ``mpidrs`` as for :meth:`save`; they must have the saved affinities.
+        Raises UsageProblem, before writing anything, when the state does not
+        fit this vGIC (NR_IRQS, vCPU count, MPIDRs, missing or malformed keys).
+        """
+        mpidrs = self._check_mpidrs(mpidrs, "restore")
+        validate_state(state, self.nr_irqs(), mpidrs)
+        try:
+            self._restore(state, mpidrs)
+        except KvmError as e:
+            raise _busy_or(e, "restore") from None
+
+    def _check_mpidrs(self, mpidrs: Sequence[int], what: str) -> List[int]:
+        mpidrs = list(mpidrs)
+        if len(mpidrs) != self.ncpus:
+            raise UsageProblem(f"vGIC {what}: {len(mpidrs)} MPIDRs given for a vGIC with {self.ncpus} vCPUs")
+        for i, m in enumerate(mpidrs):
+            if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m < (1 << 64):
+                raise UsageProblem(f"vGIC {what}: MPIDR of vCPU {i} is not a 64-bit integer: {m!r}")
+        return mpidrs
+
+    def _save(self, mpidrs: List[int]) -> Dict:
+        nr = self.nr_irqs()
+        dist: Dict[str, Any] = {"GICD_CTLR": self.read_dist(GICD_CTLR), "GICD_IIDR": self.read_dist(GICD_IIDR)}
+        for name, set_off, _clear, bpi in DIST_BANKS:
+            dist[name] = [self.read_dist(set_off + 4 * k) for k in _spi_words(nr, bpi)]
+        dist["IROUTER"] = [self._read_dist64(GICD_IROUTER + 8 * intid) for intid in range(32, nr)]
+        # SPI line levels are global; KVM only needs a valid vCPU in the attr.
+        line_level = [self.read_line_level(mpidrs[0], intid) for intid in range(32, nr, 32)]
+        redist, cpu = [], []
+        for m in mpidrs:
+            r: Dict[str, Any] = {"GICR_CTLR": self.read_redist(m, GICR_CTLR)}
+            # PROPBASER/PENDBASER only mean something with LPIs (an ITS);
+            # without, KVM ignores GICR_CTLR.EnableLPIs and nothing reads them.
+            if self._read_redist64(m, GICR_TYPER) & GICR_TYPER_PLPIS:
+                r["GICR_PROPBASER"] = self._read_redist64(m, GICR_PROPBASER)
+                r["GICR_PENDBASER"] = self._read_redist64(m, GICR_PENDBASER)
+            for name, set_off, _clear, nwords in REDIST_BANKS:
+                r[name] = [self.read_redist(m, set_off + 4 * k) for k in range(nwords)]
+            r["LINE_LEVEL"] = self.read_line_level(m, 0)  # PPIs (SGI bits RAZ)
+            redist.append(r)
+            c: Dict[str, Any] = {name: self.read_cpu_sysreg(m, name) for name in CPU_SYSREGS_FIXED}
+            n_apr = apr_count(c["ICC_CTLR_EL1"])
+            c["ICC_AP0R"] = [self.read_cpu_sysreg(m, f"ICC_AP0R{i}_EL1") for i in range(n_apr)]
+            c["ICC_AP1R"] = [self.read_cpu_sysreg(m, f"ICC_AP1R{i}_EL1") for i in range(n_apr)]
+            cpu.append(c)
+        return {"format": STATE_FORMAT, "nr_irqs": nr, "nr_vcpus": len(mpidrs), "mpidrs": mpidrs,
+                "dist": dist, "line_level": line_level, "redist": redist, "cpu": cpu}
+
+    def _restore(self, state: Dict, mpidrs: List[int]) -> None:
+        # RESTORE ORDER (arm-vgic-v3.rst and the KVM code behind it):
+        # 1. GICD_IIDR before any other register: it selects the implementation
+        #    revision (e.g. whether groups are guest-configurable) the rest is
+        #    interpreted under. KVM refuses (EINVAL) an IIDR other than its own
+        #    except for the Revision field.
+        # 2. Per interrupt: group, route, configuration and priority before the
+        #    pending state, so a pending interrupt is queued with its final
+        #    edge/level meaning, on its final target vCPU, at its final priority.
+        #    KVM turns an IROUTER affinity into a vCPU when it is written, so the
+        #    vCPUs' MPIDR_EL1 must be restored before this is called.
+        # 3. Pending: writes to ISPENDR/GICR_ISPENDR0 from userspace set the
+        #    latch to exactly the written bits (set and clear); ICPENDR is RAZ/WI
+        #    from userspace, so it is not written. For a level-triggered
+        #    interrupt the latch is only half of the state: the input line level
+        #    is restored through LEVEL_INFO (written first; KVM does not care
+        #    about the order of these two).
+        # 4. Enable and active are set/clear register pairs: clear what the saved
+        #    state has clear (ICENABLER/ICACTIVER) then set the rest, as a fresh
+        #    vGIC is not all-zero (KVM resets SGIs to enabled).
+        # 5. Redistributor: PROPBASER/PENDBASER before GICR_CTLR.EnableLPIs (KVM
+        #    ignores base writes once LPIs are enabled).
+        # 6. CPU interface: ICC_SRE_EL1 first; ICC_CTLR_EL1 before ICC_APxRn
+        #    (its PRIbits sets how many APRs exist) and before ICC_BPR1_EL1 (with
+        #    CBPR set, BPR1 is an alias of BPR0 and KVM ignores the write).
+        # 7. GICD_CTLR (the distributor enable) last.
+        dist, nr = state["dist"], state["nr_irqs"]
+        try:
+            self.write_dist(GICD_IIDR, dist["GICD_IIDR"])
+        except KvmError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            _bad(f"this host's KVM does not implement the saved GICD_IIDR {dist['GICD_IIDR']:#x} "
+                 f"(its own is {self.read_dist(GICD_IIDR):#x})")
+        for i, m in enumerate(mpidrs):
+            r = state["redist"][i]
+            if "GICR_PROPBASER" in r:
+                self._write_redist64(m, GICR_PROPBASER, r["GICR_PROPBASER"])
+                self._write_redist64(m, GICR_PENDBASER, r["GICR_PENDBASER"])
+            for name in ("IGROUPR0", "ICFGR", "IPRIORITYR", "IGRPMODR0"):
+                self._write_redist_bank(m, name, r[name])
+            self._write_redist_bank(m, "ISENABLER0", r["ISENABLER0"])
+            self.write_line_level(m, 0, r["LINE_LEVEL"])
+            self._write_redist_bank(m, "ISPENDR0", r["ISPENDR0"])
+            self._write_redist_bank(m, "ISACTIVER0", r["ISACTIVER0"])
+            self.write_redist(m, GICR_CTLR, r["GICR_CTLR"])
+        for name in ("IGROUPR",):
+            self._write_dist_bank(name, dist[name], nr)
+        for intid, route in zip(range(32, nr), dist["IROUTER"]):
+            self._write_dist64(GICD_IROUTER + 8 * intid, route)
+        for name in ("ICFGR", "IPRIORITYR", "IGRPMODR", "ISENABLER"):
+            self._write_dist_bank(name, dist[name], nr)
+        for intid, word in zip(range(32, nr, 32), state["line_level"]):
+            self.write_line_level(mpidrs[0], intid, word)
+        for name in ("ISPENDR", "ISACTIVER"):
+            self._write_dist_bank(name, dist[name], nr)
+        for i, m in enumerate(mpidrs):
+            c = state["cpu"][i]
+            self.write_cpu_sysreg(m, "ICC_SRE_EL1", c["ICC_SRE_EL1"])
+            try:
+                self.write_cpu_sysreg(m, "ICC_CTLR_EL1", c["ICC_CTLR_EL1"])
+            except KvmError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                _bad(f"vCPU {i}: this host's GIC CPU interface cannot take the saved ICC_CTLR_EL1 "
+                     f"{c['ICC_CTLR_EL1']:#x} (more priority or ID bits, or other SEIS/A3V, than the host's)")
+            for name in ("ICC_PMR_EL1", "ICC_BPR0_EL1", "ICC_BPR1_EL1"):
+                self.write_cpu_sysreg(m, name, c[name])
+            for n, value in enumerate(c["ICC_AP0R"]):
+                self.write_cpu_sysreg(m, f"ICC_AP0R{n}_EL1", value)
+            for n, value in enumerate(c["ICC_AP1R"]):
+                self.write_cpu_sysreg(m, f"ICC_AP1R{n}_EL1", value)
+            for name in ("ICC_IGRPEN0_EL1", "ICC_IGRPEN1_EL1"):
+                self.write_cpu_sysreg(m, name, c[name])
+        self.write_dist(GICD_CTLR, dist["GICD_CTLR"])
+
+    def _write_dist_bank(self, name: str, words: List[int], nr: int) -> None:
+        set_off, clear_off, bpi = _DIST_BANK_BY_NAME[name]
+        for k, value in zip(_spi_words(nr, bpi), words):
+            if clear_off is not None:
+                self.write_dist(clear_off + 4 * k, ~value & 0xFFFFFFFF)
+            self.write_dist(set_off + 4 * k, value)
+
+    def _write_redist_bank(self, mpidr: int, name: str, words: List[int]) -> None:
+        set_off, clear_off, _n = _REDIST_BANK_BY_NAME[name]
+        for k, value in enumerate(words):
+            if clear_off is not None:
+                self.write_redist(mpidr, clear_off + 4 * k, ~value & 0xFFFFFFFF)
+            self.write_redist(mpidr, set_off + 4 * k, value)
+
+
+# ---- vGICv3 registers (GICv3 architecture specification, chapter 12) ---------
+# Distributor, offsets from GICD_BASE. Per-interrupt banks hold bits_per_irq
+# bits per INTID, from INTID 0; the first 32 INTIDs' part is RAZ/WI here (the
+# private interrupts live in each redistributor's SGI frame).
+GICD_CTLR = 0x0000
+GICD_TYPER = 0x0004
+GICD_IIDR = 0x0008
+GICD_IGROUPR = 0x0080
+GICD_ISENABLER = 0x0100
+GICD_ICENABLER = 0x0180
+GICD_ISPENDR = 0x0200
+GICD_ICPENDR = 0x0280
+GICD_ISACTIVER = 0x0300
+GICD_ICACTIVER = 0x0380
+GICD_IPRIORITYR = 0x0400
+GICD_ICFGR = 0x0C00
+GICD_IGRPMODR = 0x0D00
+GICD_IROUTER = 0x6000  # 64 bits per INTID
+# Redistributor: RD_base frame, then the SGI_base frame 64 KiB above it.
+GICR_CTLR = 0x0000
+GICR_TYPER = 0x0008  # 64 bits
+GICR_TYPER_PLPIS = 1 << 0
+GICR_PROPBASER = 0x0070  # 64 bits
+GICR_PENDBASER = 0x0078  # 64 bits
+GICR_SGI_BASE = 0x1_0000
+GICR_IGROUPR0 = GICR_SGI_BASE + 0x0080
+GICR_ISENABLER0 = GICR_SGI_BASE + 0x0100
+GICR_ICENABLER0 = GICR_SGI_BASE + 0x0180
+GICR_ISPENDR0 = GICR_SGI_BASE + 0x0200
+GICR_ICPENDR0 = GICR_SGI_BASE + 0x0280
+GICR_ISACTIVER0 = GICR_SGI_BASE + 0x0300
+GICR_ICACTIVER0 = GICR_SGI_BASE + 0x0380
+GICR_IPRIORITYR0 = GICR_SGI_BASE + 0x0400  # 8 words
+GICR_ICFGR0 = GICR_SGI_BASE + 0x0C00  # ICFGR0 (SGIs, read-only) and ICFGR1 (PPIs)
+GICR_IGRPMODR0 = GICR_SGI_BASE + 0x0D00
+
+# (saved name, set-register offset, clear-register offset or None, bits per INTID)
+# KVM implements IGRPMODR as RAZ/WI (no Secure state); saved all the same.
+DIST_BANKS: Tuple[Tuple[str, int, Optional[int], int], ...] = (
+    ("IGROUPR", GICD_IGROUPR, None, 1),
+    ("ISENABLER", GICD_ISENABLER, GICD_ICENABLER, 1),
+    ("ISPENDR", GICD_ISPENDR, None, 1),  # the latch; see _restore
+    ("ISACTIVER", GICD_ISACTIVER, GICD_ICACTIVER, 1),
+    ("IPRIORITYR", GICD_IPRIORITYR, None, 8),
+    ("ICFGR", GICD_ICFGR, None, 2),
+    ("IGRPMODR", GICD_IGRPMODR, None, 1),
+)
+# (saved name, set offset, clear offset or None, number of 32-bit words)
+REDIST_BANKS: Tuple[Tuple[str, int, Optional[int], int], ...] = (
+    ("IGROUPR0", GICR_IGROUPR0, None, 1),
+    ("ISENABLER0", GICR_ISENABLER0, GICR_ICENABLER0, 1),
+    ("ISPENDR0", GICR_ISPENDR0, None, 1),
+    ("ISACTIVER0", GICR_ISACTIVER0, GICR_ICACTIVER0, 1),
+    ("IPRIORITYR", GICR_IPRIORITYR0, None, 8),
+    ("ICFGR", GICR_ICFGR0, None, 2),
+    ("IGRPMODR0", GICR_IGRPMODR0, None, 1),
+)
+_DIST_BANK_BY_NAME = {n: (s, c, b) for n, s, c, b in DIST_BANKS}
+_REDIST_BANK_BY_NAME = {n: (s, c, w) for n, s, c, w in REDIST_BANKS}
+
+# CPU interface system registers: (Op0, Op1, CRn, CRm, Op2).
+ICC_SYSREGS: Dict[str, Tuple[int, int, int, int, int]] = {
+    "ICC_PMR_EL1": (3, 0, 4, 6, 0),
+    "ICC_BPR0_EL1": (3, 0, 12, 8, 3),
+    **{f"ICC_AP0R{n}_EL1": (3, 0, 12, 8, 4 + n) for n in range(4)},
+    **{f"ICC_AP1R{n}_EL1": (3, 0, 12, 9, n) for n in range(4)},
+    "ICC_BPR1_EL1": (3, 0, 12, 12, 3),
+    "ICC_CTLR_EL1": (3, 0, 12, 12, 4),
+    "ICC_SRE_EL1": (3, 0, 12, 12, 5),
+    "ICC_IGRPEN0_EL1": (3, 0, 12, 12, 6),
+    "ICC_IGRPEN1_EL1": (3, 0, 12, 12, 7),
+}
+CPU_SYSREGS_FIXED = ("ICC_SRE_EL1", "ICC_CTLR_EL1", "ICC_PMR_EL1", "ICC_BPR0_EL1", "ICC_BPR1_EL1",
+                     "ICC_IGRPEN0_EL1", "ICC_IGRPEN1_EL1")
+ICC_CTLR_PRIBITS_SHIFT = 8  # ICC_CTLR_EL1.PRIbits [10:8] = implemented priority bits - 1
+
+STATE_FORMAT = "pyvmm-vgicv3/1"
+
+_DIST = const("KVM_DEV_ARM_VGIC_GRP_DIST_REGS")
+_REDIST = const("KVM_DEV_ARM_VGIC_GRP_REDIST_REGS")
+_SYSREGS = const("KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS")
+_LEVEL = const("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO")
+
+
+def mpidr_affinity(mpidr: int) -> int:
+    """The 32-bit affinity the vGIC attrs carry, Aff3.Aff2.Aff1.Aff0 (one byte
+    each), from an MPIDR_EL1 value (Aff0 [7:0], Aff1 [15:8], Aff2 [23:16],
+    Aff3 [39:32])."""
+    return (mpidr & 0xFFFFFF) | (((mpidr >> 32) & 0xFF) << 24)
+
+
+def _with_mpidr(mpidr: int, low: int) -> int:
+    return (mpidr_affinity(mpidr) << const("KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT")) | low
+
+
+def dist_attr(offset: int) -> int:
+    """GRP_DIST_REGS attr: the offset (the distributor is not banked, so no MPIDR)."""
+    return offset << const("KVM_DEV_ARM_VGIC_OFFSET_SHIFT")
+
+
+def redist_attr(mpidr: int, offset: int) -> int:
+    """GRP_REDIST_REGS attr: the vCPU's affinity in [63:32], the offset from
+    its RD_base in [31:0] (SGI_base registers at 64 KiB and up)."""
+    return _with_mpidr(mpidr, offset << const("KVM_DEV_ARM_VGIC_OFFSET_SHIFT"))
+
+
+def sysreg_instr(name: str) -> int:
+    """The CPU_SYSREGS instr field of a CPU interface register (Op0 [15:14],
+    Op1 [13:11], CRn [10:7], CRm [6:3], Op2 [2:0])."""
+    op0, op1, crn, crm, op2 = ICC_SYSREGS[name]
+    return ((op0 << const("KVM_REG_ARM64_SYSREG_OP0_SHIFT")) | (op1 << const("KVM_REG_ARM64_SYSREG_OP1_SHIFT"))
+            | (crn << const("KVM_REG_ARM64_SYSREG_CRN_SHIFT")) | (crm << const("KVM_REG_ARM64_SYSREG_CRM_SHIFT"))
+            | (op2 << const("KVM_REG_ARM64_SYSREG_OP2_SHIFT")))
+
+
+def sysreg_attr(mpidr: int, name: str) -> int:
+    """GRP_CPU_SYSREGS attr: affinity in [63:32], instr in [15:0] (64-bit values)."""
+    return _with_mpidr(mpidr, sysreg_instr(name) & const("KVM_DEV_ARM_VGIC_SYSREG_INSTR_MASK"))
+
+
+def line_level_attr(mpidr: int, intid: int) -> int:
+    """GRP_LEVEL_INFO attr for the 32 interrupts from ``intid`` (a multiple of
+    32): affinity in [63:32], info VGIC_LEVEL_INFO_LINE_LEVEL in [31:10],
+    vINTID in [9:0]. PPIs are per vCPU; for SPIs any vCPU's affinity will do."""
+    if intid % 32 or not 0 <= intid <= const("KVM_DEV_ARM_VGIC_LINE_LEVEL_INTID_MASK"):
+        raise ValueError(f"LEVEL_INFO vINTID {intid} is not a multiple of 32 below 1024")
+    info = const("VGIC_LEVEL_INFO_LINE_LEVEL") << const("KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT")
+    return _with_mpidr(mpidr, info | intid)
+
+
+def apr_count(icc_ctlr: int) -> int:
+    """How many ICC_AP0Rn_EL1 (and AP1Rn) exist for this ICC_CTLR_EL1.PRIbits:
+    1 for 5 priority bits or fewer, 2 for 6, 4 for 7 (arm-vgic-v3.rst)."""
+    pri_bits = ((icc_ctlr >> ICC_CTLR_PRIBITS_SHIFT) & 7) + 1
+    return 4 if pri_bits >= 7 else 2 if pri_bits == 6 else 1
+
+
+def _spi_words(nr_irqs: int, bits_per_irq: int) -> range:
+    """Word indices of a distributor bank covering INTIDs 32..nr_irqs-1."""
+    return range(bits_per_irq, nr_irqs * bits_per_irq // 32)
+
+
+def _busy_or(e: KvmError, what: str) -> Exception:
+    if e.errno == errno.EBUSY:
+        return UsageProblem(f"vGIC {what}: a vCPU is inside KVM_RUN ({e.message})",
+                            "stop every vCPU before saving or restoring the vGIC")
+    return e
+
+
+# ---- validating a saved state ---------------------------------------------------
+_TOP_KEYS = ("format", "nr_irqs", "nr_vcpus", "mpidrs", "dist", "line_level", "redist", "cpu")
+
+
+def validate_state(state: Any, nr_irqs: int, mpidrs: Sequence[int]) -> None:
+    """Raise UsageProblem (one line, naming the first problem) unless
+    ``state`` is a complete :meth:`VgicV3.save` dict for a vGIC with
+    ``nr_irqs`` interrupts and vCPUs with these MPIDRs (by affinity)."""
+    if not isinstance(state, dict):
+        _bad(f"the state is a {type(state).__name__}, not a dict")
+    missing = [k for k in _TOP_KEYS if k not in state]
+    if missing:
+        _bad(f"the state lacks {', '.join(missing)}")
+    if state["format"] != STATE_FORMAT:
+        _bad(f"format is {state['format']!r}, expected {STATE_FORMAT!r}")
+    saved_nr = _int(state["nr_irqs"], "nr_irqs", 32)
+    if saved_nr != nr_irqs:
+        _bad(f"the state was saved with NR_IRQS {saved_nr}, this vGIC has {nr_irqs}")
+    n = _int(state["nr_vcpus"], "nr_vcpus", 32)
+    if n != len(mpidrs):
+        _bad(f"the state was saved with {n} vCPUs, this VM has {len(mpidrs)}")
+    saved_mpidrs = _words(state["mpidrs"], "mpidrs", n, 64)
+    for i, (a, b) in enumerate(zip(saved_mpidrs, mpidrs)):
+        if mpidr_affinity(a) != mpidr_affinity(b):
+            _bad(f"vCPU {i} has MPIDR {b:#x} but the state was saved with {a:#x} "
+                 f"(restore the vCPUs' MPIDR_EL1 first)")
+    dist = _dict(state["dist"], "dist")
+    for key in ("GICD_CTLR", "GICD_IIDR"):
+        _int(_key(dist, key, "dist"), f"dist.{key}", 32)
+    for name, _s, _c, bpi in DIST_BANKS:
+        _words(_key(dist, name, "dist"), f"dist.{name}", len(_spi_words(nr_irqs, bpi)), 32)
+    _words(_key(dist, "IROUTER", "dist"), "dist.IROUTER", nr_irqs - 32, 64)
+    _words(state["line_level"], "line_level", (nr_irqs - 32) // 32, 32)
+    redist = _list(state["redist"], "redist", n)
+    cpu = _list(state["cpu"], "cpu", n)
+    for i in range(n):
+        r = _dict(redist[i], f"redist[{i}]")
+        _int(_key(r, "GICR_CTLR", f"redist[{i}]"), f"redist[{i}].GICR_CTLR", 32)
+        if ("GICR_PROPBASER" in r) != ("GICR_PENDBASER" in r):
+            _bad(f"redist[{i}] has only one of GICR_PROPBASER and GICR_PENDBASER")
+        for key in ("GICR_PROPBASER", "GICR_PENDBASER"):
+            if key in r:
+                _int(r[key], f"redist[{i}].{key}", 64)
+        for name, _s, _c, nwords in REDIST_BANKS:
+            _words(_key(r, name, f"redist[{i}]"), f"redist[{i}].{name}", nwords, 32)
+        _int(_key(r, "LINE_LEVEL", f"redist[{i}]"), f"redist[{i}].LINE_LEVEL", 32)
+        c = _dict(cpu[i], f"cpu[{i}]")
+        for name in CPU_SYSREGS_FIXED:
+            _int(_key(c, name, f"cpu[{i}]"), f"cpu[{i}].{name}", 64)
+        n_apr = apr_count(c["ICC_CTLR_EL1"])
+        for name in ("ICC_AP0R", "ICC_AP1R"):
+            _words(_key(c, name, f"cpu[{i}]"), f"cpu[{i}].{name}", n_apr, 64)
+
+
+def _bad(reason: str):
+    raise UsageProblem(f"vGIC state does not fit: {reason}")
+
+
+def _key(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        _bad(f"{where} lacks {key}")
+    return d[key]
+
+
+def _int(v: Any, where: str, bits: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << bits):
+        _bad(f"{where} is not a {bits}-bit unsigned integer: {v!r}")
+    return v
+
+
+def _dict(v: Any, where: str) -> dict:
+    if not isinstance(v, dict):
+        _bad(f"{where} is a {type(v).__name__}, not a dict")
+    return v
+
+
+def _list(v: Any, where: str, n: int) -> list:
+    if not isinstance(v, list):
+        _bad(f"{where} is a {type(v).__name__}, not a list")
+    if len(v) != n:
+        _bad(f"{where} has {len(v)} entries, expected {n}")
+    return v
+
+
+def _words(v: Any, where: str, n: int, bits: int) -> List[int]:
+    for k, w in enumerate(_list(v, where, n)):
+        _int(w, f"{where}[{k}]", bits)
+    return v
 
 
 def spi_irq_line(spi: int) -> int:

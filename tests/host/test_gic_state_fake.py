@@ -1,0 +1,269 @@
+"""vGICv3 save/restore logic without KVM: attr encodings, the dict's shape,
+restore order and the refusals. The device is FakeVgicDevice, a recording
+stand-in for the KVM device fd (pure logic only; tests/kvm/test_gic_state.py
+runs the same code against the real in-kernel vGIC)."""
+import errno
+import json
+
+import pytest
+
+from pyvmm import gic, regs
+from pyvmm._ffi import const
+from pyvmm.errors import KvmError, UsageProblem
+
+DIST = const("KVM_DEV_ARM_VGIC_GRP_DIST_REGS")
+REDIST = const("KVM_DEV_ARM_VGIC_GRP_REDIST_REGS")
+SYSREGS = const("KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS")
+LEVEL = const("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO")
+NR_IRQS_GRP = const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS")
+
+MPIDRS = [0x8000_0000, 0x8000_0001]
+PRI5 = 4 << 8  # ICC_CTLR_EL1.PRIbits = 5 priority bits - 1
+
+
+class FakeVgicDevice:
+    """Records every get/set; a set stores the value, a get returns the last
+    value stored under (group, attr) or a distinct seed derived from it."""
+
+    def __init__(self, icc_ctlr=PRI5):
+        self.nr_irqs = None  # set by VgicV3.__init__ (GRP_NR_IRQS)
+        self.icc_ctlr = icc_ctlr
+        self.busy = False
+        self.values = {}
+        self.log = []  # ("get"|"set", group, attr, value)
+
+    def _seed(self, group, attr):
+        if group == SYSREGS and attr & 0xFFFF == gic.sysreg_instr("ICC_CTLR_EL1"):
+            return self.icc_ctlr
+        return (group * 0x9E3779B1 + attr * 0x85EBCA77) & 0xFFFFFFFF
+
+    def set_device_attr(self, group, attr, value=None, ctype="uint64_t"):
+        if self.busy and group != NR_IRQS_GRP:
+            raise KvmError(errno.EBUSY, "KVM_SET_DEVICE_ATTR", "vgic-v3")
+        if group == NR_IRQS_GRP:
+            self.nr_irqs = value
+        self.log.append(("set", group, attr, value))
+        self.values[(group, attr)] = value
+
+    def get_device_attr(self, group, attr, ctype="uint64_t"):
+        if group == NR_IRQS_GRP:
+            return self.nr_irqs
+        if self.busy:
+            raise KvmError(errno.EBUSY, "KVM_GET_DEVICE_ATTR", "vgic-v3")
+        value = self.values.get((group, attr), self._seed(group, attr))
+        self.log.append(("get", group, attr, value))
+        return value
+
+    def writes(self):
+        return [(g, a, v) for op, g, a, v in self.log if op == "set" and g != NR_IRQS_GRP
+                and g != const("KVM_DEV_ARM_VGIC_GRP_ADDR")]
+
+    def close(self):
+        pass
+
+
+class FakeVm:
+    def __init__(self, device):
+        self.device = device
+
+    def create_device(self, dev_type):
+        assert dev_type == const("KVM_DEV_TYPE_ARM_VGIC_V3")
+        return self.device
+
+
+def _gic(ncpus=2, nr_irqs=None, busy=False, **kw):
+    dev = FakeVgicDevice(**kw)
+    vgic = gic.VgicV3(FakeVm(dev), ncpus)
+    assert dev.nr_irqs == gic.NR_IRQS
+    if nr_irqs is not None:
+        dev.nr_irqs = nr_irqs  # as if the vGIC had been sized differently
+    dev.busy = busy
+    return vgic, dev
+
+
+# -- attr encodings ------------------------------------------------------------------
+def test_mpidr_affinity_moves_aff3_next_to_aff2():
+    mpidr = (0x44 << 32) | 0x8000_0000 | 0x33_22_11
+    assert gic.mpidr_affinity(mpidr) == 0x44_33_22_11
+    assert gic.mpidr_affinity(0x8000_0001) == 1  # RES1 bit 31 and U/MT are not affinity
+
+
+def test_redist_and_level_attrs_carry_the_affinity_in_the_upper_word():
+    m = (0x44 << 32) | 0x33_22_11
+    assert gic.redist_attr(m, gic.GICR_ISPENDR0) == (0x44332211 << 32) | 0x10200
+    assert gic.dist_attr(gic.GICD_IROUTER + 8 * 40) == 0x6140
+    assert gic.line_level_attr(0x8000_0001, 64) == (1 << 32) | (0 << 10) | 64
+    with pytest.raises(ValueError):
+        gic.line_level_attr(0, 40)
+    with pytest.raises(ValueError):
+        gic.line_level_attr(0, 1024)
+
+
+def test_sysreg_instr_is_the_low_16_bits_of_the_one_reg_sysreg_id():
+    for name, enc in gic.ICC_SYSREGS.items():
+        assert gic.sysreg_instr(name) == regs.sysreg(*enc) & 0xFFFF, name
+    assert gic.sysreg_instr("ICC_PMR_EL1") == 0xC230
+    assert gic.sysreg_instr("ICC_IGRPEN1_EL1") == 0xC667
+    assert gic.sysreg_attr(0x8000_0001, "ICC_CTLR_EL1") == (1 << 32) | 0xC664
+
+
+@pytest.mark.parametrize("pri_bits,n", [(5, 1), (6, 2), (7, 4), (4, 1)])
+def test_apr_count_follows_icc_ctlr_pribits(pri_bits, n):
+    assert gic.apr_count(((pri_bits - 1) << 8) | (1 << 11) | 2) == n  # IDbits, CBPR set too
+
+
+# -- save ---------------------------------------------------------------------------
+def test_save_is_json_serialisable_and_sized_by_nr_irqs():
+    g, dev = _gic()
+    state = g.save(MPIDRS)
+    assert json.loads(json.dumps(state)) == state
+    assert state["format"] == gic.STATE_FORMAT
+    assert (state["nr_irqs"], state["nr_vcpus"], state["mpidrs"]) == (128, 2, MPIDRS)
+    d = state["dist"]
+    assert [len(d[n]) for n in ("IGROUPR", "ISENABLER", "ISPENDR", "ISACTIVER", "IGRPMODR")] == [3] * 5
+    assert len(d["IPRIORITYR"]) == 24 and len(d["ICFGR"]) == 6 and len(d["IROUTER"]) == 96
+    assert len(state["line_level"]) == 3
+    r = state["redist"][1]
+    assert len(r["IPRIORITYR"]) == 8 and len(r["ICFGR"]) == 2
+    c = state["cpu"][0]
+    assert len(c["ICC_AP0R"]) == len(c["ICC_AP1R"]) == 1
+    # IROUTER of INTID 32 is read as two 32-bit halves at 0x6100 and 0x6104.
+    lo, hi = dev.values.get((DIST, 0x6100), dev._seed(DIST, 0x6100)), dev._seed(DIST, 0x6104)
+    assert d["IROUTER"][0] == lo | (hi << 32)
+    # Each redistributor is addressed by its vCPU's affinity.
+    reads = {(g_, a >> 32) for op, g_, a, _ in dev.log if op == "get" and g_ in (REDIST, SYSREGS)}
+    assert reads >= {(REDIST, 0), (REDIST, 1), (SYSREGS, 0), (SYSREGS, 1)}
+
+
+def test_save_reads_seven_bit_priority_aprs():
+    g, _ = _gic(icc_ctlr=6 << 8)
+    assert len(g.save(MPIDRS)["cpu"][1]["ICC_AP1R"]) == 4
+
+
+def test_save_needs_one_mpidr_per_vcpu():
+    g, _ = _gic()
+    with pytest.raises(UsageProblem, match="1 MPIDRs given for a vGIC with 2 vCPUs"):
+        g.save(MPIDRS[:1])
+
+
+def test_busy_vcpu_is_a_usage_problem_naming_kvm_run():
+    g, _ = _gic(busy=True)
+    with pytest.raises(UsageProblem) as info:
+        g.save(MPIDRS)
+    assert "inside KVM_RUN" in info.value.message and "\n" not in str(info.value)
+
+
+# -- restore ----------------------------------------------------------------------------
+def _restored():
+    src, _ = _gic()
+    state = src.save(MPIDRS)
+    dst, dev = _gic()
+    dev.log.clear()
+    dst.restore(json.loads(json.dumps(state)), MPIDRS)
+    return state, dst, dev
+
+
+def test_restore_then_save_gives_the_same_state():
+    state, dst, _ = _restored()
+    assert dst.save(MPIDRS) == state
+
+
+def test_restore_order_follows_the_kernel_rules():
+    state, _, dev = _restored()
+    w = dev.writes()
+    idx = {}
+    for i, (g_, a, _v) in enumerate(w):
+        idx.setdefault((g_, a), []).append(i)
+    first = lambda g_, a: idx[(g_, a)][0]  # noqa: E731
+
+    assert w[0][:2] == (DIST, gic.GICD_IIDR)  # IIDR before anything else
+    assert w[-1][:2] == (DIST, gic.GICD_CTLR)  # distributor enable last
+    # ICPENDR is RAZ/WI from userspace: never written.
+    assert not [x for x in w if x[0] == DIST and gic.GICD_ICPENDR <= x[1] < gic.GICD_ICPENDR + 0x80]
+    assert not [x for x in w if x[0] == REDIST and x[1] & 0xFFFFFFFF == gic.GICR_ICPENDR0]
+    # SPI 32..63: route, config, priority, line level before the pending latch.
+    spend = first(DIST, gic.GICD_ISPENDR + 4)
+    for off in (gic.GICD_IROUTER + 8 * 32, gic.GICD_ICFGR + 8, gic.GICD_IPRIORITYR + 32, gic.GICD_IGROUPR + 4):
+        assert first(DIST, off) < spend, hex(off)
+    assert first(LEVEL, gic.line_level_attr(MPIDRS[0], 32)) < spend
+    # Enable/active: clear the complement, then set.
+    ce, se = first(DIST, gic.GICD_ICENABLER + 4), first(DIST, gic.GICD_ISENABLER + 4)
+    assert ce < se and w[ce][2] == ~state["dist"]["ISENABLER"][0] & 0xFFFFFFFF
+    assert w[se][2] == state["dist"]["ISENABLER"][0]
+    # Redistributor of vCPU 1: config before pending, pending latch as saved.
+    m1 = gic.mpidr_affinity(MPIDRS[1]) << 32
+    rp = first(REDIST, m1 | gic.GICR_ISPENDR0)
+    assert first(REDIST, m1 | (gic.GICR_ICFGR0 + 4)) < rp
+    assert w[rp][2] == state["redist"][1]["ISPENDR0"][0]
+    # CPU interface: SRE, then CTLR before the APRs and BPR1.
+    sysw = [a & 0xFFFF for g_, a, _ in w if g_ == SYSREGS and a >> 32 == 1]
+    assert sysw[0] == gic.sysreg_instr("ICC_SRE_EL1")
+    ctlr = sysw.index(gic.sysreg_instr("ICC_CTLR_EL1"))
+    assert ctlr < sysw.index(gic.sysreg_instr("ICC_BPR1_EL1"))
+    assert ctlr < sysw.index(gic.sysreg_instr("ICC_AP0R0_EL1"))
+    assert gic.sysreg_instr("ICC_AP0R1_EL1") not in sysw  # 5 priority bits: one APR
+
+
+def _refusal(mutate, nr_irqs=128, ncpus=2, mpidrs=MPIDRS):
+    src, _ = _gic()
+    state = json.loads(json.dumps(src.save(MPIDRS)))
+    mutate(state)
+    dst, dev = _gic(ncpus=ncpus, nr_irqs=nr_irqs)
+    dev.log.clear()
+    with pytest.raises(UsageProblem) as info:
+        dst.restore(state, mpidrs)
+    assert dev.writes() == []  # refused before writing anything
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_restore_refuses_a_different_nr_irqs():
+    assert "saved with NR_IRQS 128, this vGIC has 256" in _refusal(lambda s: None, nr_irqs=256)
+
+
+def test_restore_refuses_a_different_vcpu_count():
+    msg = _refusal(lambda s: None, ncpus=3, mpidrs=MPIDRS + [0x8000_0002])
+    assert "saved with 2 vCPUs, this VM has 3" in msg
+
+
+def test_restore_refuses_missing_keys():
+    assert "lacks cpu" in _refusal(lambda s: s.pop("cpu"))
+    assert "redist[1] lacks ISPENDR0" in _refusal(lambda s: s["redist"][1].pop("ISPENDR0"))
+    assert "dist lacks IROUTER" in _refusal(lambda s: s["dist"].pop("IROUTER"))
+
+
+def test_restore_refuses_malformed_values():
+    assert "dist.IPRIORITYR has 23 entries, expected 24" in _refusal(lambda s: s["dist"]["IPRIORITYR"].pop())
+    assert "line_level[0] is not a 32-bit" in _refusal(lambda s: s["line_level"].__setitem__(0, 1 << 32))
+    assert "cpu[0].ICC_PMR_EL1 is not a 64-bit" in _refusal(lambda s: s["cpu"][0].__setitem__("ICC_PMR_EL1", "0xf0"))
+    assert "format is 'other'" in _refusal(lambda s: s.__setitem__("format", "other"))
+    assert "is a list, not a dict" in _refusal(lambda s: s.__setitem__("dist", []))
+    # APR count must match the saved PRIbits.
+    assert "cpu[1].ICC_AP0R has 1 entries, expected 4" in _refusal(
+        lambda s: s["cpu"][1].__setitem__("ICC_CTLR_EL1", 6 << 8))
+
+
+def test_restore_refuses_other_mpidrs():
+    msg = _refusal(lambda s: None, mpidrs=[0x8000_0000, 0x8000_0100])
+    assert "vCPU 1 has MPIDR 0x80000100 but the state was saved with 0x80000001" in msg
+    assert "restore the vCPUs' MPIDR_EL1 first" in msg
+
+
+def test_restore_refuses_a_non_dict():
+    dst, _ = _gic()
+    with pytest.raises(UsageProblem, match="the state is a list, not a dict"):
+        dst.restore([], MPIDRS)
+
+
+def test_restore_turns_an_iidr_the_host_lacks_into_a_usage_problem():
+    src, _ = _gic()
+    state = src.save(MPIDRS)
+    dst, dev = _gic()
+
+    def refuse(group, attr, value=None, ctype="uint64_t"):
+        raise KvmError(errno.EINVAL, "KVM_SET_DEVICE_ATTR", "vgic-v3")
+
+    dev.set_device_attr = refuse
+    with pytest.raises(UsageProblem, match="does not implement the saved GICD_IIDR"):
+        dst.restore(state, MPIDRS)
