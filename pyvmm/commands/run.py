@@ -5,6 +5,7 @@ import os
 import sys
 import termios
 import tty
+from typing import Optional
 
 import click
 
@@ -71,15 +72,18 @@ def _writer(stream):
 @click.option("--on-reboot", default="restart", metavar="restart|exit",
               help="What a guest reset does: reboot it, or exit with status 3.")
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
+@click.option("--control", metavar="SOCKET",
+              help="Listen on this unix socket (mode 0600) for pyvmm pause/resume/snapshot/stop.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
 def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, disks,
         console, dump_dtb, firmware,
-        on_reboot, kvm_path, debug):
+        on_reboot, kvm_path, control, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
     \b
-    Exit status: 0 the guest powered off; 1 pyvmm failed; 2 usage error;
+    Exit status: 0 the guest powered off (or was stopped through --control);
+    1 pyvmm failed; 2 usage error;
     3 the guest asked for a reset with --on-reboot exit; 4 the guest crashed;
     130 Ctrl-C / SIGINT (or Ctrl-A x on a terminal); 143 SIGTERM.
 
@@ -90,6 +94,7 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
       pyvmm run -k Image -i initrd.cpio.gz -p quiet -c 2 -m 1G
       pyvmm run -k Image -i initrd.cpio.gz --disk disk.img --console virtio
       pyvmm run --firmware payload.bin --dump-dtb machine.dtb
+      pyvmm run -k Image -i initrd.cpio.gz --control /tmp/vm.sock   # then: pyvmm snapshot /tmp/vm.sock vm.snap
     """
     if debug:
         ctx.find_root().obj["debug"] = True
@@ -98,21 +103,44 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve,
         disks=[parse_disk(d) for d in disks], console=console,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
+    machine_lib.prepare(config)  # usage errors before touching the terminal
+    sys.exit(run_on_console(config, debug, control=control))
+
+
+def run_on_console(config, debug: bool, control: Optional[str] = None, **run_args) -> int:
+    """Run a machine with this process's terminal as its console (raw mode
+    on a terminal, restored afterwards), an optional control socket, and the
+    closing report on stderr. Returns the exit status. Shared by run and restore."""
+    server = None
+    controller = None
+    if control:
+        from ..control import ControlServer
+        from ..snapshot.live import Controller
+
+        controller = Controller()
+        server = ControlServer(control, controller.handle)
+        run_args["on_ready"] = controller.attach
     stdin_fd = None
     saved = None
     try:
         stdin_fd = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):
         stdin_fd = None
-    machine_lib.prepare(config)  # usage errors before touching the terminal
-    if stdin_fd is not None and os.isatty(stdin_fd):
-        saved = termios.tcgetattr(stdin_fd)
-        tty.setraw(stdin_fd)
     try:
-        outcome = machine_lib.run(config, _writer(sys.stdout), stdin_fd, escape=saved is not None)
+        if server is not None:
+            server.start()
+        if stdin_fd is not None and os.isatty(stdin_fd):
+            saved = termios.tcgetattr(stdin_fd)
+            tty.setraw(stdin_fd)
+        try:
+            outcome = machine_lib.run(config, _writer(sys.stdout), stdin_fd, escape=saved is not None,
+                                      **run_args)
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     finally:
-        if saved is not None:
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        if server is not None:
+            server.close()
     if debug:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.exits.items())) or "none"
         click.echo(f"pyvmm: {outcome.reason}; VM set-up {outcome.build_seconds:.2f} s, guest ran "
@@ -124,4 +152,4 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
     status = outcome.status
     if status not in (machine_lib.ExitStatus.POWEROFF,) and not debug:
         click.echo(f"pyvmm: {_LAST_WORDS.get(status, outcome.reason)}", err=True)
-    sys.exit(int(status))
+    return int(status)

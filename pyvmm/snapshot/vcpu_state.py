@@ -142,13 +142,19 @@ def restore_order(state: VcpuState, sme_bit: Optional[int] = None) -> List[Tuple
     return steps
 
 
-def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "keep",
+CLOCK_POLICIES = ("hide", "keep")
+
+
+def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "hide",
             cntfrq: Optional[int] = None, sme_bit: Optional[int] = None) -> int:
     """Write ``state`` into a fresh vCPU (not yet initialised). Returns the
-    number of ONE_REG writes. ``clock``: "keep" (guest counters advance by the
-    wall time since the save) or "hide" (they resume where they stopped)."""
-    if clock not in ("keep", "hide"):
-        raise UsageProblem(f"clock policy {clock!r} is not 'keep' or 'hide'")
+    number of ONE_REG writes. ``clock``: "hide" (default: the guest counters
+    resume where they stopped, so the guest never sees the gap; its
+    watchdogs and RCU stall detector stay quiet, as with QEMU's default on
+    arm64) or "keep" (they advance by the wall time since the save, so the
+    guest's clock stays right but its kernel sees all that time pass at once)."""
+    if clock not in CLOCK_POLICIES:
+        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
     vcpu.arm_vcpu_init(state.features, target)
     for reg_id, vqs, label in ((regs.SVE_VLS, state.sve_vls, "SVE"), (regs.SME_VLS, state.sme_vls, "SME")):
         if vqs is None:

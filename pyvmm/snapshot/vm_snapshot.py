@@ -41,17 +41,19 @@ def take(bm: BareMetal, features, sme_bit: Optional[int] = None,
         name = f"ram{r.slot}"
         blobs[name] = blob
         regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
-    cntfrq = hostinfo.cntfrq()
-    manifest = {
-        "kind": KIND,
-        "created_by": f"pyvmm {__version__}",
-        "created_at_ns": time.time_ns(),
-        "host": {"machine": platform.machine(), "kernel": platform.release()},
-        "machine": {"cntfrq": cntfrq, "gic": None, "sme_bit": sme_bit,
+    manifest = header(KIND)
+    manifest.update({
+        "machine": {"cntfrq": hostinfo.cntfrq(), "gic": None, "sme_bit": sme_bit,
                     "features": list(features), "memory": regions},
         "vcpus": [state.to_json()],
-    }
+    })
     return fmt.Snapshot(manifest, blobs)
+
+
+def header(kind: str) -> dict:
+    """The manifest keys every snapshot kind starts with."""
+    return {"kind": kind, "created_by": f"pyvmm {__version__}", "created_at_ns": time.time_ns(),
+            "host": {"machine": platform.machine(), "kernel": platform.release()}}
 
 
 def vcpu_states(snap: fmt.Snapshot):
@@ -64,7 +66,7 @@ def vcpu_states(snap: fmt.Snapshot):
     return out
 
 
-def restore(kvm, snap: fmt.Snapshot, clock: str = "keep") -> BareMetal:
+def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
     """A new BareMetal VM in the snapshot's state, ready to :meth:`run`."""
     if snap.manifest.get("kind") != KIND:
         raise UsageProblem(f"snapshot kind {snap.manifest.get('kind')!r} is not {KIND!r}")

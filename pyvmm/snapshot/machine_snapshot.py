@@ -1,0 +1,170 @@
+"""Snapshot and restore of a whole :class:`pyvmm.machine.Machine` (what
+``pyvmm run`` boots): machine configuration, every vCPU, the vGICv3, the
+devices (PL011, virtio-mmio transports with their queues and backends) and
+guest memory.
+
+Saving needs the machine paused (:meth:`Machine.pause`): every vCPU thread
+is parked outside KVM_RUN with its pending MMIO access completed, and the
+coalesced-MMIO ring is drained, so device models and registers agree.
+
+Restore checks everything it can before creating a VM (kind, CNTFRQ, GIC
+model, SME availability, disk files), then builds the machine in this order:
+VM and RAM -> each vCPU through the SME restore planner (INIT, vector
+lengths, ID registers, FINALIZE, SVCR first, ...) -> vGIC created and
+initialised -> vGIC state -> devices and their state -> guest memory.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Dict, Optional
+
+from .. import hostinfo
+from ..errors import HostUnsupported, UsageProblem
+from ..machine import DiskSpec, Machine, MachineConfig
+from ..vcpu import mpidr_of
+from . import format as fmt
+from . import memory_image, vcpu_state
+from .vm_snapshot import header, vcpu_states
+
+KIND = "machine"
+GIC_MODEL = "gicv3"
+Progress = Optional[Callable[[int, int], None]]
+
+# MachineConfig fields stored in the manifest (the rest are host-side choices).
+_CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_max_vl", "sme_max_vl",
+                "sve", "console", "on_reboot")
+
+
+def config_to_json(c: MachineConfig) -> Dict:
+    d = {k: getattr(c, k) for k in _CONFIG_KEYS}
+    d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
+    return d
+
+
+def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
+    try:
+        kw = {k: d[k] for k in _CONFIG_KEYS}
+        disks = [DiskSpec(str(x["path"]), bool(x["readonly"])) for x in d.get("disks", [])]
+        mem, cpus = int(kw.pop("mem")), int(kw.pop("cpus"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e})") from None
+    return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
+
+
+def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
+    """The snapshot of a paused machine."""
+    if not m.paused:
+        raise UsageProblem("the machine must be paused before it is saved")
+    with m.io_lock:
+        states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
+        gic = m.gic.save([mpidr_of(v) for v in m.vcpus])
+        devices = {"uart": m.uart.save_state(),
+                   "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
+                              for t in m.virtio]}
+        blobs = {f"vcpu{s.index}.regs": s.registers_blob() for s in states}
+        regions = []
+        total = sum(r.size for r in m.mem.regions)
+        done = 0
+        for r in m.mem.regions:
+            blob, stored = memory_image.pack(
+                r.mm, (lambda d, t, base=done: progress(base + d, total)) if progress else None)
+            done += r.size
+            name = f"ram{r.slot}"
+            blobs[name] = blob
+            regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+    manifest = header(KIND)
+    manifest.update({
+        "machine": {"cntfrq": hostinfo.cntfrq(), "gic": {"model": GIC_MODEL, "state": gic},
+                    "sme_bit": m.sme_bit, "config": config_to_json(m.config), "memory": regions,
+                    "devices": devices},
+        "vcpus": [s.to_json() for s in states],
+    })
+    return fmt.Snapshot(manifest, blobs)
+
+
+def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
+    """Refuse, with the reason, what this host cannot restore; nothing is
+    created. Returns the machine configuration."""
+    man = snap.manifest
+    if man.get("kind") != KIND:
+        hint = "restore bare-metal snapshots with the library (pyvmm.snapshot.vm_snapshot)" \
+            if man.get("kind") == "baremetal" else None
+        raise UsageProblem(f"snapshot kind {man.get('kind')!r} is not a pyvmm run machine", hint)
+    try:
+        machine = man["machine"]
+        gic_model = machine["gic"]["model"]
+        cntfrq = int(machine["cntfrq"])
+        config = config_from_json(machine["config"], getattr(kvm, "path", "/dev/kvm"))
+        regions = machine["memory"]
+        machine["devices"]["uart"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise fmt.SnapshotError(f"snapshot manifest is missing machine state ({e})") from None
+    if gic_model != GIC_MODEL:
+        raise UsageProblem(f"snapshot interrupt controller {gic_model!r} is not the {GIC_MODEL} pyvmm creates")
+    host_cntfrq = hostinfo.cntfrq()
+    if host_cntfrq != cntfrq:
+        raise UsageProblem(f"CNTFRQ differs: snapshot {cntfrq} Hz, this host {host_cntfrq} Hz",
+                           "restore on a host whose timer runs at the same frequency")
+    if len(man.get("vcpus", [])) != config.cpus:
+        raise fmt.SnapshotError(f"snapshot holds {len(man.get('vcpus', []))} vCPUs for a {config.cpus}-vCPU machine")
+    if len(regions) != 1 or int(regions[0]["size"]) != config.mem:
+        raise fmt.SnapshotError("snapshot RAM does not match its machine configuration")
+    sme_bit = machine.get("sme_bit")
+    if sme_bit is not None:
+        from ..sme import discover
+
+        found = discover(kvm)
+        if found.bit != sme_bit:
+            raise HostUnsupported("the snapshot's vCPUs have SME, and this host's KVM offers none"
+                                  if not found.present else
+                                  f"the snapshot used SME feature bit {sme_bit}, this host's KVM uses {found.bit}",
+                                  "restore on a host running a kernel with the KVM SME interface")
+    for d in config.disks:
+        if not os.path.isfile(d.path):
+            raise UsageProblem(f"the snapshot's disk {d.path} does not exist",
+                               "restore where the disk images are at the same paths")
+    return config
+
+
+def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
+                 progress: Progress = None) -> None:
+    """Build ``m`` (a new :class:`Machine` for the snapshot's configuration)
+    in the snapshot's state, ready to run. ``clock``: see
+    :func:`pyvmm.snapshot.vcpu_state.restore`."""
+    machine = snap.manifest["machine"]
+    states = vcpu_states(snap)
+    m.create_vm()
+    region = machine["memory"][0]
+    if m.mem.regions[0].gpa != int(region["gpa"]):
+        raise fmt.SnapshotError(f"snapshot RAM at {int(region['gpa']):#x} is not where pyvmm puts it")
+    m.sme_bit = machine.get("sme_bit")
+    cntfrq = hostinfo.cntfrq()
+    for st in sorted(states, key=lambda s: s.index):
+        v = m.vm.create_vcpu(st.index)
+        vcpu_state.restore(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
+        m.add_vcpu(v, st.features)
+    m.create_devices()
+    m.gic.restore(machine["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
+    devices = machine["devices"]
+    m.uart.load_state(devices["uart"])
+    saved_virtio = devices.get("virtio", [])
+    if len(saved_virtio) != len(m.virtio):
+        raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
+                                f"makes {len(m.virtio)}")
+    for t, saved in zip(m.virtio, saved_virtio):
+        if int(saved["base"]) != t.base or int(saved["device_id"]) != t.backend.device_id:
+            raise fmt.SnapshotError(f"snapshot virtio device at {int(saved['base']):#x} does not match "
+                                    f"the machine's at {t.base:#x}")
+        t.load_state(saved["state"])
+    mem, base = m.mem, m.mem.regions[0].gpa
+    try:
+        memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
+                                 lambda off, data: mem.write(base + off, data), progress)
+    except (KeyError, ValueError) as e:
+        raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+
+
+def saved_at(snap: fmt.Snapshot) -> float:
+    """Seconds since the snapshot was taken (by this host's clock)."""
+    return max(0.0, (time.time_ns() - int(snap.manifest.get("created_at_ns", 0))) / 1e9)

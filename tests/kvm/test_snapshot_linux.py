@@ -1,0 +1,202 @@
+"""Live snapshots of Linux guests booted by ``pyvmm run`` (real KVM, Debian's
+kernel, the project's initramfs): a userspace counter is snapshotted through
+the control socket, pyvmm is killed, and a new process restores the guest,
+whose counter and console continue exactly where they stopped.
+
+Each test is one guest boot plus one restore."""
+import base64
+import json
+import re
+import signal
+import time
+
+import pytest
+
+from pyvmm import regs
+from pyvmm.control import ControlError, call
+from pyvmm.errors import UsageProblem
+from pyvmm.snapshot import format as fmt
+from pyvmm.snapshot import vm_snapshot
+from test_run_support import Running, guest_files, pyvmm
+
+pytestmark = pytest.mark.kvm
+
+LAST = 40  # the guest counts to this, checks its kernel log, and powers off
+# Kernel log lines that mean the restore hurt the guest (dmesg is read inside
+# the guest: the console is quiet, so warnings would not reach it).
+BAD = "WARNING:|BUG:|Oops|stall|soft lockup|hard LOCKUP|Call trace|timed out|clocksource.*unstable"
+
+
+def counter_script(device: str = "") -> str:
+    """Counts every 0.3 s; with a disk, writes each count to it too."""
+    disk = (f'echo "disk $i" | dd of={device} bs=512 seek=$i conv=notrunc,fsync 2>/dev/null\n'
+            if device else "")
+    text = (
+        "i=0\n"
+        f"while [ $i -lt {LAST} ]; do\n"
+        "  i=$((i + 1))\n"
+        '  echo "count $i"\n'
+        f"  {disk}"
+        "  sleep 0.3\n"
+        "done\n"
+        f"dmesg | grep -E '{BAD}'; echo \"dmesg-check $?\"\n"
+    )
+    return "pyvmm.cmd=" + base64.b64encode(text.encode()).decode()
+
+
+def counts(text: str):
+    return [int(n) for n in re.findall(r"count (\d+)\r?\n", text)]
+
+
+def ctl(*args, timeout=300):
+    r = pyvmm(*args, timeout=timeout)
+    assert r.returncode == 0, (args, r.stdout, r.stderr)
+    return r.stdout.decode()
+
+
+def wait_ready(sock, timeout=300):
+    """Until the VMM on ``sock`` has built its VM (the socket is there first)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(str(sock), {"cmd": "status"})
+        except (UsageProblem, ControlError):
+            assert time.monotonic() < deadline, f"no VM ready on {sock} within {timeout} s"
+            time.sleep(0.2)
+
+
+def differences(a, b, path=""):
+    """The paths at which two JSON-like values differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += differences(a.get(k), b.get(k), f"{path}.{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += differences(x, y, f"{path}[{i}]")
+        return out
+    return [] if a == b else [(path, a, b)]
+
+
+TIMER_PPIS = (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30)  # EL2 physical/virtual, virtual, physical timers
+
+
+def without_time(snap):
+    """Everything a snapshot holds, apart from what moves with time: the
+    counters (CNTVCT/CNTPCT), whether the timers have fired (ISTATUS and
+    the timer interrupt lines), when it was taken,
+    and the file's blob table (its checksums)."""
+    time_ids = {regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0")}
+    # CNTx_CTL_EL0.ISTATUS (bit 2, read-only) says whether the timer has fired by now
+    ctl_ids = {regs.sysreg_named("CNTV_CTL_EL0"), regs.sysreg_named("CNTP_CTL_EL0")}
+
+    def istatus_clear(v):
+        return (int.from_bytes(v, "little") & ~4).to_bytes(len(v), "little")
+    man = json.loads(json.dumps(snap.manifest))
+    for key in ("created_at_ns", "blobs"):
+        man.pop(key)
+    # The timer PPIs' line levels are KVM's view of the timers against the
+    # counter, which runs on between restore and the second snapshot.
+    for redist in man["machine"]["gic"]["state"]["redist"]:
+        redist["LINE_LEVEL"] &= ~TIMER_PPIS
+    vcpus = []
+    for st in vm_snapshot.vcpu_states(snap):
+        st.saved_at_ns = 0
+        st.registers = [(i, istatus_clear(v) if i in ctl_ids else bytes(v))
+                        for i, v in st.registers if i not in time_ids]
+        vcpus.append(st)
+    man.pop("vcpus")
+    memory = {k: bytes(v) for k, v in snap.blobs.items() if k.startswith("ram")}
+    return man, vcpus, memory
+
+
+def test_counter_guest_snapshot_kill_restore_in_new_process(tmp_path):
+    kernel, initrd = guest_files()
+    sock1, sock2 = tmp_path / "run.sock", tmp_path / "restore.sock"
+    snap1, snap2 = tmp_path / "vm.snap", tmp_path / "again.snap"
+    vm = Running(["run", "-k", kernel, "-i", initrd, "-m", "256M", "-c", "2", "-p", "quiet " + counter_script(),
+                  "--control", sock1])
+    vm.wait_for(b"count 5\r", timeout=300)
+    assert (sock1.stat().st_mode & 0o777) == 0o600
+    ctl("pause", sock1)
+    before = counts(bytes(vm.out).decode(errors="replace"))
+    out = ctl("snapshot", sock1, snap1)
+    assert "the guest is paused" in out
+    assert (snap1.stat().st_mode & 0o777) == 0o600
+    seen = bytes(vm.out)  # the guest stayed paused: nothing more came out
+    vm.p.send_signal(signal.SIGKILL)
+    vm.p.wait(60)
+    assert counts(seen.decode(errors="replace")) == before
+    n = before[-1]
+    assert before == list(range(1, n + 1)) and n < LAST
+
+    # A new process restores it paused; a snapshot of that equals the first
+    # apart from time.
+    back = Running(["restore", snap1, "--control", sock2, "--paused"])
+    assert wait_ready(sock2)["state"] == "paused"
+    deadline_out = ctl("snapshot", sock2, snap2)
+    assert "the guest is paused" in deadline_out
+    a, b = fmt.load(str(snap1)), fmt.load(str(snap2))
+    man_a, vcpus_a, mem_a = without_time(a)
+    man_b, vcpus_b, mem_b = without_time(b)
+    diff = differences(man_a, man_b)
+    assert diff == [], diff  # configuration, GIC, devices
+    assert len(vcpus_a) == 2
+    for x, y in zip(vcpus_a, vcpus_b):
+        assert differences(x.to_json(), y.to_json()) == []  # SVCR, MP state, events, VLs
+        changed = [regs.name(i) for (i, v), (j, w) in zip(x.registers, y.registers) if i != j or v != w]
+        assert len(x.registers) == len(y.registers) and changed == [], f"vcpu{x.index}: {changed}"
+    assert mem_a == mem_b
+
+    ctl("resume", sock2)
+    err = back.wait_exit(600)
+    text = bytes(back.out).decode(errors="replace")
+    assert back.p.returncode == 0, (err, text[-2000:])
+    after = counts(text)
+    # the console continues exactly: the next count, no gap, no repeat
+    assert after == list(range(n + 1, LAST + 1)), (n, after)
+    assert "dmesg-check 1" in text, text[-2000:]  # grep found no warning in the guest's log
+    assert b"pyvmm-guest: init" not in back.out  # it continued, it did not boot again
+
+
+def test_virtio_console_and_disk_continue_after_restore(tmp_path):
+    kernel, initrd = guest_files()
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(1 << 20))
+    sock = tmp_path / "run.sock"
+    snap = tmp_path / "vm.snap"
+    vm = Running(["run", "-k", kernel, "-i", initrd, "-m", "192M", "-c", "1", "--console", "virtio",
+                  "--disk", disk, "-p", "quiet " + counter_script("/dev/vda"), "--control", sock])
+    vm.wait_for(b"count 4\r", timeout=300)
+    out = ctl("snapshot", sock, snap, "--stop")  # snapshot, then the VM ends
+    assert "the guest is stopped" in out
+    vm.wait_exit(120)
+    assert vm.p.returncode == 0
+    n = counts(bytes(vm.out).decode(errors="replace"))[-1]
+
+    back = Running(["restore", snap, "--clock", "keep"])
+    err = back.wait_exit(600)
+    text = bytes(back.out).decode(errors="replace")
+    assert back.p.returncode == 0, (err, text[-2000:])
+    after = counts(text)
+    assert after == list(range(n + 1, LAST + 1)), (n, after)
+    assert "dmesg-check 1" in text, text[-2000:]
+    data = disk.read_bytes()
+    for i in (1, n, n + 1, LAST):  # written before and after the restore, through the restored queue
+        assert data[512 * i:512 * i + 16].startswith(f"disk {i}\n".encode()), (i, data[512 * i:512 * i + 16])
+
+
+def test_restore_refuses_damaged_snapshot_and_starts_nothing(tmp_path):
+    bad = tmp_path / "bad.snap"
+    data = bytearray(fmt.encode(fmt.Snapshot({"kind": "machine", "machine": {}, "vcpus": []}, {"ram0": bytes(64)})))
+    data[-40] ^= 1  # one flipped bit in a blob
+    bad.write_bytes(bytes(data))
+    r = pyvmm("restore", bad, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.decode().count("\n") == 1 and "checksum" in r.stderr.decode(), r.stderr
+    assert r.stdout == b""
+    r = pyvmm("snapshot", tmp_path / "nobody.sock", tmp_path / "x.snap", timeout=120)
+    assert r.returncode == 2 and "no control socket" in r.stderr.decode(), r.stderr
+    assert not (tmp_path / "x.snap").exists()
