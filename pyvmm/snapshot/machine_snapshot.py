@@ -20,6 +20,7 @@ import time
 from typing import Callable, Dict, Optional
 
 from .. import hostinfo
+from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import DiskSpec, Machine, MachineConfig
 from ..vcpu import mpidr_of
@@ -100,6 +101,13 @@ def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
         machine["devices"]["uart"]
     except (KeyError, TypeError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot manifest is missing machine state ({e})") from None
+    if not 1 <= config.cpus <= layout.MAX_VCPUS or config.console not in ("serial", "virtio") \
+            or config.on_reboot not in ("restart", "exit") or not isinstance(config.sve, bool):
+        raise fmt.SnapshotError("snapshot machine configuration is invalid (vCPUs, console or reboot policy)")
+    try:
+        layout.check_ram(config.mem)
+    except UsageProblem as e:
+        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
     if gic_model != GIC_MODEL:
         raise UsageProblem(f"snapshot interrupt controller {gic_model!r} is not the {GIC_MODEL} pyvmm creates")
     host_cntfrq = hostinfo.cntfrq()

@@ -1,0 +1,61 @@
+"""The machine snapshot's pure parts: configuration round trip and the
+refusals of check() that need no VM (a fake KVM handle: check() refuses
+before it ever touches KVM for these)."""
+import pytest
+
+from pyvmm import hostinfo
+from pyvmm.errors import UsageProblem
+from pyvmm.machine import DiskSpec, MachineConfig
+from pyvmm.snapshot import format as fmt
+from pyvmm.snapshot import machine_snapshot as ms
+
+
+class FakeKvm:
+    path = "/dev/kvm"
+
+
+def _snap(**machine_overrides):
+    config = MachineConfig(kernel="/k/Image", initrd=None, cmdline="quiet", mem=256 << 20, cpus=2,
+                           disks=[DiskSpec("/d/disk.img", True)])
+    machine = {"cntfrq": 62_500_000, "gic": {"model": "gicv3", "state": {}}, "sme_bit": None,
+               "config": ms.config_to_json(config),
+               "memory": [{"slot": 0, "gpa": 0x40000000, "size": 256 << 20, "blob": "ram0", "stored_pages": 0}],
+               "devices": {"uart": {}, "virtio": []}}
+    machine.update(machine_overrides)
+    return fmt.Snapshot({"kind": "machine", "machine": machine, "vcpus": [{}, {}]}, {})
+
+
+def test_config_round_trip():
+    c = MachineConfig(kernel="/k/Image", cmdline="x", mem=512 << 20, cpus=3, sve_max_vl=256, sme_max_vl=512,
+                      sve=False, console="virtio", disks=[DiskSpec("/a.img", False)], on_reboot="exit")
+    back = ms.config_from_json(ms.config_to_json(c))
+    assert back == c
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"gic": {"model": "gicv2", "state": {}}}, "gicv2"),
+    ({"cntfrq": 1}, "CNTFRQ differs"),
+])
+def test_refusals(monkeypatch, change, match):
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
+    with pytest.raises(UsageProblem, match=match):
+        ms.check(FakeKvm(), _snap(**change))
+
+
+def test_wrong_kind_and_invalid_config(monkeypatch):
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
+    snap = _snap()
+    snap.manifest["kind"] = "baremetal"
+    with pytest.raises(UsageProblem, match="not a pyvmm run machine"):
+        ms.check(FakeKvm(), snap)
+    for key, value in (("cpus", 0), ("mem", 1 << 60), ("console", "vga")):
+        snap = _snap()
+        snap.manifest["machine"]["config"][key] = value
+        with pytest.raises(fmt.SnapshotError, match="configuration is invalid"):
+            ms.check(FakeKvm(), snap)
+
+
+def test_missing_disk_is_refused_before_anything_starts(monkeypatch):
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
+    with pytest.raises(UsageProblem, match="disk /d/disk.img does not exist"):
+        ms.check(FakeKvm(), _snap())
