@@ -1,7 +1,8 @@
 """Readable views of snapshots: ``inspect`` (one) and ``diff`` (two). Pure."""
 from __future__ import annotations
 
-from typing import Dict, List
+import base64
+from typing import Dict, List, Tuple
 
 from .. import regs
 from . import format as fmt
@@ -54,7 +55,7 @@ def inspect(snap: fmt.Snapshot) -> Dict:
 def render_inspect(info: Dict) -> str:
     lines = [f"pyvmm snapshot, format {info['format_version']}, kind {info['kind']}, "
              f"by {info['created_by']} on {info['host'].get('machine')} {info['host'].get('kernel')}"]
-    lines.append(f"machine: {info['machine']}")
+    lines += _machine_lines(info["machine"])
     for r in info["memory"]:
         lines.append(f"memory: {r['gpa']} {r['size'] >> 20} MiB, {r['stored_pages']} non-zero pages stored "
                      f"({r['blob_bytes']} bytes)")
@@ -70,13 +71,70 @@ def render_inspect(info: Dict) -> str:
     return "\n".join(lines)
 
 
+def differences(a, b, path: str = "") -> List[Tuple[str, object, object]]:
+    """(path, a, b) for each leaf at which two JSON-like values differ: a
+    changed GIC register word shows as machine.gic.state.dist.ISPENDR[2]."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += differences(a.get(k), b.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += differences(x, y, f"{path}[{i}]")
+        return out
+    return [] if a == b else [(path, a, b)]
+
+
+def _show(v) -> str:
+    if isinstance(v, int) and not isinstance(v, bool) and v > 9:
+        return f"{v:#x}"
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_VIRTIO_NAMES = {2: "virtio-blk", 3: "virtio-console"}
+
+
+def _machine_lines(machine: Dict) -> List[str]:
+    """The machine in a few lines (--json has all of it)."""
+    config, gic, devices = machine.get("config"), machine.get("gic"), machine.get("devices")
+    if not config:  # a bare-metal snapshot: its machine dict is small
+        return [f"machine: {machine}"]
+    lines = [f"machine: {config.get('cpus')} vCPUs, {int(config.get('mem', 0)) >> 20} MiB, "
+             f"console {config.get('console')}, SVE {'on' if config.get('sve') else 'off'}"
+             f"{', SME up to ' + str(config['sme_max_vl']) + ' bits' if config.get('sme_max_vl') else ''}, "
+             f"CNTFRQ {machine.get('cntfrq')} Hz, kernel {config.get('kernel') or config.get('firmware')}"]
+    for d in config.get("disks", []):
+        lines.append(f"disk: {d['path']}{' (read-only)' if d.get('readonly') else ''}")
+    if isinstance(gic, dict):
+        state = gic.get("state") or {}
+        pending = sum(bin(w).count("1") for w in (state.get("dist") or {}).get("ISPENDR", []))
+        enabled = sum(bin(w).count("1") for w in (state.get("dist") or {}).get("ISENABLER", []))
+        lines.append(f"gic: {gic.get('model')}, {state.get('nr_irqs')} interrupts, "
+                     f"{enabled} SPIs enabled, {pending} pending")
+    if isinstance(devices, dict):
+        uart = devices.get("uart") or {}
+        lines.append(f"pl011: interrupt line {'high' if uart.get('level') else 'low'}, "
+                     f"{len(base64.b64decode(uart.get('rx', '')))} input bytes pending")
+        for v in devices.get("virtio", []):
+            st = v.get("state", {})
+            ready = sum(1 for q in st.get("queues", []) if q.get("ready"))
+            lines.append(f"{_VIRTIO_NAMES.get(v.get('device_id'), 'virtio device ' + str(v.get('device_id')))} "
+                         f"at {int(v.get('base', 0)):#x}: status {st.get('status', 0):#x}, "
+                         f"{ready} of {len(st.get('queues', []))} queues ready"
+                         f"{', error: ' + st['error'] if st.get('error') else ''}")
+    return lines
+
+
 def diff(a: fmt.Snapshot, b: fmt.Snapshot) -> List[str]:
     """Only what changed: machine fields, registers by name, memory pages."""
     out: List[str] = []
     ma, mb = a.manifest.get("machine", {}), b.manifest.get("machine", {})
-    for key in sorted(set(ma) | set(mb)):
-        if key != "memory" and ma.get(key) != mb.get(key):
-            out.append(f"machine.{key}: {ma.get(key)!r} -> {mb.get(key)!r}")
+    for path, x, y in differences({k: v for k, v in ma.items() if k != "memory"},
+                                  {k: v for k, v in mb.items() if k != "memory"}, "machine"):
+        out.append(f"{path}: {_show(x)} -> {_show(y)}")
     sa = {s.index: s for s in vcpu_states(a)}
     sb = {s.index: s for s in vcpu_states(b)}
     for idx in sorted(set(sa) | set(sb)):
@@ -104,9 +162,8 @@ def diff(a: fmt.Snapshot, b: fmt.Snapshot) -> List[str]:
         if gpa not in ra or gpa not in rb or ra[gpa]["size"] != rb[gpa]["size"]:
             out.append(f"memory at {int(gpa):#x}: layout differs")
             continue
-        pa, pb = {}, {}
-        memory_image.unpack_into(a.blobs[ra[gpa]["blob"]], int(ra[gpa]["size"]), pa.__setitem__)
-        memory_image.unpack_into(b.blobs[rb[gpa]["blob"]], int(rb[gpa]["size"]), pb.__setitem__)
+        pa = memory_image.pages(a.blobs[ra[gpa]["blob"]], int(ra[gpa]["size"]))
+        pb = memory_image.pages(b.blobs[rb[gpa]["blob"]], int(rb[gpa]["size"]))
         zero = bytes(memory_image.PAGE)
         changed = [off for off in sorted(set(pa) | set(pb)) if pa.get(off, zero) != pb.get(off, zero)]
         if changed:

@@ -102,3 +102,14 @@ def unpack_into(blob, size: int, write: Callable[[int, bytes], None],
     if progress:
         progress(size, size)
     return count
+
+
+def pages(blob, size: int) -> dict:
+    """{offset: page bytes} of every stored page (for comparing snapshots)."""
+    out = {}
+
+    def split(offset: int, data) -> None:
+        for i in range(0, len(data), PAGE):
+            out[offset + i] = bytes(data[i:i + PAGE])
+    unpack_into(blob, size, split)
+    return out
