@@ -57,7 +57,8 @@ PROG = "bench/snapshot"
 FILL_FRACTION = 4          # the guest dirties 1/FILL_FRACTION of its RAM
 TICK = re.compile(rb"tick (\d+)")
 BOOT_TIMEOUT = 600         # boot + fill, seconds (512 MiB under emulation takes a while)
-STEP_TIMEOUT = 600         # one snapshot or one restore
+STEP_TIMEOUT = 600         # one snapshot, or one restore up to running
+RESTORE_TIMEOUT = 300      # from a restored (running) VMM to its first tick
 POLL = 0.01                # QMP polling interval
 TARGET_RESTORE = 0.5
 TARGET_SIZE = 1.0
@@ -371,7 +372,7 @@ def round_qemu(k, i, mib, tmp):
                 raise BenchError(f"QEMU -incoming: not running within {STEP_TIMEOUT} s ({status})")
             time.sleep(POLL)
         t_running = time.monotonic() - dst.t0
-        n, t = dst.wait_tick(-1, STEP_TIMEOUT, f"QEMU {mib} MiB restore")
+        n, t = dst.wait_tick(-1, RESTORE_TIMEOUT, f"QEMU {mib} MiB restore")
         if n <= before:
             raise BenchError(f"QEMU restore: first tick {n} is not after the last one before the snapshot ({before})")
         return {"snapshot": t_snap, "size": size, "restore": t - dst.t0, "running": t_running, "cont": cont}
@@ -393,6 +394,9 @@ def round_pyvmm(k, i, mib, tmp, clock):
     try:
         src = Vmm("pyvmm", pyvmm_run_cmd(k, i, mib, csock), tmp)
         src.wait_tick(-1, BOOT_TIMEOUT, f"pyvmm {mib} MiB boot")
+        # the client's own start-up, part of the snapshot time below (context, not a target)
+        t_cli, _, _ = run_tool([sys.executable, "-m", "pyvmm", "snapshot", "--help"], STEP_TIMEOUT,
+                               "pyvmm snapshot --help")
         before = src.console.last_tick()
         t_snap, _, _ = run_tool([sys.executable, "-m", "pyvmm", "snapshot", csock, snap], STEP_TIMEOUT,
                                 f"pyvmm {mib} MiB snapshot")
@@ -414,10 +418,20 @@ def round_pyvmm(k, i, mib, tmp, clock):
         if clock != "default":
             cmd += ["--clock", clock]
         dst = Vmm("pyvmm-restore", cmd, tmp)
-        n, t = dst.wait_tick(-1, STEP_TIMEOUT, f"pyvmm {mib} MiB restore")
+        try:
+            n, t = dst.wait_tick(-1, RESTORE_TIMEOUT, f"pyvmm {mib} MiB restore")
+        except BenchError as e:
+            if dst.p.poll() is None:  # still running: what does its control socket say?
+                try:
+                    _, out, err = run_tool([sys.executable, "-m", "pyvmm", "status", rsock], 60, "pyvmm status")
+                    said = " ".join((out + err).decode(errors="replace").split())
+                except BenchError as e2:
+                    said = str(e2)
+                raise BenchError(f"{e}; pyvmm status {rsock}: {said[-400:]}") from None
+            raise
         if n <= before:
             raise BenchError(f"pyvmm restore: first tick {n} is not after the last one before the snapshot ({before})")
-        return {"snapshot": t_snap, "size": size, "restore": t - dst.t0, "resumed": resumed}
+        return {"snapshot": t_snap, "size": size, "restore": t - dst.t0, "resumed": resumed, "cli": t_cli}
     finally:
         for v in (src, dst):
             if v:
@@ -440,13 +454,13 @@ def report(results, sizes, vmms, rounds, clock):
     print(f"\n## Live snapshot + restore: pyvmm vs QEMU migrate to file ({rounds} rounds each, medians; "
           f"1 vCPU, Debian kernel, busybox initramfs, PL011 console)\n")
     print(f"Guest: fills 1/{FILL_FRACTION} of RAM with non-zero data in tmpfs (1 MiB from /dev/urandom, repeated),\n"
-          "then prints `tick N` every 0.2 s; kernel arguments `quiet cma=0`. Files in the test machine's /tmp (tmpfs).\n"
+          f"then prints `tick N` every 0.2 s; kernel arguments `quiet cma=0`. Files in {tempfile.gettempdir()}.\n"
           "Snapshot time: pyvmm = wall time of `pyvmm snapshot SOCK FILE` (pause, write, resume);\n"
           "QEMU = QMP stop + migrate file:FILE until query-migrate says completed.\n"
           "Restore to running: spawn of `pyvmm restore FILE` / `qemu-system-aarch64 ... -incoming file:FILE`\n"
           f"(+ QMP cont once loaded) until the first new tick line on its console. pyvmm restore --clock {clock}.")
     for mib in sizes:
-        p = {m: median([r[m] for r in results[mib].get("pyvmm", [])]) for m in ("snapshot", "size", "restore")}
+        p = {m: median([r[m] for r in results[mib].get("pyvmm", [])]) for m in ("snapshot", "size", "restore", "cli")}
         q = {m: median([r[m] for r in results[mib].get("qemu", [])])
              for m in ("snapshot", "size", "restore", "running")}
 
@@ -469,6 +483,8 @@ def report(results, sizes, vmms, rounds, clock):
               f"{fmt(ratio('size'))} | {target('size', TARGET_SIZE)} |")
         print(f"| restore to running (first new tick) | {fmt(p['restore'], ' s')} | {fmt(q['restore'], ' s')} | "
               f"{fmt(ratio('restore'))} | {target('restore', TARGET_RESTORE)} |")
+        if "pyvmm" in vmms:
+            print(f"| pyvmm: CLI start-up (`pyvmm snapshot --help`) | {fmt(p['cli'], ' s')} | | | |")
         if "qemu" in vmms:
             print(f"| QEMU: spawn to query-status running | | {fmt(q['running'], ' s')} | | |")
         if "pyvmm" in vmms and not all(r["resumed"] for r in results[mib].get("pyvmm", [])):
@@ -521,8 +537,9 @@ def main(argv):
                 for name in vmms:
                     r = round_pyvmm(k, i, mib, tmp, args.clock) if name == "pyvmm" else round_qemu(k, i, mib, tmp)
                     results[mib][name].append(r)
-                    extra = (f", query-status running {r['running']:.2f} s"
-                             f"{' (after cont)' if r['cont'] else ''}") if name == "qemu" else ""
+                    extra = (f", CLI start-up {r['cli']:.2f} s" if name == "pyvmm" else "") + (
+                        f", query-status running {r['running']:.2f} s"
+                        f"{' (after cont)' if r['cont'] else ''}" if name == "qemu" else "")
                     print(f"bench: {mib} MiB round {n + 1}/{args.rounds} {name}: snapshot {r['snapshot']:.2f} s, "
                           f"{r['size'] / (1 << 20):.1f} MiB, restore to tick {r['restore']:.2f} s{extra}",
                           file=sys.stderr, flush=True)
