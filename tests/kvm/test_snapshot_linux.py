@@ -8,6 +8,7 @@ import base64
 import json
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from pyvmm import regs
 from pyvmm.control import ControlError, call
 from pyvmm.errors import UsageProblem
 from pyvmm.snapshot import format as fmt
+from pyvmm.snapshot.describe import differences
 from pyvmm.snapshot import vm_snapshot
 from test_run_support import Running, guest_files, pyvmm
 
@@ -54,6 +56,18 @@ def ctl(*args, timeout=300):
     return r.stdout.decode()
 
 
+def finish(r, timeout=600):
+    """Wait for a Running pyvmm to exit; on timeout, kill it and fail with
+    what its guest printed."""
+    try:
+        return r.wait_exit(timeout)
+    except subprocess.TimeoutExpired:
+        r.p.kill()
+        r.p.wait(30)
+        raise AssertionError(f"pyvmm did not exit within {timeout} s; console tail: "
+                             f"{bytes(r.out[-3000:]).decode(errors='replace')!r}") from None
+
+
 def wait_ready(sock, timeout=300):
     """Until the VMM on ``sock`` has built its VM (the socket is there first)."""
     deadline = time.monotonic() + timeout
@@ -63,21 +77,6 @@ def wait_ready(sock, timeout=300):
         except (UsageProblem, ControlError):
             assert time.monotonic() < deadline, f"no VM ready on {sock} within {timeout} s"
             time.sleep(0.2)
-
-
-def differences(a, b, path=""):
-    """The paths at which two JSON-like values differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += differences(a.get(k), b.get(k), f"{path}.{k}")
-        return out
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        out = []
-        for i, (x, y) in enumerate(zip(a, b)):
-            out += differences(x, y, f"{path}[{i}]")
-        return out
-    return [] if a == b else [(path, a, b)]
 
 
 TIMER_PPIS = (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30)  # EL2 physical/virtual, virtual, physical timers
@@ -150,8 +149,15 @@ def test_counter_guest_snapshot_kill_restore_in_new_process(tmp_path):
         assert len(x.registers) == len(y.registers) and changed == [], f"vcpu{x.index}: {changed}"
     assert mem_a == mem_b
 
+    shown = ctl("inspect", snap1)  # the CLI reads machine snapshots too
+    assert "2 vCPUs, 256 MiB, console serial" in shown and "gic: gicv3" in shown, shown[:2000]
+    r = pyvmm("diff", snap1, snap2, timeout=300)
+    assert r.returncode == 3, r.stderr  # they differ, in time only
+    changed = r.stdout.decode()
+    assert "CNTVCT_EL0" in changed and "memory" not in changed, changed[:2000]
+
     ctl("resume", sock2)
-    err = back.wait_exit(600)
+    err = finish(back, 400)
     text = bytes(back.out).decode(errors="replace")
     assert back.p.returncode == 0, (err, text[-2000:])
     after = counts(text)
@@ -177,7 +183,7 @@ def test_virtio_console_and_disk_continue_after_restore(tmp_path):
     n = counts(bytes(vm.out).decode(errors="replace"))[-1]
 
     back = Running(["restore", snap, "--clock", "keep"])
-    err = back.wait_exit(600)
+    err = finish(back, 400)
     text = bytes(back.out).decode(errors="replace")
     assert back.p.returncode == 0, (err, text[-2000:])
     after = counts(text)
