@@ -9,9 +9,10 @@ coalesced-MMIO ring is drained, so device models and registers agree.
 
 Restore checks everything it can before creating a VM (kind, CNTFRQ, GIC
 model, SME availability, disk files), then builds the machine in this order:
-VM and RAM -> each vCPU through the SME restore planner (INIT, vector
-lengths, ID registers, FINALIZE, SVCR first, ...) -> vGIC created and
-initialised -> vGIC state -> devices and their state -> guest memory.
+VM and RAM -> each vCPU created and initialised (features, vector lengths,
+MPIDR) -> vGIC created and initialised -> vGIC state -> each vCPU's registers
+through the SME restore planner (ID registers, FINALIZE, SVCR first, ...,
+the timers with the rest) -> devices and their state -> guest memory.
 """
 from __future__ import annotations
 
@@ -147,13 +148,23 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     if m.mem.regions[0].gpa != int(region["gpa"]):
         raise fmt.SnapshotError(f"snapshot RAM at {int(region['gpa']):#x} is not where pyvmm puts it")
     m.sme_bit = machine.get("sme_bit")
-    cntfrq = hostinfo.cntfrq()
-    for st in sorted(states, key=lambda s: s.index):
+    if clock not in vcpu_state.CLOCK_POLICIES:
+        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
+    states = sorted(states, key=lambda s: s.index)
+    for st in states:
         v = m.vm.create_vcpu(st.index)
-        vcpu_state.restore(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
+        vcpu_state.init(v, st)  # features, vector lengths, MPIDR
         m.add_vcpu(v, st.features)
+    # The vGIC before the vCPU registers: writing a timer register makes KVM
+    # compute the timer's interrupt line and raise it in the vGIC; before the
+    # vGIC exists that is lost, and the timer line stays dead (the guest
+    # never gets another tick). The timers' own PPI levels therefore come from
+    # the timer registers, written last, not from the saved vGIC line levels.
     m.create_devices()
     m.gic.restore(machine["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
+    cntfrq = hostinfo.cntfrq()
+    for v, st in zip(m.vcpus, states):
+        vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
     devices = machine["devices"]
     m.uart.load_state(devices["uart"])
     saved_virtio = devices.get("virtio", [])

@@ -153,8 +153,17 @@ def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "
     watchdogs and RCU stall detector stay quiet, as with QEMU's default on
     arm64) or "keep" (they advance by the wall time since the save, so the
     guest's clock stays right but its kernel sees all that time pass at once)."""
-    if clock not in CLOCK_POLICIES:
-        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
+    init(vcpu, state, target)
+    return write(vcpu, state, clock, cntfrq, sme_bit)
+
+
+def init(vcpu, state: VcpuState, target: Optional[int] = None) -> None:
+    """First half of :func:`restore`: KVM_ARM_VCPU_INIT with the saved
+    features, the saved vector-length sets (refused with the reason when the
+    host cannot offer them) and MPIDR_EL1. A machine restore does this for
+    every vCPU, then creates and restores the vGIC, then calls :func:`write`:
+    the timer registers must reach a vCPU whose interrupt controller is
+    ready, or KVM records the timer's line as raised without raising it."""
     vcpu.arm_vcpu_init(state.features, target)
     for reg_id, vqs, label in ((regs.SVE_VLS, state.sve_vls, "SVE"), (regs.SME_VLS, state.sme_vls, "SME")):
         if vqs is None:
@@ -164,6 +173,18 @@ def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "
         except KvmError as e:
             raise UsageProblem(f"this host cannot offer the snapshot's {label} vector lengths "
                                f"{[128 * q for q in vqs]} ({e.strerror})") from None
+    mpidr = state.register_map().get(regs.MPIDR_EL1)
+    if mpidr is not None:  # the vGIC routes by it (IROUTER) before the other registers come
+        _write_id_register(vcpu, regs.MPIDR_EL1, mpidr)
+
+
+def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = None,
+          sme_bit: Optional[int] = None) -> int:
+    """Second half of :func:`restore`: every register in the ABI page §6
+    order (ID registers, FINALIZE, SVCR first, ...), vCPU events, MP state.
+    Returns the number of ONE_REG writes."""
+    if clock not in CLOCK_POLICIES:
+        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
     values = state.register_map()
     elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
     time_ids = {regs.sysreg_named(n) for n in _TIME_REGS}
