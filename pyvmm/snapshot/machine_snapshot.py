@@ -161,7 +161,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     # never gets another tick). The timers' own PPI levels therefore come from
     # the timer registers, written last, not from the saved vGIC line levels.
     m.create_devices()
-    m.gic.restore(machine["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
+    m.gic.restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
     cntfrq = hostinfo.cntfrq()
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
@@ -182,6 +182,28 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
                                  lambda off, data: mem.write(base + off, data), progress)
     except (KeyError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+
+
+# The architected timers' PPIs (INTID = 16 + PPI number) as bits of the
+# redistributor's PPI line-level word.
+TIMER_PPI_BITS = sum(1 << (16 + ppi) for ppi in (layout.TIMER_PPI_SEC, layout.TIMER_PPI_PHYS,
+                                                 layout.TIMER_PPI_VIRT, layout.TIMER_PPI_HYP))
+
+
+def _without_timer_levels(state: Dict) -> Dict:
+    """The saved vGIC state with the timer PPIs' line levels low. KVM's timer
+    code owns those lines: it raises or lowers them only when the timer's
+    condition changes from what it last signalled, which for a fresh vCPU
+    is "low". A saved "high" written into the vGIC would stay high for ever
+    once the restored timer is not firing: the guest would take the timer
+    interrupt again after every EOI (a CPU livelocked in its timer handler).
+    The vCPU's timer registers, written after the vGIC, raise the line when
+    the timer really fires."""
+    try:
+        redist = [dict(r, LINE_LEVEL=int(r["LINE_LEVEL"]) & ~TIMER_PPI_BITS) for r in state["redist"]]
+    except (KeyError, TypeError, ValueError):
+        return state  # malformed: VgicV3.restore refuses it with the reason
+    return dict(state, redist=redist)
 
 
 def saved_at(snap: fmt.Snapshot) -> float:

@@ -59,3 +59,14 @@ def test_missing_disk_is_refused_before_anything_starts(monkeypatch):
     monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
     with pytest.raises(UsageProblem, match="disk /d/disk.img does not exist"):
         ms.check(FakeKvm(), _snap())
+
+
+def test_timer_ppi_levels_are_left_to_the_timers():
+    """The vtimer (PPI 11 = INTID 27), ptimer (30), secure (29) and hyp (26)
+    line levels are cleared before the vGIC restore; other PPIs are kept."""
+    state = {"nr_irqs": 128, "redist": [{"LINE_LEVEL": (1 << 27) | (1 << 30) | (1 << 23)},
+                                        {"LINE_LEVEL": (1 << 26) | (1 << 29)}]}
+    out = ms._without_timer_levels(state)
+    assert [r["LINE_LEVEL"] for r in out["redist"]] == [1 << 23, 0]
+    assert state["redist"][0]["LINE_LEVEL"] == (1 << 27) | (1 << 30) | (1 << 23)  # the snapshot is untouched
+    assert ms._without_timer_levels({"redist": "junk"}) == {"redist": "junk"}  # left for restore to refuse

@@ -75,6 +75,17 @@ class Running:
         self.t.join(5)
         return self.p.stderr.read()
 
+    def finish(self, timeout: float = 400):
+        """wait_exit, but a pyvmm still running after ``timeout`` is killed
+        and the test fails with what its guest printed last."""
+        try:
+            return self.wait_exit(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(30)
+            raise AssertionError(f"pyvmm did not exit within {timeout} s; console tail: "
+                                 f"{bytes(self.out[-3000:]).decode(errors='replace')!r}") from None
+
 
 # ---- A64 encodings (Arm ARM C6) ----------------------------------------------------
 

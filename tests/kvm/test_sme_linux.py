@@ -140,7 +140,7 @@ def test_sme_program_continues_after_snapshot_kill_restore(host, tmp_path):
     before = bytes(vm.out).decode(errors="replace")
 
     back = Running(["restore", chosen])
-    err = back.wait_exit(600)
+    err = back.finish(400)
     after = bytes(back.out).decode(errors="replace")
     assert back.p.returncode == 0, (err, after[-2000:])
     rounds = [(int(n), r) for n, r in re.findall(r"round (\d+): (\d+ \d+)", after)]

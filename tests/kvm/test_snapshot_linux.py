@@ -8,7 +8,6 @@ import base64
 import json
 import re
 import signal
-import subprocess
 import time
 
 import pytest
@@ -17,6 +16,7 @@ from pyvmm import regs
 from pyvmm.control import ControlError, call
 from pyvmm.errors import UsageProblem
 from pyvmm.snapshot import format as fmt
+from pyvmm.snapshot import machine_snapshot
 from pyvmm.snapshot.describe import differences
 from pyvmm.snapshot import vm_snapshot
 from test_run_support import Running, guest_files, pyvmm
@@ -56,18 +56,6 @@ def ctl(*args, timeout=300):
     return r.stdout.decode()
 
 
-def finish(r, timeout=600):
-    """Wait for a Running pyvmm to exit; on timeout, kill it and fail with
-    what its guest printed."""
-    try:
-        return r.wait_exit(timeout)
-    except subprocess.TimeoutExpired:
-        r.p.kill()
-        r.p.wait(30)
-        raise AssertionError(f"pyvmm did not exit within {timeout} s; console tail: "
-                             f"{bytes(r.out[-3000:]).decode(errors='replace')!r}") from None
-
-
 def wait_ready(sock, timeout=300):
     """Until the VMM on ``sock`` has built its VM (the socket is there first)."""
     deadline = time.monotonic() + timeout
@@ -79,7 +67,6 @@ def wait_ready(sock, timeout=300):
             time.sleep(0.2)
 
 
-TIMER_PPIS = (1 << 26) | (1 << 27) | (1 << 28) | (1 << 30)  # EL2 physical/virtual, virtual, physical timers
 
 
 def without_time(snap):
@@ -99,7 +86,7 @@ def without_time(snap):
     # The timer PPIs' line levels are KVM's view of the timers against the
     # counter, which runs on between restore and the second snapshot.
     for redist in man["machine"]["gic"]["state"]["redist"]:
-        redist["LINE_LEVEL"] &= ~TIMER_PPIS
+        redist["LINE_LEVEL"] &= ~machine_snapshot.TIMER_PPI_BITS
     vcpus = []
     for st in vm_snapshot.vcpu_states(snap):
         st.saved_at_ns = 0
@@ -157,7 +144,7 @@ def test_counter_guest_snapshot_kill_restore_in_new_process(tmp_path):
     assert "CNTVCT_EL0" in changed and "memory" not in changed, changed[:2000]
 
     ctl("resume", sock2)
-    err = finish(back, 400)
+    err = back.finish(400)
     text = bytes(back.out).decode(errors="replace")
     assert back.p.returncode == 0, (err, text[-2000:])
     after = counts(text)
@@ -183,7 +170,7 @@ def test_virtio_console_and_disk_continue_after_restore(tmp_path):
     n = counts(bytes(vm.out).decode(errors="replace"))[-1]
 
     back = Running(["restore", snap, "--clock", "keep"])
-    err = finish(back, 400)
+    err = back.finish(400)
     text = bytes(back.out).decode(errors="replace")
     assert back.p.returncode == 0, (err, text[-2000:])
     after = counts(text)
