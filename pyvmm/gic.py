@@ -199,7 +199,14 @@ class VgicV3:
         # 6. CPU interface: ICC_SRE_EL1 first; ICC_CTLR_EL1 before ICC_APxRn
         #    (its PRIbits sets how many APRs exist) and before ICC_BPR1_EL1 (with
         #    CBPR set, BPR1 is an alias of BPR0 and KVM ignores the write).
-        # 7. GICD_CTLR (the distributor enable) last.
+        # 7. GICD_CTLR (the distributor enable) right after GICD_IIDR, before
+        #    any pending, level or enable state: KVM puts a pending interrupt
+        #    on its target vCPU's list only when that state is written while
+        #    the distributor is enabled (vgic_queue_irq_unlock asks the target
+        #    oracle, which answers "nobody" while it is disabled), and enabling
+        #    the distributor later does not look for interrupts already pending.
+        #    Written last, a level interrupt pending at the snapshot (a virtio
+        #    completion) was never delivered after restore.
         dist, nr = state["dist"], state["nr_irqs"]
         try:
             self.write_dist(GICD_IIDR, dist["GICD_IIDR"])
@@ -208,6 +215,7 @@ class VgicV3:
                 raise
             _bad(f"this host's KVM does not implement the saved GICD_IIDR {dist['GICD_IIDR']:#x} "
                  f"(its own is {self.read_dist(GICD_IIDR):#x})")
+        self.write_dist(GICD_CTLR, dist["GICD_CTLR"])  # step 7, see above
         for i, m in enumerate(mpidrs):
             r = state["redist"][i]
             if "GICR_PROPBASER" in r:
@@ -248,7 +256,6 @@ class VgicV3:
                 self.write_cpu_sysreg(m, f"ICC_AP1R{n}_EL1", value)
             for name in ("ICC_IGRPEN0_EL1", "ICC_IGRPEN1_EL1"):
                 self.write_cpu_sysreg(m, name, c[name])
-        self.write_dist(GICD_CTLR, dist["GICD_CTLR"])
 
     def _write_dist_bank(self, name: str, words: List[int], nr: int) -> None:
         set_off, clear_off, bpi = _DIST_BANK_BY_NAME[name]
