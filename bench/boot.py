@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+from _common import env, guest_files
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "5"))
@@ -34,13 +36,7 @@ THROUGHPUT_BYTES = {"serial": int(os.environ.get("PYVMM_BENCH_UART_BYTES", "8192
                     "virtio": int(os.environ.get("PYVMM_BENCH_VIRTIO_BYTES", "262144"))}
 
 
-def guest_files():
-    k = os.environ.get("PYVMM_GUEST_KERNEL") or os.path.join(CHECKOUT, "out", "guest", "Image")
-    i = os.environ.get("PYVMM_GUEST_INITRD") or os.path.join(CHECKOUT, "out", "guest", "initramfs.cpio.gz")
-    for f in (k, i):
-        if not os.path.isfile(f):
-            sys.exit(f"bench: {f} missing: run guests/linux/build first")
-    return k, i
+
 
 
 class Watched:
@@ -128,11 +124,6 @@ def qemu_cmd(k, i, params, console="serial"):
     return cmd
 
 
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = CHECKOUT
-    e.pop("PYTHONDONTWRITEBYTECODE", None)
-    return e
 
 
 def throughput_script(n):

@@ -51,6 +51,8 @@ import tempfile
 import threading
 import time
 
+from _common import env, guest_files
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 PROG = "bench/snapshot"
@@ -73,11 +75,6 @@ class BenchError(Exception):
 LIVE = set()  # every child process still to be killed on the way out
 
 
-def env():
-    e = dict(os.environ)
-    e["PYTHONPATH"] = CHECKOUT
-    e.pop("PYTHONDONTWRITEBYTECODE", None)
-    return e
 
 
 def kill_group(p):
@@ -272,13 +269,7 @@ class Qmp:
 
 # -- guest and VMM command lines --------------------------------------------
 
-def guest_files():
-    k = os.environ.get("PYVMM_GUEST_KERNEL") or os.path.join(CHECKOUT, "out", "guest", "Image")
-    i = os.environ.get("PYVMM_GUEST_INITRD") or os.path.join(CHECKOUT, "out", "guest", "initramfs.cpio.gz")
-    for f in (k, i):
-        if not os.path.isfile(f):
-            sys.exit(f"{PROG}: error: {f} missing: run guests/linux/build first")
-    return k, i
+
 
 
 def workload(mib):
@@ -522,9 +513,9 @@ def main(argv):
     args = parse_args(argv)
     if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
         run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files()
+        guest_files(PROG)
         os.execv(run, [run, "--", "python3", "bench/snapshot.py", *argv])
-    k, i = guest_files()
+    k, i = guest_files(PROG)
     vmms = [args.only] if args.only else ["pyvmm", "qemu"]
     # The checkout's bytecode, as an installed pyvmm would have it (see bench/boot.py).
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)

@@ -1,0 +1,27 @@
+"""What the benchmarks share: where the checkout is, the guest's files, the
+environment pyvmm runs in. (Imported by bench/*.py, which put this
+directory on sys.path by being run as scripts.)"""
+from __future__ import annotations
+
+import os
+import sys
+
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def guest_files(prog: str = "bench"):
+    """(Image, initramfs): $PYVMM_GUEST_KERNEL / $PYVMM_GUEST_INITRD, else guests/linux/build's output."""
+    k = os.environ.get("PYVMM_GUEST_KERNEL") or os.path.join(CHECKOUT, "out", "guest", "Image")
+    i = os.environ.get("PYVMM_GUEST_INITRD") or os.path.join(CHECKOUT, "out", "guest", "initramfs.cpio.gz")
+    for f in (k, i):
+        if not os.path.isfile(f):
+            sys.exit(f"{prog}: error: {f} missing: run guests/linux/build first")
+    return k, i
+
+
+def env():
+    """This environment with the checkout's pyvmm importable (``python3 -m pyvmm``)."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = CHECKOUT
+    e.pop("PYTHONDONTWRITEBYTECODE", None)
+    return e
