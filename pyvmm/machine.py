@@ -131,16 +131,15 @@ class Payload:
                 done += len(chunk)
 
 
-def prepare(config: MachineConfig) -> Payload:
-    """Validate options and files; raise UsageProblem with the reason."""
+def check_options(config: MachineConfig) -> None:
+    """The checks on the configuration's values alone (no files): raise
+    UsageProblem with the reason. Also used on a snapshot's configuration."""
     if not 1 <= config.cpus <= layout.MAX_VCPUS:
         raise UsageProblem(f"--cpus {config.cpus}: pyvmm runs 1 to {layout.MAX_VCPUS} vCPUs")
     if config.console not in ("serial", "virtio"):
         raise UsageProblem(f"--console {config.console!r}: choose serial or virtio")
     if config.on_reboot not in ("restart", "exit"):
         raise UsageProblem(f"--on-reboot {config.on_reboot!r}: choose restart or exit")
-    if bool(config.kernel) == bool(config.firmware):
-        raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
     layout.check_ram(config.mem)
     if config.sve_max_vl is not None:
         parse_vl(config.sve_max_vl, "--sve-max-vl")
@@ -148,6 +147,15 @@ def prepare(config: MachineConfig) -> Payload:
         parse_vl(config.sme_max_vl, "--sme-max-vl")
     if not config.sve and config.sve_max_vl is not None:
         raise UsageProblem("--sve-max-vl and --no-sve contradict each other")
+    if len(config.disks) + (config.console == "virtio") > layout.VIRTIO_SLOTS:
+        raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
+
+
+def prepare(config: MachineConfig) -> Payload:
+    """Validate options and files; raise UsageProblem with the reason."""
+    check_options(config)
+    if bool(config.kernel) == bool(config.firmware):
+        raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
     for d in config.disks:
         if not os.path.isfile(d.path):
             raise UsageProblem(f"--disk {d.path}: no such file" if not os.path.exists(d.path)
@@ -155,8 +163,6 @@ def prepare(config: MachineConfig) -> Payload:
         if not os.access(d.path, os.R_OK if d.readonly else os.R_OK | os.W_OK):
             raise UsageProblem(f"--disk {d.path}: permission denied"
                                + ("" if d.readonly else " (add ,ro for a read-only disk)"))
-    if len(config.disks) + (config.console == "virtio") > layout.VIRTIO_SLOTS:
-        raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
     initrd = None
     if config.initrd:
         initrd = image.read_file(config.initrd, "initrd")
@@ -409,18 +415,23 @@ class Machine:
                                       "built by ci/qemu-aarch64/kernel/build")
             sme_bit = found.bit
         self.sme_bit = sme_bit
+        # The INIT features a snapshot records (configure_vcpu adds the same
+        # SVE and SME bits itself); POWER_OFF is in the saved MP state instead.
+        features = [const("KVM_ARM_VCPU_PSCI_0_2")]
+        if use_sve:
+            features.append(const("KVM_ARM_VCPU_SVE"))
+        if sme_bit is not None:
+            features.append(sme_bit)
         for i in range(c.cpus):
             vcpu = self.vm.create_vcpu(i)
             extra = [const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else []
-            features = [const("KVM_ARM_VCPU_PSCI_0_2")]
             if use_sve or sme_bit is not None:
                 # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
                 configure_vcpu(vcpu, sme_bit, c.sve_max_vl if use_sve else None, c.sme_max_vl,
                                sve=use_sve, extra_features=extra,
                                sve_label="--sve-max-vl", sme_label="--sme-max-vl")
-                features += [f for f in (const("KVM_ARM_VCPU_SVE") if use_sve else None, sme_bit) if f is not None]
             else:
-                vcpu.arm_vcpu_init([const("KVM_ARM_VCPU_PSCI_0_2"), *extra])
+                vcpu.arm_vcpu_init([*features, *extra])
             self.add_vcpu(vcpu, features)
 
     def add_vcpu(self, vcpu, features: List[int]) -> None:
@@ -515,12 +526,10 @@ class Machine:
         park at once, so a restored machine can start paused)."""
         with self._pause_cv:
             self._pause_req = True
-            # Set under the lock: a thread leaving _park clears its own flag
-            # under the same lock, so a new pause can never be lost.
-            for v in self.vcpus:
-                if v.run_struct is not None:
-                    v.set_immediate_exit(True)
-        self._signal_threads()
+            # immediate_exit is set under the lock: a thread leaving _park
+            # clears its own flag under the same lock, so a new pause can
+            # never be lost.
+            self._kick()
 
     def pause(self, timeout: float = 30.0) -> None:
         """Stop every vCPU with its state consistent: KVM_RUN with
@@ -755,14 +764,6 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
     try:
         console_in.start()
         while True:
-            if payload is None and (resets or first_build is None):
-                try:
-                    payload = prepare(config)
-                except UsageProblem as e:
-                    outcome.status = ExitStatus.RESET
-                    outcome.reason = f"the guest asked for a reset, and its kernel cannot be booted again ({e})"
-                    outcome.resets = resets
-                    return outcome
             m = Machine(kvm, config, payload, output)
             try:
                 t_build = time.monotonic()
@@ -792,8 +793,13 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
                 # stopped while the guest was resetting: the stop is the answer
                 outcome.status, outcome.reason = stop_request[0]
             elif outcome.status == ExitStatus.RESET and config.on_reboot == "restart":
-                resets += 1
-                continue
+                try:
+                    if payload is None:  # the first machine came from a snapshot
+                        payload = prepare(config)
+                    resets += 1
+                    continue
+                except UsageProblem as e:
+                    outcome.reason = f"the guest asked for a reset, and its kernel cannot be booted again ({e})"
             outcome.resets = resets
             outcome.build_seconds = t_build
             outcome.mmio_trace = m.bus.trace

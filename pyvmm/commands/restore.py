@@ -56,7 +56,7 @@ def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
     kvm = open_kvm(kvm_path)
     try:
         config = machine_snapshot.check(kvm, data)
-        config.kvm_path, config.trace_mmio = kvm_path, debug
+        config.trace_mmio = debug
         if on_reboot:
             config.on_reboot = on_reboot
         bar = ProgressBar("restore")

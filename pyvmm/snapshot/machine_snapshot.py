@@ -23,11 +23,11 @@ from typing import Callable, Dict, Optional
 from .. import hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import DiskSpec, Machine, MachineConfig
+from ..machine import DiskSpec, Machine, MachineConfig, check_options
 from ..vcpu import mpidr_of
 from . import format as fmt
 from . import memory_image, vcpu_state
-from .vm_snapshot import header, vcpu_states
+from .vm_snapshot import check_cntfrq, header, vcpu_states
 
 KIND = "machine"
 GIC_MODEL = "gicv3"
@@ -97,24 +97,20 @@ def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
         machine = man["machine"]
         gic_model = machine["gic"]["model"]
         cntfrq = int(machine["cntfrq"])
-        config = config_from_json(machine["config"], getattr(kvm, "path", "/dev/kvm"))
+        config = config_from_json(machine["config"], kvm.path)
         regions = machine["memory"]
         machine["devices"]["uart"]
     except (KeyError, TypeError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot manifest is missing machine state ({e})") from None
-    if not 1 <= config.cpus <= layout.MAX_VCPUS or config.console not in ("serial", "virtio") \
-            or config.on_reboot not in ("restart", "exit") or not isinstance(config.sve, bool):
-        raise fmt.SnapshotError("snapshot machine configuration is invalid (vCPUs, console or reboot policy)")
     try:
-        layout.check_ram(config.mem)
+        if not isinstance(config.sve, bool):
+            raise UsageProblem(f"sve is {config.sve!r}, not true or false")
+        check_options(config)  # the checks pyvmm run makes on its options
     except UsageProblem as e:
         raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
     if gic_model != GIC_MODEL:
         raise UsageProblem(f"snapshot interrupt controller {gic_model!r} is not the {GIC_MODEL} pyvmm creates")
-    host_cntfrq = hostinfo.cntfrq()
-    if host_cntfrq != cntfrq:
-        raise UsageProblem(f"CNTFRQ differs: snapshot {cntfrq} Hz, this host {host_cntfrq} Hz",
-                           "restore on a host whose timer runs at the same frequency")
+    check_cntfrq(cntfrq)
     if len(man.get("vcpus", [])) != config.cpus:
         raise fmt.SnapshotError(f"snapshot holds {len(man.get('vcpus', []))} vCPUs for a {config.cpus}-vCPU machine")
     if len(regions) != 1 or int(regions[0]["size"]) != config.mem:
@@ -148,8 +144,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     if m.mem.regions[0].gpa != int(region["gpa"]):
         raise fmt.SnapshotError(f"snapshot RAM at {int(region['gpa']):#x} is not where pyvmm puts it")
     m.sme_bit = machine.get("sme_bit")
-    if clock not in vcpu_state.CLOCK_POLICIES:
-        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
+    vcpu_state.check_clock(clock)  # before any vCPU exists
     states = sorted(states, key=lambda s: s.index)
     for st in states:
         v = m.vm.create_vcpu(st.index)
@@ -162,7 +157,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     # the timer registers, written last, not from the saved vGIC line levels.
     m.create_devices()
     m.gic.restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
-    cntfrq = hostinfo.cntfrq()
+    cntfrq = hostinfo.cntfrq()  # this host's (check() refuses a snapshot taken at another)
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
     devices = machine["devices"]

@@ -157,6 +157,11 @@ def restore(vcpu, state: VcpuState, target: Optional[int] = None, clock: str = "
     return write(vcpu, state, clock, cntfrq, sme_bit)
 
 
+def check_clock(clock: str) -> None:
+    if clock not in CLOCK_POLICIES:
+        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
+
+
 def init(vcpu, state: VcpuState, target: Optional[int] = None) -> None:
     """First half of :func:`restore`: KVM_ARM_VCPU_INIT with the saved
     features, the saved vector-length sets (refused with the reason when the
@@ -183,8 +188,7 @@ def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = N
     """Second half of :func:`restore`: every register in the ABI page §6
     order (ID registers, FINALIZE, SVCR first, ...), vCPU events, MP state.
     Returns the number of ONE_REG writes."""
-    if clock not in CLOCK_POLICIES:
-        raise UsageProblem(f"clock policy {clock!r} is not 'hide' or 'keep'")
+    check_clock(clock)
     values = state.register_map()
     elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
     time_ids = {regs.sysreg_named(n) for n in _TIME_REGS}

@@ -50,6 +50,16 @@ def take(bm: BareMetal, features, sme_bit: Optional[int] = None,
     return fmt.Snapshot(manifest, blobs)
 
 
+def check_cntfrq(saved: int) -> int:
+    """This host's CNTFRQ_EL0, refusing a snapshot taken at another frequency
+    (the guest's counters and timer deadlines would run at a different pace)."""
+    host = hostinfo.cntfrq()
+    if host != saved:
+        raise UsageProblem(f"CNTFRQ differs: snapshot {saved} Hz, this host {host} Hz",
+                           "restore on a host whose timer runs at the same frequency")
+    return host
+
+
 def header(kind: str) -> dict:
     """The manifest keys every snapshot kind starts with."""
     return {"kind": kind, "created_by": f"pyvmm {__version__}", "created_at_ns": time.time_ns(),
@@ -80,10 +90,7 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
     try:
         if bm.mem.regions[0].gpa != int(region["gpa"]):
             raise UsageProblem(f"snapshot RAM at {int(region['gpa']):#x} is not where this runner puts it")
-        host_cntfrq = hostinfo.cntfrq()
-        if host_cntfrq != int(machine["cntfrq"]):
-            raise UsageProblem(f"CNTFRQ differs: snapshot {machine['cntfrq']} Hz, this host {host_cntfrq} Hz",
-                               "restore on a host whose timer runs at the same frequency")
+        host_cntfrq = check_cntfrq(int(machine["cntfrq"]))
         vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=host_cntfrq,
                            sme_bit=machine.get("sme_bit"))
         mem = bm.mem
