@@ -13,7 +13,7 @@ import threading
 from typing import Callable, Dict
 
 from ..boot import fdt
-from .state import StateReader, b64
+from .state import StateReader, b64, restore_line
 
 DR, RSR_ECR, FR, ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, RIS, MIS, ICR, DMACR = (
     0x000, 0x004, 0x018, 0x020, 0x024, 0x028, 0x02C, 0x030, 0x034, 0x038, 0x03C, 0x040, 0x044, 0x048)
@@ -173,10 +173,7 @@ class Pl011:
             self.regs, self.ris, self._level = regs, ris, level
             self._tx_since_full, self.tx_bytes = tx_since_full, tx_bytes
             self._rx = collections.deque(rx)
-            if level:
-                self._raise_irq(True)
-            elif was_high:
-                self._raise_irq(False)
+            restore_line(self._raise_irq, was_high, level)
 
 
 _STATE_REGS = {"ILPR": ILPR, "IBRD": IBRD, "FBRD": FBRD, "LCR_H": LCR_H, "CR": CR, "IFLS": IFLS,

@@ -15,6 +15,16 @@ def b64(data: bytes) -> str:
     return base64.b64encode(bytes(data)).decode("ascii")
 
 
+def restore_line(raise_irq, was_high: bool, level: bool) -> None:
+    """After a device took a saved state: raise a high line once, so the
+    interrupt controller (restored before the devices) holds it too; lower a
+    line that was high and is saved low."""
+    if level:
+        raise_irq(True)
+    elif was_high:
+        raise_irq(False)
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."

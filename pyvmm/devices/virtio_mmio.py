@@ -14,7 +14,7 @@ from typing import Callable, Dict, List
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
-from .state import StateReader
+from .state import StateReader, restore_line
 from .virtqueue import Virtqueue, VirtqueueError
 
 MAGIC = 0x74726976  # "virt"
@@ -288,10 +288,7 @@ class VirtioMmio:
             for q, attrs in zip(self.queues, queues):
                 q.apply_state(attrs)
             was_high, self._level = self._level, level
-            if level:
-                self._raise_irq(True)
-            elif was_high:
-                self._raise_irq(False)
+            restore_line(self._raise_irq, was_high, level)
 
     # -- device tree -------------------------------------------------------------
     def dt_node(self) -> fdt.Node:
