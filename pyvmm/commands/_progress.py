@@ -35,11 +35,10 @@ class ProgressBar:
         fill = int(frac * self.WIDTH)
         label = f"{self.label} {what}".strip()
         click.echo(f"\r{label} [{'#' * fill}{'.' * (self.WIDTH - fill)}] {frac * 100:3.0f}% "
-                   f"{done / MiB:.0f}/{total / MiB:.0f} MiB", nl=False, err=self.stream is sys.stderr,
-                   file=None if self.stream is sys.stderr else self.stream)
+                   f"{done / MiB:.0f}/{total / MiB:.0f} MiB", nl=False, file=self.stream)
         self._drawn = True
 
     def close(self) -> None:
         if self._drawn:
-            click.echo("", err=self.stream is sys.stderr, file=None if self.stream is sys.stderr else self.stream)
+            click.echo("", file=self.stream)
             self._drawn = False
