@@ -374,6 +374,12 @@ class Machine:
         self._pause_cv = threading.Condition()
         self._pause_req = False
         self._parked = 0
+        # Guest counters (CNTVCT, CNTPCT) read when the vCPUs stopped and
+        # written back on resume, so the guest never sees a pause (a long one
+        # would trip its RCU stall detector and watchdogs). Off: the counters
+        # run on while paused (pyvmm restore --clock keep).
+        self.hide_pauses = True
+        self._frozen_counters: Optional[List[int]] = None
         # Held by host-side input into devices (console) and by whoever saves
         # the machine, so a snapshot never sees a half-delivered input.
         self.io_lock = threading.RLock()
@@ -550,9 +556,22 @@ class Machine:
             raise GuestError("the guest stopped while being paused")
         if self.coalesced is not None:
             self.coalesced.drain()
+        self.freeze_clock()
+
+    def freeze_clock(self) -> None:
+        """Remember the guest's counters (vCPUs stopped) for :meth:`resume`."""
+        if self.hide_pauses and self._frozen_counters is None and self.vcpus:
+            self._frozen_counters = [self.vcpus[0].get_reg(r) for r in _COUNTERS]
 
     def resume(self) -> None:
         with self._pause_cv:
+            frozen, self._frozen_counters = self._frozen_counters, None
+            if frozen is not None and self._pause_req:
+                # The counter offset is VM-wide in KVM; every vCPU is written
+                # so a kernel with per-vCPU offsets agrees too.
+                for v in self.vcpus:
+                    for reg, value in zip(_COUNTERS, frozen):
+                        v.set_reg(reg, value)
             self._pause_req = False
             self._pause_cv.notify_all()
 
@@ -710,6 +729,9 @@ class Machine:
         self.mem.close()
 
 
+_COUNTERS = (regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0"))
+
+
 def _describe(ex) -> str:
     if isinstance(ex, exits.FailEntryExit):
         return f"KVM could not enter the guest (FAIL_ENTRY, reason {ex.reason:#x})"
@@ -773,6 +795,7 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
                     first_build(m)
                     if start_paused:
                         m.request_pause()
+                        m.freeze_clock()  # no vCPU has run: its counters are the restored ones
                 else:
                     m.build()
                 t_build = time.monotonic() - t_build

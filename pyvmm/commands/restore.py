@@ -12,8 +12,9 @@ from ._progress import ProgressBar
 @click.command()
 @click.argument("snap", metavar="SNAP")
 @click.option("--clock", type=click.Choice(["hide", "keep"]), default="hide", show_default=True,
-              help="Guest time: hide = the guest's counters resume where they stopped (its watchdogs "
-                   "see no gap); keep = they advance by the time since the snapshot (its clock stays "
+              help="Guest time: hide = the guest's counters resume where they stopped, and pauses "
+                   "(pyvmm pause, snapshots) are hidden too (its watchdogs see no gap); keep = they "
+                   "advance by the time since the snapshot and run on through pauses (its clock stays "
                    "right, but it sees that time pass at once).")
 @click.option("--control", metavar="SOCKET", help="Listen on this unix socket (mode 0600), as pyvmm run does.")
 @click.option("--paused", is_flag=True, help="Build the VM but keep its vCPUs stopped until pyvmm resume SOCKET "
@@ -62,6 +63,7 @@ def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
         bar = ProgressBar("restore")
 
         def build(m: machine_lib.Machine) -> None:
+            m.hide_pauses = clock == "hide"  # keep: the guest's clock runs on through pauses too
             try:
                 machine_snapshot.restore_into(m, data, clock, bar)
             finally:
