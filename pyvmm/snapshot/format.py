@@ -19,11 +19,12 @@ import hashlib
 import json
 import mmap
 import os
+import secrets
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from ..errors import UsageProblem
+from ..errors import PyvmmError, UsageProblem
 
 MAGIC = b"PYVMMSNP"
 FORMAT_VERSION = 1
@@ -37,6 +38,10 @@ class SnapshotError(UsageProblem):
     """A snapshot that cannot be used: truncated, altered, newer, or not one."""
 
     exit_status = 1
+
+
+class WriteError(PyvmmError):
+    """A snapshot could not be written (the host's reason); nothing is left behind."""
 
 
 @dataclass
@@ -121,41 +126,55 @@ def _write_parts(path: str, parts: List, progress: Optional[Callable[[int, int],
     SHA-256 of it) atomically: a temporary file in the same directory,
     fsync, rename, fsync of the directory. Returns the bytes written."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    # A new name each time (O_EXCL): two writers never share a temporary file.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     total = sum(len(p) for p in parts) + (_DIGEST if digest else 0)
-    h = hashlib.sha256()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
-        done = 0
-        for part in (*parts, None) if digest else parts:
-            if part is None:
-                part = h.digest()
-            elif digest:
-                h.update(part)
-            view = memoryview(part).cast("B")
-            pos = 0
-            while pos < len(view):
-                n = os.write(fd, view[pos:pos + chunk])
-                pos += n
-                done += n
-                if progress:
-                    progress(done, total)
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        try:
+            _write_fd(fd, parts, total, progress, digest, chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException as e:
+        # Whatever failed (a write, the fsync, the final rename onto a
+        # directory, a signal), the temporary file -- possibly the whole
+        # snapshot -- does not stay behind.
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
-    os.close(fd)
-    os.replace(tmp, path)
     dfd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dfd)
     finally:
         os.close(dfd)
     return total
+
+
+def _write_fd(fd: int, parts: List, total: int, progress, digest: bool, chunk: int) -> None:
+    h = hashlib.sha256()
+    done = 0
+    for part in (*parts, None) if digest else parts:
+        if part is None:
+            part = h.digest()
+        elif digest:
+            h.update(part)
+        view = memoryview(part).cast("B")
+        pos = 0
+        while pos < len(view):
+            n = os.write(fd, view[pos:pos + chunk])
+            pos += n
+            done += n
+            if progress:
+                progress(done, total)
 
 
 def save(path: str, snap: Snapshot, progress: Optional[Callable[[int, int], None]] = None) -> int:

@@ -88,6 +88,27 @@ def test_written_atomically_with_mode_0600(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.snap"]
 
 
+def test_failed_final_rename_leaves_no_temporary_file(tmp_path):
+    """Issue 14 #4: the target is a directory, so the last step (rename)
+    fails: the error names the path and the reason, and the temporary file
+    (the whole snapshot) is removed."""
+    target = tmp_path / "out.snap"
+    target.mkdir()
+    with pytest.raises(fmt.WriteError) as info:
+        fmt.save(str(target), _sample())
+    assert str(info.value) == f"cannot write {target}: Is a directory"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.snap"]
+    assert list(target.iterdir()) == []
+
+
+def test_failed_write_leaves_no_temporary_file(tmp_path):
+    """A part that cannot be written (here: not a buffer) stops the write; nothing stays behind."""
+    path = tmp_path / "x.snap"
+    with pytest.raises(TypeError):
+        fmt._write_parts(str(path), [b"abc", object()], None, digest=True)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sigkill_while_writing_leaves_the_previous_snapshot_intact(tmp_path):
     """20 writers killed at random moments: the file is always the old
     snapshot or a complete new one, never a partial write."""
