@@ -77,7 +77,7 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
             regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
     manifest = header(KIND)
     manifest.update({
-        "machine": {"cntfrq": hostinfo.cntfrq(), "gic": {"model": GIC_MODEL, "state": gic},
+        "machine": {"cntfrq": hostinfo.cntfrq(m.kvm), "gic": {"model": GIC_MODEL, "state": gic},
                     "sme_bit": m.sme_bit, "config": config_to_json(m.config), "memory": regions,
                     "devices": devices},
         "vcpus": [s.to_json() for s in states],
@@ -110,7 +110,7 @@ def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
         raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
     if gic_model != GIC_MODEL:
         raise UsageProblem(f"snapshot interrupt controller {gic_model!r} is not the {GIC_MODEL} pyvmm creates")
-    check_cntfrq(cntfrq)
+    check_cntfrq(cntfrq, kvm)
     if len(man.get("vcpus", [])) != config.cpus:
         raise fmt.SnapshotError(f"snapshot holds {len(man.get('vcpus', []))} vCPUs for a {config.cpus}-vCPU machine")
     if len(regions) != 1 or int(regions[0]["size"]) != config.mem:
@@ -157,7 +157,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     # the timer registers, written last, not from the saved vGIC line levels.
     m.create_devices()
     m.gic.restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
-    cntfrq = hostinfo.cntfrq()  # this host's (check() refuses a snapshot taken at another)
+    cntfrq = hostinfo.cntfrq(m.kvm)  # this host's (check() refuses a snapshot taken at another)
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
     devices = machine["devices"]

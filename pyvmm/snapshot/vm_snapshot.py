@@ -43,17 +43,17 @@ def take(bm: BareMetal, features, sme_bit: Optional[int] = None,
         regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
     manifest = header(KIND)
     manifest.update({
-        "machine": {"cntfrq": hostinfo.cntfrq(), "gic": None, "sme_bit": sme_bit,
+        "machine": {"cntfrq": hostinfo.cntfrq(bm.kvm), "gic": None, "sme_bit": sme_bit,
                     "features": list(features), "memory": regions},
         "vcpus": [state.to_json()],
     })
     return fmt.Snapshot(manifest, blobs)
 
 
-def check_cntfrq(saved: int) -> int:
+def check_cntfrq(saved: int, kvm=None) -> int:
     """This host's CNTFRQ_EL0, refusing a snapshot taken at another frequency
     (the guest's counters and timer deadlines would run at a different pace)."""
-    host = hostinfo.cntfrq()
+    host = hostinfo.cntfrq(kvm)
     if host != saved:
         raise UsageProblem(f"CNTFRQ differs: snapshot {saved} Hz, this host {host} Hz",
                            "restore on a host whose timer runs at the same frequency")
@@ -90,7 +90,7 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
     try:
         if bm.mem.regions[0].gpa != int(region["gpa"]):
             raise UsageProblem(f"snapshot RAM at {int(region['gpa']):#x} is not where this runner puts it")
-        host_cntfrq = check_cntfrq(int(machine["cntfrq"]))
+        host_cntfrq = check_cntfrq(int(machine["cntfrq"]), kvm)
         vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=host_cntfrq,
                            sme_bit=machine.get("sme_bit"))
         mem = bm.mem

@@ -37,13 +37,13 @@ def test_config_round_trip():
     ({"cntfrq": 1}, "CNTFRQ differs"),
 ])
 def test_refusals(monkeypatch, change, match):
-    monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda kvm=None: 62_500_000)
     with pytest.raises(UsageProblem, match=match):
         ms.check(FakeKvm(), _snap(**change))
 
 
 def test_wrong_kind_and_invalid_config(monkeypatch):
-    monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda kvm=None: 62_500_000)
     snap = _snap()
     snap.manifest["kind"] = "baremetal"
     with pytest.raises(UsageProblem, match="not a pyvmm run machine"):
@@ -56,7 +56,7 @@ def test_wrong_kind_and_invalid_config(monkeypatch):
 
 
 def test_missing_disk_is_refused_before_anything_starts(monkeypatch):
-    monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda kvm=None: 62_500_000)
     with pytest.raises(UsageProblem, match="disk /d/disk.img does not exist"):
         ms.check(FakeKvm(), _snap())
 
