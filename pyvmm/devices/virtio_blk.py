@@ -9,7 +9,7 @@ from typing import Dict
 
 from .state import StateReader
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
-from .virtqueue import VirtqueueError, read_segments, write_segments
+from .virtqueue import IO_CHUNK, VirtqueueError, iter_segments, read_segments, write_segments
 
 DEVICE_ID = 2
 SECTOR = 512
@@ -89,23 +89,38 @@ class VirtioBlk(VirtioBackend):
     def _in_range(self, sector: int, length: int) -> bool:
         return length % SECTOR == 0 and sector <= self.capacity and sector * SECTOR + length <= self.capacity * SECTOR
 
+    # Data moves in pieces of at most IO_CHUNK bytes (a request may describe
+    # up to MAX_CHAIN_BYTES): what the device holds in host memory is bounded
+    # by one piece, per request and in total.
+
     def _read(self, mem, chain, sector, length):
         if not self._in_range(sector, length):
             return S_IOERR, 0
+        pos, written = sector * SECTOR, 0
         try:
-            data = os.pread(self.fd, length, sector * SECTOR)
+            while written < length:
+                take = min(IO_CHUNK, length - written)
+                data = os.pread(self.fd, take, pos + written)
+                # a file that shrank under us reads as zeros
+                written += write_segments(mem, chain.writable, data.ljust(take, b"\0"), written)
         except OSError:
-            return S_IOERR, 0
-        data = data.ljust(length, b"\0")
-        return S_OK, write_segments(mem, chain.writable, data)
+            return S_IOERR, written
+        return S_OK, written
 
     def _write(self, mem, chain, sector):
         length = chain.readable_len - _HDR.size
         if self.readonly or not self._in_range(sector, length):
             return S_IOERR
-        data = read_segments(mem, chain.readable, _HDR.size, length)
+        pos = sector * SECTOR
         try:
-            os.pwrite(self.fd, data, sector * SECTOR)
+            for piece in iter_segments(mem, chain.readable, _HDR.size, length):
+                view, done = memoryview(piece), 0
+                while done < len(piece):
+                    n = os.pwrite(self.fd, view[done:], pos + done)
+                    if n <= 0:
+                        return S_IOERR
+                    done += n
+                pos += done
         except OSError:
             return S_IOERR
         return S_OK

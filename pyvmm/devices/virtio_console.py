@@ -7,7 +7,7 @@ from typing import Callable, Dict
 
 from .state import StateReader, b64
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
-from .virtqueue import read_segments, write_segments
+from .virtqueue import iter_segments, write_segments
 
 DEVICE_ID = 3
 RX, TX = 0, 1
@@ -35,19 +35,21 @@ class VirtioConsole(VirtioBackend):
 
     def queue_notify(self, transport, index: int) -> None:
         if index == TX:
+            # Streamed: each chain goes out in pieces of at most IO_CHUNK
+            # bytes as it is read, so a notify of many huge chains costs
+            # time (the output's own pace: back-pressure on the vCPU that
+            # notified), never host memory.
             q = transport.queues[TX]
-            out, done = [], False
+            done = False
             while True:
                 chain = q.pop()
                 if chain is None:
                     break
-                out.append(read_segments(transport.mem, chain.readable))
+                for piece in iter_segments(transport.mem, chain.readable):
+                    self.tx_bytes += len(piece)
+                    self._output(piece)
                 q.push(chain.head, 0)
                 done = True
-            if out:
-                data = b"".join(out)
-                self.tx_bytes += len(data)
-                self._output(data)
             if done:
                 transport.signal_used(q)
         elif index == RX:

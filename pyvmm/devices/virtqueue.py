@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from ..errors import GuestError
 from .state import StateReader
@@ -24,6 +24,11 @@ VIRTQ_AVAIL_F_NO_INTERRUPT = 1
 DESC_SIZE = 16
 MAX_QUEUE_SIZE = 32768  # 2.7: "Queue Size ... maximum 32768"
 MAX_CHAIN_BYTES = 128 << 20
+# The most a device copies out of (or into) guest RAM at once: chains are
+# streamed in pieces of this size, so what a device holds in host memory
+# per notify, and in total, is bounded by it whatever the guest queues
+# (a 128 MiB chain is 512 pieces, never one 128 MiB buffer).
+IO_CHUNK = 256 << 10
 _U64_MAX = (1 << 64) - 1
 
 _DESC = struct.Struct("<QIHH")
@@ -69,6 +74,29 @@ def read_segments(mem, segs: List[Segment], offset: int = 0, length: Optional[in
             if want == 0:
                 break
     return b"".join(out)
+
+
+def iter_segments(mem, segs: List[Segment], offset: int = 0, length: Optional[int] = None,
+                  chunk: int = IO_CHUNK) -> Iterator[bytes]:
+    """Bytes [offset, offset+length) of the concatenation of ``segs``, in
+    pieces of at most ``chunk`` bytes: never more than one piece in memory."""
+    want = None if length is None else length
+    for addr, n in segs:
+        if offset >= n:
+            offset -= n
+            continue
+        pos, end = addr + offset, addr + n
+        offset = 0
+        while pos < end:
+            take = min(chunk, end - pos) if want is None else min(chunk, end - pos, want)
+            if take <= 0:
+                return
+            yield mem.read(pos, take)
+            pos += take
+            if want is not None:
+                want -= take
+                if want == 0:
+                    return
 
 
 def write_segments(mem, segs: List[Segment], data: bytes, offset: int = 0) -> int:
