@@ -52,6 +52,9 @@ class ExitStatus(enum.IntEnum):
     TERMINATED = 143   # SIGTERM
 
 
+RESET_REASON = "the guest asked for a reset"
+
+
 @dataclass
 class DiskSpec:
     path: str
@@ -151,18 +154,23 @@ def check_options(config: MachineConfig) -> None:
         raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
 
 
-def prepare(config: MachineConfig) -> Payload:
-    """Validate options and files; raise UsageProblem with the reason."""
-    check_options(config)
-    if bool(config.kernel) == bool(config.firmware):
-        raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
-    for d in config.disks:
+def check_disks(disks: List[DiskSpec]) -> None:
+    """Each disk is a regular file this user may open as asked (run and restore)."""
+    for d in disks:
         if not os.path.isfile(d.path):
             raise UsageProblem(f"--disk {d.path}: no such file" if not os.path.exists(d.path)
                                else f"--disk {d.path}: not a regular file")
         if not os.access(d.path, os.R_OK if d.readonly else os.R_OK | os.W_OK):
             raise UsageProblem(f"--disk {d.path}: permission denied"
                                + ("" if d.readonly else " (add ,ro for a read-only disk)"))
+
+
+def prepare(config: MachineConfig) -> Payload:
+    """Validate options and files; raise UsageProblem with the reason."""
+    check_options(config)
+    if bool(config.kernel) == bool(config.firmware):
+        raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
+    check_disks(config.disks)
     initrd = None
     if config.initrd:
         initrd = image.read_file(config.initrd, "initrd")
@@ -683,7 +691,7 @@ class Machine:
         if kind == const("KVM_SYSTEM_EVENT_SHUTDOWN"):
             self.finish(ExitStatus.POWEROFF, "the guest powered off")
         elif kind == const("KVM_SYSTEM_EVENT_RESET"):
-            self.finish(ExitStatus.RESET, "the guest asked for a reset")
+            self.finish(ExitStatus.RESET, RESET_REASON)
         elif kind == const("KVM_SYSTEM_EVENT_CRASH"):
             self.finish(ExitStatus.CRASH, "the guest crashed (KVM crash event)")
         else:
@@ -822,7 +830,12 @@ def run(config: MachineConfig, output: Callable[[bytes], None], input_fd: Option
                     resets += 1
                     continue
                 except UsageProblem as e:
-                    outcome.reason = f"the guest asked for a reset, and its kernel cannot be booted again ({e})"
+                    if not (config.kernel or config.firmware):  # a restore without a trusted payload
+                        outcome.reason = (f"{RESET_REASON}, and there is no kernel to boot again (a restored VM "
+                                          "reboots only a kernel given to pyvmm restore with --kernel or "
+                                          "--firmware, or named by a snapshot sealed by your pyvmm)")
+                    else:
+                        outcome.reason = f"{RESET_REASON}, and its kernel cannot be booted again ({e})"
             outcome.resets = resets
             outcome.build_seconds = t_build
             outcome.mmio_trace = m.bus.trace

@@ -19,13 +19,21 @@ from ._progress import ProgressBar
 @click.option("--control", metavar="SOCKET", help="Listen on this unix socket (mode 0600), as pyvmm run does.")
 @click.option("--paused", is_flag=True, help="Build the VM but keep its vCPUs stopped until pyvmm resume SOCKET "
                                              "(needs --control).")
+@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
+              help="The disk image for the snapshot's next disk (repeatable: once per disk, in order). "
+                   "Needed unless the snapshot is sealed by your own pyvmm: pyvmm never opens a host "
+                   "file that an unsealed snapshot names.")
+@click.option("-k", "--kernel", metavar="IMAGE", help="Kernel a guest reset boots (instead of the sealed "
+                                                      "snapshot's; without either, a reset ends the VM).")
+@click.option("-i", "--initrd", metavar="FILE", help="Initial ramdisk for that kernel.")
+@click.option("--firmware", metavar="BIN", help="Bare-metal binary a guest reset boots instead of a kernel.")
 @click.option("--on-reboot", default=None, metavar="restart|exit",
               help="What a guest reset does [default: as when the snapshot was taken]; restart boots the "
-                   "kernel named in the snapshot again, if it is still there.")
+                   "kernel given with --kernel, or the one a sealed snapshot names, if it is still there.")
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
-def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
+def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, kvm_path, debug):
     """Restore the VM saved in SNAP (by pyvmm snapshot) and let it run on,
     with this terminal as its console.
 
@@ -34,18 +42,24 @@ def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
     (ID registers), vector lengths or SME this host's KVM does not offer, a
     different timer frequency, missing disk images.
 
+    Host files (disks, the kernel a guest reset boots) come from you: from
+    --disk/--kernel, or from a snapshot sealed by your own pyvmm (a keyed
+    MAC under your key in ~/.config/pyvmm). The paths in any other
+    snapshot are never opened.
+
     Exit status as for pyvmm run.
 
     \b
     Examples:
       pyvmm restore vm.snap
       pyvmm restore vm.snap --control /tmp/vm.sock --paused
+      pyvmm restore their.snap --disk ./copy-of-disk.img
     """
     from .. import machine as machine_lib
     from ..errors import UsageProblem
     from ..kvm import open_kvm
-    from ..snapshot import format as fmt, machine_snapshot
-    from .run import run_on_console
+    from ..snapshot import format as fmt, machine_snapshot, trust
+    from .run import parse_disk, run_on_console
 
     if debug:
         ctx.find_root().obj["debug"] = True
@@ -53,10 +67,16 @@ def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
         raise UsageProblem("--paused needs --control SOCKET (to resume the VM later)")
     if on_reboot not in (None, "restart", "exit"):
         raise UsageProblem(f"--on-reboot {on_reboot!r}: choose restart or exit")
+    if kernel and firmware:
+        raise UsageProblem("give at most one of --kernel IMAGE and --firmware BIN")
+    if initrd and not kernel:
+        raise UsageProblem("--initrd needs --kernel")
+    given = trust.HostChoice(disks=[parse_disk(d) for d in disks] if disks else None,
+                             kernel=kernel, initrd=initrd, firmware=firmware)
     data = fmt.load(snap)
     kvm = open_kvm(kvm_path)
     try:
-        config = machine_snapshot.check(kvm, data)
+        config = machine_snapshot.check(kvm, data, given)
         config.trace_mmio = debug
         if on_reboot:
             config.on_reboot = on_reboot

@@ -14,9 +14,15 @@ from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
 
-_LAST_WORDS = {
-    machine_lib.ExitStatus.RESET: "the guest asked for a reset (exit status 3; --on-reboot restart reboots it)",
-}
+def last_words(outcome) -> str:
+    """The closing line for an outcome: its reason, and for a plain reset
+    with --on-reboot exit, how to reboot instead. A reset that could not
+    reboot keeps its real reason (e.g. the kernel cannot be booted again)."""
+    if outcome.status == machine_lib.ExitStatus.RESET and outcome.reason == machine_lib.RESET_REASON:
+        return f"{outcome.reason} (exit status 3; --on-reboot restart reboots it)"
+    if outcome.status == machine_lib.ExitStatus.RESET:
+        return f"{outcome.reason} (exit status 3)"
+    return outcome.reason
 
 
 def parse_disk(spec: str) -> machine_lib.DiskSpec:
@@ -151,5 +157,5 @@ def run_on_console(config, debug: bool, control: Optional[str] = None, **run_arg
             click.echo(f"pyvmm: busiest MMIO registers: {top}", err=True)
     status = outcome.status
     if status not in (machine_lib.ExitStatus.POWEROFF,) and not debug:
-        click.echo(f"pyvmm: {_LAST_WORDS.get(status, outcome.reason)}", err=True)
+        click.echo(f"pyvmm: {last_words(outcome)}", err=True)
     return int(status)

@@ -135,8 +135,11 @@ class VirtioBlk(VirtioBackend):
 
     def load_state(self, state: Dict) -> None:
         """Refuses a disk the guest would see differently: another size
-        (capacity), read-only changed (features), or another file name (the
-        GET_ID serial is the file's base name). The directory may differ."""
+        (capacity) or read-only changed (features). The saved path is only
+        the guest-visible serial (GET_ID answers the base name it had):
+        a disk restored from another file keeps that serial, and the saved
+        path is never opened (host files come from the restoring user:
+        pyvmm/snapshot/trust.py)."""
         r = StateReader("virtio-blk", state, ("path", "readonly", "size", "requests"))
         path, readonly = r.str("path"), r.bool("readonly")
         size, requests = r.int("size", 0, (1 << 63) - 1), r.int("requests", 0, (1 << 63) - 1)
@@ -145,8 +148,7 @@ class VirtioBlk(VirtioBackend):
         if readonly != self.readonly:
             raise r.fail(f"disk {self.path} was attached {'read-only' if readonly else 'read-write'}, "
                          f"now {'read-only' if self.readonly else 'read-write'}")
-        if os.path.basename(path).encode()[:ID_BYTES] != self.serial:
-            raise r.fail(f"disk was {path}, now {self.path}: the guest-visible serial would change")
+        self.serial = os.path.basename(path).encode()[:ID_BYTES]
         self.requests = requests
 
     def close(self) -> None:

@@ -48,6 +48,9 @@ class WriteError(PyvmmError):
 class Snapshot:
     manifest: Dict
     blobs: Dict[str, bytes] = field(default_factory=dict)
+    # Called with the finished manifest (blob table filled in) before it is
+    # written: adds the keyed seal (pyvmm/snapshot/trust.py).
+    seal: Optional[Callable[[Dict], None]] = None
 
 
 def _parts(snap: Snapshot) -> List:
@@ -62,6 +65,8 @@ def _parts(snap: Snapshot) -> List:
     manifest = dict(snap.manifest)
     manifest["format_version"] = FORMAT_VERSION
     manifest["blobs"] = table
+    if snap.seal is not None:
+        snap.seal(manifest)
     mbytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     return [_HEADER.pack(MAGIC, FORMAT_VERSION, len(mbytes)) + mbytes, *snap.blobs.values()]
 

@@ -67,7 +67,9 @@ class Controller:
         if not isinstance(path, str) or not os.path.isabs(path):
             raise ControlError("snapshot needs an absolute path")
         if not os.path.isdir(os.path.dirname(path)):
-            raise ControlError(f"{os.path.dirname(path)}: no such directory")
+            raise ControlError(f"snapshot {path}: directory {os.path.dirname(path)} does not exist")
+        if os.path.isdir(path):
+            raise ControlError(f"snapshot {path} is a directory; give a file name")
         stop = bool(request.get("stop"))
         was_paused = m.paused
         t0 = time.monotonic()

@@ -23,10 +23,10 @@ from typing import Callable, Dict, Optional
 from .. import hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import DiskSpec, Machine, MachineConfig, check_options
+from ..machine import DiskSpec, Machine, MachineConfig, check_disks, check_options
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import memory_image, vcpu_state
+from . import memory_image, trust, vcpu_state
 from .vm_snapshot import check_cntfrq, header, vcpu_states
 
 KIND = "machine"
@@ -82,12 +82,15 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
                     "devices": devices},
         "vcpus": [s.to_json() for s in states],
     })
-    return fmt.Snapshot(manifest, blobs)
+    # Sealed with this user's key: restore then trusts the host resources it names.
+    return fmt.Snapshot(manifest, blobs, seal=trust.sealer())
 
 
-def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
+def check(kvm, snap: fmt.Snapshot, given: Optional[trust.HostChoice] = None) -> MachineConfig:
     """Refuse, with the reason, what this host cannot restore; nothing is
-    created. Returns the machine configuration."""
+    created. Returns the machine configuration, its host resources (disks,
+    reboot payload) chosen by :func:`pyvmm.snapshot.trust.choose_resources`
+    from ``given`` (the command line) or a snapshot sealed by this user."""
     man = snap.manifest
     if man.get("kind") != KIND:
         hint = "restore bare-metal snapshots with the library (pyvmm.snapshot.vm_snapshot)" \
@@ -125,10 +128,9 @@ def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
                                   if not found.present else
                                   f"the snapshot used SME feature bit {sme_bit}, this host's KVM uses {found.bit}",
                                   "restore on a host running a kernel with the KVM SME interface")
-    for d in config.disks:
-        if not os.path.isfile(d.path):
-            raise UsageProblem(f"the snapshot's disk {d.path} does not exist",
-                               "restore where the disk images are at the same paths")
+    # Host resources: the user's or a sealed snapshot's, never the file's alone.
+    config = trust.choose_resources(config, snap, given)
+    check_disks(config.disks)
     return config
 
 
@@ -166,10 +168,13 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     if len(saved_virtio) != len(m.virtio):
         raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
                                 f"makes {len(m.virtio)}")
-    for t, saved in zip(m.virtio, saved_virtio):
-        if int(saved["base"]) != t.base or int(saved["device_id"]) != t.backend.device_id:
-            raise fmt.SnapshotError(f"snapshot virtio device at {int(saved['base']):#x} does not match "
-                                    f"the machine's at {t.base:#x}")
+    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
+        base, device_id = int(saved["base"]), int(saved["device_id"])
+        if base != t.base:
+            raise fmt.SnapshotError(f"snapshot virtio device {i} is at {base:#x}, the machine's is at {t.base:#x}")
+        if device_id != t.backend.device_id:
+            raise fmt.SnapshotError(f"snapshot virtio device at {base:#x} has device id {device_id}, "
+                                    f"the machine's there has {t.backend.device_id}")
         t.load_state(saved["state"])
     mem, base = m.mem, m.mem.regions[0].gpa
     try:

@@ -8,6 +8,7 @@ from pyvmm.errors import UsageProblem
 from pyvmm.machine import DiskSpec, MachineConfig
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot as ms
+from pyvmm.snapshot import trust
 
 
 class FakeKvm:
@@ -57,8 +58,8 @@ def test_wrong_kind_and_invalid_config(monkeypatch):
 
 def test_missing_disk_is_refused_before_anything_starts(monkeypatch):
     monkeypatch.setattr(hostinfo, "cntfrq", lambda kvm=None: 62_500_000)
-    with pytest.raises(UsageProblem, match="disk /d/disk.img does not exist"):
-        ms.check(FakeKvm(), _snap())
+    with pytest.raises(UsageProblem, match="^--disk /d/disk.img: no such file$"):
+        ms.check(FakeKvm(), _snap(), trust.HostChoice(disks=[DiskSpec("/d/disk.img", True)]))
 
 
 def test_timer_ppi_levels_are_left_to_the_timers():

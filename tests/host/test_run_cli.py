@@ -113,3 +113,16 @@ def test_a_vector_length_the_host_does_not_offer_is_refused_with_the_offered_lis
     assert "--sve-max-vl 384 bits is not offered by this host" in msg and "128, 256, 512" in msg
     assert "\n" not in msg and e.value.exit_status == 2
     assert choose_vqs([1, 2, 3, 4], 384, "--sve-max-vl") == [1, 2, 3]
+
+
+def test_last_words_keep_the_real_reason_of_a_reset():
+    """Issue 14 #7: exit 3 after a reset that could not reboot says why,
+    not "--on-reboot restart reboots it"."""
+    from pyvmm.commands.run import last_words
+    from pyvmm.machine import RESET_REASON, ExitStatus, Outcome
+
+    assert last_words(Outcome(ExitStatus.RESET, RESET_REASON)) == \
+        "the guest asked for a reset (exit status 3; --on-reboot restart reboots it)"
+    why = f"{RESET_REASON}, and its kernel cannot be booted again (kernel /k/Image: no such file)"
+    assert last_words(Outcome(ExitStatus.RESET, why)) == f"{why} (exit status 3)"
+    assert last_words(Outcome(ExitStatus.CRASH, "vcpu0: boom")) == "vcpu0: boom"

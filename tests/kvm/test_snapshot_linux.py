@@ -172,6 +172,21 @@ def test_virtio_console_and_disk_continue_after_restore(tmp_path):
     first = bytes(vm.out).decode(errors="replace")
     n = counts(first)[-1]
 
+    # Issue 14 #1: the same snapshot altered to name another file of this
+    # user as its disk (valid file checksum, the seal kept) is refused before
+    # anything runs; that file is untouched.
+    victim = tmp_path / "victim.img"
+    victim.write_bytes(b"precious" * (1 << 17))
+    crafted = tmp_path / "crafted.snap"
+    loaded = fmt.load(str(snap))
+    assert loaded.manifest["seal"]["alg"] == "hmac-sha256"  # pyvmm sealed its own snapshot
+    loaded.manifest["machine"]["config"]["disks"][0]["path"] = str(victim)
+    fmt.save(str(crafted), fmt.Snapshot(loaded.manifest, {k: bytes(v) for k, v in loaded.blobs.items()}))
+    r = pyvmm("restore", crafted, timeout=120)
+    assert r.returncode == 2 and r.stdout == b"", r.stderr
+    assert "its seal does not match its contents" in r.stderr.decode() and "--disk" in r.stderr.decode(), r.stderr
+    assert victim.read_bytes() == b"precious" * (1 << 17)
+
     back = Running(["restore", snap, "--clock", "keep"])
     err = back.finish(400)
     text = bytes(back.out).decode(errors="replace")

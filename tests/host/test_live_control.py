@@ -1,0 +1,67 @@
+"""The control requests' snapshot path handling (pyvmm/snapshot/live.py)
+with a fake machine (named: no VM): issue 14 #7, a bad path is reported
+as what it is, never as "internal error", and the guest runs on."""
+import pytest
+
+from pyvmm.control import ControlError
+from pyvmm.snapshot import format as fmt
+from pyvmm.snapshot import live
+from pyvmm.snapshot import machine_snapshot as ms
+
+
+class FakeMachine:
+    def __init__(self):
+        self.paused = False
+        self.calls = []
+
+    def pause(self):
+        self.paused = True
+        self.calls.append("pause")
+
+    def resume(self):
+        self.paused = False
+        self.calls.append("resume")
+
+    def finish(self, status, reason):
+        self.calls.append("finish")
+
+
+@pytest.fixture
+def controller(monkeypatch):
+    monkeypatch.setattr(ms, "take", lambda m, progress=None: fmt.Snapshot({"machine": {"memory": []}}, {}))
+    c = live.Controller()
+    m = FakeMachine()
+    c.attach(m)
+    return c, m
+
+
+def _snapshot(c, path):
+    return c.handle({"cmd": "snapshot", "path": str(path)}, lambda msg: None)
+
+
+def test_target_is_a_directory(controller, tmp_path):
+    c, m = controller
+    with pytest.raises(ControlError, match=f"^snapshot {tmp_path} is a directory; give a file name$"):
+        _snapshot(c, tmp_path)
+    assert m.calls == [] and not m.paused
+
+
+def test_missing_directory(controller, tmp_path):
+    c, m = controller
+    with pytest.raises(ControlError, match="directory .*/nope does not exist"):
+        _snapshot(c, tmp_path / "nope" / "vm.snap")
+
+
+def test_unwritable_path_is_the_hosts_reason_and_the_guest_resumes(controller, tmp_path):
+    c, m = controller
+    path = tmp_path / ("x" * 300)  # a name the file system refuses
+    with pytest.raises(fmt.WriteError, match="^cannot write .*: File name too long$"):
+        _snapshot(c, path)
+    assert m.calls == ["pause", "resume"] and not m.paused
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_good_path_writes(controller, tmp_path):
+    c, m = controller
+    reply = _snapshot(c, tmp_path / "vm.snap")
+    assert reply["ok"] and reply["state"] == "running" and (tmp_path / "vm.snap").exists()
