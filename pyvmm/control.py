@@ -7,10 +7,19 @@ its memory). One request per connection, one JSON object per line:
     replies   zero or more {"progress": [done, total], "what": "memory"}
               then exactly one {"ok": true, ...} or {"ok": false, "error": "..."}
 
-``snapshot`` takes {"path": ABSOLUTE_PATH, "stop": bool}. The server handles
-one connection at a time, so requests never interleave.
+``snapshot`` takes {"path": ABSOLUTE_PATH, "stop": bool}.
 
-:class:`ControlServer` runs in the VMM (a thread); :func:`call` is the client
+Bounds (a client is outside input, like a snapshot file): a request is at
+most MAX_REQUEST bytes and MAX_DEPTH levels of nesting, plain JSON (no NaN
+or Infinity), and must arrive within REQUEST_TIMEOUT seconds of connecting;
+a reply the client does not read within SEND_TIMEOUT is dropped (the
+request itself completes). Each connection is served by its own thread, at
+most MAX_CLIENTS at once (more are answered "busy"), so a silent or slow
+client never blocks the others; the handler serialises what touches the
+machine. A bad request is answered with the reason and never ends the
+server.
+
+:class:`ControlServer` runs in the VMM (threads); :func:`call` is the client
 (``pyvmm snapshot``, ``pyvmm pause`` ...). Neither prints.
 """
 from __future__ import annotations
@@ -21,11 +30,17 @@ import os
 import socket
 import stat
 import threading
-from typing import Callable, Dict, Optional
+import time
+from typing import Callable, Dict, Optional, Set
 
 from .errors import PyvmmError, UsageProblem
 
-MAX_LINE = 1 << 20
+MAX_LINE = 1 << 20  # the longest reply line the client reads
+MAX_REQUEST = 64 << 10
+MAX_DEPTH = 16
+MAX_CLIENTS = 8
+REQUEST_TIMEOUT = 10.0
+SEND_TIMEOUT = 30.0
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 Handler = Callable[[Dict, Callable[[Dict], None]], Dict]
@@ -33,6 +48,63 @@ Handler = Callable[[Dict, Callable[[Dict], None]], Dict]
 
 class ControlError(PyvmmError):
     """The VMM refused or failed a control request (its reason is the message)."""
+
+
+class RequestError(ValueError):
+    """A request that is not one (the reason is the message)."""
+
+
+def parse_request(line: bytes) -> Dict:
+    """The request object in ``line`` (without its newline), checked for
+    size, nesting, encoding and shape before and after json decodes it;
+    RequestError with the reason otherwise."""
+    if len(line) > MAX_REQUEST:
+        raise RequestError(f"request longer than {MAX_REQUEST} bytes")
+    depth = _depth(line)
+    if depth > MAX_DEPTH:
+        raise RequestError(f"request nested deeper than {MAX_DEPTH} levels")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise RequestError(f"request is not UTF-8 (byte {e.start})") from None
+    try:
+        request = json.loads(text, parse_constant=_no_constant)
+    except ValueError as e:
+        raise RequestError(f"request is not JSON ({e})") from None
+    if not isinstance(request, dict):
+        raise RequestError(f"request is a JSON {type(request).__name__}, not an object")
+    if not isinstance(request.get("cmd"), str):
+        raise RequestError('request has no "cmd" string')
+    return request
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _depth(data: bytes) -> int:
+    """The deepest nesting of [ and { outside strings (bytes level: no decoding)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif b == 0x5C:  # backslash
+                escaped = True
+            elif b == 0x22:
+                in_string = False
+        elif b == 0x22:
+            in_string = True
+        elif b in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    return deepest
+        elif b in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 def _check_path(path: str) -> None:
@@ -77,10 +149,14 @@ class ControlServer:
             raise UsageProblem(f"--control {path}: {e.strerror}") from None
         finally:
             os.umask(old)
-        self.sock.listen(4)
+        self.sock.listen(MAX_CLIENTS)
         self.sock.settimeout(0.2)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        self._clients: Set[socket.socket] = set()
+        self._clients_lock = threading.Lock()
+        self.request_timeout = REQUEST_TIMEOUT
+        self.send_timeout = SEND_TIMEOUT
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
@@ -92,39 +168,70 @@ class ControlServer:
                 conn, _ = self.sock.accept()
             except socket.timeout:
                 continue
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(None)
-                self._serve(conn)
+            except OSError as e:
+                if self._stop.is_set() or e.errno == errno.EBADF:
+                    return
+                time.sleep(0.1)  # e.g. EMFILE: the server goes on, the client retries
+                continue
+            with self._clients_lock:
+                busy = len(self._clients) >= MAX_CLIENTS
+                if not busy:
+                    self._clients.add(conn)
+            if busy:
+                _refuse(conn, f"busy: {MAX_CLIENTS} clients are connected; try again")
+                continue
+            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        try:
+            self._serve(conn)
+        except Exception:  # noqa: BLE001 -- nothing a client does may end the server
+            pass
+        finally:
+            with self._clients_lock:
+                self._clients.discard(conn)
+            conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        def send(obj: Dict) -> None:
-            conn.sendall(json.dumps(obj).encode() + b"\n")
+        dead = []
 
-        try:
-            line = _read_line(conn)
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
-                    raise ValueError("not an object with a cmd")
-            except ValueError as e:
-                send({"ok": False, "error": f"bad request ({e})"})
+        def send(obj: Dict) -> None:
+            """Best effort: a client that stopped reading loses its replies,
+            the request (a snapshot, say) still completes."""
+            if dead:
                 return
             try:
-                reply = self.handler(request, send)
-            except PyvmmError as e:
-                reply = {"ok": False, "error": str(e)}
-            except Exception as e:  # a bug: answer, keep the VM and the server alive
-                reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
-            send(reply)
+                conn.settimeout(self.send_timeout)
+                conn.sendall(json.dumps(obj).encode() + b"\n")
+            except OSError:
+                dead.append(True)
+
+        try:
+            line = _read_line(conn, time.monotonic() + self.request_timeout)
+            request = parse_request(line)
+        except RequestError as e:
+            send({"ok": False, "error": f"bad request: {e}"})
+            return
         except OSError:
-            pass  # the client went away; the guest is unaffected
+            return  # the client went away or said nothing in time
+        try:
+            reply = self.handler(request, send)
+        except PyvmmError as e:
+            reply = {"ok": False, "error": str(e)}
+        except Exception as e:  # a bug: answer, keep the VM and the server alive
+            reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
+        send(reply)
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(2)
+        with self._clients_lock:
+            for conn in self._clients:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)  # their threads end at once
+                except OSError:
+                    pass
         self.sock.close()
         try:
             os.unlink(self.path)
@@ -132,15 +239,30 @@ class ControlServer:
             pass
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _refuse(conn: socket.socket, why: str) -> None:
+    try:
+        conn.settimeout(1.0)
+        conn.sendall(json.dumps({"ok": False, "error": why}).encode() + b"\n")
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _read_line(conn: socket.socket, deadline: float) -> bytes:
+    """One request line, at most MAX_REQUEST bytes, complete by ``deadline``."""
     buf = bytearray()
     while b"\n" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("no request in time")
+        conn.settimeout(left)
         chunk = conn.recv(65536)
         if not chunk:
             break
         buf += chunk
-        if len(buf) > MAX_LINE:
-            raise OSError(errno.EMSGSIZE, "line too long")
+        if len(buf) > MAX_REQUEST + 1 and b"\n" not in buf[:MAX_REQUEST + 1]:
+            raise RequestError(f"request longer than {MAX_REQUEST} bytes")
     return bytes(buf.split(b"\n", 1)[0])
 
 
