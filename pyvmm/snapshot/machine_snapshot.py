@@ -169,12 +169,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
         raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
                                 f"makes {len(m.virtio)}")
     for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
-        base, device_id = int(saved["base"]), int(saved["device_id"])
-        if base != t.base:
-            raise fmt.SnapshotError(f"snapshot virtio device {i} is at {base:#x}, the machine's is at {t.base:#x}")
-        if device_id != t.backend.device_id:
-            raise fmt.SnapshotError(f"snapshot virtio device at {base:#x} has device id {device_id}, "
-                                    f"the machine's there has {t.backend.device_id}")
+        check_virtio_slot(i, saved, t.base, t.backend.device_id)
         t.load_state(saved["state"])
     mem, base = m.mem, m.mem.regions[0].gpa
     try:
@@ -182,6 +177,17 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
                                  lambda off, data: mem.write(base + off, data), progress)
     except (KeyError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+
+
+def check_virtio_slot(i: int, saved: Dict, base: int, device_id: int) -> None:
+    """The saved virtio device ``i`` is the machine's: same address, same device type;
+    the message says which differs."""
+    saved_base, saved_id = int(saved["base"]), int(saved["device_id"])
+    if saved_base != base:
+        raise fmt.SnapshotError(f"snapshot virtio device {i} is at {saved_base:#x}, the machine's is at {base:#x}")
+    if saved_id != device_id:
+        raise fmt.SnapshotError(f"snapshot virtio device at {base:#x} has device id {saved_id}, "
+                                f"the machine's there has device id {device_id}")
 
 
 # The architected timers' PPIs (INTID = 16 + PPI number) as bits of the

@@ -71,3 +71,14 @@ def test_timer_ppi_levels_are_left_to_the_timers():
     assert [r["LINE_LEVEL"] for r in out["redist"]] == [1 << 23, 0]
     assert state["redist"][0]["LINE_LEVEL"] == (1 << 27) | (1 << 30) | (1 << 23)  # the snapshot is untouched
     assert ms._without_timer_levels({"redist": "junk"}) == {"redist": "junk"}  # left for restore to refuse
+
+
+def test_virtio_slot_mismatch_says_what_differs():
+    """Issue 14 #7: not "device at 0xa000000 does not match the machine's at 0xa000000"."""
+    ms.check_virtio_slot(0, {"base": 0xA000000, "device_id": 2}, 0xA000000, 2)
+    with pytest.raises(fmt.SnapshotError, match="^snapshot virtio device at 0xa000000 has device id 3, "
+                                                "the machine's there has device id 2$"):
+        ms.check_virtio_slot(0, {"base": 0xA000000, "device_id": 3}, 0xA000000, 2)
+    with pytest.raises(fmt.SnapshotError, match="^snapshot virtio device 1 is at 0xa000400, "
+                                                "the machine's is at 0xa000200$"):
+        ms.check_virtio_slot(1, {"base": 0xA000400, "device_id": 2}, 0xA000200, 2)
