@@ -30,10 +30,13 @@ from ._progress import ProgressBar
 @click.option("--on-reboot", default=None, metavar="restart|exit",
               help="What a guest reset does [default: as when the snapshot was taken]; restart boots the "
                    "kernel given with --kernel, or the one a sealed snapshot names, if it is still there.")
+@click.option("--console-out", "console_out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
+              help="Where the console is, as for pyvmm run.")
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
-def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, kvm_path, debug):
+def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, console_out,
+            kvm_path, debug):
     """Restore the VM saved in SNAP (by pyvmm snapshot) and let it run on,
     with this terminal as its console.
 
@@ -58,6 +61,7 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
     from .. import machine as machine_lib
     from ..errors import UsageProblem
     from ..kvm import open_kvm
+    from .. import console_out as console_out_lib
     from ..snapshot import format as fmt, machine_snapshot, trust
     from .run import parse_disk, run_on_console
 
@@ -67,6 +71,7 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
         raise UsageProblem("--paused needs --control SOCKET (to resume the VM later)")
     if on_reboot not in (None, "restart", "exit"):
         raise UsageProblem(f"--on-reboot {on_reboot!r}: choose restart or exit")
+    console_out_lib.parse(console_out)
     if kernel and firmware:
         raise UsageProblem("give at most one of --kernel IMAGE and --firmware BIN")
     if initrd and not kernel:
@@ -89,7 +94,8 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
             finally:
                 bar.close()
 
-        status = run_on_console(config, debug, control=control, first_build=build, start_paused=paused, kvm=kvm)
+        status = run_on_console(config, debug, control=control, console_out=console_out, first_build=build,
+                                start_paused=paused, kvm=kvm)
     finally:
         kvm.close()
     sys.exit(status)

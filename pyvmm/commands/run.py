@@ -9,6 +9,7 @@ from typing import Optional
 
 import click
 
+from .. import console_out as console_out_lib
 from .. import machine as machine_lib
 from ..boot import layout
 from ..errors import UsageProblem
@@ -72,6 +73,10 @@ def _writer(stream):
               help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
 @click.option("--console", default="serial", metavar="serial|virtio",
               help="Guest console: serial (PL011, ttyAMA0) or virtio (virtio-console, hvc0).")
+@click.option("--console-out", "console_out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
+              help="Where the console is: this terminal; a new pty (its name is printed); a unix "
+                   "socket (mode 0600, one client at a time); or a log file (output only). Output "
+                   "nobody reads on a pty or socket is dropped, never stalling the guest.")
 @click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
 @click.option("--firmware", metavar="BIN",
               help="Raw bare-metal binary loaded at the start of RAM and entered with the MMU off.")
@@ -83,7 +88,7 @@ def _writer(stream):
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
 def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, disks,
-        console, dump_dtb, firmware,
+        console, console_out, dump_dtb, firmware,
         on_reboot, kvm_path, control, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
@@ -110,15 +115,20 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         disks=[parse_disk(d) for d in disks], console=console,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
-    sys.exit(run_on_console(config, debug, control=control))
+    console_out_lib.parse(console_out)
+    sys.exit(run_on_console(config, debug, control=control, console_out=console_out))
 
 
-def run_on_console(config, debug: bool, control: Optional[str] = None, **run_args) -> int:
-    """Run a machine with this process's terminal as its console (raw mode
-    on a terminal, restored afterwards), an optional control socket, and the
-    closing report on stderr. Returns the exit status. Shared by run and restore."""
+def run_on_console(config, debug: bool, control: Optional[str] = None, console_out: str = "tty",
+                   **run_args) -> int:
+    """Run a machine with its console on this process's terminal (raw mode
+    on a terminal, restored afterwards) or the --console-out endpoint, an
+    optional control socket, and the closing report on stderr. Returns the
+    exit status. Shared by run and restore."""
+    console_out_lib.parse(console_out)  # usage errors before anything is opened
     server = None
     controller = None
+    endpoint = None
     if control:
         from ..control import ControlServer
         from ..snapshot.live import Controller
@@ -132,26 +142,33 @@ def run_on_console(config, debug: bool, control: Optional[str] = None, **run_arg
         stdin_fd = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):
         stdin_fd = None
+    output = _writer(sys.stdout)
     try:
+        endpoint = console_out_lib.open_endpoint(console_out)
+        if endpoint.kind != "tty":
+            output, stdin_fd = endpoint.output, endpoint.input_fd
+            click.echo(f"pyvmm: console on {endpoint.kind} {endpoint.name}", err=True)
         if server is not None:
             server.start()
-        if stdin_fd is not None and os.isatty(stdin_fd):
+        if endpoint.kind == "tty" and stdin_fd is not None and os.isatty(stdin_fd):
             saved = termios.tcgetattr(stdin_fd)
             tty.setraw(stdin_fd)
         try:
-            outcome = machine_lib.run(config, _writer(sys.stdout), stdin_fd, escape=saved is not None,
-                                      **run_args)
+            outcome = machine_lib.run(config, output, stdin_fd, escape=saved is not None, **run_args)
         finally:
             if saved is not None:
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     finally:
         if server is not None:
             server.close()
+        if endpoint is not None:
+            endpoint.close()
     if debug:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.exits.items())) or "none"
+        dropped = f" ({endpoint.dropped} dropped: nobody read them)" if endpoint.dropped else ""
         click.echo(f"pyvmm: {outcome.reason}; VM set-up {outcome.build_seconds:.2f} s, guest ran "
-                   f"{outcome.seconds:.2f} s, resets {outcome.resets}, console {outcome.console_bytes} bytes, "
-                   f"exits: {counts}", err=True)
+                   f"{outcome.seconds:.2f} s, resets {outcome.resets}, console {outcome.console_bytes} bytes"
+                   f"{dropped}, exits: {counts}", err=True)
         if outcome.mmio_trace:
             top = ", ".join(f"{dev}+{off:#x} {rw} {n}" for (dev, off, rw), n in outcome.mmio_trace.most_common(8))
             click.echo(f"pyvmm: busiest MMIO registers: {top}", err=True)
