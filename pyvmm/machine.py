@@ -38,7 +38,8 @@ from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
 from .memory import GuestMemory
-from .sme import configure_vcpu, discover, parse_vl
+from . import guest_features
+from .sme import configure_vcpu, parse_vl
 from .vcpu import mpidr_of
 
 
@@ -70,10 +71,15 @@ class MachineConfig:
     mem: int = 512 * layout.MiB
     cpus: int = 1
     sve_max_vl: Optional[int] = None
-    # SME (docs/sme.md): streaming maximum in bits, None = no SME; sve=False
-    # (--no-sve) leaves SVE out, which with SME makes SME-only vCPUs.
+    # SME (docs/sme.md): streaming maximum in bits, None = every length the
+    # host offers; sve=False (--no-sve) leaves SVE out, which with SME makes
+    # SME-only vCPUs. sme/pmu/pauth: on wherever KVM offers them
+    # (pyvmm/guest_features.py); --no-sme/--no-pmu/--no-pauth turn them off.
     sme_max_vl: Optional[int] = None
     sve: bool = True
+    sme: bool = True
+    pmu: bool = True
+    pauth: bool = True
     disks: List[DiskSpec] = field(default_factory=list)
     console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
     on_reboot: str = "restart"  # restart | exit
@@ -150,6 +156,11 @@ def check_options(config: MachineConfig) -> None:
         parse_vl(config.sme_max_vl, "--sme-max-vl")
     if not config.sve and config.sve_max_vl is not None:
         raise UsageProblem("--sve-max-vl and --no-sve contradict each other")
+    if not config.sme and config.sme_max_vl is not None:
+        raise UsageProblem("--sme-max-vl and --no-sme contradict each other")
+    for name in ("sve", "sme", "pmu", "pauth"):
+        if not isinstance(getattr(config, name), bool):
+            raise UsageProblem(f"{name} is {getattr(config, name)!r}, not true or false")
     if len(config.disks) + (config.console == "virtio") > layout.VIRTIO_SLOTS:
         raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
 
@@ -378,6 +389,7 @@ class Machine:
         self.coalesced: Optional[CoalescedRing] = None
         self.vcpu_features: List[List[int]] = []  # INIT features per vCPU (without POWER_OFF)
         self.sme_bit: Optional[int] = None
+        self.pmu = False  # the vCPUs have a PMUv3 (build: chosen; restore: their saved features)
         # Pausing (pause()/resume()): vCPU threads park outside KVM_RUN.
         self._pause_cv = threading.Condition()
         self._pause_req = False
@@ -416,36 +428,22 @@ class Machine:
 
     def create_vcpus(self) -> None:
         c, kvm = self.config, self.kvm
-        has_sve = kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0
-        if c.sve_max_vl is not None and not has_sve:
-            raise HostUnsupported("--sve-max-vl: this host's KVM offers no SVE to guests")
-        use_sve = has_sve and c.sve
-        sme_bit = None
-        if c.sme_max_vl is not None:
-            found = discover(kvm)  # the SME feature bit is probed (ABI page §2)
-            if not found.present:
-                raise HostUnsupported(f"--sme-max-vl: this host's KVM offers no SME to guests ({found.reason})",
-                                      "see pyvmm caps and pyvmm abi-check; the project's SME kernel is "
-                                      "built by ci/qemu-aarch64/kernel/build")
-            sme_bit = found.bit
-        self.sme_bit = sme_bit
-        # The INIT features a snapshot records (configure_vcpu adds the same
-        # SVE and SME bits itself); POWER_OFF is in the saved MP state instead.
-        features = [const("KVM_ARM_VCPU_PSCI_0_2")]
-        if use_sve:
-            features.append(const("KVM_ARM_VCPU_SVE"))
-        if sme_bit is not None:
-            features.append(sme_bit)
+        chosen = guest_features.choose(c, guest_features.offered(kvm))
+        self.sme_bit = chosen.sme_bit
+        self.pmu = chosen.pmu
+        # The INIT features a snapshot records (configure_vcpu adds the SVE
+        # and SME bits itself); POWER_OFF is in the saved MP state instead.
+        features = chosen.init_features()
         for i in range(c.cpus):
             vcpu = self.vm.create_vcpu(i)
-            extra = [const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else []
-            if use_sve or sme_bit is not None:
+            extra = chosen.extra_features() + ([const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else [])
+            if chosen.sve or chosen.sme_bit is not None:
                 # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
-                configure_vcpu(vcpu, sme_bit, c.sve_max_vl if use_sve else None, c.sme_max_vl,
-                               sve=use_sve, extra_features=extra,
+                configure_vcpu(vcpu, chosen.sme_bit, c.sve_max_vl if chosen.sve else None, c.sme_max_vl,
+                               sve=chosen.sve, extra_features=extra,
                                sve_label="--sve-max-vl", sme_label="--sme-max-vl")
             else:
-                vcpu.arm_vcpu_init([*features, *extra])
+                vcpu.arm_vcpu_init([const("KVM_ARM_VCPU_PSCI_0_2"), *extra])
             self.add_vcpu(vcpu, features)
 
     def add_vcpu(self, vcpu, features: List[int]) -> None:
@@ -459,6 +457,9 @@ class Machine:
         c = self.config
         self.gic = VgicV3(self.vm, len(self.vcpus))
         self.gic.init()
+        if self.pmu:  # after the vGIC, before any vCPU runs (also on restore)
+            for v in self.vcpus:
+                guest_features.init_pmu(v)
         self.bus.register(layout.GICD_BASE, layout.GICD_SIZE, _KernelOwned(), "vGICv3 distributor")
         self.bus.register(layout.GICR_BASE, layout.gicr_size(len(self.vcpus)), _KernelOwned(),
                           "vGICv3 redistributors")
@@ -509,7 +510,8 @@ class Machine:
         self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
                              gic=self.gic.dt_node(), devices=self.device_nodes(), bootargs=self.cmdline,
                              initrd=initrd_range,
-                             stdout_path=self.uart.dt_path if self.config.console == "serial" else None)
+                             stdout_path=self.uart.dt_path if self.config.console == "serial" else None,
+                             pmu=self.pmu)
         self.mem.write(p.dtb_addr, self.dtb)
         boot = self.vcpus[0]
         boot.set_reg(regs.core("PC"), p.entry)

@@ -123,6 +123,13 @@ def timer_node() -> Node:
             .prop("always-on"))
 
 
+def pmu_node() -> Node:
+    """The vCPUs' PMUv3 (KVM_ARM_VCPU_PMU_V3), its overflow interrupt a PPI."""
+    return (Node("pmu")
+            .prop("compatible", "arm,armv8-pmuv3")
+            .prop("interrupts", irq(GIC_PPI, layout.PMU_PPI, IRQ_TYPE_LEVEL_HIGH)))
+
+
 def psci_node() -> Node:
     # KVM_ARM_VCPU_PSCI_0_2: PSCI 0.2+ function ids, conduit HVC.
     return Node("psci").prop("compatible", ["arm,psci-1.0", "arm,psci-0.2"]).prop("method", "hvc")
@@ -140,8 +147,9 @@ def apb_clock_node() -> Node:
 
 def build(*, ram_size: int, mpidrs: Sequence[int], gic: Node, devices: Sequence[Node],
           bootargs: str = "", initrd: Optional[Tuple[int, int]] = None,
-          stdout_path: Optional[str] = None) -> bytes:
-    """The whole DTB. ``initrd`` is (start, end) guest physical addresses."""
+          stdout_path: Optional[str] = None, pmu: bool = False) -> bytes:
+    """The whole DTB. ``initrd`` is (start, end) guest physical addresses;
+    ``pmu``: the vCPUs have a PMUv3 (a ``pmu`` node)."""
     root = (Node("")
             .prop("compatible", "linux,dummy-virt")
             .prop("model", "pyvmm")
@@ -158,5 +166,7 @@ def build(*, ram_size: int, mpidrs: Sequence[int], gic: Node, devices: Sequence[
               .prop("device_type", "memory")
               .prop("reg", reg64((layout.RAM_BASE, ram_size))))
     root.children += [chosen, memory, cpus_node(mpidrs), psci_node(), timer_node(), apb_clock_node(), gic]
+    if pmu:
+        root.children.append(pmu_node())
     root.children += list(devices)
     return to_dtb(root)

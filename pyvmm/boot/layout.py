@@ -54,6 +54,7 @@ INITRD_WINDOW = 32 * GiB
 
 # PPIs of the generic timer (INTID = 16 + n), as the DT binding numbers them.
 TIMER_PPI_SEC, TIMER_PPI_PHYS, TIMER_PPI_VIRT, TIMER_PPI_HYP = 13, 14, 11, 10
+PMU_PPI = 7  # the PMU overflow interrupt (INTID 23), where QEMU's virt board puts it
 SPI_BASE_INTID = 32
 
 

@@ -13,6 +13,16 @@ def _vls(bits):
     return ", ".join(str(b) for b in bits) if bits else "-"
 
 
+def _guest_default(info) -> str:
+    """What pyvmm run gives a guest by default on this host (pyvmm/guest_features.py)."""
+    c = info["capabilities"]
+    parts = [name for name, on in (("SVE", info["sve"]["offered"]), ("SME", info["sme"]["offered"]),
+                                   ("PMU", c.get("arm_pmu_v3")),
+                                   ("pointer auth", c.get("arm_ptrauth_address") and c.get("arm_ptrauth_generic")))
+             if on]
+    return (", ".join(parts) + " (--no-sve, --no-sme, --no-pmu, --no-pauth leave one out)") if parts else "-"
+
+
 def render_table(info) -> str:
     sme = info["sme"]
     if sme["offered"]:
@@ -30,6 +40,7 @@ def render_table(info) -> str:
         ("SME", sme_line),
         ("SME vector lengths", _vls(sme["vector_lengths"]) + " bits" if sme["offered"] else "-"),
         ("GIC models", ", ".join(info["gic_models"]) or "none"),
+        ("run gives guests", _guest_default(info)),
     ]
     flags = [k for k, v in info["capabilities"].items() if v]
     rows.append(("other capabilities", ", ".join(flags) or "-"))
@@ -46,7 +57,8 @@ def render_table(info) -> str:
 def caps(as_json, kvm_path, sme_bit):
     """Show what this host's KVM offers: API version, IPA limit, SVE and SME
     vector lengths (SME found by probing the feature bit, ABI page §2), GIC
-    models and vCPU limits.
+    models and vCPU limits, and what pyvmm run gives a guest by default
+    (SVE, SME, PMU, pointer authentication: each wherever KVM offers it).
 
     \b
     Examples:

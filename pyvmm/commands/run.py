@@ -67,8 +67,13 @@ def _writer(stream):
 @click.option("--sve-max-vl", type=int, default=None, metavar="BITS",
               help="Largest SVE vector length the guest may use (a length the host offers).")
 @click.option("--sme-max-vl", type=int, default=None, metavar="BITS",
-              help="Give the guest SME, streaming vector lengths up to BITS (a length the host offers).")
-@click.option("--no-sve", is_flag=True, help="No SVE for the guest (with --sme-max-vl: SME-only vCPUs).")
+              help="Largest SME streaming vector length the guest may use (a length the host offers).")
+@click.option("--no-sve", is_flag=True, help="No SVE for the guest (with SME: SME-only vCPUs).")
+@click.option("--no-sme", is_flag=True, help="No SME for the guest (SME is on wherever KVM offers it, "
+                                             "at every streaming length the host offers).")
+@click.option("--no-pmu", is_flag=True, help="No PMUv3 for the guest (on wherever KVM offers it).")
+@click.option("--no-pauth", is_flag=True, help="No pointer authentication for the guest (on wherever KVM "
+                                               "offers it).")
 @click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
               help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
 @click.option("--console", default="serial", metavar="serial|virtio",
@@ -87,7 +92,7 @@ def _writer(stream):
               help="Listen on this unix socket (mode 0600) for pyvmm pause/resume/snapshot/stop.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
-def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, disks,
+def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, no_sme, no_pmu, no_pauth, disks,
         console, console_out, dump_dtb, firmware,
         on_reboot, kvm_path, control, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
@@ -98,7 +103,11 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
     3 the guest asked for a reset with --on-reboot exit; 4 the guest crashed;
     130 Ctrl-C / SIGINT (or Ctrl-A x on a terminal); 143 SIGTERM.
 
-    On a terminal, input goes to the guest raw; type Ctrl-A x to stop it.
+    SVE, SME, the PMU and pointer authentication are given to the guest
+    wherever this host's KVM offers them, at the largest vector lengths
+    (like QEMU's -cpu host); --no-sve, --no-sme, --no-pmu, --no-pauth leave
+    one out. On a terminal, input goes to the guest raw; type Ctrl-A x to
+    stop it.
 
     \b
     Examples:
@@ -111,7 +120,8 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         ctx.find_root().obj["debug"] = True
     config = machine_lib.MachineConfig(
         kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
-        cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve,
+        cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve, sme=not no_sme,
+        pmu=not no_pmu, pauth=not no_pauth,
         disks=[parse_disk(d) for d in disks], console=console,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal

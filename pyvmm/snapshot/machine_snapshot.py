@@ -36,10 +36,12 @@ Progress = Optional[Callable[[int, int], None]]
 # MachineConfig fields stored in the manifest (the rest are host-side choices).
 _CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_max_vl", "sme_max_vl",
                 "sve", "console", "on_reboot")
+# Added later: a snapshot without them had SME only with sme_max_vl, and no PMU or pointer auth.
+_CONFIG_KEYS_SINCE = ("sme", "pmu", "pauth")
 
 
 def config_to_json(c: MachineConfig) -> Dict:
-    d = {k: getattr(c, k) for k in _CONFIG_KEYS}
+    d = {k: getattr(c, k) for k in _CONFIG_KEYS + _CONFIG_KEYS_SINCE}
     d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
     return d
 
@@ -47,6 +49,8 @@ def config_to_json(c: MachineConfig) -> Dict:
 def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
     try:
         kw = {k: d[k] for k in _CONFIG_KEYS}
+        kw.update(sme=d.get("sme", d["sme_max_vl"] is not None), pmu=d.get("pmu", False),
+                  pauth=d.get("pauth", False))
         disks = [DiskSpec(str(x["path"]), bool(x["readonly"])) for x in d.get("disks", [])]
         mem, cpus = int(kw.pop("mem")), int(kw.pop("cpus"))
     except (KeyError, TypeError, ValueError) as e:
@@ -118,6 +122,7 @@ def check(kvm, snap: fmt.Snapshot, given: Optional[trust.HostChoice] = None) -> 
         raise fmt.SnapshotError(f"snapshot holds {len(man.get('vcpus', []))} vCPUs for a {config.cpus}-vCPU machine")
     if len(regions) != 1 or int(regions[0]["size"]) != config.mem:
         raise fmt.SnapshotError("snapshot RAM does not match its machine configuration")
+    check_features(kvm, man.get("vcpus", []))
     sme_bit = machine.get("sme_bit")
     if sme_bit is not None:
         from ..sme import discover
@@ -134,6 +139,26 @@ def check(kvm, snap: fmt.Snapshot, given: Optional[trust.HostChoice] = None) -> 
     return config
 
 
+_OPTIONAL_FEATURES = (("KVM_ARM_VCPU_PMU_V3", "KVM_CAP_ARM_PMU_V3", "a PMU"),
+                      ("KVM_ARM_VCPU_PTRAUTH_ADDRESS", "KVM_CAP_ARM_PTRAUTH_ADDRESS", "pointer authentication"),
+                      ("KVM_ARM_VCPU_PTRAUTH_GENERIC", "KVM_CAP_ARM_PTRAUTH_GENERIC", "pointer authentication"))
+
+
+def check_features(kvm, vcpus) -> None:
+    """Refuse a snapshot whose vCPUs have a PMU or pointer authentication
+    this host's KVM cannot give (rather than a failed KVM_ARM_VCPU_INIT)."""
+    from .._ffi import const
+
+    features = set()
+    for v in vcpus:
+        if isinstance(v, dict) and isinstance(v.get("features"), list):
+            features.update(f for f in v["features"] if type(f) is int)
+    for bit, cap, what in _OPTIONAL_FEATURES:
+        if const(bit) in features and kvm.check_extension(const(cap)) <= 0:
+            raise HostUnsupported(f"the snapshot's vCPUs have {what}, and this host's KVM offers none",
+                                  "restore on a host that offers it (see pyvmm caps)")
+
+
 def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
                  progress: Progress = None) -> None:
     """Build ``m`` (a new :class:`Machine` for the snapshot's configuration)
@@ -148,6 +173,9 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     m.sme_bit = machine.get("sme_bit")
     vcpu_state.check_clock(clock)  # before any vCPU exists
     states = sorted(states, key=lambda s: s.index)
+    from .._ffi import const
+
+    m.pmu = any(const("KVM_ARM_VCPU_PMU_V3") in st.features for st in states)  # create_devices inits it
     for st in states:
         v = m.vm.create_vcpu(st.index)
         vcpu_state.init(v, st)  # features, vector lengths, MPIDR
