@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Set
 
+from .devices.state import json_depth
 from .errors import PyvmmError, UsageProblem
 
 MAX_LINE = 1 << 20  # the longest reply line the client reads
@@ -60,7 +61,7 @@ def parse_request(line: bytes) -> Dict:
     RequestError with the reason otherwise."""
     if len(line) > MAX_REQUEST:
         raise RequestError(f"request longer than {MAX_REQUEST} bytes")
-    depth = _depth(line)
+    depth = json_depth(line, MAX_DEPTH)
     if depth > MAX_DEPTH:
         raise RequestError(f"request nested deeper than {MAX_DEPTH} levels")
     try:
@@ -80,31 +81,6 @@ def parse_request(line: bytes) -> Dict:
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not allowed")
-
-
-def _depth(data: bytes) -> int:
-    """The deepest nesting of [ and { outside strings (bytes level: no decoding)."""
-    depth = deepest = 0
-    in_string = escaped = False
-    for b in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif b == 0x5C:  # backslash
-                escaped = True
-            elif b == 0x22:
-                in_string = False
-        elif b == 0x22:
-            in_string = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > MAX_DEPTH:
-                    return deepest
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return deepest
 
 
 def _check_path(path: str) -> None:

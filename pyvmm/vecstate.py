@@ -31,6 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from . import errno_explain, regs, restore_plan, sme
 from .vcpu import OneRegBatch
+from .devices.state import StateReader, _shown, loads as state_loads
 from .errors import KvmError, UsageProblem
 
 SVCR_SM = restore_plan.SVCR_SM
@@ -144,29 +145,51 @@ class SavedVecState:
                 "sme2": self.sme2, "svcr": self.svcr,
                 "registers": {k: v.hex() for k, v in self.registers.items()}}
 
+    _KEYS = ("format", "version", "sve_vqs", "sme_vqs", "sme_bit", "fa64", "sme2", "svcr", "registers")
+    MAX_REGISTERS = 1024  # Z0-31, P0-15, FFR, 256 ZA rows, ZT0, the few sysregs: far fewer
+
     @classmethod
     def from_dict(cls, d: dict) -> "SavedVecState":
-        if d.get("format") != "pyvmm-vecstate":
+        """Every field checked (type, range, size) with a field-exact
+        UsageProblem, so a hand-edited or foreign file is refused cleanly."""
+        if not isinstance(d, dict) or d.get("format") != "pyvmm-vecstate":
             raise UsageProblem("not a pyvmm vector state (format is not 'pyvmm-vecstate')")
         if d.get("version") != FORMAT_VERSION:
-            raise UsageProblem(f"vector state version {d.get('version')} is not understood",
+            raise UsageProblem(f"vector state version {_shown(d.get('version'))} is not understood",
                                f"this pyvmm reads version {FORMAT_VERSION}")
-        try:
-            return cls(tuple(d["sve_vqs"]), tuple(d["sme_vqs"]), d["sme_bit"], bool(d["fa64"]),
-                       bool(d["sme2"]), int(d["svcr"]),
-                       {k: bytes.fromhex(v) for k, v in d["registers"].items()})
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageProblem(f"malformed vector state: {e}") from None
+        r = StateReader("vector", d, cls._KEYS)
+        sve_vqs = r.int_list("sve_vqs", 1, 16, 16, ascending=True)
+        sme_vqs = r.int_list("sme_vqs", 1, 16, 16, ascending=True)
+        sme_bit, svcr = r.int("sme_bit", 0, 255, optional=True), r.int("svcr", 0, 3)
+        fa64, sme2 = r.bool("fa64"), r.bool("sme2")
+        if svcr and not sme_vqs:
+            raise r.fail(f"'svcr' is {svcr:#x} but 'sme_vqs' is empty (SVCR exists only with SME)")
+        raw = r.dict("registers")
+        if len(raw) > cls.MAX_REGISTERS:
+            raise r.fail(f"'registers' has {len(raw)} entries, more than {cls.MAX_REGISTERS}")
+        registers = {}
+        for name, value in raw.items():
+            if not isinstance(value, str) or len(value) > 2 * 256:
+                raise r.fail(f"register {_shown(name)} must be at most 256 bytes of hex, not {_shown(value)}")
+            try:
+                registers[name] = bytes.fromhex(value)
+            except ValueError:
+                raise r.fail(f"register {_shown(name)} is not hex: {_shown(value)}") from None
+        return cls(tuple(sve_vqs), tuple(sme_vqs), sme_bit, fa64, sme2, svcr, registers)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "SavedVecState":
-        try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise UsageProblem(f"vector state is not JSON: {e}") from None
+    def from_json(cls, data) -> "SavedVecState":
+        """From JSON text or bytes (a file's contents, checked: see :meth:`from_dict`)."""
+        if isinstance(data, str):
+            data = data.encode("utf-8", "surrogateescape")
+        if data[:8] == b"PYVMMSNP":
+            raise UsageProblem("this is a pyvmm snapshot, not a vector state",
+                               "restore-plan --state takes the JSON of pyvmm.vecstate; "
+                               "pyvmm inspect shows a snapshot")
+        return cls.from_dict(state_loads(data, "vector state"))
 
     # -- views of the saved data --
     @property

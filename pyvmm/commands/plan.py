@@ -18,6 +18,9 @@ def _bits(ctx, param, value):
     return value
 
 
+_STATE_MAX = 4 << 20
+
+
 @click.command("restore-plan")
 @click.option("--config", type=click.Choice(CONFIGS), default="sve+sme", show_default=True,
               help="vCPU configuration: SVE and SME, SME only, or SVE only.")
@@ -32,7 +35,7 @@ def _bits(ctx, param, value):
 @click.option("--fpmr", is_flag=True, help="FPMR is part of the saved state.")
 @click.option("--into-finalised", "loaded", is_flag=True,
               help="Plan for an already initialised and finalised vCPU (no INIT/VLS/FINALIZE steps).")
-@click.option("--state", "state_file", type=click.File("r"), default=None, metavar="FILE",
+@click.option("--state", "state_file", type=click.File("rb"), default=None, metavar="FILE",
               help="Plan for a saved vector state (JSON from pyvmm.vecstate) instead of the options above.")
 @click.option("--explain", is_flag=True, help="Give the reason for every step.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (with reasons).")
@@ -55,7 +58,10 @@ def restore_plan_cmd(config, sm, za, svl, sve_vl, fa64, sme2, fpmr, loaded, stat
     if state_file is not None:
         from ..vecstate import SavedVecState
 
-        shape = SavedVecState.from_json(state_file.read()).shape()
+        data = state_file.read(_STATE_MAX + 1)  # a vector state is a few KiB; never read a huge file whole
+        if data[:8] != b"PYVMMSNP" and len(data) > _STATE_MAX:
+            raise UsageProblem(f"--state {state_file.name}: larger than {_STATE_MAX >> 20} MiB, not a vector state")
+        shape = SavedVecState.from_json(data).shape()
     else:
         if config == "sve" and (sm or za):
             raise UsageProblem("an SVE-only vCPU has no SVCR: --sm and --za must be 0",
