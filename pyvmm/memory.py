@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from ._ffi import ffi
-from .errors import GuestError, UsageProblem
+from .errors import GuestError, HostUnsupported, UsageProblem
 
 
 class GuestMemoryError(GuestError):
@@ -43,8 +43,13 @@ class GuestMemory:
         for r in self.regions:
             if gpa < r.end and r.gpa < gpa + size:
                 raise UsageProblem(f"guest RAM at {gpa:#x} overlaps the region at {r.gpa:#x}")
-        mm = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                       mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            mm = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                           mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, OverflowError) as e:
+            raise HostUnsupported(f"cannot map {size >> 20} MiB of guest RAM: "
+                                  f"{getattr(e, 'strerror', None) or e}",
+                                  "give the guest less memory (-m)") from None
         region = Region(len(self.regions), gpa, size, mm)
         if vm is not None:
             vm.set_user_memory_region(region.slot, gpa, size, region.host_address(),

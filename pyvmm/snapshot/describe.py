@@ -6,7 +6,7 @@ from typing import Dict, List, Tuple
 
 from .. import regs
 from . import format as fmt
-from . import memory_image
+from . import memory_image, schema
 from .vm_snapshot import vcpu_states
 
 
@@ -25,6 +25,7 @@ def _trim(value: bytes) -> bytes:
 
 
 def inspect(snap: fmt.Snapshot) -> Dict:
+    schema.check(snap)
     m = snap.manifest
     machine = m.get("machine", {})
     out = {"format_version": m.get("format_version"), "kind": m.get("kind"),
@@ -130,6 +131,8 @@ def _machine_lines(machine: Dict) -> List[str]:
 
 def diff(a: fmt.Snapshot, b: fmt.Snapshot) -> List[str]:
     """Only what changed: machine fields, registers by name, memory pages."""
+    schema.check(a)
+    schema.check(b)
     out: List[str] = []
     ma, mb = a.manifest.get("machine", {}), b.manifest.get("machine", {})
     for path, x, y in differences({k: v for k, v in ma.items() if k != "memory"},

@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
+from ..devices.state import StateReader, loads
 from ..errors import PyvmmError, UsageProblem
 
 MAGIC = b"PYVMMSNP"
@@ -35,9 +36,8 @@ _VIEW_MIN = 1 << 20
 
 
 class SnapshotError(UsageProblem):
-    """A snapshot that cannot be used: truncated, altered, newer, or not one."""
-
-    exit_status = 1
+    """A snapshot that cannot be used: truncated, altered, newer, malformed,
+    or not one. Exit status 2, like every other malformed input file."""
 
 
 class WriteError(PyvmmError):
@@ -67,7 +67,7 @@ def _parts(snap: Snapshot) -> List:
     manifest["blobs"] = table
     if snap.seal is not None:
         snap.seal(manifest)
-    mbytes = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+    mbytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     return [_HEADER.pack(MAGIC, FORMAT_VERSION, len(mbytes)) + mbytes, *snap.blobs.values()]
 
 
@@ -95,20 +95,25 @@ def decode(data: bytes, what: str = "snapshot") -> Snapshot:
     if mlen > MAX_MANIFEST or _HEADER.size + mlen > len(body):
         raise SnapshotError(f"{what} has a manifest length beyond the file")
     try:
-        manifest = json.loads(bytes(body[_HEADER.size:_HEADER.size + mlen]))
-        if not isinstance(manifest, dict) or manifest.get("format_version") != version:
-            raise ValueError("manifest does not match the header")
-        table = manifest["blobs"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise SnapshotError(f"{what} has an invalid manifest ({e})") from None
+        manifest = loads(body[_HEADER.size:_HEADER.size + mlen], f"{what}'s manifest")
+    except UsageProblem as e:
+        raise SnapshotError(e.message) from None
+    if not isinstance(manifest, dict):
+        raise SnapshotError(f"{what}'s manifest is a JSON {type(manifest).__name__}, not an object")
+    if manifest.get("format_version") != version:
+        raise SnapshotError(f"{what}'s manifest says format version {manifest.get('format_version')!r}, "
+                            f"its header {version}")
+    if not isinstance(manifest.get("blobs"), list):
+        raise SnapshotError(f"{what}'s manifest: 'blobs' must be a list")
     area = body[_HEADER.size + mlen:]
     blobs = {}
-    for entry in table:
-        try:
-            name, off, length = str(entry["name"]), int(entry["offset"]), int(entry["length"])
-        except (KeyError, TypeError, ValueError):
-            raise SnapshotError(f"{what} has an invalid blob table entry") from None
-        if off < 0 or length < 0 or off + length > len(area):
+    for i, entry in enumerate(manifest["blobs"]):
+        r = StateReader(f"{what}'s manifest blobs[{i}]", entry, ("name", "offset", "length", "sha256"))
+        name, off, length = r.str("name"), r.int("offset", 0, len(area)), r.int("length", 0, len(area))
+        r.str("sha256")
+        if name in blobs:
+            raise r.fail(f"blob {name!r} is listed twice")
+        if off + length > len(area):
             raise SnapshotError(f"{what}: blob {name!r} lies beyond the end of the file")
         blob = area[off:off + length]
         # Each blob's own SHA-256 is in the table for tools that check one

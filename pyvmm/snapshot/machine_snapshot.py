@@ -23,10 +23,10 @@ from typing import Callable, Dict, Optional
 from .. import hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import DiskSpec, Machine, MachineConfig, check_disks, check_options
+from ..machine import Machine, MachineConfig, check_disks
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import memory_image, trust, vcpu_state
+from . import memory_image, schema, trust, vcpu_state
 from .vm_snapshot import check_cntfrq, header, vcpu_states
 
 KIND = "machine"
@@ -34,28 +34,23 @@ GIC_MODEL = "gicv3"
 Progress = Optional[Callable[[int, int], None]]
 
 # MachineConfig fields stored in the manifest (the rest are host-side choices).
-_CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_max_vl", "sme_max_vl",
-                "sve", "console", "on_reboot")
-# Added later: a snapshot without them had SME only with sme_max_vl, and no PMU or pointer auth.
-_CONFIG_KEYS_SINCE = ("sme", "pmu", "pauth")
+# MachineConfig fields stored in the manifest (the rest are host-side
+# choices); schema.CONFIG_KEYS_SINCE were added later (absent: SME only with
+# sme_max_vl, no PMU, no pointer auth).
+_CONFIG_KEYS = tuple(k for k in schema.CONFIG_KEYS if k != "disks") + schema.CONFIG_KEYS_SINCE
 
 
 def config_to_json(c: MachineConfig) -> Dict:
-    d = {k: getattr(c, k) for k in _CONFIG_KEYS + _CONFIG_KEYS_SINCE}
+    d = {k: getattr(c, k) for k in _CONFIG_KEYS}
     d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
     return d
 
 
 def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
-    try:
-        kw = {k: d[k] for k in _CONFIG_KEYS}
-        kw.update(sme=d.get("sme", d["sme_max_vl"] is not None), pmu=d.get("pmu", False),
-                  pauth=d.get("pauth", False))
-        disks = [DiskSpec(str(x["path"]), bool(x["readonly"])) for x in d.get("disks", [])]
-        mem, cpus = int(kw.pop("mem")), int(kw.pop("cpus"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e})") from None
-    return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
+    """The configuration a snapshot records, checked (pyvmm/snapshot/schema.py)."""
+    config = schema.config_from_manifest(d)
+    config.kvm_path = kvm_path
+    return config
 
 
 def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
@@ -100,28 +95,19 @@ def check(kvm, snap: fmt.Snapshot, given: Optional[trust.HostChoice] = None) -> 
         hint = "restore bare-metal snapshots with the library (pyvmm.snapshot.vm_snapshot)" \
             if man.get("kind") == "baremetal" else None
         raise UsageProblem(f"snapshot kind {man.get('kind')!r} is not a pyvmm run machine", hint)
-    try:
-        machine = man["machine"]
-        gic_model = machine["gic"]["model"]
-        cntfrq = int(machine["cntfrq"])
-        config = config_from_json(machine["config"], kvm.path)
-        regions = machine["memory"]
-        machine["devices"]["uart"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise fmt.SnapshotError(f"snapshot manifest is missing machine state ({e})") from None
-    try:
-        if not isinstance(config.sve, bool):
-            raise UsageProblem(f"sve is {config.sve!r}, not true or false")
-        check_options(config)  # the checks pyvmm run makes on its options
-    except UsageProblem as e:
-        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
-    if gic_model != GIC_MODEL:
-        raise UsageProblem(f"snapshot interrupt controller {gic_model!r} is not the {GIC_MODEL} pyvmm creates")
-    check_cntfrq(cntfrq, kvm)
-    if len(man.get("vcpus", [])) != config.cpus:
-        raise fmt.SnapshotError(f"snapshot holds {len(man.get('vcpus', []))} vCPUs for a {config.cpus}-vCPU machine")
-    if len(regions) != 1 or int(regions[0]["size"]) != config.mem:
-        raise fmt.SnapshotError("snapshot RAM does not match its machine configuration")
+    schema.check(snap)  # every field, and the machine configuration through run's own checks
+    machine = man["machine"]
+    config = schema.config_from_manifest(machine["config"])
+    config.kvm_path = kvm.path
+    if machine["gic"]["model"] != GIC_MODEL:
+        raise UsageProblem(f"snapshot interrupt controller {machine['gic']['model']!r} is not the "
+                           f"{GIC_MODEL} pyvmm creates")
+    check_cntfrq(machine["cntfrq"], kvm)
+    if config.sve_max_vl is not None or config.sme_max_vl is not None:
+        # what pyvmm run would refuse on this host (a length of an extension it lacks)
+        from .. import guest_features
+
+        guest_features.choose(config, guest_features.offered(kvm))
     check_features(kvm, man.get("vcpus", []))
     sme_bit = machine.get("sme_bit")
     if sme_bit is not None:

@@ -80,6 +80,9 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
     """A new BareMetal VM in the snapshot's state, ready to :meth:`run`."""
     if snap.manifest.get("kind") != KIND:
         raise UsageProblem(f"snapshot kind {snap.manifest.get('kind')!r} is not {KIND!r}")
+    from . import schema
+
+    schema.check(snap)
     machine = snap.manifest["machine"]
     states = vcpu_states(snap)
     regions = machine["memory"]

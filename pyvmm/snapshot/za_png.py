@@ -19,6 +19,7 @@ import png
 from .. import regs
 from ..errors import PyvmmError
 from . import format as fmt
+from . import schema
 from .vcpu_state import SVCR_ZA
 from .vm_snapshot import vcpu_states
 
@@ -39,6 +40,7 @@ def za_tiles(snap: fmt.Snapshot) -> List[ZaTile]:
     """The ZA array of every vCPU whose saved SVCR.ZA = 1, in vCPU order.
     PyvmmError (exit status 1) if there is none; SnapshotError if a vCPU
     with ZA on lacks rows."""
+    schema.check(snap)
     tiles = []
     for state in sorted(vcpu_states(snap), key=lambda s: s.index):
         if not state.svcr & SVCR_ZA:

@@ -1,7 +1,9 @@
 """inspect/diff on machine snapshots (pure): field-level differences,
 memory compared page by page, the short machine summary."""
+from pyvmm.machine import DiskSpec, MachineConfig
 from pyvmm.snapshot import describe, memory_image
 from pyvmm.snapshot import format as fmt
+from support.snapshots import machine_snapshot
 
 
 def test_differences_name_the_changed_leaf():
@@ -22,27 +24,20 @@ def test_memory_pages_split_runs_back_into_pages():
 
 
 def _machine_snap(pending_word: int, page_value: int) -> fmt.Snapshot:
-    mem = bytearray(8 * 4096)
-    mem[3 * 4096] = page_value
-    blob, stored = memory_image.pack(bytes(mem))
-    machine = {"cntfrq": 1000, "sme_bit": None,
-               "config": {"cpus": 2, "mem": 256 << 20, "console": "virtio", "sve": True, "kernel": "/k",
-                          "disks": [{"path": "/d.img", "readonly": True}]},
-               "gic": {"model": "gicv3", "state": {"nr_irqs": 128, "dist": {"ISPENDR": [pending_word, 0, 0],
-                                                                            "ISENABLER": [6, 0, 0]}}},
-               "devices": {"uart": {"level": False, "rx": ""},
-                           "virtio": [{"base": 0xa000000, "device_id": 3,
-                                       "state": {"status": 15, "queues": [{"ready": True}, {"ready": False}],
-                                                 "error": None}}]},
-               "memory": [{"slot": 0, "gpa": 0x80000000, "size": len(mem), "blob": "ram0", "stored_pages": stored}]}
-    return fmt.Snapshot({"kind": "machine", "machine": machine, "vcpus": [], "created_by": "pyvmm test",
-                         "host": {"machine": "aarch64", "kernel": "7.3"}}, {"ram0": blob})
+    config = MachineConfig(kernel="/k", mem=256 << 20, cpus=2, console="virtio", disks=[DiskSpec("/d.img", True)])
+    return machine_snapshot(
+        config, pages={3: bytes([page_value]) + bytes(4095)}, cntfrq=1000,
+        gic={"model": "gicv3", "state": {"nr_irqs": 128, "dist": {"ISPENDR": [pending_word, 0, 0],
+                                                                  "ISENABLER": [6, 0, 0]}}},
+        devices={"uart": {"level": False, "rx": ""},
+                 "virtio": [{"base": 0xa000000, "device_id": 3,
+                             "state": {"status": 15, "queues": [{"ready": True}, {"ready": False}], "error": None}}]})
 
 
 def test_diff_of_machine_snapshots_is_field_and_page_level():
     out = describe.diff(_machine_snap(0, 1), _machine_snap(4, 2))
     assert out == ["machine.gic.state.dist.ISPENDR[0]: 0 -> 4",
-                   "memory at 0x80000000: 1 pages differ (0x80003000)"]
+                   "memory at 0x40000000: 1 pages differ (0x40003000)"]
 
 
 def test_inspect_summarises_the_machine():

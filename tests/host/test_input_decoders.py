@@ -57,3 +57,123 @@ def test_restore_plan_state_file_refusals(tmp_path, content, message):
     r = CliRunner().invoke(cli, ["restore-plan", "--state", str(f)])
     assert r.exit_code == 2, r.output
     assert r.output.startswith(f"pyvmm: error: {message}") and r.output.count("\n") == 1, r.output
+
+
+# -- snapshot manifests ----------------------------------------------------------------
+
+class FakeKvm:
+    """A stand-in KVM handle for the checks that ask the host (named fake:
+    no VM is ever made): offers no optional capability."""
+    path = "/dev/kvm"
+
+    def check_extension(self, cap):
+        return 0
+
+
+@pytest.fixture
+def no_host(monkeypatch, tmp_path):
+    from pyvmm import hostinfo, sme
+
+    monkeypatch.setattr(hostinfo, "cntfrq", lambda kvm=None: 62_500_000)
+    monkeypatch.setattr(sme, "discover", lambda kvm, bit=None: sme.SmeDiscovery(None, None, (), "probed", "fake"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+
+
+def _valid_machine():
+    from pyvmm.machine import DiskSpec, MachineConfig
+    from support.snapshots import machine_snapshot
+
+    config = MachineConfig(kernel="/k/Image", mem=64 << 20, cpus=2, console="virtio",
+                           disks=[DiskSpec("/d.img", True)], sve_max_vl=256)
+    return machine_snapshot(config, devices={"uart": {}, "virtio": [
+        {"base": 0xA000000, "device_id": 3, "state": {}}, {"base": 0xA000200, "device_id": 2, "state": {}}]})
+
+
+VALID_MACHINE = _valid_machine()
+
+
+def _consumers(snap):
+    """Everything that reads a manifest without a VM: restore's checks, inspect, diff, the ZA picture."""
+    from pyvmm.snapshot import describe, za_png
+    from pyvmm.snapshot import machine_snapshot as ms
+    from pyvmm.snapshot import trust
+
+    from pyvmm.machine import DiskSpec
+
+    for step in (lambda: ms.check(FakeKvm(), snap, trust.HostChoice(disks=[DiskSpec("/dev/null")])),
+                 lambda: describe.render_inspect(describe.inspect(snap)),
+                 lambda: describe.diff(snap, VALID_MACHINE), lambda: za_png.za_tiles(snap)):
+        _clean(step)
+
+
+def test_the_valid_machine_snapshot_passes_the_reader(no_host):
+    from pyvmm.snapshot import describe, schema
+
+    schema.check(VALID_MACHINE)
+    assert "machine: 2 vCPUs, 64 MiB" in describe.render_inspect(describe.inspect(VALID_MACHINE))
+
+
+@given(doc=mutated(VALID_MACHINE.manifest))
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_property_machine_manifest(no_host, doc):
+    """Any one change to a valid manifest (then a valid file checksum, as an
+    attacker would write): decoded and used, or refused with a reason."""
+    from pyvmm.snapshot import format as fmt
+
+    blobs = {k: bytes(v) for k, v in VALID_MACHINE.blobs.items()}
+    try:
+        data = fmt.encode(fmt.Snapshot(doc, blobs))
+    except ValueError:
+        return  # not JSON at all (NaN): cannot be written
+    snap = _clean(lambda: fmt.decode(data))
+    if isinstance(snap, PyvmmError):
+        return
+    _consumers(snap)
+
+
+@pytest.mark.parametrize("change,message", [
+    # the issue's malformed snapshots, each with its field-exact refusal (exit 2)
+    (lambda m: m.update(blobs={"a": 1}), "'blobs' must be a list"),
+    (lambda m: m["blobs"][0].update(offset=1e308), "blobs[0] state: 'offset' must be an integer"),
+    (lambda m: m["vcpus"][0].update(features=[2, 5000]), "vcpus[0] state: 'features'[1] must be an integer in 0x0..0xff, not 5000"),
+    (lambda m: m["vcpus"][0].update(features=[-1, 4]), "'features'[0] must be an integer in 0x0..0xff, not -1"),
+    (lambda m: m["vcpus"][0].update(sve_vls=[2, 1]), "'sve_vls' must be strictly increasing"),
+    (lambda m: m["vcpus"][0].update(sve_vls=[1, 17]), "'sve_vls'[1] must be an integer in 0x1..0x10, not 17"),
+    (lambda m: m["vcpus"][0].update(mp_state=1 << 40), "'mp_state' must be an integer in 0x0..0xa, not 1099511627776"),
+    (lambda m: m["vcpus"][0].update(index=1 << 64), "'index' must be an integer in 0x0..0x7a"),
+    (lambda m: m["vcpus"][0].update(events="not base64!"), "vcpus[0] state: 'events' is not valid base64"),
+    (lambda m: m["vcpus"][0].update(mp_state=5), "every vCPU is stopped (mp_state 5)"),
+    (lambda m: m["machine"]["config"].update(mem=1.5), "'mem' must be an integer"),
+    (lambda m: m["machine"]["config"].update(mem=32 << 30), "RAM of 67108864 bytes does not match the configuration's 34359738368"),
+    (lambda m: m["machine"]["config"].update(firmware="/fw.bin"), "'kernel' and 'firmware' are both set"),
+    (lambda m: m["machine"]["memory"][0].update(size="64M"), "'size' must be an integer"),
+])
+def test_issue_malformed_snapshots_are_refused_field_exact(no_host, change, message):
+    from pyvmm.snapshot import format as fmt
+    from pyvmm.snapshot import schema
+
+    doc = json.loads(json.dumps(VALID_MACHINE.manifest))
+    doc["vcpus"] = doc["vcpus"][:1]
+    doc["machine"]["config"]["cpus"] = 1
+    change(doc)
+    blobs = {k: bytes(v) for k, v in VALID_MACHINE.blobs.items()}
+    body = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()  # the table as written, unchanged
+    data = fmt._HEADER.pack(fmt.MAGIC, 1, len(body)) + body + b"".join(blobs[e["name"]] for e in
+                                                                      VALID_MACHINE.manifest["blobs"])
+    import hashlib
+
+    data += hashlib.sha256(data).digest()
+    with pytest.raises(PyvmmError) as info:
+        schema.check(fmt.decode(data))
+    assert message in str(info.value)
+    assert info.value.exit_status == 2 and "\n" not in str(info.value)
+
+
+def test_deeply_nested_manifest(no_host):
+    from pyvmm.snapshot import format as fmt
+
+    doc = json.loads(json.dumps(VALID_MACHINE.manifest))
+    doc["created_by"] = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+    data = fmt.encode(fmt.Snapshot(doc, {k: bytes(v) for k, v in VALID_MACHINE.blobs.items()}))
+    with pytest.raises(fmt.SnapshotError, match="manifest is nested deeper than 32 levels"):
+        fmt.decode(data)

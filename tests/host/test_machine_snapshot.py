@@ -9,6 +9,7 @@ from pyvmm.machine import DiskSpec, MachineConfig
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot as ms
 from pyvmm.snapshot import trust
+from support.snapshots import machine_snapshot
 
 
 class FakeKvm:
@@ -18,19 +19,17 @@ class FakeKvm:
 def _snap(**machine_overrides):
     config = MachineConfig(kernel="/k/Image", initrd=None, cmdline="quiet", mem=256 << 20, cpus=2,
                            disks=[DiskSpec("/d/disk.img", True)])
-    machine = {"cntfrq": 62_500_000, "gic": {"model": "gicv3", "state": {}}, "sme_bit": None,
-               "config": ms.config_to_json(config),
-               "memory": [{"slot": 0, "gpa": 0x40000000, "size": 256 << 20, "blob": "ram0", "stored_pages": 0}],
-               "devices": {"uart": {}, "virtio": []}}
-    machine.update(machine_overrides)
-    return fmt.Snapshot({"kind": "machine", "machine": machine, "vcpus": [{}, {}]}, {})
+    return machine_snapshot(config, **machine_overrides)
 
 
 def test_config_round_trip():
     c = MachineConfig(kernel="/k/Image", cmdline="x", mem=512 << 20, cpus=3, sve_max_vl=256, sme_max_vl=512,
-                      sve=False, console="virtio", disks=[DiskSpec("/a.img", False)], on_reboot="exit")
+                      console="virtio", disks=[DiskSpec("/a.img", False)], on_reboot="exit", pmu=False)
     back = ms.config_from_json(ms.config_to_json(c))
     assert back == c
+    # what run refuses, restore refuses (issue 14 #6): one validation path
+    with pytest.raises(UsageProblem, match="^snapshot machine.config: --sve-max-vl and --no-sve contradict"):
+        ms.config_from_json(ms.config_to_json(MachineConfig(kernel="/k", sve=False, sve_max_vl=256)))
 
 
 @pytest.mark.parametrize("change,match", [
@@ -49,10 +48,12 @@ def test_wrong_kind_and_invalid_config(monkeypatch):
     snap.manifest["kind"] = "baremetal"
     with pytest.raises(UsageProblem, match="not a pyvmm run machine"):
         ms.check(FakeKvm(), snap)
-    for key, value in (("cpus", 0), ("mem", 1 << 60), ("console", "vga")):
+    for key, value, match in (("cpus", 0, "--cpus 0: pyvmm runs 1 to 123 vCPUs"),
+                              ("mem", 1 << 60, "--mem 1073741824G does not fit in the 40-bit guest address space"),
+                              ("console", "vga", "--console 'vga': choose serial or virtio")):
         snap = _snap()
         snap.manifest["machine"]["config"][key] = value
-        with pytest.raises(fmt.SnapshotError, match="configuration is invalid"):
+        with pytest.raises(UsageProblem, match=f"^snapshot machine.config: {match}"):
             ms.check(FakeKvm(), snap)
 
 

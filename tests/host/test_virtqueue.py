@@ -224,3 +224,12 @@ def test_any_driver_memory_is_handled_safely(size, ring_ok, rings, descs, indire
     except (vq.VirtqueueError, GuestMemoryError):
         pass
     assert popped <= q.size
+
+
+def test_guest_ram_the_host_cannot_map_is_a_host_error():
+    """Issue 14 #5: 32 GiB (here 64 TiB) of RAM from a snapshot or -m was an internal error."""
+    from pyvmm.errors import HostUnsupported
+    from pyvmm.memory import GuestMemory
+
+    with pytest.raises(HostUnsupported, match=r"^cannot map 67108864 MiB of guest RAM: Cannot allocate memory"):
+        GuestMemory().add(0x40000000, 1 << 46)

@@ -10,7 +10,9 @@ from pyvmm import regs
 from pyvmm.cli import cli
 from pyvmm.errors import PyvmmError
 from pyvmm.snapshot import format as fmt
+from pyvmm.machine import MachineConfig
 from pyvmm.snapshot import memory_image, vcpu_state, za_png
+from support.snapshots import machine_snapshot
 
 SME_BIT = 10
 
@@ -29,21 +31,16 @@ def vcpu(index, svcr, sme_vq=None):
         n = 16 * sme_vq
         if svcr & vcpu_state.SVCR_ZA:
             registers += [(regs.sme_za_row(r), pattern(index, r, n).ljust(256, b"\0")) for r in range(n)]
-    return vcpu_state.VcpuState(index, [2, SME_BIT], sme_vls=sme_vls, svcr=svcr, registers=registers,
+    return vcpu_state.VcpuState(index, [2, SME_BIT] if sme_vq else [2], sme_vls=sme_vls, svcr=svcr, registers=registers,
                                 mp_state=0, events=bytes(64), saved_at_ns=1)
 
 
 def snapshot(path, states):
-    mem = bytearray(16 * 4096)
-    blob, stored = memory_image.pack(mem)
-    manifest = {"kind": "baremetal", "created_by": "test", "host": {"machine": "x", "kernel": "y"},
-                "machine": {"cntfrq": 62500000, "gic": None, "sme_bit": SME_BIT, "features": [2, SME_BIT],
-                            "memory": [{"slot": 0, "gpa": 0x80000000, "size": len(mem), "blob": "ram0",
-                                        "stored_pages": stored}]},
-                "vcpus": [s.to_json() for s in states]}
-    blobs = {f"vcpu{s.index}.regs": s.registers_blob() for s in states}
-    blobs["ram0"] = blob
-    fmt.save(str(path), fmt.Snapshot(manifest, blobs))
+    """A machine snapshot (pyvmm run's kind) holding these vCPU states."""
+    config = MachineConfig(kernel="/k/Image", mem=16 << 20, cpus=len(states), sme_max_vl=2048)
+    snap = machine_snapshot(config, sme_bit=SME_BIT, vcpus=[s.to_json() for s in states],
+                            blobs={f"vcpu{s.index}.regs": s.registers_blob() for s in states})
+    fmt.save(str(path), fmt.Snapshot(snap.manifest, {k: bytes(v) for k, v in snap.blobs.items()}))
     return str(path)
 
 
