@@ -24,9 +24,7 @@ import threading
 from typing import Optional
 
 from .errors import UsageProblem
-
-_SUN_PATH_MAX = 107
-
+from .unix_socket import listen_private
 
 class Endpoint:
     """The terminal: nothing to open (the CLI supplies stdin/stdout)."""
@@ -130,24 +128,9 @@ class UnixEndpoint(Endpoint):
 
     def __init__(self, path: str):
         super().__init__()
-        if len(os.fsencode(path)) > _SUN_PATH_MAX:
-            raise UsageProblem(f"--console-out unix:{path}: longer than {_SUN_PATH_MAX} bytes")
-        if os.path.lexists(path):
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                raise UsageProblem(f"--console-out unix:{path}: a file that is not a socket is in the way")
-            os.unlink(path)  # a stale socket of a VMM that was killed (a live one: bind fails below)
         self.path = os.path.abspath(path)
         self.name = self.path
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
-        try:
-            self._sock.bind(self.path)
-        except OSError as e:
-            self._sock.close()
-            raise UsageProblem(f"--console-out unix:{path}: {e.strerror}") from None
-        finally:
-            os.umask(old)
-        self._sock.listen(2)
+        self._sock = listen_private(self.path, "--console-out unix:", 2)
         self._rpipe, self._wpipe = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self._wpipe, False)
         self.input_fd = self._rpipe

@@ -28,13 +28,13 @@ import errno
 import json
 import os
 import socket
-import stat
 import threading
 import time
 from typing import Callable, Dict, Optional, Set
 
-from .devices.state import json_depth
+from .devices.state import loads
 from .errors import PyvmmError, UsageProblem
+from .unix_socket import check_path, listen_private
 
 MAX_LINE = 1 << 20  # the longest reply line the client reads
 MAX_REQUEST = 64 << 10
@@ -42,7 +42,6 @@ MAX_DEPTH = 16
 MAX_CLIENTS = 8
 REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
-_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 Handler = Callable[[Dict, Callable[[Dict], None]], Dict]
 
@@ -61,17 +60,10 @@ def parse_request(line: bytes) -> Dict:
     RequestError with the reason otherwise."""
     if len(line) > MAX_REQUEST:
         raise RequestError(f"request longer than {MAX_REQUEST} bytes")
-    depth = json_depth(line, MAX_DEPTH)
-    if depth > MAX_DEPTH:
-        raise RequestError(f"request nested deeper than {MAX_DEPTH} levels")
     try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(f"request is not UTF-8 (byte {e.start})") from None
-    try:
-        request = json.loads(text, parse_constant=_no_constant)
-    except ValueError as e:
-        raise RequestError(f"request is not JSON ({e})") from None
+        request = loads(line, "request", MAX_DEPTH)
+    except UsageProblem as e:
+        raise RequestError(e.message) from None
     if not isinstance(request, dict):
         raise RequestError(f"request is a JSON {type(request).__name__}, not an object")
     if not isinstance(request.get("cmd"), str):
@@ -79,53 +71,14 @@ def parse_request(line: bytes) -> Dict:
     return request
 
 
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
-
-
-def _check_path(path: str) -> None:
-    if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        raise UsageProblem(f"control socket path {path} is longer than {_SUN_PATH_MAX} bytes",
-                           "use a shorter path, e.g. in /tmp or the current directory")
-
-
-def _live(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
 class ControlServer:
     """Listens on ``path`` and calls ``handler(request, send)`` for each
     request; ``send`` streams progress objects before the final reply."""
 
     def __init__(self, path: str, handler: Handler):
-        _check_path(path)
         self.path = os.path.abspath(path)
         self.handler = handler
-        if os.path.lexists(self.path):
-            st = os.lstat(self.path)
-            if not stat.S_ISSOCK(st.st_mode):
-                raise UsageProblem(f"--control {path}: a file that is not a socket is in the way",
-                                   "choose another path or remove it")
-            if _live(self.path):
-                raise UsageProblem(f"--control {path}: another VMM is listening there")
-            os.unlink(self.path)  # a stale socket of a VMM that was killed
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)  # created 0600: no window in which others may connect
-        try:
-            self.sock.bind(self.path)
-        except OSError as e:
-            self.sock.close()
-            raise UsageProblem(f"--control {path}: {e.strerror}") from None
-        finally:
-            os.umask(old)
-        self.sock.listen(MAX_CLIENTS)
+        self.sock = listen_private(self.path, "--control", MAX_CLIENTS)
         self.sock.settimeout(0.2)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -247,7 +200,7 @@ def call(path: str, request: Dict, on_progress: Optional[Callable[[int, int, str
     """Send one request to the VMM listening on ``path``; return its final
     reply. Raises UsageProblem when nothing listens there and ControlError
     when the VMM refuses."""
-    _check_path(path)
+    check_path(path, "control socket")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
         try:

@@ -171,9 +171,9 @@ def _error(reply: bytes) -> str:
 def test_two_hundred_thousand_brackets_are_refused_and_the_server_lives(server):
     s, handler = server
     assert _error(_raw(s.path, b"[" * 200_000 + b"\n")) == "bad request: request longer than 65536 bytes"
-    assert _error(_raw(s.path, b"[" * 60_000 + b"\n")) == "bad request: request nested deeper than 16 levels"
+    assert _error(_raw(s.path, b"[" * 60_000 + b"\n")) == "bad request: request is nested deeper than 16 levels"
     assert _error(_raw(s.path, b'{"cmd": "status", "x": ' + b"[" * 17 + b"]" * 17 + b"}\n")) == \
-        "bad request: request nested deeper than 16 levels"
+        "bad request: request is nested deeper than 16 levels"
     assert call(s.path, {"cmd": "status"})["ok"]
     assert handler.requests == [{"cmd": "status"}]  # the handler never saw the bad ones
 
