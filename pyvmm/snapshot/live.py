@@ -17,6 +17,8 @@ import time
 from typing import Callable, Dict, Optional
 
 from ..control import ControlError
+from ..devices.state import StateReader
+from ..errors import UsageProblem
 from ..machine import ExitStatus, Machine
 from . import format as fmt
 from . import machine_snapshot
@@ -41,9 +43,23 @@ class Controller:
             raise ControlError("the VM is starting or rebooting; try again")
         return m
 
+    # The fields each request may carry ("stop" is optional in snapshot).
+    _FIELDS = {"status": (), "pause": (), "resume": (), "stop": (), "snapshot": ("path",)}
+
     def handle(self, request: Dict, send: Callable[[Dict], None]) -> Dict:
+        cmd = request.get("cmd")
+        if cmd not in self._FIELDS:
+            raise ControlError(f"unknown request {cmd!r} (status, pause, resume, snapshot, stop)")
+        keys = ("cmd",) + self._FIELDS[cmd] + (("stop",) if cmd == "snapshot" and "stop" in request else ())
+        try:
+            r = StateReader(f"{cmd} request", request, keys)
+            if cmd == "snapshot":
+                r.str("path")
+                if "stop" in request:
+                    r.bool("stop")
+        except UsageProblem as e:
+            raise ControlError(e.message) from None
         with self._lock:
-            cmd = request.get("cmd")
             m = self._current()
             if cmd == "status":
                 return {"ok": True, "state": "paused" if m.paused else "running", "vcpus": len(m.vcpus),
@@ -58,14 +74,12 @@ class Controller:
             if cmd == "stop":
                 m.finish(ExitStatus.POWEROFF, "stopped through the control socket")
                 return {"ok": True, "state": "stopped"}
-            if cmd == "snapshot":
-                return self._snapshot(m, request, send)
-            raise ControlError(f"unknown request {cmd!r} (status, pause, resume, snapshot, stop)")
+            return self._snapshot(m, request, send)
 
     def _snapshot(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> Dict:
-        path = request.get("path")
-        if not isinstance(path, str) or not os.path.isabs(path):
-            raise ControlError("snapshot needs an absolute path")
+        path = request["path"]
+        if not os.path.isabs(path) or "\0" in path:
+            raise ControlError(f"snapshot needs an absolute path, not {path!r}")
         if not os.path.isdir(os.path.dirname(path)):
             raise ControlError(f"snapshot {path}: directory {os.path.dirname(path)} does not exist")
         if os.path.isdir(path):

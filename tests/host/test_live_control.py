@@ -65,3 +65,19 @@ def test_a_good_path_writes(controller, tmp_path):
     c, m = controller
     reply = _snapshot(c, tmp_path / "vm.snap")
     assert reply["ok"] and reply["state"] == "running" and (tmp_path / "vm.snap").exists()
+
+
+@pytest.mark.parametrize("request_,message", [
+    ({"cmd": "reboot"}, "unknown request 'reboot' (status, pause, resume, snapshot, stop)"),
+    ({"cmd": "status", "x": 1}, "status request state has unknown fields 'x'"),
+    ({"cmd": "snapshot"}, "snapshot request state lacks 'path'"),
+    ({"cmd": "snapshot", "path": 7}, "snapshot request state: 'path' must be a string, not 7"),
+    ({"cmd": "snapshot", "path": "/tmp/x", "stop": "yes"}, "'stop' must be true or false, not 'yes'"),
+    ({"cmd": "snapshot", "path": "relative.snap"}, "snapshot needs an absolute path, not 'relative.snap'"),
+])
+def test_requests_are_checked_field_by_field(controller, request_, message):
+    c, m = controller
+    with pytest.raises(ControlError) as info:
+        c.handle(request_, lambda msg: None)
+    assert message in str(info.value)
+    assert m.calls == []
