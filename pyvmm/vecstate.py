@@ -158,9 +158,11 @@ class SavedVecState:
             raise UsageProblem(f"vector state version {_shown(d.get('version'))} is not understood",
                                f"this pyvmm reads version {FORMAT_VERSION}")
         r = StateReader("vector", d, cls._KEYS)
-        sve_vqs = r.int_list("sve_vqs", 1, 16, 16, ascending=True)
-        sme_vqs = r.int_list("sme_vqs", 1, 16, 16, ascending=True)
-        sme_bit, svcr = r.int("sme_bit", 0, 255, optional=True), r.int("svcr", 0, 3)
+        sve_vqs, sme_vqs = r.ints("sve_vqs", 1, 16), r.ints("sme_vqs", 1, 16)
+        for key, vqs in (("sve_vqs", sve_vqs), ("sme_vqs", sme_vqs)):
+            if any(a >= b for a, b in zip(vqs, vqs[1:])):
+                raise r.fail(f"{key!r} must be strictly increasing, not {vqs}")
+        sme_bit, svcr = r.int_or_none("sme_bit", 0, 255), r.int("svcr", 0, 3)
         fa64, sme2 = r.bool("fa64"), r.bool("sme2")
         if svcr and not sme_vqs:
             raise r.fail(f"'svcr' is {svcr:#x} but 'sme_vqs' is empty (SVCR exists only with SME)")

@@ -1,7 +1,11 @@
-"""Checked reading of a device's saved state (the dict ``save_state`` returns,
-after a JSON round trip). Every field is checked for presence, type and range
-before a device takes any of it; anything else is a :class:`UsageProblem`
-whose one-line message names the device and the field."""
+"""Checked reading of a saved state section (:class:`StateReader`): a device's
+``save_state`` dict, the vGIC's, the snapshot manifest's machine configuration.
+
+One strictness for all of them (docs/snapshot-format.md, "Versions"): every
+field the reader names must be there (unless it names it optional) with the
+right type and range, no other field may be, and a ``version`` newer than the
+reader knows is refused; all before anything is taken. A refusal is a
+:class:`UsageProblem` whose one-line message names the section and the field."""
 from __future__ import annotations
 
 import base64
@@ -24,6 +28,123 @@ def restore_line(raise_irq, was_high: bool, level: bool) -> None:
         raise_irq(True)
     elif was_high:
         raise_irq(False)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+class StateReader:
+    """The fields of one saved state dict, for the section named ``what``.
+
+    ``keys``: the fields it must have; ``optional``: fields it may have.
+    ``version``: the newest version of the section this reader knows; the
+    section's ``version`` field (absent: 1, the form saved before sections
+    carried one) must not be newer."""
+
+    def __init__(self, what: str, state: Any, keys: Iterable[str], optional: Iterable[str] = (),
+                 version: int = 1):
+        self.what = what
+        if not isinstance(state, dict):
+            raise UsageProblem(f"{what} state is not a JSON object (got {type(state).__name__})")
+        self.state = state
+        # The version first: a newer section may well have other fields.
+        self.version = self.int("version", 1, 1 << 31) if "version" in state else 1
+        if self.version > version:
+            raise UsageProblem(f"{what} state is version {self.version}, this pyvmm reads up to {version}",
+                               "restore with the pyvmm that saved it, or a newer one")
+        keys, optional = list(keys), list(optional) + ["version"]
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise UsageProblem(f"{what} state lacks {', '.join(map(repr, missing))}")
+        extra = sorted(str(k) for k in state if k not in keys and k not in optional)
+        if extra:
+            raise UsageProblem(f"{what} state has unknown fields {', '.join(map(repr, extra))}")
+
+    def has(self, key: str) -> bool:
+        return key in self.state
+
+    def nested(self, key: str, keys: Iterable[str], optional: Iterable[str] = (), index: Optional[int] = None,
+               version: int = 1) -> "StateReader":
+        """The reader of the dict under ``key`` (or of entry ``index`` of the list there)."""
+        value = self.state[key] if index is None else self.state[key][index]
+        where = f"{self.what} {key}" + ("" if index is None else f"[{index}]")
+        return StateReader(where, value, keys, optional, version)
+
+    def fail(self, message: str) -> UsageProblem:
+        return UsageProblem(f"{self.what} state: {message}")
+
+    def int(self, key: str, lo: int, hi: int) -> int:
+        value = self.state[key]
+        if type(value) is not int or not lo <= value <= hi:  # bool is not an int here
+            raise self.fail(f"{key!r} must be an integer in {lo:#x}..{hi:#x}, not {_shown(value)}")
+        return value
+
+    def bool(self, key: str) -> bool:
+        value = self.state[key]
+        if type(value) is not bool:
+            raise self.fail(f"{key!r} must be true or false, not {_shown(value)}")
+        return value
+
+    def str(self, key: str, optional: bool = False) -> Optional[str]:
+        value = self.state[key]
+        if value is None and optional:
+            return None
+        if not isinstance(value, str):
+            raise self.fail(f"{key!r} must be a string{' or null' if optional else ''}, not {_shown(value)}")
+        return value
+
+    def bytes(self, key: str, max_len: int) -> bytes:
+        value = self.state[key]
+        if not isinstance(value, str):
+            raise self.fail(f"{key!r} must be base64 text, not {_shown(value)}")
+        try:
+            data = base64.b64decode(value.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError):
+            raise self.fail(f"{key!r} is not valid base64") from None
+        if len(data) > max_len:
+            raise self.fail(f"{key!r} holds {len(data)} bytes, more than the {max_len} the device keeps")
+        return data
+
+    def dict(self, key: str) -> Dict:
+        value = self.state[key]
+        if not isinstance(value, dict):
+            raise self.fail(f"{key!r} must be a JSON object, not {_shown(value)}")
+        return value
+
+    def list(self, key: str, length: Optional[int] = None) -> List:
+        value = self.state[key]
+        if not isinstance(value, list):
+            raise self.fail(f"{key!r} must be a list, not {_shown(value)}")
+        if length is not None and len(value) != length:
+            raise self.fail(f"{key!r} has {len(value)} entries, expected {length}")
+        return value
+
+    def words(self, key: str, length: int, bits: int) -> List[int]:
+        """A list of ``length`` unsigned ``bits``-bit integers."""
+        value = self.list(key, length)
+        for k, w in enumerate(value):
+            if type(w) is not int or not 0 <= w < (1 << bits):
+                raise self.fail(f"{key}[{k}] must be a {bits}-bit unsigned integer, not {_shown(w)}")
+        return value
+
+    def ints(self, key: str, lo: int, hi: int, nullable: bool = False) -> Optional[List[int]]:
+        """A list of integers in ``lo..hi`` (or null, when ``nullable``)."""
+        value = self.state[key]
+        if value is None and nullable:
+            return None
+        if not isinstance(value, list) or any(type(v) is not int or not lo <= v <= hi for v in value):
+            raise self.fail(f"{key!r} must be a list of integers in {lo:#x}..{hi:#x}"
+                            f"{' or null' if nullable else ''}, not {_shown(value)}")
+        return value
+
+    def int_or_none(self, key: str, lo: int, hi: int) -> Optional[int]:
+        return None if self.state[key] is None else self.int(key, lo, hi)
+
+    def uint(self, key: str, bits: int) -> int:
+        """An unsigned ``bits``-bit integer."""
+        return self.int(key, 0, (1 << bits) - 1)
 
 
 MAX_JSON_DEPTH = 32
@@ -75,102 +196,3 @@ def loads(data: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except ValueError as e:
         raise UsageProblem(f"{what} is not JSON ({e})") from None
 
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-class StateReader:
-    """The fields of one saved state dict, for the device named ``what``."""
-
-    def __init__(self, what: str, state: Any, keys: Iterable[str]):
-        self.what = what
-        if not isinstance(state, dict):
-            raise UsageProblem(f"{what} state is not a JSON object (got {type(state).__name__})")
-        keys = list(keys)
-        missing = [k for k in keys if k not in state]
-        if missing:
-            raise UsageProblem(f"{what} state lacks {', '.join(map(repr, missing))}")
-        extra = sorted(str(k) for k in state if k not in keys)
-        if extra:
-            raise UsageProblem(f"{what} state has unknown fields {', '.join(map(repr, extra))}")
-        self.state = state
-
-    def fail(self, message: str) -> UsageProblem:
-        return UsageProblem(f"{self.what} state: {message}")
-
-    def int(self, key: str, lo: int, hi: int, optional: bool = False) -> Optional[int]:
-        value = self.state[key]
-        if value is None and optional:
-            return None
-        if type(value) is not int or not lo <= value <= hi:  # bool is not an int here
-            raise self.fail(f"{key!r} must be an integer in {lo:#x}..{hi:#x}"
-                            f"{' or null' if optional else ''}, not {_shown(value)}")
-        return value
-
-    def int_list(self, key: str, lo: int, hi: int, max_len: int, ascending: bool = False,
-                 optional: bool = False) -> Optional[List[int]]:
-        """A list of at most ``max_len`` integers in lo..hi (``ascending``:
-        strictly increasing, so no repeats)."""
-        value = self.state[key]
-        if value is None and optional:
-            return None
-        if not isinstance(value, list) or len(value) > max_len:
-            raise self.fail(f"{key!r} must be a list of at most {max_len} integers"
-                            f"{' or null' if optional else ''}, not {_shown(value)}")
-        for i, v in enumerate(value):
-            if type(v) is not int or not lo <= v <= hi:
-                raise self.fail(f"{key!r}[{i}] must be an integer in {lo:#x}..{hi:#x}, not {_shown(v)}")
-        if ascending and any(a >= b for a, b in zip(value, value[1:])):
-            raise self.fail(f"{key!r} must be strictly increasing, not {_shown(value)}")
-        return value
-
-    def bool(self, key: str) -> bool:
-        value = self.state[key]
-        if type(value) is not bool:
-            raise self.fail(f"{key!r} must be true or false, not {_shown(value)}")
-        return value
-
-    def str(self, key: str, optional: bool = False) -> Optional[str]:
-        value = self.state[key]
-        if value is None and optional:
-            return None
-        if not isinstance(value, str):
-            raise self.fail(f"{key!r} must be a string{' or null' if optional else ''}, not {_shown(value)}")
-        return value
-
-    def bytes(self, key: str, max_len: int) -> bytes:
-        value = self.state[key]
-        if not isinstance(value, str):
-            raise self.fail(f"{key!r} must be base64 text, not {_shown(value)}")
-        try:
-            data = base64.b64decode(value.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError):
-            raise self.fail(f"{key!r} is not valid base64") from None
-        if len(data) > max_len:
-            raise self.fail(f"{key!r} holds {len(data)} bytes, more than the {max_len} the device keeps")
-        return data
-
-    def dict(self, key: str) -> Dict:
-        value = self.state[key]
-        if not isinstance(value, dict):
-            raise self.fail(f"{key!r} must be a JSON object, not {_shown(value)}")
-        return value
-
-    def list(self, key: str, length: int) -> List:
-        value = self.state[key]
-        if not isinstance(value, list):
-            raise self.fail(f"{key!r} must be a list, not {_shown(value)}")
-        if len(value) != length:
-            raise self.fail(f"{key!r} has {len(value)} entries, this device has {length}")
-        return value
-
-    def list_of(self, key: str, min_len: int, max_len: int) -> List:
-        """A list of ``min_len``..``max_len`` entries (checked by the caller)."""
-        value = self.state[key]
-        if not isinstance(value, list):
-            raise self.fail(f"{key!r} must be a list, not {_shown(value)}")
-        if not min_len <= len(value) <= max_len:
-            raise self.fail(f"{key!r} has {len(value)} entries, not {min_len}..{max_len}")
-        return value

@@ -39,21 +39,32 @@ CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_ma
 CONFIG_KEYS_SINCE = ("sme", "pmu", "pauth")  # absent in snapshots made before they existed
 
 
-def _reader(what: str, state, keys, optional=()) -> StateReader:
-    present = [k for k in optional if isinstance(state, dict) and k in state]
-    return StateReader(what, state, tuple(keys) + tuple(present))
+def _bounded(r: StateReader, key: str, lo: int, hi: int) -> List:
+    """The list under ``key``, with ``lo``..``hi`` entries."""
+    value = r.list(key)
+    if not lo <= len(value) <= hi:
+        raise r.fail(f"{key!r} has {len(value)} entries, not {lo}..{hi}")
+    return value
+
+
+def _vqs(r: StateReader, key: str):
+    """A vector-length set: null, or VQs 1..16 strictly increasing."""
+    value = r.ints(key, 1, 16, nullable=True)
+    if value is not None and (len(value) > 16 or any(a >= b for a, b in zip(value, value[1:]))):
+        raise r.fail(f"{key!r} must be strictly increasing, not {value}")
+    return value
 
 
 def check(snap) -> None:
     """Refuse a malformed manifest (UsageProblem, exit 2, the field named)."""
     man = snap.manifest
-    r = _reader("snapshot manifest", man, _TOP, optional=("seal",))
+    r = StateReader("snapshot manifest", man, _TOP, optional=("seal",))
     kind = r.str("kind")
     if kind not in KINDS:
         raise r.fail(f"'kind' must be one of {', '.join(KINDS)}, not {kind!r}")
     r.str("created_by")
     r.int("created_at_ns", 0, _U63)
-    h = _reader("snapshot host", r.dict("host"), ("machine", "kernel"))
+    h = StateReader("snapshot host", r.dict("host"), ("machine", "kernel"))
     h.str("machine")
     h.str("kernel")
     machine = r.dict("machine")
@@ -61,7 +72,7 @@ def check(snap) -> None:
         max_vcpus, sme_bit, cpus = layout.MAX_VCPUS, _machine(snap, machine), machine["config"]["cpus"]
     else:
         max_vcpus, sme_bit, cpus = 1, _baremetal(snap, machine), 1
-    vcpus = r.list_of("vcpus", 1, max_vcpus)
+    vcpus = _bounded(r, "vcpus", 1, max_vcpus)
     if len(vcpus) != cpus:
         raise r.fail(f"'vcpus' has {len(vcpus)} entries for a {cpus}-vCPU machine")
     states = [_vcpu(i, v, sme_bit, snap) for i, v in enumerate(vcpus)]
@@ -73,11 +84,10 @@ def _vcpu(i: int, meta, sme_bit, snap) -> int:
     r = StateReader(f"snapshot vcpus[{i}]", meta, _VCPU)
     if r.int("index", 0, layout.MAX_VCPUS - 1) != i:
         raise r.fail(f"'index' is {meta['index']}, not its position {i}")
-    features = r.int_list("features", 0, 255, 16)
-    if len(set(features)) != len(features):
+    features = r.ints("features", 0, 255)
+    if len(set(features)) != len(features) or len(features) > 16:
         raise r.fail(f"'features' repeats a bit: {features}")
-    sve = r.int_list("sve_vls", 1, 16, 16, ascending=True, optional=True)
-    sme = r.int_list("sme_vls", 1, 16, 16, ascending=True, optional=True)
+    sve, sme = _vqs(r, "sve_vls"), _vqs(r, "sme_vls")
     if sve is None and _SVE_BIT in features:
         raise r.fail("'sve_vls' is null while the SVE feature bit is set")
     has_sme = sme_bit is not None and sme_bit in features
@@ -121,7 +131,7 @@ def _region(snap, regions: List, what: str, size_check) -> Dict:
 def _machine(snap, machine) -> int:
     r = StateReader("snapshot machine", machine, ("cntfrq", "gic", "sme_bit", "config", "memory", "devices"))
     r.int("cntfrq", 1, 0xFFFFFFFF)
-    sme_bit = r.int("sme_bit", 0, 255, optional=True)
+    sme_bit = r.int_or_none("sme_bit", 0, 255)
     g = StateReader("snapshot machine.gic", r.dict("gic"), ("model", "state"))
     g.str("model")
     g.dict("state")
@@ -132,10 +142,10 @@ def _machine(snap, machine) -> int:
             raise rr.fail(f"RAM at {gpa:#x} is not at {layout.RAM_BASE:#x}, where pyvmm puts it")
         if size != config.mem:
             raise rr.fail(f"RAM of {size} bytes does not match the configuration's {config.mem}")
-    _region(snap, r.list_of("memory", 1, 1), "snapshot machine.memory", ram)
+    _region(snap, _bounded(r, "memory", 1, 1), "snapshot machine.memory", ram)
     d = StateReader("snapshot machine.devices", r.dict("devices"), ("uart", "virtio"))
     d.dict("uart")
-    for i, entry in enumerate(d.list_of("virtio", 0, layout.VIRTIO_SLOTS)):
+    for i, entry in enumerate(_bounded(d, "virtio", 0, layout.VIRTIO_SLOTS)):
         v = StateReader(f"snapshot machine.devices.virtio[{i}]", entry, ("base", "device_id", "state"))
         v.int("base", 0, (1 << 48) - 1)
         v.int("device_id", 0, 0xFFFFFFFF)
@@ -148,13 +158,14 @@ def _baremetal(snap, machine) -> int:
     r.int("cntfrq", 1, 0xFFFFFFFF)
     if machine["gic"] is not None:
         raise r.fail("'gic' must be null in a bare-metal snapshot")
-    sme_bit = r.int("sme_bit", 0, 255, optional=True)
-    r.int_list("features", 0, 255, 16)
+    sme_bit = r.int_or_none("sme_bit", 0, 255)
+    if len(r.ints("features", 0, 255)) > 16:
+        raise r.fail("'features' has more than 16 bits")
 
     def ram(rr, gpa, size):
         if size > BAREMETAL_RAM_MAX:
             raise rr.fail(f"RAM of {size} bytes is more than the {BAREMETAL_RAM_MAX >> 30} GiB a bare-metal VM has")
-    _region(snap, r.list_of("memory", 1, 1), "snapshot machine.memory", ram)
+    _region(snap, _bounded(r, "memory", 1, 1), "snapshot machine.memory", ram)
     return sme_bit
 
 
@@ -163,7 +174,7 @@ def config_from_manifest(d):
     then the checks ``pyvmm run`` makes on its options (one validation path)."""
     from ..machine import DiskSpec, MachineConfig, check_options
 
-    r = _reader("snapshot machine.config", d, CONFIG_KEYS, optional=CONFIG_KEYS_SINCE)
+    r = StateReader("snapshot machine.config", d, CONFIG_KEYS, optional=CONFIG_KEYS_SINCE)
     kw = {k: r.str(k, optional=True) for k in ("kernel", "initrd", "firmware", "cmdline")}
     for k, v in kw.items():
         if v is not None and len(v) > MAX_PATH:
@@ -171,14 +182,14 @@ def config_from_manifest(d):
     if kw["kernel"] and kw["firmware"]:
         raise r.fail("'kernel' and 'firmware' are both set; a machine boots one of them")
     kw.update(mem=r.int("mem", 0, _U63), cpus=r.int("cpus", 0, _U63),
-              sve_max_vl=r.int("sve_max_vl", 0, _U63, optional=True),
-              sme_max_vl=r.int("sme_max_vl", 0, _U63, optional=True),
+              sve_max_vl=r.int_or_none("sve_max_vl", 0, _U63),
+              sme_max_vl=r.int_or_none("sme_max_vl", 0, _U63),
               sve=r.bool("sve"), console=r.str("console"), on_reboot=r.str("on_reboot"))
     kw["sme"] = r.bool("sme") if "sme" in d else kw["sme_max_vl"] is not None
     kw["pmu"] = r.bool("pmu") if "pmu" in d else False
     kw["pauth"] = r.bool("pauth") if "pauth" in d else False
     disks = []
-    for i, x in enumerate(r.list_of("disks", 0, layout.VIRTIO_SLOTS)):
+    for i, x in enumerate(_bounded(r, "disks", 0, layout.VIRTIO_SLOTS)):
         dr = StateReader(f"snapshot machine.config.disks[{i}]", x, ("path", "readonly"))
         path = dr.str("path")
         if not path or len(path) > MAX_PATH or "\0" in path:
