@@ -1,5 +1,5 @@
 """Conformance of the running kernel to the KVM SME ABI (the rules of
-../shared/docs/kvm-sme-abi.md §4-§7, "the ABI page"), checked on scratch VMs.
+docs/kvm-sme-abi.md §4-§7, "the ABI page"), checked on scratch VMs.
 
 Each rule gives pass, fail or skip with what was expected and what was
 observed (usually an errno or a byte count). On a kernel without SME the

@@ -1,6 +1,6 @@
 """What a failed KVM call on vector (SVE/SME) state means, and what to do.
 
-Every row of the errno table in ../shared/docs/kvm-sme-abi.md §7 (the ABI
+Every row of the errno table in docs/kvm-sme-abi.md §7 (the ABI
 page) becomes one sentence saying what happened and one saying what to do.
 :func:`explain` is pure: it sees only the ioctl name, the errno and the
 register name that :mod:`pyvmm._fd` passes to its explainer hook, so the same

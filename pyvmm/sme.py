@@ -1,5 +1,5 @@
 """SME through KVM: discovery of the SME vCPU feature bit and capability, and
-vector-length sets. See ../shared/docs/kvm-sme-abi.md (the ABI page).
+vector-length sets. See docs/kvm-sme-abi.md (the ABI page).
 
 The SME feature bit and KVM_CAP_ARM_SME are not settled upstream (ABI page
 §2): they are found by probing, never hard-coded; an override can be given

@@ -1,5 +1,5 @@
 """The vector state of one vCPU: SVE and SME registers as the KVM SME ABI
-exposes them (../shared/docs/kvm-sme-abi.md, "the ABI page").
+exposes them (docs/kvm-sme-abi.md, "the ABI page").
 
 :class:`VecState` wraps a finalised vCPU. It knows SVCR and reads and writes
 

@@ -1,5 +1,5 @@
 """A model of a kernel implementing the KVM SME ABI (v12, the ABI page
-../shared/docs/kvm-sme-abi.md), so the SME code runs on any host.
+docs/kvm-sme-abi.md), so the SME code runs on any host.
 
 ``FakeKvm`` answers like /dev/kvm would: the same methods as pyvmm.kvm.Kvm,
 Vm and Vcpu, KvmErrors with the real errnos and the explainer's hints.
