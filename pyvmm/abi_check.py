@@ -57,7 +57,6 @@ class Checker:
     with the same methods)."""
 
     def __init__(self, kvm, sme_bit: Optional[int] = None):
-        errno_explain.install()
         self.kvm = kvm
         self.results: List[Result] = []
         self.discovery = sme.discover(kvm, sme_bit)

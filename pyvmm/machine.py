@@ -26,9 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 from . import exits, regs
-from ._fd import explain
-from ._ffi import const, ffi, libc
-from .ioctls import request
+from ._ffi import const, ffi
 from .boot import fdt, image, layout
 from .devices.bus import MmioBus
 from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
@@ -476,9 +474,7 @@ class Machine:
         page = self.kvm.check_extension(const("KVM_CAP_COALESCED_MMIO"))
         if page <= 0:
             return
-        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
-        zone.addr, zone.size = layout.UART_BASE + PL011_DR, 4
-        self.vm.ioctl("KVM_REGISTER_COALESCED_MMIO", zone)
+        self.vm.register_coalesced_mmio(layout.UART_BASE + PL011_DR, 4)
         self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus, self.uart_out)
 
     def _add_virtio(self, slot: int, backend, name: str) -> None:
@@ -613,15 +609,13 @@ class Machine:
     def _vcpu_loop(self, vcpu) -> None:
         counts = Counter()
         bus_read, bus_write = self.bus.read, self.bus.write
-        # The hot path: KVM_RUN and MMIO completion without the per-call
-        # lookups of Vcpu.run() / exits.decode() (same ioctl, same kvm_run
-        # fields; every other exit still goes through exits.decode).
+        # The hot path: KVM_RUN prepared once by the fd layer and MMIO
+        # completed without the per-call lookups of Vcpu.run() /
+        # exits.decode() (same kvm_run fields; every other exit still goes
+        # through exits.decode).
         run = vcpu.run_struct
         mmio = run.mmio
-        ioctl = libc().ioctl
-        fd = vcpu.fd
-        req = ffi.cast("unsigned long", request("KVM_RUN").number)
-        zero = ffi.cast("unsigned long", 0)
+        kvm_run = vcpu.prepare_run()
         buffer, memmove = ffi.buffer, ffi.memmove
         EXIT_MMIO = const("KVM_EXIT_MMIO")
         EXIT_INTR = const("KVM_EXIT_INTR")
@@ -630,14 +624,15 @@ class Machine:
         n_mmio = 0
         try:
             while not self._done.is_set():
-                if ioctl(fd, req, zero) < 0:
-                    err = ffi.errno
-                    if err == errno.EINTR:
-                        counts["intr"] += 1
-                        if self._pause_req:
-                            self._park(vcpu)
-                        continue
-                    raise KvmError(err, "KVM_RUN", vcpu.target, None, explain("KVM_RUN", err, None))
+                try:
+                    kvm_run()
+                except KvmError as e:
+                    if e.errno != errno.EINTR:
+                        raise
+                    counts["intr"] += 1
+                    if self._pause_req:
+                        self._park(vcpu)
+                    continue
                 if ring is not None and ring.pending():
                     ring.drain()  # earlier writes first
                 if run.exit_reason == EXIT_MMIO:

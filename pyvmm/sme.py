@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from . import errno_explain, regs
+from . import regs
 from ._ffi import const
 from .errors import HostUnsupported, KvmError, UsageProblem
 
@@ -84,7 +84,6 @@ def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
     VCPU_INIT succeeds *and* reading SME_VLS succeeds. An unknown bit fails
     init with ENOENT; a bit meaning something else passes init but the
     SME_VLS read fails with ENOENT."""
-    errno_explain.install()  # every later KvmError on vector state carries its hint
     if bit_override is None:
         bit_override = _env_int(ENV_BIT)
     candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
@@ -207,7 +206,6 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     ``extra_features``: more feature bits for INIT (e.g. POWER_OFF);
     ``sve_label``/``sme_label`` name the lengths in errors (e.g. the option).
     """
-    errno_explain.install()
     if not sve and bit is None:
         raise UsageProblem("a vCPU without SVE needs SME", "drop --no-sve, or use a kernel with SME")
     if bit is None and sme_max_bits is not None:

@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import errno_explain, regs, restore_plan, sme
+from . import regs, restore_plan, sme
 from .vcpu import OneRegBatch
 from .errors import KvmError, UsageProblem
 
@@ -209,7 +209,6 @@ class VecState:
     """
 
     def __init__(self, vcpu, sme_bit: Optional[int] = None):
-        errno_explain.install()
         self.vcpu = vcpu
         self.sme_bit = sme_bit
         self.sve_vqs = self._vqs(regs.SVE_VLS)
@@ -460,7 +459,6 @@ def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> 
     """Restore ``saved`` into a new, uninitialised vCPU: the whole §6 order
     (INIT with the source's features, the saved VLS sets, the SME ID
     registers, FINALIZE(4), then the registers). Returns the live model."""
-    errno_explain.install()
     bit = saved.sme_bit if sme_bit is None else sme_bit
     if saved.sme_vqs and bit is None:
         raise UsageProblem("the saved state has SME but no SME feature bit is known",

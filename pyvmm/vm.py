@@ -85,6 +85,13 @@ class Vm(KvmFd):
             a.flags |= 1  # KVM_IOEVENTFD_FLAG_DATAMATCH
         self.ioctl("KVM_IOEVENTFD", a)
 
+    def register_coalesced_mmio(self, addr: int, size: int) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: guest writes to [addr, addr+size) go to
+        the coalesced ring instead of exiting (KVM_CAP_COALESCED_MMIO)."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr, zone.size = addr, size
+        self.ioctl("KVM_REGISTER_COALESCED_MMIO", zone)
+
     def close(self) -> None:
         for v in self.vcpus:
             v.close()

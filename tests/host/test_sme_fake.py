@@ -22,7 +22,7 @@ CAP_SVE = 170
 FPSR_RESET_SM = 0x0800009F
 
 
-_FDS = {}  # fake fd -> FakeVcpu, for the raw ioctl path of pyvmm.vcpu.OneRegBatch
+_FDS = {}  # fake fd -> FakeVcpu, for ioctls prepared by the fd layer (pyvmm._fd.KvmFd.prepare)
 
 
 class FakeLibc:
@@ -45,15 +45,14 @@ FAKE_LIBC = FakeLibc()
 
 @pytest.fixture(autouse=True)
 def fake_syscalls(monkeypatch):
-    """The vCPU's ONE_REG batches (pyvmm.vcpu.OneRegBatch) call ioctl(2)
-    directly: route fake fds here. Modules using FakeKvm import this fixture (autouse)."""
-    from pyvmm import vcpu
-
-    monkeypatch.setattr(vcpu, "libc", lambda: FAKE_LIBC)
+    """Prepared ioctls (pyvmm._fd.KvmFd.prepare, used by the vCPU's ONE_REG
+    batches) call ioctl(2) on the fd number: route fake fds here. Modules
+    using FakeKvm import this fixture (autouse)."""
+    monkeypatch.setattr(_fd, "libc", lambda: FAKE_LIBC)
 
 
 def _err(err, ioctl, target, reg=None):
-    return KvmError(err, ioctl, target, reg, _fd.explain(ioctl, err, reg))
+    return KvmError(err, ioctl, target, reg, errno_explain.explain(ioctl, err, reg))
 
 
 class FakeKvm:
@@ -66,7 +65,6 @@ class FakeKvm:
         self.bugs = set(bugs)
         self.ioctls = 0
         self.fd = 3
-        errno_explain.install()  # as pyvmm's SME entry points do
 
     def check_extension(self, cap):
         if cap == CAP_SVE:
@@ -122,6 +120,9 @@ class FakeVcpu:
         from pyvmm.vcpu import OneRegBatch
 
         return OneRegBatch(self, ids)
+
+    # The real fd layer's prepared path, over the fake libc (fake_syscalls).
+    prepare = _fd.KvmFd.prepare
 
     def error(self, name, err, reg=None):
         return _err(err, name, self.target, reg)
