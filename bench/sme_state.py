@@ -25,7 +25,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pyvmm import regs, sme, vecstate  # noqa: E402
+from pyvmm.arm64 import regs  # noqa: E402
+from pyvmm import sme, vecstate  # noqa: E402
 from pyvmm import _fd  # noqa: E402
 from pyvmm._ffi import ffi, libc  # noqa: E402
 from pyvmm.ioctls import request  # noqa: E402

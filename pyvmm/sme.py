@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from . import regs
+from .arm64 import regs
 from ._ffi import const
 from .errors import HostUnsupported, KvmError, UsageProblem
 

@@ -5,10 +5,11 @@ import errno
 import mmap
 from typing import Iterable, List, Optional, Sequence
 
-from . import exits, regs
+from . import exits
+from .arm64 import regs
 from ._fd import KvmFd
 from ._ffi import ffi
-from .device import DeviceAttrs
+from .kvm_device import DeviceAttrs
 from .errors import KvmError, UsageProblem
 
 

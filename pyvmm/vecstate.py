@@ -14,7 +14,7 @@ exposes them (docs/kvm-sme-abi.md, "the ABI page").
 
 :meth:`VecState.save` returns a :class:`SavedVecState`, a plain object that
 serialises to JSON; :func:`restore` writes one back in the order of
-:mod:`pyvmm.restore_plan` (ABI page §6).
+:mod:`pyvmm.arm64.restore_plan` (ABI page §6).
 
 Buffers are always the id's full size (§3); only the first VL/8 bytes of a
 Z register or ZA row (VL/64 of a P register or FFR) carry data. This module
@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import regs, restore_plan, sme
+from .arm64 import regs, restore_plan
+from . import sme
 from .vcpu import OneRegBatch
 from .errors import KvmError, UsageProblem
 

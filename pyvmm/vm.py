@@ -8,7 +8,7 @@ from ._ffi import const, ffi
 
 
 class Vm(KvmFd):
-    """A VM. Children: :class:`pyvmm.vcpu.Vcpu` and :class:`pyvmm.device.Device`."""
+    """A VM. Children: :class:`pyvmm.vcpu.Vcpu` and :class:`pyvmm.kvm_device.Device`."""
 
     target = "vm"
 
@@ -44,7 +44,7 @@ class Vm(KvmFd):
         return init
 
     def create_device(self, dev_type: int, test: bool = False):
-        from .device import Device
+        from .kvm_device import Device
 
         cd = ffi.new("struct kvm_create_device *")
         cd.type = dev_type

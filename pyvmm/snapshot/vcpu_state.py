@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .. import regs, restore_plan, sysregs
+from ..arm64 import regs, restore_plan, sysregs
 from ..errors import KvmError, UsageProblem
 
 SVCR_ZA = 2
@@ -118,7 +118,7 @@ def vector_shape(state: VcpuState, sme_bit: Optional[int]) -> Optional[restore_p
 def restore_order(state: VcpuState, sme_bit: Optional[int] = None) -> List[Tuple[str, List[int]]]:
     """(reason, ids) in write order after KVM_ARM_VCPU_INIT: ID registers and
     vector lengths before finalisation, then the ABI page §6 plan computed by
-    :func:`pyvmm.restore_plan.plan` from the *saved* SVCR, then the rest."""
+    :func:`pyvmm.arm64.restore_plan.plan` from the *saved* SVCR, then the rest."""
     values = state.register_map()
     shape = vector_shape(state, sme_bit)
     steps: List[Tuple[str, List[int]]] = []

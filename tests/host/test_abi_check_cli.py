@@ -85,7 +85,7 @@ def test_restore_plan_from_saved_state(tmp_path):
 
 
 def test_plan_command_configs_match_the_planner():
-    from pyvmm import restore_plan
+    from pyvmm.arm64 import restore_plan
     from pyvmm.commands import plan
 
     assert plan.CONFIGS == restore_plan.CONFIGS

@@ -4,7 +4,8 @@ import errno
 
 import pytest
 
-from pyvmm import _fd, errno_explain, regs
+from pyvmm import _fd
+from pyvmm.arm64 import errno_explain, regs
 from pyvmm.errors import KvmError
 
 

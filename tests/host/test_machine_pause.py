@@ -1,6 +1,6 @@
 """Machine.pause/resume's clock hold, with fake vCPUs (pure logic: no VM,
 no threads): the counters read at the pause are written back on resume."""
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm.machine import Machine, MachineConfig
 
 CNTVCT, CNTPCT = regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0")

@@ -11,7 +11,8 @@ import errno as E
 
 import pytest
 
-from pyvmm import _fd, errno_explain, regs
+from pyvmm import _fd
+from pyvmm.arm64 import errno_explain, regs
 from pyvmm._ffi import ffi
 from pyvmm.errors import KvmError, UsageProblem
 

@@ -1,7 +1,8 @@
 """SME register ids (ABI page §3, §9 worked ids) and VLS bitmaps (§4)."""
 import pytest
 
-from pyvmm import regs, sme
+from pyvmm.arm64 import regs
+from pyvmm import sme
 from pyvmm.errors import UsageProblem
 
 WORKED = {  # ABI page §9

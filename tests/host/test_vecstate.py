@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from pyvmm import regs, sme, vecstate
+from pyvmm.arm64 import regs
+from pyvmm import sme, vecstate
 from pyvmm.errors import HostUnsupported, KvmError, UsageProblem
 from test_sme_fake import SME_BIT, FakeKvm, fake_syscalls  # noqa: F401 (autouse fixture)
 

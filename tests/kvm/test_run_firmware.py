@@ -76,7 +76,7 @@ def test_dump_dtb_passes_dtc(fw, tmp_path):
 
 
 def test_sve_max_vl_not_offered_is_refused_else_cut(fw):
-    from pyvmm import regs
+    from pyvmm.arm64 import regs
     from pyvmm.kvm import open_kvm
 
     with open_kvm() as kvm:

@@ -10,8 +10,9 @@ import itertools
 
 import pytest
 
-from pyvmm import regs, sme, vecstate
-from pyvmm.baremetal import RAM_BASE, BareMetal
+from pyvmm.arm64 import regs
+from pyvmm import sme, vecstate
+from pyvmm.machine.baremetal import RAM_BASE, BareMetal
 from support import guestbuild
 from test_sme_abi import require_sme
 

@@ -8,7 +8,7 @@ import pytest
 
 from pyvmm import vecstate
 from pyvmm._ffi import const
-from pyvmm.baremetal import BareMetal
+from pyvmm.machine.baremetal import BareMetal
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import vm_snapshot
 from support import guestbuild

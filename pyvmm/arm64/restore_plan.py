@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from . import regs
-from .errors import UsageProblem
+from ..errors import UsageProblem
 
 SVCR_SM = 1 << 0  # ABI page §3: SVCR.SM = bit 0
 SVCR_ZA = 1 << 1  # SVCR.ZA = bit 1

@@ -59,7 +59,7 @@ def _kind(reg: Optional[str]) -> _Kind:
 
 def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
     """A hint for ``ioctl`` failing with ``err`` on register ``reg`` (a name
-    from :func:`pyvmm.regs.name`), or None when the ABI page has nothing to
+    from :func:`pyvmm.arm64.regs.name`), or None when the ABI page has nothing to
     say about it."""
     k = _kind(reg)
 
