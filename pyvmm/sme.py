@@ -140,8 +140,8 @@ def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
     vq = parse_vl(max_bits, what)
     if vq not in offered:
         offered_bits = ", ".join(str(128 * q) for q in offered) or "none"
-        raise UsageProblem(f"{what} {max_bits} bits is not offered by this host",
-                           f"choose one of: {offered_bits}")
+        raise HostUnsupported(f"{what} {max_bits} bits is not offered by this host",
+                              f"choose one of: {offered_bits}")
     return regs.vls_cut(offered, vq)
 
 

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .arm64 import regs, restore_plan
 from . import sme
 from .vcpu import OneRegBatch
-from .errors import KvmError, UsageProblem
+from .errors import HostUnsupported, KvmError, UsageProblem
 
 SVCR_SM = restore_plan.SVCR_SM
 SVCR_ZA = restore_plan.SVCR_ZA
@@ -428,7 +428,7 @@ class VecState:
                 f"{self.vcpu.target} has SVE {_bits(self.sve_vqs)} / SME {_bits(self.sme_vqs)}",
                 "restore into a fresh vCPU with vecstate.restore_fresh()")
         if saved.sme2 and not self.sme2 and saved.svcr & SVCR_ZA:
-            raise UsageProblem("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
+            raise HostUnsupported("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
         p = _plan(saved.shape(), False)
         _write_plan(self, p, saved)
         return p

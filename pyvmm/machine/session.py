@@ -1,4 +1,5 @@
-"""A pyvmm run session: signals, the console escape, guest resets and --dump-dtb around one machine after another (:func:`run`)."""
+"""A ``pyvmm run`` session (:func:`run`): one machine after another across guest
+resets, with the signals, the console escape and --dump-dtb around them."""
 from __future__ import annotations
 
 import signal

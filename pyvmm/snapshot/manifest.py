@@ -7,7 +7,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import __version__, hostinfo
-from ..errors import UsageProblem
+from ..errors import HostUnsupported
 from . import format as fmt
 from . import memory_image, vcpu_state
 
@@ -25,8 +25,8 @@ def check_cntfrq(saved: int) -> int:
     (the guest's counters and timer deadlines would run at a different pace)."""
     host = hostinfo.cntfrq()
     if host != saved:
-        raise UsageProblem(f"CNTFRQ differs: snapshot {saved} Hz, this host {host} Hz",
-                           "restore on a host whose timer runs at the same frequency")
+        raise HostUnsupported(f"CNTFRQ differs: snapshot {saved} Hz, this host {host} Hz",
+                              "restore on a host whose timer runs at the same frequency")
     return host
 
 

@@ -1,5 +1,5 @@
 """vGICv3 save/restore logic without KVM: attr encodings, the dict's shape,
-restore order and the refusals. The device is FakeVgicDevice, a recording
+restore order and the refusals. The device is support.fake_vgic's recording
 stand-in for the KVM device fd (pure logic only; tests/kvm/test_gic_state.py
 runs the same code against the real in-kernel vGIC)."""
 import errno
@@ -11,6 +11,8 @@ from pyvmm.machine import gic, gic_regs
 from pyvmm.arm64 import regs
 from pyvmm._ffi import const
 from pyvmm.errors import KvmError, UsageProblem
+from support.fake_kvm import FakeKvm
+from support.fake_vgic import FakeVgicDevice
 
 DIST = const("KVM_DEV_ARM_VGIC_GRP_DIST_REGS")
 REDIST = const("KVM_DEV_ARM_VGIC_GRP_REDIST_REGS")
@@ -19,62 +21,11 @@ LEVEL = const("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO")
 NR_IRQS_GRP = const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS")
 
 MPIDRS = [0x8000_0000, 0x8000_0001]
-PRI5 = 4 << 8  # ICC_CTLR_EL1.PRIbits = 5 priority bits - 1
-
-
-class FakeVgicDevice:
-    """Records every get/set; a set stores the value, a get returns the last
-    value stored under (group, attr) or a distinct seed derived from it."""
-
-    def __init__(self, icc_ctlr=PRI5):
-        self.nr_irqs = None  # set by VgicV3.__init__ (GRP_NR_IRQS)
-        self.icc_ctlr = icc_ctlr
-        self.busy = False
-        self.values = {}
-        self.log = []  # ("get"|"set", group, attr, value)
-
-    def _seed(self, group, attr):
-        if group == SYSREGS and attr & 0xFFFF == gic_regs.sysreg_instr("ICC_CTLR_EL1"):
-            return self.icc_ctlr
-        return (group * 0x9E3779B1 + attr * 0x85EBCA77) & 0xFFFFFFFF
-
-    def set_device_attr(self, group, attr, value=None, ctype="uint64_t"):
-        if self.busy and group != NR_IRQS_GRP:
-            raise KvmError(errno.EBUSY, "KVM_SET_DEVICE_ATTR", "vgic-v3")
-        if group == NR_IRQS_GRP:
-            self.nr_irqs = value
-        self.log.append(("set", group, attr, value))
-        self.values[(group, attr)] = value
-
-    def get_device_attr(self, group, attr, ctype="uint64_t"):
-        if group == NR_IRQS_GRP:
-            return self.nr_irqs
-        if self.busy:
-            raise KvmError(errno.EBUSY, "KVM_GET_DEVICE_ATTR", "vgic-v3")
-        value = self.values.get((group, attr), self._seed(group, attr))
-        self.log.append(("get", group, attr, value))
-        return value
-
-    def writes(self):
-        return [(g, a, v) for op, g, a, v in self.log if op == "set" and g != NR_IRQS_GRP
-                and g != const("KVM_DEV_ARM_VGIC_GRP_ADDR")]
-
-    def close(self):
-        pass
-
-
-class FakeVm:
-    def __init__(self, device):
-        self.device = device
-
-    def create_device(self, dev_type):
-        assert dev_type == const("KVM_DEV_TYPE_ARM_VGIC_V3")
-        return self.device
 
 
 def _gic(ncpus=2, nr_irqs=None, busy=False, **kw):
     dev = FakeVgicDevice(**kw)
-    vgic = gic.VgicV3(FakeVm(dev), ncpus)
+    vgic = gic.VgicV3(FakeKvm(vgic=dev).create_vm(), ncpus)
     assert dev.nr_irqs == gic_regs.NR_IRQS
     if nr_irqs is not None:
         dev.nr_irqs = nr_irqs  # as if the vGIC had been sized differently

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from test_run_support import guest_files, pyvmm
-from test_sme_abi import require_sme
+from support.run_support import guest_files, pyvmm
+from support.sme_guest import require_sme
 
 pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
 
@@ -95,7 +95,7 @@ def test_sme_program_continues_after_snapshot_kill_restore(host, tmp_path):
     from pyvmm.snapshot import format as fmt
     from pyvmm.snapshot import manifest
     from support import guestbuild
-    from test_run_support import Running
+    from support.run_support import Running
 
     program = guestbuild.build_linux_program("sme_hostloop")
     with open(program, "rb") as f:

@@ -19,7 +19,7 @@ from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot
 from pyvmm.snapshot.describe import differences
 from pyvmm.snapshot import manifest
-from test_run_support import Running, guest_files, pyvmm
+from support.run_support import Running, guest_files, pyvmm
 
 pytestmark = pytest.mark.kvm
 
