@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from .arm64 import regs
+from .arm64.vec import KVM_ARM_VCPU_VEC, VecShape, parse_vl
 from ._ffi import const
 from .errors import HostUnsupported, KvmError, UsageProblem
 
@@ -23,8 +24,6 @@ SME_BIT_CANDIDATES = tuple(range(8, 32))
 # are looked for above it (a 7.3 rebase takes 252, ABI page §2).
 LAST_MERGED_CAP = 251
 SME_CAP_CANDIDATES = tuple(range(LAST_MERGED_CAP + 1, LAST_MERGED_CAP + 33))
-
-KVM_ARM_VCPU_VEC = 4  # ABI page §1: the argument of FINALIZE, = KVM_ARM_VCPU_SVE
 
 ENV_BIT = "PYVMM_SME_BIT"
 ENV_CAP = "PYVMM_SME_CAP"
@@ -121,19 +120,6 @@ def _discover_cap(kvm) -> Optional[int]:
     return None
 
 
-def parse_vl(text, what: str = "vector length") -> int:
-    """A vector length in bits ('256', 256) -> VQ; refuses what is not a
-    multiple of 128 in 128..2048."""
-    try:
-        bits = int(text)
-    except (TypeError, ValueError):
-        raise UsageProblem(f"{what} {text!r} is not a number of bits",
-                           "give a multiple of 128 between 128 and 2048") from None
-    if bits < 128 or bits > 2048 or bits % 128:
-        raise UsageProblem(f"{what} {bits} is not a multiple of 128 between 128 and 2048")
-    return bits // 128
-
-
 def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
     """Cut the host's VQ set at ``max_bits`` (ABI page §4: the only change KVM
     allows), refusing a length the host does not offer."""
@@ -146,23 +132,6 @@ def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
 
 
 # ---- vCPU configuration (ABI page §4) ------------------------------------------
-
-@dataclass(frozen=True)
-class VecConfig:
-    """The vector configuration a vCPU was given: VQ sets after the cuts
-    (empty when that feature is off) and the SME feature bit used."""
-    sve_vqs: tuple
-    sme_vqs: tuple
-    sme_bit: Optional[int]
-
-    @property
-    def sve(self) -> bool:
-        return bool(self.sve_vqs)
-
-    @property
-    def sme(self) -> bool:
-        return bool(self.sme_vqs)
-
 
 def cut_vls(vcpu, vls_id: int, max_bits: Optional[int], what: str) -> tuple:
     """Read the host's set from ``vls_id`` (SVE_VLS or SME_VLS) and, when
@@ -195,7 +164,7 @@ def require_vqs(vcpu, vls_id: int, wanted, what: str) -> None:
 def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
                    sme_max_bits: Optional[int] = None, *, sve: bool = True,
                    extra_features=(), sve_label: str = "SVE vector length",
-                   sme_label: str = "SME vector length") -> VecConfig:
+                   sme_label: str = "SME vector length") -> VecShape:
     """Initialise ``vcpu`` with SVE and/or SME, cut the vector lengths, and
     finalise both with one KVM_ARM_VCPU_FINALIZE(KVM_ARM_VCPU_VEC).
 
@@ -226,4 +195,4 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     sve_vqs = cut_vls(vcpu, regs.SVE_VLS, sve_max_bits, sve_label) if sve else ()
     sme_vqs = cut_vls(vcpu, regs.SME_VLS, sme_max_bits, sme_label) if bit is not None else ()
     vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)  # one call for SVE and SME (§4)
-    return VecConfig(sve_vqs, sme_vqs, bit)
+    return VecShape.from_vls(sve_vqs, sme_vqs, bit)

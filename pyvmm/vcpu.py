@@ -7,6 +7,7 @@ from typing import Iterable, List, Optional, Sequence
 
 from . import exits
 from .arm64 import regs
+from .arm64.vec import KVM_ARM_VCPU_VEC
 from ._fd import KvmFd
 from ._ffi import ffi
 from .kvm_device import DeviceAttrs
@@ -34,8 +35,8 @@ class Vcpu(DeviceAttrs, KvmFd):
             init.features[bit // 32] |= 1 << (bit % 32)
         self.ioctl("KVM_ARM_VCPU_INIT", init)
 
-    def arm_vcpu_finalize(self, what: int = 4) -> None:
-        """KVM_ARM_VCPU_FINALIZE(what). 4 is KVM_ARM_VCPU_VEC (= _SVE): one
+    def arm_vcpu_finalize(self, what: int = KVM_ARM_VCPU_VEC) -> None:
+        """KVM_ARM_VCPU_FINALIZE(what). KVM_ARM_VCPU_VEC (4, = _SVE): one
         call finalises SVE and SME together (ABI page §4)."""
         arg = ffi.new("int *", what)
         self.ioctl("KVM_ARM_VCPU_FINALIZE", arg)

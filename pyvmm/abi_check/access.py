@@ -3,8 +3,8 @@ registers each SVCR state exposes, at which sizes, and what changing SVCR does."
 from __future__ import annotations
 
 from ..arm64 import regs, restore_plan
-from .. import vecstate
 from ..errors import KvmError
+from ..arm64.vec import SMFR0_FA64, SVCR_SM, SVCR_ZA, VecShape, sme_level, vl_bytes
 from .base import FAIL, FPSR_AFTER_SM_CHANGE, STATES, CheckerBase, _ename, _try
 
 
@@ -13,7 +13,7 @@ class AccessRules(CheckerBase):
     def _expect(self, cfg: str, sm: int, za: int) -> dict:
         """The ABI page §5 table: expected outcome per register class."""
         sve, smecfg = "sve" in cfg.split("+"), "sme" in cfg.split("+")
-        vl = (16 * max(self.sme_vqs)) if sm else (16 * max(self.sve_vqs) if sve else 0)
+        vl = vl_bytes(self.sme_vqs) if sm else (vl_bytes(self.sve_vqs) if sve else 0)
         exp = {}
         exp["V0"] = "ok" if (smecfg and not sve and not sm) else "EINVAL"
         exp["Z0"] = f"ok {vl}B" if vl else "ENOENT"
@@ -40,7 +40,7 @@ class AccessRules(CheckerBase):
         v = self.vcpu(cfg)
         smecfg = "sme" in cfg.split("+")
         states = STATES if smecfg else ((0, 0),)
-        svl_b = 16 * max(self.sme_vqs) if smecfg else 0
+        svl_b = vl_bytes(self.sme_vqs) if smecfg else 0
         for sm, za in states:
             tag = f"5.{cfg}.sm{sm}za{za}"
             where = f"{cfg.upper()} vCPU, SM={sm} ZA={za}"
@@ -86,9 +86,9 @@ class AccessRules(CheckerBase):
 
     def _reg_list(self, v, cfg: str, sm: int, za: int) -> str:
         smecfg = "sme" in cfg.split("+")
-        shape = restore_plan.VecShape(
-            sve="sve" in cfg.split("+"), sme=smecfg, svcr=sm | (za << 1), sve_vqs=self.sve_vqs,
-            sme_vqs=self.sme_vqs if smecfg else (), fa64=self.fa64, sme2=self.sme2)
+        shape = VecShape(
+            sve="sve" in cfg.split("+"), sme=smecfg, svcr=(SVCR_SM if sm else 0) | (SVCR_ZA if za else 0),
+            sve_vqs=self.sve_vqs, sme_vqs=self.sme_vqs if smecfg else (), fa64=self.fa64, sme2=self.sme2)
         want = set(restore_plan.vector_ids(shape)) | set(restore_plan.za_ids(shape))
         lst = v.get_reg_list()
         vec_kinds = ("sve_z", "sve_p", "sve_ffr", "sme_za", "sme_zt")
@@ -129,7 +129,7 @@ class AccessRules(CheckerBase):
                 v = self.vcpu(cfg, sme_vq=q)
                 if tuple(regs.vls_decode(v.get_one_reg(regs.SME_VLS))) != tuple(regs.vls_cut(self.sme_vqs, q)):
                     return "SME_VLS not cut"
-                v.set_reg(regs.SVCR, restore_plan.SVCR_SM | restore_plan.SVCR_ZA)
+                v.set_reg(regs.SVCR, SVCR_SM | SVCR_ZA)
                 out = [f"Z0 {self._len_probe(v, regs.sve_z(0))}", f"ZA {self._len_probe(v, regs.sme_za_row(svl_b - 1))}"]
                 if svl_b < 256:
                     out.append(f"row{svl_b} {_try(v.get_one_reg, regs.sme_za_row(svl_b))}")
@@ -152,7 +152,7 @@ class AccessRules(CheckerBase):
         self.check(f"5.{cfg}.svcr.reserved", sec, "SVCR with bit 2 or bit 63 set is EINVAL", "EINVAL EINVAL",
                    lambda: _try(v.set_reg, regs.SVCR, 4) + " " + _try(v.set_reg, regs.SVCR, 1 << 63))
         has_fpmr = _try(v.get_one_reg, regs.FPMR) == "ok"
-        svl_b = 16 * max(self.sme_vqs)
+        svl_b = vl_bytes(self.sme_vqs)
 
         def fill(sm: int):
             """Patterns in every vector register of this mode, FPSR, FPMR."""
@@ -200,12 +200,12 @@ class AccessRules(CheckerBase):
                            + (", ZA untouched" if za else ""), " ".join(exp), change)
 
         def za_on():
-            v.set_reg(regs.SVCR, restore_plan.SVCR_ZA)
+            v.set_reg(regs.SVCR, SVCR_ZA)
             v.set_one_reg(regs.sme_za_row(0), b"\x55" * 256)
             if self.sme2:
                 v.set_one_reg(regs.sme_zt(0), b"\x66" * 64)
             v.set_reg(regs.SVCR, 0)
-            v.set_reg(regs.SVCR, restore_plan.SVCR_ZA)
+            v.set_reg(regs.SVCR, SVCR_ZA)
             out = ["ZA zero" if not any(v.get_one_reg(regs.sme_za_row(0))) else "ZA kept"]
             if self.sme2:
                 out.append("ZT0 zero" if not any(v.get_one_reg(regs.sme_zt(0))) else "ZT0 kept")
@@ -217,7 +217,7 @@ class AccessRules(CheckerBase):
             def za_keeps(sm=sm):
                 v.set_reg(regs.SVCR, sm)
                 fill(sm)
-                v.set_reg(regs.SVCR, sm | restore_plan.SVCR_ZA)
+                v.set_reg(regs.SVCR, sm | SVCR_ZA)
                 v.set_reg(regs.SVCR, sm)
                 return f"{vectors(sm)} FPSR={v.get_reg(regs.core('FPSR')):#x}"
             self.check(f"5.{cfg}.svcr.za_toggle_keeps_vectors.sm{sm}", sec,
@@ -258,16 +258,16 @@ class AccessRules(CheckerBase):
             return "ok" if v.get_reg(regs.SMCR_EL1) == val else "changed"
         self.check("3.smcr", sec, "SMCR_EL1 reads and writes back", "ok", smcr)
         self.check("3.pfr1_sme", sec, "ID_AA64PFR1_EL1.SME is 1 or 2 on an SME vCPU",
-                   "ok", lambda: "ok" if (v.get_reg(regs.ID_AA64PFR1_EL1) >> 24) & 0xF in (1, 2) else
-                   f"SME field {(v.get_reg(regs.ID_AA64PFR1_EL1) >> 24) & 0xF}")
+                   "ok", lambda: "ok" if sme_level(v.get_reg(regs.ID_AA64PFR1_EL1)) in (1, 2) else
+                   f"SME field {sme_level(v.get_reg(regs.ID_AA64PFR1_EL1))}")
         if self.sve_offered:
             self.check("3.pfr1_sme_hidden", sec, "ID_AA64PFR1_EL1.SME is 0 on a vCPU without SME", "0",
-                       lambda: str((self.vcpu("sve").get_reg(regs.ID_AA64PFR1_EL1) >> 24) & 0xF))
+                       lambda: str(sme_level(self.vcpu("sve").get_reg(regs.ID_AA64PFR1_EL1))))
 
         def smfr0():
             w = self.vcpu(cfg, finalize=False)
             val = w.get_reg(regs.ID_AA64SMFR0_EL1)
-            lower = val & ~vecstate.SMFR0_FA64
+            lower = val & ~SMFR0_FA64
             r = _try(w.set_reg, regs.ID_AA64SMFR0_EL1, lower)
             return r + (" read back" if r == "ok" and w.get_reg(regs.ID_AA64SMFR0_EL1) == lower else "")
         if self.fa64:
@@ -283,7 +283,7 @@ class AccessRules(CheckerBase):
 
         def observe():
             v = self.vcpu(cfg, pfr1_sme=1)
-            v.set_reg(regs.SVCR, restore_plan.SVCR_ZA)
+            v.set_reg(regs.SVCR, SVCR_ZA)
             out = f"ZT0 {_try(v.get_one_reg, regs.sme_zt(0))} ZA {_try(v.get_one_reg, regs.sme_za_row(0))}"
             listed = regs.sme_zt(0) in v.get_reg_list()
             return out + (" listed" if listed else "")

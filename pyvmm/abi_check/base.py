@@ -10,6 +10,7 @@ from typing import Callable, List, Optional
 from ..arm64 import regs
 from .. import sme
 from .._ffi import const
+from ..arm64.vec import KVM_ARM_VCPU_VEC, with_sme_level
 from ..errors import KvmError
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
@@ -100,10 +101,9 @@ class CheckerBase:
             if sme_vq is not None:
                 v.set_one_reg(regs.SME_VLS, regs.vls_encode(regs.vls_cut(self.sme_vqs, sme_vq)))
             if pfr1_sme is not None:
-                pfr1 = v.get_reg(regs.ID_AA64PFR1_EL1)
-                v.set_reg(regs.ID_AA64PFR1_EL1, (pfr1 & ~(0xF << 24)) | (pfr1_sme << 24))
+                v.set_reg(regs.ID_AA64PFR1_EL1, with_sme_level(v.get_reg(regs.ID_AA64PFR1_EL1), pfr1_sme))
             if finalize:
-                v.arm_vcpu_finalize(sme.KVM_ARM_VCPU_VEC)
+                v.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
         except KvmError as e:
             raise _SetupFailed(f"{config} vCPU: {e}") from None
         return v

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 from ..arm64 import regs
-from .. import vecstate
+from ..arm64.vec import fa64_of, sme_level
 from .access import AccessRules
 from .base import FAIL, PASS, SKIP, Result
 from .errnos import ErrnoRules
@@ -82,8 +82,8 @@ class Checker(VlsRules, AccessRules, RestoreRules, ErrnoRules):
         self._add("2.sme_cap", "§2", "KVM_CAP_ARM_SME found", PASS if self.discovery.cap else FAIL,
                   "a capability above 251", str(self.discovery.cap))
         v = self.vcpu("sme", finalize=False)
-        self.fa64 = bool(v.get_reg(regs.ID_AA64SMFR0_EL1) & vecstate.SMFR0_FA64)
-        self.sme2 = (v.get_reg(regs.ID_AA64PFR1_EL1) >> 24) & 0xF >= 2
+        self.fa64 = fa64_of(v.get_reg(regs.ID_AA64SMFR0_EL1))
+        self.sme2 = sme_level(v.get_reg(regs.ID_AA64PFR1_EL1)) >= 2
         self._close()
 
 

@@ -2,10 +2,10 @@
 refused, and finalisation (FINALIZE once, nothing before it, no re-INIT)."""
 from __future__ import annotations
 
-from ..arm64 import regs, restore_plan
-from .. import sme
+from ..arm64 import regs
 from .._ffi import const
 from ..errors import KvmError
+from ..arm64.vec import KVM_ARM_VCPU_VEC, SVCR_ZA, vl_bytes
 from .base import CheckerBase, _ename, _try
 
 
@@ -62,7 +62,7 @@ class VlsRules(CheckerBase):
                    lambda: _try(v.set_one_reg, vls_id, regs.vls_encode([])))
 
         def after():
-            v.arm_vcpu_finalize(sme.KVM_ARM_VCPU_VEC)
+            v.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
             return _try(v.set_one_reg, vls_id, regs.vls_encode(host))
         self.check(f"4.{feat}.vls.after_finalize", sec, f"writing {name} after FINALIZE is EPERM", "EPERM", after)
         self.check(f"4.{feat}.vls.read_after_finalize", sec, f"{name} stays readable after FINALIZE",
@@ -135,10 +135,10 @@ class VlsRules(CheckerBase):
         v = self.vcpu(cfg)
 
         def observe():
-            vl = 16 * max(self.sve_vqs)
+            vl = vl_bytes(self.sve_vqs)
             v.set_one_reg(regs.sve_z(0), b"\x5a" * 256)
             if "sme" in cfg:
-                v.set_reg(regs.SVCR, restore_plan.SVCR_ZA)
+                v.set_reg(regs.SVCR, SVCR_ZA)
                 v.set_one_reg(regs.sme_za_row(0), b"\xa5" * 256)
             feats = [const("KVM_ARM_VCPU_PSCI_0_2"), const("KVM_ARM_VCPU_SVE")] + (
                 [self.bit] if "sme" in cfg else [])

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 from ..boot import image, layout
 from ..errors import UsageProblem
-from ..sme import parse_vl
+from ..arm64.vec import parse_vl
 
 
 class ExitStatus(enum.IntEnum):

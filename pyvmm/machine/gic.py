@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Sequence
 
 from .._ffi import const
 from ..boot import fdt, layout
+from ..devices.state import StateReader
 from ..errors import HostUnsupported, KvmError, UsageProblem
 from .gic_regs import (CPU_SYSREGS_FIXED, DIST_BANKS, DIST_BANK_BY_NAME, GICD_CTLR, GICD_IIDR, GICD_IROUTER,
                        GICR_CTLR, GICR_PENDBASER, GICR_PROPBASER, GICR_TYPER, GICR_TYPER_PLPIS,
@@ -216,8 +217,8 @@ class VgicV3:
         except KvmError as e:
             if e.errno != errno.EINVAL:
                 raise
-            _bad(f"this host's KVM does not implement the saved GICD_IIDR {dist['GICD_IIDR']:#x} "
-                 f"(its own is {self.read_dist(GICD_IIDR):#x})")
+            raise HostUnsupported(f"vGIC state does not fit: this host's KVM does not implement the saved "
+                                  f"GICD_IIDR {dist['GICD_IIDR']:#x} (its own is {self.read_dist(GICD_IIDR):#x})")
         self.write_dist(GICD_CTLR, dist["GICD_CTLR"])  # step 7, see above
         for i, m in enumerate(mpidrs):
             r = state["redist"][i]
@@ -249,8 +250,9 @@ class VgicV3:
             except KvmError as e:
                 if e.errno != errno.EINVAL:
                     raise
-                _bad(f"vCPU {i}: this host's GIC CPU interface cannot take the saved ICC_CTLR_EL1 "
-                     f"{c['ICC_CTLR_EL1']:#x} (more priority or ID bits, or other SEIS/A3V, than the host's)")
+                raise HostUnsupported(f"vGIC state does not fit: vCPU {i}: this host's GIC CPU interface cannot "
+                                      f"take the saved ICC_CTLR_EL1 {c['ICC_CTLR_EL1']:#x} (more priority or ID "
+                                      f"bits, or other SEIS/A3V, than the host's)")
             for name in ("ICC_PMR_EL1", "ICC_BPR0_EL1", "ICC_BPR1_EL1"):
                 self.write_cpu_sysreg(m, name, c[name])
             for n, value in enumerate(c["ICC_AP0R"]):
@@ -289,86 +291,46 @@ _TOP_KEYS = ("format", "nr_irqs", "nr_vcpus", "mpidrs", "dist", "line_level", "r
 def validate_state(state: Any, nr_irqs: int, mpidrs: Sequence[int]) -> None:
     """Raise UsageProblem (one line, naming the first problem) unless
     ``state`` is a complete :meth:`VgicV3.save` dict for a vGIC with
-    ``nr_irqs`` interrupts and vCPUs with these MPIDRs (by affinity)."""
-    if not isinstance(state, dict):
-        _bad(f"the state is a {type(state).__name__}, not a dict")
-    missing = [k for k in _TOP_KEYS if k not in state]
-    if missing:
-        _bad(f"the state lacks {', '.join(missing)}")
-    if state["format"] != STATE_FORMAT:
-        _bad(f"format is {state['format']!r}, expected {STATE_FORMAT!r}")
-    saved_nr = _int(state["nr_irqs"], "nr_irqs", 32)
+    ``nr_irqs`` interrupts and vCPUs with these MPIDRs (by affinity). Read with
+    the one :class:`~pyvmm.devices.state.StateReader` strictness; the
+    section's version is the ``/N`` of its ``format``."""
+    r = StateReader("vGIC", state, _TOP_KEYS)
+    if r.str("format") != STATE_FORMAT:
+        raise r.fail(f"format is {state['format']!r}, expected {STATE_FORMAT!r}")
+    saved_nr = r.uint("nr_irqs", 32)
     if saved_nr != nr_irqs:
-        _bad(f"the state was saved with NR_IRQS {saved_nr}, this vGIC has {nr_irqs}")
-    n = _int(state["nr_vcpus"], "nr_vcpus", 32)
+        raise r.fail(f"saved with NR_IRQS {saved_nr}, this vGIC has {nr_irqs}")
+    n = r.uint("nr_vcpus", 32)
     if n != len(mpidrs):
-        _bad(f"the state was saved with {n} vCPUs, this VM has {len(mpidrs)}")
-    saved_mpidrs = _words(state["mpidrs"], "mpidrs", n, 64)
-    for i, (a, b) in enumerate(zip(saved_mpidrs, mpidrs)):
+        raise r.fail(f"saved with {n} vCPUs, this VM has {len(mpidrs)}")
+    for i, (a, b) in enumerate(zip(r.words("mpidrs", n, 64), mpidrs)):
         if mpidr_affinity(a) != mpidr_affinity(b):
-            _bad(f"vCPU {i} has MPIDR {b:#x} but the state was saved with {a:#x} "
-                 f"(restore the vCPUs' MPIDR_EL1 first)")
-    dist = _dict(state["dist"], "dist")
+            raise r.fail(f"vCPU {i} has MPIDR {b:#x} but the state was saved with {a:#x} "
+                         f"(restore the vCPUs' MPIDR_EL1 first)")
+    dist = r.nested("dist", ("GICD_CTLR", "GICD_IIDR", "IROUTER") + tuple(b[0] for b in DIST_BANKS))
     for key in ("GICD_CTLR", "GICD_IIDR"):
-        _int(_key(dist, key, "dist"), f"dist.{key}", 32)
+        dist.uint(key, 32)
     for name, _s, _c, bpi in DIST_BANKS:
-        _words(_key(dist, name, "dist"), f"dist.{name}", len(spi_words(nr_irqs, bpi)), 32)
-    _words(_key(dist, "IROUTER", "dist"), "dist.IROUTER", nr_irqs - 32, 64)
-    _words(state["line_level"], "line_level", (nr_irqs - 32) // 32, 32)
-    redist = _list(state["redist"], "redist", n)
-    cpu = _list(state["cpu"], "cpu", n)
+        dist.words(name, len(spi_words(nr_irqs, bpi)), 32)
+    dist.words("IROUTER", nr_irqs - 32, 64)
+    r.words("line_level", (nr_irqs - 32) // 32, 32)
+    r.list("redist", n)
+    r.list("cpu", n)
     for i in range(n):
-        r = _dict(redist[i], f"redist[{i}]")
-        _int(_key(r, "GICR_CTLR", f"redist[{i}]"), f"redist[{i}].GICR_CTLR", 32)
-        if ("GICR_PROPBASER" in r) != ("GICR_PENDBASER" in r):
-            _bad(f"redist[{i}] has only one of GICR_PROPBASER and GICR_PENDBASER")
+        red = r.nested("redist", ("GICR_CTLR", "LINE_LEVEL") + tuple(b[0] for b in REDIST_BANKS),
+                       optional=("GICR_PROPBASER", "GICR_PENDBASER"), index=i)
+        red.uint("GICR_CTLR", 32)
+        if red.has("GICR_PROPBASER") != red.has("GICR_PENDBASER"):
+            raise red.fail("has only one of GICR_PROPBASER and GICR_PENDBASER")
         for key in ("GICR_PROPBASER", "GICR_PENDBASER"):
-            if key in r:
-                _int(r[key], f"redist[{i}].{key}", 64)
+            if red.has(key):
+                red.uint(key, 64)
         for name, _s, _c, nwords in REDIST_BANKS:
-            _words(_key(r, name, f"redist[{i}]"), f"redist[{i}].{name}", nwords, 32)
-        _int(_key(r, "LINE_LEVEL", f"redist[{i}]"), f"redist[{i}].LINE_LEVEL", 32)
-        c = _dict(cpu[i], f"cpu[{i}]")
+            red.words(name, nwords, 32)
+        red.uint("LINE_LEVEL", 32)
+        c = r.nested("cpu", CPU_SYSREGS_FIXED + ("ICC_AP0R", "ICC_AP1R"), index=i)
         for name in CPU_SYSREGS_FIXED:
-            _int(_key(c, name, f"cpu[{i}]"), f"cpu[{i}].{name}", 64)
-        n_apr = apr_count(c["ICC_CTLR_EL1"])
+            c.uint(name, 64)
+        n_apr = apr_count(c.state["ICC_CTLR_EL1"])
         for name in ("ICC_AP0R", "ICC_AP1R"):
-            _words(_key(c, name, f"cpu[{i}]"), f"cpu[{i}].{name}", n_apr, 64)
-
-
-def _bad(reason: str):
-    raise UsageProblem(f"vGIC state does not fit: {reason}")
-
-
-def _key(d: dict, key: str, where: str) -> Any:
-    if key not in d:
-        _bad(f"{where} lacks {key}")
-    return d[key]
-
-
-def _int(v: Any, where: str, bits: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << bits):
-        _bad(f"{where} is not a {bits}-bit unsigned integer: {v!r}")
-    return v
-
-
-def _dict(v: Any, where: str) -> dict:
-    if not isinstance(v, dict):
-        _bad(f"{where} is a {type(v).__name__}, not a dict")
-    return v
-
-
-def _list(v: Any, where: str, n: int) -> list:
-    if not isinstance(v, list):
-        _bad(f"{where} is a {type(v).__name__}, not a list")
-    if len(v) != n:
-        _bad(f"{where} has {len(v)} entries, expected {n}")
-    return v
-
-
-def _words(v: Any, where: str, n: int, bits: int) -> List[int]:
-    for k, w in enumerate(_list(v, where, n)):
-        _int(w, f"{where}[{k}]", bits)
-    return v
-
-
+            c.words(name, n_apr, 64)

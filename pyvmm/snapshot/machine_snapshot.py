@@ -22,6 +22,7 @@ from typing import Callable, Dict, Optional
 
 from .. import hostinfo
 from ..boot import layout
+from ..devices.state import StateReader
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import DiskSpec, Machine, MachineConfig, check_options
 from ..vcpu import mpidr_of
@@ -45,13 +46,19 @@ def config_to_json(c: MachineConfig) -> Dict:
 
 
 def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
+    """The machine configuration of a manifest, read with the one StateReader
+    strictness (docs/snapshot-format.md): every field there with its type."""
     try:
-        kw = {k: d[k] for k in _CONFIG_KEYS}
-        disks = [DiskSpec(str(x["path"]), bool(x["readonly"])) for x in d.get("disks", [])]
-        mem, cpus = int(kw.pop("mem")), int(kw.pop("cpus"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e})") from None
-    return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
+        r = StateReader("machine configuration", d, _CONFIG_KEYS + ("disks",))
+        disks = [r.nested("disks", ("path", "readonly"), index=i) for i in range(len(r.list("disks")))]
+        return MachineConfig(
+            **{k: r.str(k, optional=True) for k in ("kernel", "initrd", "firmware", "cmdline")},
+            mem=r.int("mem", 0, (1 << 64) - 1), cpus=r.int("cpus", 0, 1 << 16),
+            sve_max_vl=r.int_or_none("sve_max_vl", 0, 1 << 16), sme_max_vl=r.int_or_none("sme_max_vl", 0, 1 << 16),
+            sve=r.bool("sve"), console=r.str("console"), on_reboot=r.str("on_reboot"),
+            disks=[DiskSpec(x.str("path"), x.bool("readonly")) for x in disks], kvm_path=kvm_path)
+    except UsageProblem as e:
+        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
 
 
 def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
@@ -94,8 +101,6 @@ def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
     except (KeyError, TypeError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot manifest is missing machine state ({e})") from None
     try:
-        if not isinstance(config.sve, bool):
-            raise UsageProblem(f"sve is {config.sve!r}, not true or false")
         check_options(config)  # the checks pyvmm run makes on its options
     except UsageProblem as e:
         raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
@@ -157,11 +162,13 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     if len(saved_virtio) != len(m.virtio):
         raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
                                 f"makes {len(m.virtio)}")
-    for t, saved in zip(m.virtio, saved_virtio):
-        if int(saved["base"]) != t.base or int(saved["device_id"]) != t.backend.device_id:
-            raise fmt.SnapshotError(f"snapshot virtio device at {int(saved['base']):#x} does not match "
+    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
+        r = StateReader(f"virtio[{i}]", saved, ("base", "device_id", "state"))
+        base = r.uint("base", 64)
+        if base != t.base or r.uint("device_id", 32) != t.backend.device_id:
+            raise fmt.SnapshotError(f"snapshot virtio device at {base:#x} does not match "
                                     f"the machine's at {t.base:#x}")
-        t.load_state(saved["state"])
+        t.load_state(r.dict("state"))
     unpack_ram(snap, region, m.mem, progress)
 
 

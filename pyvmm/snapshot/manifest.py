@@ -7,7 +7,7 @@ import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from .. import __version__, hostinfo
-from ..errors import HostUnsupported
+from ..errors import HostUnsupported, UsageProblem
 from . import format as fmt
 from . import memory_image, vcpu_state
 
@@ -36,8 +36,10 @@ def vcpu_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
     for meta in snap.manifest.get("vcpus", []):
         try:
             out.append(vcpu_state.VcpuState.from_json(meta, snap.blobs[f"vcpu{meta['index']}.regs"]))
-        except (KeyError, ValueError) as e:
+        except (KeyError, TypeError, ValueError) as e:
             raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e})") from None
+        except UsageProblem as e:
+            raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e.message})") from None
     return out
 
 

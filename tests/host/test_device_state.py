@@ -467,7 +467,7 @@ def _console_state(**changes):
     ({"level": True}, r"line level 1 does not match interrupt status 0x0"),
     ({"error": "broken"}, r"error 'broken' does not match status"),
     ({"error": 5}, r"'error' must be a string or null"),
-    ({"queues": [{}]}, r"'queues' has 1 entries, this device has 2"),
+    ({"queues": [{}]}, r"'queues' has 1 entries, expected 2"),
     ({"queues": "none"}, r"'queues' must be a list"),
     ({"backend": []}, r"'backend' must be a JSON object"),
     ({"backend.pending": "%%%"}, r"virtio-console state: 'pending' is not valid base64"),

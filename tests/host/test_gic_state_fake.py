@@ -10,7 +10,7 @@ import pytest
 from pyvmm.machine import gic, gic_regs
 from pyvmm.arm64 import regs
 from pyvmm._ffi import const
-from pyvmm.errors import KvmError, UsageProblem
+from pyvmm.errors import HostUnsupported, KvmError, UsageProblem
 from support.fake_kvm import FakeKvm
 from support.fake_vgic import FakeVgicDevice
 
@@ -181,19 +181,27 @@ def test_restore_refuses_a_different_vcpu_count():
 
 
 def test_restore_refuses_missing_keys():
-    assert "lacks cpu" in _refusal(lambda s: s.pop("cpu"))
-    assert "redist[1] lacks ISPENDR0" in _refusal(lambda s: s["redist"][1].pop("ISPENDR0"))
-    assert "dist lacks IROUTER" in _refusal(lambda s: s["dist"].pop("IROUTER"))
+    assert "vGIC state lacks 'cpu'" in _refusal(lambda s: s.pop("cpu"))
+    assert "vGIC redist[1] state lacks 'ISPENDR0'" in _refusal(lambda s: s["redist"][1].pop("ISPENDR0"))
+    assert "vGIC dist state lacks 'IROUTER'" in _refusal(lambda s: s["dist"].pop("IROUTER"))
+
+
+def test_restore_refuses_unknown_keys_and_newer_versions():
+    assert "vGIC cpu[0] state has unknown fields 'ICC_X'" in _refusal(lambda s: s["cpu"][0].__setitem__("ICC_X", 1))
+    assert "vGIC state is version 2, this pyvmm reads up to 1" in _refusal(lambda s: s.__setitem__("version", 2))
 
 
 def test_restore_refuses_malformed_values():
-    assert "dist.IPRIORITYR has 23 entries, expected 24" in _refusal(lambda s: s["dist"]["IPRIORITYR"].pop())
-    assert "line_level[0] is not a 32-bit" in _refusal(lambda s: s["line_level"].__setitem__(0, 1 << 32))
-    assert "cpu[0].ICC_PMR_EL1 is not a 64-bit" in _refusal(lambda s: s["cpu"][0].__setitem__("ICC_PMR_EL1", "0xf0"))
+    assert "vGIC dist state: 'IPRIORITYR' has 23 entries, expected 24" in _refusal(
+        lambda s: s["dist"]["IPRIORITYR"].pop())
+    assert "line_level[0] must be a 32-bit unsigned integer" in _refusal(
+        lambda s: s["line_level"].__setitem__(0, 1 << 32))
+    assert "vGIC cpu[0] state: 'ICC_PMR_EL1' must be an integer" in _refusal(
+        lambda s: s["cpu"][0].__setitem__("ICC_PMR_EL1", "0xf0"))
     assert "format is 'other'" in _refusal(lambda s: s.__setitem__("format", "other"))
-    assert "is a list, not a dict" in _refusal(lambda s: s.__setitem__("dist", []))
+    assert "vGIC dist state is not a JSON object (got list)" in _refusal(lambda s: s.__setitem__("dist", []))
     # APR count must match the saved PRIbits.
-    assert "cpu[1].ICC_AP0R has 1 entries, expected 4" in _refusal(
+    assert "vGIC cpu[1] state: 'ICC_AP0R' has 1 entries, expected 4" in _refusal(
         lambda s: s["cpu"][1].__setitem__("ICC_CTLR_EL1", 6 << 8))
 
 
@@ -205,11 +213,11 @@ def test_restore_refuses_other_mpidrs():
 
 def test_restore_refuses_a_non_dict():
     dst, _ = _gic()
-    with pytest.raises(UsageProblem, match="the state is a list, not a dict"):
+    with pytest.raises(UsageProblem, match="vGIC state is not a JSON object"):
         dst.restore([], MPIDRS)
 
 
-def test_restore_turns_an_iidr_the_host_lacks_into_a_usage_problem():
+def test_restore_turns_an_iidr_the_host_lacks_into_a_host_refusal():
     src, _ = _gic()
     state = src.save(MPIDRS)
     dst, dev = _gic()
@@ -218,5 +226,5 @@ def test_restore_turns_an_iidr_the_host_lacks_into_a_usage_problem():
         raise KvmError(errno.EINVAL, "KVM_SET_DEVICE_ATTR", "vgic-v3")
 
     dev.set_device_attr = refuse
-    with pytest.raises(UsageProblem, match="does not implement the saved GICD_IIDR"):
+    with pytest.raises(HostUnsupported, match="does not implement the saved GICD_IIDR"):
         dst.restore(state, MPIDRS)
