@@ -14,10 +14,8 @@ import io
 from dataclasses import dataclass
 from typing import List, Tuple
 
-import png
-
 from ..arm64 import regs
-from ..errors import PyvmmError
+from ..errors import HostUnsupported, PyvmmError
 from . import format as fmt
 from ..arm64.vec import SVCR_ZA, vl_bytes
 from .manifest import vcpu_states
@@ -26,6 +24,19 @@ SEPARATOR = (255, 0, 0)
 PADDING = (0, 0, 96)
 SEPARATOR_PX = 2
 TARGET_PX = 256  # the widest tile is drawn at least this wide
+# The distribution's optional extra that brings the PNG writer (pyproject.toml).
+PNG_EXTRA = "pyvmm-kvm[png]"
+
+
+def _png():
+    """pypng, the PNG writer only this picture needs (an optional extra)."""
+    try:
+        import png
+    except ImportError:
+        raise HostUnsupported("the ZA picture needs the PNG writer pypng, which is not installed",
+                              f"pip install '{PNG_EXTRA}' (or pip install pypng; Debian: apt install python3-png)"
+                              ) from None
+    return png
 
 
 @dataclass
@@ -80,6 +91,7 @@ def encode(tiles: List[ZaTile], scale: int) -> bytes:
         for row in tile.rows:
             line = b"".join(bytes((b, b, b)) * scale for b in row) + pad
             lines.extend([line] * scale)
+    png = _png()
     out = io.BytesIO()
     png.Writer(width, len(lines), greyscale=False, bitdepth=8).write(out, lines)
     return out.getvalue()

@@ -153,6 +153,6 @@ def test_the_readme_layer_table_matches_ls_pyvmm():
                                     f"names what is not in pyvmm/: {sorted(set(listed) - entries)}")
     assert layers == [name for name, _ in LAYERS], "README layers differ from this test's LAYERS"
     for entry, layer in listed.items():
-        top = entry.rstrip("/").rsplit(".", 1)[0] if not entry.endswith(".h") else None
+        top = entry.rstrip("/").rsplit(".", 1)[0] if not entry.endswith((".h", ".typed")) else None  # data files
         if top is not None:
             assert LAYERS[RANK[top]][0] == layer, f"{entry}: README says {layer}, the test {LAYERS[RANK[top]][0]}"

@@ -1,6 +1,7 @@
 """``pyvmm inspect SNAP --za-png FILE``: the ZA arrays saved in a snapshot
 drawn as a PNG (read back with pypng and compared byte for byte)."""
 import os
+import sys
 
 import png
 import pytest
@@ -107,6 +108,18 @@ def test_no_vcpu_with_za_is_exit_1_one_line(tmp_path):
     with pytest.raises(PyvmmError) as info:
         za_png.za_tiles(fmt.load(snap))
     assert info.value.exit_status == 1
+
+
+def test_without_pypng_one_line_names_the_extra(tmp_path, monkeypatch):
+    snap = snapshot(tmp_path / "s.snap", [vcpu(0, 3, 4)])
+    out = tmp_path / "za.png"
+    monkeypatch.setitem(sys.modules, "png", None)  # import png raises ImportError
+    r = CliRunner().invoke(cli, ["inspect", snap, "--za-png", str(out)])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyvmm: error: the ZA picture needs the PNG writer pypng")
+    assert "pip install 'pyvmm-kvm[png]'" in lines[0]
+    assert not out.exists()
 
 
 def test_missing_rows_are_refused(tmp_path):
