@@ -11,6 +11,13 @@
 
 /* ---- libc ---------------------------------------------------------------- */
 int ioctl(int fd, unsigned long request, ...);
+/* The vCPU kick signal's handler (pyvmm/machine/kick.py): glibc's signal(),
+ * which any thread may call (Python's signal module only lets the main thread
+ * install handlers), and abs(), a libc function of one int without side
+ * effects, used as the handler that does nothing. */
+typedef void (*sighandler_t)(int);
+sighandler_t signal(int signum, sighandler_t handler);
+int abs(int j);
 
 /* ---- vCPU run area (mmapped from the vCPU fd) ---------------------------- */
 struct kvm_debug_exit_arch {

@@ -41,10 +41,8 @@ def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
       pyvmm restore vm.snap
       pyvmm restore vm.snap --control /tmp/vm.sock --paused
     """
-    from .. import machine as machine_lib
+    from ..api import restore as restore_vm
     from ..errors import UsageProblem
-    from ..kvm import open_kvm
-    from ..snapshot import format as fmt, machine_snapshot
     from .run import run_on_console
 
     if debug:
@@ -53,23 +51,13 @@ def restore(ctx, snap, clock, control, paused, on_reboot, kvm_path, debug):
         raise UsageProblem("--paused needs --control SOCKET (to resume the VM later)")
     if on_reboot not in (None, "restart", "exit"):
         raise UsageProblem(f"--on-reboot {on_reboot!r}: choose restart or exit")
-    data = fmt.load(snap)
-    kvm = open_kvm(kvm_path)
-    try:
-        config = machine_snapshot.check(kvm, data)
-        config.trace_mmio = debug
-        if on_reboot:
-            config.on_reboot = on_reboot
-        bar = ProgressBar("restore")
+    bar = ProgressBar("restore")
 
-        def build(m: machine_lib.Machine) -> None:
-            m.hide_pauses = clock == "hide"  # keep: the guest's clock runs on through pauses too
-            try:
-                machine_snapshot.restore_into(m, data, clock, bar)
-            finally:
-                bar.close()
+    def start(**console):
+        try:
+            return restore_vm(snap, clock=clock, paused=paused, on_reboot=on_reboot, kvm_path=kvm_path,
+                              progress=bar, trace_mmio=debug, **console)
+        finally:
+            bar.close()
 
-        status = run_on_console(config, debug, control=control, first_build=build, start_paused=paused, kvm=kvm)
-    finally:
-        kvm.close()
-    sys.exit(status)
+    sys.exit(run_on_console(start, debug, control=control))

@@ -11,6 +11,7 @@ A snapshot of a guest that was paused by ``pause`` leaves it paused.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -18,7 +19,6 @@ from typing import Callable, Dict, Optional
 
 from .channel import ControlError
 from ..machine import ExitStatus, Machine
-from ..snapshot import format as fmt
 from ..snapshot import machine_snapshot
 
 
@@ -68,33 +68,13 @@ class Controller:
             raise ControlError("snapshot needs an absolute path")
         if not os.path.isdir(os.path.dirname(path)):
             raise ControlError(f"{os.path.dirname(path)}: no such directory")
-        stop = bool(request.get("stop"))
-        was_paused = m.paused
-        t0 = time.monotonic()
-        if not was_paused:
-            m.pause()
-        ok = False
-        try:
-            last = [0.0]
+        last = [0.0]
 
-            def progress(done: int, total: int, what: str) -> None:
-                now = time.monotonic()
-                if now - last[0] >= 0.1 or done == total:
-                    last[0] = now
-                    send({"progress": [done, total], "what": what})
+        def progress(done: int, total: int, what: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or done == total:
+                last[0] = now
+                send({"progress": [done, total], "what": what})
 
-            snap = machine_snapshot.take(m, lambda d, t: progress(d, t, "memory"))
-            t_saved = time.monotonic()
-            size = fmt.save(path, snap, lambda d, t: progress(d, t, "file"))
-            ok = True
-        finally:
-            if stop and ok:  # a failed snapshot never ends the VM
-                m.finish(ExitStatus.POWEROFF, "stopped after a snapshot")
-            elif not was_paused:
-                m.resume()
-        t1 = time.monotonic()
-        stored = sum(r["stored_pages"] for r in snap.manifest["machine"]["memory"])
-        return {"ok": True, "path": path, "bytes": size, "stored_pages": stored,
-                "paused_seconds": round(t1 - t0, 3), "save_seconds": round(t_saved - t0, 3),
-                "write_seconds": round(t1 - t_saved, 3), "state": "stopped" if stop
-                else ("paused" if was_paused else "running")}
+        report = machine_snapshot.save_live(m, path, progress, stop=bool(request.get("stop")))
+        return {"ok": True, **dataclasses.asdict(report)}

@@ -2,14 +2,15 @@
 policy, console, coalesced MMIO, the vGICv3, sessions and the bare-metal runner.
 
 The names below were importable from ``pyvmm.machine`` when it was one module
-and stay so.
+and stay so, except ``run``: a :class:`Session` runs machines, and
+:func:`pyvmm.api.boot` is the library's way to start one.
 """
 from .config import (DiskSpec, ExitStatus, MachineConfig, Outcome, Payload, check_options, default_cmdline,
                      full_cmdline, prepare)
 from .console import ConsoleInput, OutputBuffer
 from .coalesced import CoalescedRing
 from .machine import Machine
-from .session import run
+from .session import Session
 
 __all__ = ["CoalescedRing", "ConsoleInput", "DiskSpec", "ExitStatus", "Machine", "MachineConfig", "Outcome",
-           "OutputBuffer", "Payload", "check_options", "default_cmdline", "full_cmdline", "prepare", "run"]
+           "OutputBuffer", "Payload", "Session", "check_options", "default_cmdline", "full_cmdline", "prepare"]

@@ -9,7 +9,9 @@ PSCI 0.2 (KVM_ARM_VCPU_PSCI_0_2) is handled inside KVM, which exits to us only
 for SYSTEM_OFF / SYSTEM_RESET (KVM_EXIT_SYSTEM_EVENT).
 
 Stopping: set ``immediate_exit`` in every vCPU's kvm_run, then send each vCPU
-thread SIGUSR1 (a no-op handler), so KVM_RUN returns EINTR wherever it is.
+thread the kick signal (SIGUSR1, whose no-op handler :meth:`Machine.run`
+makes sure of from whatever thread it runs in: :mod:`.kick`), so KVM_RUN
+returns EINTR wherever it is.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from ..vcpu import mpidr_of
 from .coalesced import CoalescedRing
 from .config import ExitStatus, MachineConfig, Outcome, Payload, full_cmdline
 from .console import OutputBuffer
+from .kick import KICK_SIGNAL, ensure_handler
 from .vcpu_loop import run_vcpu
 
 
@@ -316,12 +319,16 @@ class Machine:
         for t in self._threads:
             if t.ident is not None and t.ident != me and t.is_alive():
                 try:
-                    signal.pthread_kill(t.ident, signal.SIGUSR1)
+                    signal.pthread_kill(t.ident, KICK_SIGNAL)
                 except (ProcessLookupError, OSError):
                     pass
 
     def run(self) -> Outcome:
-        """Run until the guest powers off, resets, crashes or finish() is called."""
+        """Run until the guest powers off, resets, crashes or finish() is
+        called: one thread per vCPU, this one drains the coalesced ring.
+        Callable from any thread (the kick signal's handler is installed
+        here if it is missing)."""
+        ensure_handler()
         t0 = time.monotonic()
         for v in self.vcpus:
             t = threading.Thread(target=run_vcpu, args=(self, v), name=f"vcpu{v.index}", daemon=True)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 from .. import hostinfo
 from ..boot import layout
 from ..devices.state import StateReader
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import DiskSpec, Machine, MachineConfig, check_options
+from ..machine import DiskSpec, ExitStatus, Machine, MachineConfig, check_options
 from ..vcpu import mpidr_of
 from . import format as fmt
 from . import vcpu_state
@@ -81,6 +82,52 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
         "vcpus": [s.to_json() for s in states],
     })
     return fmt.Snapshot(manifest, blobs)
+
+
+@dataclass
+class SaveReport:
+    """What :func:`save_live` did: the file, its size, the memory pages
+    stored, the seconds the guest was paused (of them, taking the state and
+    writing the file) and the state the machine was left in."""
+    path: str
+    bytes: int
+    stored_pages: int
+    paused_seconds: float
+    save_seconds: float
+    write_seconds: float
+    state: str  # "running", "paused" or "stopped"
+
+
+def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str], None]] = None,
+              stop: bool = False) -> SaveReport:
+    """Snapshot a machine that may be running to ``path`` (atomically, mode
+    0600): pause it if it runs, take its state, write the file, then resume it.
+    A machine paused before stays paused; with ``stop`` it is ended instead
+    (:attr:`ExitStatus.POWEROFF`), but only once the file is complete: a
+    failed snapshot leaves the guest as it was. ``progress(done, total,
+    what)`` hears about "memory" (taking) and "file" (writing)."""
+    was_paused = m.paused
+    t0 = time.monotonic()
+    if not was_paused:
+        m.pause()
+    ok = False
+    try:
+        def report(what: str) -> Progress:
+            return None if progress is None else (lambda done, total: progress(done, total, what))
+
+        snap = take(m, report("memory"))
+        t_saved = time.monotonic()
+        size = fmt.save(path, snap, report("file"))
+        ok = True
+    finally:
+        if stop and ok:
+            m.finish(ExitStatus.POWEROFF, "stopped after a snapshot")
+        elif not was_paused:
+            m.resume()
+    t1 = time.monotonic()
+    stored = sum(r["stored_pages"] for r in snap.manifest["machine"]["memory"])
+    return SaveReport(path, size, stored, round(t1 - t0, 3), round(t_saved - t0, 3), round(t1 - t_saved, 3),
+                      "stopped" if stop else ("paused" if was_paused else "running"))
 
 
 def check(kvm, snap: fmt.Snapshot) -> MachineConfig:

@@ -6,7 +6,8 @@ import platform
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-from .. import __version__, hostinfo
+from .. import hostinfo
+from .._version import __version__
 from ..errors import HostUnsupported, UsageProblem
 from . import format as fmt
 from . import memory_image, vcpu_state

@@ -14,7 +14,7 @@ PKG = os.path.join(ROOT, "pyvmm")
 # Lowest first. The pure layer is below the binding and the fd layer: the fd
 # layer sizes and names registers through arm64/ and explains errnos with it.
 LAYERS = (
-    ("base", ("__init__", "errors")),
+    ("base", ("_version", "errors")),
     ("pure", ("arm64", "boot")),
     ("binding", ("_ffi_build", "_kvm_ffi", "_ffi", "ioctls")),
     ("fd", ("_fd", "kvm", "vm", "vcpu", "kvm_device", "exits", "memory", "hostinfo")),
@@ -22,6 +22,8 @@ LAYERS = (
     ("machine", ("machine",)),
     ("snapshot", ("snapshot",)),
     ("control", ("control",)),
+    # The package's __init__ re-exports the api module's names (loaded on first use).
+    ("api", ("api", "__init__")),
     ("cli", ("commands", "cli", "__main__")),
 )
 RANK = {top: rank for rank, (_, tops) in enumerate(LAYERS) for top in tops}
