@@ -109,4 +109,3 @@ def _write_file(path: str, data: bytes) -> None:
             f.write(data)
     except OSError as e:
         raise UsageProblem(f"--dump-dtb {path}: {e.strerror}") from None
-
