@@ -195,4 +195,3 @@ class OneRegBatch:
 
 def mpidr_of(vcpu: Vcpu) -> int:
     return vcpu.get_reg(regs.MPIDR_EL1)
-

@@ -34,6 +34,7 @@ from .arm64.vec import (EXTRA_IDS, KVM_ARM_VCPU_VEC, SMFR0_FA64, SVCR_SM, SVCR_Z
 from .arm64.za import ELEMENT_BYTES, Tile, tile_names, tile_rows  # noqa: F401 (ZA tile views, re-exported)
 from . import sme
 from .vcpu import OneRegBatch
+from .devices.state import StateReader
 from .errors import HostUnsupported, KvmError, UsageProblem
 
 ZT0_BYTES = 64  # ZT0 is 512 bits (Arm ARM, SME2)
@@ -88,16 +89,20 @@ class SavedVecState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SavedVecState":
-        if d.get("format") != "pyvmm-vecstate":
+        """The saved state of :meth:`to_dict`, read with the one StateReader
+        strictness (docs/snapshot-format.md, "Versions")."""
+        if not isinstance(d, dict) or d.get("format") != "pyvmm-vecstate":
             raise UsageProblem("not a pyvmm vector state (format is not 'pyvmm-vecstate')")
-        if d.get("version") != FORMAT_VERSION:
-            raise UsageProblem(f"vector state version {d.get('version')} is not understood",
-                               f"this pyvmm reads version {FORMAT_VERSION}")
-        try:
-            return cls.of(d["sve_vqs"], d["sme_vqs"], d["sme_bit"], bool(d["fa64"]), bool(d["sme2"]),
-                          int(d["svcr"]), {k: bytes.fromhex(v) for k, v in d["registers"].items()})
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageProblem(f"malformed vector state: {e}") from None
+        r = StateReader("vector", d, ("format", "version", "sve_vqs", "sme_vqs", "sme_bit", "fa64", "sme2",
+                                      "svcr", "registers"), version=FORMAT_VERSION)
+        registers = {}
+        for name, value in r.dict("registers").items():
+            try:
+                registers[name] = bytes.fromhex(value)
+            except (TypeError, ValueError):
+                raise r.fail(f"register {name} is not hex bytes") from None
+        return cls.of(r.ints("sve_vqs", 1, 512), r.ints("sme_vqs", 1, 512), r.int_or_none("sme_bit", 0, 7 * 32 - 1),
+                      r.bool("fa64"), r.bool("sme2"), r.uint("svcr", 64), registers)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

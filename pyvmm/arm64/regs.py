@@ -132,6 +132,12 @@ def sysreg_named(name: str) -> int:
     return sysreg(*sysregs.encoding_of(name))
 
 
+# The guest's counters (virtual, physical): what a pause hides and a restore's
+# clock policy moves (KVM exposes them as ONE_REG sysregs; writing one sets the
+# VM's counter offset).
+GUEST_COUNTERS = (sysreg_named("CNTVCT_EL0"), sysreg_named("CNTPCT_EL0"))
+
+
 def fw(n: int) -> int:
     return _make(SIZE_U64, COPROC_FW, n & 0xFFFF)
 

@@ -47,6 +47,12 @@ class StateReader:
         self.what = what
         if not isinstance(state, dict):
             raise UsageProblem(f"{what} state is not a JSON object (got {type(state).__name__})")
+        self.state = state
+        # The version first: a newer section may well have other fields.
+        self.version = self.int("version", 1, 1 << 31) if "version" in state else 1
+        if self.version > version:
+            raise UsageProblem(f"{what} state is version {self.version}, this pyvmm reads up to {version}",
+                               "restore with the pyvmm that saved it, or a newer one")
         keys, optional = list(keys), list(optional) + ["version"]
         missing = [k for k in keys if k not in state]
         if missing:
@@ -54,11 +60,6 @@ class StateReader:
         extra = sorted(str(k) for k in state if k not in keys and k not in optional)
         if extra:
             raise UsageProblem(f"{what} state has unknown fields {', '.join(map(repr, extra))}")
-        self.state = state
-        self.version = self.int("version", 1, 1 << 31) if "version" in state else 1
-        if self.version > version:
-            raise UsageProblem(f"{what} state is version {self.version}, this pyvmm reads up to {version}",
-                               "restore with the pyvmm that saved it, or a newer one")
 
     def has(self, key: str) -> bool:
         return key in self.state

@@ -268,7 +268,7 @@ class Machine:
     def freeze_clock(self) -> None:
         """Remember the guest's counters (vCPUs stopped) for :meth:`resume`."""
         if self.hide_pauses and self._frozen_counters is None and self.vcpus:
-            self._frozen_counters = [self.vcpus[0].get_reg(r) for r in _COUNTERS]
+            self._frozen_counters = [self.vcpus[0].get_reg(r) for r in regs.GUEST_COUNTERS]
 
     def resume(self) -> None:
         with self._pause_cv:
@@ -277,7 +277,7 @@ class Machine:
                 # The counter offset is VM-wide in KVM; every vCPU is written
                 # so a kernel with per-vCPU offsets agrees too.
                 for v in self.vcpus:
-                    for reg, value in zip(_COUNTERS, frozen):
+                    for reg, value in zip(regs.GUEST_COUNTERS, frozen):
                         v.set_reg(reg, value)
             self._pause_req = False
             self._pause_cv.notify_all()
@@ -364,7 +364,3 @@ class Machine:
         if self.vm is not None:
             self.vm.close()
         self.mem.close()
-
-
-_COUNTERS = (regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0"))
-

@@ -19,7 +19,6 @@ from ..arm64.vec import KVM_ARM_VCPU_SVE, KVM_ARM_VCPU_VEC, SVCR_ZA, VecShape
 from ..devices.state import StateReader
 from ..errors import HostUnsupported, KvmError, UsageProblem
 
-_TIME_REGS = ("CNTVCT_EL0", "CNTPCT_EL0")
 
 
 # The manifest fields of a saved vCPU (VcpuState.to_json).
@@ -196,7 +195,7 @@ def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = N
     check_clock(clock)
     values = state.register_map()
     elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
-    time_ids = {regs.sysreg_named(n) for n in _TIME_REGS}
+    time_ids = set(regs.GUEST_COUNTERS)
     writes = 0
     for reason, ids in restore_order(state, sme_bit):
         if reason == "finalize":

@@ -10,7 +10,7 @@ from pyvmm.cli import cli
 from pyvmm.commands.run import parse_disk
 from pyvmm.machine import MachineConfig, full_cmdline
 
-from test_image import make_image
+from support.image import make_image
 
 
 @pytest.fixture

@@ -1,9 +1,8 @@
 """The exit policy and the vCPU loop (pyvmm.machine.vcpu_loop) on synthetic
-exits: kvm_run structures built with cffi, a recording bus, a fake vCPU whose
-KVM_RUN plays a script and a fake machine (fakes for pure logic; real KVM
-runs the same loop in tests/kvm)."""
+exits: kvm_run structures built with cffi, and tests/support's recording bus,
+fake machine and fake vCPU whose KVM_RUN plays a script (fakes for pure
+logic; real KVM runs the same loop in tests/kvm)."""
 import errno
-import threading
 from collections import Counter
 
 import pytest
@@ -12,19 +11,8 @@ from pyvmm._ffi import const, ffi
 from pyvmm.errors import GuestError, KvmError, UsageProblem
 from pyvmm.machine import ConsoleInput, ExitStatus
 from pyvmm.machine.vcpu_loop import PAUSE_POINT, handle_exit, run_failure, run_vcpu
-
-
-class RecordingBus:
-    def __init__(self, answer=b"\x11\x22\x33\x44\x55\x66\x77\x88"):
-        self.answer = answer
-        self.log = []
-
-    def read(self, addr, n):
-        self.log.append(("read", addr, n))
-        return self.answer[:n]
-
-    def write(self, addr, data):
-        self.log.append(("write", addr, bytes(data)))
+from support.fake_kvm import FakeKvm
+from support.fake_machine import FakeMachine, RecordingBus
 
 
 def mmio(run, addr, n, write=None):
@@ -122,50 +110,17 @@ def test_other_failures_map_to_error_or_usage():
     assert status == ExitStatus.ERROR and reason == "vcpu2: internal error: ValueError: oops"
 
 
-class ScriptedVcpu:
-    """KVM_RUN plays ``script``: each entry fills kvm_run or raises."""
-
-    def __init__(self, script):
-        self.index = 0
-        self.run_struct = ffi.new("struct kvm_run *")
-        self.script = list(script)
-
-    def prepare_run(self):
-        def issue():
-            step = self.script.pop(0)
-            if isinstance(step, BaseException):
-                raise step
-            step(self.run_struct)
-            return 0
-        return issue
-
-
-class FakeMachine:
-    def __init__(self, bus):
-        self.bus, self.coalesced = bus, None
-        self.done = threading.Event()
-        self.paused = False
-        self.parked = 0
-        self.outcomes = []
-        self.exits = Counter()
-
-    def park(self, vcpu):
-        self.parked += 1
-        self.paused = False
-
-    def finish(self, status, reason):
-        self.outcomes.append((status, reason))
-        self.done.set()
-
-    def record_exits(self, counts):
-        self.exits.update(counts)
+def scripted_vcpu(script):
+    v = FakeKvm().create_vm().create_vcpu(0)
+    v.play(script)
+    return v
 
 
 def test_the_loop_runs_until_the_guest_powers_off():
     bus = RecordingBus()
-    vcpu = ScriptedVcpu([lambda r: mmio(r, 0x0900_0000, 1, b"A"),
-                         KvmError(errno.EINTR, "KVM_RUN", "vcpu0"),
-                         lambda r: system_event(r, "KVM_SYSTEM_EVENT_SHUTDOWN")])
+    vcpu = scripted_vcpu([lambda r: mmio(r, 0x0900_0000, 1, b"A"),
+                          KvmError(errno.EINTR, "KVM_RUN", "vcpu0"),
+                          lambda r: system_event(r, "KVM_SYSTEM_EVENT_SHUTDOWN")])
     m = FakeMachine(bus)
     m.paused = True  # the signal finds a pause requested: the vCPU parks once
     run_vcpu(m, vcpu)
@@ -176,7 +131,7 @@ def test_the_loop_runs_until_the_guest_powers_off():
 
 
 def test_the_loop_turns_a_stuck_guest_into_a_crash():
-    vcpu = ScriptedVcpu([KvmError(errno.ENOSYS, "KVM_RUN", "vcpu0")])
+    vcpu = scripted_vcpu([KvmError(errno.ENOSYS, "KVM_RUN", "vcpu0")])
     m = FakeMachine(RecordingBus())
     run_vcpu(m, vcpu)
     assert [s for s, _ in m.outcomes] == [ExitStatus.CRASH]

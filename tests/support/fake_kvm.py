@@ -130,6 +130,22 @@ class FakeVcpu:
     # The real fd layer's prepared path, over the fake libc (fake_syscalls).
     prepare = _fd.KvmFd.prepare
 
+    # -- KVM_RUN, for run-loop tests --
+    def play(self, script):
+        """Make KVM_RUN play ``script``: each entry fills kvm_run (a callable
+        given the ``struct kvm_run *``) or is an exception KVM_RUN raises."""
+        self.run_struct = ffi.new("struct kvm_run *")
+        self._script = list(script)
+
+    def prepare_run(self):
+        def issue():
+            step = self._script.pop(0)
+            if isinstance(step, BaseException):
+                raise step
+            step(self.run_struct)
+            return 0
+        return issue
+
     def error(self, name, err, reg=None):
         return _err(err, name, self.target, reg)
 
