@@ -2,6 +2,8 @@
 registers each SVCR state exposes, at which sizes, and what changing SVCR does."""
 from __future__ import annotations
 
+import functools
+
 from ..arm64 import regs, restore_plan
 from ..errors import KvmError
 from ..arm64.vec import SMFR0_FA64, SVCR_SM, SVCR_ZA, VecShape, sme_level, vl_bytes
@@ -55,7 +57,7 @@ class AccessRules(CheckerBase):
                        lambda: _try(v.get_one_reg, regs.core("V0")))
             for name, rid in (("Z0", regs.sve_z(0)), ("P0", regs.sve_p(0)), ("FFR", regs.sve_ffr())):
                 self.check(f"{tag}.{name}", sec, f"{where}: {name} exists, data length", exp[name],
-                           lambda rid=rid: self._len_probe(v, rid))
+                           functools.partial(self._len_probe, v, rid))
             if exp["Z0"] != "ENOENT":
                 self.check(f"{tag}.Z0_slice1", sec, f"{where}: Z0 slice 1 is ENOENT", "ENOENT",
                            lambda: _try(v.get_one_reg, regs.sve_z(0, 1)))

@@ -30,8 +30,8 @@ class Result:
     detail: str = ""
 
 
-def _ename(err: int) -> str:
-    return E.errorcode.get(err, str(err))
+def _ename(err: Optional[int]) -> str:
+    return E.errorcode.get(err, str(err)) if err is not None else "no errno"
 
 
 def _try(fn: Callable, *args) -> str:
@@ -95,6 +95,8 @@ class CheckerBase:
         if "sve" in config.split("+"):
             feats.append(const("KVM_ARM_VCPU_SVE"))
         if "sme" in config.split("+"):
+            if self.bit is None:
+                raise _SetupFailed("an SME vCPU was asked for, and this kernel has no SME feature bit")
             feats.append(self.bit)
         try:
             v.arm_vcpu_init(feats)

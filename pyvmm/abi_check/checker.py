@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from ..arm64 import regs
 from ..arm64.vec import fa64_of, sme_level
+from ..sme import SmeDiscovery
 from .access import AccessRules
 from .base import FAIL, PASS, SKIP, Result
 from .errnos import ErrnoRules
@@ -95,7 +96,7 @@ def run(kvm, sme_bit: Optional[int] = None) -> "Report":
 
 @dataclass
 class Report:
-    discovery: object
+    discovery: SmeDiscovery
     sve_vqs: tuple
     sme_vqs: tuple
     fa64: bool

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno as E
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 from . import regs
 
@@ -156,7 +156,7 @@ class Row(NamedTuple):
 
 
 # Every §7 case, one call each; the tests check that each has a hint.
-TABLE = (
+TABLE: Tuple[Row, ...] = (
     Row("SME feature bit unknown to the kernel", _INIT, E.ENOENT, None),
     Row("host cannot offer SME", _INIT, E.EINVAL, None),
     Row("SVE_VLS on a vCPU without SVE", _GET, E.ENOENT, "SVE_VLS"),

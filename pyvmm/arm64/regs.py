@@ -215,7 +215,7 @@ class Decoded(NamedTuple):
     kind: str
     name: str
     size: int
-    index: Optional[int] = None
+    index: Optional[int] = None  # type: ignore[assignment]  # the field shadows tuple.index on purpose
     slice: Optional[int] = None
     encoding: Optional[Tuple[int, int, int, int, int]] = None
     known: bool = True

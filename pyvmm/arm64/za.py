@@ -45,8 +45,9 @@ class Tile:
         svl_b = len(za_rows[0]) if za_rows else 0
         if len(za_rows) != svl_b or any(len(r) != svl_b for r in za_rows):
             raise ValueError("ZA must be SVL_B rows of SVL_B bytes")
+        self.rows = tile_rows(name, svl_b)  # refuses a name that is not a tile's
         m = _TILE_NAME.fullmatch(name.strip())
-        self.rows = tile_rows(name, svl_b)
+        assert m is not None
         self.name = f"ZA{int(m[1])}.{m[2].upper()}"
         self.esize = ELEMENT_BYTES[m[2].upper()]
         self.dim = svl_b // self.esize  # a tile is dim x dim elements

@@ -105,20 +105,21 @@ class _Strings:
         return len(self.table) - at
 
 
-def _structure(root: Node, strings: _Strings) -> List[Tuple[int, object]]:
-    """The structure block as items: (token, payload) with a property's name
-    as its distance from the strings block's end (fixed up in :func:`to_dtb`)."""
-    items: List[Tuple[int, object]] = []
+def _structure(root: Node, strings: _Strings) -> List[Tuple[int, str, int, bytes]]:
+    """The structure block as items (token, node name, property name's
+    distance from the strings block's end, property value), in order; the
+    distances become offsets in :func:`to_dtb`, once the block is complete."""
+    items: List[Tuple[int, str, int, bytes]] = []
 
     def walk(node: Node) -> None:
-        items.append((FDT_BEGIN_NODE, node.name))
+        items.append((FDT_BEGIN_NODE, node.name, 0, b""))
         for name, value in node.props:
-            items.append((FDT_PROP, (strings.offset_from_end(name), _encode(value))))
+            items.append((FDT_PROP, "", strings.offset_from_end(name), _encode(value)))
         for child in node.children:
             walk(child)
-        items.append((FDT_END_NODE, None))
+        items.append((FDT_END_NODE, "", 0, b""))
     walk(root)
-    items.append((FDT_END, None))
+    items.append((FDT_END, "", 0, b""))
     return items
 
 
@@ -127,12 +128,11 @@ def to_dtb(root: Node) -> bytes:
     strings = _Strings()
     items = _structure(root, strings)
     parts = []
-    for token, payload in items:
+    for token, node_name, from_end, value in items:
         parts.append(struct.pack(">I", token))
         if token == FDT_BEGIN_NODE:
-            parts.append(_pad4(str(payload).encode() + b"\0"))
+            parts.append(_pad4(node_name.encode() + b"\0"))
         elif token == FDT_PROP:
-            from_end, value = payload  # type: ignore[misc]
             parts.append(struct.pack(">II", len(value), len(strings.table) - from_end))
             parts.append(_pad4(value))
     struct_block = b"".join(parts)

@@ -163,7 +163,7 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
                 while outcome is None:  # short waits: this (main) thread runs the signal handlers
                     outcome = running.wait(0.25)
         finally:
-            if saved is not None:
+            if saved is not None and stdin_fd is not None:
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     finally:
         for s, h in old.items():

@@ -15,6 +15,9 @@ from ..arm64.vec import parse_vl
 
 
 class ExitStatus(enum.IntEnum):
+    """How a guest's run ended, as the exit status ``pyvmm run`` and
+    ``pyvmm restore`` give (the README's exit-status table)."""
+
     POWEROFF = 0     # the guest powered off (PSCI SYSTEM_OFF)
     ERROR = 1        # pyvmm failed at run time
     USAGE = 2        # bad options or input files
@@ -26,12 +29,21 @@ class ExitStatus(enum.IntEnum):
 
 @dataclass
 class DiskSpec:
+    """A raw disk image the guest sees as a virtio-blk device."""
+
     path: str
     readonly: bool = False
 
 
 @dataclass
 class MachineConfig:
+    """What a machine is made of, as ``pyvmm run``'s options say it: the
+    payload (``kernel`` with ``initrd`` and ``cmdline``, or bare-metal
+    ``firmware``), RAM in bytes, vCPUs, SVE/SME vector lengths in bits
+    (None: the host's largest SVE, no SME), disks, the console, what a guest
+    reset does, and the KVM device node. Checked by :func:`prepare` (and
+    :func:`pyvmm.api.boot`), which raise UsageProblem with the reason."""
+
     kernel: Optional[str] = None
     initrd: Optional[str] = None
     firmware: Optional[str] = None
@@ -53,6 +65,10 @@ class MachineConfig:
 
 @dataclass
 class Outcome:
+    """How a run ended: the status and a one-line reason, with the resets
+    it went through, exit counts, seconds run, console bytes, the seconds the
+    VM took to build and (with ``trace_mmio``) MMIO accesses per register."""
+
     status: ExitStatus
     reason: str
     resets: int = 0
@@ -93,6 +109,7 @@ class Payload:
         if self.data is not None:
             mem.write(addr, self.data)
             return
+        assert self.kernel_path is not None  # a kernel payload always has its path
         with open(self.kernel_path, "rb") as f:
             done = 0
             while done < self.kernel_size:
@@ -146,9 +163,11 @@ def prepare(config: MachineConfig) -> Payload:
             raise UsageProblem(f"firmware {config.firmware}: the file is empty")
         plan = layout.plan(config.mem, len(data), 0, len(initrd or b""), initrd is not None, what="firmware")
         return Payload(data, initrd, plan, True)
-    head = image.read_file(config.kernel, "kernel", image.HEAD_BYTES)
-    size = os.path.getsize(config.kernel)
-    hdr = image.parse_header(head, f"kernel {config.kernel}", file_size=size)
+    kernel = config.kernel
+    assert kernel  # exactly one of kernel and firmware, checked above
+    head = image.read_file(kernel, "kernel", image.HEAD_BYTES)
+    size = os.path.getsize(kernel)
+    hdr = image.parse_header(head, f"kernel {kernel}", file_size=size)
     plan = layout.plan(config.mem, image.load_size(hdr, size), hdr.text_offset,
                        len(initrd or b""), initrd is not None)
     return Payload(None, initrd, plan, False, config.kernel, size)

@@ -24,7 +24,7 @@ class ConsoleInput:
         self.on_escape: Optional[Callable[[], None]] = None
         self._stop = threading.Event()
         self._pending_escape = False
-        self._thread = None
+        self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
         if self.fd is None:
@@ -33,12 +33,14 @@ class ConsoleInput:
         self._thread.start()
 
     def _loop(self) -> None:
+        fd = self.fd
+        assert fd is not None  # start() runs the loop only with an fd
         while not self._stop.is_set():
             try:
-                r, _, _ = select.select([self.fd], [], [], 0.2)
+                r, _, _ = select.select([fd], [], [], 0.2)
                 if not r:
                     continue
-                data = os.read(self.fd, 4096)
+                data = os.read(fd, 4096)
             except (OSError, ValueError):
                 return
             if not data:

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from typing import Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 from ..arm64 import regs
 from .._ffi import const
@@ -29,7 +29,7 @@ from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_blk import VirtioBlk
 from ..devices.virtio_console import VirtioConsole
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
-from ..errors import GuestError, HostUnsupported
+from ..errors import GuestError, HostUnsupported, UsageProblem
 from .gic import VgicV3
 from .gic_regs import spi_irq_line
 from ..memory import GuestMemory
@@ -40,6 +40,20 @@ from .config import ExitStatus, MachineConfig, Outcome, Payload, full_cmdline
 from .console import OutputBuffer
 from .kick import KICK_SIGNAL, ensure_handler
 from .vcpu_loop import run_vcpu
+
+if TYPE_CHECKING:
+    from ..vcpu import Vcpu
+    from ..vm import Vm
+
+T = TypeVar("T")
+
+
+def built(part: Optional[T], what: str) -> T:
+    """``part`` of a machine that building creates (:meth:`Machine.build`, or
+    a snapshot restore): UsageProblem while it is not there yet."""
+    if part is None:
+        raise UsageProblem(f"the machine has no {what} yet: build it first")
+    return part
 
 
 class _KernelOwned:
@@ -54,19 +68,24 @@ class _KernelOwned:
 
 
 class Machine:
-    def __init__(self, kvm, config: MachineConfig, payload: Payload, output: Callable[[bytes], None]):
+    """One VM as ``pyvmm run`` builds it (RAM, vCPUs, vGICv3, PL011,
+    virtio devices, the payload) and its vCPU threads. ``payload`` is None
+    for a machine a snapshot restore builds. The library's handle on one is
+    :class:`pyvmm.api.VirtualMachine`."""
+
+    def __init__(self, kvm, config: MachineConfig, payload: Optional[Payload], output: Callable[[bytes], None]):
         self.kvm = kvm
         self.config = config
         self.payload = payload
         self.output = output
         self.uart_out = OutputBuffer(output)
-        self.vm = None
+        self.vm: Optional[Vm] = None
         self.mem = GuestMemory()
         self.bus = MmioBus()
-        self.vcpus = []
-        self.gic = None
-        self.uart = None
-        self.console = None
+        self.vcpus: List[Vcpu] = []
+        self.gic: Optional[VgicV3] = None
+        self.uart: Optional[Pl011] = None
+        self.console: Optional[VirtioConsole] = None
         self.virtio: List[VirtioMmio] = []
         self.disks: List[VirtioBlk] = []
         self.dtb = b""
@@ -96,7 +115,7 @@ class Machine:
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
         line = spi_irq_line(spi)
-        vm = self.vm
+        vm = built(self.vm, "VM")
 
         def raise_irq(level: bool) -> None:
             vm.irq_line(line, 1 if level else 0)
@@ -138,7 +157,7 @@ class Machine:
         if sme_bit is not None:
             features.append(sme_bit)
         for i in range(c.cpus):
-            vcpu = self.vm.create_vcpu(i)
+            vcpu = built(self.vm, "VM").create_vcpu(i)
             extra = [const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else []
             if use_sve or sme_bit is not None:
                 # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
@@ -158,7 +177,7 @@ class Machine:
     def create_devices(self) -> None:
         """The vGIC (after every vCPU exists), the UART and the virtio devices."""
         c = self.config
-        self.gic = VgicV3(self.vm, len(self.vcpus))
+        self.gic = VgicV3(built(self.vm, "VM"), len(self.vcpus))
         self.gic.init()
         self.bus.register(layout.GICD_BASE, layout.GICD_SIZE, _KernelOwned(), "vGICv3 distributor")
         self.bus.register(layout.GICR_BASE, layout.gicr_size(len(self.vcpus)), _KernelOwned(),
@@ -185,7 +204,7 @@ class Machine:
         page = self.kvm.check_extension(const("KVM_CAP_COALESCED_MMIO"))
         if page <= 0:
             return
-        self.vm.register_coalesced_mmio(layout.UART_BASE + PL011_DR, 4)
+        built(self.vm, "VM").register_coalesced_mmio(layout.UART_BASE + PL011_DR, 4)
         self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus, self.uart_out)
 
     def _add_virtio(self, slot: int, backend, name: str) -> None:
@@ -195,20 +214,22 @@ class Machine:
         self.virtio.append(t)
 
     def device_nodes(self) -> List[fdt.Node]:
-        return [self.uart.dt_node()] + [t.dt_node() for t in self.virtio]
+        return [built(self.uart, "UART").dt_node()] + [t.dt_node() for t in self.virtio]
 
     def load_payload(self) -> None:
         """Kernel (or firmware), initrd and device tree into RAM; vCPU 0 at the entry."""
-        p = self.payload.plan
-        self.payload.load_into(self.mem, p.kernel_addr)
+        payload = built(self.payload, "payload")
+        p = payload.plan
+        payload.load_into(self.mem, p.kernel_addr)
         initrd_range = None
-        if self.payload.initrd is not None:
-            self.mem.write(p.initrd_addr, self.payload.initrd)
-            initrd_range = (p.initrd_addr, p.initrd_addr + len(self.payload.initrd))
+        if payload.initrd is not None:
+            initrd_addr = built(p.initrd_addr, "initrd address")  # planned whenever there is an initrd
+            self.mem.write(initrd_addr, payload.initrd)
+            initrd_range = (initrd_addr, initrd_addr + len(payload.initrd))
         self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
-                             gic=self.gic.dt_node(), devices=self.device_nodes(), bootargs=self.cmdline,
-                             initrd=initrd_range,
-                             stdout_path=self.uart.dt_path if self.config.console == "serial" else None)
+                             gic=built(self.gic, "vGIC").dt_node(), devices=self.device_nodes(),
+                             bootargs=self.cmdline, initrd=initrd_range,
+                             stdout_path=built(self.uart, "UART").dt_path if self.config.console == "serial" else None)
         self.mem.write(p.dtb_addr, self.dtb)
         boot = self.vcpus[0]
         boot.set_reg(regs.core("PC"), p.entry)
@@ -220,7 +241,7 @@ class Machine:
     def console_sink(self) -> Callable[[bytes], int]:
         """Where host console input goes. Nothing is taken while the machine
         is paused (a snapshot must not see input half delivered)."""
-        receive = self.console.receive if self.console is not None else self.uart.receive
+        receive = self.console.receive if self.console is not None else built(self.uart, "UART").receive
 
         def sink(data: bytes) -> int:
             with self.io_lock:
@@ -348,10 +369,10 @@ class Machine:
         if ring is not None:
             ring.drain()
             self.exits["coalesced"] = ring.entries
-        out = self._outcome
+        out = built(self._outcome, "outcome")  # finish() recorded one before done was set
         out.exits = self.exits
         out.seconds = time.monotonic() - t0
-        out.console_bytes = self.uart.tx_bytes + (self.console.tx_bytes if self.console else 0)
+        out.console_bytes = built(self.uart, "UART").tx_bytes + (self.console.tx_bytes if self.console else 0)
         return out
 
     def close(self) -> None:

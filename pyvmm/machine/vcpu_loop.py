@@ -102,14 +102,14 @@ def run_vcpu(machine, vcpu) -> None:
                 if e.errno != errno.EINTR:
                     raise
                 counts["intr"] += 1
-                verdict: Optional[object] = PAUSE_POINT
+                verdict: Union[None, str, Verdict] = PAUSE_POINT
             else:
                 if ring is not None and ring.pending():
                     ring.drain()
                 verdict = handle_exit(run, bus, index, counts)
             if verdict is None:
                 continue
-            if verdict is PAUSE_POINT:
+            if isinstance(verdict, str):  # PAUSE_POINT, the only string verdict
                 if machine.paused:
                     machine.park(vcpu)
                 continue

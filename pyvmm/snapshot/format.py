@@ -21,7 +21,7 @@ import mmap
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from ..errors import UsageProblem
 
@@ -39,10 +39,16 @@ class SnapshotError(UsageProblem):
     exit_status = 1
 
 
+# A blob's bytes: small ones copied out of the file, large ones (guest
+# memory) views of its mapping.
+Blob = Union[bytes, memoryview]
+
+
 @dataclass
 class Snapshot:
+    """A snapshot in memory: its manifest (JSON) and its named blobs."""
     manifest: Dict
-    blobs: Dict[str, bytes] = field(default_factory=dict)
+    blobs: Dict[str, Blob] = field(default_factory=dict)
 
 
 def _parts(snap: Snapshot) -> List:
@@ -67,7 +73,7 @@ def encode(snap: Snapshot) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def decode(data: bytes, what: str = "snapshot") -> Snapshot:
+def decode(data: Union[bytes, memoryview], what: str = "snapshot") -> Snapshot:
     if len(data) < _HEADER.size + _DIGEST:
         raise SnapshotError(f"{what} is truncated ({len(data)} bytes)", "take the snapshot again")
     magic, version, mlen = _HEADER.unpack_from(data)

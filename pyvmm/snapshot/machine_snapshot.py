@@ -26,6 +26,7 @@ from ..boot import layout
 from ..devices.state import StateReader
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import DiskSpec, ExitStatus, Machine, MachineConfig, check_options
+from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
 from . import vcpu_state
@@ -53,7 +54,8 @@ def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
         r = StateReader("machine configuration", d, _CONFIG_KEYS + ("disks",))
         disks = [r.nested("disks", ("path", "readonly"), index=i) for i in range(len(r.list("disks")))]
         return MachineConfig(
-            **{k: r.str(k, optional=True) for k in ("kernel", "initrd", "firmware", "cmdline")},
+            kernel=r.str("kernel", optional=True), initrd=r.str("initrd", optional=True),
+            firmware=r.str("firmware", optional=True), cmdline=r.str("cmdline", optional=True),
             mem=r.int("mem", 0, (1 << 64) - 1), cpus=r.int("cpus", 0, 1 << 16),
             sve_max_vl=r.int_or_none("sve_max_vl", 0, 1 << 16), sme_max_vl=r.int_or_none("sme_max_vl", 0, 1 << 16),
             sve=r.bool("sve"), console=r.str("console"), on_reboot=r.str("on_reboot"),
@@ -68,8 +70,8 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
         raise UsageProblem("the machine must be paused before it is saved")
     with m.io_lock:
         states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
-        gic = m.gic.save([mpidr_of(v) for v in m.vcpus])
-        devices = {"uart": m.uart.save_state(),
+        gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
+        devices = {"uart": built(m.uart, "UART").save_state(),
                    "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                               for t in m.virtio]}
         blobs, regions = pack_ram(m.mem, progress)
@@ -190,7 +192,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     vcpu_state.check_clock(clock)  # before any vCPU exists
     states = sorted(states, key=lambda s: s.index)
     for st in states:
-        v = m.vm.create_vcpu(st.index)
+        v = built(m.vm, "VM").create_vcpu(st.index)
         vcpu_state.init(v, st)  # features, vector lengths, MPIDR
         m.add_vcpu(v, st.features)
     # The vGIC before the vCPU registers: writing a timer register makes KVM
@@ -199,12 +201,12 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     # never gets another tick). The timers' own PPI levels therefore come from
     # the timer registers, written last, not from the saved vGIC line levels.
     m.create_devices()
-    m.gic.restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
+    built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
     cntfrq = hostinfo.cntfrq()  # this host's (check() refuses a snapshot taken at another)
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
     devices = machine["devices"]
-    m.uart.load_state(devices["uart"])
+    built(m.uart, "UART").load_state(devices["uart"])
     saved_virtio = devices.get("virtio", [])
     if len(saved_virtio) != len(m.virtio):
         raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "

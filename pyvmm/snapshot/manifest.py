@@ -44,17 +44,24 @@ def vcpu_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
     return out
 
 
-def pack_ram(mem, progress: Progress = None) -> Tuple[Dict[str, bytes], List[dict]]:
+def _offset(progress: Progress, base: int, total: int) -> Progress:
+    """``progress`` for one region: its byte counts moved by ``base``, out of ``total``."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda done, _region_total: report(base + done, total)
+
+
+def pack_ram(mem, progress: Progress = None) -> Tuple[Dict[str, fmt.Blob], List[dict]]:
     """Every RAM region of ``mem`` (a :class:`pyvmm.memory.GuestMemory`) as a
     blob of its non-zero pages: (blobs by name, the manifest's region entries).
     ``progress(done, total)`` counts bytes over all regions."""
-    blobs: Dict[str, bytes] = {}
+    blobs: Dict[str, fmt.Blob] = {}
     regions = []
     total = sum(r.size for r in mem.regions)
     done = 0
     for r in mem.regions:
-        blob, stored = memory_image.pack(
-            r.mm, (lambda d, t, base=done: progress(base + d, total)) if progress else None)
+        blob, stored = memory_image.pack(r.mm, _offset(progress, done, total))
         done += r.size
         name = f"ram{r.slot}"
         blobs[name] = blob

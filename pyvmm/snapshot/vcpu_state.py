@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from ..arm64 import regs, restore_plan, sysregs
 from ..arm64.vec import KVM_ARM_VCPU_SVE, KVM_ARM_VCPU_VEC, SVCR_ZA, VecShape
@@ -51,7 +51,7 @@ class VcpuState:
         return bytes(out)
 
     @classmethod
-    def from_json(cls, meta: Dict, blob: bytes) -> "VcpuState":
+    def from_json(cls, meta: Dict, blob: Union[bytes, memoryview]) -> "VcpuState":
         """The saved vCPU from its manifest entry (read with the one
         StateReader strictness, docs/snapshot-format.md) and its register blob."""
         r = StateReader("vCPU", meta, _JSON_KEYS)
@@ -67,7 +67,7 @@ class VcpuState:
             size = regs.size_of(reg_id)
             if pos + 8 + size > len(blob):
                 raise ValueError(f"register blob ends inside {regs.name(reg_id)}")
-            state.registers.append((reg_id, blob[pos + 8:pos + 8 + size]))
+            state.registers.append((reg_id, bytes(blob[pos + 8:pos + 8 + size])))
             pos += 8 + size
         if len(state.registers) != r.int("register_count", 0, 1 << 32):
             raise ValueError("register count does not match the manifest")
@@ -98,7 +98,7 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None) -> VcpuState:
 
 def _is_id_register(reg_id: int) -> bool:
     d = regs.decode(reg_id)
-    return d.kind == "sysreg" and (sysregs.is_id_space(d.encoding) or d.name in (
+    return d.kind == "sysreg" and d.encoding is not None and (sysregs.is_id_space(d.encoding) or d.name in (
         "SMIDR_EL1", "MIDR_EL1", "REVIDR_EL1", "CTR_EL0", "CLIDR_EL1", "AIDR_EL1"))
 
 
