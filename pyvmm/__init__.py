@@ -2,7 +2,7 @@
 and SME guest state.
 
 The public names below come from :mod:`pyvmm.api`, the library's surface for
-live state save/restore: :func:`boot` a machine from a :class:`MachineConfig`
+live state save/restore: :func:`start` (boot) a machine from a :class:`MachineConfig`
 (or :func:`restore` one from a snapshot file) and drive the
 :class:`VirtualMachine` it returns from any thread: pause, resume,
 snapshot, read and write a vCPU's registers and vector state, wait for the
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 __all__ = [
-    "boot", "restore", "VirtualMachine",
+    "start", "restore", "VirtualMachine",
     "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
     "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
     "__version__",
@@ -26,8 +26,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # what type checkers and readers see; at run time __getattr__ loads them
     from .api import (DiskSpec, ExitStatus, GuestError, HostUnsupported, KvmError, MachineConfig, Outcome,
-                      PyvmmError, SaveReport, SavedVecState, SnapshotError, UsageProblem, VirtualMachine, boot,
-                      restore)
+                      PyvmmError, SaveReport, SavedVecState, SnapshotError, UsageProblem, VirtualMachine, restore,
+                      start)
 
 
 def __getattr__(name: str) -> Any:

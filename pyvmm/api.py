@@ -1,5 +1,5 @@
-"""The library's public surface for live state save/restore: boot or restore
-a machine, then pause, snapshot, inspect and wait for it from any thread.
+"""The library's public surface for live state save/restore: start (boot) or
+restore a machine, then pause, snapshot, inspect and wait for it from any thread.
 
 A handful of calls, in the spirit of libvirt's ``dom.save``/``conn.restore``,
 QMP's ``stop``/``migrate`` and Firecracker's ``/snapshot/create`` and
@@ -8,7 +8,7 @@ QMP's ``stop``/``migrate`` and Firecracker's ``/snapshot/create`` and
     import pyvmm
 
     config = pyvmm.MachineConfig(kernel="Image", initrd="initramfs.cpio.gz", cpus=2)
-    with pyvmm.boot(config) as vm:          # returns once the guest is built and running
+    with pyvmm.start(config) as vm:         # returns once the guest is built and running
         vm.pause()
         pc = vm.get_register(0, "PC")
         vm.snapshot("vm.snap")               # atomic, mode 0600; a paused guest stays paused
@@ -37,7 +37,7 @@ from .snapshot.machine_snapshot import SaveReport
 from .vecstate import SavedVecState, VecState
 
 __all__ = [
-    "boot", "restore", "VirtualMachine",
+    "start", "restore", "VirtualMachine",
     "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
     "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
 ]
@@ -48,7 +48,7 @@ CONSOLE_KEEP = 1 << 20  # console bytes a VirtualMachine keeps when no output ca
 
 
 class VirtualMachine:
-    """A running (or paused) guest, as :func:`boot` and :func:`restore`
+    """A running (or paused) guest, as :func:`start` and :func:`restore`
     return it. Every method may be called from any thread; calls are
     serialised. Registers and vector state are read and written only while
     the machine is paused. :meth:`close` (or leaving a ``with`` block) stops
@@ -56,7 +56,7 @@ class VirtualMachine:
     threads, VM and vCPU fds, guest memory, the KVM fd it opened."""
 
     def __init__(self, session: Session, kvm: Any = None, console: Optional[bytearray] = None):
-        # Not for direct use: see boot() and restore().
+        # Not for direct use: see start() and restore().
         self._session = session
         self._kvm = kvm  # closed by close() when restore() opened it
         self._console = console
@@ -81,7 +81,7 @@ class VirtualMachine:
     def _run(self) -> None:
         try:
             self._outcome = self._session.run()
-        except BaseException as e:  # noqa: BLE001 (handed to the caller by boot/restore or wait)
+        except BaseException as e:  # noqa: BLE001 (handed to the caller by start/restore or wait)
             self._error = e
         finally:
             self._machine = None
@@ -121,7 +121,7 @@ class VirtualMachine:
         return self.config.cpus
 
     def console_output(self) -> bytes:
-        """What the guest wrote to its console, when :func:`boot` or
+        """What the guest wrote to its console, when :func:`start` or
         :func:`restore` got no ``output`` callable (the last MiB)."""
         return bytes(self._console) if self._console is not None else b""
 
@@ -288,7 +288,7 @@ def _console(output: Optional[Output]):
     return keep, kept
 
 
-def boot(config: MachineConfig, *, output: Optional[Output] = None, paused: bool = False,
+def start(config: MachineConfig, *, output: Optional[Output] = None, paused: bool = False,
          console_input: Optional[int] = None, escape: bool = False,
          on_ready: Optional[Callable[[Machine], None]] = None) -> VirtualMachine:
     """Boot the guest ``config`` describes (a kernel, or bare-metal
@@ -326,7 +326,7 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
     stopped and hides later pauses too; "keep" advances them by the time
     since the snapshot. ``on_reboot`` overrides the saved "restart"/"exit".
     ``progress(done, total)`` hears about guest memory being loaded. The
-    other arguments are :func:`boot`'s."""
+    other arguments are :func:`start`'s."""
     from .kvm import open_kvm
     from .snapshot import format as fmt, machine_snapshot
 

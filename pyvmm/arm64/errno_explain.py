@@ -6,8 +6,6 @@ page) becomes one sentence saying what happened and one saying what to do.
 register name; the fd layer (:mod:`pyvmm._fd`) calls it for every
 :class:`pyvmm.errors.KvmError` it builds, so the hint never depends on what ran before.
 """
-from __future__ import annotations
-
 import errno as E
 import re
 from typing import NamedTuple, Optional, Tuple

@@ -10,8 +10,6 @@ Layout of an id (64 bits): arch in [63:56] (arm64 = 0x60), size in [55:52]
 Always decode using the size too: ZA row 48 and ZT0 share their low 16 bits
 (0x0600) and differ only in size (ABI page §1).
 """
-from __future__ import annotations
-
 import re
 from typing import Dict, NamedTuple, Optional, Tuple
 

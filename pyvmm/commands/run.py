@@ -109,14 +109,14 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         disks=[parse_disk(d) for d in disks], console=console,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
-    from ..api import boot
+    from ..api import start
 
-    sys.exit(run_on_console(functools.partial(boot, config), debug, control=control))
+    sys.exit(run_on_console(functools.partial(start, config), debug, control=control))
 
 
 def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control: Optional[str] = None) -> int:
     """Run the machine ``start(output=, console_input=, escape=, on_ready=)``
-    returns (:func:`pyvmm.api.boot` or :func:`pyvmm.api.restore`) with this
+    returns (:func:`pyvmm.api.start` or :func:`pyvmm.api.restore`) with this
     process's terminal as its console (raw mode on a terminal, restored
     afterwards), an optional control socket, SIGINT/SIGTERM ending it (130,
     143), and the closing report on stderr. Returns the exit status. Shared

@@ -3,7 +3,7 @@ policy, console, coalesced MMIO, the vGICv3, sessions and the bare-metal runner.
 
 The names below were importable from ``pyvmm.machine`` when it was one module
 and stay so, except ``run``: a :class:`Session` runs machines, and
-:func:`pyvmm.api.boot` is the library's way to start one.
+:func:`pyvmm.api.start` is the library's way to start one.
 """
 from .config import (DiskSpec, ExitStatus, MachineConfig, Outcome, Payload, check_options, default_cmdline,
                      full_cmdline, prepare)

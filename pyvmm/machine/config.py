@@ -42,7 +42,7 @@ class MachineConfig:
     ``firmware``), RAM in bytes, vCPUs, SVE/SME vector lengths in bits
     (None: the host's largest SVE, no SME), disks, the console, what a guest
     reset does, and the KVM device node. Checked by :func:`prepare` (and
-    :func:`pyvmm.api.boot`), which raise UsageProblem with the reason."""
+    :func:`pyvmm.api.start`), which raise UsageProblem with the reason."""
 
     kernel: Optional[str] = None
     initrd: Optional[str] = None

@@ -57,7 +57,7 @@ def test_bare_metal_pause_snapshot_restore_from_a_thread(tmp_path):
     r = _run("""
 def scenario():
     config = pyvmm.MachineConfig(firmware="counter.bin", mem=64 << 20, cpus=2)
-    with pyvmm.boot(config) as vm:
+    with pyvmm.start(config) as vm:
         assert vm.running and not vm.paused
         time.sleep(0.5)
         vm.pause()                                   # the guest never exits: only the kick stops it
@@ -116,7 +116,7 @@ def test_boot_errors_come_back_in_the_callers_thread(tmp_path):
     r = _run("""
 def scenario():
     try:
-        pyvmm.boot(pyvmm.MachineConfig(firmware="missing.bin"))
+        pyvmm.start(pyvmm.MachineConfig(firmware="missing.bin"))
         raise AssertionError("booted without firmware")
     except pyvmm.UsageProblem as e:
         result["error_text"] = str(e)
@@ -142,7 +142,7 @@ NAMES = [f"X{{n}}" for n in range(31)] + ["SP", "PC", "PSTATE", "SP_EL1", "ELR_E
 def scenario():
     config = pyvmm.MachineConfig(kernel={kernel!r}, initrd={initrd!r}, cpus=2, mem=256 << 20,
                                  cmdline="quiet pyvmm.cmd={cmd}")
-    with pyvmm.boot(config) as vm:
+    with pyvmm.start(config) as vm:
         deadline = time.monotonic() + 300
         while b"api-guest-up" not in vm.console_output():
             assert vm.running, vm.console_output()[-2000:]
