@@ -242,18 +242,18 @@ class VirtualMachine:
         """Stop the guest if it still runs, wait for its threads, and release
         the machine and the KVM fd. Idempotent. Raises :class:`GuestError`
         when the vCPU threads do not end within ``timeout`` seconds."""
-        with self._lock:
-            if self._closed:
-                return
+        if self._closed:
+            return
+        if self._thread.is_alive():
+            # Parked vCPUs leave at once (the machine is done); the lock is not
+            # held while waiting: a reset's on_ready takes it.
+            self.stop(ExitStatus.POWEROFF, "closed through the library")
+            self._thread.join(timeout)
             if self._thread.is_alive():
-                self.stop(ExitStatus.POWEROFF, "closed through the library")
-                m = self._machine
-                if m is not None and m.paused:
-                    m.resume()  # parked vCPUs leave at once: the machine is done
-                self._thread.join(timeout)
-                if self._thread.is_alive():
-                    raise GuestError(f"the machine did not stop within {timeout:.0f} s")
-            self._release()
+                raise GuestError(f"the machine did not stop within {timeout:.0f} s")
+        with self._lock:
+            if not self._closed:
+                self._release()
 
     def _release(self) -> None:
         self._closed = True

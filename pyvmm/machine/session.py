@@ -39,7 +39,7 @@ class Session:
         self.kvm = kvm
         self.console_in = ConsoleInput(input_fd, escape)
         self.console_in.on_escape = lambda: self.stop(ExitStatus.INTERRUPTED, "stopped from the console (Ctrl-A x)")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a signal handler calling stop()
         self._current: Optional[Machine] = None
         self._stop_request: Optional[Tuple[ExitStatus, str]] = None
 
