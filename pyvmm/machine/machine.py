@@ -30,14 +30,14 @@ from ..devices.virtio_blk import VirtioBlk
 from ..devices.virtio_console import VirtioConsole
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from ..errors import GuestError, HostUnsupported, UsageProblem
-from .gic import VgicV3
-from .gic_regs import spi_irq_line
 from ..memory import GuestMemory
 from ..sme import configure_vcpu, discover
 from ..vcpu import mpidr_of
 from .coalesced import CoalescedRing
 from .config import ExitStatus, MachineConfig, Outcome, Payload, full_cmdline
 from .console import OutputBuffer
+from .gic import VgicV3
+from .gic_regs import spi_irq_line
 from .kick import KICK_SIGNAL, ensure_handler
 from .vcpu_loop import run_vcpu
 
