@@ -2,6 +2,8 @@
 #
 #   make venv          host .venv with pyvmm installed editable, plus test extras
 #   make test-host     unit tests that need no KVM (pytest -m 'not kvm') on the host
+#   make typecheck     mypy on the package (configuration in pyproject.toml)
+#   make docs          the API reference with pdoc into out/docs (any warning is an error)
 #   make machine       build/cache the arm64 test machine (ci/qemu-aarch64/setup)
 #   make guests        build the guests the KVM tests boot (guests/linux/build -> out/guest/)
 #   make test-machine  KVM tests (pytest -m kvm): natively on an arm64 host with
@@ -9,8 +11,8 @@
 #   make kernel        build (or reuse) the project's SME kernel (ci/qemu-aarch64/kernel/build)
 #   make test-sme-kernel  the SME suite (pytest -m sme_kernel) in the test machine booted
 #                      with the project's SME kernel; SME tests fail there instead of skipping
-#   make test          all of the above (host-deps + venv + test-host + machine + guests +
-#                      test-machine + kernel + test-sme-kernel)
+#   make test          all of the above (host-deps + venv + test-host + typecheck + docs +
+#                      machine + guests + test-machine + kernel + test-sme-kernel)
 #   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo
 #   make bench         benchmarks: boot time vs QEMU, SME state save/restore vs the ioctl floor,
 #                      live snapshot + restore vs QEMU migration to a file
@@ -42,7 +44,7 @@ define summary
 echo "$(1): $$(grep -E '^=+ .*(passed|failed|error|no tests ran).* in [0-9.]+s' $(2) | tail -n1 | tr -d '=' | sed 's/^ *//; s/ *$$//')"
 endef
 
-.PHONY: all host-deps venv test-host machine guests test-machine kernel test-sme-kernel test demo bench clean clean-cache
+.PHONY: all host-deps venv test-host typecheck docs machine guests test-machine kernel test-sme-kernel test demo bench clean clean-cache
 
 all: test
 
@@ -60,6 +62,21 @@ $(VENV)/.installed: pyproject.toml
 
 test-host: venv
 	$(VENV)/bin/python -m pytest -m 'not kvm' tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+# The API reference: the public surface (pyvmm, pyvmm.api) first, then the
+# layers a library user may reach into (packages without __all__ bring their
+# modules). pdoc's warnings (a name in __all__ that does not resolve, an
+# annotation it cannot read) are errors; deprecations in the tools are not ours.
+DOC_MODULES = pyvmm pyvmm.api pyvmm.errors pyvmm.kvm pyvmm.vm pyvmm.vcpu pyvmm.vecstate pyvmm.sme \
+	pyvmm.caps pyvmm.arm64 pyvmm.boot pyvmm.devices pyvmm.machine pyvmm.machine.session \
+	pyvmm.machine.kick pyvmm.snapshot pyvmm.control
+docs: venv
+	@rm -rf out/docs
+	$(VENV)/bin/python -W error -W ignore::DeprecationWarning -m pdoc -o out/docs $(DOC_MODULES)
+	@echo "docs: out/docs/index.html ($$(find out/docs -name '*.html' | wc -l) pages)"
 
 machine:
 ifeq ($(NATIVE_KVM),1)
@@ -98,7 +115,7 @@ else
 	@$(call summary,test-sme-kernel (project SME kernel),out/test-sme-kernel.log)
 endif
 
-test: host-deps venv test-host machine guests test-machine kernel test-sme-kernel
+test: host-deps venv test-host typecheck docs machine guests test-machine kernel test-sme-kernel
 
 demo:
 	$(RUN) $(RUN_FLAGS) -- pyvmm caps

@@ -1,8 +1,41 @@
 """pyvmm: a Python virtual machine monitor for arm64 KVM with first-class SVE
 and SME guest state.
 
-Library entry points: :func:`pyvmm.kvm.open_kvm` (system fd) →
-:class:`pyvmm.vm.Vm` → :class:`pyvmm.vcpu.Vcpu`; register ids in
-:mod:`pyvmm.regs`; SME discovery and vector lengths in :mod:`pyvmm.sme`.
+The public names below come from :mod:`pyvmm.api`, the library's surface for
+live state save/restore: :func:`start` (boot) a machine from a :class:`MachineConfig`
+(or :func:`restore` one from a snapshot file) and drive the
+:class:`VirtualMachine` it returns from any thread: pause, resume,
+snapshot, read and write a vCPU's registers and vector state, wait for the
+end. They are loaded on first use, so ``import pyvmm`` (and the command
+line) stay quick.
+
+Lower levels stay available for tools that need them: :func:`pyvmm.kvm.open_kvm`
+(system fd) → :class:`pyvmm.vm.Vm` → :class:`pyvmm.vcpu.Vcpu`; register ids in
+:mod:`pyvmm.arm64.regs`; SME discovery and vector lengths in :mod:`pyvmm.sme`.
 """
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+__all__ = [
+    "start", "restore", "VirtualMachine",
+    "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
+    "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
+    "__version__",
+]
+
+if TYPE_CHECKING:  # what type checkers and readers see; at run time __getattr__ loads them
+    from .api import (DiskSpec, ExitStatus, GuestError, HostUnsupported, KvmError, MachineConfig, Outcome,
+                      PyvmmError, SaveReport, SavedVecState, SnapshotError, UsageProblem, VirtualMachine, restore,
+                      start)
+
+
+def __getattr__(name: str) -> Any:
+    """The public names of :mod:`pyvmm.api`, imported when first used (PEP 562)."""
+    if name in __all__:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pyvmm' has no attribute {name!r}")

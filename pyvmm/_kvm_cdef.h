@@ -6,11 +6,18 @@
  * offset, constant and request number declared here or derived from it.
  *
  * cffi cannot declare __int128, so struct kvm_regs is not declared: core
- * register offsets live in pyvmm/regs.py (CORE_OFFSETS), checked by the same probe.
+ * register offsets live in pyvmm/arm64/regs.py (CORE_OFFSETS), checked by the same probe.
  */
 
 /* ---- libc ---------------------------------------------------------------- */
 int ioctl(int fd, unsigned long request, ...);
+/* The vCPU kick signal's handler (pyvmm/machine/kick.py): glibc's signal(),
+ * which any thread may call (Python's signal module only lets the main thread
+ * install handlers), and abs(), a libc function of one int without side
+ * effects, used as the handler that does nothing. */
+typedef void (*sighandler_t)(int);
+sighandler_t signal(int signum, sighandler_t handler);
+int abs(int j);
 
 /* ---- vCPU run area (mmapped from the vCPU fd) ---------------------------- */
 struct kvm_debug_exit_arch {

@@ -12,7 +12,7 @@ import traceback
 
 import click
 
-from . import __version__
+from ._version import __version__
 from .errors import PyvmmError
 from .commands import abi_check as abi_check_cmd
 from .commands import caps as caps_cmd

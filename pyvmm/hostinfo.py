@@ -41,7 +41,8 @@ def cntfrq(kvm=None) -> int:
 def _probe(kvm) -> int:
     if platform.machine() not in ("aarch64", "arm64"):
         raise HostUnsupported("CNTFRQ_EL0 can only be read on an arm64 host")
-    from . import exits, regs
+    from . import exits
+    from .arm64 import regs
     from ._ffi import const
     from .kvm import open_kvm
     from .memory import GuestMemory

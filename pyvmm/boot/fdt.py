@@ -1,5 +1,5 @@
-"""The flattened device tree pyvmm hands the guest, written with pylibfdt
-(the dtc project's Python binding of libfdt).
+"""The flattened device tree pyvmm hands the guest, serialised here in pure
+Python (no C extension, so installing pyvmm needs no compiler).
 
 Devices describe themselves as :class:`Node` values (one per device, written
 by the device's own module); :func:`build` lays out the fixed nodes (memory,
@@ -7,6 +7,15 @@ cpus, psci, timer, chosen) around them. Bindings followed:
 Documentation/devicetree/bindings/ — arm/cpus.yaml, arm/psci.yaml,
 interrupt-controller/arm,gic-v3.yaml, timer/arm,arch_timer.yaml,
 serial/arm,pl011.yaml, virtio/mmio.yaml, chosen.yaml.
+
+The blob layout is the Devicetree Specification's (v0.4, chapter 5): a
+40-byte header, the memory reservation block (only its terminating entry),
+the structure block (FDT_BEGIN_NODE / FDT_PROP / FDT_END_NODE tokens, every
+item padded to 4 bytes, FDT_END last) and the strings block. Property names
+are stored once; as libfdt's sequential writer does, the strings block holds
+the newest name first and a name that is the tail of one already stored
+shares its bytes, so the blob is byte for byte what libfdt's ``FdtSw``
+writes (tests/host/test_fdt.py compares the two where pylibfdt is installed).
 """
 from __future__ import annotations
 
@@ -14,7 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
-from ..errors import HostUnsupported, UsageProblem
+from ..errors import UsageProblem
 from . import layout
 
 PHANDLE_GIC = 1
@@ -53,16 +62,6 @@ class Node:
         return self
 
 
-def _libfdt():
-    try:
-        import libfdt  # pylibfdt (PyPI) or python3-libfdt (Debian)
-    except ImportError:
-        raise HostUnsupported("pylibfdt is not installed (pyvmm writes device trees with it)",
-                              "pip install pylibfdt (needs swig and a C compiler), "
-                              "or apt install python3-libfdt") from None
-    return libfdt
-
-
 def _encode(value: PropValue) -> bytes:
     if value is None:
         return b""
@@ -77,26 +76,75 @@ def _encode(value: PropValue) -> bytes:
     return bytes(value)
 
 
-def _write(sw, node: Node) -> None:
-    sw.begin_node(node.name)
-    for name, value in node.props:
-        sw.property(name, _encode(value))
-    for child in node.children:
-        _write(sw, child)
-    sw.end_node()
+FDT_MAGIC = 0xD00DFEED
+FDT_VERSION, FDT_LAST_COMP_VERSION = 17, 16
+FDT_BEGIN_NODE, FDT_END_NODE, FDT_PROP, FDT_END = 1, 2, 3, 9
+_HEADER = struct.Struct(">10I")
+_RSVMAP_END = bytes(16)  # the reservation block's terminating (0, 0) entry
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + bytes(-len(data) % 4)
+
+
+class _Strings:
+    """The strings block as libfdt's sequential writer builds it: a new name
+    goes in front; a name already present (or the tail of one) is shared."""
+
+    def __init__(self) -> None:
+        self.table = b""
+
+    def offset_from_end(self, name: str) -> int:
+        """Where ``name`` is, counted back from the block's end (the block
+        grows at the front, so only that distance is fixed while writing)."""
+        key = name.encode() + b"\0"
+        at = self.table.find(key)
+        if at < 0:
+            self.table = key + self.table
+            at = 0
+        return len(self.table) - at
+
+
+def _structure(root: Node, strings: _Strings) -> List[Tuple[int, str, int, bytes]]:
+    """The structure block as items (token, node name, property name's
+    distance from the strings block's end, property value), in order; the
+    distances become offsets in :func:`to_dtb`, once the block is complete."""
+    items: List[Tuple[int, str, int, bytes]] = []
+
+    def walk(node: Node) -> None:
+        items.append((FDT_BEGIN_NODE, node.name, 0, b""))
+        for name, value in node.props:
+            items.append((FDT_PROP, "", strings.offset_from_end(name), _encode(value)))
+        for child in node.children:
+            walk(child)
+        items.append((FDT_END_NODE, "", 0, b""))
+    walk(root)
+    items.append((FDT_END, "", 0, b""))
+    return items
 
 
 def to_dtb(root: Node) -> bytes:
-    libfdt = _libfdt()
-    sw = libfdt.FdtSw()
-    sw.finish_reservemap()
-    _write(sw, root)
-    fdt = sw.as_fdt()
-    fdt.pack()
-    blob = bytes(fdt.as_bytearray())
-    if len(blob) > layout.DTB_MAX:
-        raise UsageProblem(f"the device tree is {len(blob)} bytes, above the 2 MiB the boot protocol allows")
-    return blob
+    """The DTB of the tree under ``root`` (version 17, boot CPU 0, no memory reservations)."""
+    strings = _Strings()
+    items = _structure(root, strings)
+    parts = []
+    for token, node_name, from_end, value in items:
+        parts.append(struct.pack(">I", token))
+        if token == FDT_BEGIN_NODE:
+            parts.append(_pad4(node_name.encode() + b"\0"))
+        elif token == FDT_PROP:
+            parts.append(struct.pack(">II", len(value), len(strings.table) - from_end))
+            parts.append(_pad4(value))
+    struct_block = b"".join(parts)
+    off_rsvmap = _HEADER.size
+    off_struct = off_rsvmap + len(_RSVMAP_END)
+    off_strings = off_struct + len(struct_block)
+    total = off_strings + len(strings.table)
+    if total > layout.DTB_MAX:
+        raise UsageProblem(f"the device tree is {total} bytes, above the 2 MiB the boot protocol allows")
+    header = _HEADER.pack(FDT_MAGIC, total, off_struct, off_strings, off_rsvmap, FDT_VERSION,
+                          FDT_LAST_COMP_VERSION, 0, len(strings.table), len(struct_block))
+    return header + _RSVMAP_END + struct_block + strings.table
 
 
 def cpus_node(mpidrs: Sequence[int]) -> Node:

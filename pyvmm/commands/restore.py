@@ -58,11 +58,10 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
       pyvmm restore vm.snap --control /tmp/vm.sock --paused
       pyvmm restore their.snap --disk ./copy-of-disk.img
     """
-    from .. import machine as machine_lib
+    from ..api import restore as restore_vm
     from ..errors import UsageProblem
-    from ..kvm import open_kvm
     from .. import console_out as console_out_lib
-    from ..snapshot import format as fmt, machine_snapshot, trust
+    from ..snapshot import trust
     from .run import parse_disk, run_on_console
 
     if debug:
@@ -78,24 +77,13 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
         raise UsageProblem("--initrd needs --kernel")
     given = trust.HostChoice(disks=[parse_disk(d) for d in disks] if disks else None,
                              kernel=kernel, initrd=initrd, firmware=firmware)
-    data = fmt.load(snap)
-    kvm = open_kvm(kvm_path)
-    try:
-        config = machine_snapshot.check(kvm, data, given)
-        config.trace_mmio = debug
-        if on_reboot:
-            config.on_reboot = on_reboot
-        bar = ProgressBar("restore")
+    bar = ProgressBar("restore")
 
-        def build(m: machine_lib.Machine) -> None:
-            m.hide_pauses = clock == "hide"  # keep: the guest's clock runs on through pauses too
-            try:
-                machine_snapshot.restore_into(m, data, clock, bar)
-            finally:
-                bar.close()
+    def start(**console):
+        try:
+            return restore_vm(snap, clock=clock, paused=paused, on_reboot=on_reboot, kvm_path=kvm_path,
+                              progress=bar, trace_mmio=debug, host=given, **console)
+        finally:
+            bar.close()
 
-        status = run_on_console(config, debug, control=control, console_out=console_out, first_build=build,
-                                start_paused=paused, kvm=kvm)
-    finally:
-        kvm.close()
-    sys.exit(status)
+    sys.exit(run_on_console(start, debug, control=control, console_out=console_out))

@@ -1,11 +1,13 @@
 """``pyvmm run``: boot an arm64 Linux kernel (or a bare-metal binary) in a VM."""
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 import termios
 import tty
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
 
 import click
 
@@ -14,6 +16,10 @@ from .. import machine as machine_lib
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
+
+if TYPE_CHECKING:
+    from ..api import VirtualMachine
+
 
 def last_words(outcome) -> str:
     """The closing line for an outcome: its reason, and for a plain reset
@@ -126,26 +132,30 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
     console_out_lib.parse(console_out)
-    sys.exit(run_on_console(config, debug, control=control, console_out=console_out))
+    from ..api import start
+
+    sys.exit(run_on_console(functools.partial(start, config), debug, control=control, console_out=console_out))
 
 
-def run_on_console(config, debug: bool, control: Optional[str] = None, console_out: str = "tty",
-                   **run_args) -> int:
-    """Run a machine with its console on this process's terminal (raw mode
-    on a terminal, restored afterwards) or the --console-out endpoint, an
-    optional control socket, and the closing report on stderr. Returns the
-    exit status. Shared by run and restore."""
+def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control: Optional[str] = None,
+                   console_out: str = "tty") -> int:
+    """Run the machine ``start(output=, console_input=, escape=, on_ready=)``
+    returns (:func:`pyvmm.api.start` or :func:`pyvmm.api.restore`) with its
+    console on this process's terminal (raw mode on a terminal, restored
+    afterwards) or the --console-out endpoint, an optional control socket,
+    SIGINT/SIGTERM ending it (130, 143), and the closing report on stderr.
+    Returns the exit status. Shared by run and restore."""
     console_out_lib.parse(console_out)  # usage errors before anything is opened
     server = None
-    controller = None
+    on_ready = None
     endpoint = None
     if control:
         from ..control import ControlServer
-        from ..snapshot.live import Controller
+        from ..control.handler import Controller
 
         controller = Controller()
         server = ControlServer(control, controller.handle)
-        run_args["on_ready"] = controller.attach
+        on_ready = controller.attach
     stdin_fd = None
     saved = None
     try:
@@ -153,6 +163,17 @@ def run_on_console(config, debug: bool, control: Optional[str] = None, console_o
     except (AttributeError, ValueError, OSError):
         stdin_fd = None
     output = _writer(sys.stdout)
+    vm: List[Optional[VirtualMachine]] = [None]
+    early: List[Tuple[machine_lib.ExitStatus, str]] = []  # a signal while the machine was being built
+
+    def stop(status: machine_lib.ExitStatus, reason: str) -> None:
+        if vm[0] is None:
+            early.append((status, reason))
+        else:
+            vm[0].stop(status, reason)
+    handlers = {signal.SIGINT: lambda s, f: stop(machine_lib.ExitStatus.INTERRUPTED, "stopped by SIGINT"),
+                signal.SIGTERM: lambda s, f: stop(machine_lib.ExitStatus.TERMINATED, "stopped by SIGTERM")}
+    old = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         endpoint = console_out_lib.open_endpoint(console_out)
         if endpoint.kind != "tty":
@@ -164,11 +185,20 @@ def run_on_console(config, debug: bool, control: Optional[str] = None, console_o
             saved = termios.tcgetattr(stdin_fd)
             tty.setraw(stdin_fd)
         try:
-            outcome = machine_lib.run(config, output, stdin_fd, escape=saved is not None, **run_args)
+            with start(output=output, console_input=stdin_fd, escape=saved is not None,
+                       on_ready=on_ready) as running:
+                vm[0] = running
+                for request in early:
+                    running.stop(*request)
+                outcome = running.wait(0.25)
+                while outcome is None:  # short waits: this (main) thread runs the signal handlers
+                    outcome = running.wait(0.25)
         finally:
-            if saved is not None:
+            if saved is not None and stdin_fd is not None:
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     finally:
+        for s, h in old.items():
+            signal.signal(s, h)
         if server is not None:
             server.close()
         if endpoint is not None:

@@ -27,7 +27,7 @@ class BusOverlap(PyvmmError):
 class Mapping:
     base: int
     size: int
-    device: object
+    device: MmioDevice
     name: str
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Dict
+from typing import Callable, Deque, Dict
 
 from ..boot import fdt
 from .state import StateReader, b64, restore_line
@@ -43,7 +43,7 @@ class Pl011:
         self._raise_irq = raise_irq
         self._output = output
         self._lock = threading.Lock()
-        self._rx = collections.deque()
+        self._rx: Deque[int] = collections.deque()
         self.tx_bytes = 0
         self.reset()
 

@@ -9,14 +9,15 @@ reader knows is refused; all before anything is taken. A refusal is a
 from __future__ import annotations
 
 import base64
+import builtins
 import binascii
 import json
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Literal, Optional, Union, overload
 
 from ..errors import UsageProblem
 
 
-def b64(data: bytes) -> str:
+def b64(data: Union[bytes, bytearray]) -> str:
     return base64.b64encode(bytes(data)).decode("ascii")
 
 
@@ -75,19 +76,25 @@ class StateReader:
     def fail(self, message: str) -> UsageProblem:
         return UsageProblem(f"{self.what} state: {message}")
 
-    def int(self, key: str, lo: int, hi: int) -> int:
+    def int(self, key: builtins.str, lo: builtins.int, hi: builtins.int) -> builtins.int:
         value = self.state[key]
         if type(value) is not int or not lo <= value <= hi:  # bool is not an int here
             raise self.fail(f"{key!r} must be an integer in {lo:#x}..{hi:#x}, not {_shown(value)}")
         return value
 
-    def bool(self, key: str) -> bool:
+    def bool(self, key: builtins.str) -> builtins.bool:
         value = self.state[key]
         if type(value) is not bool:
             raise self.fail(f"{key!r} must be true or false, not {_shown(value)}")
         return value
 
-    def str(self, key: str, optional: bool = False) -> Optional[str]:
+    @overload
+    def str(self, key: builtins.str, optional: Literal[False] = False) -> builtins.str: ...
+
+    @overload
+    def str(self, key: builtins.str, optional: builtins.bool) -> Optional[builtins.str]: ...
+
+    def str(self, key: builtins.str, optional: builtins.bool = False) -> Optional[builtins.str]:
         value = self.state[key]
         if value is None and optional:
             return None
@@ -95,7 +102,7 @@ class StateReader:
             raise self.fail(f"{key!r} must be a string{' or null' if optional else ''}, not {_shown(value)}")
         return value
 
-    def bytes(self, key: str, max_len: int) -> bytes:
+    def bytes(self, key: builtins.str, max_len: builtins.int) -> builtins.bytes:
         value = self.state[key]
         if not isinstance(value, str):
             raise self.fail(f"{key!r} must be base64 text, not {_shown(value)}")
@@ -107,13 +114,13 @@ class StateReader:
             raise self.fail(f"{key!r} holds {len(data)} bytes, more than the {max_len} the device keeps")
         return data
 
-    def dict(self, key: str) -> Dict:
+    def dict(self, key: builtins.str) -> Dict:
         value = self.state[key]
         if not isinstance(value, dict):
             raise self.fail(f"{key!r} must be a JSON object, not {_shown(value)}")
         return value
 
-    def list(self, key: str, length: Optional[int] = None) -> List:
+    def list(self, key: builtins.str, length: Optional[builtins.int] = None) -> List:
         value = self.state[key]
         if not isinstance(value, list):
             raise self.fail(f"{key!r} must be a list, not {_shown(value)}")
@@ -121,7 +128,7 @@ class StateReader:
             raise self.fail(f"{key!r} has {len(value)} entries, expected {length}")
         return value
 
-    def words(self, key: str, length: int, bits: int) -> List[int]:
+    def words(self, key: builtins.str, length: builtins.int, bits: builtins.int) -> List[builtins.int]:
         """A list of ``length`` unsigned ``bits``-bit integers."""
         value = self.list(key, length)
         for k, w in enumerate(value):
@@ -129,7 +136,16 @@ class StateReader:
                 raise self.fail(f"{key}[{k}] must be a {bits}-bit unsigned integer, not {_shown(w)}")
         return value
 
-    def ints(self, key: str, lo: int, hi: int, nullable: bool = False) -> Optional[List[int]]:
+    @overload
+    def ints(self, key: builtins.str, lo: builtins.int, hi: builtins.int,
+             nullable: Literal[False] = False) -> List[builtins.int]: ...
+
+    @overload
+    def ints(self, key: builtins.str, lo: builtins.int, hi: builtins.int,
+             nullable: builtins.bool) -> Optional[List[builtins.int]]: ...
+
+    def ints(self, key: builtins.str, lo: builtins.int, hi: builtins.int,
+             nullable: builtins.bool = False) -> Optional[List[builtins.int]]:
         """A list of integers in ``lo..hi`` (or null, when ``nullable``)."""
         value = self.state[key]
         if value is None and nullable:
@@ -139,10 +155,10 @@ class StateReader:
                             f"{' or null' if nullable else ''}, not {_shown(value)}")
         return value
 
-    def int_or_none(self, key: str, lo: int, hi: int) -> Optional[int]:
+    def int_or_none(self, key: builtins.str, lo: builtins.int, hi: builtins.int) -> Optional[builtins.int]:
         return None if self.state[key] is None else self.int(key, lo, hi)
 
-    def uint(self, key: str, bits: int) -> int:
+    def uint(self, key: builtins.str, bits: builtins.int) -> builtins.int:
         """An unsigned ``bits``-bit integer."""
         return self.int(key, 0, (1 << bits) - 1)
 

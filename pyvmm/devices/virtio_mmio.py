@@ -10,7 +10,7 @@ the device sets DEVICE_NEEDS_RESET, raises a configuration-change interrupt
 from __future__ import annotations
 
 import threading
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
@@ -46,7 +46,7 @@ class VirtioBackend:
 
     device_id = 0
     features = VIRTIO_F_VERSION_1
-    transport = None  # set by the transport that carries this backend
+    transport: Optional["VirtioMmio"] = None  # set by the transport that carries this backend
     num_queues = 1
     queue_max = 256
 
@@ -83,7 +83,7 @@ class VirtioMmio:
         backend.transport = self
         self.lock = threading.RLock()
         self.queues: List[Virtqueue] = [Virtqueue(mem, backend.queue_max) for _ in range(backend.num_queues)]
-        self.error = None  # why the device is in its error state
+        self.error: Optional[str] = None  # why the device is in its error state
         self.notifications = 0
         self._level = False
         self._reset()
@@ -268,7 +268,7 @@ class VirtioMmio:
         if device_id != self.backend.device_id:
             raise r.fail(f"saved from a device with id {device_id}, this one is device {self.backend.device_id}")
         u32 = 0xFFFFFFFF
-        fields = {"status": r.int("status", 0, u32), "device_features_sel": r.int("device_features_sel", 0, u32),
+        fields: Dict[str, Any] = {"status": r.int("status", 0, u32), "device_features_sel": r.int("device_features_sel", 0, u32),
                   "driver_features_sel": r.int("driver_features_sel", 0, u32),
                   "driver_features": r.int("driver_features", 0, (1 << 64) - 1),
                   "queue_sel": r.int("queue_sel", 0, u32),

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import base64
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
-from .. import regs
+from ..arm64 import regs
 from . import format as fmt
 from . import memory_image, schema
-from .vm_snapshot import vcpu_states
+from .manifest import vcpu_states
 
 
 def _hex(value: bytes) -> str:
@@ -28,17 +28,19 @@ def inspect(snap: fmt.Snapshot) -> Dict:
     schema.check(snap)
     m = snap.manifest
     machine = m.get("machine", {})
+    memory: List[Dict[str, Any]] = []
+    vcpus: List[Dict[str, Any]] = []
     out = {"format_version": m.get("format_version"), "kind": m.get("kind"),
            "created_by": m.get("created_by"), "host": m.get("host"),
            "machine": {k: v for k, v in machine.items() if k != "memory"},
-           "memory": [], "vcpus": []}
+           "memory": memory, "vcpus": vcpus}
     for r in machine.get("memory", []):
-        out["memory"].append({"gpa": f"{int(r['gpa']):#x}", "size": int(r["size"]),
+        memory.append({"gpa": f"{int(r['gpa']):#x}", "size": int(r["size"]),
                               "stored_pages": r.get("stored_pages"),
                               "blob_bytes": len(snap.blobs.get(r["blob"], b""))})
     for state in vcpu_states(snap):
         named = {}
-        vector = {"svcr": {"raw": state.svcr, "SM": state.svcr & 1, "ZA": state.svcr >> 1 & 1},
+        vector: Dict[str, Any] = {"svcr": {"raw": state.svcr, "SM": state.svcr & 1, "ZA": state.svcr >> 1 & 1},
                   "sve_vector_lengths": [128 * q for q in state.sve_vls or []],
                   "sme_vector_lengths": [128 * q for q in state.sme_vls or []],
                   "za_rows": 0}
@@ -48,7 +50,7 @@ def inspect(snap: fmt.Snapshot) -> Dict:
                 vector["za_rows"] += 1
             shown = _trim(value) if d.size > 8 else value
             named[d.name] = _hex(shown)
-        out["vcpus"].append({"index": state.index, "features": state.features,
+        vcpus.append({"index": state.index, "features": state.features,
                              "mp_state": state.mp_state, "vector": vector, "registers": named})
     return out
 

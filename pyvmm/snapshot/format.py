@@ -22,7 +22,7 @@ import os
 import secrets
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 from ..devices.state import StateReader, loads
 from ..errors import PyvmmError, UsageProblem
@@ -44,10 +44,16 @@ class WriteError(PyvmmError):
     """A snapshot could not be written (the host's reason); nothing is left behind."""
 
 
+# A blob's bytes: small ones copied out of the file, large ones (guest
+# memory) views of its mapping.
+Blob = Union[bytes, memoryview]
+
+
 @dataclass
 class Snapshot:
+    """A snapshot in memory: its manifest (JSON) and its named blobs."""
     manifest: Dict
-    blobs: Dict[str, bytes] = field(default_factory=dict)
+    blobs: Dict[str, Blob] = field(default_factory=dict)
     # Called with the finished manifest (blob table filled in) before it is
     # written: adds the keyed seal (pyvmm/snapshot/trust.py).
     seal: Optional[Callable[[Dict], None]] = None
@@ -77,7 +83,7 @@ def encode(snap: Snapshot) -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def decode(data: bytes, what: str = "snapshot") -> Snapshot:
+def decode(data: Union[bytes, memoryview], what: str = "snapshot") -> Snapshot:
     if len(data) < _HEADER.size + _DIGEST:
         raise SnapshotError(f"{what} is truncated ({len(data)} bytes)", "take the snapshot again")
     magic, version, mlen = _HEADER.unpack_from(data)

@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 from .. import hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import Machine, MachineConfig, check_disks
+from ..machine import ExitStatus, Machine, MachineConfig, check_disks
+from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import memory_image, schema, trust, vcpu_state
-from .vm_snapshot import check_cntfrq, header, vcpu_states
+from . import schema, trust, vcpu_state
+from .manifest import check_cntfrq, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
 GIC_MODEL = "gicv3"
 Progress = Optional[Callable[[int, int], None]]
 
-# MachineConfig fields stored in the manifest (the rest are host-side choices).
 # MachineConfig fields stored in the manifest (the rest are host-side
 # choices); schema.CONFIG_KEYS_SINCE were added later (absent: SME only with
 # sme_max_vl, no PMU, no pointer auth).
@@ -59,21 +60,12 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
         raise UsageProblem("the machine must be paused before it is saved")
     with m.io_lock:
         states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
-        gic = m.gic.save([mpidr_of(v) for v in m.vcpus])
-        devices = {"uart": m.uart.save_state(),
+        gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
+        devices = {"uart": built(m.uart, "UART").save_state(),
                    "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                               for t in m.virtio]}
-        blobs = {f"vcpu{s.index}.regs": s.registers_blob() for s in states}
-        regions = []
-        total = sum(r.size for r in m.mem.regions)
-        done = 0
-        for r in m.mem.regions:
-            blob, stored = memory_image.pack(
-                r.mm, (lambda d, t, base=done: progress(base + d, total)) if progress else None)
-            done += r.size
-            name = f"ram{r.slot}"
-            blobs[name] = blob
-            regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+        blobs, regions = pack_ram(m.mem, progress)
+        blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(m.kvm), "gic": {"model": GIC_MODEL, "state": gic},
@@ -83,6 +75,52 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
     })
     # Sealed with this user's key: restore then trusts the host resources it names.
     return fmt.Snapshot(manifest, blobs, seal=trust.sealer())
+
+
+@dataclass
+class SaveReport:
+    """What :func:`save_live` did: the file, its size, the memory pages
+    stored, the seconds the guest was paused (of them, taking the state and
+    writing the file) and the state the machine was left in."""
+    path: str
+    bytes: int
+    stored_pages: int
+    paused_seconds: float
+    save_seconds: float
+    write_seconds: float
+    state: str  # "running", "paused" or "stopped"
+
+
+def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str], None]] = None,
+              stop: bool = False) -> SaveReport:
+    """Snapshot a machine that may be running to ``path`` (atomically, mode
+    0600): pause it if it runs, take its state, write the file, then resume it.
+    A machine paused before stays paused; with ``stop`` it is ended instead
+    (:attr:`ExitStatus.POWEROFF`), but only once the file is complete: a
+    failed snapshot leaves the guest as it was. ``progress(done, total,
+    what)`` hears about "memory" (taking) and "file" (writing)."""
+    was_paused = m.paused
+    t0 = time.monotonic()
+    if not was_paused:
+        m.pause()
+    ok = False
+    try:
+        def report(what: str) -> Progress:
+            return None if progress is None else (lambda done, total: progress(done, total, what))
+
+        snap = take(m, report("memory"))
+        t_saved = time.monotonic()
+        size = fmt.save(path, snap, report("file"))
+        ok = True
+    finally:
+        if stop and ok:
+            m.finish(ExitStatus.POWEROFF, "stopped after a snapshot")
+        elif not was_paused:
+            m.resume()
+    t1 = time.monotonic()
+    stored = sum(r["stored_pages"] for r in snap.manifest["machine"]["memory"])
+    return SaveReport(path, size, stored, round(t1 - t0, 3), round(t_saved - t0, 3), round(t1 - t_saved, 3),
+                      "stopped" if stop else ("paused" if was_paused else "running"))
 
 
 def check(kvm, snap: fmt.Snapshot, given: Optional[trust.HostChoice] = None) -> MachineConfig:
@@ -163,7 +201,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
 
     m.pmu = any(const("KVM_ARM_VCPU_PMU_V3") in st.features for st in states)  # create_devices inits it
     for st in states:
-        v = m.vm.create_vcpu(st.index)
+        v = built(m.vm, "VM").create_vcpu(st.index)
         vcpu_state.init(v, st)  # features, vector lengths, MPIDR
         m.add_vcpu(v, st.features)
     # The vGIC before the vCPU registers: writing a timer register makes KVM
@@ -172,12 +210,12 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     # never gets another tick). The timers' own PPI levels therefore come from
     # the timer registers, written last, not from the saved vGIC line levels.
     m.create_devices()
-    m.gic.restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
+    built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
     cntfrq = hostinfo.cntfrq(m.kvm)  # this host's (check() refuses a snapshot taken at another)
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
     devices = machine["devices"]
-    m.uart.load_state(devices["uart"])
+    built(m.uart, "UART").load_state(devices["uart"])
     saved_virtio = devices.get("virtio", [])
     if len(saved_virtio) != len(m.virtio):
         raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
@@ -185,12 +223,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
         check_virtio_slot(i, saved, t.base, t.backend.device_id)
         t.load_state(saved["state"])
-    mem, base = m.mem, m.mem.regions[0].gpa
-    try:
-        memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
-                                 lambda off, data: mem.write(base + off, data), progress)
-    except (KeyError, ValueError) as e:
-        raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+    unpack_ram(snap, region, m.mem, progress)
 
 
 def check_virtio_slot(i: int, saved: Dict, base: int, device_id: int) -> None:

@@ -52,7 +52,7 @@ def pack(data, progress: Optional[Callable[[int, int], None]] = None) -> Tuple[b
     return bytes(bitmap) + b"".join(stored), count
 
 
-def unpack_into(blob, size: int, write: Callable[[int, bytes], None],
+def unpack_into(blob, size: int, write: Callable[[int, memoryview], None],
                 progress: Optional[Callable[[int, int], None]] = None) -> int:
     """Call ``write(offset, data)`` for each run of consecutive stored pages
     (``data`` is a whole number of pages); returns the number of pages.
@@ -69,10 +69,11 @@ def unpack_into(blob, size: int, write: Callable[[int, bytes], None],
         raise ValueError("memory blob length does not match its page bitmap")
     view = memoryview(blob)
     pos = nbitmap
-    run_start = None  # first page of the current run
+    run_start: Optional[int] = None  # first page of the current run
 
     def flush(end_page: int) -> None:
         nonlocal pos
+        assert run_start is not None  # called only inside a run
         n = (end_page - run_start) * PAGE
         write(run_start * PAGE, view[pos:pos + n])
         pos += n

@@ -14,19 +14,30 @@ import io
 from dataclasses import dataclass
 from typing import List, Tuple
 
-import png
-
-from .. import regs
-from ..errors import PyvmmError
+from ..arm64 import regs
+from ..errors import HostUnsupported, PyvmmError
 from . import format as fmt
+from ..arm64.vec import SVCR_ZA, vl_bytes
 from . import schema
-from .vcpu_state import SVCR_ZA
-from .vm_snapshot import vcpu_states
+from .manifest import vcpu_states
 
 SEPARATOR = (255, 0, 0)
 PADDING = (0, 0, 96)
 SEPARATOR_PX = 2
 TARGET_PX = 256  # the widest tile is drawn at least this wide
+# The distribution's optional extra that brings the PNG writer (pyproject.toml).
+PNG_EXTRA = "pyvmm-kvm[png]"
+
+
+def _png():
+    """pypng, the PNG writer only this picture needs (an optional extra)."""
+    try:
+        import png
+    except ImportError:
+        raise HostUnsupported("the ZA picture needs the PNG writer pypng, which is not installed",
+                              f"pip install '{PNG_EXTRA}' (or pip install pypng; Debian: apt install python3-png)"
+                              ) from None
+    return png
 
 
 @dataclass
@@ -51,7 +62,7 @@ def za_tiles(snap: fmt.Snapshot) -> List[ZaTile]:
             if d.kind == "sme_za" and d.slice == 0:
                 rows[d.index] = value
         # SVL is the vCPU's largest SME vector length; without the set, the row count says it.
-        nbytes = 16 * max(state.sme_vls) if state.sme_vls else len(rows)
+        nbytes = vl_bytes(state.sme_vls) if state.sme_vls else len(rows)
         missing = [n for n in range(nbytes) if n not in rows]
         if nbytes == 0 or missing or len(rows) != nbytes:
             raise fmt.SnapshotError(
@@ -82,6 +93,7 @@ def encode(tiles: List[ZaTile], scale: int) -> bytes:
         for row in tile.rows:
             line = b"".join(bytes((b, b, b)) * scale for b in row) + pad
             lines.extend([line] * scale)
+    png = _png()
     out = io.BytesIO()
     png.Writer(width, len(lines), greyscale=False, bitdepth=8).write(out, lines)
     return out.getvalue()

@@ -1,4 +1,4 @@
-"""The control socket's server and client (pyvmm/control.py) with a fake
+"""The control socket's server and client (pyvmm/control/channel.py) with a fake
 handler: pure socket logic, no VM."""
 import json
 import os
@@ -10,8 +10,9 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pyvmm import control
-from pyvmm.control import ControlError, ControlServer, RequestError, call, parse_request
+from pyvmm.control import channel as control
+from pyvmm.control import ControlError, ControlServer, call
+from pyvmm.control.channel import RequestError, parse_request
 from pyvmm.errors import UsageProblem
 
 

@@ -17,9 +17,9 @@ from pyvmm.devices import virtqueue as vq
 from pyvmm.devices.virtio_console import VirtioConsole
 from pyvmm.errors import UsageProblem
 
-from test_uart import make as make_uart
-from test_virtio import QSIZE, RAM, RAM_SIZE, REGS, Driver, blk_request
-import test_virtqueue as tvq
+from support.uart import make_uart
+from support.virtio_driver import QSIZE, RAM, RAM_SIZE, REGS, Driver, blk_request
+from support import virtqueue_ring as tvq
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 

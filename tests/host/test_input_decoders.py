@@ -13,8 +13,8 @@ from pyvmm.errors import PyvmmError
 from pyvmm.vecstate import SavedVecState
 from support.mutate import mutated
 
-VALID_STATE = SavedVecState(sve_vqs=(1, 2), sme_vqs=(1, 2, 4), sme_bit=10, fa64=False, sme2=True, svcr=3,
-                            registers={"Z0": bytes(32), "P0": bytes(4), "ZA[0]": bytes(64), "ZT0": bytes(64),
+VALID_STATE = SavedVecState.of(sve_vqs=(1, 2), sme_vqs=(1, 2, 4), sme_bit=10, fa64=False, sme2=True, svcr=3,
+                               registers={"Z0": bytes(32), "P0": bytes(4), "ZA[0]": bytes(64), "ZT0": bytes(64),
                                        "SVCR": b"\x03" + bytes(7)}).to_dict()
 
 
@@ -27,7 +27,7 @@ def _clean(fn):
 
 
 def test_the_valid_state_plans():
-    from pyvmm import restore_plan
+    from pyvmm.arm64 import restore_plan
 
     shape = SavedVecState.from_dict(VALID_STATE).shape()
     assert restore_plan.plan(shape, fresh=True).steps
@@ -36,7 +36,7 @@ def test_the_valid_state_plans():
 @given(doc=mutated(VALID_STATE))
 @settings(max_examples=400, deadline=None)
 def test_property_vector_state(doc):
-    from pyvmm import restore_plan
+    from pyvmm.arm64 import restore_plan
 
     def decode_and_plan():
         return restore_plan.plan(SavedVecState.from_json(json.dumps(doc)).shape(), fresh=True)

@@ -1,11 +1,11 @@
-"""The control requests' snapshot path handling (pyvmm/snapshot/live.py)
+"""The control requests' snapshot path handling (pyvmm/control/handler.py)
 with a fake machine (named: no VM): issue 14 #7, a bad path is reported
 as what it is, never as "internal error", and the guest runs on."""
 import pytest
 
 from pyvmm.control import ControlError
 from pyvmm.snapshot import format as fmt
-from pyvmm.snapshot import live
+from pyvmm.control import handler as live
 from pyvmm.snapshot import machine_snapshot as ms
 
 

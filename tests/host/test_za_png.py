@@ -1,12 +1,14 @@
 """``pyvmm inspect SNAP --za-png FILE``: the ZA arrays saved in a snapshot
 drawn as a PNG (read back with pypng and compared byte for byte)."""
 import os
+import sys
 
 import png
 import pytest
 from click.testing import CliRunner
 
-from pyvmm import regs
+from pyvmm.arm64.vec import SVCR_ZA
+from pyvmm.arm64 import regs
 from pyvmm.cli import cli
 from pyvmm.errors import PyvmmError
 from pyvmm.snapshot import format as fmt
@@ -29,7 +31,7 @@ def vcpu(index, svcr, sme_vq=None):
     if sme_vq:
         sme_vls = [q for q in (1, 2, 4, 8, 16) if q <= sme_vq]
         n = 16 * sme_vq
-        if svcr & vcpu_state.SVCR_ZA:
+        if svcr & SVCR_ZA:
             registers += [(regs.sme_za_row(r), pattern(index, r, n).ljust(256, b"\0")) for r in range(n)]
     return vcpu_state.VcpuState(index, [2, SME_BIT] if sme_vq else [2], sme_vls=sme_vls, svcr=svcr, registers=registers,
                                 mp_state=0, events=bytes(64), saved_at_ns=1)
@@ -103,6 +105,18 @@ def test_no_vcpu_with_za_is_exit_1_one_line(tmp_path):
     with pytest.raises(PyvmmError) as info:
         za_png.za_tiles(fmt.load(snap))
     assert info.value.exit_status == 1
+
+
+def test_without_pypng_one_line_names_the_extra(tmp_path, monkeypatch):
+    snap = snapshot(tmp_path / "s.snap", [vcpu(0, 3, 4)])
+    out = tmp_path / "za.png"
+    monkeypatch.setitem(sys.modules, "png", None)  # import png raises ImportError
+    r = CliRunner().invoke(cli, ["inspect", snap, "--za-png", str(out)])
+    assert r.exit_code == 1
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pyvmm: error: the ZA picture needs the PNG writer pypng")
+    assert "pip install 'pyvmm-kvm[png]'" in lines[0]
+    assert not out.exists()
 
 
 def test_missing_rows_are_refused(tmp_path):

@@ -2,7 +2,7 @@
 that prints through the PL011 and powers off."""
 import pytest
 
-from test_run_support import PSCI_SYSTEM_OFF, print_then, pyvmm
+from support.run_support import PSCI_SYSTEM_OFF, print_then, pyvmm
 
 pytestmark = pytest.mark.kvm
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from support import guestbuild
-from test_run_support import CHECKOUT
+from support.run_support import CHECKOUT
 
 pytestmark = pytest.mark.kvm
 

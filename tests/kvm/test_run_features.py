@@ -7,7 +7,7 @@ import pytest
 
 from pyvmm import guest_features
 from support import guestbuild
-from test_run_support import pyvmm
+from support.run_support import pyvmm
 
 pytestmark = pytest.mark.kvm
 
@@ -67,7 +67,7 @@ def test_pmu_node_follows_the_pmu(host, probe, tmp_path):
 @pytest.mark.sme_kernel
 def test_sme_is_on_by_default_at_the_largest_length(request, host, probe):
     from pyvmm.kvm import open_kvm
-    from test_sme_abi import require_sme
+    from support.sme_guest import require_sme
 
     with open_kvm() as kvm:
         require_sme(request, kvm)

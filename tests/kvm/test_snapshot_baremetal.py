@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm._ffi import const
-from pyvmm.baremetal import RAM_BASE, BareMetal
+from pyvmm.machine.baremetal import RAM_BASE, BareMetal
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import vm_snapshot
 from support import guestbuild
@@ -70,7 +70,7 @@ def test_snapshot_mid_computation_restores_in_a_new_process(kvm, tmp_path):
     script = f"""
 import json, sys
 sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm.kvm import open_kvm
 from pyvmm.snapshot import format as fmt, vm_snapshot
 kvm = open_kvm()

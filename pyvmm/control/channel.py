@@ -32,9 +32,9 @@ import threading
 import time
 from typing import Callable, Dict, Optional, Set
 
-from .devices.state import loads
-from .errors import PyvmmError, UsageProblem
-from .unix_socket import check_path, listen_private
+from ..devices.state import loads
+from ..errors import PyvmmError, UsageProblem
+from ..unix_socket import check_path, listen_private
 
 MAX_LINE = 1 << 20  # the longest reply line the client reads
 MAX_REQUEST = 64 << 10

@@ -1,6 +1,8 @@
 """A device fd from KVM_CREATE_DEVICE (e.g. the in-kernel vGICv3)."""
 from __future__ import annotations
 
+from typing import Any, Callable, Optional
+
 from ._fd import KvmFd
 from ._ffi import ffi
 
@@ -9,6 +11,8 @@ _NAMES = {5: "vgic-v2", 7: "vgic-v3", 8: "vgic-its"}
 
 class DeviceAttrs:
     """KVM_{SET,GET,HAS}_DEVICE_ATTR, shared by device fds and vCPU fds."""
+
+    ioctl: Callable[..., int]  # from KvmFd, which every class mixing this in also is
 
     def _attr(self, group: int, attr: int, value_ptr=None):
         a = ffi.new("struct kvm_device_attr *")

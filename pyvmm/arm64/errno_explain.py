@@ -1,19 +1,16 @@
 """What a failed KVM call on vector (SVE/SME) state means, and what to do.
 
-Every row of the errno table in ../shared/docs/kvm-sme-abi.md §7 (the ABI
+Every row of the errno table in docs/kvm-sme-abi.md §7 (the ABI
 page) becomes one sentence saying what happened and one saying what to do.
 :func:`explain` is pure: it sees only the ioctl name, the errno and the
-register name that :mod:`pyvmm._fd` passes to its explainer hook, so the same
-text appears in every :class:`pyvmm.errors.KvmError` once :func:`install` has
-run (``install`` is idempotent; pyvmm's SME entry points call it).
+register name; the fd layer (:mod:`pyvmm._fd`) calls it for every
+:class:`pyvmm.errors.KvmError` it builds, so the hint never depends on what ran before.
 """
-from __future__ import annotations
-
 import errno as E
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
-from . import _fd, regs
+from . import regs
 
 _INIT = "KVM_ARM_VCPU_INIT"
 _FINALIZE = "KVM_ARM_VCPU_FINALIZE"
@@ -60,7 +57,7 @@ def _kind(reg: Optional[str]) -> _Kind:
 
 def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
     """A hint for ``ioctl`` failing with ``err`` on register ``reg`` (a name
-    from :func:`pyvmm.regs.name`), or None when the ABI page has nothing to
+    from :func:`pyvmm.arm64.regs.name`), or None when the ABI page has nothing to
     say about it."""
     k = _kind(reg)
 
@@ -157,7 +154,7 @@ class Row(NamedTuple):
 
 
 # Every §7 case, one call each; the tests check that each has a hint.
-TABLE = (
+TABLE: Tuple[Row, ...] = (
     Row("SME feature bit unknown to the kernel", _INIT, E.ENOENT, None),
     Row("host cannot offer SME", _INIT, E.EINVAL, None),
     Row("SVE_VLS on a vCPU without SVE", _GET, E.ENOENT, "SVE_VLS"),
@@ -197,8 +194,3 @@ def unknown_sme_id() -> int:
 
 TABLE = tuple(r._replace(reg=regs.name(unknown_sme_id())) if r.situation == "unknown SME id" else r
               for r in TABLE)
-
-
-def install() -> None:
-    """Make every KvmError carry these hints (idempotent)."""
-    _fd.register_explainer(explain)

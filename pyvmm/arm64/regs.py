@@ -2,7 +2,7 @@
 
 This module (and its tests) is the only place register ids appear in hex.
 Sources: arch/arm64/include/uapi/asm/kvm.h and include/uapi/linux/kvm.h of
-Linux 7.3 for the merged classes; ../shared/docs/kvm-sme-abi.md §1 and §3 for
+Linux 7.3 for the merged classes; docs/kvm-sme-abi.md §1 and §3 for
 the SME ids (coprocessor 0x17), which no released header carries yet.
 
 Layout of an id (64 bits): arch in [63:56] (arm64 = 0x60), size in [55:52]
@@ -10,8 +10,6 @@ Layout of an id (64 bits): arch in [63:56] (arm64 = 0x60), size in [55:52]
 Always decode using the size too: ZA row 48 and ZT0 share their low 16 bits
 (0x0600) and differ only in size (ABI page §1).
 """
-from __future__ import annotations
-
 import re
 from typing import Dict, NamedTuple, Optional, Tuple
 
@@ -132,6 +130,12 @@ def sysreg_named(name: str) -> int:
     return sysreg(*sysregs.encoding_of(name))
 
 
+# The guest's counters (virtual, physical): what a pause hides and a restore's
+# clock policy moves (KVM exposes them as ONE_REG sysregs; writing one sets the
+# VM's counter offset).
+GUEST_COUNTERS = (sysreg_named("CNTVCT_EL0"), sysreg_named("CNTPCT_EL0"))
+
+
 def fw(n: int) -> int:
     return _make(SIZE_U64, COPROC_FW, n & 0xFFFF)
 
@@ -209,7 +213,7 @@ class Decoded(NamedTuple):
     kind: str
     name: str
     size: int
-    index: Optional[int] = None
+    index: Optional[int] = None  # type: ignore[assignment]  # the field shadows tuple.index on purpose
     slice: Optional[int] = None
     encoding: Optional[Tuple[int, int, int, int, int]] = None
     known: bool = True

@@ -1,5 +1,5 @@
 """Live control of a running machine: the requests a ``--control`` socket
-accepts (see :mod:`pyvmm.control` for the wire format).
+accepts (see :mod:`pyvmm.control.channel` for the wire format).
 
     status               {"state": "running"|"paused"|"starting", "vcpus": N, "mem": BYTES}
     pause / resume       park every vCPU outside KVM_RUN / let them run again
@@ -11,17 +11,17 @@ A snapshot of a guest that was paused by ``pause`` leaves it paused.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from typing import Callable, Dict, Optional
 
-from ..control import ControlError
 from ..devices.state import StateReader
 from ..errors import UsageProblem
+from .channel import ControlError
 from ..machine import ExitStatus, Machine
-from . import format as fmt
-from . import machine_snapshot
+from ..snapshot import machine_snapshot
 
 
 class Controller:
@@ -84,33 +84,13 @@ class Controller:
             raise ControlError(f"snapshot {path}: directory {os.path.dirname(path)} does not exist")
         if os.path.isdir(path):
             raise ControlError(f"snapshot {path} is a directory; give a file name")
-        stop = bool(request.get("stop"))
-        was_paused = m.paused
-        t0 = time.monotonic()
-        if not was_paused:
-            m.pause()
-        ok = False
-        try:
-            last = [0.0]
+        last = [0.0]
 
-            def progress(done: int, total: int, what: str) -> None:
-                now = time.monotonic()
-                if now - last[0] >= 0.1 or done == total:
-                    last[0] = now
-                    send({"progress": [done, total], "what": what})
+        def progress(done: int, total: int, what: str) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.1 or done == total:
+                last[0] = now
+                send({"progress": [done, total], "what": what})
 
-            snap = machine_snapshot.take(m, lambda d, t: progress(d, t, "memory"))
-            t_saved = time.monotonic()
-            size = fmt.save(path, snap, lambda d, t: progress(d, t, "file"))
-            ok = True
-        finally:
-            if stop and ok:  # a failed snapshot never ends the VM
-                m.finish(ExitStatus.POWEROFF, "stopped after a snapshot")
-            elif not was_paused:
-                m.resume()
-        t1 = time.monotonic()
-        stored = sum(r["stored_pages"] for r in snap.manifest["machine"]["memory"])
-        return {"ok": True, "path": path, "bytes": size, "stored_pages": stored,
-                "paused_seconds": round(t1 - t0, 3), "save_seconds": round(t_saved - t0, 3),
-                "write_seconds": round(t1 - t_saved, 3), "state": "stopped" if stop
-                else ("paused" if was_paused else "running")}
+        report = machine_snapshot.save_live(m, path, progress, stop=bool(request.get("stop")))
+        return {"ok": True, **dataclasses.asdict(report)}
