@@ -1,5 +1,5 @@
 """SME through KVM: discovery of the SME vCPU feature bit and capability, and
-vector-length sets. See ../shared/docs/kvm-sme-abi.md (the ABI page).
+vector-length sets. See docs/kvm-sme-abi.md (the ABI page).
 
 The SME feature bit and KVM_CAP_ARM_SME are not settled upstream (ABI page
 §2): they are found by probing, never hard-coded; an override can be given
@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from . import errno_explain, regs
+from .arm64 import regs
 from ._ffi import const
 from .errors import HostUnsupported, KvmError, UsageProblem
 
@@ -84,7 +84,6 @@ def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
     VCPU_INIT succeeds *and* reading SME_VLS succeeds. An unknown bit fails
     init with ENOENT; a bit meaning something else passes init but the
     SME_VLS read fails with ENOENT."""
-    errno_explain.install()  # every later KvmError on vector state carries its hint
     if bit_override is None:
         bit_override = _env_int(ENV_BIT)
     candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
@@ -141,8 +140,8 @@ def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
     vq = parse_vl(max_bits, what)
     if vq not in offered:
         offered_bits = ", ".join(str(128 * q) for q in offered) or "none"
-        raise UsageProblem(f"{what} {max_bits} bits is not offered by this host",
-                           f"choose one of: {offered_bits}")
+        raise HostUnsupported(f"{what} {max_bits} bits is not offered by this host",
+                              f"choose one of: {offered_bits}")
     return regs.vls_cut(offered, vq)
 
 
@@ -207,7 +206,6 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     ``extra_features``: more feature bits for INIT (e.g. POWER_OFF);
     ``sve_label``/``sme_label`` name the lengths in errors (e.g. the option).
     """
-    errno_explain.install()
     if not sve and bit is None:
         raise UsageProblem("a vCPU without SVE needs SME", "drop --no-sve, or use a kernel with SME")
     if bit is None and sme_max_bits is not None:

@@ -1,5 +1,5 @@
 """The vector state of one vCPU: SVE and SME registers as the KVM SME ABI
-exposes them (../shared/docs/kvm-sme-abi.md, "the ABI page").
+exposes them (docs/kvm-sme-abi.md, "the ABI page").
 
 :class:`VecState` wraps a finalised vCPU. It knows SVCR and reads and writes
 
@@ -14,7 +14,7 @@ exposes them (../shared/docs/kvm-sme-abi.md, "the ABI page").
 
 :meth:`VecState.save` returns a :class:`SavedVecState`, a plain object that
 serialises to JSON; :func:`restore` writes one back in the order of
-:mod:`pyvmm.restore_plan` (ABI page §6).
+:mod:`pyvmm.arm64.restore_plan` (ABI page §6).
 
 Buffers are always the id's full size (§3); only the first VL/8 bytes of a
 Z register or ZA row (VL/64 of a P register or FFR) carry data. This module
@@ -29,9 +29,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import errno_explain, regs, restore_plan, sme
+from .arm64 import regs, restore_plan
+from . import sme
 from .vcpu import OneRegBatch
-from .errors import KvmError, UsageProblem
+from .errors import HostUnsupported, KvmError, UsageProblem
 
 SVCR_SM = restore_plan.SVCR_SM
 SVCR_ZA = restore_plan.SVCR_ZA
@@ -209,7 +210,6 @@ class VecState:
     """
 
     def __init__(self, vcpu, sme_bit: Optional[int] = None):
-        errno_explain.install()
         self.vcpu = vcpu
         self.sme_bit = sme_bit
         self.sve_vqs = self._vqs(regs.SVE_VLS)
@@ -428,7 +428,7 @@ class VecState:
                 f"{self.vcpu.target} has SVE {_bits(self.sve_vqs)} / SME {_bits(self.sme_vqs)}",
                 "restore into a fresh vCPU with vecstate.restore_fresh()")
         if saved.sme2 and not self.sme2 and saved.svcr & SVCR_ZA:
-            raise UsageProblem("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
+            raise HostUnsupported("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
         p = _plan(saved.shape(), False)
         _write_plan(self, p, saved)
         return p
@@ -460,7 +460,6 @@ def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> 
     """Restore ``saved`` into a new, uninitialised vCPU: the whole §6 order
     (INIT with the source's features, the saved VLS sets, the SME ID
     registers, FINALIZE(4), then the registers). Returns the live model."""
-    errno_explain.install()
     bit = saved.sme_bit if sme_bit is None else sme_bit
     if saved.sme_vqs and bit is None:
         raise UsageProblem("the saved state has SME but no SME feature bit is known",

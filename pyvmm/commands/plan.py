@@ -50,7 +50,7 @@ def restore_plan_cmd(config, sm, za, svl, sve_vl, fa64, sme2, fpmr, loaded, stat
       pyvmm restore-plan --config sme --sm 0 --za 1 --svl 2048 --explain
       pyvmm restore-plan --state saved.json --explain
     """
-    from .. import restore_plan
+    from ..arm64 import restore_plan
 
     if state_file is not None:
         from ..vecstate import SavedVecState

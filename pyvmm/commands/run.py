@@ -115,7 +115,7 @@ def run_on_console(config, debug: bool, control: Optional[str] = None, **run_arg
     controller = None
     if control:
         from ..control import ControlServer
-        from ..snapshot.live import Controller
+        from ..control.handler import Controller
 
         controller = Controller()
         server = ControlServer(control, controller.handle)

@@ -26,8 +26,8 @@ from ..errors import HostUnsupported, UsageProblem
 from ..machine import DiskSpec, Machine, MachineConfig, check_options
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import memory_image, vcpu_state
-from .vm_snapshot import check_cntfrq, header, vcpu_states
+from . import vcpu_state
+from .manifest import check_cntfrq, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
 GIC_MODEL = "gicv3"
@@ -64,17 +64,8 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
         devices = {"uart": m.uart.save_state(),
                    "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                               for t in m.virtio]}
-        blobs = {f"vcpu{s.index}.regs": s.registers_blob() for s in states}
-        regions = []
-        total = sum(r.size for r in m.mem.regions)
-        done = 0
-        for r in m.mem.regions:
-            blob, stored = memory_image.pack(
-                r.mm, (lambda d, t, base=done: progress(base + d, total)) if progress else None)
-            done += r.size
-            name = f"ram{r.slot}"
-            blobs[name] = blob
-            regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+        blobs, regions = pack_ram(m.mem, progress)
+        blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(), "gic": {"model": GIC_MODEL, "state": gic},
@@ -171,12 +162,7 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
             raise fmt.SnapshotError(f"snapshot virtio device at {int(saved['base']):#x} does not match "
                                     f"the machine's at {t.base:#x}")
         t.load_state(saved["state"])
-    mem, base = m.mem, m.mem.regions[0].gpa
-    try:
-        memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
-                                 lambda off, data: mem.write(base + off, data), progress)
-    except (KeyError, ValueError) as e:
-        raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+    unpack_ram(snap, region, m.mem, progress)
 
 
 # The architected timers' PPIs (INTID = 16 + PPI number) as bits of the

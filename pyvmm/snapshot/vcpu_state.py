@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .. import regs, restore_plan, sysregs
-from ..errors import KvmError, UsageProblem
+from ..arm64 import regs, restore_plan, sysregs
+from ..errors import HostUnsupported, KvmError, UsageProblem
 
 SVCR_ZA = 2
 _TIME_REGS = ("CNTVCT_EL0", "CNTPCT_EL0")
@@ -118,7 +118,7 @@ def vector_shape(state: VcpuState, sme_bit: Optional[int]) -> Optional[restore_p
 def restore_order(state: VcpuState, sme_bit: Optional[int] = None) -> List[Tuple[str, List[int]]]:
     """(reason, ids) in write order after KVM_ARM_VCPU_INIT: ID registers and
     vector lengths before finalisation, then the ABI page §6 plan computed by
-    :func:`pyvmm.restore_plan.plan` from the *saved* SVCR, then the rest."""
+    :func:`pyvmm.arm64.restore_plan.plan` from the *saved* SVCR, then the rest."""
     values = state.register_map()
     shape = vector_shape(state, sme_bit)
     steps: List[Tuple[str, List[int]]] = []
@@ -176,8 +176,8 @@ def init(vcpu, state: VcpuState, target: Optional[int] = None) -> None:
         try:
             vcpu.set_one_reg(reg_id, regs.vls_encode(vqs))
         except KvmError as e:
-            raise UsageProblem(f"this host cannot offer the snapshot's {label} vector lengths "
-                               f"{[128 * q for q in vqs]} ({e.strerror})") from None
+            raise HostUnsupported(f"this host cannot offer the snapshot's {label} vector lengths "
+                                  f"{[128 * q for q in vqs]} ({e.strerror})") from None
     mpidr = state.register_map().get(regs.MPIDR_EL1)
     if mpidr is not None:  # the vGIC routes by it (IROUTER) before the other registers come
         _write_id_register(vcpu, regs.MPIDR_EL1, mpidr)
@@ -223,7 +223,7 @@ def _write_id_register(vcpu, reg_id: int, value: bytes) -> None:
         current = vcpu.get_one_reg(reg_id)
         if current == value:
             return
-        raise UsageProblem(
+        raise HostUnsupported(
             f"this host cannot present the snapshot's {regs.name(reg_id)} "
             f"({int.from_bytes(value, 'little'):#x}; host has {int.from_bytes(current, 'little'):#x}, "
             f"{e.strerror})", "restore on a host with the same CPU features") from None

@@ -16,11 +16,11 @@ from typing import List, Tuple
 
 import png
 
-from .. import regs
+from ..arm64 import regs
 from ..errors import PyvmmError
 from . import format as fmt
 from .vcpu_state import SVCR_ZA
-from .vm_snapshot import vcpu_states
+from .manifest import vcpu_states
 
 SEPARATOR = (255, 0, 0)
 PADDING = (0, 0, 96)

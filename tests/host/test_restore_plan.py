@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from pyvmm import regs, restore_plan as rp
+from pyvmm.arm64 import regs, restore_plan as rp
 from pyvmm.errors import UsageProblem
 
 STATES = list(itertools.product((0, 1), (0, 1)))

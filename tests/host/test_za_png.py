@@ -6,7 +6,7 @@ import png
 import pytest
 from click.testing import CliRunner
 
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm.cli import cli
 from pyvmm.errors import PyvmmError
 from pyvmm.snapshot import format as fmt

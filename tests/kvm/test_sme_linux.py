@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from test_run_support import guest_files, pyvmm
-from test_sme_abi import require_sme
+from support.run_support import guest_files, pyvmm
+from support.sme_guest import require_sme
 
 pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
 
@@ -90,12 +90,12 @@ def test_sme_program_continues_after_snapshot_kill_restore(host, tmp_path):
     it; every round before and after passes, and the rounds continue from
     where they stopped."""
     import signal
-    from pyvmm import regs
+    from pyvmm.arm64 import regs
     from pyvmm.control import call
     from pyvmm.snapshot import format as fmt
-    from pyvmm.snapshot import vm_snapshot
+    from pyvmm.snapshot import manifest
     from support import guestbuild
-    from test_run_support import Running
+    from support.run_support import Running
 
     program = guestbuild.build_linux_program("sme_hostloop")
     with open(program, "rb") as f:
@@ -127,7 +127,7 @@ def test_sme_program_continues_after_snapshot_kill_restore(host, tmp_path):
                                      bytes(vm.out[-3000:]))
         path = tmp_path / f"vm{attempt}.snap"
         call(str(sock), {"cmd": "snapshot", "path": str(path)})
-        states = vm_snapshot.vcpu_states(fmt.load(str(path)))
+        states = manifest.vcpu_states(fmt.load(str(path)))
         seen.append([(st.svcr, bytes(st.register_map().get(regs.sme_za_row(0), b""))[:8].hex()) for st in states])
         if any(st.svcr & 2 and bytes(st.register_map()[regs.sme_za_row(0)])[:task_svl(st)] ==
                pattern[:task_svl(st)] for st in states):

@@ -1,7 +1,7 @@
 """The order in which a saved vector (SVE/SME) state must be written back.
 
 One function, :func:`plan`, computes the order that
-../shared/docs/kvm-sme-abi.md §6 forces, from the *saved* SVCR and the saved
+docs/kvm-sme-abi.md §6 forces, from the *saved* SVCR and the saved
 vCPU configuration -- never from the destination's register list: a fresh
 vCPU has SVCR = 0, so its list has no ZA rows and shows the wrong Z/P/FFR
 set, and KVM_GET_REG_LIST puts SVCR *after* the vector registers (§6), so
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
 from . import regs
-from .errors import UsageProblem
+from ..errors import UsageProblem
 
 SVCR_SM = 1 << 0  # ABI page §3: SVCR.SM = bit 0
 SVCR_ZA = 1 << 1  # SVCR.ZA = bit 1

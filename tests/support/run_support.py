@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/support/ -> the checkout
 
 # PSCI 0.2 function ids (ARM DEN 0022, SMC32 calling convention)
 PSCI_SYSTEM_OFF = 0x84000008
