@@ -221,6 +221,9 @@ class VecState:
             self.fa64 = bool(vcpu.get_reg(regs.ID_AA64SMFR0_EL1) & SMFR0_FA64)
             self.sme2 = (vcpu.get_reg(regs.ID_AA64PFR1_EL1) >> PFR1_SME_SHIFT) & 0xF >= 2
         self.has_fpmr = not _absent(vcpu, regs.FPMR)
+        # Only what the register list offers: v12 gives SMPRI_EL1 no userspace state
+        # (ABI page §3), older kernels listed it.
+        self.has_smpri = bool(self.sme_vqs) and regs.SMPRI_EL1 in vcpu.get_reg_list()
         self._io: Dict[Tuple[int, ...], OneRegBatch] = {}
         self._saves: Dict[int, Tuple[OneRegBatch, List[int]]] = {}
         self._writers: Dict[int, tuple] = {}
@@ -278,8 +281,8 @@ class VecState:
             extra=tuple(_EXTRA_IDS[n] for n in self._control_extra()))
 
     def _control_extra(self) -> Tuple[str, ...]:
-        return (("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1") if self.sme else ()) + (
-            ("ZCR_EL1",) if self.sve else ())
+        return (("SMCR_EL1", "TPIDR2_EL0") if self.sme else ()) + (
+            ("SMPRI_EL1",) if self.has_smpri else ()) + (("ZCR_EL1",) if self.sve else ())
 
     # -- lengths of the current mode --
     def vl_bytes(self, svcr: Optional[int] = None) -> int:
