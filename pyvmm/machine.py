@@ -31,15 +31,18 @@ from ._ffi import const, ffi, libc
 from .ioctls import request
 from .boot import fdt, image, layout
 from .devices.bus import MmioBus
+from .devices.io_thread import IoThread
 from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
+from .devices.virtio_rng import VirtioRng
 from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
 from .memory import GuestMemory
 from .sme import configure_vcpu, discover, parse_vl
 from .vcpu import mpidr_of
+from . import virtio_notify
 
 
 class ExitStatus(enum.IntEnum):
@@ -73,6 +76,7 @@ class MachineConfig:
     sve: bool = True
     disks: List[DiskSpec] = field(default_factory=list)
     console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
+    rng: bool = True  # virtio-rng fed by getrandom(2) (--no-rng: none)
     on_reboot: str = "restart"  # restart | exit
     dump_dtb: Optional[str] = None
     kvm_path: str = "/dev/kvm"
@@ -147,8 +151,12 @@ def check_options(config: MachineConfig) -> None:
         parse_vl(config.sme_max_vl, "--sme-max-vl")
     if not config.sve and config.sve_max_vl is not None:
         raise UsageProblem("--sve-max-vl and --no-sve contradict each other")
-    if len(config.disks) + (config.console == "virtio") > layout.VIRTIO_SLOTS:
+    if virtio_count(config) > layout.VIRTIO_SLOTS:
         raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
+
+
+def virtio_count(config: MachineConfig) -> int:
+    return len(config.disks) + (config.console == "virtio") + config.rng
 
 
 def prepare(config: MachineConfig) -> Payload:
@@ -383,6 +391,11 @@ class Machine:
         # Held by host-side input into devices (console) and by whoever saves
         # the machine, so a snapshot never sees a half-delivered input.
         self.io_lock = threading.RLock()
+        # Virtio queue notifies and interrupts through KVM_IOEVENTFD/KVM_IRQFD,
+        # Python-emulated queues served by this thread (None: MMIO exits and
+        # KVM_IRQ_LINE, on a KVM without them).
+        self.io: Optional[IoThread] = None
+        self.notifiers: List[virtio_notify.Notifiers] = []
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -458,6 +471,8 @@ class Machine:
         self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.uart_out.write)
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
         self._coalesce_uart_output()
+        if virtio_notify.supported(self.kvm):
+            self.io = IoThread(self.io_lock, self._io_failed)
         slot = 0
         if c.console == "virtio":
             self.console = VirtioConsole(self.output)
@@ -467,6 +482,9 @@ class Machine:
             blk = VirtioBlk(d.path, d.readonly)
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")
+            slot += 1
+        if c.rng:
+            self._add_virtio(slot, VirtioRng(), "virtio-rng")
             slot += 1
 
     def _coalesce_uart_output(self) -> None:
@@ -483,9 +501,28 @@ class Machine:
 
     def _add_virtio(self, slot: int, backend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
-        t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+        if self.io is None:
+            if backend.kernel_queues:
+                raise HostUnsupported(f"{name} needs KVM_IOEVENTFD, KVM_IRQFD and irqfd resampling, "
+                                      "which this host's KVM does not offer")
+            t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+        else:
+            n = virtio_notify.Notifiers(backend.num_queues)
+            self.notifiers.append(n)
+            t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend)
+            n.register(self.vm, base, spi)
+            if backend.kernel_queues:
+                backend.attach_eventfds(n.kicks, n.call)
+                n.serve_resample(self.io, t)
+            else:
+                n.serve(self.io, t)
         self.bus.register(base, VIRTIO_SIZE, t, name)
         self.virtio.append(t)
+
+    def _io_failed(self, e: BaseException) -> None:
+        status = ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR
+        what = str(e) if isinstance(e, PyvmmError) else f"internal error: {type(e).__name__}: {e}"
+        self.finish(status, f"virtio I/O thread: {what}")
 
     def device_nodes(self) -> List[fdt.Node]:
         return [self.uart.dt_node()] + [t.dt_node() for t in self.virtio]
@@ -698,6 +735,8 @@ class Machine:
             self._threads.append(t)
         for t in self._threads:
             t.start()
+        if self.io is not None:
+            self.io.start()
         ring = self.coalesced
         while not self._done.wait(0.02 if ring is not None else 0.25):
             if ring is not None and ring.pending():
@@ -708,6 +747,9 @@ class Machine:
                 t.join(0.2)
                 if t.is_alive():
                     self._kick()
+        if self.io is not None:
+            self.io.stop()
+            self.exits["io_thread"] = self.io.wakeups
         if ring is not None:
             ring.drain()
             self.exits["coalesced"] = ring.entries
@@ -720,6 +762,10 @@ class Machine:
     def close(self) -> None:
         if self.coalesced is not None:
             self.coalesced.close()
+        if self.io is not None:
+            self.io.close()
+        for n in self.notifiers:
+            n.close()
         for d in self.disks:
             d.close()
         if self.gic is not None:

@@ -41,6 +41,7 @@ _CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_m
 def config_to_json(c: MachineConfig) -> Dict:
     d = {k: getattr(c, k) for k in _CONFIG_KEYS}
     d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
+    d["rng"] = c.rng
     return d
 
 
@@ -49,6 +50,9 @@ def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
         kw = {k: d[k] for k in _CONFIG_KEYS}
         disks = [DiskSpec(str(x["path"]), bool(x["readonly"])) for x in d.get("disks", [])]
         mem, cpus = int(kw.pop("mem")), int(kw.pop("cpus"))
+        kw["rng"] = d.get("rng", False)  # snapshots from before virtio-rng have none
+        if type(kw["rng"]) is not bool:
+            raise ValueError("'rng' must be true or false")
     except (KeyError, TypeError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e})") from None
     return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
@@ -177,6 +181,10 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
                                  lambda off, data: mem.write(base + off, data), progress)
     except (KeyError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+    # A queue notify is an eventfd signal served by the I/O thread: one the
+    # guest made just before the snapshot may not have been served yet.
+    for t in m.virtio:
+        t.notify_all()
 
 
 # The architected timers' PPIs (INTID = 16 + PPI number) as bits of the
