@@ -35,7 +35,10 @@ from .devices.io_thread import IoThread
 from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
+from .devices.virtio_net import VirtioNet
 from .devices.virtio_rng import VirtioRng
+from .devices.virtio_vsock import VirtioVsock
+from .devspec import FsSpec, NetSpec, VsockSpec
 from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
@@ -77,6 +80,9 @@ class MachineConfig:
     disks: List[DiskSpec] = field(default_factory=list)
     console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
     rng: bool = True  # virtio-rng fed by getrandom(2) (--no-rng: none)
+    nets: List[NetSpec] = field(default_factory=list)
+    vsock: Optional[VsockSpec] = None
+    fss: List[FsSpec] = field(default_factory=list)
     on_reboot: str = "restart"  # restart | exit
     dump_dtb: Optional[str] = None
     kvm_path: str = "/dev/kvm"
@@ -156,12 +162,34 @@ def check_options(config: MachineConfig) -> None:
 
 
 def virtio_count(config: MachineConfig) -> int:
-    return len(config.disks) + (config.console == "virtio") + config.rng
+    return (len(config.disks) + (config.console == "virtio") + config.rng + len(config.nets)
+            + (config.vsock is not None) + len(config.fss))
+
+
+def check_devices(config: MachineConfig) -> None:
+    """The --net/--vsock/--fs values against each other and the file system."""
+    taps = [n.tap for n in config.nets]
+    for t in set(taps):
+        if taps.count(t) > 1:
+            raise UsageProblem(f"--net tap={t} given twice: one virtio-net per tap")
+    for n in config.nets:
+        if not n.vhost:
+            raise UsageProblem(f"--net tap={n.tap},vhost=off: the Python network backend is not supported yet",
+                               "use vhost=on (the default; needs /dev/vhost-net)")
+    tags = [f.tag for f in config.fss]
+    for t in set(tags):
+        if tags.count(t) > 1:
+            raise UsageProblem(f"--fs tag={t} given twice: tags must differ")
+    for f in config.fss:
+        if f.dir is not None and not os.path.isdir(f.dir):
+            raise UsageProblem(f"--fs tag={f.tag},dir={f.dir}: " +
+                               ("no such directory" if not os.path.exists(f.dir) else "not a directory"))
 
 
 def prepare(config: MachineConfig) -> Payload:
     """Validate options and files; raise UsageProblem with the reason."""
     check_options(config)
+    check_devices(config)
     if bool(config.kernel) == bool(config.firmware):
         raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
     for d in config.disks:
@@ -396,6 +424,7 @@ class Machine:
         # KVM_IRQ_LINE, on a KVM without them).
         self.io: Optional[IoThread] = None
         self.notifiers: List[virtio_notify.Notifiers] = []
+        self.owned: List = []  # backends holding host resources (closed by close())
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -483,9 +512,20 @@ class Machine:
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")
             slot += 1
+        for n in c.nets:
+            self._add_virtio(slot, self._own(VirtioNet.open(n.tap, n.mac)), f"virtio-net tap={n.tap}")
+            slot += 1
+        if c.vsock is not None:
+            self._add_virtio(slot, self._own(VirtioVsock.open(c.vsock.cid)), f"virtio-vsock cid={c.vsock.cid}")
+            slot += 1
         if c.rng:
             self._add_virtio(slot, VirtioRng(), "virtio-rng")
             slot += 1
+
+    def _own(self, backend):
+        """A backend with host resources (fds, taps, daemons), closed with the machine."""
+        self.owned.append(backend)
+        return backend
 
     def _coalesce_uart_output(self) -> None:
         """Let the UART's data register take writes without exits (the console
@@ -764,6 +804,8 @@ class Machine:
             self.coalesced.close()
         if self.io is not None:
             self.io.close()
+        for b in self.owned:
+            b.close()
         for n in self.notifiers:
             n.close()
         for d in self.disks:

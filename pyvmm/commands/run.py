@@ -9,7 +9,7 @@ from typing import Optional
 
 import click
 
-from .. import machine as machine_lib
+from .. import devspec, machine as machine_lib
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
@@ -66,6 +66,10 @@ def _writer(stream):
               help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
 @click.option("--console", default="serial", metavar="serial|virtio",
               help="Guest console: serial (PL011, ttyAMA0) or virtio (virtio-console, hvc0).")
+@click.option("--net", "nets", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off]",
+              help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
+                   "packets moved by vhost-net (repeatable).")
+@click.option("--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more).")
 @click.option("--no-rng", is_flag=True, help="No virtio-rng (present by default, fed by the host's getrandom).")
 @click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
 @click.option("--firmware", metavar="BIN",
@@ -78,7 +82,7 @@ def _writer(stream):
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
 def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, disks,
-        console, no_rng, dump_dtb, firmware,
+        console, nets, vsock, no_rng, dump_dtb, firmware,
         on_reboot, kvm_path, control, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
@@ -103,6 +107,7 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
         cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve,
         disks=[parse_disk(d) for d in disks], console=console, rng=not no_rng,
+        nets=[devspec.parse_net(n) for n in nets], vsock=devspec.parse_vsock(vsock) if vsock else None,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
     sys.exit(run_on_console(config, debug, control=control))

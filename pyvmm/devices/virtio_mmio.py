@@ -55,6 +55,8 @@ class VirtioBackend:
     # buffers itself, so the transport cannot know when it did and reports
     # the used-buffer bit in InterruptStatus whenever the driver is running.
     kernel_queues = False
+    # Why a machine with this device cannot be snapshotted (None: it can).
+    snapshot_refusal = None
 
     def attach_eventfds(self, kicks: List[int], call: int) -> None:
         """The queue kick eventfds (KVM_IOEVENTFD on QueueNotify, one per

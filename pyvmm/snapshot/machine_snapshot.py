@@ -58,10 +58,19 @@ def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
     return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
 
 
+def check_snapshottable(m: Machine) -> None:
+    """UsageProblem naming the first device whose state pyvmm cannot save."""
+    for t in m.virtio:
+        why = t.backend.snapshot_refusal
+        if why:
+            raise UsageProblem(f"cannot snapshot this machine: {why}")
+
+
 def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
     """The snapshot of a paused machine."""
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
+    check_snapshottable(m)
     with m.io_lock:
         states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
         gic = m.gic.save([mpidr_of(v) for v in m.vcpus])
