@@ -35,6 +35,7 @@ from .devices.io_thread import IoThread
 from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
+from .devices.virtio_fs import VirtioFs
 from .devices.virtio_net import VirtioNet
 from .devices.virtio_rng import VirtioRng
 from .devices.virtio_vsock import VirtioVsock
@@ -444,7 +445,8 @@ class Machine:
 
     def create_vm(self) -> None:
         self.vm = self.kvm.create_vm()
-        self.mem.add(layout.RAM_BASE, self.config.mem, self.vm)
+        # vhost-user daemons (virtio-fs) map guest RAM themselves: a shared memfd
+        self.mem.add(layout.RAM_BASE, self.config.mem, self.vm, shared=bool(self.config.fss))
         if self.kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
             raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
 
@@ -518,6 +520,11 @@ class Machine:
         if c.vsock is not None:
             self._add_virtio(slot, self._own(VirtioVsock.open(c.vsock.cid)), f"virtio-vsock cid={c.vsock.cid}")
             slot += 1
+        for f in c.fss:
+            fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
+            self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
+            self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))
+            slot += 1
         if c.rng:
             self._add_virtio(slot, VirtioRng(), "virtio-rng")
             slot += 1
@@ -558,6 +565,15 @@ class Machine:
                 n.serve(self.io, t)
         self.bus.register(base, VIRTIO_SIZE, t, name)
         self.virtio.append(t)
+
+    def _daemon_gone(self, fs) -> None:
+        why = ""
+        if fs.daemon is not None:
+            time.sleep(0.1)  # let it finish dying, for its status and last words
+            status, words = fs.daemon.exited(), fs.daemon.last_words()
+            why = f" (virtiofsd {'exited with status ' + str(status) if status is not None else 'closed it'}" \
+                  f"{': ' + words if words else ''})"
+        self.finish(ExitStatus.ERROR, f"virtio-fs tag={fs.tag}: the vhost-user daemon closed its socket{why}")
 
     def _io_failed(self, e: BaseException) -> None:
         status = ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR

@@ -70,6 +70,9 @@ def _writer(stream):
               help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
                    "packets moved by vhost-net (repeatable).")
 @click.option("--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more).")
+@click.option("--fs", "fss", multiple=True, metavar="tag=TAG,dir=DIR|socket=PATH",
+              help="virtio-fs with mount tag TAG: pyvmm runs virtiofsd for DIR, or connects to the "
+                   "vhost-user-fs daemon at PATH (repeatable).")
 @click.option("--no-rng", is_flag=True, help="No virtio-rng (present by default, fed by the host's getrandom).")
 @click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
 @click.option("--firmware", metavar="BIN",
@@ -82,7 +85,7 @@ def _writer(stream):
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
 def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, disks,
-        console, nets, vsock, no_rng, dump_dtb, firmware,
+        console, nets, vsock, fss, no_rng, dump_dtb, firmware,
         on_reboot, kvm_path, control, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
@@ -108,6 +111,7 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve,
         disks=[parse_disk(d) for d in disks], console=console, rng=not no_rng,
         nets=[devspec.parse_net(n) for n in nets], vsock=devspec.parse_vsock(vsock) if vsock else None,
+        fss=[devspec.parse_fs(f) for f in fss],
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
     sys.exit(run_on_console(config, debug, control=control))

@@ -34,6 +34,7 @@ class IoThread:
         self._lock = lock
         self._on_error = on_error
         self._handlers: Dict[int, Callable[[], None]] = {}
+        self._hangups: Dict[int, Callable[[], None]] = {}
         self._epoll = select.epoll()
         self._wake = eventfd()
         self._epoll.register(self._wake, select.EPOLLIN)
@@ -45,6 +46,11 @@ class IoThread:
         """Run ``handler()`` (under the lock) each time eventfd ``fd`` is signalled."""
         self._handlers[fd] = handler
         self._epoll.register(fd, select.EPOLLIN)
+
+    def watch_hangup(self, fd: int, handler: Callable[[], None]) -> None:
+        """Run ``handler()`` once when the peer of socket ``fd`` hangs up."""
+        self._hangups[fd] = handler
+        self._epoll.register(fd, select.EPOLLRDHUP)
 
     def start(self) -> None:
         if self._thread is None:
@@ -61,9 +67,13 @@ class IoThread:
                 if fd == self._wake:
                     drain(fd)
                     continue
-                handler = self._handlers.get(fd)
-                if handler is None or not drain(fd):
-                    continue
+                if fd in self._hangups:
+                    handler = self._hangups.pop(fd)
+                    self._epoll.unregister(fd)
+                else:
+                    handler = self._handlers.get(fd)
+                    if handler is None or not drain(fd):
+                        continue
                 self.wakeups += 1
                 try:
                     with self._lock:

@@ -40,6 +40,7 @@ class VhostBackend(VirtioBackend):
         self.kicks: List[int] = []
         self.call = -1
         self.running = False
+        self.started: List[int] = []  # the queues handed to the plane
 
     def attach_eventfds(self, kicks: List[int], call: int) -> None:
         self.kicks, self.call = kicks, call
@@ -51,11 +52,13 @@ class VhostBackend(VirtioBackend):
     def activate(self, transport) -> None:
         p, mem = self.plane, transport.mem
         p.set_features(self.plane_feature_bits(transport.driver_features))
-        p.set_mem_table([(r.gpa, r.size, r.host_address()) for r in mem.regions])
+        p.set_mem_table([(r.gpa, r.size, r.host_address(), r.fd) for r in mem.regions])
+        self.started = []
         for i in self.served_queues:
             q = transport.queues[i]
             if not q.ready:
                 continue
+            self.started.append(i)
             p.set_vring_num(i, q.size)
             p.set_vring_base(i, q.last_avail)
             p.set_vring_addr(i, mem.host_address(q.desc_addr, DESC_SIZE * q.size),

@@ -44,11 +44,12 @@ class VhostFd(KvmFd):
         v = ffi.new("uint64_t *", features)
         self.ioctl("VHOST_SET_FEATURES", v)
 
-    def set_mem_table(self, regions: Iterable[Tuple[int, int, int]]) -> None:
-        """regions: (guest physical address, size, address in this process)."""
+    def set_mem_table(self, regions: Iterable[Tuple[int, ...]]) -> None:
+        """regions: (guest physical address, size, address in this process,
+        ...); the kernel reads guest RAM through this process's mappings."""
         regions = list(regions)
         m = ffi.new("struct vhost_memory *", {"nregions": len(regions), "regions": len(regions)})
-        for i, (gpa, size, hva) in enumerate(regions):
+        for i, (gpa, size, hva, *_) in enumerate(regions):
             r = m.regions[i]
             r.guest_phys_addr, r.memory_size, r.userspace_addr, r.flags_padding = gpa, size, hva, 0
         self.ioctl("VHOST_SET_MEM_TABLE", m)
