@@ -13,6 +13,7 @@ thread SIGUSR1 (a no-op handler), so KVM_RUN returns EINTR wherever it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import errno
 import mmap
@@ -36,7 +37,7 @@ from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
 from .devices.virtio_fs import VirtioFs
-from .devices.virtio_net import VirtioNet
+from .devices.virtio_net import VirtioNet, format_mac, random_mac
 from .devices.virtio_rng import VirtioRng
 from .devices.virtio_vsock import VirtioVsock
 from .devspec import FsSpec, NetSpec, VsockSpec
@@ -514,7 +515,9 @@ class Machine:
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")
             slot += 1
-        for n in c.nets:
+        for k, n in enumerate(c.nets):
+            if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
+                c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
             self._add_virtio(slot, self._own(VirtioNet.open(n.tap, n.mac)), f"virtio-net tap={n.tap}")
             slot += 1
         if c.vsock is not None:

@@ -73,12 +73,24 @@ class VhostBackend(VirtioBackend):
         if self.running:
             self.running = False
             self.stop()
+        self.started = []
 
     def queue_notify(self, transport, index: int) -> None:
         """Only reached when a notify bypassed the ioeventfd, or after a
         restore (notify_all): pass it on to the plane."""
         if index < len(self.kicks):
             os.eventfd_write(self.kicks[index], 1)
+
+    # -- snapshots ----------------------------------------------------------------------
+    def pause(self, transport) -> None:
+        """Stop the plane and take back each served ring's next available
+        index into the transport's queue (what a snapshot records)."""
+        self.stop()
+        for i in self.started:
+            transport.queues[i].last_avail = self.plane.get_vring_base(i)
+
+    def unpause(self, transport) -> None:
+        self.start(transport)
 
     # -- what each device type does ------------------------------------------------
     def start(self, transport) -> None:

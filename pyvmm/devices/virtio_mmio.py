@@ -158,6 +158,14 @@ class VirtioMmio:
         for i in range(len(self.queues)):
             self.notify(i)
 
+    def after_restore(self) -> None:
+        """Once guest RAM is restored: a running device with a vhost plane
+        hands it the queues again; then every ready queue is served once."""
+        with self.lock:
+            if self.backend.kernel_queues and self.driver_ok:
+                self.backend.activate(self)
+        self.notify_all()
+
     def resample(self) -> None:
         """The guest ended its interrupt (KVM_IRQFD resample): KVM lowered the
         line; raise it again while the device still has something to report."""

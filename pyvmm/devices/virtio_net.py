@@ -80,7 +80,6 @@ class VirtioNet(VhostBackend):
     num_queues = 2
     queue_max = 256
     served_queues = (RX, TX)
-    snapshot_refusal = "virtio-net (vhost-net) state is not saved yet"
 
     def __init__(self, tap, plane, mac: Optional[bytes] = None):
         super().__init__(plane, plane.get_features())

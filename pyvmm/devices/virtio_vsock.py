@@ -29,7 +29,6 @@ class VirtioVsock(VhostBackend):
     num_queues = 3
     queue_max = 256
     served_queues = (RX, TX)
-    snapshot_refusal = "virtio-vsock (vhost-vsock) state is not saved yet"
 
     def __init__(self, plane, cid: int):
         check_cid(cid)

@@ -16,11 +16,12 @@ the timers with the rest) -> devices and their state -> guest memory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable, Dict, Optional
 
-from .. import hostinfo
+from .. import devspec, hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import DiskSpec, Machine, MachineConfig, check_options
@@ -42,6 +43,8 @@ def config_to_json(c: MachineConfig) -> Dict:
     d = {k: getattr(c, k) for k in _CONFIG_KEYS}
     d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
     d["rng"] = c.rng
+    d["nets"] = [{"tap": n.tap, "mac": n.mac, "vhost": n.vhost} for n in c.nets]
+    d["vsock"] = None if c.vsock is None else {"cid": c.vsock.cid}
     return d
 
 
@@ -53,9 +56,32 @@ def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
         kw["rng"] = d.get("rng", False)  # snapshots from before virtio-rng have none
         if type(kw["rng"]) is not bool:
             raise ValueError("'rng' must be true or false")
-    except (KeyError, TypeError, ValueError) as e:
+        # through the --net/--vsock parsers, so a snapshot's values get their checks
+        kw["nets"] = [devspec.parse_net(f"tap={n['tap']},mac={n['mac']},vhost={'on' if n['vhost'] else 'off'}")
+                      for n in d.get("nets", [])]
+        vsock = d.get("vsock")
+        kw["vsock"] = None if vsock is None else devspec.parse_vsock(f"cid={int(vsock['cid'])}")
+    except (KeyError, TypeError, ValueError, UsageProblem) as e:
         raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e})") from None
     return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
+
+
+@contextlib.contextmanager
+def _planes_stopped(m: Machine):
+    """Devices whose queues a vhost plane serves are stopped while the
+    machine is saved (their rings' next available indices read back into
+    the transports' queues; guest RAM no longer changes under the save) and
+    started again afterwards."""
+    stopped = []
+    try:
+        for t in m.virtio:
+            if t.backend.kernel_queues and t.backend.running:
+                t.backend.pause(t)
+                stopped.append(t)
+        yield
+    finally:
+        for t in stopped:
+            t.backend.unpause(t)
 
 
 def check_snapshottable(m: Machine) -> None:
@@ -71,7 +97,7 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
     check_snapshottable(m)
-    with m.io_lock:
+    with m.io_lock, _planes_stopped(m):
         states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
         gic = m.gic.save([mpidr_of(v) for v in m.vcpus])
         devices = {"uart": m.uart.save_state(),
@@ -191,9 +217,11 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     except (KeyError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
     # A queue notify is an eventfd signal served by the I/O thread: one the
-    # guest made just before the snapshot may not have been served yet.
+    # guest made just before the snapshot may not have been served yet. A
+    # vhost plane is set up again from the restored queues (it reads the
+    # used indices from guest RAM, so after the memory).
     for t in m.virtio:
-        t.notify_all()
+        t.after_restore()
 
 
 # The architected timers' PPIs (INTID = 16 + PPI number) as bits of the
