@@ -37,7 +37,7 @@ from .devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from .devices.virtio_blk import VirtioBlk
 from .devices.virtio_console import VirtioConsole
 from .devices.virtio_fs import VirtioFs
-from .devices.virtio_net import VirtioNet, format_mac, random_mac
+from .devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_mac
 from .devices.virtio_rng import VirtioRng
 from .devices.virtio_vsock import VirtioVsock
 from .devspec import FsSpec, NetSpec, VsockSpec
@@ -174,10 +174,6 @@ def check_devices(config: MachineConfig) -> None:
     for t in set(taps):
         if taps.count(t) > 1:
             raise UsageProblem(f"--net tap={t} given twice: one virtio-net per tap")
-    for n in config.nets:
-        if not n.vhost:
-            raise UsageProblem(f"--net tap={n.tap},vhost=off: the Python network backend is not supported yet",
-                               "use vhost=on (the default; needs /dev/vhost-net)")
     tags = [f.tag for f in config.fss]
     for t in set(tags):
         if tags.count(t) > 1:
@@ -421,10 +417,12 @@ class Machine:
         # Held by host-side input into devices (console) and by whoever saves
         # the machine, so a snapshot never sees a half-delivered input.
         self.io_lock = threading.RLock()
-        # Virtio queue notifies and interrupts through KVM_IOEVENTFD/KVM_IRQFD,
-        # Python-emulated queues served by this thread (None: MMIO exits and
-        # KVM_IRQ_LINE, on a KVM without them).
+        # Virtio queue notifies and interrupts through KVM_IOEVENTFD/KVM_IRQFD
+        # (eventfds False: MMIO exits and KVM_IRQ_LINE, on a KVM without
+        # them); Python-emulated queues and the taps of vhost=off served by
+        # the I/O thread.
         self.io: Optional[IoThread] = None
+        self.eventfds = False
         self.notifiers: List[virtio_notify.Notifiers] = []
         self.owned: List = []  # backends holding host resources (closed by close())
 
@@ -503,8 +501,8 @@ class Machine:
         self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.uart_out.write)
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
         self._coalesce_uart_output()
-        if virtio_notify.supported(self.kvm):
-            self.io = IoThread(self.io_lock, self._io_failed)
+        self.io = IoThread(self.io_lock, self._io_failed)
+        self.eventfds = virtio_notify.supported(self.kvm)
         slot = 0
         if c.console == "virtio":
             self.console = VirtioConsole(self.output)
@@ -518,7 +516,12 @@ class Machine:
         for k, n in enumerate(c.nets):
             if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
                 c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
-            self._add_virtio(slot, self._own(VirtioNet.open(n.tap, n.mac)), f"virtio-net tap={n.tap}")
+            if n.vhost:
+                net = VirtioNet.open(n.tap, n.mac)
+            else:
+                net = VirtioNetPython.open(n.tap, n.mac)
+                net.io = self.io
+            self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
             slot += 1
         if c.vsock is not None:
             self._add_virtio(slot, self._own(VirtioVsock.open(c.vsock.cid)), f"virtio-vsock cid={c.vsock.cid}")
@@ -551,7 +554,7 @@ class Machine:
 
     def _add_virtio(self, slot: int, backend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
-        if self.io is None:
+        if not self.eventfds:
             if backend.kernel_queues:
                 raise HostUnsupported(f"{name} needs KVM_IOEVENTFD, KVM_IRQFD and irqfd resampling, "
                                       "which this host's KVM does not offer")

@@ -35,6 +35,7 @@ class IoThread:
         self._on_error = on_error
         self._handlers: Dict[int, Callable[[], None]] = {}
         self._hangups: Dict[int, Callable[[], None]] = {}
+        self._readers: Dict[int, Callable[[], None]] = {}
         self._epoll = select.epoll()
         self._wake = eventfd()
         self._epoll.register(self._wake, select.EPOLLIN)
@@ -46,6 +47,17 @@ class IoThread:
         """Run ``handler()`` (under the lock) each time eventfd ``fd`` is signalled."""
         self._handlers[fd] = handler
         self._epoll.register(fd, select.EPOLLIN)
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Run ``handler()`` (under the lock) while ``fd`` is readable; the
+        handler reads it, or calls :meth:`enable` (False) until it can."""
+        self._readers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def enable(self, fd: int, on: bool) -> None:
+        """Resume or suspend watching a :meth:`watch` fd (any thread)."""
+        if fd in self._readers:
+            self._epoll.modify(fd, select.EPOLLIN if on else 0)
 
     def watch_hangup(self, fd: int, handler: Callable[[], None]) -> None:
         """Run ``handler()`` once when the peer of socket ``fd`` hangs up."""
@@ -70,6 +82,8 @@ class IoThread:
                 if fd in self._hangups:
                     handler = self._hangups.pop(fd)
                     self._epoll.unregister(fd)
+                elif fd in self._readers:
+                    handler = self._readers[fd]
                 else:
                     handler = self._handlers.get(fd)
                     if handler is None or not drain(fd):

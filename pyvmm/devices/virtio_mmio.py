@@ -159,10 +159,11 @@ class VirtioMmio:
             self.notify(i)
 
     def after_restore(self) -> None:
-        """Once guest RAM is restored: a running device with a vhost plane
-        hands it the queues again; then every ready queue is served once."""
+        """Once guest RAM is restored: a running device is activated again (a
+        vhost plane is handed the queues, a tap watched); then every ready
+        queue is served once."""
         with self.lock:
-            if self.backend.kernel_queues and self.driver_ok:
+            if self.driver_ok:
                 self.backend.activate(self)
         self.notify_all()
 

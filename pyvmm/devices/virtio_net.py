@@ -1,6 +1,6 @@
 """virtio-net (virtio 1.2, section 5.1) on a tap, its packets moved by
-vhost-net in the kernel: one receive and one transmit queue, no control
-queue. The config space is the MAC address and the link status (always up).
+vhost-net in the kernel (or, with vhost=off, by pyvmm: VirtioNetPython):
+one receive and one transmit queue, no control queue. The config space is the MAC address and the link status (always up).
 
 Offloads: the driver may send partially checksummed and segmentation
 offloaded frames (CSUM, HOST_TSO4/6, HOST_ECN: the tap takes them with their
@@ -17,6 +17,8 @@ from typing import Dict, Optional
 
 from .state import StateReader
 from .vhost_backend import RING_FEATURES, VhostBackend
+from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
+from .virtqueue import read_segments, write_segments
 
 DEVICE_ID = 1
 RX, TX = 0, 1
@@ -138,3 +140,122 @@ class VirtioNet(VhostBackend):
             raise r.fail(f"was on tap {tap}, this machine uses {self.tap.name}")
         if mac != format_mac(self.mac):
             raise r.fail(f"had MAC {mac}, this machine gives {format_mac(self.mac)}")
+
+
+class VirtioNetPython(VirtioBackend):
+    """virtio-net with its packets moved by pyvmm itself (``vhost=off``), for
+    hosts without /dev/vhost-net: slower, one copy per packet in Python, no
+    offloads. Transmit chains (virtio-net header + frame) are written to the
+    tap as they are; frames read from the tap (with the tap's header) go
+    into receive chains, num_buffers set to 1 (5.1.6.3.1). A frame that does
+    not fit a receive chain, or that the tap refuses, is dropped, as a
+    network card would. The I/O thread watches the tap while the guest has
+    receive buffers; ``io`` is set by the machine before the driver starts."""
+
+    device_id = DEVICE_ID
+    num_queues = 2
+    queue_max = 256
+    MAX_FRAME = 65550 + 12
+
+    def __init__(self, tap, mac: Optional[bytes] = None):
+        self.tap = tap
+        self.mac = mac or random_mac()
+        self.features = F_MAC | F_STATUS | VIRTIO_F_VERSION_1
+        self.io = None
+        self.watching = False
+        self.rx_packets = self.tx_packets = self.dropped = 0
+
+    @classmethod
+    def open(cls, tap_name: str, mac: Optional[str] = None) -> "VirtioNetPython":
+        from ..net.tap import Tap
+
+        tap = Tap.open(tap_name)
+        try:
+            tap.tunsetoffload(0)
+            return cls(tap, parse_mac(mac) if mac else None)
+        except BaseException:
+            tap.close()
+            raise
+
+    def config_read(self, offset: int, length: int) -> bytes:
+        return config_bytes(self.mac)[offset:offset + length].ljust(length, b"\0")
+
+    def activate(self, transport) -> None:
+        if self.io is not None and not self.watching:
+            self.io.watch(self.tap.fd, self._tap_readable)
+            self.watching = True
+        self._want_rx(True)
+
+    def reset(self) -> None:
+        self._want_rx(False)
+
+    def _want_rx(self, on: bool) -> None:
+        if self.io is not None and self.watching:
+            self.io.enable(self.tap.fd, on)
+
+    def queue_notify(self, transport, index: int) -> None:
+        if index == TX:
+            self._transmit(transport)
+        elif index == RX:
+            self._want_rx(True)  # new receive buffers: look at the tap again
+
+    def _transmit(self, transport) -> None:
+        q = transport.queues[TX]
+        done = False
+        while True:
+            chain = q.pop()
+            if chain is None:
+                break
+            frame = read_segments(transport.mem, chain.readable, 0, min(chain.readable_len, self.MAX_FRAME))
+            try:
+                os.write(self.tap.fd, frame)
+                self.tx_packets += 1
+            except OSError:  # the tap's queue is full or the interface is down: dropped
+                self.dropped += 1
+            q.push(chain.head, 0)
+            done = True
+        if done:
+            transport.signal_used(q)
+
+    def _tap_readable(self) -> None:
+        t = self.transport
+        with t.lock:
+            t.run_guarded(self._receive, t)
+
+    def _receive(self, transport) -> None:
+        if not transport.driver_ok or not transport.queues[RX].ready:
+            self._want_rx(False)
+            return
+        q = transport.queues[RX]
+        done = False
+        for _ in range(64):  # a batch, then back to the loop
+            if q.pending() == 0:
+                self._want_rx(False)  # until the driver adds buffers (a receive-queue notify)
+                break
+            try:
+                frame = os.read(self.tap.fd, self.MAX_FRAME)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.dropped += 1
+                break
+            chain = q.pop()
+            if len(frame) < 12 or len(frame) > chain.writable_len:
+                self.dropped += 1
+                q.push(chain.head, 0)
+            else:
+                frame = frame[:10] + b"\x01\x00" + frame[12:]  # num_buffers = 1
+                q.push(chain.head, write_segments(transport.mem, chain.writable, frame))
+                self.rx_packets += 1
+            done = True
+        if done:
+            transport.signal_used(q)
+
+    def close(self) -> None:
+        self.tap.close()
+
+    def save_state(self) -> Dict:
+        return {"tap": self.tap.name, "mac": format_mac(self.mac)}
+
+    def load_state(self, state: Dict) -> None:
+        VirtioNet.load_state(self, state)
