@@ -41,6 +41,7 @@ from .devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_m
 from .devices.virtio_rng import VirtioRng
 from .devices.virtio_vsock import VirtioVsock
 from .devspec import FsSpec, NetSpec, VsockSpec
+from .net import tap
 from .devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
 from .gic import VgicV3, spi_irq_line
@@ -174,6 +175,10 @@ def check_devices(config: MachineConfig) -> None:
     for t in set(taps):
         if taps.count(t) > 1:
             raise UsageProblem(f"--net tap={t} given twice: one virtio-net per tap")
+    for n in config.nets:
+        if tap.interface_exists(n.tap) and not tap.is_tap(n.tap):
+            raise UsageProblem(f"--net tap={n.tap}: {n.tap} exists and is not a tap interface",
+                               "name a tap (ip tuntap add NAME mode tap) or a free name for pyvmm to create")
     tags = [f.tag for f in config.fss]
     for t in set(tags):
         if tags.count(t) > 1:

@@ -152,6 +152,21 @@ class VirtioMmio:
             if self.driver_ok and index < len(self.queues) and self.queues[index].ready:
                 self.run_guarded(self.backend.queue_notify, self, index)
 
+    def serve(self, index: int, handle: Callable[..., int]) -> None:
+        """Take every available chain of queue ``index``, give each back with
+        the number of bytes ``handle(chain)`` wrote into it, then one
+        used-buffer interrupt for the batch."""
+        q = self.queues[index]
+        done = False
+        while True:
+            chain = q.pop()
+            if chain is None:
+                break
+            q.push(chain.head, handle(chain))
+            done = True
+        if done:
+            self.signal_used(q)
+
     def notify_all(self) -> None:
         """Serve every ready queue once: after a restore, a notify the guest
         made before the snapshot may never have been served."""

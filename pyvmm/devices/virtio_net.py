@@ -200,22 +200,15 @@ class VirtioNetPython(VirtioBackend):
             self._want_rx(True)  # new receive buffers: look at the tap again
 
     def _transmit(self, transport) -> None:
-        q = transport.queues[TX]
-        done = False
-        while True:
-            chain = q.pop()
-            if chain is None:
-                break
+        def send(chain) -> int:
             frame = read_segments(transport.mem, chain.readable, 0, min(chain.readable_len, self.MAX_FRAME))
             try:
                 os.write(self.tap.fd, frame)
                 self.tx_packets += 1
             except OSError:  # the tap's queue is full or the interface is down: dropped
                 self.dropped += 1
-            q.push(chain.head, 0)
-            done = True
-        if done:
-            transport.signal_used(q)
+            return 0
+        transport.serve(TX, send)
 
     def _tap_readable(self) -> None:
         t = self.transport

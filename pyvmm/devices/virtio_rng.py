@@ -27,19 +27,12 @@ class VirtioRng(VirtioBackend):
         self.bytes_given = 0
 
     def queue_notify(self, transport, index: int) -> None:
-        q = transport.queues[index]
-        done = False
-        while True:
-            chain = q.pop()
-            if chain is None:
-                break
+        def fill(chain) -> int:
             want = min(chain.writable_len, CHUNK_MAX)
             n = write_segments(transport.mem, chain.writable, self._source(want)) if want else 0
             self.bytes_given += n
-            q.push(chain.head, n)
-            done = True
-        if done:
-            transport.signal_used(q)
+            return n
+        transport.serve(index, fill)
 
     # -- snapshot -------------------------------------------------------------
     def save_state(self) -> Dict:

@@ -31,6 +31,21 @@ class VhostFd(KvmFd):
     thread then serves the rings with this process's memory)."""
 
     target = "vhost"
+    PATH = ""
+    # (the device it serves, the module that provides it, what else to do) for errors
+    NODE_HELP = ("", "", "")
+
+    @classmethod
+    def open(cls, path: str = ""):
+        """Open the device node and become its owner."""
+        what, module, alternative = cls.NODE_HELP
+        v = cls(open_node(path or cls.PATH, what, module, alternative))
+        try:
+            v.set_owner()
+        except OSError:
+            v.close()
+            raise
+        return v
 
     def set_owner(self) -> None:
         self.ioctl("VHOST_SET_OWNER")

@@ -2,7 +2,7 @@
 and a tap (VHOST_NET_SET_BACKEND)."""
 from __future__ import annotations
 
-from .base import VhostFd, open_node
+from .base import VhostFd
 
 PATH = "/dev/vhost-net"
 
@@ -10,16 +10,8 @@ PATH = "/dev/vhost-net"
 class VhostNet(VhostFd):
     target = "vhost-net"
     QUEUES = 2  # receive, transmit
-
-    @classmethod
-    def open(cls, path: str = PATH) -> "VhostNet":
-        v = cls(open_node(path, "virtio-net", "vhost_net", ", or use vhost=off"))
-        try:
-            v.set_owner()
-        except OSError:
-            v.close()
-            raise
-        return v
+    PATH = PATH
+    NODE_HELP = ("virtio-net", "vhost_net", ", or use vhost=off")
 
     def net_set_backend(self, index: int, fd: int) -> None:
         """Serve ring ``index`` with the tap ``fd``; -1 stops the ring."""

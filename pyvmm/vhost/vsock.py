@@ -3,7 +3,7 @@ serving the receive and transmit rings (the event ring stays with the VMM)."""
 from __future__ import annotations
 
 from .._ffi import ffi
-from .base import VhostFd, open_node
+from .base import VhostFd
 
 PATH = "/dev/vhost-vsock"
 
@@ -11,16 +11,8 @@ PATH = "/dev/vhost-vsock"
 class VhostVsock(VhostFd):
     target = "vhost-vsock"
     QUEUES = 2  # receive, transmit
-
-    @classmethod
-    def open(cls, path: str = PATH) -> "VhostVsock":
-        v = cls(open_node(path, "virtio-vsock", "vhost_vsock", ""))
-        try:
-            v.set_owner()
-        except OSError:
-            v.close()
-            raise
-        return v
+    PATH = PATH
+    NODE_HELP = ("virtio-vsock", "vhost_vsock", "")
 
     def set_guest_cid(self, cid: int) -> None:
         """EADDRINUSE: another VM on this host has the CID."""
