@@ -16,7 +16,7 @@ from pyvmm.devices.virtio_vsock import VirtioVsock
 from pyvmm.errors import UsageProblem
 from pyvmm.memory import GuestMemory, GuestMemoryError
 from pyvmm.net.tap import check_name
-from support.fake_vhost import FakePlane
+from support.fake_vhost import DgramTap, FakePlane
 
 RAM = 0x40000000
 VHOST_NET_FEATURES = RING_FEATURES | N.F_MRG_RXBUF | (1 << 27) | (1 << 26)  # + VIRTIO_NET_HDR, LOG_ALL
@@ -193,22 +193,6 @@ def test_interface_names():
 
 
 # ---- vhost=off: packets moved by pyvmm ----------------------------------------------------
-
-class DgramTap:
-    """A datagram socketpair standing in for a tap (one frame per datagram)."""
-
-    name = "pvpy0"
-
-    def __init__(self):
-        import socket
-        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        self.fd = self.sock.fileno()
-
-    def close(self):
-        self.sock.close()
-        self.peer.close()
-
 
 class FakeIo:
     def __init__(self):

@@ -300,7 +300,7 @@ def test_any_register_sequence_is_safe(tmp_path_factory, ops, junk, kind):
     console = kind == "console"
     tap = None
     if kind == "net":  # vhost=off: frames from a fake tap into whatever receive buffers the driver made
-        from test_net_devices import DgramTap
+        from support.fake_vhost import DgramTap
         tap = DgramTap()
         for _ in range(4):
             tap.peer.send(junk[:100] or b"\0" * 20)

@@ -2,6 +2,7 @@
 exercised against the kernel and virtiofsd in the test machine):
 
 - FakePlane records the VhostFd calls a virtio backend makes.
+- DgramTap stands in for a tap: a datagram socketpair, one frame per datagram.
 - FakeVhostUserBackend is the back-end end of a socketpair that answers the
   vhost-user requests as the spec (docs/interop/vhost-user.rst) says a
   back-end must, and records every message with the fds that came with it.
@@ -89,3 +90,18 @@ class FakeVhostUserBackend(threading.Thread):
                 self.sock.sendall(HEADER.pack(req, 0x1 | (1 << 2), len(reply)) + reply)
             for fd in fds:
                 os.close(fd)
+
+
+class DgramTap:
+    """A datagram socketpair standing in for a tap (one frame per datagram)."""
+
+    name = "pvpy0"
+
+    def __init__(self):
+        self.sock, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.fd = self.sock.fileno()
+
+    def close(self):
+        self.sock.close()
+        self.peer.close()
