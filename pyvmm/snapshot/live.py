@@ -69,6 +69,7 @@ class Controller:
         if not os.path.isdir(os.path.dirname(path)):
             raise ControlError(f"{os.path.dirname(path)}: no such directory")
         stop = bool(request.get("stop"))
+        machine_snapshot.check_snapshottable(m)  # before the guest is paused for nothing
         was_paused = m.paused
         t0 = time.monotonic()
         if not was_paused:

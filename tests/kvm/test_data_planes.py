@@ -46,7 +46,7 @@ def guest_value(out: str, key: str) -> str:
 
 
 def test_virtio_notifies_bypass_the_vcpu_thread_and_rng_feeds_the_guest():
-    """With virtio-console and a disk, queue notifies never exit to pyvmm
+    """With virtio-console, queue notifies never exit to pyvmm
     (no QueueNotify write in the MMIO trace) and the I/O thread serves them;
     the guest's hw_random is virtio-rng and gives different bytes each read."""
     r = boot("--console", "virtio", "--debug", cmdline=script(
@@ -315,7 +315,7 @@ def test_net_and_vsock_guest_continues_after_snapshot_kill_restore(tmp_path):
     last = 25
     guest = (f'ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n'
              f'i=0; while [ $i -lt {last} ]; do\n'
-             f'  if wget -q -O /tmp/p http://{HOST_IP}:5203/; then i=$((i+1)); echo "net $i $(cat /tmp/p)"; fi\n'
+             f'  if wget -q -T 5 -O /tmp/p http://{HOST_IP}:5203/; then i=$((i+1)); echo "net $i $(cat /tmp/p)"; fi\n'
              '  sleep 0.3\n'
              'done\n'
              'echo vsock-after-restore >/tmp/v; /vsock_cat </tmp/v >/tmp/w; echo "vsock=$?-$(cat /tmp/w)"\n')
