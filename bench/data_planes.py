@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import http.server
 import os
+import pathlib
 import platform
 import re
 import shutil
@@ -222,12 +223,11 @@ def main():
     k, i = guest_files()
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
     from support import guestbuild
-    sys.path.insert(0, os.path.join(CHECKOUT, "tests", "kvm"))
-    from test_sme_linux import _initrd_with
+    from support.guestbuild import initrd_with
 
     tmp = tempfile.mkdtemp(prefix="pyvmm-bench-")
     with open(guestbuild.build_linux_program("vsock_cat"), "rb") as f:
-        vi = _initrd_with(i, {"vsock_cat": f.read()}, os.path.join(tmp, "initrd.gz"))
+        vi = initrd_with(i, {"vsock_cat": f.read()}, pathlib.Path(tmp) / "initrd.gz")
     results = {}
 
     # -- TCP ------------------------------------------------------------------------

@@ -25,8 +25,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pyvmm import regs, sme, vecstate  # noqa: E402
-from pyvmm import vcpu as vcpu_mod  # noqa: E402
+from pyvmm.arm64 import regs  # noqa: E402
+from pyvmm import sme, vecstate  # noqa: E402
+from pyvmm import _fd  # noqa: E402
 from pyvmm._ffi import ffi, libc  # noqa: E402
 from pyvmm.ioctls import request  # noqa: E402
 from pyvmm.kvm import open_kvm  # noqa: E402
@@ -36,10 +37,10 @@ TARGET = 1.5
 
 def record(vcpu, fn):
     """Run ``fn`` once, recording every (request name, register id) it
-    issues, through the vCPU's ioctl method or its ONE_REG batches."""
+    issues, through the vCPU's ioctl method or the fd layer's prepared ioctls."""
     seen = []
     names = {request(n).number: n for n in ("KVM_GET_ONE_REG", "KVM_SET_ONE_REG")}
-    real_fd_ioctl, real_libc = vcpu.ioctl, vcpu_mod.libc
+    real_fd_ioctl, real_libc = vcpu.ioctl, _fd.libc
 
     def spy(name, arg=0, reg=None):
         seen.append((name, int(arg.id) if name in names.values() else None))
@@ -51,12 +52,12 @@ def record(vcpu, fn):
             return real_libc().ioctl(fd, req, arg)
 
     vcpu.ioctl = spy
-    vcpu_mod.libc = lambda: SpyLibc()
+    _fd.libc = lambda: SpyLibc()
     try:
         fn()
     finally:
         del vcpu.ioctl
-        vcpu_mod.libc = real_libc
+        _fd.libc = real_libc
     return seen
 
 

@@ -3,6 +3,6 @@ and SME guest state.
 
 Library entry points: :func:`pyvmm.kvm.open_kvm` (system fd) →
 :class:`pyvmm.vm.Vm` → :class:`pyvmm.vcpu.Vcpu`; register ids in
-:mod:`pyvmm.regs`; SME discovery and vector lengths in :mod:`pyvmm.sme`.
+:mod:`pyvmm.arm64.regs`; SME discovery and vector lengths in :mod:`pyvmm.sme`.
 """
 __version__ = "0.1.0"

@@ -1,3 +1,4 @@
+"""Entry point of ``python -m pyvmm``: the CLI."""
 from .cli import main
 
 if __name__ == "__main__":

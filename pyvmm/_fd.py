@@ -1,31 +1,13 @@
-"""The one place ioctls are issued and their failures turned into KvmError."""
+"""The one place ioctl(2) is issued and a failure becomes a KvmError carrying its hint."""
 from __future__ import annotations
 
 import os
 from typing import Any, Callable, Optional
 
 from ._ffi import ffi, libc
+from .arm64 import errno_explain
 from .errors import KvmError
 from .ioctls import request
-
-# A hook the higher layers may install to explain an errno (ioctl, errno, reg)
-# -> hint. Lower layers never import higher ones, so the explainer registers
-# itself here instead of being imported.
-_explainers: list = []
-
-
-def register_explainer(fn: Callable[[str, int, Optional[str]], Optional[str]]) -> None:
-    if fn not in _explainers:
-        _explainers.append(fn)
-
-
-def explain(ioctl: str, err: int, reg: Optional[str]) -> Optional[str]:
-    for fn in _explainers:
-        hint = fn(ioctl, err, reg)
-        if hint:
-            return hint
-    return None
-
 
 class KvmFd:
     """A kernel file descriptor of the KVM API. Subclasses add one method per ioctl."""
@@ -48,10 +30,29 @@ class KvmFd:
             raise self.error(name, ffi.errno, reg)
         return ret
 
+    def prepare(self, name: str) -> Callable[..., int]:
+        """Request ``name`` on this fd with its number looked up and cast once,
+        for loops that issue it many times (the vCPU run loop, ONE_REG
+        batches). The returned ``issue(arg=0, reg=None)`` takes a cdata
+        argument, returns the non-negative result or raises this fd's
+        KvmError. It holds the fd number: use it only while the fd is open."""
+        if self.fd < 0:
+            raise ValueError(f"{self.target} is closed")
+        fd, number = self.fd, ffi.cast("unsigned long", request(name).number)
+        call, error = libc().ioctl, self.error
+        zero = ffi.cast("unsigned long", 0)
+
+        def issue(arg: Any = zero, reg: Optional[str] = None) -> int:
+            ret = call(fd, number, arg)
+            if ret < 0:
+                raise error(name, ffi.errno, reg)
+            return ret
+        return issue
+
     def error(self, name: str, err: int, reg: Optional[str] = None) -> KvmError:
         """The KvmError for request ``name`` failing with ``err`` on this fd,
-        with the registered explainers' hint."""
-        return KvmError(err, name, self.target, reg, explain(name, err, reg))
+        with the ABI page's hint when it has one (:mod:`pyvmm.arm64.errno_explain`)."""
+        return KvmError(err, name, self.target, reg, errno_explain.explain(name, err, reg))
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -6,7 +6,7 @@
  * offset, constant and request number declared here or derived from it.
  *
  * cffi cannot declare __int128, so struct kvm_regs is not declared: core
- * register offsets live in pyvmm/regs.py (CORE_OFFSETS), checked by the same probe.
+ * register offsets live in pyvmm/arm64/regs.py (CORE_OFFSETS), checked by the same probe.
  */
 
 /* ---- libc ---------------------------------------------------------------- */

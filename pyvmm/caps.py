@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from . import regs, sme
+from .arm64 import regs
+from . import sme
 from ._ffi import const
 from .errors import KvmError
 

@@ -1,5 +1,5 @@
 """SME through KVM: discovery of the SME vCPU feature bit and capability, and
-vector-length sets. See ../shared/docs/kvm-sme-abi.md (the ABI page).
+vector-length sets. See docs/kvm-sme-abi.md (the ABI page).
 
 The SME feature bit and KVM_CAP_ARM_SME are not settled upstream (ABI page
 §2): they are found by probing, never hard-coded; an override can be given
@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from . import errno_explain, regs
+from .arm64 import regs
+from .arm64.vec import KVM_ARM_VCPU_VEC, VecShape, parse_vl
 from ._ffi import const
 from .errors import HostUnsupported, KvmError, UsageProblem
 
@@ -23,8 +24,6 @@ SME_BIT_CANDIDATES = tuple(range(8, 32))
 # are looked for above it (a 7.3 rebase takes 252, ABI page §2).
 LAST_MERGED_CAP = 251
 SME_CAP_CANDIDATES = tuple(range(LAST_MERGED_CAP + 1, LAST_MERGED_CAP + 33))
-
-KVM_ARM_VCPU_VEC = 4  # ABI page §1: the argument of FINALIZE, = KVM_ARM_VCPU_SVE
 
 ENV_BIT = "PYVMM_SME_BIT"
 ENV_CAP = "PYVMM_SME_CAP"
@@ -84,7 +83,6 @@ def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
     VCPU_INIT succeeds *and* reading SME_VLS succeeds. An unknown bit fails
     init with ENOENT; a bit meaning something else passes init but the
     SME_VLS read fails with ENOENT."""
-    errno_explain.install()  # every later KvmError on vector state carries its hint
     if bit_override is None:
         bit_override = _env_int(ENV_BIT)
     candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
@@ -122,48 +120,18 @@ def _discover_cap(kvm) -> Optional[int]:
     return None
 
 
-def parse_vl(text, what: str = "vector length") -> int:
-    """A vector length in bits ('256', 256) -> VQ; refuses what is not a
-    multiple of 128 in 128..2048."""
-    try:
-        bits = int(text)
-    except (TypeError, ValueError):
-        raise UsageProblem(f"{what} {text!r} is not a number of bits",
-                           "give a multiple of 128 between 128 and 2048") from None
-    if bits < 128 or bits > 2048 or bits % 128:
-        raise UsageProblem(f"{what} {bits} is not a multiple of 128 between 128 and 2048")
-    return bits // 128
-
-
 def choose_vqs(offered: List[int], max_bits: int, what: str) -> List[int]:
     """Cut the host's VQ set at ``max_bits`` (ABI page §4: the only change KVM
     allows), refusing a length the host does not offer."""
     vq = parse_vl(max_bits, what)
     if vq not in offered:
         offered_bits = ", ".join(str(128 * q) for q in offered) or "none"
-        raise UsageProblem(f"{what} {max_bits} bits is not offered by this host",
-                           f"choose one of: {offered_bits}")
+        raise HostUnsupported(f"{what} {max_bits} bits is not offered by this host",
+                              f"choose one of: {offered_bits}")
     return regs.vls_cut(offered, vq)
 
 
 # ---- vCPU configuration (ABI page §4) ------------------------------------------
-
-@dataclass(frozen=True)
-class VecConfig:
-    """The vector configuration a vCPU was given: VQ sets after the cuts
-    (empty when that feature is off) and the SME feature bit used."""
-    sve_vqs: tuple
-    sme_vqs: tuple
-    sme_bit: Optional[int]
-
-    @property
-    def sve(self) -> bool:
-        return bool(self.sve_vqs)
-
-    @property
-    def sme(self) -> bool:
-        return bool(self.sme_vqs)
-
 
 def cut_vls(vcpu, vls_id: int, max_bits: Optional[int], what: str) -> tuple:
     """Read the host's set from ``vls_id`` (SVE_VLS or SME_VLS) and, when
@@ -196,7 +164,7 @@ def require_vqs(vcpu, vls_id: int, wanted, what: str) -> None:
 def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
                    sme_max_bits: Optional[int] = None, *, sve: bool = True,
                    extra_features=(), sve_label: str = "SVE vector length",
-                   sme_label: str = "SME vector length") -> VecConfig:
+                   sme_label: str = "SME vector length") -> VecShape:
     """Initialise ``vcpu`` with SVE and/or SME, cut the vector lengths, and
     finalise both with one KVM_ARM_VCPU_FINALIZE(KVM_ARM_VCPU_VEC).
 
@@ -207,7 +175,6 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     ``extra_features``: more feature bits for INIT (e.g. POWER_OFF);
     ``sve_label``/``sme_label`` name the lengths in errors (e.g. the option).
     """
-    errno_explain.install()
     if not sve and bit is None:
         raise UsageProblem("a vCPU without SVE needs SME", "drop --no-sve, or use a kernel with SME")
     if bit is None and sme_max_bits is not None:
@@ -228,4 +195,4 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     sve_vqs = cut_vls(vcpu, regs.SVE_VLS, sve_max_bits, sve_label) if sve else ()
     sme_vqs = cut_vls(vcpu, regs.SME_VLS, sme_max_bits, sme_label) if bit is not None else ()
     vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)  # one call for SVE and SME (§4)
-    return VecConfig(sve_vqs, sme_vqs, bit)
+    return VecShape.from_vls(sve_vqs, sme_vqs, bit)

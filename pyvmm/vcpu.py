@@ -5,12 +5,13 @@ import errno
 import mmap
 from typing import Iterable, List, Optional, Sequence
 
-from . import exits, regs
+from . import exits
+from .arm64 import regs
+from .arm64.vec import KVM_ARM_VCPU_VEC
 from ._fd import KvmFd
-from ._ffi import ffi, libc
-from .device import DeviceAttrs
+from ._ffi import ffi
+from .kvm_device import DeviceAttrs
 from .errors import KvmError, UsageProblem
-from .ioctls import request
 
 
 class Vcpu(DeviceAttrs, KvmFd):
@@ -34,8 +35,8 @@ class Vcpu(DeviceAttrs, KvmFd):
             init.features[bit // 32] |= 1 << (bit % 32)
         self.ioctl("KVM_ARM_VCPU_INIT", init)
 
-    def arm_vcpu_finalize(self, what: int = 4) -> None:
-        """KVM_ARM_VCPU_FINALIZE(what). 4 is KVM_ARM_VCPU_VEC (= _SVE): one
+    def arm_vcpu_finalize(self, what: int = KVM_ARM_VCPU_VEC) -> None:
+        """KVM_ARM_VCPU_FINALIZE(what). KVM_ARM_VCPU_VEC (4, = _SVE): one
         call finalises SVE and SME together (ABI page §4)."""
         arg = ffi.new("int *", what)
         self.ioctl("KVM_ARM_VCPU_FINALIZE", arg)
@@ -87,6 +88,12 @@ class Vcpu(DeviceAttrs, KvmFd):
         return [int(lst.reg[i]) for i in range(int(lst.n))]
 
     # -- run ---------------------------------------------------------------------
+    def prepare_run(self):
+        """KVM_RUN prepared once for the run loop (:meth:`KvmFd.prepare`):
+        ``issue()`` returns after an exit (read it from :attr:`run_struct`)
+        and raises KvmError on failure, EINTR included (unlike :meth:`run`)."""
+        return self.prepare("KVM_RUN")
+
     def run(self):
         """KVM_RUN, then the decoded exit. A signal (EINTR) is an
         :class:`pyvmm.exits.InterruptedExit`, not an exception."""
@@ -137,8 +144,9 @@ class Vcpu(DeviceAttrs, KvmFd):
 
 
 class OneRegBatch:
-    """KVM_GET/SET_ONE_REG for a fixed list of ids with buffers, ``kvm_one_reg``
-    structs and request numbers built once, so a whole-state save or restore
+    """KVM_GET/SET_ONE_REG for a fixed list of ids with buffers and
+    ``kvm_one_reg`` structs built once and the request prepared by the fd
+    layer (:meth:`KvmFd.prepare`), so a whole-state save or restore
     (pyvmm.vecstate) costs little more than the ioctls themselves
     (bench/sme_state.py): a per-register trip through ``KvmFd.ioctl`` (request
     lookup, argument cast) cost five times the ioctl itself under emulation.
@@ -161,23 +169,15 @@ class OneRegBatch:
             one = ffi.new("struct kvm_one_reg *")
             one.id, one.addr = i, base + off
             self.ones.append(one)
-        self._get = ffi.cast("unsigned long", request("KVM_GET_ONE_REG").number)
-        self._set = ffi.cast("unsigned long", request("KVM_SET_ONE_REG").number)
 
-    def _fd(self) -> int:
-        if self.vcpu.fd < 0:
-            raise ValueError(f"{self.vcpu.target} is closed")
-        return self.vcpu.fd
-
-    def _call_all(self, name: str, req) -> None:
-        fd, call = self._fd(), libc().ioctl
+    def _call_all(self, name: str) -> None:
+        issue, names = self.vcpu.prepare(name), self.names
         for k, one in enumerate(self.ones):
-            if call(fd, req, one) < 0:
-                raise self.vcpu.error(name, ffi.errno, self.names[k])
+            issue(one, names[k])
 
     def get_all(self, lengths: Sequence[int]) -> List[bytes]:
         """Read every register; return the first ``lengths[k]`` bytes of each."""
-        self._call_all("KVM_GET_ONE_REG", self._get)
+        self._call_all("KVM_GET_ONE_REG")
         raw = ffi.buffer(self.buf, self.total)[:]
         return [raw[o:o + n] for o, n in zip(self.offsets, lengths)]
 
@@ -190,9 +190,8 @@ class OneRegBatch:
                     raise UsageProblem(f"{name} takes at most {size} bytes, got {len(v)}")
             raise UsageProblem(f"{len(values)} values for {len(self.sizes)} registers")
         ffi.memmove(self.buf, blob, self.total)
-        self._call_all("KVM_SET_ONE_REG", self._set)
+        self._call_all("KVM_SET_ONE_REG")
 
 
 def mpidr_of(vcpu: Vcpu) -> int:
     return vcpu.get_reg(regs.MPIDR_EL1)
-

@@ -1,5 +1,5 @@
 """The vector state of one vCPU: SVE and SME registers as the KVM SME ABI
-exposes them (../shared/docs/kvm-sme-abi.md, "the ABI page").
+exposes them (docs/kvm-sme-abi.md, "the ABI page").
 
 :class:`VecState` wraps a finalised vCPU. It knows SVCR and reads and writes
 
@@ -14,7 +14,7 @@ exposes them (../shared/docs/kvm-sme-abi.md, "the ABI page").
 
 :meth:`VecState.save` returns a :class:`SavedVecState`, a plain object that
 serialises to JSON; :func:`restore` writes one back in the order of
-:mod:`pyvmm.restore_plan` (ABI page §6).
+:mod:`pyvmm.arm64.restore_plan` (ABI page §6).
 
 Buffers are always the id's full size (§3); only the first VL/8 bytes of a
 Z register or ZA row (VL/64 of a P register or FFR) carry data. This module
@@ -25,118 +25,61 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from . import errno_explain, regs, restore_plan, sme
+from .arm64 import regs, restore_plan
+from .arm64.vec import (EXTRA_IDS, KVM_ARM_VCPU_VEC, SMFR0_FA64, SVCR_SM, SVCR_ZA, VecShape,  # noqa: F401
+                        vl_bytes)
+from .arm64.za import ELEMENT_BYTES, Tile, tile_names, tile_rows  # noqa: F401 (ZA tile views, re-exported)
+from . import sme
 from .vcpu import OneRegBatch
-from .errors import KvmError, UsageProblem
+from .devices.state import StateReader
+from .errors import HostUnsupported, KvmError, UsageProblem
 
-SVCR_SM = restore_plan.SVCR_SM
-SVCR_ZA = restore_plan.SVCR_ZA
-SMFR0_FA64 = 1 << 63  # ID_AA64SMFR0_EL1.FA64 (ABI page §3)
-PFR1_SME_SHIFT = 24  # ID_AA64PFR1_EL1.SME [27:24]: 0 none, 1 SME, 2 SME2
 ZT0_BYTES = 64  # ZT0 is 512 bits (Arm ARM, SME2)
 FORMAT_VERSION = 1
 
 # Registers saved with every SME state besides the vector data; the plan
 # decides where each is written (ABI page §6).
 _ID_REGS = ("ID_AA64PFR1_EL1", "ID_AA64SMFR0_EL1", "SMIDR_EL1")
-# Control registers written in §6 step 7 (by name: the saved form is keyed by name).
-_EXTRA_IDS = {"SMCR_EL1": regs.SMCR_EL1, "TPIDR2_EL0": regs.TPIDR2_EL0, "SMPRI_EL1": regs.SMPRI_EL1,
-              "ZCR_EL1": regs.ZCR_EL1}
 CONTROL_NAMES = ("SVCR", "SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1", "SMIDR_EL1", "FPMR", "FPSR", "FPCR",
                  "ZCR_EL1", "ID_AA64PFR1_EL1", "ID_AA64SMFR0_EL1")
-
-
-# ---- ZA tiles (Arm ARM, "ZA storage") ---------------------------------------------
-
-ELEMENT_BYTES = {"B": 1, "H": 2, "S": 4, "D": 8, "Q": 16}
-_TILE_NAME = re.compile(r"ZA(\d+)\.([BHSDQ])", re.IGNORECASE)
-
-
-def tile_names() -> List[str]:
-    """ZA0.B; ZA0.H, ZA1.H; ZA0.S-ZA3.S; ZA0.D-ZA7.D; ZA0.Q-ZA15.Q."""
-    return [f"ZA{t}.{s}" for s, e in ELEMENT_BYTES.items() for t in range(e)]
-
-
-def tile_rows(name: str, svl_bytes: int) -> List[int]:
-    """ZA array rows holding the horizontal slices of tile ``name``.
-
-    Arm ARM (SME, "ZA storage"): with element size esize bytes there are
-    esize tiles ZA0-ZA(esize-1) of that type, each SVL_B/esize slices high;
-    horizontal slice i of tile ZAt is ZA array row ``i * esize + t``. So
-    ZA0.H is the even rows and ZA1.H the odd ones, ZA3.S rows 3, 7, 11, ...
-    """
-    m = _TILE_NAME.fullmatch(name.strip())
-    if not m:
-        raise UsageProblem(f"{name!r} is not a ZA tile", "use e.g. ZA0.B, ZA1.H, ZA3.S, ZA7.D, ZA15.Q")
-    t, esize = int(m[1]), ELEMENT_BYTES[m[2].upper()]
-    if t >= esize:
-        raise UsageProblem(f"{name}: there are only {esize} tiles of {m[2].upper()} elements "
-                           f"(ZA0.{m[2].upper()}-ZA{esize - 1}.{m[2].upper()})")
-    if svl_bytes < 16 or svl_bytes % 16:
-        raise ValueError(f"SVL of {svl_bytes} bytes is not a multiple of 16")
-    return [i * esize + t for i in range(svl_bytes // esize)]
-
-
-class Tile:
-    """A view of one ZA tile over the ZA rows (a sequence of SVL_B-byte
-    ``bytes``, row 0 first). Elements are little-endian, in the byte order
-    ``STR ZA`` stores (ABI page §3)."""
-
-    def __init__(self, name: str, za_rows: Sequence[bytes]):
-        svl_b = len(za_rows[0]) if za_rows else 0
-        if len(za_rows) != svl_b or any(len(r) != svl_b for r in za_rows):
-            raise ValueError("ZA must be SVL_B rows of SVL_B bytes")
-        m = _TILE_NAME.fullmatch(name.strip())
-        self.rows = tile_rows(name, svl_b)
-        self.name = f"ZA{int(m[1])}.{m[2].upper()}"
-        self.esize = ELEMENT_BYTES[m[2].upper()]
-        self.dim = svl_b // self.esize  # a tile is dim x dim elements
-        self._za = za_rows
-
-    def horizontal(self, i: int) -> bytes:
-        """Horizontal slice i (ZAtH[i]): one ZA row."""
-        return self._za[self.rows[i]]
-
-    def vertical(self, j: int) -> bytes:
-        """Vertical slice j (ZAtV[j]): element j of every horizontal slice."""
-        e = self.esize
-        return b"".join(self._za[r][j * e:(j + 1) * e] for r in self.rows)
-
-    def element(self, i: int, j: int) -> int:
-        e = self.esize
-        return int.from_bytes(self._za[self.rows[i]][j * e:(j + 1) * e], "little")
-
-    def matrix(self) -> List[List[int]]:
-        return [[self.element(i, j) for j in range(self.dim)] for i in range(self.dim)]
 
 
 # ---- the saved form --------------------------------------------------------------
 
 @dataclass
 class SavedVecState:
-    """A vCPU's vector state as plain data. ``registers`` maps register names
-    (``Z3``, ``ZA[12]``, ``SVCR``) to their data bytes (only the bytes that
-    carry data at the saved vector lengths); ``svcr`` is kept apart too,
-    because the restore order is derived from it (ABI page §6)."""
-    sve_vqs: Tuple[int, ...]
-    sme_vqs: Tuple[int, ...]
-    sme_bit: Optional[int]
-    fa64: bool
-    sme2: bool
-    svcr: int
+    """A vCPU's vector state as plain data: ``vec``, the vCPU's configuration
+    and the SVCR the state was saved with (the restore order is derived from
+    it, ABI page §6), and ``registers``, register names (``Z3``, ``ZA[12]``,
+    ``SVCR``) mapped to their data bytes (only the bytes that carry data at
+    the saved vector lengths)."""
+    vec: VecShape
     registers: Dict[str, bytes] = field(default_factory=dict)
     version: int = FORMAT_VERSION
 
-    def shape(self) -> restore_plan.VecShape:
-        extra = tuple(i for n, i in _EXTRA_IDS.items() if n in self.registers)
-        return restore_plan.VecShape(
-            sve=bool(self.sve_vqs), sme=bool(self.sme_vqs), svcr=self.svcr,
-            sve_vqs=tuple(self.sve_vqs), sme_vqs=tuple(self.sme_vqs), fa64=self.fa64, sme2=self.sme2,
-            fpmr="FPMR" in self.registers, sme_bit=self.sme_bit, extra=extra)
+    @classmethod
+    def of(cls, sve_vqs, sme_vqs, sme_bit: Optional[int], fa64: bool, sme2: bool, svcr: int,
+           registers: Dict[str, bytes]) -> "SavedVecState":
+        """A saved state from its fields as the JSON form names them."""
+        sve_vqs, sme_vqs = tuple(sve_vqs), tuple(sme_vqs)
+        return cls(VecShape(sve=bool(sve_vqs), sme=bool(sme_vqs), svcr=svcr, sve_vqs=sve_vqs,
+                            sme_vqs=sme_vqs, fa64=fa64, sme2=sme2, sme_bit=sme_bit), registers)
+
+    # The configuration's fields, read through ``vec``.
+    sve_vqs = property(lambda self: self.vec.sve_vqs)
+    sme_vqs = property(lambda self: self.vec.sme_vqs)
+    sme_bit = property(lambda self: self.vec.sme_bit)
+    fa64 = property(lambda self: self.vec.fa64)
+    sme2 = property(lambda self: self.vec.sme2)
+    svcr = property(lambda self: self.vec.svcr)
+
+    def shape(self) -> VecShape:
+        """The restore planner's view: ``vec`` with FPMR and the control
+        registers this state holds."""
+        return VecShape.from_saved(self.vec, self.registers)
 
     def to_dict(self) -> dict:
         return {"format": "pyvmm-vecstate", "version": self.version, "sve_vqs": list(self.sve_vqs),
@@ -146,17 +89,20 @@ class SavedVecState:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SavedVecState":
-        if d.get("format") != "pyvmm-vecstate":
+        """The saved state of :meth:`to_dict`, read with the one StateReader
+        strictness (docs/snapshot-format.md, "Versions")."""
+        if not isinstance(d, dict) or d.get("format") != "pyvmm-vecstate":
             raise UsageProblem("not a pyvmm vector state (format is not 'pyvmm-vecstate')")
-        if d.get("version") != FORMAT_VERSION:
-            raise UsageProblem(f"vector state version {d.get('version')} is not understood",
-                               f"this pyvmm reads version {FORMAT_VERSION}")
-        try:
-            return cls(tuple(d["sve_vqs"]), tuple(d["sme_vqs"]), d["sme_bit"], bool(d["fa64"]),
-                       bool(d["sme2"]), int(d["svcr"]),
-                       {k: bytes.fromhex(v) for k, v in d["registers"].items()})
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageProblem(f"malformed vector state: {e}") from None
+        r = StateReader("vector", d, ("format", "version", "sve_vqs", "sme_vqs", "sme_bit", "fa64", "sme2",
+                                      "svcr", "registers"), version=FORMAT_VERSION)
+        registers = {}
+        for name, value in r.dict("registers").items():
+            try:
+                registers[name] = bytes.fromhex(value)
+            except (TypeError, ValueError):
+                raise r.fail(f"register {name} is not hex bytes") from None
+        return cls.of(r.ints("sve_vqs", 1, 512), r.ints("sme_vqs", 1, 512), r.int_or_none("sme_bit", 0, 7 * 32 - 1),
+                      r.bool("fa64"), r.bool("sme2"), r.uint("svcr", 64), registers)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -171,7 +117,7 @@ class SavedVecState:
     # -- views of the saved data --
     @property
     def svl_bytes(self) -> int:
-        return 16 * max(self.sme_vqs) if self.sme_vqs else 0
+        return self.vec.svl_bytes
 
     def za_rows(self) -> List[bytes]:
         return [self.registers[f"ZA[{r}]"] for r in range(self.svl_bytes)]
@@ -183,7 +129,7 @@ class SavedVecState:
 
 
 @functools.lru_cache(maxsize=64)
-def _plan(shape: restore_plan.VecShape, fresh: bool) -> restore_plan.Plan:
+def _plan(shape: VecShape, fresh: bool) -> restore_plan.Plan:
     """Plans depend only on the (hashable) shape: computed once per shape."""
     return restore_plan.plan(shape, fresh=fresh)
 
@@ -209,18 +155,21 @@ class VecState:
     """
 
     def __init__(self, vcpu, sme_bit: Optional[int] = None):
-        errno_explain.install()
         self.vcpu = vcpu
-        self.sme_bit = sme_bit
-        self.sve_vqs = self._vqs(regs.SVE_VLS)
-        self.sme_vqs = self._vqs(regs.SME_VLS)
-        if not (self.sve_vqs or self.sme_vqs):
+        sve_vqs = self._vqs(regs.SVE_VLS)
+        sme_vqs = self._vqs(regs.SME_VLS)
+        if not (sve_vqs or sme_vqs):
             raise UsageProblem(f"{vcpu.target} has neither SVE nor SME: it has no vector state to model")
-        self.fa64 = self.sme2 = False
-        if self.sme_vqs:
-            self.fa64 = bool(vcpu.get_reg(regs.ID_AA64SMFR0_EL1) & SMFR0_FA64)
-            self.sme2 = (vcpu.get_reg(regs.ID_AA64PFR1_EL1) >> PFR1_SME_SHIFT) & 0xF >= 2
-        self.has_fpmr = not _absent(vcpu, regs.FPMR)
+        pfr1 = smfr0 = 0
+        if sme_vqs:
+            smfr0, pfr1 = vcpu.get_reg(regs.ID_AA64SMFR0_EL1), vcpu.get_reg(regs.ID_AA64PFR1_EL1)
+        has_sme = bool(sme_vqs)
+        extra = (("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1") if has_sme else ()) + (("ZCR_EL1",) if sve_vqs else ())
+        # The configuration, read once; its svcr field is unused (SVCR is read live).
+        self.vec = VecShape.from_id_regs(sve_vqs, sme_vqs, pfr1, smfr0, fpmr=not _absent(vcpu, regs.FPMR),
+                                         sme_bit=sme_bit, extra=tuple(EXTRA_IDS[n] for n in extra))
+        if not has_sme:
+            self.vec = replace(self.vec, sme_bit=sme_bit)
         self._io: Dict[Tuple[int, ...], OneRegBatch] = {}
         self._saves: Dict[int, Tuple[OneRegBatch, List[int]]] = {}
         self._writers: Dict[int, tuple] = {}
@@ -233,27 +182,18 @@ class VecState:
                 return ()
             raise
 
-    # -- configuration --
-    @property
-    def sve(self) -> bool:
-        return bool(self.sve_vqs)
-
-    @property
-    def sme(self) -> bool:
-        return bool(self.sme_vqs)
-
-    @property
-    def config(self) -> str:
-        return {(True, True): "sve+sme", (False, True): "sme", (True, False): "sve"}[(self.sve, self.sme)]
-
-    @property
-    def svl_bytes(self) -> int:
-        """Maximum streaming vector length in bytes (= ZA rows)."""
-        return 16 * max(self.sme_vqs) if self.sme_vqs else 0
-
-    @property
-    def sve_vl_bytes(self) -> int:
-        return 16 * max(self.sve_vqs) if self.sve_vqs else 0
+    # -- configuration (read through ``vec``) --
+    sve_vqs = property(lambda self: self.vec.sve_vqs)
+    sme_vqs = property(lambda self: self.vec.sme_vqs)
+    sme_bit = property(lambda self: self.vec.sme_bit)
+    fa64 = property(lambda self: self.vec.fa64)
+    sme2 = property(lambda self: self.vec.sme2)
+    has_fpmr = property(lambda self: self.vec.fpmr)
+    sve = property(lambda self: self.vec.sve)
+    sme = property(lambda self: self.vec.sme)
+    config = property(lambda self: self.vec.config)
+    svl_bytes = property(lambda self: self.vec.svl_bytes, doc="Maximum streaming vector length in bytes (= ZA rows).")
+    sve_vl_bytes = property(lambda self: self.vec.sve_vl_bytes)
 
     # -- SVCR --
     @property
@@ -271,30 +211,17 @@ class VecState:
             raise UsageProblem(f"{self.vcpu.target} has no SME: SVCR is always 0")
         self.vcpu.set_reg(regs.SVCR, value)
 
-    def _shape(self, svcr: int) -> restore_plan.VecShape:
-        return restore_plan.VecShape(
-            sve=self.sve, sme=self.sme, svcr=svcr, sve_vqs=self.sve_vqs, sme_vqs=self.sme_vqs,
-            fa64=self.fa64, sme2=self.sme2, fpmr=self.has_fpmr, sme_bit=self.sme_bit,
-            extra=tuple(_EXTRA_IDS[n] for n in self._control_extra()))
-
-    def _control_extra(self) -> Tuple[str, ...]:
-        return (("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1") if self.sme else ()) + (
-            ("ZCR_EL1",) if self.sve else ())
+    def _shape(self, svcr: int) -> VecShape:
+        return self.vec.with_svcr(svcr)
 
     # -- lengths of the current mode --
     def vl_bytes(self, svcr: Optional[int] = None) -> int:
         """Bytes of data in a Z register in the current mode (§5); 0 when
         the mode has only V registers (SME only, SM = 0)."""
-        svcr = self.svcr if svcr is None else svcr
-        if svcr & SVCR_SM:
-            return self.svl_bytes
-        return self.sve_vl_bytes
+        return self.vec.vl_bytes(self.svcr if svcr is None else svcr)
 
     def has_ffr(self, svcr: Optional[int] = None) -> bool:
-        svcr = self.svcr if svcr is None else svcr
-        if svcr & SVCR_SM:
-            return self.fa64
-        return self.sve
+        return self.vec.has_ffr(self.svcr if svcr is None else svcr)
 
     def data_length(self, reg_id: int, svcr: int) -> int:
         """How many bytes of ``reg_id``'s buffer carry data for ``svcr``."""
@@ -416,8 +343,8 @@ class VecState:
         exist, §5), then that set in one batch."""
         svcr = self.svcr
         io, lengths = self._save_batch(svcr)
-        return SavedVecState(self.sve_vqs, self.sme_vqs, self.sme_bit, self.fa64, self.sme2, svcr,
-                             dict(zip(io.names, io.get_all(lengths))))
+        return SavedVecState.of(self.sve_vqs, self.sme_vqs, self.sme_bit, self.fa64, self.sme2, svcr,
+                                dict(zip(io.names, io.get_all(lengths))))
 
     def restore(self, saved: SavedVecState) -> restore_plan.Plan:
         """Write ``saved`` into this (finalised, same-configuration) vCPU in
@@ -428,7 +355,7 @@ class VecState:
                 f"{self.vcpu.target} has SVE {_bits(self.sve_vqs)} / SME {_bits(self.sme_vqs)}",
                 "restore into a fresh vCPU with vecstate.restore_fresh()")
         if saved.sme2 and not self.sme2 and saved.svcr & SVCR_ZA:
-            raise UsageProblem("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
+            raise HostUnsupported("the saved state holds ZT0 (SME2) but this vCPU has SME without SME2")
         p = _plan(saved.shape(), False)
         _write_plan(self, p, saved)
         return p
@@ -442,7 +369,7 @@ class VecState:
 
 
 def _bits(vqs) -> str:
-    return f"{128 * max(vqs)} bits" if vqs else "off"
+    return f"{8 * vl_bytes(vqs)} bits" if vqs else "off"
 
 
 def _write_plan(state: "VecState", p: restore_plan.Plan, saved: SavedVecState) -> None:
@@ -460,7 +387,6 @@ def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> 
     """Restore ``saved`` into a new, uninitialised vCPU: the whole §6 order
     (INIT with the source's features, the saved VLS sets, the SME ID
     registers, FINALIZE(4), then the registers). Returns the live model."""
-    errno_explain.install()
     bit = saved.sme_bit if sme_bit is None else sme_bit
     if saved.sme_vqs and bit is None:
         raise UsageProblem("the saved state has SME but no SME feature bit is known",
@@ -471,7 +397,7 @@ def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> 
         if step.action == "init":
             vcpu.arm_vcpu_init(step.features)
         elif step.action == "finalize":
-            vcpu.arm_vcpu_finalize(sme.KVM_ARM_VCPU_VEC)
+            vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
             finalised = True
         elif step.action == "set" and not finalised:
             for i in step.ids:
@@ -489,7 +415,5 @@ def restore_fresh(vcpu, saved: SavedVecState, sme_bit: Optional[int] = None) -> 
     return state
 
 
-def _with_bit(shape: restore_plan.VecShape, bit: Optional[int]) -> restore_plan.VecShape:
-    from dataclasses import replace
-
+def _with_bit(shape: VecShape, bit: Optional[int]) -> VecShape:
     return replace(shape, sme_bit=bit)

@@ -8,7 +8,7 @@ from ._ffi import const, ffi
 
 
 class Vm(KvmFd):
-    """A VM. Children: :class:`pyvmm.vcpu.Vcpu` and :class:`pyvmm.device.Device`."""
+    """A VM. Children: :class:`pyvmm.vcpu.Vcpu` and :class:`pyvmm.kvm_device.Device`."""
 
     target = "vm"
 
@@ -44,7 +44,7 @@ class Vm(KvmFd):
         return init
 
     def create_device(self, dev_type: int, test: bool = False):
-        from .device import Device
+        from .kvm_device import Device
 
         cd = ffi.new("struct kvm_create_device *")
         cd.type = dev_type
@@ -86,6 +86,13 @@ class Vm(KvmFd):
             a.datamatch = datamatch
             a.flags |= 1  # KVM_IOEVENTFD_FLAG_DATAMATCH
         self.ioctl("KVM_IOEVENTFD", a)
+
+    def register_coalesced_mmio(self, addr: int, size: int) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: guest writes to [addr, addr+size) go to
+        the coalesced ring instead of exiting (KVM_CAP_COALESCED_MMIO)."""
+        zone = ffi.new("struct kvm_coalesced_mmio_zone *")
+        zone.addr, zone.size = addr, size
+        self.ioctl("KVM_REGISTER_COALESCED_MMIO", zone)
 
     def close(self) -> None:
         for v in self.vcpus:

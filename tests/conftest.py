@@ -52,3 +52,13 @@ def kvm():
     k = open_kvm()
     yield k
     k.close()
+
+
+@pytest.fixture
+def fake_syscalls(monkeypatch):
+    """Route the fd layer's prepared ioctls (pyvmm._fd.KvmFd.prepare) on the
+    fake vCPUs of support.fake_kvm to the fake kernel (pure-logic tests only)."""
+    from pyvmm import _fd
+    from support.fake_kvm import FAKE_LIBC
+
+    monkeypatch.setattr(_fd, "libc", lambda: FAKE_LIBC)

@@ -19,7 +19,7 @@
 //      rewrites the state (with pattern B), then runs the vCPU again,
 //   5. reports SVCR as it finds it, then checks every register against pattern B,
 //      reports the number of mismatching bytes and writes it (0 = success) to done.
-// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/baremetal.py.
+// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/machine/baremetal.py.
 
         .arch_extension sme2            // ZT0 (binutils >= 2.41: assembled in the test machine)
 

@@ -7,7 +7,7 @@
 //   during which the VMM moves the vCPU thread to the other host CPU); read
 //   everything back and count mismatching rows/registers; SMSTOP.
 // Then report the mismatch count, and write it to the done register.
-// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/baremetal.py.
+// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/machine/baremetal.py.
 
         .arch   armv9-a+sme2
         .text

@@ -6,7 +6,7 @@
 //   3. computes Z2 = Z0 + Z1 (64-bit lanes) and reports the sum of Z2's lanes,
 //   4. stores Z2 to the buffer at `result` and reports its address,
 //   5. writes 0 to the mailbox's done register.
-// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/baremetal.py.
+// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/machine/baremetal.py.
 
         .text
         .global _start

@@ -4,7 +4,7 @@
 //   Z2 += Z0; Z0 += Z1; count += 1; store count to `counter` in RAM;
 //   report count through the mailbox (one MMIO exit per iteration).
 // Then it reports the sum of Z2's lanes and writes 0 to the done register.
-// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/baremetal.py.
+// Mailbox: 0x0a000000 (+0 report, +8 done), see pyvmm/machine/baremetal.py.
 
         .text
         .global _start

@@ -38,7 +38,7 @@ def render(report, verbose: bool = False) -> str:
     c = report.counts()
     lines.append("")
     lines.append(f"{c['pass']} passed, {c['fail']} failed, {c['skip']} skipped"
-                 + ("" if report.ok else " -- the kernel deviates from the ABI page (kvm-sme-abi.md)"))
+                 + ("" if report.ok else " -- the kernel deviates from the ABI page (docs/kvm-sme-abi.md)"))
     return "\n".join(lines)
 
 

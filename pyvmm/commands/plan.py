@@ -5,16 +5,17 @@ import json
 
 import click
 
+from ..arm64.vec import CONFIGS, VL_MAX_BITS, VL_MIN_BITS, VecShape, parse_vl
 from ..errors import UsageProblem
-
-CONFIGS = ("sve+sme", "sme", "sve")  # = restore_plan.CONFIGS (imported when the command runs)
 
 
 def _bits(ctx, param, value):
     if value is None:
         return None
-    if value < 128 or value > 2048 or value % 128:
-        raise click.BadParameter("must be a multiple of 128 between 128 and 2048")
+    try:
+        parse_vl(value)
+    except UsageProblem:
+        raise click.BadParameter(f"must be a multiple of 128 between {VL_MIN_BITS} and {VL_MAX_BITS}") from None
     return value
 
 
@@ -50,7 +51,7 @@ def restore_plan_cmd(config, sm, za, svl, sve_vl, fa64, sme2, fpmr, loaded, stat
       pyvmm restore-plan --config sme --sm 0 --za 1 --svl 2048 --explain
       pyvmm restore-plan --state saved.json --explain
     """
-    from .. import restore_plan
+    from ..arm64 import restore_plan
 
     if state_file is not None:
         from ..vecstate import SavedVecState
@@ -60,7 +61,7 @@ def restore_plan_cmd(config, sm, za, svl, sve_vl, fa64, sme2, fpmr, loaded, stat
         if config == "sve" and (sm or za):
             raise UsageProblem("an SVE-only vCPU has no SVCR: --sm and --za must be 0",
                                "use --config sve+sme or --config sme")
-        shape = restore_plan.shape_for(config, sm, za, svl, sve_vl, fa64, sme2, fpmr)
+        shape = VecShape.from_options(config, sm, za, svl, sve_vl, fa64, sme2, fpmr)
     plan = restore_plan.plan(shape, fresh=not loaded)
     if as_json:
         click.echo(json.dumps(plan.to_dict(), indent=2))

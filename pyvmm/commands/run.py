@@ -9,7 +9,8 @@ from typing import Optional
 
 import click
 
-from .. import devspec, machine as machine_lib
+from .. import machine as machine_lib
+from ..machine import devspec
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
@@ -125,7 +126,7 @@ def run_on_console(config, debug: bool, control: Optional[str] = None, **run_arg
     controller = None
     if control:
         from ..control import ControlServer
-        from ..snapshot.live import Controller
+        from ..control.handler import Controller
 
         controller = Controller()
         server = ControlServer(control, controller.handle)

@@ -1,7 +1,11 @@
-"""Checked reading of a device's saved state (the dict ``save_state`` returns,
-after a JSON round trip). Every field is checked for presence, type and range
-before a device takes any of it; anything else is a :class:`UsageProblem`
-whose one-line message names the device and the field."""
+"""Checked reading of a saved state section (:class:`StateReader`): a device's
+``save_state`` dict, the vGIC's, the snapshot manifest's machine configuration.
+
+One strictness for all of them (docs/snapshot-format.md, "Versions"): every
+field the reader names must be there (unless it names it optional) with the
+right type and range, no other field may be, and a ``version`` newer than the
+reader knows is refused; all before anything is taken. A refusal is a
+:class:`UsageProblem` whose one-line message names the section and the field."""
 from __future__ import annotations
 
 import base64
@@ -31,20 +35,41 @@ def _shown(value: Any) -> str:
 
 
 class StateReader:
-    """The fields of one saved state dict, for the device named ``what``."""
+    """The fields of one saved state dict, for the section named ``what``.
 
-    def __init__(self, what: str, state: Any, keys: Iterable[str]):
+    ``keys``: the fields it must have; ``optional``: fields it may have.
+    ``version``: the newest version of the section this reader knows; the
+    section's ``version`` field (absent: 1, the form saved before sections
+    carried one) must not be newer."""
+
+    def __init__(self, what: str, state: Any, keys: Iterable[str], optional: Iterable[str] = (),
+                 version: int = 1):
         self.what = what
         if not isinstance(state, dict):
             raise UsageProblem(f"{what} state is not a JSON object (got {type(state).__name__})")
-        keys = list(keys)
+        self.state = state
+        # The version first: a newer section may well have other fields.
+        self.version = self.int("version", 1, 1 << 31) if "version" in state else 1
+        if self.version > version:
+            raise UsageProblem(f"{what} state is version {self.version}, this pyvmm reads up to {version}",
+                               "restore with the pyvmm that saved it, or a newer one")
+        keys, optional = list(keys), list(optional) + ["version"]
         missing = [k for k in keys if k not in state]
         if missing:
             raise UsageProblem(f"{what} state lacks {', '.join(map(repr, missing))}")
-        extra = sorted(str(k) for k in state if k not in keys)
+        extra = sorted(str(k) for k in state if k not in keys and k not in optional)
         if extra:
             raise UsageProblem(f"{what} state has unknown fields {', '.join(map(repr, extra))}")
-        self.state = state
+
+    def has(self, key: str) -> bool:
+        return key in self.state
+
+    def nested(self, key: str, keys: Iterable[str], optional: Iterable[str] = (), index: Optional[int] = None,
+               version: int = 1) -> "StateReader":
+        """The reader of the dict under ``key`` (or of entry ``index`` of the list there)."""
+        value = self.state[key] if index is None else self.state[key][index]
+        where = f"{self.what} {key}" + ("" if index is None else f"[{index}]")
+        return StateReader(where, value, keys, optional, version)
 
     def fail(self, message: str) -> UsageProblem:
         return UsageProblem(f"{self.what} state: {message}")
@@ -87,10 +112,35 @@ class StateReader:
             raise self.fail(f"{key!r} must be a JSON object, not {_shown(value)}")
         return value
 
-    def list(self, key: str, length: int) -> List:
+    def list(self, key: str, length: Optional[int] = None) -> List:
         value = self.state[key]
         if not isinstance(value, list):
             raise self.fail(f"{key!r} must be a list, not {_shown(value)}")
-        if len(value) != length:
-            raise self.fail(f"{key!r} has {len(value)} entries, this device has {length}")
+        if length is not None and len(value) != length:
+            raise self.fail(f"{key!r} has {len(value)} entries, expected {length}")
         return value
+
+    def words(self, key: str, length: int, bits: int) -> List[int]:
+        """A list of ``length`` unsigned ``bits``-bit integers."""
+        value = self.list(key, length)
+        for k, w in enumerate(value):
+            if type(w) is not int or not 0 <= w < (1 << bits):
+                raise self.fail(f"{key}[{k}] must be a {bits}-bit unsigned integer, not {_shown(w)}")
+        return value
+
+    def ints(self, key: str, lo: int, hi: int, nullable: bool = False) -> Optional[List[int]]:
+        """A list of integers in ``lo..hi`` (or null, when ``nullable``)."""
+        value = self.state[key]
+        if value is None and nullable:
+            return None
+        if not isinstance(value, list) or any(type(v) is not int or not lo <= v <= hi for v in value):
+            raise self.fail(f"{key!r} must be a list of integers in {lo:#x}..{hi:#x}"
+                            f"{' or null' if nullable else ''}, not {_shown(value)}")
+        return value
+
+    def int_or_none(self, key: str, lo: int, hi: int) -> Optional[int]:
+        return None if self.state[key] is None else self.int(key, lo, hi)
+
+    def uint(self, key: str, bits: int) -> int:
+        """An unsigned ``bits``-bit integer."""
+        return self.int(key, 0, (1 << bits) - 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import base64
 from typing import Dict, List, Tuple
 
-from .. import regs
+from ..arm64 import regs
 from . import format as fmt
 from . import memory_image
-from .vm_snapshot import vcpu_states
+from .manifest import vcpu_states
 
 
 def _hex(value: bytes) -> str:

@@ -21,14 +21,15 @@ import os
 import time
 from typing import Callable, Dict, Optional
 
-from .. import devspec, hostinfo
+from .. import hostinfo
 from ..boot import layout
+from ..devices.state import StateReader
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import DiskSpec, Machine, MachineConfig, check_options
+from ..machine import DiskSpec, Machine, MachineConfig, check_options, devspec
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import memory_image, vcpu_state
-from .vm_snapshot import check_cntfrq, header, vcpu_states
+from . import vcpu_state
+from .manifest import check_cntfrq, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
 GIC_MODEL = "gicv3"
@@ -49,21 +50,31 @@ def config_to_json(c: MachineConfig) -> Dict:
 
 
 def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
+    """The machine configuration of a manifest, read with the one StateReader
+    strictness (docs/snapshot-format.md): every field there with its type."""
     try:
-        kw = {k: d[k] for k in _CONFIG_KEYS}
-        disks = [DiskSpec(str(x["path"]), bool(x["readonly"])) for x in d.get("disks", [])]
-        mem, cpus = int(kw.pop("mem")), int(kw.pop("cpus"))
-        kw["rng"] = d.get("rng", False)  # snapshots from before virtio-rng have none
-        if type(kw["rng"]) is not bool:
-            raise ValueError("'rng' must be true or false")
-        # through the --net/--vsock parsers, so a snapshot's values get their checks
-        kw["nets"] = [devspec.parse_net(f"tap={n['tap']},mac={n['mac']},vhost={'on' if n['vhost'] else 'off'}")
-                      for n in d.get("nets", [])]
-        vsock = d.get("vsock")
-        kw["vsock"] = None if vsock is None else devspec.parse_vsock(f"cid={int(vsock['cid'])}")
-    except (KeyError, TypeError, ValueError, UsageProblem) as e:
-        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e})") from None
-    return MachineConfig(mem=mem, cpus=cpus, disks=disks, kvm_path=kvm_path, **kw)
+        r = StateReader("machine configuration", d, _CONFIG_KEYS + ("disks",), optional=("rng", "nets", "vsock"))
+        disks = [r.nested("disks", ("path", "readonly"), index=i) for i in range(len(r.list("disks")))]
+        # snapshots from before virtio-rng, virtio-net and virtio-vsock have none of them
+        rng = r.bool("rng") if r.has("rng") else False
+        nets = []
+        for i in range(len(r.list("nets")) if r.has("nets") else 0):
+            n = r.nested("nets", ("tap", "mac", "vhost"), index=i)
+            # through the --net parser, so a snapshot's values get the option's checks
+            nets.append(devspec.parse_net(f"tap={n.str('tap')},mac={n.str('mac')},"
+                                          f"vhost={'on' if n.bool('vhost') else 'off'}"))
+        vsock = None
+        if r.has("vsock") and d["vsock"] is not None:
+            vsock = devspec.parse_vsock(f"cid={r.nested('vsock', ('cid',)).uint('cid', 32)}")
+        return MachineConfig(
+            **{k: r.str(k, optional=True) for k in ("kernel", "initrd", "firmware", "cmdline")},
+            mem=r.int("mem", 0, (1 << 64) - 1), cpus=r.int("cpus", 0, 1 << 16),
+            sve_max_vl=r.int_or_none("sve_max_vl", 0, 1 << 16), sme_max_vl=r.int_or_none("sme_max_vl", 0, 1 << 16),
+            sve=r.bool("sve"), console=r.str("console"), on_reboot=r.str("on_reboot"),
+            disks=[DiskSpec(x.str("path"), x.bool("readonly")) for x in disks], kvm_path=kvm_path,
+            rng=rng, nets=nets, vsock=vsock)
+    except UsageProblem as e:
+        raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
 
 
 @contextlib.contextmanager
@@ -103,17 +114,8 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
         devices = {"uart": m.uart.save_state(),
                    "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                               for t in m.virtio]}
-        blobs = {f"vcpu{s.index}.regs": s.registers_blob() for s in states}
-        regions = []
-        total = sum(r.size for r in m.mem.regions)
-        done = 0
-        for r in m.mem.regions:
-            blob, stored = memory_image.pack(
-                r.mm, (lambda d, t, base=done: progress(base + d, total)) if progress else None)
-            done += r.size
-            name = f"ram{r.slot}"
-            blobs[name] = blob
-            regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+        blobs, regions = pack_ram(m.mem, progress)
+        blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(), "gic": {"model": GIC_MODEL, "state": gic},
@@ -142,8 +144,6 @@ def check(kvm, snap: fmt.Snapshot) -> MachineConfig:
     except (KeyError, TypeError, ValueError) as e:
         raise fmt.SnapshotError(f"snapshot manifest is missing machine state ({e})") from None
     try:
-        if not isinstance(config.sve, bool):
-            raise UsageProblem(f"sve is {config.sve!r}, not true or false")
         check_options(config)  # the checks pyvmm run makes on its options
     except UsageProblem as e:
         raise fmt.SnapshotError(f"snapshot machine configuration is invalid ({e.message})") from None
@@ -205,17 +205,14 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     if len(saved_virtio) != len(m.virtio):
         raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
                                 f"makes {len(m.virtio)}")
-    for t, saved in zip(m.virtio, saved_virtio):
-        if int(saved["base"]) != t.base or int(saved["device_id"]) != t.backend.device_id:
-            raise fmt.SnapshotError(f"snapshot virtio device at {int(saved['base']):#x} does not match "
+    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
+        r = StateReader(f"virtio[{i}]", saved, ("base", "device_id", "state"))
+        base = r.uint("base", 64)
+        if base != t.base or r.uint("device_id", 32) != t.backend.device_id:
+            raise fmt.SnapshotError(f"snapshot virtio device at {base:#x} does not match "
                                     f"the machine's at {t.base:#x}")
-        t.load_state(saved["state"])
-    mem, base = m.mem, m.mem.regions[0].gpa
-    try:
-        memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
-                                 lambda off, data: mem.write(base + off, data), progress)
-    except (KeyError, ValueError) as e:
-        raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+        t.load_state(r.dict("state"))
+    unpack_ram(snap, region, m.mem, progress)
     # A queue notify is an eventfd signal served by the I/O thread: one the
     # guest made just before the snapshot may not have been served yet. A
     # vhost plane is set up again from the restored queues (it reads the

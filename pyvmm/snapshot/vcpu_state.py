@@ -14,12 +14,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .. import regs, restore_plan, sysregs
-from ..errors import KvmError, UsageProblem
+from ..arm64 import regs, restore_plan, sysregs
+from ..arm64.vec import KVM_ARM_VCPU_SVE, KVM_ARM_VCPU_VEC, SVCR_ZA, VecShape
+from ..devices.state import StateReader
+from ..errors import HostUnsupported, KvmError, UsageProblem
 
-SVCR_ZA = 2
-_TIME_REGS = ("CNTVCT_EL0", "CNTPCT_EL0")
-_SVE_BIT = 4  # KVM_ARM_VCPU_SVE
+
+
+# The manifest fields of a saved vCPU (VcpuState.to_json).
+_JSON_KEYS = ("index", "features", "sve_vls", "sme_vls", "svcr", "mp_state", "events", "saved_at_ns",
+              "register_count")
 
 
 @dataclass
@@ -48,10 +52,13 @@ class VcpuState:
 
     @classmethod
     def from_json(cls, meta: Dict, blob: bytes) -> "VcpuState":
-        state = cls(int(meta["index"]), [int(f) for f in meta["features"]],
-                    meta.get("sve_vls"), meta.get("sme_vls"), int(meta.get("svcr", 0)),
-                    [], int(meta.get("mp_state", 0)), base64.b64decode(meta.get("events", "")),
-                    int(meta.get("saved_at_ns", 0)))
+        """The saved vCPU from its manifest entry (read with the one
+        StateReader strictness, docs/snapshot-format.md) and its register blob."""
+        r = StateReader("vCPU", meta, _JSON_KEYS)
+        state = cls(r.int("index", 0, 1 << 16), r.ints("features", 0, 7 * 32 - 1),
+                    r.ints("sve_vls", 1, 512, nullable=True), r.ints("sme_vls", 1, 512, nullable=True),
+                    r.uint("svcr", 64), [], r.uint("mp_state", 32), r.bytes("events", 1 << 16),
+                    r.int("saved_at_ns", 0, (1 << 63) - 1))
         pos = 0
         while pos < len(blob):
             if pos + 8 > len(blob):
@@ -62,7 +69,7 @@ class VcpuState:
                 raise ValueError(f"register blob ends inside {regs.name(reg_id)}")
             state.registers.append((reg_id, blob[pos + 8:pos + 8 + size]))
             pos += 8 + size
-        if len(state.registers) != int(meta.get("register_count", len(state.registers))):
+        if len(state.registers) != r.int("register_count", 0, 1 << 32):
             raise ValueError("register count does not match the manifest")
         return state
 
@@ -95,30 +102,27 @@ def _is_id_register(reg_id: int) -> bool:
         "SMIDR_EL1", "MIDR_EL1", "REVIDR_EL1", "CTR_EL0", "CLIDR_EL1", "AIDR_EL1"))
 
 
-def vector_shape(state: VcpuState, sme_bit: Optional[int]) -> Optional[restore_plan.VecShape]:
+def vector_shape(state: VcpuState, sme_bit: Optional[int]) -> Optional[VecShape]:
     """The restore planner's view of a saved vCPU, or None without SVE/SME."""
-    sve = _SVE_BIT in state.features
+    sve = KVM_ARM_VCPU_SVE in state.features
     sme = sme_bit is not None and sme_bit in state.features
     if not (sve or sme):
         return None
     values = state.register_map()
 
-    def field(reg_id, shift, width):
+    def value(reg_id: int) -> int:
         raw = values.get(reg_id)
-        return (int.from_bytes(raw, "little") >> shift) & ((1 << width) - 1) if raw else 0
+        return int.from_bytes(raw, "little") if raw else 0
 
-    return restore_plan.VecShape(
-        sve=sve, sme=sme, svcr=state.svcr, sve_vqs=tuple(state.sve_vls or ()),
-        sme_vqs=tuple(state.sme_vls or ()),
-        fa64=bool(field(regs.ID_AA64SMFR0_EL1, 63, 1)) if sme else False,
-        sme2=field(regs.ID_AA64PFR1_EL1, 24, 4) >= 2 if sme else False,
-        fpmr=regs.FPMR in values, sme_bit=sme_bit if sme else None)
+    return VecShape.from_id_regs(state.sve_vls or (), state.sme_vls or (), value(regs.ID_AA64PFR1_EL1),
+                                 value(regs.ID_AA64SMFR0_EL1), sve=sve, sme=sme, svcr=state.svcr,
+                                 fpmr=regs.FPMR in values, sme_bit=sme_bit)
 
 
 def restore_order(state: VcpuState, sme_bit: Optional[int] = None) -> List[Tuple[str, List[int]]]:
     """(reason, ids) in write order after KVM_ARM_VCPU_INIT: ID registers and
     vector lengths before finalisation, then the ABI page §6 plan computed by
-    :func:`pyvmm.restore_plan.plan` from the *saved* SVCR, then the rest."""
+    :func:`pyvmm.arm64.restore_plan.plan` from the *saved* SVCR, then the rest."""
     values = state.register_map()
     shape = vector_shape(state, sme_bit)
     steps: List[Tuple[str, List[int]]] = []
@@ -176,8 +180,8 @@ def init(vcpu, state: VcpuState, target: Optional[int] = None) -> None:
         try:
             vcpu.set_one_reg(reg_id, regs.vls_encode(vqs))
         except KvmError as e:
-            raise UsageProblem(f"this host cannot offer the snapshot's {label} vector lengths "
-                               f"{[128 * q for q in vqs]} ({e.strerror})") from None
+            raise HostUnsupported(f"this host cannot offer the snapshot's {label} vector lengths "
+                                  f"{[128 * q for q in vqs]} ({e.strerror})") from None
     mpidr = state.register_map().get(regs.MPIDR_EL1)
     if mpidr is not None:  # the vGIC routes by it (IROUTER) before the other registers come
         _write_id_register(vcpu, regs.MPIDR_EL1, mpidr)
@@ -191,11 +195,11 @@ def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = N
     check_clock(clock)
     values = state.register_map()
     elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
-    time_ids = {regs.sysreg_named(n) for n in _TIME_REGS}
+    time_ids = set(regs.GUEST_COUNTERS)
     writes = 0
     for reason, ids in restore_order(state, sme_bit):
         if reason == "finalize":
-            vcpu.arm_vcpu_finalize(4)
+            vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
             continue
         for reg_id in ids:
             value = values[reg_id]
@@ -223,7 +227,7 @@ def _write_id_register(vcpu, reg_id: int, value: bytes) -> None:
         current = vcpu.get_one_reg(reg_id)
         if current == value:
             return
-        raise UsageProblem(
+        raise HostUnsupported(
             f"this host cannot present the snapshot's {regs.name(reg_id)} "
             f"({int.from_bytes(value, 'little'):#x}; host has {int.from_bytes(current, 'little'):#x}, "
             f"{e.strerror})", "restore on a host with the same CPU features") from None

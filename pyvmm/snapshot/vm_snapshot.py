@@ -1,5 +1,5 @@
-"""Snapshot and restore of a bare-metal VM (:class:`pyvmm.baremetal.BareMetal`):
-machine configuration, every vCPU, guest memory.
+"""Snapshot and restore of a bare-metal VM (:class:`pyvmm.machine.baremetal.BareMetal`),
+with its configuration, its vCPU and its memory.
 
 The machine configuration recorded (features, vector-length sets, ID
 registers, CNTFRQ) is checked against the destination before anything is
@@ -7,15 +7,14 @@ started; what cannot be restored here is refused with the reason.
 """
 from __future__ import annotations
 
-import platform
-import time
 from typing import Callable, Optional
 
-from .. import __version__, hostinfo
-from ..baremetal import BareMetal
+from .. import hostinfo
+from ..machine.baremetal import BareMetal
 from ..errors import UsageProblem
 from . import format as fmt
-from . import memory_image, vcpu_state
+from . import vcpu_state
+from .manifest import check_cntfrq, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "baremetal"
 
@@ -34,13 +33,8 @@ def take(bm: BareMetal, features, sme_bit: Optional[int] = None,
          progress: Optional[Callable[[int, int], None]] = None) -> fmt.Snapshot:
     quiesce(bm.vcpu)
     state = vcpu_state.save(bm.vcpu, features, sme_bit)
-    blobs = {f"vcpu{state.index}.regs": state.registers_blob()}
-    regions = []
-    for r in bm.mem.regions:
-        blob, stored = memory_image.pack(r.mm, progress)
-        name = f"ram{r.slot}"
-        blobs[name] = blob
-        regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+    blobs, regions = pack_ram(bm.mem, progress)
+    blobs[f"vcpu{state.index}.regs"] = state.registers_blob()
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(), "gic": None, "sme_bit": sme_bit,
@@ -48,32 +42,6 @@ def take(bm: BareMetal, features, sme_bit: Optional[int] = None,
         "vcpus": [state.to_json()],
     })
     return fmt.Snapshot(manifest, blobs)
-
-
-def check_cntfrq(saved: int) -> int:
-    """This host's CNTFRQ_EL0, refusing a snapshot taken at another frequency
-    (the guest's counters and timer deadlines would run at a different pace)."""
-    host = hostinfo.cntfrq()
-    if host != saved:
-        raise UsageProblem(f"CNTFRQ differs: snapshot {saved} Hz, this host {host} Hz",
-                           "restore on a host whose timer runs at the same frequency")
-    return host
-
-
-def header(kind: str) -> dict:
-    """The manifest keys every snapshot kind starts with."""
-    return {"kind": kind, "created_by": f"pyvmm {__version__}", "created_at_ns": time.time_ns(),
-            "host": {"machine": platform.machine(), "kernel": platform.release()}}
-
-
-def vcpu_states(snap: fmt.Snapshot):
-    out = []
-    for meta in snap.manifest.get("vcpus", []):
-        try:
-            out.append(vcpu_state.VcpuState.from_json(meta, snap.blobs[f"vcpu{meta['index']}.regs"]))
-        except (KeyError, ValueError) as e:
-            raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e})") from None
-    return out
 
 
 def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
@@ -93,13 +61,7 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
         host_cntfrq = check_cntfrq(int(machine["cntfrq"]))
         vcpu_state.restore(bm.vcpu, states[0], clock=clock, cntfrq=host_cntfrq,
                            sme_bit=machine.get("sme_bit"))
-        mem = bm.mem
-        base = mem.regions[0].gpa
-        try:
-            memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
-                                     lambda off, page: mem.write(base + off, page))
-        except (KeyError, ValueError) as e:
-            raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None
+        unpack_ram(snap, region, bm.mem)
         return bm
     except BaseException:
         bm.close()

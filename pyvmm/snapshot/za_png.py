@@ -16,11 +16,11 @@ from typing import List, Tuple
 
 import png
 
-from .. import regs
+from ..arm64 import regs
 from ..errors import PyvmmError
 from . import format as fmt
-from .vcpu_state import SVCR_ZA
-from .vm_snapshot import vcpu_states
+from ..arm64.vec import SVCR_ZA, vl_bytes
+from .manifest import vcpu_states
 
 SEPARATOR = (255, 0, 0)
 PADDING = (0, 0, 96)
@@ -49,7 +49,7 @@ def za_tiles(snap: fmt.Snapshot) -> List[ZaTile]:
             if d.kind == "sme_za" and d.slice == 0:
                 rows[d.index] = value
         # SVL is the vCPU's largest SME vector length; without the set, the row count says it.
-        nbytes = 16 * max(state.sme_vls) if state.sme_vls else len(rows)
+        nbytes = vl_bytes(state.sme_vls) if state.sme_vls else len(rows)
         missing = [n for n in range(nbytes) if n not in rows]
         if nbytes == 0 or missing or len(rows) != nbytes:
             raise fmt.SnapshotError(

@@ -7,7 +7,9 @@ from click.testing import CliRunner
 
 from pyvmm.cli import cli
 from pyvmm.commands import abi_check as cmd
-from test_sme_fake import FakeKvm, fake_syscalls  # noqa: F401 (autouse fixture)
+from support.fake_kvm import FakeKvm
+
+pytestmark = pytest.mark.usefixtures("fake_syscalls")  # FakeKvm vCPUs go through the fd layer
 
 
 def _invoke(monkeypatch, args, **kw):
@@ -70,7 +72,7 @@ def test_restore_plan_refuses_svcr_for_sve_only():
 
 def test_restore_plan_from_saved_state(tmp_path):
     from pyvmm import sme, vecstate
-    from test_sme_fake import SME_BIT
+    from support.fake_kvm import SME_BIT
 
     v = FakeKvm().create_vm().create_vcpu(0)
     sme.configure_vcpu(v, SME_BIT, None, 512)
@@ -85,7 +87,7 @@ def test_restore_plan_from_saved_state(tmp_path):
 
 
 def test_plan_command_configs_match_the_planner():
-    from pyvmm import restore_plan
+    from pyvmm.arm64 import restore_plan
     from pyvmm.commands import plan
 
-    assert plan.CONFIGS == restore_plan.CONFIGS
+    assert plan.CONFIGS is restore_plan.CONFIGS  # one definition (pyvmm.arm64.vec)

@@ -4,7 +4,9 @@ deviations are caught, and a kernel without SME is reported as such."""
 import pytest
 
 from pyvmm import abi_check
-from test_sme_fake import SME_BIT, FakeKvm, fake_syscalls  # noqa: F401 (autouse fixture)
+from support.fake_kvm import SME_BIT, FakeKvm
+
+pytestmark = pytest.mark.usefixtures("fake_syscalls")  # FakeKvm vCPUs go through the fd layer
 
 
 def _run(**kw):

@@ -1,4 +1,4 @@
-"""The control socket's server and client (pyvmm/control.py) with a fake
+"""The control socket's server and client (pyvmm/control/channel.py) with a fake
 handler: pure socket logic, no VM."""
 import os
 import socket

@@ -17,9 +17,9 @@ from pyvmm.devices import virtqueue as vq
 from pyvmm.devices.virtio_console import VirtioConsole
 from pyvmm.errors import UsageProblem
 
-from test_uart import make as make_uart
-from test_virtio import QSIZE, RAM, RAM_SIZE, REGS, Driver, blk_request
-import test_virtqueue as tvq
+from support.uart import make_uart
+from support.virtio_driver import QSIZE, RAM, RAM_SIZE, REGS, Driver, blk_request
+from support import virtqueue_ring as tvq
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -467,7 +467,7 @@ def _console_state(**changes):
     ({"level": True}, r"line level 1 does not match interrupt status 0x0"),
     ({"error": "broken"}, r"error 'broken' does not match status"),
     ({"error": 5}, r"'error' must be a string or null"),
-    ({"queues": [{}]}, r"'queues' has 1 entries, this device has 2"),
+    ({"queues": [{}]}, r"'queues' has 1 entries, expected 2"),
     ({"queues": "none"}, r"'queues' must be a list"),
     ({"backend": []}, r"'backend' must be a JSON object"),
     ({"backend.pending": "%%%"}, r"virtio-console state: 'pending' is not valid base64"),

@@ -1,5 +1,5 @@
 """vGICv3 save/restore logic without KVM: attr encodings, the dict's shape,
-restore order and the refusals. The device is FakeVgicDevice, a recording
+restore order and the refusals. The device is support.fake_vgic's recording
 stand-in for the KVM device fd (pure logic only; tests/kvm/test_gic_state.py
 runs the same code against the real in-kernel vGIC)."""
 import errno
@@ -7,9 +7,12 @@ import json
 
 import pytest
 
-from pyvmm import gic, regs
+from pyvmm.machine import gic, gic_regs
+from pyvmm.arm64 import regs
 from pyvmm._ffi import const
-from pyvmm.errors import KvmError, UsageProblem
+from pyvmm.errors import HostUnsupported, KvmError, UsageProblem
+from support.fake_kvm import FakeKvm
+from support.fake_vgic import FakeVgicDevice
 
 DIST = const("KVM_DEV_ARM_VGIC_GRP_DIST_REGS")
 REDIST = const("KVM_DEV_ARM_VGIC_GRP_REDIST_REGS")
@@ -18,63 +21,12 @@ LEVEL = const("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO")
 NR_IRQS_GRP = const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS")
 
 MPIDRS = [0x8000_0000, 0x8000_0001]
-PRI5 = 4 << 8  # ICC_CTLR_EL1.PRIbits = 5 priority bits - 1
-
-
-class FakeVgicDevice:
-    """Records every get/set; a set stores the value, a get returns the last
-    value stored under (group, attr) or a distinct seed derived from it."""
-
-    def __init__(self, icc_ctlr=PRI5):
-        self.nr_irqs = None  # set by VgicV3.__init__ (GRP_NR_IRQS)
-        self.icc_ctlr = icc_ctlr
-        self.busy = False
-        self.values = {}
-        self.log = []  # ("get"|"set", group, attr, value)
-
-    def _seed(self, group, attr):
-        if group == SYSREGS and attr & 0xFFFF == gic.sysreg_instr("ICC_CTLR_EL1"):
-            return self.icc_ctlr
-        return (group * 0x9E3779B1 + attr * 0x85EBCA77) & 0xFFFFFFFF
-
-    def set_device_attr(self, group, attr, value=None, ctype="uint64_t"):
-        if self.busy and group != NR_IRQS_GRP:
-            raise KvmError(errno.EBUSY, "KVM_SET_DEVICE_ATTR", "vgic-v3")
-        if group == NR_IRQS_GRP:
-            self.nr_irqs = value
-        self.log.append(("set", group, attr, value))
-        self.values[(group, attr)] = value
-
-    def get_device_attr(self, group, attr, ctype="uint64_t"):
-        if group == NR_IRQS_GRP:
-            return self.nr_irqs
-        if self.busy:
-            raise KvmError(errno.EBUSY, "KVM_GET_DEVICE_ATTR", "vgic-v3")
-        value = self.values.get((group, attr), self._seed(group, attr))
-        self.log.append(("get", group, attr, value))
-        return value
-
-    def writes(self):
-        return [(g, a, v) for op, g, a, v in self.log if op == "set" and g != NR_IRQS_GRP
-                and g != const("KVM_DEV_ARM_VGIC_GRP_ADDR")]
-
-    def close(self):
-        pass
-
-
-class FakeVm:
-    def __init__(self, device):
-        self.device = device
-
-    def create_device(self, dev_type):
-        assert dev_type == const("KVM_DEV_TYPE_ARM_VGIC_V3")
-        return self.device
 
 
 def _gic(ncpus=2, nr_irqs=None, busy=False, **kw):
     dev = FakeVgicDevice(**kw)
-    vgic = gic.VgicV3(FakeVm(dev), ncpus)
-    assert dev.nr_irqs == gic.NR_IRQS
+    vgic = gic.VgicV3(FakeKvm(vgic=dev).create_vm(), ncpus)
+    assert dev.nr_irqs == gic_regs.NR_IRQS
     if nr_irqs is not None:
         dev.nr_irqs = nr_irqs  # as if the vGIC had been sized differently
     dev.busy = busy
@@ -84,32 +36,32 @@ def _gic(ncpus=2, nr_irqs=None, busy=False, **kw):
 # -- attr encodings ------------------------------------------------------------------
 def test_mpidr_affinity_moves_aff3_next_to_aff2():
     mpidr = (0x44 << 32) | 0x8000_0000 | 0x33_22_11
-    assert gic.mpidr_affinity(mpidr) == 0x44_33_22_11
-    assert gic.mpidr_affinity(0x8000_0001) == 1  # RES1 bit 31 and U/MT are not affinity
+    assert gic_regs.mpidr_affinity(mpidr) == 0x44_33_22_11
+    assert gic_regs.mpidr_affinity(0x8000_0001) == 1  # RES1 bit 31 and U/MT are not affinity
 
 
 def test_redist_and_level_attrs_carry_the_affinity_in_the_upper_word():
     m = (0x44 << 32) | 0x33_22_11
-    assert gic.redist_attr(m, gic.GICR_ISPENDR0) == (0x44332211 << 32) | 0x10200
-    assert gic.dist_attr(gic.GICD_IROUTER + 8 * 40) == 0x6140
-    assert gic.line_level_attr(0x8000_0001, 64) == (1 << 32) | (0 << 10) | 64
+    assert gic_regs.redist_attr(m, gic_regs.GICR_ISPENDR0) == (0x44332211 << 32) | 0x10200
+    assert gic_regs.dist_attr(gic_regs.GICD_IROUTER + 8 * 40) == 0x6140
+    assert gic_regs.line_level_attr(0x8000_0001, 64) == (1 << 32) | (0 << 10) | 64
     with pytest.raises(ValueError):
-        gic.line_level_attr(0, 40)
+        gic_regs.line_level_attr(0, 40)
     with pytest.raises(ValueError):
-        gic.line_level_attr(0, 1024)
+        gic_regs.line_level_attr(0, 1024)
 
 
 def test_sysreg_instr_is_the_low_16_bits_of_the_one_reg_sysreg_id():
-    for name, enc in gic.ICC_SYSREGS.items():
-        assert gic.sysreg_instr(name) == regs.sysreg(*enc) & 0xFFFF, name
-    assert gic.sysreg_instr("ICC_PMR_EL1") == 0xC230
-    assert gic.sysreg_instr("ICC_IGRPEN1_EL1") == 0xC667
-    assert gic.sysreg_attr(0x8000_0001, "ICC_CTLR_EL1") == (1 << 32) | 0xC664
+    for name, enc in gic_regs.ICC_SYSREGS.items():
+        assert gic_regs.sysreg_instr(name) == regs.sysreg(*enc) & 0xFFFF, name
+    assert gic_regs.sysreg_instr("ICC_PMR_EL1") == 0xC230
+    assert gic_regs.sysreg_instr("ICC_IGRPEN1_EL1") == 0xC667
+    assert gic_regs.sysreg_attr(0x8000_0001, "ICC_CTLR_EL1") == (1 << 32) | 0xC664
 
 
 @pytest.mark.parametrize("pri_bits,n", [(5, 1), (6, 2), (7, 4), (4, 1)])
 def test_apr_count_follows_icc_ctlr_pribits(pri_bits, n):
-    assert gic.apr_count(((pri_bits - 1) << 8) | (1 << 11) | 2) == n  # IDbits, CBPR set too
+    assert gic_regs.apr_count(((pri_bits - 1) << 8) | (1 << 11) | 2) == n  # IDbits, CBPR set too
 
 
 # -- save ---------------------------------------------------------------------------
@@ -117,7 +69,7 @@ def test_save_is_json_serialisable_and_sized_by_nr_irqs():
     g, dev = _gic()
     state = g.save(MPIDRS)
     assert json.loads(json.dumps(state)) == state
-    assert state["format"] == gic.STATE_FORMAT
+    assert state["format"] == gic_regs.STATE_FORMAT
     assert (state["nr_irqs"], state["nr_vcpus"], state["mpidrs"]) == (128, 2, MPIDRS)
     d = state["dist"]
     assert [len(d[n]) for n in ("IGROUPR", "ISENABLER", "ISPENDR", "ISACTIVER", "IGRPMODR")] == [3] * 5
@@ -176,33 +128,33 @@ def test_restore_order_follows_the_kernel_rules():
         idx.setdefault((g_, a), []).append(i)
     first = lambda g_, a: idx[(g_, a)][0]  # noqa: E731
 
-    assert w[0][:2] == (DIST, gic.GICD_IIDR)  # IIDR before anything else
+    assert w[0][:2] == (DIST, gic_regs.GICD_IIDR)  # IIDR before anything else
     # the distributor enable right after IIDR: pending state written while it is off is never queued
-    assert w[1][:2] == (DIST, gic.GICD_CTLR)
+    assert w[1][:2] == (DIST, gic_regs.GICD_CTLR)
     # ICPENDR is RAZ/WI from userspace: never written.
-    assert not [x for x in w if x[0] == DIST and gic.GICD_ICPENDR <= x[1] < gic.GICD_ICPENDR + 0x80]
-    assert not [x for x in w if x[0] == REDIST and x[1] & 0xFFFFFFFF == gic.GICR_ICPENDR0]
+    assert not [x for x in w if x[0] == DIST and gic_regs.GICD_ICPENDR <= x[1] < gic_regs.GICD_ICPENDR + 0x80]
+    assert not [x for x in w if x[0] == REDIST and x[1] & 0xFFFFFFFF == gic_regs.GICR_ICPENDR0]
     # SPI 32..63: route, config, priority, line level before the pending latch.
-    spend = first(DIST, gic.GICD_ISPENDR + 4)
-    for off in (gic.GICD_IROUTER + 8 * 32, gic.GICD_ICFGR + 8, gic.GICD_IPRIORITYR + 32, gic.GICD_IGROUPR + 4):
+    spend = first(DIST, gic_regs.GICD_ISPENDR + 4)
+    for off in (gic_regs.GICD_IROUTER + 8 * 32, gic_regs.GICD_ICFGR + 8, gic_regs.GICD_IPRIORITYR + 32, gic_regs.GICD_IGROUPR + 4):
         assert first(DIST, off) < spend, hex(off)
-    assert first(LEVEL, gic.line_level_attr(MPIDRS[0], 32)) < spend
+    assert first(LEVEL, gic_regs.line_level_attr(MPIDRS[0], 32)) < spend
     # Enable/active: clear the complement, then set.
-    ce, se = first(DIST, gic.GICD_ICENABLER + 4), first(DIST, gic.GICD_ISENABLER + 4)
+    ce, se = first(DIST, gic_regs.GICD_ICENABLER + 4), first(DIST, gic_regs.GICD_ISENABLER + 4)
     assert ce < se and w[ce][2] == ~state["dist"]["ISENABLER"][0] & 0xFFFFFFFF
     assert w[se][2] == state["dist"]["ISENABLER"][0]
     # Redistributor of vCPU 1: config before pending, pending latch as saved.
-    m1 = gic.mpidr_affinity(MPIDRS[1]) << 32
-    rp = first(REDIST, m1 | gic.GICR_ISPENDR0)
-    assert first(REDIST, m1 | (gic.GICR_ICFGR0 + 4)) < rp
+    m1 = gic_regs.mpidr_affinity(MPIDRS[1]) << 32
+    rp = first(REDIST, m1 | gic_regs.GICR_ISPENDR0)
+    assert first(REDIST, m1 | (gic_regs.GICR_ICFGR0 + 4)) < rp
     assert w[rp][2] == state["redist"][1]["ISPENDR0"][0]
     # CPU interface: SRE, then CTLR before the APRs and BPR1.
     sysw = [a & 0xFFFF for g_, a, _ in w if g_ == SYSREGS and a >> 32 == 1]
-    assert sysw[0] == gic.sysreg_instr("ICC_SRE_EL1")
-    ctlr = sysw.index(gic.sysreg_instr("ICC_CTLR_EL1"))
-    assert ctlr < sysw.index(gic.sysreg_instr("ICC_BPR1_EL1"))
-    assert ctlr < sysw.index(gic.sysreg_instr("ICC_AP0R0_EL1"))
-    assert gic.sysreg_instr("ICC_AP0R1_EL1") not in sysw  # 5 priority bits: one APR
+    assert sysw[0] == gic_regs.sysreg_instr("ICC_SRE_EL1")
+    ctlr = sysw.index(gic_regs.sysreg_instr("ICC_CTLR_EL1"))
+    assert ctlr < sysw.index(gic_regs.sysreg_instr("ICC_BPR1_EL1"))
+    assert ctlr < sysw.index(gic_regs.sysreg_instr("ICC_AP0R0_EL1"))
+    assert gic_regs.sysreg_instr("ICC_AP0R1_EL1") not in sysw  # 5 priority bits: one APR
 
 
 def _refusal(mutate, nr_irqs=128, ncpus=2, mpidrs=MPIDRS):
@@ -229,19 +181,27 @@ def test_restore_refuses_a_different_vcpu_count():
 
 
 def test_restore_refuses_missing_keys():
-    assert "lacks cpu" in _refusal(lambda s: s.pop("cpu"))
-    assert "redist[1] lacks ISPENDR0" in _refusal(lambda s: s["redist"][1].pop("ISPENDR0"))
-    assert "dist lacks IROUTER" in _refusal(lambda s: s["dist"].pop("IROUTER"))
+    assert "vGIC state lacks 'cpu'" in _refusal(lambda s: s.pop("cpu"))
+    assert "vGIC redist[1] state lacks 'ISPENDR0'" in _refusal(lambda s: s["redist"][1].pop("ISPENDR0"))
+    assert "vGIC dist state lacks 'IROUTER'" in _refusal(lambda s: s["dist"].pop("IROUTER"))
+
+
+def test_restore_refuses_unknown_keys_and_newer_versions():
+    assert "vGIC cpu[0] state has unknown fields 'ICC_X'" in _refusal(lambda s: s["cpu"][0].__setitem__("ICC_X", 1))
+    assert "vGIC state is version 2, this pyvmm reads up to 1" in _refusal(lambda s: s.__setitem__("version", 2))
 
 
 def test_restore_refuses_malformed_values():
-    assert "dist.IPRIORITYR has 23 entries, expected 24" in _refusal(lambda s: s["dist"]["IPRIORITYR"].pop())
-    assert "line_level[0] is not a 32-bit" in _refusal(lambda s: s["line_level"].__setitem__(0, 1 << 32))
-    assert "cpu[0].ICC_PMR_EL1 is not a 64-bit" in _refusal(lambda s: s["cpu"][0].__setitem__("ICC_PMR_EL1", "0xf0"))
+    assert "vGIC dist state: 'IPRIORITYR' has 23 entries, expected 24" in _refusal(
+        lambda s: s["dist"]["IPRIORITYR"].pop())
+    assert "line_level[0] must be a 32-bit unsigned integer" in _refusal(
+        lambda s: s["line_level"].__setitem__(0, 1 << 32))
+    assert "vGIC cpu[0] state: 'ICC_PMR_EL1' must be an integer" in _refusal(
+        lambda s: s["cpu"][0].__setitem__("ICC_PMR_EL1", "0xf0"))
     assert "format is 'other'" in _refusal(lambda s: s.__setitem__("format", "other"))
-    assert "is a list, not a dict" in _refusal(lambda s: s.__setitem__("dist", []))
+    assert "vGIC dist state is not a JSON object (got list)" in _refusal(lambda s: s.__setitem__("dist", []))
     # APR count must match the saved PRIbits.
-    assert "cpu[1].ICC_AP0R has 1 entries, expected 4" in _refusal(
+    assert "vGIC cpu[1] state: 'ICC_AP0R' has 1 entries, expected 4" in _refusal(
         lambda s: s["cpu"][1].__setitem__("ICC_CTLR_EL1", 6 << 8))
 
 
@@ -253,11 +213,11 @@ def test_restore_refuses_other_mpidrs():
 
 def test_restore_refuses_a_non_dict():
     dst, _ = _gic()
-    with pytest.raises(UsageProblem, match="the state is a list, not a dict"):
+    with pytest.raises(UsageProblem, match="vGIC state is not a JSON object"):
         dst.restore([], MPIDRS)
 
 
-def test_restore_turns_an_iidr_the_host_lacks_into_a_usage_problem():
+def test_restore_turns_an_iidr_the_host_lacks_into_a_host_refusal():
     src, _ = _gic()
     state = src.save(MPIDRS)
     dst, dev = _gic()
@@ -266,5 +226,5 @@ def test_restore_turns_an_iidr_the_host_lacks_into_a_usage_problem():
         raise KvmError(errno.EINVAL, "KVM_SET_DEVICE_ATTR", "vgic-v3")
 
     dev.set_device_attr = refuse
-    with pytest.raises(UsageProblem, match="does not implement the saved GICD_IIDR"):
+    with pytest.raises(HostUnsupported, match="does not implement the saved GICD_IIDR"):
         dst.restore(state, MPIDRS)

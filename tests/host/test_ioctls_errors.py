@@ -1,6 +1,5 @@
 """Request numbers, errors and the CLI's failure behaviour, on any host."""
 import errno
-import json
 import os
 import platform
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import pytest
 
 from pyvmm import sme
-from pyvmm.errors import KvmError, PyvmmError, UsageProblem
+from pyvmm.errors import HostUnsupported, KvmError, PyvmmError, UsageProblem
 from pyvmm.ioctls import REQUESTS
 
 # ABI page §1.
@@ -39,10 +38,11 @@ def test_impossible_vector_lengths_are_usage_errors(bad):
     assert info.value.exit_status == 2
 
 
-def test_vl_not_offered_lists_the_offered_ones():
-    with pytest.raises(UsageProblem) as info:
+def test_vl_not_offered_lists_the_offered_ones_and_is_a_runtime_condition():
+    with pytest.raises(HostUnsupported) as info:
         sme.choose_vqs([1, 2, 4], 384, "SVE vector length")
     assert "128, 256, 512" in str(info.value)
+    assert info.value.exit_status == 1  # a well-formed length this host lacks: not a usage error
     assert sme.choose_vqs([1, 2, 4, 8], 512, "SVE vector length") == [1, 2, 4]
 
 

@@ -1,52 +1,55 @@
-"""Machine.pause/resume's clock hold, with fake vCPUs (pure logic: no VM,
-no threads): the counters read at the pause are written back on resume."""
-from pyvmm import regs
+"""Machine.pause/resume's clock hold, with the fake kernel's vCPUs (pure
+logic: no VM, no threads): the counters read at the pause are written back on resume."""
+from pyvmm.arm64 import regs
 from pyvmm.machine import Machine, MachineConfig
+from support.fake_kvm import FakeKvm
 
 CNTVCT, CNTPCT = regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0")
 
 
-class FakeVcpu:
-    """Counters that run on by themselves, and a log of writes."""
-    run_struct = None
-
-    def __init__(self):
-        self.now = 1000
-        self.writes = []
-
-    def get_reg(self, reg):
-        return {CNTVCT: self.now, CNTPCT: self.now + 5}[reg]
-
-    def set_reg(self, reg, value):
-        self.writes.append((reg, value))
-
-
 def _machine(hide=True):
+    """A machine with two vCPUs of the fake kernel whose counters read 1000
+    (CNTVCT) and 1005 (CNTPCT); no VM, no threads."""
     m = Machine(None, MachineConfig(), None, lambda data: None)
-    m.vcpus = [FakeVcpu(), FakeVcpu()]
+    vm = FakeKvm().create_vm()
+    m.vcpus = [vm.create_vcpu(0), vm.create_vcpu(1)]
+    for v in m.vcpus:
+        v.set_reg(CNTVCT, 1000)
+        v.set_reg(CNTPCT, 1005)
     m.hide_pauses = hide
     return m
+
+
+def _time_passes(m, ticks):
+    for v in m.vcpus:
+        v.set_reg(CNTVCT, v.get_reg(CNTVCT) + ticks)
+        v.set_reg(CNTPCT, v.get_reg(CNTPCT) + ticks)
+
+
+def _counters(m):
+    return [(v.get_reg(CNTVCT), v.get_reg(CNTPCT)) for v in m.vcpus]
 
 
 def test_resume_puts_the_counters_back_where_the_pause_found_them():
     m = _machine()
     m.request_pause()
     m.freeze_clock()
-    for v in m.vcpus:
-        v.now += 10_000  # time passes while paused
+    _time_passes(m, 10_000)
     m.resume()
     assert not m.paused
-    for v in m.vcpus:
-        assert v.writes == [(CNTVCT, 1000), (CNTPCT, 1005)]
+    assert _counters(m) == [(1000, 1005), (1000, 1005)]
+    _time_passes(m, 500)
     m.request_pause()  # a second pause reads the counters again
     m.freeze_clock()
+    _time_passes(m, 7)
     m.resume()
-    assert m.vcpus[0].writes[-2:] == [(CNTVCT, 11_000), (CNTPCT, 11_005)]
+    assert _counters(m) == [(1500, 1505), (1500, 1505)]
 
 
 def test_keep_lets_the_counters_run_through_a_pause():
     m = _machine(hide=False)
     m.request_pause()
     m.freeze_clock()
+    _time_passes(m, 10_000)
     m.resume()
-    assert all(v.writes == [] for v in m.vcpus)
+    assert _counters(m) == [(11_000, 11_005), (11_000, 11_005)]

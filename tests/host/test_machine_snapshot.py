@@ -4,14 +4,11 @@ before it ever touches KVM for these)."""
 import pytest
 
 from pyvmm import hostinfo
-from pyvmm.errors import UsageProblem
+from pyvmm.errors import HostUnsupported, UsageProblem
 from pyvmm.machine import DiskSpec, MachineConfig
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot as ms
-
-
-class FakeKvm:
-    path = "/dev/kvm"
+from support.fake_kvm import FakeKvm
 
 
 def _snap(**machine_overrides):
@@ -32,14 +29,15 @@ def test_config_round_trip():
     assert back == c
 
 
-@pytest.mark.parametrize("change,match", [
-    ({"gic": {"model": "gicv2", "state": {}}}, "gicv2"),
-    ({"cntfrq": 1}, "CNTFRQ differs"),
+@pytest.mark.parametrize("change,match,error,status", [
+    ({"gic": {"model": "gicv2", "state": {}}}, "gicv2", UsageProblem, 2),
+    ({"cntfrq": 1}, "CNTFRQ differs", HostUnsupported, 1),  # this host's timer cannot run at the saved rate
 ])
-def test_refusals(monkeypatch, change, match):
+def test_refusals(monkeypatch, change, match, error, status):
     monkeypatch.setattr(hostinfo, "cntfrq", lambda: 62_500_000)
-    with pytest.raises(UsageProblem, match=match):
+    with pytest.raises(error, match=match) as e:
         ms.check(FakeKvm(), _snap(**change))
+    assert e.value.exit_status == status
 
 
 def test_wrong_kind_and_invalid_config(monkeypatch):
@@ -73,7 +71,7 @@ def test_timer_ppi_levels_are_left_to_the_timers():
 
 
 def test_config_round_trip_with_data_planes_and_old_snapshots():
-    from pyvmm.devspec import NetSpec, VsockSpec
+    from pyvmm.machine.devspec import NetSpec, VsockSpec
 
     c = MachineConfig(kernel="/k/Image", nets=[NetSpec("pv0", "52:54:00:00:00:09")], vsock=VsockSpec(9), rng=False)
     assert ms.config_from_json(ms.config_to_json(c)) == c

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from pyvmm import devspec
+from pyvmm.machine import devspec
 from pyvmm.devices import virtio_mmio as T
 from pyvmm.devices import virtio_net as N
 from pyvmm.devices.vhost_backend import RING_FEATURES
@@ -206,9 +206,7 @@ class FakeIo:
 
 
 def test_python_backend_moves_frames_both_ways():
-    import sys
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__)))
-    from test_virtio import Driver
+    from support.virtio_driver import Driver
 
     tap = DgramTap()
     net = N.VirtioNetPython(tap, N.parse_mac("52:54:00:00:00:05"))

@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pyvmm import regs, sysregs
+from pyvmm.arm64 import regs, sysregs
 
 # ABI page §9 (SVL = 256 bits) and §3.
 WORKED = {

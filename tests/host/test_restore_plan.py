@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from pyvmm import regs, restore_plan as rp
+from pyvmm.arm64 import regs, restore_plan as rp
 from pyvmm.errors import UsageProblem
 
 STATES = list(itertools.product((0, 1), (0, 1)))
@@ -12,7 +12,7 @@ COMBOS = [(c, sm, za) for c in ("sve+sme", "sme") for sm, za in STATES] + [("sve
 
 
 def _plan(config, sm, za, fresh=True, **kw):
-    return rp.plan(rp.shape_for(config, sm, za, svl_bits=kw.pop("svl", 512),
+    return rp.plan(rp.VecShape.from_options(config, sm, za, svl_bits=kw.pop("svl", 512),
                                 sve_vl_bits=kw.pop("vl", 256), sme_bit=10, **kw), fresh=fresh)
 
 

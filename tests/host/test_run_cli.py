@@ -10,7 +10,7 @@ from pyvmm.cli import cli
 from pyvmm.commands.run import parse_disk
 from pyvmm.machine import MachineConfig, full_cmdline
 
-from test_image import make_image
+from support.image import make_image
 
 
 @pytest.fixture
@@ -104,12 +104,36 @@ def test_cmdline_gets_a_console():
 def test_a_vector_length_the_host_does_not_offer_is_refused_with_the_offered_list():
     # The same call pyvmm run makes after reading SVE_VLS (the test machine offers
     # every length 128..2048, so the refusal is checked here with a host that does not).
-    from pyvmm.errors import UsageProblem
+    from pyvmm.errors import HostUnsupported
     from pyvmm.sme import choose_vqs
 
-    with pytest.raises(UsageProblem) as e:
+    with pytest.raises(HostUnsupported) as e:
         choose_vqs([1, 2, 4], 384, "--sve-max-vl")
     msg = str(e.value)
     assert "--sve-max-vl 384 bits is not offered by this host" in msg and "128, 256, 512" in msg
-    assert "\n" not in msg and e.value.exit_status == 2
+    assert "\n" not in msg and e.value.exit_status == 1  # the host cannot, the option is well formed
     assert choose_vqs([1, 2, 3, 4], 384, "--sve-max-vl") == [1, 2, 3]
+
+
+def test_the_readme_exit_status_table_is_what_pyvmm_returns():
+    import os
+    import re
+
+    from pyvmm.errors import GuestError, HostUnsupported, KvmError, UsageProblem
+    from pyvmm.machine import ExitStatus
+    from pyvmm.snapshot.format import SnapshotError
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md"), encoding="utf-8").read()
+    table = readme[readme.index("<!-- exit-status:"):].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines()[3:]:
+        status, when = [c.strip() for c in line.strip("|").split("|")]
+        for s in status.split(" / "):
+            rows[int(s)] = when
+    assert sorted(rows) == [0, 1, 2, 3, 4, 130, 143]
+    for cls in (HostUnsupported, KvmError, GuestError, SnapshotError):
+        assert cls.exit_status == 1 and cls.__name__ in rows[1]
+    assert UsageProblem.exit_status == 2 and "UsageProblem" in rows[2]
+    assert {int(s) for s in ExitStatus} == set(rows)
+    assert re.search(r"vector length the host does not offer", rows[1])
+    assert "not a multiple of 128" in rows[2]

@@ -10,7 +10,7 @@ import time
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import memory_image, vcpu_state
 

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from pyvmm import regs, sysregs
+from pyvmm.arm64 import regs, sysregs
 from pyvmm._ffi import ffi
 from pyvmm.ioctls import REQUESTS
 

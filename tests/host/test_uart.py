@@ -2,12 +2,7 @@
 from hypothesis import given, settings, strategies as st
 
 from pyvmm.devices import pl011 as P
-
-
-def make():
-    levels, out = [], []
-    u = P.Pl011(0x9000000, 1, levels.append, out.append)
-    return u, levels, out
+from support.uart import make_uart
 
 
 def r32(u, off):
@@ -19,13 +14,13 @@ def w32(u, off, v):
 
 
 def test_primecell_ids():
-    u, _, _ = make()
+    u, _, _ = make_uart()
     ids = [r32(u, 0xFE0 + 4 * i) for i in range(8)]
     assert ids == [0x11, 0x10, 0x34, 0x00, 0x0D, 0xF0, 0x05, 0xB1]
 
 
 def test_transmit_goes_out_and_fifo_is_always_empty():
-    u, _, out = make()
+    u, _, out = make_uart()
     for ch in b"hi\n":
         assert r32(u, P.FR) & P.FR_TXFE and not r32(u, P.FR) & P.FR_TXFF
         w32(u, P.DR, ch)
@@ -33,7 +28,7 @@ def test_transmit_goes_out_and_fifo_is_always_empty():
 
 
 def test_receive_waits_for_the_driver_then_interrupts():
-    u, levels, _ = make()
+    u, levels, _ = make_uart()
     assert r32(u, P.FR) & P.FR_RXFE
     assert u.receive(b"ab") == 0  # the port is not open yet: the host keeps it
     w32(u, P.IMSC, P.INT_RX | P.INT_RT)
@@ -48,7 +43,7 @@ def test_receive_waits_for_the_driver_then_interrupts():
 
 
 def test_tx_interrupt_and_clear():
-    u, levels, _ = make()
+    u, levels, _ = make_uart()
     w32(u, P.IMSC, P.INT_TX)
     w32(u, P.DR, ord("x"))
     assert levels == [True] and r32(u, P.RIS) & P.INT_TX
@@ -57,7 +52,7 @@ def test_tx_interrupt_and_clear():
 
 
 def test_control_registers_keep_values():
-    u, _, _ = make()
+    u, _, _ = make_uart()
     assert r32(u, P.CR) == 0x300 and r32(u, P.IFLS) == 0x12
     for off, v in ((P.IBRD, 13), (P.FBRD, 1), (P.LCR_H, 0x70), (P.CR, 0x301)):
         w32(u, off, v)
@@ -66,7 +61,7 @@ def test_control_registers_keep_values():
 
 
 def test_input_queue_is_bounded():
-    u, _, _ = make()
+    u, _, _ = make_uart()
     w32(u, P.IMSC, P.INT_RX)
     assert u.receive(bytes(P.RX_QUEUE_MAX + 10)) == P.RX_QUEUE_MAX
     assert u.receive(b"x") == 0
@@ -76,7 +71,7 @@ def test_input_queue_is_bounded():
 @given(st.lists(st.tuples(st.sampled_from(["r", "w", "in"]), st.integers(0, 0xFFF), st.integers(0, 0xFFFFFFFF)),
                 max_size=40))
 def test_any_access_sequence_keeps_the_line_consistent(ops):
-    u, levels, _ = make()
+    u, levels, _ = make_uart()
     for kind, off, val in ops:
         off &= ~3
         if kind == "r":
@@ -92,7 +87,7 @@ def test_any_access_sequence_keeps_the_line_consistent(ops):
 
 
 def test_fifo_reports_full_once_per_burst():
-    u, _, out = make()
+    u, _, out = make_uart()
     for i in range(P.TX_BURST):
         assert not r32(u, P.FR) & P.FR_TXFF
         w32(u, P.DR, 0x41)

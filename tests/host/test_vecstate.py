@@ -6,9 +6,12 @@ import json
 
 import pytest
 
-from pyvmm import regs, sme, vecstate
+from pyvmm.arm64 import regs
+from pyvmm import sme, vecstate
 from pyvmm.errors import HostUnsupported, KvmError, UsageProblem
-from test_sme_fake import SME_BIT, FakeKvm, fake_syscalls  # noqa: F401 (autouse fixture)
+from support.fake_kvm import SME_BIT, FakeKvm
+
+pytestmark = pytest.mark.usefixtures("fake_syscalls")  # FakeKvm vCPUs go through the fd layer
 
 SVLS = [16 * q for q in range(1, 17)]  # SVL in bytes, 128..2048 bits
 
@@ -270,9 +273,9 @@ def test_configure_vcpu_sme_without_sve():
 
 def test_configure_vcpu_refuses_unoffered_length_with_the_list():
     v = FakeKvm(sme_vqs=(1, 2, 4)).create_vm().create_vcpu(0)
-    with pytest.raises(UsageProblem) as ei:
+    with pytest.raises(HostUnsupported) as ei:
         sme.configure_vcpu(v, SME_BIT, None, 384)
-    assert "128, 256, 512" in str(ei.value)
+    assert "128, 256, 512" in str(ei.value) and ei.value.exit_status == 1
 
 
 @pytest.mark.parametrize("args, kw, match", [

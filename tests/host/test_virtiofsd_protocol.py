@@ -1,6 +1,6 @@
 """pyvmm's vhost-user front-end against a real virtiofsd (no KVM needed): a
 virtio-fs device on the transport, driven by the test driver of
-test_virtio.py over shared RAM, sends FUSE_INIT through the request queue;
+tests/support/virtio_driver.py over shared RAM, sends FUSE_INIT through the request queue;
 virtiofsd answers in the used ring and signals the call eventfd. Needs
 Debian's virtiofsd (or PYVMM_VIRTIOFSD=path) and root (its chroot sandbox);
 skipped otherwise."""
@@ -15,7 +15,7 @@ from pyvmm.devices.virtio_fs import VirtioFs
 from pyvmm.memory import GuestMemory
 from pyvmm.vhost.virtiofsd import find_binary
 
-import test_virtio
+from support import virtio_driver as test_virtio
 
 pytestmark = pytest.mark.skipif(find_binary() is None or os.geteuid() != 0,
                                 reason="needs virtiofsd (Debian package virtiofsd) and root")

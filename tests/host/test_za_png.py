@@ -6,7 +6,8 @@ import png
 import pytest
 from click.testing import CliRunner
 
-from pyvmm import regs
+from pyvmm.arm64.vec import SVCR_ZA
+from pyvmm.arm64 import regs
 from pyvmm.cli import cli
 from pyvmm.errors import PyvmmError
 from pyvmm.snapshot import format as fmt
@@ -27,7 +28,7 @@ def vcpu(index, svcr, sme_vq=None):
     if sme_vq:
         sme_vls = [q for q in (1, 2, 4, 8, 16) if q <= sme_vq]
         n = 16 * sme_vq
-        if svcr & vcpu_state.SVCR_ZA:
+        if svcr & SVCR_ZA:
             registers += [(regs.sme_za_row(r), pattern(index, r, n).ljust(256, b"\0")) for r in range(n)]
     return vcpu_state.VcpuState(index, [2, SME_BIT], sme_vls=sme_vls, svcr=svcr, registers=registers,
                                 mp_state=0, events=bytes(64), saved_at_ns=1)

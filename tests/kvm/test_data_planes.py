@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from test_run_support import Running, guest_files, pyvmm
+from support.run_support import Running, guest_files, pyvmm
 
 pytestmark = pytest.mark.kvm
 
@@ -162,11 +162,11 @@ def test_net_refusals():
 
 def _vsock_initrd(tmp_path):
     from support import guestbuild
-    from test_sme_linux import _initrd_with
+    from support.guestbuild import initrd_with
 
     program = guestbuild.build_linux_program("vsock_cat")
     with open(program, "rb") as f:
-        return _initrd_with(guest_files()[1], {"vsock_cat": f.read()}, tmp_path / "initrd.gz")
+        return initrd_with(guest_files()[1], {"vsock_cat": f.read()}, tmp_path / "initrd.gz")
 
 
 def test_vsock_stream_both_ways(tmp_path):

@@ -8,7 +8,8 @@ import errno
 
 import pytest
 
-from pyvmm import caps, regs
+from pyvmm import caps
+from pyvmm.arm64 import regs
 from pyvmm._ffi import const
 from pyvmm.errors import KvmError
 from pyvmm.memory import GuestMemory

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from test_run_support import Running, guest_files, pyvmm
+from support.run_support import Running, guest_files, pyvmm
 
 pytestmark = pytest.mark.kvm
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from test_run_support import (Running, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, B_SELF, ldp_x1_x2_x0, mov64, print_then,
+from support.run_support import (Running, PSCI_SYSTEM_OFF, PSCI_SYSTEM_RESET, B_SELF, ldp_x1_x2_x0, mov64, print_then,
                         program, pyvmm)
 
 pytestmark = pytest.mark.kvm
@@ -76,7 +76,7 @@ def test_dump_dtb_passes_dtc(fw, tmp_path):
 
 
 def test_sve_max_vl_not_offered_is_refused_else_cut(fw):
-    from pyvmm import regs
+    from pyvmm.arm64 import regs
     from pyvmm.kvm import open_kvm
 
     with open_kvm() as kvm:
@@ -89,7 +89,7 @@ def test_sve_max_vl_not_offered_is_refused_else_cut(fw):
     bits = 128 * (missing[0] if missing else 16)
     r = pyvmm("run", "--firmware", fw(print_then(b"", PSCI_SYSTEM_OFF)), "-m", "64M", "--sve-max-vl", bits)
     if missing:
-        assert r.returncode == 2, r.stderr
+        assert r.returncode == 1, r.stderr  # a host limit, not a usage error
         line = r.stderr.decode().strip()
         assert "not offered by this host" in line and len(line.splitlines()) == 1
     else:  # this host offers every length up to 2048: the cut must still work

@@ -5,25 +5,13 @@ Marked sme_kernel: run with
 On a kernel without SME these tests skip, unless SME is required (``-m``
 selects sme_kernel, or PYVMM_REQUIRE_SME=1), where they fail.
 """
-import os
 
 import pytest
 
-from pyvmm import abi_check, sme
+from pyvmm import abi_check
+from support.sme_guest import require_sme
 
 pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
-
-
-def require_sme(request, kvm):
-    found = sme.discover(kvm)
-    if found.present:
-        return found
-    expr = request.config.getoption("-m") or ""
-    wanted = os.environ.get("PYVMM_REQUIRE_SME") == "1" or ("sme_kernel" in expr and "not sme_kernel" not in expr)
-    msg = f"needs a kernel with the KVM SME ABI ({found.reason})"
-    if wanted:
-        pytest.fail(msg)
-    pytest.skip(msg)
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import pytest
 
 from pyvmm import vecstate
 from pyvmm._ffi import const
-from pyvmm.baremetal import BareMetal
+from pyvmm.machine.baremetal import BareMetal
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import vm_snapshot
 from support import guestbuild
-from test_sme_abi import require_sme
-from test_sme_guest import CHECKPOINT, SEED_B, expected_registers, start_payload
+from support.sme_guest import require_sme
+from support.sme_guest import CHECKPOINT, SEED_B, expected_registers, start_payload
 
 pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
 

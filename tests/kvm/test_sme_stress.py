@@ -15,10 +15,11 @@ import time
 
 import pytest
 
-from pyvmm import exits, regs, sme
-from pyvmm.baremetal import MAILBOX_BASE, RAM_BASE, BareMetal
+from pyvmm import exits, sme
+from pyvmm.arm64 import regs
+from pyvmm.machine.baremetal import MAILBOX_BASE, RAM_BASE, BareMetal
 from support import guestbuild
-from test_sme_abi import require_sme
+from support.sme_guest import require_sme
 
 pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
 

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm._ffi import const
-from pyvmm.baremetal import RAM_BASE, BareMetal
+from pyvmm.machine.baremetal import RAM_BASE, BareMetal
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import vm_snapshot
 from support import guestbuild

@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm.control import ControlError, call
 from pyvmm.errors import UsageProblem
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot
 from pyvmm.snapshot.describe import differences
-from pyvmm.snapshot import vm_snapshot
-from test_run_support import Running, guest_files, pyvmm
+from pyvmm.snapshot import manifest
+from support.run_support import Running, guest_files, pyvmm
 
 pytestmark = pytest.mark.kvm
 
@@ -88,7 +88,7 @@ def without_time(snap):
     for redist in man["machine"]["gic"]["state"]["redist"]:
         redist["LINE_LEVEL"] &= ~machine_snapshot.TIMER_PPI_BITS
     vcpus = []
-    for st in vm_snapshot.vcpu_states(snap):
+    for st in manifest.vcpu_states(snap):
         st.saved_at_ns = 0
         st.registers = [(i, istatus_clear(v) if i in ctl_ids else bytes(v))
                         for i, v in st.registers if i not in time_ids]

@@ -5,9 +5,9 @@ import struct
 
 import pytest
 
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm._ffi import const
-from pyvmm.baremetal import RAM_BASE, BareMetal
+from pyvmm.machine.baremetal import RAM_BASE, BareMetal
 from support import guestbuild
 
 pytestmark = pytest.mark.kvm

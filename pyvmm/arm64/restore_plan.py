@@ -1,7 +1,7 @@
 """The order in which a saved vector (SVE/SME) state must be written back.
 
 One function, :func:`plan`, computes the order that
-../shared/docs/kvm-sme-abi.md §6 forces, from the *saved* SVCR and the saved
+docs/kvm-sme-abi.md §6 forces, from the *saved* SVCR and the saved
 vCPU configuration -- never from the destination's register list: a fresh
 vCPU has SVCR = 0, so its list has no ZA rows and shows the wrong Z/P/FFR
 set, and KVM_GET_REG_LIST puts SVCR *after* the vector registers (§6), so
@@ -13,58 +13,11 @@ them (``pyvmm restore-plan --explain``). Pure: no KVM here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from . import regs
-from .errors import UsageProblem
-
-SVCR_SM = 1 << 0  # ABI page §3: SVCR.SM = bit 0
-SVCR_ZA = 1 << 1  # SVCR.ZA = bit 1
-
-CONFIGS = ("sve+sme", "sme", "sve")  # the three vCPU configurations of §5
-
-
-@dataclass(frozen=True)
-class VecShape:
-    """What the plan needs to know about a saved vector state.
-
-    ``svcr`` is the SVCR *saved with the state*; ``sve_vqs``/``sme_vqs`` the
-    saved SVE_VLS/SME_VLS sets (VQ = 128 bits); ``fa64``/``sme2`` whether the
-    source vCPU had FA64 (ID_AA64SMFR0_EL1 bit 63) and SME2
-    (ID_AA64PFR1_EL1.SME = 2); ``fpmr`` whether FPMR was saved; ``extra``
-    more control registers saved with the state (ids), written in step 7.
-    """
-    sve: bool
-    sme: bool
-    svcr: int = 0
-    sve_vqs: Tuple[int, ...] = ()
-    sme_vqs: Tuple[int, ...] = ()
-    fa64: bool = True
-    sme2: bool = True
-    fpmr: bool = False
-    sme_bit: Optional[int] = None
-    extra: Tuple[int, ...] = ()
-
-    @property
-    def config(self) -> str:
-        return {(True, True): "sve+sme", (False, True): "sme", (True, False): "sve"}.get(
-            (self.sve, self.sme), "none")
-
-    @property
-    def sm(self) -> bool:
-        return bool(self.svcr & SVCR_SM)
-
-    @property
-    def za(self) -> bool:
-        return bool(self.svcr & SVCR_ZA)
-
-    @property
-    def svl_bits(self) -> int:
-        return 128 * max(self.sme_vqs) if self.sme_vqs else 0
-
-    @property
-    def sve_vl_bits(self) -> int:
-        return 128 * max(self.sve_vqs) if self.sve_vqs else 0
+from .vec import CONFIGS, KVM_ARM_VCPU_SVE, SVCR_SM, SVCR_ZA, VecShape  # noqa: F401 (CONFIGS: for callers)
+from ..errors import UsageProblem
 
 
 @dataclass(frozen=True)
@@ -192,7 +145,7 @@ def check(shape: VecShape) -> None:
         raise UsageProblem("the saved state has SVE but no SVE vector lengths (SVE_VLS is empty)")
 
 
-def plan(shape: VecShape, fresh: bool = True, psci_bit: int = 2, sve_bit: int = 4) -> Plan:
+def plan(shape: VecShape, fresh: bool = True, psci_bit: int = 2, sve_bit: int = KVM_ARM_VCPU_SVE) -> Plan:
     """The ABI page §6 order for writing ``shape`` back.
 
     ``fresh``: the destination is a new vCPU (steps 1-4: init, vector
@@ -281,21 +234,3 @@ def plan(shape: VecShape, fresh: bool = True, psci_bit: int = 2, sve_bit: int = 
         "the remaining registers do not depend on SVCR; then the rest of the vCPU and its MP state",
         ids=other, section="§6.7")
     return Plan(shape, fresh, tuple(steps))
-
-
-def shape_for(config: str, sm: int, za: int, svl_bits: int = 512, sve_vl_bits: int = 256,
-              fa64: bool = True, sme2: bool = True, fpmr: bool = False,
-              sme_bit: Optional[int] = None) -> VecShape:
-    """A shape from command-line style parameters (for ``pyvmm restore-plan``)."""
-    if config not in CONFIGS:
-        raise UsageProblem(f"unknown vCPU configuration {config!r}", "use one of: " + ", ".join(CONFIGS))
-    sve = config in ("sve+sme", "sve")
-    sme = config in ("sve+sme", "sme")
-    for bits, what in ((svl_bits, "SVL"), (sve_vl_bits, "SVE VL")):
-        if bits < 128 or bits > 2048 or bits % 128:
-            raise UsageProblem(f"{what} {bits} is not a multiple of 128 between 128 and 2048")
-    return VecShape(
-        sve=sve, sme=sme, svcr=(SVCR_SM if sm else 0) | (SVCR_ZA if za else 0),
-        sve_vqs=tuple(range(1, sve_vl_bits // 128 + 1)) if sve else (),
-        sme_vqs=tuple(range(1, svl_bits // 128 + 1)) if sme else (),
-        fa64=fa64 if sme else False, sme2=sme2 if sme else False, fpmr=fpmr, sme_bit=sme_bit)

@@ -2,7 +2,7 @@
 
 This module (and its tests) is the only place register ids appear in hex.
 Sources: arch/arm64/include/uapi/asm/kvm.h and include/uapi/linux/kvm.h of
-Linux 7.3 for the merged classes; ../shared/docs/kvm-sme-abi.md §1 and §3 for
+Linux 7.3 for the merged classes; docs/kvm-sme-abi.md §1 and §3 for
 the SME ids (coprocessor 0x17), which no released header carries yet.
 
 Layout of an id (64 bits): arch in [63:56] (arm64 = 0x60), size in [55:52]
@@ -130,6 +130,12 @@ def sysreg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
 
 def sysreg_named(name: str) -> int:
     return sysreg(*sysregs.encoding_of(name))
+
+
+# The guest's counters (virtual, physical): what a pause hides and a restore's
+# clock policy moves (KVM exposes them as ONE_REG sysregs; writing one sets the
+# VM's counter offset).
+GUEST_COUNTERS = (sysreg_named("CNTVCT_EL0"), sysreg_named("CNTPCT_EL0"))
 
 
 def fw(n: int) -> int:

@@ -1,11 +1,10 @@
 """What a failed KVM call on vector (SVE/SME) state means, and what to do.
 
-Every row of the errno table in ../shared/docs/kvm-sme-abi.md §7 (the ABI
+Every row of the errno table in docs/kvm-sme-abi.md §7 (the ABI
 page) becomes one sentence saying what happened and one saying what to do.
 :func:`explain` is pure: it sees only the ioctl name, the errno and the
-register name that :mod:`pyvmm._fd` passes to its explainer hook, so the same
-text appears in every :class:`pyvmm.errors.KvmError` once :func:`install` has
-run (``install`` is idempotent; pyvmm's SME entry points call it).
+register name; the fd layer (:mod:`pyvmm._fd`) calls it for every
+:class:`pyvmm.errors.KvmError` it builds, so the hint never depends on what ran before.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import errno as E
 import re
 from typing import NamedTuple, Optional
 
-from . import _fd, regs
+from . import regs
 
 _INIT = "KVM_ARM_VCPU_INIT"
 _FINALIZE = "KVM_ARM_VCPU_FINALIZE"
@@ -60,7 +59,7 @@ def _kind(reg: Optional[str]) -> _Kind:
 
 def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
     """A hint for ``ioctl`` failing with ``err`` on register ``reg`` (a name
-    from :func:`pyvmm.regs.name`), or None when the ABI page has nothing to
+    from :func:`pyvmm.arm64.regs.name`), or None when the ABI page has nothing to
     say about it."""
     k = _kind(reg)
 
@@ -197,8 +196,3 @@ def unknown_sme_id() -> int:
 
 TABLE = tuple(r._replace(reg=regs.name(unknown_sme_id())) if r.situation == "unknown SME id" else r
               for r in TABLE)
-
-
-def install() -> None:
-    """Make every KvmError carry these hints (idempotent)."""
-    _fd.register_explainer(explain)

@@ -23,7 +23,7 @@ import stat
 import threading
 from typing import Callable, Dict, Optional
 
-from .errors import PyvmmError, UsageProblem
+from ..errors import PyvmmError, UsageProblem
 
 MAX_LINE = 1 << 20
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux

@@ -1,5 +1,5 @@
 """Live control of a running machine: the requests a ``--control`` socket
-accepts (see :mod:`pyvmm.control` for the wire format).
+accepts (see :mod:`pyvmm.control.channel` for the wire format).
 
     status               {"state": "running"|"paused"|"starting", "vcpus": N, "mem": BYTES}
     pause / resume       park every vCPU outside KVM_RUN / let them run again
@@ -16,10 +16,10 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from ..control import ControlError
+from .channel import ControlError
 from ..machine import ExitStatus, Machine
-from . import format as fmt
-from . import machine_snapshot
+from ..snapshot import format as fmt
+from ..snapshot import machine_snapshot
 
 
 class Controller:

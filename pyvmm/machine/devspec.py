@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .errors import UsageProblem
+from ..errors import UsageProblem
 
 FS_TAG_MAX = 36  # virtio 1.2, 5.11.4: tag is a 36-byte field, NUL-padded
 
@@ -46,8 +46,8 @@ def _pairs(option: str, text: str, allowed: Tuple[str, ...]) -> Dict[str, str]:
 
 
 def parse_net(text: str) -> NetSpec:
-    from .devices.virtio_net import parse_mac
-    from .net.tap import check_name
+    from ..devices.virtio_net import parse_mac
+    from ..net.tap import check_name
 
     kv = _pairs("--net", text, ("tap", "mac", "vhost"))
     if not kv.get("tap"):
@@ -66,7 +66,7 @@ def parse_net(text: str) -> NetSpec:
 
 
 def parse_vsock(text: str) -> VsockSpec:
-    from .devices.virtio_vsock import check_cid
+    from ..devices.virtio_vsock import check_cid
 
     kv = _pairs("--vsock", text, ("cid",))
     raw = kv.get("cid", "")

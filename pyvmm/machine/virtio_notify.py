@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from typing import List
 
-from ._ffi import const
-from .devices.io_thread import IoThread, eventfd
-from .devices.virtio_mmio import R_QUEUE_NOTIFY
+from .._ffi import const
+from ..devices.io_thread import IoThread, eventfd
+from ..devices.virtio_mmio import R_QUEUE_NOTIFY
 
 
 def supported(kvm) -> bool:

@@ -1,8 +1,8 @@
 """Architectural names of AArch64 system registers, by (op0, op1, CRn, CRm, op2).
 
 Encodings are the Arm ARM's (DDI 0487, "System register index"). Only the
-registers KVM may list for an EL1 guest, plus the SME ones the ABI adds, are
-named; ids are derived from these tuples in :mod:`pyvmm.regs`.
+registers KVM may list for an EL1 guest, the SME ones the ABI adds and the
+GICv3 CPU interface registers the vGIC saves are named; ids are derived from these tuples in :mod:`pyvmm.arm64.regs`.
 """
 from __future__ import annotations
 
@@ -161,6 +161,12 @@ TPIDR_EL1 3 0 13 0 4
 ACCDATA_EL1 3 0 13 0 5
 SCXTNUM_EL1 3 0 13 0 7
 CNTKCTL_EL1 3 0 14 1 0
+# --- GICv3 CPU interface (the vGIC's CPU_SYSREGS group; ICC_PMR/ICC_SRE above) ---
+ICC_BPR0_EL1 3 0 12 8 3
+ICC_BPR1_EL1 3 0 12 12 3
+ICC_CTLR_EL1 3 0 12 12 4
+ICC_IGRPEN0_EL1 3 0 12 12 6
+ICC_IGRPEN1_EL1 3 0 12 12 7
 # --- EL0 ---
 # SPSR_EL1, ELR_EL1, SP_EL0, FPCR and FPSR are not here: KVM exposes them only
 # as core registers (struct kvm_regs), and their names belong to those ids.
@@ -245,6 +251,9 @@ def _build() -> Dict[str, Enc]:
         table[f"DBGBCR{n}_EL1"] = (2, 0, 0, n, 5)
         table[f"DBGWVR{n}_EL1"] = (2, 0, 0, n, 6)
         table[f"DBGWCR{n}_EL1"] = (2, 0, 0, n, 7)
+    for n in range(4):
+        table[f"ICC_AP0R{n}_EL1"] = (3, 0, 12, 8, 4 + n)
+        table[f"ICC_AP1R{n}_EL1"] = (3, 0, 12, 9, n)
     for n in range(31):
         table[f"PMEVCNTR{n}_EL0"] = (3, 3, 14, 8 + n // 8, n % 8)
         table[f"PMEVTYPER{n}_EL0"] = (3, 3, 14, 12 + n // 8, n % 8)

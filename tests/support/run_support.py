@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+# tests/support/ -> the checkout
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # PSCI 0.2 function ids (ARM DEN 0022, SMC32 calling convention)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
-from . import exits, regs
-from ._ffi import const
-from .errors import GuestError
-from .memory import GuestMemory
+from .. import exits
+from ..arm64 import regs
+from .._ffi import const
+from ..errors import GuestError
+from ..memory import GuestMemory
 
 RAM_BASE = 0x80000000
 MAILBOX_BASE = 0x0A000000

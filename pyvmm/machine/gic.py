@@ -1,5 +1,5 @@
-"""The in-kernel vGICv3 (KVM_DEV_TYPE_ARM_VGIC_V3), its place in the memory
-map and its device-tree node.
+"""The in-kernel vGICv3 (KVM_DEV_TYPE_ARM_VGIC_V3): created, placed, described
+in the device tree, saved and restored (:class:`VgicV3`).
 
 Documentation/virt/kvm/devices/arm-vgic-v3.rst: set the distributor and
 redistributor base addresses (KVM_DEV_ARM_VGIC_GRP_ADDR), the number of
@@ -8,19 +8,23 @@ then KVM_DEV_ARM_VGIC_CTRL_INIT once every vCPU exists.
 
 :meth:`VgicV3.save` / :meth:`VgicV3.restore` move the whole in-kernel GIC
 state (distributor, redistributors, CPU interfaces, line levels) in and out
-as a JSON-serialisable dict, for machine snapshots. The register offsets they
-use are in the "vGICv3 registers" section below.
+as a JSON-serialisable dict, for machine snapshots. The registers and attr
+encodings they use are in :mod:`pyvmm.machine.gic_regs`.
 """
 from __future__ import annotations
 
 import errno
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
-from ._ffi import const
-from .boot import fdt, layout
-from .errors import HostUnsupported, KvmError, UsageProblem
-
-NR_IRQS = 128  # 32 private + 96 SPIs: UART (SPI 1) and 32 virtio slots (SPI 16..47)
+from .._ffi import const
+from ..boot import fdt, layout
+from ..devices.state import StateReader
+from ..errors import HostUnsupported, KvmError, UsageProblem
+from .gic_regs import (CPU_SYSREGS_FIXED, DIST_BANKS, DIST_BANK_BY_NAME, GICD_CTLR, GICD_IIDR, GICD_IROUTER,
+                       GICR_CTLR, GICR_PENDBASER, GICR_PROPBASER, GICR_TYPER, GICR_TYPER_PLPIS,
+                       GRP_CPU_SYSREGS, GRP_DIST, GRP_LEVEL_INFO, GRP_REDIST, NR_IRQS, REDIST_BANKS,
+                       REDIST_BANK_BY_NAME, STATE_FORMAT, apr_count, dist_attr, line_level_attr,
+                       mpidr_affinity, redist_attr, spi_words, sysreg_attr)
 
 
 class VgicV3:
@@ -59,28 +63,28 @@ class VgicV3:
         return int(self.device.get_device_attr(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0, ctype="uint32_t"))
 
     def read_dist(self, offset: int) -> int:
-        return int(self.device.get_device_attr(_DIST, dist_attr(offset), ctype="uint32_t"))
+        return int(self.device.get_device_attr(GRP_DIST, dist_attr(offset), ctype="uint32_t"))
 
     def write_dist(self, offset: int, value: int) -> None:
-        self.device.set_device_attr(_DIST, dist_attr(offset), value, ctype="uint32_t")
+        self.device.set_device_attr(GRP_DIST, dist_attr(offset), value, ctype="uint32_t")
 
     def read_redist(self, mpidr: int, offset: int) -> int:
-        return int(self.device.get_device_attr(_REDIST, redist_attr(mpidr, offset), ctype="uint32_t"))
+        return int(self.device.get_device_attr(GRP_REDIST, redist_attr(mpidr, offset), ctype="uint32_t"))
 
     def write_redist(self, mpidr: int, offset: int, value: int) -> None:
-        self.device.set_device_attr(_REDIST, redist_attr(mpidr, offset), value, ctype="uint32_t")
+        self.device.set_device_attr(GRP_REDIST, redist_attr(mpidr, offset), value, ctype="uint32_t")
 
     def read_cpu_sysreg(self, mpidr: int, name: str) -> int:
-        return int(self.device.get_device_attr(_SYSREGS, sysreg_attr(mpidr, name), ctype="uint64_t"))
+        return int(self.device.get_device_attr(GRP_CPU_SYSREGS, sysreg_attr(mpidr, name), ctype="uint64_t"))
 
     def write_cpu_sysreg(self, mpidr: int, name: str, value: int) -> None:
-        self.device.set_device_attr(_SYSREGS, sysreg_attr(mpidr, name), value, ctype="uint64_t")
+        self.device.set_device_attr(GRP_CPU_SYSREGS, sysreg_attr(mpidr, name), value, ctype="uint64_t")
 
     def read_line_level(self, mpidr: int, intid: int) -> int:
-        return int(self.device.get_device_attr(_LEVEL, line_level_attr(mpidr, intid), ctype="uint32_t"))
+        return int(self.device.get_device_attr(GRP_LEVEL_INFO, line_level_attr(mpidr, intid), ctype="uint32_t"))
 
     def write_line_level(self, mpidr: int, intid: int, value: int) -> None:
-        self.device.set_device_attr(_LEVEL, line_level_attr(mpidr, intid), value, ctype="uint32_t")
+        self.device.set_device_attr(GRP_LEVEL_INFO, line_level_attr(mpidr, intid), value, ctype="uint32_t")
 
     def _read_dist64(self, offset: int) -> int:
         # 64-bit registers go through this interface as two 32-bit halves.
@@ -150,7 +154,7 @@ class VgicV3:
         nr = self.nr_irqs()
         dist: Dict[str, Any] = {"GICD_CTLR": self.read_dist(GICD_CTLR), "GICD_IIDR": self.read_dist(GICD_IIDR)}
         for name, set_off, _clear, bpi in DIST_BANKS:
-            dist[name] = [self.read_dist(set_off + 4 * k) for k in _spi_words(nr, bpi)]
+            dist[name] = [self.read_dist(set_off + 4 * k) for k in spi_words(nr, bpi)]
         dist["IROUTER"] = [self._read_dist64(GICD_IROUTER + 8 * intid) for intid in range(32, nr)]
         # SPI line levels are global; KVM only needs a valid vCPU in the attr.
         line_level = [self.read_line_level(mpidrs[0], intid) for intid in range(32, nr, 32)]
@@ -213,8 +217,8 @@ class VgicV3:
         except KvmError as e:
             if e.errno != errno.EINVAL:
                 raise
-            _bad(f"this host's KVM does not implement the saved GICD_IIDR {dist['GICD_IIDR']:#x} "
-                 f"(its own is {self.read_dist(GICD_IIDR):#x})")
+            raise HostUnsupported(f"vGIC state does not fit: this host's KVM does not implement the saved "
+                                  f"GICD_IIDR {dist['GICD_IIDR']:#x} (its own is {self.read_dist(GICD_IIDR):#x})")
         self.write_dist(GICD_CTLR, dist["GICD_CTLR"])  # step 7, see above
         for i, m in enumerate(mpidrs):
             r = state["redist"][i]
@@ -246,8 +250,9 @@ class VgicV3:
             except KvmError as e:
                 if e.errno != errno.EINVAL:
                     raise
-                _bad(f"vCPU {i}: this host's GIC CPU interface cannot take the saved ICC_CTLR_EL1 "
-                     f"{c['ICC_CTLR_EL1']:#x} (more priority or ID bits, or other SEIS/A3V, than the host's)")
+                raise HostUnsupported(f"vGIC state does not fit: vCPU {i}: this host's GIC CPU interface cannot "
+                                      f"take the saved ICC_CTLR_EL1 {c['ICC_CTLR_EL1']:#x} (more priority or ID "
+                                      f"bits, or other SEIS/A3V, than the host's)")
             for name in ("ICC_PMR_EL1", "ICC_BPR0_EL1", "ICC_BPR1_EL1"):
                 self.write_cpu_sysreg(m, name, c[name])
             for n, value in enumerate(c["ICC_AP0R"]):
@@ -258,160 +263,18 @@ class VgicV3:
                 self.write_cpu_sysreg(m, name, c[name])
 
     def _write_dist_bank(self, name: str, words: List[int], nr: int) -> None:
-        set_off, clear_off, bpi = _DIST_BANK_BY_NAME[name]
-        for k, value in zip(_spi_words(nr, bpi), words):
+        set_off, clear_off, bpi = DIST_BANK_BY_NAME[name]
+        for k, value in zip(spi_words(nr, bpi), words):
             if clear_off is not None:
                 self.write_dist(clear_off + 4 * k, ~value & 0xFFFFFFFF)
             self.write_dist(set_off + 4 * k, value)
 
     def _write_redist_bank(self, mpidr: int, name: str, words: List[int]) -> None:
-        set_off, clear_off, _n = _REDIST_BANK_BY_NAME[name]
+        set_off, clear_off, _n = REDIST_BANK_BY_NAME[name]
         for k, value in enumerate(words):
             if clear_off is not None:
                 self.write_redist(mpidr, clear_off + 4 * k, ~value & 0xFFFFFFFF)
             self.write_redist(mpidr, set_off + 4 * k, value)
-
-
-# ---- vGICv3 registers (GICv3 architecture specification, chapter 12) ---------
-# Distributor, offsets from GICD_BASE. Per-interrupt banks hold bits_per_irq
-# bits per INTID, from INTID 0; the first 32 INTIDs' part is RAZ/WI here (the
-# private interrupts live in each redistributor's SGI frame).
-GICD_CTLR = 0x0000
-GICD_TYPER = 0x0004
-GICD_IIDR = 0x0008
-GICD_IGROUPR = 0x0080
-GICD_ISENABLER = 0x0100
-GICD_ICENABLER = 0x0180
-GICD_ISPENDR = 0x0200
-GICD_ICPENDR = 0x0280
-GICD_ISACTIVER = 0x0300
-GICD_ICACTIVER = 0x0380
-GICD_IPRIORITYR = 0x0400
-GICD_ICFGR = 0x0C00
-GICD_IGRPMODR = 0x0D00
-GICD_IROUTER = 0x6000  # 64 bits per INTID
-# Redistributor: RD_base frame, then the SGI_base frame 64 KiB above it.
-GICR_CTLR = 0x0000
-GICR_TYPER = 0x0008  # 64 bits
-GICR_TYPER_PLPIS = 1 << 0
-GICR_PROPBASER = 0x0070  # 64 bits
-GICR_PENDBASER = 0x0078  # 64 bits
-GICR_SGI_BASE = 0x1_0000
-GICR_IGROUPR0 = GICR_SGI_BASE + 0x0080
-GICR_ISENABLER0 = GICR_SGI_BASE + 0x0100
-GICR_ICENABLER0 = GICR_SGI_BASE + 0x0180
-GICR_ISPENDR0 = GICR_SGI_BASE + 0x0200
-GICR_ICPENDR0 = GICR_SGI_BASE + 0x0280
-GICR_ISACTIVER0 = GICR_SGI_BASE + 0x0300
-GICR_ICACTIVER0 = GICR_SGI_BASE + 0x0380
-GICR_IPRIORITYR0 = GICR_SGI_BASE + 0x0400  # 8 words
-GICR_ICFGR0 = GICR_SGI_BASE + 0x0C00  # ICFGR0 (SGIs, read-only) and ICFGR1 (PPIs)
-GICR_IGRPMODR0 = GICR_SGI_BASE + 0x0D00
-
-# (saved name, set-register offset, clear-register offset or None, bits per INTID)
-# KVM implements IGRPMODR as RAZ/WI (no Secure state); saved all the same.
-DIST_BANKS: Tuple[Tuple[str, int, Optional[int], int], ...] = (
-    ("IGROUPR", GICD_IGROUPR, None, 1),
-    ("ISENABLER", GICD_ISENABLER, GICD_ICENABLER, 1),
-    ("ISPENDR", GICD_ISPENDR, None, 1),  # the latch; see _restore
-    ("ISACTIVER", GICD_ISACTIVER, GICD_ICACTIVER, 1),
-    ("IPRIORITYR", GICD_IPRIORITYR, None, 8),
-    ("ICFGR", GICD_ICFGR, None, 2),
-    ("IGRPMODR", GICD_IGRPMODR, None, 1),
-)
-# (saved name, set offset, clear offset or None, number of 32-bit words)
-REDIST_BANKS: Tuple[Tuple[str, int, Optional[int], int], ...] = (
-    ("IGROUPR0", GICR_IGROUPR0, None, 1),
-    ("ISENABLER0", GICR_ISENABLER0, GICR_ICENABLER0, 1),
-    ("ISPENDR0", GICR_ISPENDR0, None, 1),
-    ("ISACTIVER0", GICR_ISACTIVER0, GICR_ICACTIVER0, 1),
-    ("IPRIORITYR", GICR_IPRIORITYR0, None, 8),
-    ("ICFGR", GICR_ICFGR0, None, 2),
-    ("IGRPMODR0", GICR_IGRPMODR0, None, 1),
-)
-_DIST_BANK_BY_NAME = {n: (s, c, b) for n, s, c, b in DIST_BANKS}
-_REDIST_BANK_BY_NAME = {n: (s, c, w) for n, s, c, w in REDIST_BANKS}
-
-# CPU interface system registers: (Op0, Op1, CRn, CRm, Op2).
-ICC_SYSREGS: Dict[str, Tuple[int, int, int, int, int]] = {
-    "ICC_PMR_EL1": (3, 0, 4, 6, 0),
-    "ICC_BPR0_EL1": (3, 0, 12, 8, 3),
-    **{f"ICC_AP0R{n}_EL1": (3, 0, 12, 8, 4 + n) for n in range(4)},
-    **{f"ICC_AP1R{n}_EL1": (3, 0, 12, 9, n) for n in range(4)},
-    "ICC_BPR1_EL1": (3, 0, 12, 12, 3),
-    "ICC_CTLR_EL1": (3, 0, 12, 12, 4),
-    "ICC_SRE_EL1": (3, 0, 12, 12, 5),
-    "ICC_IGRPEN0_EL1": (3, 0, 12, 12, 6),
-    "ICC_IGRPEN1_EL1": (3, 0, 12, 12, 7),
-}
-CPU_SYSREGS_FIXED = ("ICC_SRE_EL1", "ICC_CTLR_EL1", "ICC_PMR_EL1", "ICC_BPR0_EL1", "ICC_BPR1_EL1",
-                     "ICC_IGRPEN0_EL1", "ICC_IGRPEN1_EL1")
-ICC_CTLR_PRIBITS_SHIFT = 8  # ICC_CTLR_EL1.PRIbits [10:8] = implemented priority bits - 1
-
-STATE_FORMAT = "pyvmm-vgicv3/1"
-
-_DIST = const("KVM_DEV_ARM_VGIC_GRP_DIST_REGS")
-_REDIST = const("KVM_DEV_ARM_VGIC_GRP_REDIST_REGS")
-_SYSREGS = const("KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS")
-_LEVEL = const("KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO")
-
-
-def mpidr_affinity(mpidr: int) -> int:
-    """The 32-bit affinity the vGIC attrs carry, Aff3.Aff2.Aff1.Aff0 (one byte
-    each), from an MPIDR_EL1 value (Aff0 [7:0], Aff1 [15:8], Aff2 [23:16],
-    Aff3 [39:32])."""
-    return (mpidr & 0xFFFFFF) | (((mpidr >> 32) & 0xFF) << 24)
-
-
-def _with_mpidr(mpidr: int, low: int) -> int:
-    return (mpidr_affinity(mpidr) << const("KVM_DEV_ARM_VGIC_V3_MPIDR_SHIFT")) | low
-
-
-def dist_attr(offset: int) -> int:
-    """GRP_DIST_REGS attr: the offset (the distributor is not banked, so no MPIDR)."""
-    return offset << const("KVM_DEV_ARM_VGIC_OFFSET_SHIFT")
-
-
-def redist_attr(mpidr: int, offset: int) -> int:
-    """GRP_REDIST_REGS attr: the vCPU's affinity in [63:32], the offset from
-    its RD_base in [31:0] (SGI_base registers at 64 KiB and up)."""
-    return _with_mpidr(mpidr, offset << const("KVM_DEV_ARM_VGIC_OFFSET_SHIFT"))
-
-
-def sysreg_instr(name: str) -> int:
-    """The CPU_SYSREGS instr field of a CPU interface register (Op0 [15:14],
-    Op1 [13:11], CRn [10:7], CRm [6:3], Op2 [2:0])."""
-    op0, op1, crn, crm, op2 = ICC_SYSREGS[name]
-    return ((op0 << const("KVM_REG_ARM64_SYSREG_OP0_SHIFT")) | (op1 << const("KVM_REG_ARM64_SYSREG_OP1_SHIFT"))
-            | (crn << const("KVM_REG_ARM64_SYSREG_CRN_SHIFT")) | (crm << const("KVM_REG_ARM64_SYSREG_CRM_SHIFT"))
-            | (op2 << const("KVM_REG_ARM64_SYSREG_OP2_SHIFT")))
-
-
-def sysreg_attr(mpidr: int, name: str) -> int:
-    """GRP_CPU_SYSREGS attr: affinity in [63:32], instr in [15:0] (64-bit values)."""
-    return _with_mpidr(mpidr, sysreg_instr(name) & const("KVM_DEV_ARM_VGIC_SYSREG_INSTR_MASK"))
-
-
-def line_level_attr(mpidr: int, intid: int) -> int:
-    """GRP_LEVEL_INFO attr for the 32 interrupts from ``intid`` (a multiple of
-    32): affinity in [63:32], info VGIC_LEVEL_INFO_LINE_LEVEL in [31:10],
-    vINTID in [9:0]. PPIs are per vCPU; for SPIs any vCPU's affinity will do."""
-    if intid % 32 or not 0 <= intid <= const("KVM_DEV_ARM_VGIC_LINE_LEVEL_INTID_MASK"):
-        raise ValueError(f"LEVEL_INFO vINTID {intid} is not a multiple of 32 below 1024")
-    info = const("VGIC_LEVEL_INFO_LINE_LEVEL") << const("KVM_DEV_ARM_VGIC_LINE_LEVEL_INFO_SHIFT")
-    return _with_mpidr(mpidr, info | intid)
-
-
-def apr_count(icc_ctlr: int) -> int:
-    """How many ICC_AP0Rn_EL1 (and AP1Rn) exist for this ICC_CTLR_EL1.PRIbits:
-    1 for 5 priority bits or fewer, 2 for 6, 4 for 7 (arm-vgic-v3.rst)."""
-    pri_bits = ((icc_ctlr >> ICC_CTLR_PRIBITS_SHIFT) & 7) + 1
-    return 4 if pri_bits >= 7 else 2 if pri_bits == 6 else 1
-
-
-def _spi_words(nr_irqs: int, bits_per_irq: int) -> range:
-    """Word indices of a distributor bank covering INTIDs 32..nr_irqs-1."""
-    return range(bits_per_irq, nr_irqs * bits_per_irq // 32)
 
 
 def _busy_or(e: KvmError, what: str) -> Exception:
@@ -428,90 +291,46 @@ _TOP_KEYS = ("format", "nr_irqs", "nr_vcpus", "mpidrs", "dist", "line_level", "r
 def validate_state(state: Any, nr_irqs: int, mpidrs: Sequence[int]) -> None:
     """Raise UsageProblem (one line, naming the first problem) unless
     ``state`` is a complete :meth:`VgicV3.save` dict for a vGIC with
-    ``nr_irqs`` interrupts and vCPUs with these MPIDRs (by affinity)."""
-    if not isinstance(state, dict):
-        _bad(f"the state is a {type(state).__name__}, not a dict")
-    missing = [k for k in _TOP_KEYS if k not in state]
-    if missing:
-        _bad(f"the state lacks {', '.join(missing)}")
-    if state["format"] != STATE_FORMAT:
-        _bad(f"format is {state['format']!r}, expected {STATE_FORMAT!r}")
-    saved_nr = _int(state["nr_irqs"], "nr_irqs", 32)
+    ``nr_irqs`` interrupts and vCPUs with these MPIDRs (by affinity). Read with
+    the one :class:`~pyvmm.devices.state.StateReader` strictness; the
+    section's version is the ``/N`` of its ``format``."""
+    r = StateReader("vGIC", state, _TOP_KEYS)
+    if r.str("format") != STATE_FORMAT:
+        raise r.fail(f"format is {state['format']!r}, expected {STATE_FORMAT!r}")
+    saved_nr = r.uint("nr_irqs", 32)
     if saved_nr != nr_irqs:
-        _bad(f"the state was saved with NR_IRQS {saved_nr}, this vGIC has {nr_irqs}")
-    n = _int(state["nr_vcpus"], "nr_vcpus", 32)
+        raise r.fail(f"saved with NR_IRQS {saved_nr}, this vGIC has {nr_irqs}")
+    n = r.uint("nr_vcpus", 32)
     if n != len(mpidrs):
-        _bad(f"the state was saved with {n} vCPUs, this VM has {len(mpidrs)}")
-    saved_mpidrs = _words(state["mpidrs"], "mpidrs", n, 64)
-    for i, (a, b) in enumerate(zip(saved_mpidrs, mpidrs)):
+        raise r.fail(f"saved with {n} vCPUs, this VM has {len(mpidrs)}")
+    for i, (a, b) in enumerate(zip(r.words("mpidrs", n, 64), mpidrs)):
         if mpidr_affinity(a) != mpidr_affinity(b):
-            _bad(f"vCPU {i} has MPIDR {b:#x} but the state was saved with {a:#x} "
-                 f"(restore the vCPUs' MPIDR_EL1 first)")
-    dist = _dict(state["dist"], "dist")
+            raise r.fail(f"vCPU {i} has MPIDR {b:#x} but the state was saved with {a:#x} "
+                         f"(restore the vCPUs' MPIDR_EL1 first)")
+    dist = r.nested("dist", ("GICD_CTLR", "GICD_IIDR", "IROUTER") + tuple(b[0] for b in DIST_BANKS))
     for key in ("GICD_CTLR", "GICD_IIDR"):
-        _int(_key(dist, key, "dist"), f"dist.{key}", 32)
+        dist.uint(key, 32)
     for name, _s, _c, bpi in DIST_BANKS:
-        _words(_key(dist, name, "dist"), f"dist.{name}", len(_spi_words(nr_irqs, bpi)), 32)
-    _words(_key(dist, "IROUTER", "dist"), "dist.IROUTER", nr_irqs - 32, 64)
-    _words(state["line_level"], "line_level", (nr_irqs - 32) // 32, 32)
-    redist = _list(state["redist"], "redist", n)
-    cpu = _list(state["cpu"], "cpu", n)
+        dist.words(name, len(spi_words(nr_irqs, bpi)), 32)
+    dist.words("IROUTER", nr_irqs - 32, 64)
+    r.words("line_level", (nr_irqs - 32) // 32, 32)
+    r.list("redist", n)
+    r.list("cpu", n)
     for i in range(n):
-        r = _dict(redist[i], f"redist[{i}]")
-        _int(_key(r, "GICR_CTLR", f"redist[{i}]"), f"redist[{i}].GICR_CTLR", 32)
-        if ("GICR_PROPBASER" in r) != ("GICR_PENDBASER" in r):
-            _bad(f"redist[{i}] has only one of GICR_PROPBASER and GICR_PENDBASER")
+        red = r.nested("redist", ("GICR_CTLR", "LINE_LEVEL") + tuple(b[0] for b in REDIST_BANKS),
+                       optional=("GICR_PROPBASER", "GICR_PENDBASER"), index=i)
+        red.uint("GICR_CTLR", 32)
+        if red.has("GICR_PROPBASER") != red.has("GICR_PENDBASER"):
+            raise red.fail("has only one of GICR_PROPBASER and GICR_PENDBASER")
         for key in ("GICR_PROPBASER", "GICR_PENDBASER"):
-            if key in r:
-                _int(r[key], f"redist[{i}].{key}", 64)
+            if red.has(key):
+                red.uint(key, 64)
         for name, _s, _c, nwords in REDIST_BANKS:
-            _words(_key(r, name, f"redist[{i}]"), f"redist[{i}].{name}", nwords, 32)
-        _int(_key(r, "LINE_LEVEL", f"redist[{i}]"), f"redist[{i}].LINE_LEVEL", 32)
-        c = _dict(cpu[i], f"cpu[{i}]")
+            red.words(name, nwords, 32)
+        red.uint("LINE_LEVEL", 32)
+        c = r.nested("cpu", CPU_SYSREGS_FIXED + ("ICC_AP0R", "ICC_AP1R"), index=i)
         for name in CPU_SYSREGS_FIXED:
-            _int(_key(c, name, f"cpu[{i}]"), f"cpu[{i}].{name}", 64)
-        n_apr = apr_count(c["ICC_CTLR_EL1"])
+            c.uint(name, 64)
+        n_apr = apr_count(c.state["ICC_CTLR_EL1"])
         for name in ("ICC_AP0R", "ICC_AP1R"):
-            _words(_key(c, name, f"cpu[{i}]"), f"cpu[{i}].{name}", n_apr, 64)
-
-
-def _bad(reason: str):
-    raise UsageProblem(f"vGIC state does not fit: {reason}")
-
-
-def _key(d: dict, key: str, where: str) -> Any:
-    if key not in d:
-        _bad(f"{where} lacks {key}")
-    return d[key]
-
-
-def _int(v: Any, where: str, bits: int) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < (1 << bits):
-        _bad(f"{where} is not a {bits}-bit unsigned integer: {v!r}")
-    return v
-
-
-def _dict(v: Any, where: str) -> dict:
-    if not isinstance(v, dict):
-        _bad(f"{where} is a {type(v).__name__}, not a dict")
-    return v
-
-
-def _list(v: Any, where: str, n: int) -> list:
-    if not isinstance(v, list):
-        _bad(f"{where} is a {type(v).__name__}, not a list")
-    if len(v) != n:
-        _bad(f"{where} has {len(v)} entries, expected {n}")
-    return v
-
-
-def _words(v: Any, where: str, n: int, bits: int) -> List[int]:
-    for k, w in enumerate(_list(v, where, n)):
-        _int(w, f"{where}[{k}]", bits)
-    return v
-
-
-def spi_irq_line(spi: int) -> int:
-    """The KVM_IRQ_LINE ``irq`` field for SPI ``spi`` (arm64: type in [27:24],
-    vcpu index in [23:16], interrupt number in [15:0]; SPIs use the INTID)."""
-    return (const("KVM_ARM_IRQ_TYPE_SPI") << const("KVM_ARM_IRQ_TYPE_SHIFT")) | (layout.SPI_BASE_INTID + spi)
+            c.words(name, n_apr, 64)

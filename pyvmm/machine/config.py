@@ -1,0 +1,186 @@
+"""A machine's configuration and what is checked before any KVM object exists:
+options (:class:`MachineConfig`), the payload in RAM (:class:`Payload`), and the
+outcome values a run ends with (:class:`ExitStatus`, :class:`Outcome`)."""
+from __future__ import annotations
+
+import enum
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from ..boot import image, layout
+from ..errors import UsageProblem
+from ..arm64.vec import parse_vl
+from ..net import tap
+from .devspec import FsSpec, NetSpec, VsockSpec
+
+
+class ExitStatus(enum.IntEnum):
+    POWEROFF = 0     # the guest powered off (PSCI SYSTEM_OFF)
+    ERROR = 1        # pyvmm failed at run time
+    USAGE = 2        # bad options or input files
+    RESET = 3        # the guest asked for a reset and on_reboot is "exit"
+    CRASH = 4        # KVM crash event, failed entry, an exit pyvmm cannot continue from
+    INTERRUPTED = 130  # SIGINT (Ctrl-C) or the console escape (Ctrl-A x)
+    TERMINATED = 143   # SIGTERM
+
+
+@dataclass
+class DiskSpec:
+    path: str
+    readonly: bool = False
+
+
+@dataclass
+class MachineConfig:
+    kernel: Optional[str] = None
+    initrd: Optional[str] = None
+    firmware: Optional[str] = None
+    cmdline: Optional[str] = None
+    mem: int = 512 * layout.MiB
+    cpus: int = 1
+    sve_max_vl: Optional[int] = None
+    # SME (docs/sme.md): streaming maximum in bits, None = no SME; sve=False
+    # (--no-sve) leaves SVE out, which with SME makes SME-only vCPUs.
+    sme_max_vl: Optional[int] = None
+    sve: bool = True
+    disks: List[DiskSpec] = field(default_factory=list)
+    console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
+    rng: bool = True  # virtio-rng fed by getrandom(2) (--no-rng: none)
+    nets: List[NetSpec] = field(default_factory=list)
+    vsock: Optional[VsockSpec] = None
+    fss: List[FsSpec] = field(default_factory=list)
+    on_reboot: str = "restart"  # restart | exit
+    dump_dtb: Optional[str] = None
+    kvm_path: str = "/dev/kvm"
+    trace_mmio: bool = False  # count MMIO accesses per device register (--debug)
+
+
+@dataclass
+class Outcome:
+    status: ExitStatus
+    reason: str
+    resets: int = 0
+    exits: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    console_bytes: int = 0
+    build_seconds: float = 0.0
+    mmio_trace: Optional[Counter] = None
+
+
+def default_cmdline(console: str) -> str:
+    return "console=hvc0" if console == "virtio" else "console=ttyAMA0 earlycon"
+
+
+def full_cmdline(config: MachineConfig) -> str:
+    """The user's -p, with a console= for the chosen console unless it names one."""
+    user = (config.cmdline or "").strip()
+    if "console=" in user:
+        return user
+    return f"{default_cmdline(config.console)} {user}".strip()
+
+
+@dataclass
+class Payload:
+    """What goes into RAM, checked before any KVM object exists. The kernel is
+    streamed from its file at load time rather than kept in memory (51 MB for
+    Debian's Image)."""
+    data: Optional[bytes]  # firmware bytes; None for a kernel (read from kernel_path)
+    initrd: Optional[bytes]
+    plan: layout.BootPlan
+    firmware: bool
+    kernel_path: Optional[str] = None
+    kernel_size: int = 0
+
+    LOAD_CHUNK = 4 << 20
+
+    def load_into(self, mem, addr: int) -> None:
+        if self.data is not None:
+            mem.write(addr, self.data)
+            return
+        with open(self.kernel_path, "rb") as f:
+            done = 0
+            while done < self.kernel_size:
+                chunk = f.read(min(self.LOAD_CHUNK, self.kernel_size - done))
+                if not chunk:
+                    raise UsageProblem(f"kernel {self.kernel_path} shrank while loading")
+                mem.write(addr + done, chunk)
+                done += len(chunk)
+
+
+def check_options(config: MachineConfig) -> None:
+    """The checks on the configuration's values alone (no files): raise
+    UsageProblem with the reason. Also used on a snapshot's configuration."""
+    if not 1 <= config.cpus <= layout.MAX_VCPUS:
+        raise UsageProblem(f"--cpus {config.cpus}: pyvmm runs 1 to {layout.MAX_VCPUS} vCPUs")
+    if config.console not in ("serial", "virtio"):
+        raise UsageProblem(f"--console {config.console!r}: choose serial or virtio")
+    if config.on_reboot not in ("restart", "exit"):
+        raise UsageProblem(f"--on-reboot {config.on_reboot!r}: choose restart or exit")
+    layout.check_ram(config.mem)
+    if config.sve_max_vl is not None:
+        parse_vl(config.sve_max_vl, "--sve-max-vl")
+    if config.sme_max_vl is not None:
+        parse_vl(config.sme_max_vl, "--sme-max-vl")
+    if not config.sve and config.sve_max_vl is not None:
+        raise UsageProblem("--sve-max-vl and --no-sve contradict each other")
+    if virtio_count(config) > layout.VIRTIO_SLOTS:
+        raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
+
+
+def virtio_count(config: MachineConfig) -> int:
+    return (len(config.disks) + (config.console == "virtio") + config.rng + len(config.nets)
+            + (config.vsock is not None) + len(config.fss))
+
+
+def check_devices(config: MachineConfig) -> None:
+    """The --net/--vsock/--fs values against each other and the host."""
+    taps = [n.tap for n in config.nets]
+    for t in set(taps):
+        if taps.count(t) > 1:
+            raise UsageProblem(f"--net tap={t} given twice: one virtio-net per tap")
+    for n in config.nets:
+        if tap.interface_exists(n.tap) and not tap.is_tap(n.tap):
+            raise UsageProblem(f"--net tap={n.tap}: {n.tap} exists and is not a tap interface",
+                               "name a tap (ip tuntap add NAME mode tap) or a free name for pyvmm to create")
+    tags = [f.tag for f in config.fss]
+    for t in set(tags):
+        if tags.count(t) > 1:
+            raise UsageProblem(f"--fs tag={t} given twice: tags must differ")
+    for f in config.fss:
+        if f.dir is not None and not os.path.isdir(f.dir):
+            raise UsageProblem(f"--fs tag={f.tag},dir={f.dir}: " +
+                               ("no such directory" if not os.path.exists(f.dir) else "not a directory"))
+
+
+def prepare(config: MachineConfig) -> Payload:
+    """Validate options and files; raise UsageProblem with the reason."""
+    check_options(config)
+    check_devices(config)
+    if bool(config.kernel) == bool(config.firmware):
+        raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
+    for d in config.disks:
+        if not os.path.isfile(d.path):
+            raise UsageProblem(f"--disk {d.path}: no such file" if not os.path.exists(d.path)
+                               else f"--disk {d.path}: not a regular file")
+        if not os.access(d.path, os.R_OK if d.readonly else os.R_OK | os.W_OK):
+            raise UsageProblem(f"--disk {d.path}: permission denied"
+                               + ("" if d.readonly else " (add ,ro for a read-only disk)"))
+    initrd = None
+    if config.initrd:
+        initrd = image.read_file(config.initrd, "initrd")
+        if not initrd:
+            raise UsageProblem(f"initrd {config.initrd}: the file is empty")
+    if config.firmware:
+        data = image.read_file(config.firmware, "firmware")
+        if not data:
+            raise UsageProblem(f"firmware {config.firmware}: the file is empty")
+        plan = layout.plan(config.mem, len(data), 0, len(initrd or b""), initrd is not None, what="firmware")
+        return Payload(data, initrd, plan, True)
+    head = image.read_file(config.kernel, "kernel", image.HEAD_BYTES)
+    size = os.path.getsize(config.kernel)
+    hdr = image.parse_header(head, f"kernel {config.kernel}", file_size=size)
+    plan = layout.plan(config.mem, image.load_size(hdr, size), hdr.text_offset,
+                       len(initrd or b""), initrd is not None)
+    return Payload(None, initrd, plan, False, config.kernel, size)

@@ -1,0 +1,442 @@
+"""The machine: builds the VM (RAM, vCPUs, vGICv3, devices, payload), runs one
+thread per vCPU, and pauses, resumes and stops them (a value comes out: this
+module prints nothing and never exits).
+
+Boot follows Documentation/arch/arm64/booting.rst: vCPU 0 starts at the
+kernel entry with x0 = DTB address, x1-x3 = 0, MMU off, EL1h, DAIF masked
+(KVM's reset state). Secondaries start powered off (KVM_ARM_VCPU_POWER_OFF);
+PSCI 0.2 (KVM_ARM_VCPU_PSCI_0_2) is handled inside KVM, which exits to us only
+for SYSTEM_OFF / SYSTEM_RESET (KVM_EXIT_SYSTEM_EVENT).
+
+Stopping: set ``immediate_exit`` in every vCPU's kvm_run, then send each vCPU
+thread SIGUSR1 (a no-op handler), so KVM_RUN returns EINTR wherever it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import threading
+import time
+from collections import Counter
+from typing import Callable, List, Optional
+
+from ..arm64 import regs
+from .._ffi import const
+from ..boot import fdt, layout
+from ..devices.bus import MmioBus
+from ..devices.io_thread import IoThread
+from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
+from ..devices.virtio_blk import VirtioBlk
+from ..devices.virtio_console import VirtioConsole
+from ..devices.virtio_fs import VirtioFs
+from ..devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_mac
+from ..devices.virtio_rng import VirtioRng
+from ..devices.virtio_vsock import VirtioVsock
+from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
+from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
+from ..memory import GuestMemory
+from ..sme import configure_vcpu, discover
+from ..vcpu import mpidr_of
+from .coalesced import CoalescedRing
+from .config import ExitStatus, MachineConfig, Outcome, Payload, full_cmdline
+from .console import OutputBuffer
+from .gic import VgicV3
+from .gic_regs import spi_irq_line
+from .vcpu_loop import run_vcpu
+from . import virtio_notify
+
+
+class _KernelOwned:
+    """A bus placeholder for a range KVM handles itself (the vGIC): it keeps
+    devices from being placed there; accesses never reach userspace."""
+
+    def read(self, offset, length):
+        return bytes(length)
+
+    def write(self, offset, data):
+        pass
+
+
+class Machine:
+    def __init__(self, kvm, config: MachineConfig, payload: Payload, output: Callable[[bytes], None]):
+        self.kvm = kvm
+        self.config = config
+        self.payload = payload
+        self.output = output
+        self.uart_out = OutputBuffer(output)
+        self.vm = None
+        self.mem = GuestMemory()
+        self.bus = MmioBus()
+        self.vcpus = []
+        self.gic = None
+        self.uart = None
+        self.console = None
+        self.virtio: List[VirtioMmio] = []
+        self.disks: List[VirtioBlk] = []
+        self.dtb = b""
+        self.cmdline = full_cmdline(config)
+        self._threads: List[threading.Thread] = []
+        self.done = threading.Event()
+        self._outcome_lock = threading.Lock()
+        self._outcome: Optional[Outcome] = None
+        self.exits: Counter = Counter()
+        self.coalesced: Optional[CoalescedRing] = None
+        self.vcpu_features: List[List[int]] = []  # INIT features per vCPU (without POWER_OFF)
+        self.sme_bit: Optional[int] = None
+        # Pausing (pause()/resume()): vCPU threads park outside KVM_RUN.
+        self._pause_cv = threading.Condition()
+        self._pause_req = False
+        self._parked = 0
+        # Guest counters (CNTVCT, CNTPCT) read when the vCPUs stopped and
+        # written back on resume, so the guest never sees a pause (a long one
+        # would trip its RCU stall detector and watchdogs). Off: the counters
+        # run on while paused (pyvmm restore --clock keep).
+        self.hide_pauses = True
+        self._frozen_counters: Optional[List[int]] = None
+        # Held by host-side input into devices (console) and by whoever saves
+        # the machine, so a snapshot never sees a half-delivered input.
+        self.io_lock = threading.RLock()
+        # Virtio queue notifies and interrupts through KVM_IOEVENTFD/KVM_IRQFD
+        # (eventfds False: MMIO exits and KVM_IRQ_LINE, on a KVM without
+        # them); Python-emulated queues and the taps of vhost=off served by
+        # the I/O thread.
+        self.io: Optional[IoThread] = None
+        self.eventfds = False
+        self.notifiers: List[virtio_notify.Notifiers] = []
+        self.owned: List = []  # backends holding host resources (closed by close())
+
+    # -- building --------------------------------------------------------------
+    def _irq(self, spi: int) -> Callable[[bool], None]:
+        line = spi_irq_line(spi)
+        vm = self.vm
+
+        def raise_irq(level: bool) -> None:
+            vm.irq_line(line, 1 if level else 0)
+        return raise_irq
+
+    def build(self) -> None:
+        """A fresh machine ready to boot: VM, vCPUs, vGIC, devices, payload."""
+        self.create_vm()
+        self.create_vcpus()
+        self.create_devices()
+        self.load_payload()
+
+    def create_vm(self) -> None:
+        self.vm = self.kvm.create_vm()
+        # vhost-user daemons (virtio-fs) map guest RAM themselves: a shared memfd
+        self.mem.add(layout.RAM_BASE, self.config.mem, self.vm, shared=bool(self.config.fss))
+        if self.kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
+            raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
+
+    def create_vcpus(self) -> None:
+        c, kvm = self.config, self.kvm
+        has_sve = kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0
+        if c.sve_max_vl is not None and not has_sve:
+            raise HostUnsupported("--sve-max-vl: this host's KVM offers no SVE to guests")
+        use_sve = has_sve and c.sve
+        sme_bit = None
+        if c.sme_max_vl is not None:
+            found = discover(kvm)  # the SME feature bit is probed (ABI page §2)
+            if not found.present:
+                raise HostUnsupported(f"--sme-max-vl: this host's KVM offers no SME to guests ({found.reason})",
+                                      "see pyvmm caps and pyvmm abi-check; the project's SME kernel is "
+                                      "built by ci/qemu-aarch64/kernel/build")
+            sme_bit = found.bit
+        self.sme_bit = sme_bit
+        # The INIT features a snapshot records (configure_vcpu adds the same
+        # SVE and SME bits itself); POWER_OFF is in the saved MP state instead.
+        features = [const("KVM_ARM_VCPU_PSCI_0_2")]
+        if use_sve:
+            features.append(const("KVM_ARM_VCPU_SVE"))
+        if sme_bit is not None:
+            features.append(sme_bit)
+        for i in range(c.cpus):
+            vcpu = self.vm.create_vcpu(i)
+            extra = [const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else []
+            if use_sve or sme_bit is not None:
+                # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
+                configure_vcpu(vcpu, sme_bit, c.sve_max_vl if use_sve else None, c.sme_max_vl,
+                               sve=use_sve, extra_features=extra,
+                               sve_label="--sve-max-vl", sme_label="--sme-max-vl")
+            else:
+                vcpu.arm_vcpu_init([*features, *extra])
+            self.add_vcpu(vcpu, features)
+
+    def add_vcpu(self, vcpu, features: List[int]) -> None:
+        """Record a vCPU created and initialised by the caller (also used by
+        snapshot restore, which initialises from the saved state)."""
+        self.vcpus.append(vcpu)
+        self.vcpu_features.append(list(features))
+
+    def create_devices(self) -> None:
+        """The vGIC (after every vCPU exists), the UART and the virtio devices."""
+        c = self.config
+        self.gic = VgicV3(self.vm, len(self.vcpus))
+        self.gic.init()
+        self.bus.register(layout.GICD_BASE, layout.GICD_SIZE, _KernelOwned(), "vGICv3 distributor")
+        self.bus.register(layout.GICR_BASE, layout.gicr_size(len(self.vcpus)), _KernelOwned(),
+                          "vGICv3 redistributors")
+
+        self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.uart_out.write)
+        self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
+        self._coalesce_uart_output()
+        self.io = IoThread(self.io_lock, self._io_failed)
+        self.eventfds = virtio_notify.supported(self.kvm)
+        slot = 0
+        if c.console == "virtio":
+            self.console = VirtioConsole(self.output)
+            self._add_virtio(slot, self.console, "virtio-console")
+            slot += 1
+        for d in c.disks:
+            blk = VirtioBlk(d.path, d.readonly)
+            self.disks.append(blk)
+            self._add_virtio(slot, blk, f"virtio-blk {d.path}")
+            slot += 1
+        for k, n in enumerate(c.nets):
+            if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
+                c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
+            if n.vhost:
+                net = VirtioNet.open(n.tap, n.mac)
+            else:
+                net = VirtioNetPython.open(n.tap, n.mac)
+                net.io = self.io
+            self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
+            slot += 1
+        if c.vsock is not None:
+            self._add_virtio(slot, self._own(VirtioVsock.open(c.vsock.cid)), f"virtio-vsock cid={c.vsock.cid}")
+            slot += 1
+        for f in c.fss:
+            fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
+            self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
+            self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))
+            slot += 1
+        if c.rng:
+            self._add_virtio(slot, VirtioRng(), "virtio-rng")
+            slot += 1
+
+    def _own(self, backend):
+        """A backend with host resources (fds, taps, daemons), closed with the machine."""
+        self.owned.append(backend)
+        return backend
+
+    def _coalesce_uart_output(self) -> None:
+        """Let the UART's data register take writes without exits (the console
+        costs one exit per character otherwise: Linux's PL011 driver writes DR
+        once per byte)."""
+        page = self.kvm.check_extension(const("KVM_CAP_COALESCED_MMIO"))
+        if page <= 0:
+            return
+        self.vm.register_coalesced_mmio(layout.UART_BASE + PL011_DR, 4)
+        self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus, self.uart_out)
+
+    def _add_virtio(self, slot: int, backend, name: str) -> None:
+        base, spi = layout.virtio_slot(slot)
+        if not self.eventfds:
+            if backend.kernel_queues:
+                raise HostUnsupported(f"{name} needs KVM_IOEVENTFD, KVM_IRQFD and irqfd resampling, "
+                                      "which this host's KVM does not offer")
+            t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+        else:
+            n = virtio_notify.Notifiers(backend.num_queues)
+            self.notifiers.append(n)
+            t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend)
+            n.register(self.vm, base, spi)
+            if backend.kernel_queues:
+                backend.attach_eventfds(n.kicks, n.call)
+                n.serve_resample(self.io, t)
+            else:
+                n.serve(self.io, t)
+        self.bus.register(base, VIRTIO_SIZE, t, name)
+        self.virtio.append(t)
+
+    def _daemon_gone(self, fs) -> None:
+        why = ""
+        if fs.daemon is not None:
+            time.sleep(0.1)  # let it finish dying, for its status and last words
+            status, words = fs.daemon.exited(), fs.daemon.last_words()
+            why = f" (virtiofsd {'exited with status ' + str(status) if status is not None else 'closed it'}" \
+                  f"{': ' + words if words else ''})"
+        self.finish(ExitStatus.ERROR, f"virtio-fs tag={fs.tag}: the vhost-user daemon closed its socket{why}")
+
+    def _io_failed(self, e: BaseException) -> None:
+        status = ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR
+        what = str(e) if isinstance(e, PyvmmError) else f"internal error: {type(e).__name__}: {e}"
+        self.finish(status, f"virtio I/O thread: {what}")
+
+    def device_nodes(self) -> List[fdt.Node]:
+        return [self.uart.dt_node()] + [t.dt_node() for t in self.virtio]
+
+    def load_payload(self) -> None:
+        """Kernel (or firmware), initrd and device tree into RAM; vCPU 0 at the entry."""
+        p = self.payload.plan
+        self.payload.load_into(self.mem, p.kernel_addr)
+        initrd_range = None
+        if self.payload.initrd is not None:
+            self.mem.write(p.initrd_addr, self.payload.initrd)
+            initrd_range = (p.initrd_addr, p.initrd_addr + len(self.payload.initrd))
+        self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
+                             gic=self.gic.dt_node(), devices=self.device_nodes(), bootargs=self.cmdline,
+                             initrd=initrd_range,
+                             stdout_path=self.uart.dt_path if self.config.console == "serial" else None)
+        self.mem.write(p.dtb_addr, self.dtb)
+        boot = self.vcpus[0]
+        boot.set_reg(regs.core("PC"), p.entry)
+        boot.set_reg(regs.core("X0"), p.dtb_addr)
+        for n in (1, 2, 3):
+            boot.set_reg(regs.core(f"X{n}"), 0)
+
+    # -- running -----------------------------------------------------------------
+    def console_sink(self) -> Callable[[bytes], int]:
+        """Where host console input goes. Nothing is taken while the machine
+        is paused (a snapshot must not see input half delivered)."""
+        receive = self.console.receive if self.console is not None else self.uart.receive
+
+        def sink(data: bytes) -> int:
+            with self.io_lock:
+                if self._pause_req:
+                    return 0
+                return receive(data)
+        return sink
+
+    # -- pausing -----------------------------------------------------------------
+    @property
+    def paused(self) -> bool:
+        return self._pause_req
+
+    def request_pause(self) -> None:
+        """Ask every vCPU thread to park outside KVM_RUN (before run(): they
+        park at once, so a restored machine can start paused)."""
+        with self._pause_cv:
+            self._pause_req = True
+            # immediate_exit is set under the lock: a thread leaving _park
+            # clears its own flag under the same lock, so a new pause can
+            # never be lost.
+            self._kick()
+
+    def pause(self, timeout: float = 30.0) -> None:
+        """Stop every vCPU with its state consistent: KVM_RUN with
+        immediate_exit completes a pending MMIO access and returns EINTR, so
+        each thread parks with the PC past the instruction it was on. Then
+        drain the coalesced ring, so every guest write reached its device."""
+        self.request_pause()
+        deadline = time.monotonic() + timeout
+        with self._pause_cv:
+            while self._parked < len(self._threads) and not self.done.is_set():
+                if time.monotonic() > deadline:
+                    raise GuestError(f"the vCPUs did not stop within {timeout:.0f} s "
+                                     f"({self._parked} of {len(self._threads)} parked)")
+                self._pause_cv.wait(0.1)
+                if self._parked < len(self._threads):
+                    self._signal_threads()
+        if self.done.is_set():
+            raise GuestError("the guest stopped while being paused")
+        if self.coalesced is not None:
+            self.coalesced.drain()
+        self.freeze_clock()
+
+    def freeze_clock(self) -> None:
+        """Remember the guest's counters (vCPUs stopped) for :meth:`resume`."""
+        if self.hide_pauses and self._frozen_counters is None and self.vcpus:
+            self._frozen_counters = [self.vcpus[0].get_reg(r) for r in regs.GUEST_COUNTERS]
+
+    def resume(self) -> None:
+        with self._pause_cv:
+            frozen, self._frozen_counters = self._frozen_counters, None
+            if frozen is not None and self._pause_req:
+                # The counter offset is VM-wide in KVM; every vCPU is written
+                # so a kernel with per-vCPU offsets agrees too.
+                for v in self.vcpus:
+                    for reg, value in zip(regs.GUEST_COUNTERS, frozen):
+                        v.set_reg(reg, value)
+            self._pause_req = False
+            self._pause_cv.notify_all()
+
+    def park(self, vcpu) -> None:
+        """Called by ``vcpu``'s thread at a pause point: wait while paused."""
+        with self._pause_cv:
+            self._parked += 1
+            self._pause_cv.notify_all()
+            while self._pause_req and not self.done.is_set():
+                self._pause_cv.wait(0.5)
+            self._parked -= 1
+            if not self.done.is_set():
+                vcpu.set_immediate_exit(False)
+
+    def finish(self, status: ExitStatus, reason: str) -> None:
+        """Record the first outcome and stop every vCPU. Safe from any thread."""
+        with self._outcome_lock:
+            if self._outcome is None:
+                self._outcome = Outcome(status, reason)
+        self.done.set()
+        with self._pause_cv:
+            self._pause_cv.notify_all()
+        self._kick()
+
+    def record_exits(self, counts: Counter) -> None:
+        """Add a vCPU thread's exit counts to :attr:`exits` (safe from any thread)."""
+        with self._outcome_lock:
+            self.exits.update(counts)
+
+    def _kick(self) -> None:
+        for v in self.vcpus:
+            if v.run_struct is not None:
+                v.set_immediate_exit(True)
+        self._signal_threads()
+
+    def _signal_threads(self) -> None:
+        me = threading.get_ident()
+        for t in self._threads:
+            if t.ident is not None and t.ident != me and t.is_alive():
+                try:
+                    signal.pthread_kill(t.ident, signal.SIGUSR1)
+                except (ProcessLookupError, OSError):
+                    pass
+
+    def run(self) -> Outcome:
+        """Run until the guest powers off, resets, crashes or finish() is called."""
+        t0 = time.monotonic()
+        for v in self.vcpus:
+            t = threading.Thread(target=run_vcpu, args=(self, v), name=f"vcpu{v.index}", daemon=True)
+            self._threads.append(t)
+        for t in self._threads:
+            t.start()
+        if self.io is not None:
+            self.io.start()
+        ring = self.coalesced
+        while not self.done.wait(0.02 if ring is not None else 0.25):
+            if ring is not None and ring.pending():
+                ring.drain()
+        self._kick()
+        for t in self._threads:
+            while t.is_alive():
+                t.join(0.2)
+                if t.is_alive():
+                    self._kick()
+        if self.io is not None:
+            self.io.stop()
+            self.exits["io_thread"] = self.io.wakeups
+        if ring is not None:
+            ring.drain()
+            self.exits["coalesced"] = ring.entries
+        out = self._outcome
+        out.exits = self.exits
+        out.seconds = time.monotonic() - t0
+        out.console_bytes = self.uart.tx_bytes + (self.console.tx_bytes if self.console else 0)
+        return out
+
+    def close(self) -> None:
+        if self.coalesced is not None:
+            self.coalesced.close()
+        if self.io is not None:
+            self.io.close()
+        for b in self.owned:
+            b.close()
+        for n in self.notifiers:
+            n.close()
+        for d in self.disks:
+            d.close()
+        if self.gic is not None:
+            self.gic.close()
+        if self.vm is not None:
+            self.vm.close()
+        self.mem.close()

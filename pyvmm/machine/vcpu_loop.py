@@ -1,0 +1,120 @@
+"""One vCPU thread's run loop (:func:`run_vcpu`) and the exit policy it applies
+(:func:`handle_exit`, :func:`run_failure`), which host tests feed synthetic exits."""
+from __future__ import annotations
+
+import errno
+from collections import Counter
+from typing import Optional, Tuple, Union
+
+from .. import exits
+from .._ffi import const, ffi
+from ..errors import KvmError, PyvmmError, UsageProblem
+from .config import ExitStatus
+
+Verdict = Tuple[ExitStatus, str]
+# handle_exit's answer for a signal (KVM_EXIT_INTR): the vCPU may park here
+# (Machine.pause); KVM_RUN with immediate_exit has completed any MMIO access.
+PAUSE_POINT = "pause point"
+
+_EXIT_MMIO = const("KVM_EXIT_MMIO")
+_EXIT_INTR = const("KVM_EXIT_INTR")
+_SYSTEM_EVENTS = {
+    const("KVM_SYSTEM_EVENT_SHUTDOWN"): (ExitStatus.POWEROFF, "the guest powered off"),
+    const("KVM_SYSTEM_EVENT_RESET"): (ExitStatus.RESET, "the guest asked for a reset"),
+    const("KVM_SYSTEM_EVENT_CRASH"): (ExitStatus.CRASH, "the guest crashed (KVM crash event)"),
+}
+# KVM_RUN errnos that mean the guest did something KVM cannot continue from
+# (e.g. ENOSYS: a data abort outside RAM and devices without a valid syndrome).
+_GUEST_STUCK = (errno.ENOSYS, errno.EFAULT, errno.ENOEXEC)
+
+
+def handle_exit(run, bus, index: int, counts: Counter) -> Union[None, str, Verdict]:
+    """What the exit in ``run`` (a ``struct kvm_run *``) means for vCPU
+    ``index``: None to run again (an MMIO access, dispatched to ``bus`` and
+    completed in ``run``, or a WAKEUP/SUSPEND event, which only capabilities
+    pyvmm does not enable produce), :data:`PAUSE_POINT` for a signal, or the
+    (status, reason) that ends the machine. Counts the exit in ``counts``."""
+    reason = run.exit_reason
+    if reason == _EXIT_MMIO:
+        counts["mmio"] += 1
+        mmio = run.mmio
+        n = mmio.len
+        if n > 8:  # kvm_run's mmio.data holds 8 bytes; never trust more (as exits.decode)
+            n = 8
+        if mmio.is_write:
+            bus.write(mmio.phys_addr, ffi.buffer(mmio.data, n)[:])
+        else:
+            ffi.memmove(mmio.data, bus.read(mmio.phys_addr, n), n)
+        return None
+    if reason == _EXIT_INTR:
+        counts["intr"] += 1
+        return PAUSE_POINT
+    ex = exits.decode(run)
+    if type(ex) is exits.SystemEventExit:
+        counts["system_event"] += 1
+        return _SYSTEM_EVENTS.get(ex.type)
+    counts[type(ex).__name__] += 1
+    return ExitStatus.CRASH, f"vcpu{index}: {describe(ex)}"
+
+
+def run_failure(e: BaseException, index: int) -> Verdict:
+    """The (status, reason) a vCPU thread ends the machine with when ``e``
+    escaped its loop: the KVM_RUN errno mapping, usage errors, pyvmm bugs."""
+    if isinstance(e, KvmError):
+        if e.ioctl == "KVM_RUN" and e.errno in _GUEST_STUCK:
+            return ExitStatus.CRASH, (f"vcpu{index}: the guest did something KVM cannot "
+                                      f"continue from ({e.message})")
+        return ExitStatus.ERROR, f"vcpu{index}: {e}"
+    if isinstance(e, PyvmmError):
+        return (ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR), f"vcpu{index}: {e}"
+    return ExitStatus.ERROR, f"vcpu{index}: internal error: {type(e).__name__}: {e}"
+
+
+def describe(ex) -> str:
+    """One line for an exit pyvmm cannot continue from."""
+    if isinstance(ex, exits.FailEntryExit):
+        return f"KVM could not enter the guest (FAIL_ENTRY, reason {ex.reason:#x})"
+    if isinstance(ex, exits.InternalErrorExit):
+        return f"KVM internal error (suberror {ex.suberror})"
+    if isinstance(ex, exits.NisvExit):
+        return (f"the guest accessed {ex.fault_ipa:#x} in a way KVM cannot emulate "
+                f"(data abort without syndrome, ESR ISS {ex.esr_iss:#x}); it is not RAM or an emulated device")
+    if isinstance(ex, exits.OtherExit):
+        return f"unexpected exit {ex.name or ex.reason}"
+    return repr(ex)
+
+
+def run_vcpu(machine, vcpu) -> None:
+    """The body of vCPU ``vcpu``'s thread: KVM_RUN (prepared once by the fd
+    layer) until ``machine`` is done, the coalesced ring drained before each
+    exit is handled (earlier writes first), parking at pause points while
+    ``machine`` is paused. Ends the machine on a verdict or a failure."""
+    counts: Counter = Counter()
+    run, bus, index = vcpu.run_struct, machine.bus, vcpu.index
+    kvm_run = vcpu.prepare_run()
+    ring = machine.coalesced
+    done = machine.done
+    try:
+        while not done.is_set():
+            try:
+                kvm_run()
+            except KvmError as e:
+                if e.errno != errno.EINTR:
+                    raise
+                counts["intr"] += 1
+                verdict: Optional[object] = PAUSE_POINT
+            else:
+                if ring is not None and ring.pending():
+                    ring.drain()
+                verdict = handle_exit(run, bus, index, counts)
+            if verdict is None:
+                continue
+            if verdict is PAUSE_POINT:
+                if machine.paused:
+                    machine.park(vcpu)
+                continue
+            machine.finish(*verdict)
+    except Exception as e:  # noqa: BLE001 (every failure ends the machine with its reason)
+        machine.finish(*run_failure(e, index))
+    finally:
+        machine.record_exits(counts)

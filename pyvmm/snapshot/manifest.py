@@ -1,0 +1,72 @@
+"""The manifest parts every snapshot kind shares: its header, the vCPU states,
+the CNTFRQ check and guest RAM packed into and unpacked from blobs."""
+from __future__ import annotations
+
+import platform
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from .. import __version__, hostinfo
+from ..errors import HostUnsupported, UsageProblem
+from . import format as fmt
+from . import memory_image, vcpu_state
+
+Progress = Optional[Callable[[int, int], None]]
+
+
+def header(kind: str) -> dict:
+    """The manifest keys every snapshot kind starts with."""
+    return {"kind": kind, "created_by": f"pyvmm {__version__}", "created_at_ns": time.time_ns(),
+            "host": {"machine": platform.machine(), "kernel": platform.release()}}
+
+
+def check_cntfrq(saved: int) -> int:
+    """This host's CNTFRQ_EL0, refusing a snapshot taken at another frequency
+    (the guest's counters and timer deadlines would run at a different pace)."""
+    host = hostinfo.cntfrq()
+    if host != saved:
+        raise HostUnsupported(f"CNTFRQ differs: snapshot {saved} Hz, this host {host} Hz",
+                              "restore on a host whose timer runs at the same frequency")
+    return host
+
+
+def vcpu_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
+    """The snapshot's vCPU states, each with its register blob."""
+    out = []
+    for meta in snap.manifest.get("vcpus", []):
+        try:
+            out.append(vcpu_state.VcpuState.from_json(meta, snap.blobs[f"vcpu{meta['index']}.regs"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e})") from None
+        except UsageProblem as e:
+            raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e.message})") from None
+    return out
+
+
+def pack_ram(mem, progress: Progress = None) -> Tuple[Dict[str, bytes], List[dict]]:
+    """Every RAM region of ``mem`` (a :class:`pyvmm.memory.GuestMemory`) as a
+    blob of its non-zero pages: (blobs by name, the manifest's region entries).
+    ``progress(done, total)`` counts bytes over all regions."""
+    blobs: Dict[str, bytes] = {}
+    regions = []
+    total = sum(r.size for r in mem.regions)
+    done = 0
+    for r in mem.regions:
+        blob, stored = memory_image.pack(
+            r.mm, (lambda d, t, base=done: progress(base + d, total)) if progress else None)
+        done += r.size
+        name = f"ram{r.slot}"
+        blobs[name] = blob
+        regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+    return blobs, regions
+
+
+def unpack_ram(snap: fmt.Snapshot, region: dict, mem, progress: Progress = None) -> None:
+    """Write the saved ``region`` (a manifest region entry) into ``mem``'s
+    region at the same guest address, refusing a malformed blob."""
+    base = int(region["gpa"])
+    try:
+        memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
+                                 lambda off, data: mem.write(base + off, data), progress)
+    except (KeyError, ValueError) as e:
+        raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None

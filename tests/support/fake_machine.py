@@ -1,0 +1,39 @@
+"""What the vCPU loop (pyvmm.machine.vcpu_loop) sees of a machine, faked for
+pure-logic tests: a bus that records accesses and a machine that records
+how it was ended, parked and counted."""
+import threading
+from collections import Counter
+
+
+class RecordingBus:
+    def __init__(self, answer=b"\x11\x22\x33\x44\x55\x66\x77\x88"):
+        self.answer = answer
+        self.log = []
+
+    def read(self, addr, n):
+        self.log.append(("read", addr, n))
+        return self.answer[:n]
+
+    def write(self, addr, data):
+        self.log.append(("write", addr, bytes(data)))
+
+
+class FakeMachine:
+    def __init__(self, bus):
+        self.bus, self.coalesced = bus, None
+        self.done = threading.Event()
+        self.paused = False
+        self.parked = 0
+        self.outcomes = []
+        self.exits = Counter()
+
+    def park(self, vcpu):
+        self.parked += 1
+        self.paused = False
+
+    def finish(self, status, reason):
+        self.outcomes.append((status, reason))
+        self.done.set()
+
+    def record_exits(self, counts):
+        self.exits.update(counts)

@@ -1,0 +1,54 @@
+"""The test suite's one fake vGIC: a recording stand-in for the KVM vGICv3
+device fd (pure logic only; tests/kvm/test_gic_state.py runs the same code
+against the real in-kernel vGIC). Hand it to a VM with
+``support.fake_kvm.FakeKvm(vgic=FakeVgicDevice())``."""
+import errno
+
+from pyvmm._ffi import const
+from pyvmm.errors import KvmError
+from pyvmm.machine import gic_regs
+
+SYSREGS = const("KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS")
+NR_IRQS_GRP = const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS")
+PRI5 = 4 << 8  # ICC_CTLR_EL1.PRIbits = 5 priority bits - 1
+
+
+class FakeVgicDevice:
+    """Records every get/set; a set stores the value, a get returns the last
+    value stored under (group, attr) or a distinct seed derived from it."""
+
+    def __init__(self, icc_ctlr=PRI5):
+        self.nr_irqs = None  # set by VgicV3.__init__ (GRP_NR_IRQS)
+        self.icc_ctlr = icc_ctlr
+        self.busy = False
+        self.values = {}
+        self.log = []  # ("get"|"set", group, attr, value)
+
+    def _seed(self, group, attr):
+        if group == SYSREGS and attr & 0xFFFF == gic_regs.sysreg_instr("ICC_CTLR_EL1"):
+            return self.icc_ctlr
+        return (group * 0x9E3779B1 + attr * 0x85EBCA77) & 0xFFFFFFFF
+
+    def set_device_attr(self, group, attr, value=None, ctype="uint64_t"):
+        if self.busy and group != NR_IRQS_GRP:
+            raise KvmError(errno.EBUSY, "KVM_SET_DEVICE_ATTR", "vgic-v3")
+        if group == NR_IRQS_GRP:
+            self.nr_irqs = value
+        self.log.append(("set", group, attr, value))
+        self.values[(group, attr)] = value
+
+    def get_device_attr(self, group, attr, ctype="uint64_t"):
+        if group == NR_IRQS_GRP:
+            return self.nr_irqs
+        if self.busy:
+            raise KvmError(errno.EBUSY, "KVM_GET_DEVICE_ATTR", "vgic-v3")
+        value = self.values.get((group, attr), self._seed(group, attr))
+        self.log.append(("get", group, attr, value))
+        return value
+
+    def writes(self):
+        return [(g, a, v) for op, g, a, v in self.log if op == "set" and g != NR_IRQS_GRP
+                and g != const("KVM_DEV_ARM_VGIC_GRP_ADDR")]
+
+    def close(self):
+        pass
