@@ -70,7 +70,7 @@ def test_snapshot_mid_computation_restores_in_a_new_process(kvm, tmp_path):
     script = f"""
 import json, sys
 sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})
-from pyvmm import regs
+from pyvmm.arm64 import regs
 from pyvmm.kvm import open_kvm
 from pyvmm.snapshot import format as fmt, vm_snapshot
 kvm = open_kvm()
