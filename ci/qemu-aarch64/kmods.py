@@ -11,13 +11,14 @@ file names in load order (dependencies first), for a plain ``insmod`` loop
 reported and skipped (the kernel has it built in); a missing dependency is
 an error.
 """
-import gzip
-import lzma
 import os
 import re
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "guests", "linux"))
+from mkinitramfs import decompress_module  # noqa: E402  (.ko.xz/.gz/.zst -> bytes)
 
 
 def norm(name):
@@ -30,19 +31,6 @@ def base_name(path):
         if b.endswith(ext):
             b = b[:-len(ext)]
     return b[:-3] if b.endswith(".ko") else None
-
-
-def decompress(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    if path.endswith(".xz"):
-        return lzma.decompress(data)
-    if path.endswith(".gz"):
-        return gzip.decompress(data)
-    if path.endswith(".zst"):
-        r = subprocess.run(["zstd", "-dc", path], capture_output=True, check=True)
-        return r.stdout
-    return data
 
 
 def depends(ko):
@@ -81,7 +69,7 @@ def main(argv):
             break
         subprocess.run(["tar", "-xf", tar, "-C", tmp] + [where[m] for m in batch], check=True)
         for m in batch:
-            data[m] = decompress(os.path.join(tmp, where[m]))
+            data[m] = decompress_module(os.path.join(tmp, where[m]))
             deps[m] = depends(data[m])
             for d in deps[m]:
                 if d not in where:
