@@ -21,9 +21,12 @@
 #                      machine + guests +
 #                      test-machine + kernel + test-sme-kernel + test-sme-kernel-nvhe +
 #                      test-selftests)
-#   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo
+#   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo (a guest's
+#                      CPU features; a guest reaching the host over the network and reading a
+#                      shared directory)
 #   make bench         benchmarks: boot time vs QEMU, SME state save/restore vs the ioctl floor,
-#                      live snapshot + restore vs QEMU migration to a file
+#                      live snapshot + restore vs QEMU migration to a file, data planes (TCP over
+#                      vhost-net, vsock, virtio-fs) vs QEMU
 #   make clean         remove .venv and build output (clean-cache: the machine cache too)
 
 SHELL := /bin/bash
@@ -166,6 +169,7 @@ bench: machine guests kernel
 	$(RUN) $(RUN_FLAGS) -- python3 bench/boot.py
 	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" -- python3 bench/sme_state.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/snapshot.py
+	$(RUN) $(RUN_FLAGS) -- python3 bench/data_planes.py
 
 clean:
 	rm -rf $(VENV) out build .pytest_cache .hypothesis *.egg-info

@@ -28,6 +28,8 @@ from _common import env, guest_files
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "5"))
+# which console throughputs to measure (PYVMM_BENCH_CONSOLES=virtio: only virtio-console)
+CONSOLES = os.environ.get("PYVMM_BENCH_CONSOLES", "serial,virtio").split(",")
 MEM = "256M"
 MEM_BYTES = 256 << 20
 INIT_MARKER = b"pyvmm-guest: init"
@@ -154,7 +156,7 @@ def main():
                   f"exit {w.exit_time:.2f} s", file=sys.stderr, flush=True)
     tput = {}
     for name, mk in (("pyvmm", pyvmm_cmd), ("qemu", qemu_cmd)):
-        for console in ("serial", "virtio"):
+        for console in CONSOLES:
             n = THROUGHPUT_BYTES[console]
             w = Watched(mk(k, i, "quiet " + throughput_script(n), console), env()).wait()
             t0 = w.seen.get(b"T0\n") or w.seen.get(b"T0\r\n")
@@ -185,7 +187,7 @@ def main():
     print(f"| time to exit | {f(p_exit, ' s')} | {f(q_exit, ' s')} | {f(p_exit / q_exit)} | |")
     print(f"| RSS without guest RAM | {f(p_rss / 1024, ' MiB')} | {f(q_rss / 1024, ' MiB')} | "
           f"{f(p_rss / q_rss)} | pyvmm <= 40 MiB |")
-    for console in ("serial", "virtio"):
+    for console in CONSOLES:
         a, b = tput["pyvmm", console], tput["qemu", console]
         ratio = f(a / b) if a and b else "n/a"
         label = "UART (PL011)" if console == "serial" else "virtio-console"

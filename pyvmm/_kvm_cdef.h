@@ -307,3 +307,62 @@ struct kvm_coalesced_mmio_ring {
 };
 
 #define KVM_CAP_COALESCED_MMIO 15
+
+/* irqfd / ioeventfd flags (include/uapi/linux/kvm.h). With RESAMPLE the line
+ * stays asserted until the guest EOIs it; KVM then lowers it and signals the
+ * resamplefd, so userspace can raise it again while its device still wants
+ * the interrupt (level semantics). */
+#define KVM_CAP_IRQFD_RESAMPLE 82
+#define KVM_IRQFD_FLAG_DEASSIGN 1
+#define KVM_IRQFD_FLAG_RESAMPLE 2
+#define KVM_IOEVENTFD_FLAG_DATAMATCH 1
+#define KVM_IOEVENTFD_FLAG_DEASSIGN 4
+
+/* ---- vhost (include/uapi/linux/vhost.h, vhost_types.h) --------------------
+ * The in-kernel virtio data planes: /dev/vhost-net, /dev/vhost-vsock. Ring
+ * addresses are addresses in this process (the kernel translates them with
+ * the memory table). */
+struct vhost_vring_state {
+    unsigned int index;
+    unsigned int num;
+};
+
+struct vhost_vring_file {
+    unsigned int index;
+    int fd;
+};
+
+struct vhost_vring_addr {
+    unsigned int index;
+    unsigned int flags;
+    uint64_t desc_user_addr;
+    uint64_t used_user_addr;
+    uint64_t avail_user_addr;
+    uint64_t log_guest_addr;
+};
+
+struct vhost_memory_region {
+    uint64_t guest_phys_addr;
+    uint64_t memory_size;
+    uint64_t userspace_addr;
+    uint64_t flags_padding;
+};
+
+struct vhost_memory {
+    uint32_t nregions;
+    uint32_t padding;
+    struct vhost_memory_region regions[];
+};
+
+#define VHOST_VIRTIO 0xAF
+#define VHOST_F_LOG_ALL 26
+#define VHOST_NET_F_VIRTIO_NET_HDR 27
+
+/* ---- tun/tap (include/uapi/linux/if_tun.h) ------------------------------- */
+#define IFF_TAP 2
+#define IFF_NO_PI 4096
+#define IFF_VNET_HDR 16384
+#define TUN_F_CSUM 1
+#define TUN_F_TSO4 2
+#define TUN_F_TSO6 4
+#define TUN_F_TSO_ECN 8

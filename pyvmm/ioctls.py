@@ -1,4 +1,4 @@
-"""Every KVM request number pyvmm issues, built in one table from
+"""Every KVM (and vhost, tun) request number pyvmm issues, built in one table from
 ``_IO/_IOR/_IOW/_IOWR`` and the argument type, as include/uapi/linux/kvm.h does.
 
 arm64 uses the generic ioctl encoding (include/uapi/asm-generic/ioctl.h):
@@ -14,6 +14,8 @@ from ._ffi import ffi
 
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 KVMIO = 0xAE
+VHOST_VIRTIO = 0xAF  # include/uapi/linux/vhost.h
+TUN_TYPE = ord("T")  # include/uapi/linux/if_tun.h
 
 
 def _ioc(direction: int, typ: int, nr: int, size: int) -> int:
@@ -28,20 +30,20 @@ class Request(NamedTuple):
     argtype: Optional[str]  # C type of the argument, None for _IO
 
 
-def _IO(name, nr):
-    return Request(name, _ioc(_IOC_NONE, KVMIO, nr, 0), None)
+def _IO(name, nr, typ=KVMIO):
+    return Request(name, _ioc(_IOC_NONE, typ, nr, 0), None)
 
 
-def _IOR(name, nr, argtype):
-    return Request(name, _ioc(_IOC_READ, KVMIO, nr, ffi.sizeof(argtype)), argtype)
+def _IOR(name, nr, argtype, typ=KVMIO):
+    return Request(name, _ioc(_IOC_READ, typ, nr, ffi.sizeof(argtype)), argtype)
 
 
-def _IOW(name, nr, argtype):
-    return Request(name, _ioc(_IOC_WRITE, KVMIO, nr, ffi.sizeof(argtype)), argtype)
+def _IOW(name, nr, argtype, typ=KVMIO):
+    return Request(name, _ioc(_IOC_WRITE, typ, nr, ffi.sizeof(argtype)), argtype)
 
 
-def _IOWR(name, nr, argtype):
-    return Request(name, _ioc(_IOC_READ | _IOC_WRITE, KVMIO, nr, ffi.sizeof(argtype)), argtype)
+def _IOWR(name, nr, argtype, typ=KVMIO):
+    return Request(name, _ioc(_IOC_READ | _IOC_WRITE, typ, nr, ffi.sizeof(argtype)), argtype)
 
 
 _TABLE = [
@@ -76,6 +78,28 @@ _TABLE = [
     _IOW("KVM_SET_DEVICE_ATTR", 0xE1, "struct kvm_device_attr"),
     _IOW("KVM_GET_DEVICE_ATTR", 0xE2, "struct kvm_device_attr"),
     _IOW("KVM_HAS_DEVICE_ATTR", 0xE3, "struct kvm_device_attr"),
+    # vhost fds (/dev/vhost-net, /dev/vhost-vsock): include/uapi/linux/vhost.h
+    _IOR("VHOST_GET_FEATURES", 0x00, "uint64_t", VHOST_VIRTIO),
+    _IOW("VHOST_SET_FEATURES", 0x00, "uint64_t", VHOST_VIRTIO),
+    _IO("VHOST_SET_OWNER", 0x01, VHOST_VIRTIO),
+    _IO("VHOST_RESET_OWNER", 0x02, VHOST_VIRTIO),
+    _IOW("VHOST_SET_MEM_TABLE", 0x03, "struct vhost_memory", VHOST_VIRTIO),
+    _IOW("VHOST_SET_VRING_NUM", 0x10, "struct vhost_vring_state", VHOST_VIRTIO),
+    _IOW("VHOST_SET_VRING_ADDR", 0x11, "struct vhost_vring_addr", VHOST_VIRTIO),
+    _IOW("VHOST_SET_VRING_BASE", 0x12, "struct vhost_vring_state", VHOST_VIRTIO),
+    _IOWR("VHOST_GET_VRING_BASE", 0x12, "struct vhost_vring_state", VHOST_VIRTIO),
+    _IOW("VHOST_SET_VRING_KICK", 0x20, "struct vhost_vring_file", VHOST_VIRTIO),
+    _IOW("VHOST_SET_VRING_CALL", 0x21, "struct vhost_vring_file", VHOST_VIRTIO),
+    _IOW("VHOST_NET_SET_BACKEND", 0x30, "struct vhost_vring_file", VHOST_VIRTIO),  # vhost-net
+    _IOW("VHOST_VSOCK_SET_GUEST_CID", 0x60, "uint64_t", VHOST_VIRTIO),  # vhost-vsock
+    _IOW("VHOST_VSOCK_SET_RUNNING", 0x61, "int", VHOST_VIRTIO),  # vhost-vsock
+    # tun fd (/dev/net/tun): include/uapi/linux/if_tun.h. TUNSETIFF's declared
+    # argument type is int for history; it takes a struct ifreq.
+    _IOW("TUNSETIFF", 202, "int", TUN_TYPE),
+    _IOW("TUNSETPERSIST", 203, "int", TUN_TYPE),
+    _IOR("TUNGETFEATURES", 207, "unsigned int", TUN_TYPE),
+    _IOW("TUNSETOFFLOAD", 208, "unsigned int", TUN_TYPE),
+    _IOW("TUNSETVNETHDRSZ", 216, "int", TUN_TYPE),
 ]
 
 REQUESTS = {r.name: r for r in _TABLE}

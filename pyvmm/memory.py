@@ -1,4 +1,6 @@
-"""Guest RAM: anonymous host mappings registered as KVM memory slots.
+"""Guest RAM: host mappings registered as KVM memory slots: anonymous
+private memory, or (``shared``) a memfd mapped MAP_SHARED, whose fd a
+vhost-user daemon can map to reach the guest's buffers itself.
 
 Every access from device models goes through :meth:`GuestMemory.read` /
 :meth:`GuestMemory.write`, which check the whole range against guest RAM, so
@@ -7,6 +9,7 @@ a guest-supplied address or length can never reach host memory outside it.
 from __future__ import annotations
 
 import mmap
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -24,6 +27,7 @@ class Region:
     gpa: int
     size: int
     mm: mmap.mmap
+    fd: int = -1  # the memfd of shared RAM, -1 for anonymous memory
 
     @property
     def end(self) -> int:
@@ -37,20 +41,30 @@ class GuestMemory:
     def __init__(self):
         self.regions: List[Region] = []
 
-    def add(self, gpa: int, size: int, vm=None, readonly: bool = False) -> Region:
+    def add(self, gpa: int, size: int, vm=None, readonly: bool = False, shared: bool = False) -> Region:
         if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
             raise UsageProblem(f"guest RAM at {gpa:#x} size {size:#x} must be page aligned and non-empty")
         for r in self.regions:
             if gpa < r.end and r.gpa < gpa + size:
                 raise UsageProblem(f"guest RAM at {gpa:#x} overlaps the region at {r.gpa:#x}")
-        try:
-            mm = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                           mmap.PROT_READ | mmap.PROT_WRITE)
-        except (OSError, OverflowError) as e:
-            raise HostUnsupported(f"cannot map {size >> 20} MiB of guest RAM: "
-                                  f"{getattr(e, 'strerror', None) or e}",
-                                  "give the guest less memory (-m)") from None
-        region = Region(len(self.regions), gpa, size, mm)
+        fd = -1
+        if shared:
+            fd = os.memfd_create(f"pyvmm-ram-{gpa:x}", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            except OSError:
+                os.close(fd)
+                raise
+        else:
+            try:
+                mm = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                               mmap.PROT_READ | mmap.PROT_WRITE)
+            except (OSError, OverflowError) as e:
+                raise HostUnsupported(f"cannot map {size >> 20} MiB of guest RAM: "
+                                      f"{getattr(e, 'strerror', None) or e}",
+                                      "give the guest less memory (-m)") from None
+        region = Region(len(self.regions), gpa, size, mm, fd)
         if vm is not None:
             vm.set_user_memory_region(region.slot, gpa, size, region.host_address(),
                                       2 if readonly else 0)
@@ -64,6 +78,15 @@ class GuestMemory:
             if r.gpa <= gpa and gpa + length <= r.end:
                 return r
         return None
+
+    def host_address(self, gpa: int, length: int) -> int:
+        """The address in this process of guest range gpa+length (for a kernel
+        or daemon data plane that is given ring addresses); the whole range
+        must be in one region of guest RAM."""
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        return r.host_address() + (gpa - r.gpa)
 
     def contains(self, gpa: int, length: int) -> bool:
         return self._find(gpa, length) is not None
@@ -88,4 +111,6 @@ class GuestMemory:
                 r.mm.close()
             except BufferError:
                 pass
+            if r.fd >= 0:
+                os.close(r.fd)
         self.regions = []

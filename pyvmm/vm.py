@@ -71,9 +71,11 @@ class Vm(KvmFd):
             ec.args[i] = a
         self.ioctl("KVM_ENABLE_CAP", ec)
 
-    def irqfd(self, fd: int, gsi: int, flags: int = 0) -> None:
+    def irqfd(self, fd: int, gsi: int, flags: int = 0, resamplefd: int = 0) -> None:
+        """KVM_IRQFD: signalling eventfd ``fd`` injects GSI ``gsi`` (arm64: SPI
+        number, INTID - 32, through the vGIC's default routing)."""
         a = ffi.new("struct kvm_irqfd *")
-        a.fd, a.gsi, a.flags = fd, gsi, flags
+        a.fd, a.gsi, a.flags, a.resamplefd = fd, gsi, flags, resamplefd
         self.ioctl("KVM_IRQFD", a)
 
     def ioeventfd(self, addr: int, length: int, fd: int, datamatch: Optional[int] = None,

@@ -13,6 +13,7 @@ import click
 
 from .. import console_out as console_out_lib
 from .. import machine as machine_lib
+from ..machine import devspec
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
@@ -88,6 +89,14 @@ def _writer(stream):
               help="Where the console is: this terminal; a new pty (its name is printed); a unix "
                    "socket (mode 0600, one client at a time); or a log file (output only). Output "
                    "nobody reads on a pty or socket is dropped, never stalling the guest.")
+@click.option("--net", "nets", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off]",
+              help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
+                   "packets moved by vhost-net (repeatable).")
+@click.option("--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more).")
+@click.option("--fs", "fss", multiple=True, metavar="tag=TAG,dir=DIR|socket=PATH",
+              help="virtio-fs with mount tag TAG: pyvmm runs virtiofsd for DIR, or connects to the "
+                   "vhost-user-fs daemon at PATH (repeatable).")
+@click.option("--no-rng", is_flag=True, help="No virtio-rng (present by default, fed by the host's getrandom).")
 @click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
 @click.option("--firmware", metavar="BIN",
               help="Raw bare-metal binary loaded at the start of RAM and entered with the MMU off.")
@@ -99,7 +108,7 @@ def _writer(stream):
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
 def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, no_sme, no_pmu, no_pauth, disks,
-        console, console_out, dump_dtb, firmware,
+        console, console_out, nets, vsock, fss, no_rng, dump_dtb, firmware,
         on_reboot, kvm_path, control, debug):
     """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
@@ -128,7 +137,9 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
         kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
         cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve, sme=not no_sme,
         pmu=not no_pmu, pauth=not no_pauth,
-        disks=[parse_disk(d) for d in disks], console=console,
+        disks=[parse_disk(d) for d in disks], console=console, rng=not no_rng,
+        nets=[devspec.parse_net(n) for n in nets], vsock=devspec.parse_vsock(vsock) if vsock else None,
+        fss=[devspec.parse_fs(f) for f in fss],
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
     console_out_lib.parse(console_out)

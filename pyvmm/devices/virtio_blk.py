@@ -49,17 +49,7 @@ class VirtioBlk(VirtioBackend):
         return self.config_bytes()[offset:offset + length].ljust(length, b"\0")
 
     def queue_notify(self, transport, index: int) -> None:
-        q = transport.queues[index]
-        done = False
-        while True:
-            chain = q.pop()
-            if chain is None:
-                break
-            written = self._request(transport.mem, chain)
-            q.push(chain.head, written)
-            done = True
-        if done:
-            transport.signal_used(q)
+        transport.serve(index, lambda chain: self._request(transport.mem, chain))
 
     def _request(self, mem, chain) -> int:
         if chain.readable_len < _HDR.size or chain.writable_len < 1:

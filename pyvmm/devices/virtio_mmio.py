@@ -49,6 +49,18 @@ class VirtioBackend:
     transport: Optional["VirtioMmio"] = None  # set by the transport that carries this backend
     num_queues = 1
     queue_max = 256
+    # True when a data plane outside Python (vhost in the kernel, a
+    # vhost-user daemon) serves the queues: it is handed the queues' kick
+    # eventfds and the interrupt eventfd (attach_eventfds) and signals used
+    # buffers itself, so the transport cannot know when it did and reports
+    # the used-buffer bit in InterruptStatus whenever the driver is running.
+    kernel_queues = False
+    # Why a machine with this device cannot be snapshotted (None: it can).
+    snapshot_refusal = None
+
+    def attach_eventfds(self, kicks: List[int], call: int) -> None:
+        """The queue kick eventfds (KVM_IOEVENTFD on QueueNotify, one per
+        queue) and the interrupt eventfd (KVM_IRQFD), for kernel_queues backends."""
 
     def config_read(self, offset: int, length: int) -> bytes:
         return bytes(length)
@@ -132,6 +144,51 @@ class VirtioMmio:
         except (VirtqueueError, GuestMemoryError) as e:
             self.fail(str(e))
 
+    def notify(self, index: int) -> None:
+        """The driver notified queue ``index`` (QueueNotify written, or the
+        KVM_IOEVENTFD on it fired and the I/O thread calls this)."""
+        with self.lock:
+            self.notifications += 1
+            if self.driver_ok and index < len(self.queues) and self.queues[index].ready:
+                self.run_guarded(self.backend.queue_notify, self, index)
+
+    def serve(self, index: int, handle: Callable[..., int]) -> None:
+        """Take every available chain of queue ``index``, give each back with
+        the number of bytes ``handle(chain)`` wrote into it, then one
+        used-buffer interrupt for the batch."""
+        q = self.queues[index]
+        done = False
+        while True:
+            chain = q.pop()
+            if chain is None:
+                break
+            q.push(chain.head, handle(chain))
+            done = True
+        if done:
+            self.signal_used(q)
+
+    def notify_all(self) -> None:
+        """Serve every ready queue once: after a restore, a notify the guest
+        made before the snapshot may never have been served."""
+        for i in range(len(self.queues)):
+            self.notify(i)
+
+    def after_restore(self) -> None:
+        """Once guest RAM is restored: a running device is activated again (a
+        vhost plane is handed the queues, a tap watched); then every ready
+        queue is served once."""
+        with self.lock:
+            if self.driver_ok:
+                self.backend.activate(self)
+        self.notify_all()
+
+    def resample(self) -> None:
+        """The guest ended its interrupt (KVM_IRQFD resample): KVM lowered the
+        line; raise it again while the device still has something to report."""
+        with self.lock:
+            if self.interrupt_status:
+                self._raise_irq(True)
+
     # -- registers ---------------------------------------------------------------
     def _queue(self):
         return self.queues[self.queue_sel] if self.queue_sel < len(self.queues) else None
@@ -160,6 +217,8 @@ class VirtioMmio:
         if offset == R_QUEUE_READY:
             return int(q.ready) if q else 0
         if offset == R_INTERRUPT_STATUS:
+            if self.backend.kernel_queues and self.driver_ok:
+                return self.interrupt_status | INT_USED_BUFFER
             return self.interrupt_status
         if offset == R_STATUS:
             return self.status
@@ -204,9 +263,7 @@ class VirtioMmio:
         elif offset == R_STATUS:
             self._write_status(value)
         elif offset == R_QUEUE_NOTIFY:
-            self.notifications += 1
-            if self.driver_ok and value < len(self.queues) and self.queues[value].ready:
-                self.run_guarded(self.backend.queue_notify, self, value)
+            self.notify(value)
         elif q is not None and not q.ready:
             # Queue set-up registers are only written while the queue is not ready (4.2.3.2).
             if offset == R_QUEUE_NUM:

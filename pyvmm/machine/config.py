@@ -12,6 +12,8 @@ from typing import List, Optional
 from ..boot import image, layout
 from ..errors import UsageProblem
 from ..arm64.vec import parse_vl
+from ..net import tap
+from .devspec import FsSpec, NetSpec, VsockSpec
 
 
 class ExitStatus(enum.IntEnum):
@@ -65,6 +67,10 @@ class MachineConfig:
     pauth: bool = True
     disks: List[DiskSpec] = field(default_factory=list)
     console: str = "serial"   # serial (PL011) | virtio (virtio-console, hvc0)
+    rng: bool = True  # virtio-rng fed by getrandom(2) (--no-rng: none)
+    nets: List[NetSpec] = field(default_factory=list)
+    vsock: Optional[VsockSpec] = None
+    fss: List[FsSpec] = field(default_factory=list)
     on_reboot: str = "restart"  # restart | exit
     dump_dtb: Optional[str] = None
     kvm_path: str = "/dev/kvm"
@@ -149,7 +155,7 @@ def check_options(config: MachineConfig) -> None:
     for name in ("sve", "sme", "pmu", "pauth"):
         if not isinstance(getattr(config, name), bool):
             raise UsageProblem(f"{name} is {getattr(config, name)!r}, not true or false")
-    if len(config.disks) + (config.console == "virtio") > layout.VIRTIO_SLOTS:
+    if virtio_count(config) > layout.VIRTIO_SLOTS:
         raise UsageProblem(f"at most {layout.VIRTIO_SLOTS} virtio devices")
 
 
@@ -164,9 +170,35 @@ def check_disks(disks: List[DiskSpec]) -> None:
                                + ("" if d.readonly else " (add ,ro for a read-only disk)"))
 
 
+def virtio_count(config: MachineConfig) -> int:
+    return (len(config.disks) + (config.console == "virtio") + config.rng + len(config.nets)
+            + (config.vsock is not None) + len(config.fss))
+
+
+def check_devices(config: MachineConfig) -> None:
+    """The --net/--vsock/--fs values against each other and the host."""
+    taps = [n.tap for n in config.nets]
+    for t in set(taps):
+        if taps.count(t) > 1:
+            raise UsageProblem(f"--net tap={t} given twice: one virtio-net per tap")
+    for n in config.nets:
+        if tap.interface_exists(n.tap) and not tap.is_tap(n.tap):
+            raise UsageProblem(f"--net tap={n.tap}: {n.tap} exists and is not a tap interface",
+                               "name a tap (ip tuntap add NAME mode tap) or a free name for pyvmm to create")
+    tags = [f.tag for f in config.fss]
+    for t in set(tags):
+        if tags.count(t) > 1:
+            raise UsageProblem(f"--fs tag={t} given twice: tags must differ")
+    for f in config.fss:
+        if f.dir is not None and not os.path.isdir(f.dir):
+            raise UsageProblem(f"--fs tag={f.tag},dir={f.dir}: " +
+                               ("no such directory" if not os.path.exists(f.dir) else "not a directory"))
+
+
 def prepare(config: MachineConfig) -> Payload:
     """Validate options and files; raise UsageProblem with the reason."""
     check_options(config)
+    check_devices(config)
     if bool(config.kernel) == bool(config.firmware):
         raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
     check_disks(config.disks)

@@ -15,6 +15,7 @@ returns EINTR wherever it is.
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -25,11 +26,16 @@ from ..arm64 import regs
 from .._ffi import const
 from ..boot import fdt, layout
 from ..devices.bus import MmioBus
+from ..devices.io_thread import IoThread
 from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_blk import VirtioBlk
 from ..devices.virtio_console import VirtioConsole
+from ..devices.virtio_fs import VirtioFs
+from ..devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_mac
+from ..devices.virtio_rng import VirtioRng
+from ..devices.virtio_vsock import VirtioVsock
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
-from ..errors import GuestError, HostUnsupported, UsageProblem
+from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
 from ..memory import GuestMemory
 from .. import guest_features
 from ..sme import configure_vcpu
@@ -41,6 +47,7 @@ from .gic import VgicV3
 from .gic_regs import spi_irq_line
 from .kick import KICK_SIGNAL, ensure_handler
 from .vcpu_loop import run_vcpu
+from . import virtio_notify
 
 if TYPE_CHECKING:
     from ..vcpu import Vcpu
@@ -113,6 +120,14 @@ class Machine:
         # Held by host-side input into devices (console) and by whoever saves
         # the machine, so a snapshot never sees a half-delivered input.
         self.io_lock = threading.RLock()
+        # Virtio queue notifies and interrupts through KVM_IOEVENTFD/KVM_IRQFD
+        # (eventfds False: MMIO exits and KVM_IRQ_LINE, on a KVM without
+        # them); Python-emulated queues and the taps of vhost=off served by
+        # the I/O thread.
+        self.io: Optional[IoThread] = None
+        self.eventfds = False
+        self.notifiers: List[virtio_notify.Notifiers] = []
+        self.owned: List = []  # backends holding host resources (closed by close())
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -132,7 +147,8 @@ class Machine:
 
     def create_vm(self) -> None:
         self.vm = self.kvm.create_vm()
-        self.mem.add(layout.RAM_BASE, self.config.mem, self.vm)
+        # vhost-user daemons (virtio-fs) map guest RAM themselves: a shared memfd
+        self.mem.add(layout.RAM_BASE, self.config.mem, self.vm, shared=bool(self.config.fss))
         if self.kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
             raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")
 
@@ -177,6 +193,8 @@ class Machine:
         self.uart = Pl011(layout.UART_BASE, layout.UART_SPI, self._irq(layout.UART_SPI), self.uart_out.write)
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
         self._coalesce_uart_output()
+        self.io = IoThread(self.io_lock, self._io_failed)
+        self.eventfds = virtio_notify.supported(self.kvm)
         slot = 0
         if c.console == "virtio":
             self.console = VirtioConsole(self.output)
@@ -187,6 +205,32 @@ class Machine:
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")
             slot += 1
+        for k, n in enumerate(c.nets):
+            if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
+                c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
+            if n.vhost:
+                net = VirtioNet.open(n.tap, n.mac)
+            else:
+                net = VirtioNetPython.open(n.tap, n.mac)
+                net.io = self.io
+            self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
+            slot += 1
+        if c.vsock is not None:
+            self._add_virtio(slot, self._own(VirtioVsock.open(c.vsock.cid)), f"virtio-vsock cid={c.vsock.cid}")
+            slot += 1
+        for f in c.fss:
+            fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
+            self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
+            self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))
+            slot += 1
+        if c.rng:
+            self._add_virtio(slot, VirtioRng(), "virtio-rng")
+            slot += 1
+
+    def _own(self, backend):
+        """A backend with host resources (fds, taps, daemons), closed with the machine."""
+        self.owned.append(backend)
+        return backend
 
     def _coalesce_uart_output(self) -> None:
         """Let the UART's data register take writes without exits (the console
@@ -200,9 +244,37 @@ class Machine:
 
     def _add_virtio(self, slot: int, backend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
-        t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+        if not self.eventfds:
+            if backend.kernel_queues:
+                raise HostUnsupported(f"{name} needs KVM_IOEVENTFD, KVM_IRQFD and irqfd resampling, "
+                                      "which this host's KVM does not offer")
+            t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+        else:
+            n = virtio_notify.Notifiers(backend.num_queues)
+            self.notifiers.append(n)
+            t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend)
+            n.register(self.vm, base, spi)
+            if backend.kernel_queues:
+                backend.attach_eventfds(n.kicks, n.call)
+                n.serve_resample(self.io, t)
+            else:
+                n.serve(self.io, t)
         self.bus.register(base, VIRTIO_SIZE, t, name)
         self.virtio.append(t)
+
+    def _daemon_gone(self, fs) -> None:
+        why = ""
+        if fs.daemon is not None:
+            time.sleep(0.1)  # let it finish dying, for its status and last words
+            status, words = fs.daemon.exited(), fs.daemon.last_words()
+            why = f" (virtiofsd {'exited with status ' + str(status) if status is not None else 'closed it'}" \
+                  f"{': ' + words if words else ''})"
+        self.finish(ExitStatus.ERROR, f"virtio-fs tag={fs.tag}: the vhost-user daemon closed its socket{why}")
+
+    def _io_failed(self, e: BaseException) -> None:
+        status = ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR
+        what = str(e) if isinstance(e, PyvmmError) else f"internal error: {type(e).__name__}: {e}"
+        self.finish(status, f"virtio I/O thread: {what}")
 
     def device_nodes(self) -> List[fdt.Node]:
         return [built(self.uart, "UART").dt_node()] + [t.dt_node() for t in self.virtio]
@@ -348,6 +420,8 @@ class Machine:
             self._threads.append(t)
         for t in self._threads:
             t.start()
+        if self.io is not None:
+            self.io.start()
         ring = self.coalesced
         while not self.done.wait(0.02 if ring is not None else 0.25):
             if ring is not None and ring.pending():
@@ -358,6 +432,9 @@ class Machine:
                 t.join(0.2)
                 if t.is_alive():
                     self._kick()
+        if self.io is not None:
+            self.io.stop()
+            self.exits["io_thread"] = self.io.wakeups
         if ring is not None:
             ring.drain()
             self.exits["coalesced"] = ring.entries
@@ -370,6 +447,12 @@ class Machine:
     def close(self) -> None:
         if self.coalesced is not None:
             self.coalesced.close()
+        if self.io is not None:
+            self.io.close()
+        for b in self.owned:
+            b.close()
+        for n in self.notifiers:
+            n.close()
         for d in self.disks:
             d.close()
         if self.gic is not None:

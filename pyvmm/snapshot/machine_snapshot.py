@@ -16,6 +16,7 @@ the timers with the rest) -> devices and their state -> guest memory.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Callable, Dict, Optional
 from .. import hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
-from ..machine import ExitStatus, Machine, MachineConfig, check_disks
+from ..machine import ExitStatus, Machine, MachineConfig, check_disks, devspec
 from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
@@ -44,6 +45,9 @@ _CONFIG_KEYS = tuple(k for k in schema.CONFIG_KEYS if k != "disks") + schema.CON
 def config_to_json(c: MachineConfig) -> Dict:
     d = {k: getattr(c, k) for k in _CONFIG_KEYS}
     d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
+    d["rng"] = c.rng
+    d["nets"] = [{"tap": n.tap, "mac": n.mac, "vhost": n.vhost} for n in c.nets]
+    d["vsock"] = None if c.vsock is None else {"cid": c.vsock.cid}
     return d
 
 
@@ -54,11 +58,38 @@ def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
     return config
 
 
+@contextlib.contextmanager
+def _planes_stopped(m: Machine):
+    """Devices whose queues a vhost plane serves are stopped while the
+    machine is saved (their rings' next available indices read back into
+    the transports' queues; guest RAM no longer changes under the save) and
+    started again afterwards."""
+    stopped = []
+    try:
+        for t in m.virtio:
+            if t.backend.kernel_queues and t.backend.running:
+                t.backend.pause(t)
+                stopped.append(t)
+        yield
+    finally:
+        for t in stopped:
+            t.backend.unpause(t)
+
+
+def check_snapshottable(m: Machine) -> None:
+    """UsageProblem naming the first device whose state pyvmm cannot save."""
+    for t in m.virtio:
+        why = t.backend.snapshot_refusal
+        if why:
+            raise UsageProblem(f"cannot snapshot this machine: {why}")
+
+
 def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
     """The snapshot of a paused machine."""
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
-    with m.io_lock:
+    check_snapshottable(m)
+    with m.io_lock, _planes_stopped(m):
         states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
         gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
         devices = {"uart": built(m.uart, "UART").save_state(),
@@ -99,6 +130,7 @@ def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str]
     (:attr:`ExitStatus.POWEROFF`), but only once the file is complete: a
     failed snapshot leaves the guest as it was. ``progress(done, total,
     what)`` hears about "memory" (taking) and "file" (writing)."""
+    check_snapshottable(m)  # before the guest is paused for nothing
     was_paused = m.paused
     t0 = time.monotonic()
     if not was_paused:
@@ -224,6 +256,12 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
         check_virtio_slot(i, saved, t.base, t.backend.device_id)
         t.load_state(saved["state"])
     unpack_ram(snap, region, m.mem, progress)
+    # A queue notify is an eventfd signal served by the I/O thread: one the
+    # guest made just before the snapshot may not have been served yet. A
+    # vhost plane is set up again from the restored queues (it reads the
+    # used indices from guest RAM, so after the memory).
+    for t in m.virtio:
+        t.after_restore()
 
 
 def check_virtio_slot(i: int, saved: Dict, base: int, device_id: int) -> None:

@@ -39,7 +39,7 @@ _VCPU = ("index", "features", "sve_vls", "sme_vls", "svcr", "mp_state", "events"
 _REGION = ("slot", "gpa", "size", "blob", "stored_pages")
 CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_max_vl", "sme_max_vl",
                "sve", "console", "on_reboot", "disks")
-CONFIG_KEYS_SINCE = ("sme", "pmu", "pauth")  # absent in snapshots made before they existed
+CONFIG_KEYS_SINCE = ("sme", "pmu", "pauth", "rng", "nets", "vsock")  # absent in snapshots made before they existed
 
 
 def _bounded(r: StateReader, key: str, lo: int, hi: int) -> List:
@@ -175,7 +175,7 @@ def _baremetal(snap, machine) -> int:
 def config_from_manifest(d):
     """The machine configuration in a snapshot, every field's type checked,
     then the checks ``pyvmm run`` makes on its options (one validation path)."""
-    from ..machine import DiskSpec, MachineConfig, check_options
+    from ..machine import DiskSpec, MachineConfig, check_options, devspec
 
     r = StateReader("snapshot machine.config", d, CONFIG_KEYS, optional=CONFIG_KEYS_SINCE)
     kw = {k: r.str(k, optional=True) for k in ("kernel", "initrd", "firmware", "cmdline")}
@@ -198,7 +198,25 @@ def config_from_manifest(d):
         if not path or len(path) > MAX_PATH or "\0" in path:
             raise dr.fail(f"'path' must be a file name of 1..{MAX_PATH} characters without NUL")
         disks.append(DiskSpec(path, dr.bool("readonly")))
-    config = MachineConfig(disks=disks, **kw)
+    # snapshots from before virtio-rng, virtio-net and virtio-vsock have none of them;
+    # taps and CIDs go through the --net/--vsock parsers, so they get the options' checks
+    kw["rng"] = r.bool("rng") if "rng" in d else False
+    nets = []
+    for i, x in enumerate(_bounded(r, "nets", 0, layout.VIRTIO_SLOTS) if "nets" in d else []):
+        nr = StateReader(f"snapshot machine.config.nets[{i}]", x, ("tap", "mac", "vhost"))
+        try:
+            nets.append(devspec.parse_net(f"tap={nr.str('tap')},mac={nr.str('mac')},"
+                                          f"vhost={'on' if nr.bool('vhost') else 'off'}"))
+        except UsageProblem as e:
+            raise nr.fail(e.message) from None
+    vsock = None
+    if d.get("vsock") is not None:
+        vr = StateReader("snapshot machine.config.vsock", d["vsock"], ("cid",))
+        try:
+            vsock = devspec.parse_vsock(f"cid={vr.uint('cid', 32)}")
+        except UsageProblem as e:
+            raise vr.fail(e.message) from None
+    config = MachineConfig(disks=disks, nets=nets, vsock=vsock, **kw)
     try:
         check_options(config)
     except UsageProblem as e:

@@ -17,7 +17,7 @@ LAYERS = (
     ("base", ("_version", "errors")),
     ("pure", ("arm64", "boot")),
     ("binding", ("_ffi_build", "_kvm_ffi", "_ffi", "ioctls")),
-    ("fd", ("_fd", "kvm", "vm", "vcpu", "kvm_device", "exits", "memory", "hostinfo", "unix_socket", "console_out")),
+    ("fd", ("_fd", "kvm", "vm", "vcpu", "kvm_device", "exits", "memory", "hostinfo", "unix_socket", "console_out", "vhost", "net")),
     ("features", ("sme", "vecstate", "caps", "guest_features", "abi_check", "devices")),
     ("machine", ("machine",)),
     ("snapshot", ("snapshot",)),

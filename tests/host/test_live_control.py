@@ -12,6 +12,7 @@ from pyvmm.snapshot import machine_snapshot as ms
 class FakeMachine:
     def __init__(self):
         self.paused = False
+        self.virtio = []  # no devices whose state lives outside pyvmm
         self.calls = []
 
     def pause(self):

@@ -81,3 +81,43 @@ def test_virtio_slot_mismatch_says_what_differs():
     with pytest.raises(fmt.SnapshotError, match="^snapshot virtio device 1 is at 0xa000400, "
                                                 "the machine's is at 0xa000200$"):
         ms.check_virtio_slot(1, {"base": 0xA000400, "device_id": 2}, 0xA000200, 2)
+
+
+def test_config_round_trip_with_data_planes_and_old_snapshots():
+    from pyvmm.machine.devspec import NetSpec, VsockSpec
+
+    c = MachineConfig(kernel="/k/Image", nets=[NetSpec("pv0", "52:54:00:00:00:09")], vsock=VsockSpec(9), rng=False)
+    assert ms.config_from_json(ms.config_to_json(c)) == c
+    old = ms.config_to_json(MachineConfig(kernel="/k/Image"))
+    for key in ("rng", "nets", "vsock"):
+        del old[key]
+    back = ms.config_from_json(old)  # a snapshot from before these devices: none of them
+    assert back.rng is False and back.nets == [] and back.vsock is None
+    for bad in ({"nets": [{"tap": "a/b", "mac": "52:54:00:00:00:01", "vhost": True}]},
+                {"nets": [{"tap": "pv0,mac=52:54:00:00:00:02", "mac": "52:54:00:00:00:01", "vhost": True}]},
+                {"vsock": {"cid": 1}}, {"rng": "yes"}):
+        d = ms.config_to_json(MachineConfig(kernel="/k/Image"))
+        d.update(bad)
+        with pytest.raises(UsageProblem, match=r"^snapshot machine\.config"):
+            ms.config_from_json(d)
+
+
+def test_vhost_planes_are_stopped_around_the_save_and_fs_is_refused():
+    from types import SimpleNamespace
+
+    from pyvmm.devices.virtio_fs import VirtioFs
+    from pyvmm.devices.virtio_vsock import VirtioVsock
+    from support.fake_vhost import FakePlane
+
+    plane = FakePlane(0)
+    vs = VirtioVsock(plane, 5)
+    vs.running, vs.started = True, [0, 1]
+    queues = [SimpleNamespace(last_avail=0) for _ in range(3)]
+    t = SimpleNamespace(backend=vs, queues=queues, driver_features=0)
+    m = SimpleNamespace(virtio=[t])
+    with ms._planes_stopped(m):
+        assert plane.calls[1:] == [("set_running", False), ("get_vring_base", 0), ("get_vring_base", 1)]
+    assert plane.calls[-1] == ("set_running", True)
+    m.virtio.append(SimpleNamespace(backend=VirtioFs(FakePlane(0), "t")))
+    with pytest.raises(UsageProblem, match="cannot snapshot this machine: virtio-fs"):
+        ms.check_snapshottable(m)

@@ -130,6 +130,7 @@ def _checks():
 
 def _compile(checks, include_dir):
     lines = ["#include <stddef.h>", "#include <linux/kvm.h>", "#include <asm/kvm.h>",
+             "#include <linux/vhost.h>", "#include <linux/if_tun.h>",
              '#define EMIT(i, v) __asm__ volatile("\\n.ascii \\"@@" #i " %c0@@\\"" :: "i"((long long)(v)))',
              "void probe(void) {"]
     for i, (_, expr, _) in enumerate(checks):

@@ -8,6 +8,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from pyvmm.devices import virtio_blk as B
 from pyvmm.devices import virtio_mmio as T
 from pyvmm.devices.virtio_console import VirtioConsole
+from pyvmm.devices.virtio_net import VirtioNetPython
+from pyvmm.devices.virtio_rng import CHUNK_MAX, VirtioRng
 from pyvmm.memory import GuestMemory
 from support.virtio_driver import RAM, RAM_SIZE, REGS, Driver, blk_request
 
@@ -114,6 +116,67 @@ def test_console_tx_and_rx():
     assert con.tx_bytes == 20
 
 
+def test_rng_fills_buffers_from_the_source():
+    calls = []
+
+    def source(n):
+        calls.append(n)
+        return bytes((i * 7) & 0xFF for i in range(n))
+    rng = VirtioRng(source)
+    d = Driver(rng)
+    assert d.r(T.R_DEVICE_ID) == 4 and d.r(T.R_DEVICE_FEATURES) == 0  # no feature bits below 32
+    assert d.init()
+    a, _ = d.buf(size=48)
+    b, _ = d.buf(size=16)
+    d.submit(0, [(a, 48, True), (b, 16, True)])
+    idx, elems = d.used(0)
+    assert idx == 1 and elems[0] == (0, 64) and calls == [64]
+    assert d.mem.read(a, 48) + d.mem.read(b, 16) == source(64)
+    assert d.levels == [True] and d.ack() == T.INT_USED_BUFFER and d.levels == [True, False]
+    assert rng.save_state() == {"bytes_given": 64}
+
+
+def test_rng_caps_a_huge_request_and_refuses_readable_only_chains():
+    rng = VirtioRng(lambda n: bytes(n))
+    d = Driver(rng)
+    assert d.init()
+    big = RAM + 0x20000
+    d.submit(0, [(big, 0x20000, True)])
+    assert d.used(0)[1][0] == (0, CHUNK_MAX)
+    r, _ = d.buf(b"guest data")
+    d.submit(0, [(r, 10, False)], head=1)  # nothing writable: zero bytes given, no error
+    assert d.used(0)[1][1] == (1, 0) and d.dev.error is None
+
+
+def test_notify_and_resample_paths_of_the_io_thread():
+    """notify() is what the I/O thread calls on a kick; resample() raises the
+    line again while InterruptStatus is non-zero (irqfd level semantics)."""
+    d = Driver(VirtioRng(lambda n: bytes(n)))
+    assert d.init()
+    a, _ = d.buf(size=8)
+    d.submit(0, [(a, 8, True)], notify=False)
+    assert d.used(0)[0] == 0
+    d.dev.notify(0)
+    assert d.used(0)[0] == 1 and d.levels == [True]
+    d.dev.resample()  # not yet acknowledged: raised again
+    assert d.levels == [True, True]
+    d.ack()
+    d.dev.resample()
+    assert d.levels == [True, True, False]
+    d.dev.notify(5)  # no such queue: ignored
+    d.dev.notify_all()
+    assert d.dev.error is None
+
+
+def test_kernel_queues_report_used_buffers_once_running():
+    class Vhostish(VirtioRng):
+        kernel_queues = True
+    d = Driver(Vhostish())
+    assert d.r(T.R_INTERRUPT_STATUS) == 0
+    assert d.init()
+    assert d.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER
+
+
 # ---- property-based: a driver writing anything to any register --------------------
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))
@@ -121,8 +184,8 @@ def test_console_tx_and_rx():
                                                                st.sampled_from([RAM, RAM + 0x1000, RAM + 0x1800,
                                                                                 RAM + 0x2000, 0xF]))),
                     max_size=40),
-       junk=st.binary(max_size=512), console=st.booleans())
-def test_any_register_sequence_is_safe(tmp_path_factory, ops, junk, console):
+       junk=st.binary(max_size=512), kind=st.sampled_from(["console", "blk", "rng", "net"]))
+def test_any_register_sequence_is_safe(tmp_path_factory, ops, junk, kind):
     class Checked(GuestMemory):
         def read(self, gpa, n):
             assert RAM <= gpa and gpa + n <= RAM + RAM_SIZE
@@ -132,7 +195,17 @@ def test_any_register_sequence_is_safe(tmp_path_factory, ops, junk, console):
             assert RAM <= gpa and gpa + len(data) <= RAM + RAM_SIZE
             return super().write(gpa, data)
 
-    backend = VirtioConsole(lambda b: None) if console else B.VirtioBlk(str(_fuzz_disk(tmp_path_factory)))
+    console = kind == "console"
+    tap = None
+    if kind == "net":  # vhost=off: frames from a fake tap into whatever receive buffers the driver made
+        from support.fake_vhost import DgramTap
+        tap = DgramTap()
+        for _ in range(4):
+            tap.peer.send(junk[:100] or b"\0" * 20)
+        backend = VirtioNetPython(tap)
+    else:
+        backend = (VirtioConsole(lambda b: None) if console else VirtioRng() if kind == "rng"
+                   else B.VirtioBlk(str(_fuzz_disk(tmp_path_factory))))
     mem = Checked()
     mem.add(RAM, RAM_SIZE)
     mem.write(RAM + 0x1000, junk)  # descriptors / rings made of junk
@@ -142,10 +215,14 @@ def test_any_register_sequence_is_safe(tmp_path_factory, ops, junk, console):
         dev.write(reg, value.to_bytes(4, "little"))
         if console:
             backend.receive(b"k")
+        if tap is not None:
+            backend._tap_readable()
     for off in (T.R_STATUS, T.R_INTERRUPT_STATUS, T.R_QUEUE_READY, T.R_CONFIG_GENERATION):
         assert len(dev.read(off, 4)) == 4
     if dev.error is not None:
         assert dev.status & T.DEVICE_NEEDS_RESET
+    if tap is not None:
+        tap.close()
     mem.close()
 
 

@@ -8,6 +8,8 @@ import re
 
 import pytest
 
+from support.guestbuild import initrd_with
+
 from support.run_support import guest_files, pyvmm
 from support.sme_guest import require_sme
 
@@ -42,25 +44,6 @@ def test_linux_guest_sees_sme_at_the_chosen_length(host, no_sve):
     assert ("sve" in features) == (not no_sve)
 
 
-def _initrd_with(initrd: str, files: dict, out_path) -> str:
-    """The initramfs plus a second cpio segment holding ``files`` (the kernel
-    unpacks concatenated archives in order)."""
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "guests", "linux"))
-    from mkinitramfs import Cpio
-
-    c = Cpio()
-    for name, data in files.items():
-        c.file(name, data, 0o755)
-    with open(initrd, "rb") as f:
-        base = f.read()
-    # A following uncompressed segment must start 4-byte aligned; zeros between are skipped.
-    out_path.write_bytes(base + bytes(-len(base) % 512) + c.finish())
-    return str(out_path)
-
-
 def test_sme_program_built_from_source_runs_in_a_linux_guest(host, tmp_path):
     """guests/linux-user/sme_hostloop.s, assembled and linked by Debian's
     binutils, runs twice at once in a 2-vCPU Linux guest with SME: each keeps
@@ -70,7 +53,7 @@ def test_sme_program_built_from_source_runs_in_a_linux_guest(host, tmp_path):
 
     program = guestbuild.build_linux_program("sme_hostloop")
     with open(program, "rb") as f:
-        initrd = _initrd_with(guest_files()[1], {"sme_hostloop": f.read()}, tmp_path / "initrd.gz")
+        initrd = initrd_with(guest_files()[1], {"sme_hostloop": f.read()}, tmp_path / "initrd.gz")
     script = ('grep -q " sme2" /proc/cpuinfo && echo "cpuinfo: sme2"\n'
               '/sme_hostloop & a=$!; /sme_hostloop; b=$?; wait $a; echo "sme_hostloop: $? $b"\n')
     cmd = "pyvmm.cmd=" + base64.b64encode(script.encode()).decode()
@@ -99,7 +82,7 @@ def test_sme_program_continues_after_snapshot_kill_restore(host, tmp_path):
 
     program = guestbuild.build_linux_program("sme_hostloop")
     with open(program, "rb") as f:
-        initrd = _initrd_with(guest_files()[1], {"sme_hostloop": f.read()}, tmp_path / "initrd.gz")
+        initrd = initrd_with(guest_files()[1], {"sme_hostloop": f.read()}, tmp_path / "initrd.gz")
     # rounds of both programs at once for 120 s of guest time (the guest's clock
     # does not see the gap: --clock hide), then a last round
     script = ('end=$(($(date +%s) + 120)); i=0\n'

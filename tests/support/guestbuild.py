@@ -78,3 +78,21 @@ def build_linux_program(name: str) -> str:
     os.chmod(tmp, 0o755)
     os.replace(tmp, out)
     return out
+
+
+def initrd_with(initrd: str, files: dict, out_path) -> str:
+    """The initramfs plus a second cpio segment holding ``files`` (the kernel
+    unpacks concatenated archives in order)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "guests", "linux"))
+    from mkinitramfs import Cpio
+
+    c = Cpio()
+    for name, data in files.items():
+        c.file(name, data, 0o755)
+    with open(initrd, "rb") as f:
+        base = f.read()
+    # A following uncompressed segment must start 4-byte aligned; zeros between are skipped.
+    out_path.write_bytes(base + bytes(-len(base) % 512) + c.finish())
+    return str(out_path)

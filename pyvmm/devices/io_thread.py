@@ -1,0 +1,110 @@
+"""The I/O thread: one host thread that waits on eventfds and runs the
+handler of each that fires.
+
+It serves the queues of the devices emulated in Python (console, blk, rng):
+their queue notifies reach it as KVM_IOEVENTFD signals and their interrupt
+resample requests as KVM_IRQFD resamplefd signals, so a vCPU writing
+QueueNotify never leaves the kernel. Handlers run one at a time under
+``lock`` (the machine's I/O lock, which a snapshot also holds), so a saved
+machine never sees a request half handled.
+"""
+from __future__ import annotations
+
+import os
+import select
+import threading
+from typing import Callable, Dict, Optional
+
+
+def eventfd() -> int:
+    """A non-blocking, close-on-exec eventfd."""
+    return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+def drain(fd: int) -> int:
+    """Read (and so reset) an eventfd's counter; 0 when it was not signalled."""
+    try:
+        return os.eventfd_read(fd)
+    except BlockingIOError:
+        return 0
+
+
+class IoThread:
+    def __init__(self, lock, on_error: Callable[[BaseException], None]):
+        self._lock = lock
+        self._on_error = on_error
+        self._handlers: Dict[int, Callable[[], None]] = {}
+        self._hangups: Dict[int, Callable[[], None]] = {}
+        self._readers: Dict[int, Callable[[], None]] = {}
+        self._epoll = select.epoll()
+        self._wake = eventfd()
+        self._epoll.register(self._wake, select.EPOLLIN)
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self.wakeups = 0
+
+    def add(self, fd: int, handler: Callable[[], None]) -> None:
+        """Run ``handler()`` (under the lock) each time eventfd ``fd`` is signalled."""
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        """Run ``handler()`` (under the lock) while ``fd`` is readable; the
+        handler reads it, or calls :meth:`enable` (False) until it can."""
+        self._readers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def enable(self, fd: int, on: bool) -> None:
+        """Resume or suspend watching a :meth:`watch` fd (any thread)."""
+        if fd in self._readers:
+            self._epoll.modify(fd, select.EPOLLIN if on else 0)
+
+    def watch_hangup(self, fd: int, handler: Callable[[], None]) -> None:
+        """Run ``handler()`` once when the peer of socket ``fd`` hangs up."""
+        self._hangups[fd] = handler
+        self._epoll.register(fd, select.EPOLLRDHUP)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="virtio-io", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stopping:
+            try:
+                events = self._epoll.poll()
+            except InterruptedError:
+                continue
+            for fd, _ in events:
+                if fd == self._wake:
+                    drain(fd)
+                    continue
+                if fd in self._hangups:
+                    handler = self._hangups.pop(fd)
+                    self._epoll.unregister(fd)
+                elif fd in self._readers:
+                    handler = self._readers[fd]
+                else:
+                    handler = self._handlers.get(fd)
+                    if handler is None or not drain(fd):
+                        continue
+                self.wakeups += 1
+                try:
+                    with self._lock:
+                        handler()
+                except Exception as e:  # a bug or a host failure: the machine stops
+                    self._on_error(e)
+                    return
+
+    def stop(self) -> None:
+        """Stop and join the thread; the eventfds stay open (their owners close them)."""
+        self._stopping = True
+        os.eventfd_write(self._wake, 1)
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self._epoll.close()
+        os.close(self._wake)

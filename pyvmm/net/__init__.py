@@ -1,0 +1,1 @@
+"""Host network plumbing for virtio-net (tap interfaces)."""

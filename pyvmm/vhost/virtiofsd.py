@@ -1,0 +1,114 @@
+"""A virtiofsd (Debian's package: /usr/libexec/virtiofsd) started for one
+shared directory, on a socket in a private directory, and stopped again.
+
+The sandbox: virtiofsd's default (namespaces) needs user and mount
+namespaces; as root pyvmm asks for --sandbox=chroot instead, which works
+everywhere root can chroot (also inside a chroot, where the namespace
+sandbox fails)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import List, Optional
+
+from ..errors import HostUnsupported, PyvmmError
+
+SEARCH = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
+START_TIMEOUT = 10.0
+
+
+def find_binary() -> Optional[str]:
+    env = os.environ.get("PYVMM_VIRTIOFSD")
+    if env:
+        return env if os.access(env, os.X_OK) else None
+    for p in SEARCH:
+        if os.access(p, os.X_OK):
+            return p
+    return shutil.which("virtiofsd")
+
+
+def command(binary: str, socket_path: str, shared_dir: str, root: bool) -> List[str]:
+    cmd = [binary, f"--socket-path={socket_path}", f"--shared-dir={shared_dir}", "--log-level=error"]
+    cmd.append("--sandbox=chroot" if root else "--sandbox=namespace")
+    return cmd
+
+
+class Virtiofsd:
+    """The daemon for ``shared_dir``; ``socket_path`` once :meth:`start` returned."""
+
+    def __init__(self, tag: str, shared_dir: str):
+        self.tag = tag
+        self.shared_dir = os.path.abspath(shared_dir)
+        self.dir: Optional[str] = None
+        self.proc: Optional[subprocess.Popen] = None
+        self.socket_path = ""
+
+    def start(self) -> "Virtiofsd":
+        binary = find_binary()
+        if binary is None:
+            raise HostUnsupported(f"--fs tag={self.tag}: virtiofsd is not installed",
+                                  "install Debian's virtiofsd package, or start a daemon yourself "
+                                  "and give socket=PATH")
+        self.dir = tempfile.mkdtemp(prefix="pyvmm-fs-")
+        self.socket_path = os.path.join(self.dir, "fs.sock")
+        log = open(os.path.join(self.dir, "log"), "wb")
+        try:
+            self.proc = subprocess.Popen(command(binary, self.socket_path, self.shared_dir, os.geteuid() == 0),
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                         start_new_session=True)
+        except OSError as e:
+            log.close()
+            self.stop()
+            raise HostUnsupported(f"--fs tag={self.tag}: cannot start {binary}: {e.strerror}") from None
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not os.path.exists(self.socket_path):
+            if self.proc.poll() is not None:
+                why = self.last_words()
+                self.stop()
+                raise PyvmmError(f"--fs tag={self.tag}: virtiofsd exited with status {self.proc.returncode}"
+                                 + (f": {why}" if why else ""))
+            if time.monotonic() > deadline:
+                self.stop()
+                raise PyvmmError(f"--fs tag={self.tag}: virtiofsd did not open its socket within "
+                                 f"{START_TIMEOUT:.0f} s")
+            time.sleep(0.01)
+        return self
+
+    def last_words(self) -> str:
+        """The last line virtiofsd wrote to stderr."""
+        if self.dir is None:
+            return ""
+        try:
+            with open(os.path.join(self.dir, "log"), "rb") as f:
+                lines = f.read().decode(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
+
+    def exited(self) -> Optional[int]:
+        return None if self.proc is None else self.proc.poll()
+
+    def stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is not None and p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait()
+        self.proc = p  # keeps returncode for messages
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None

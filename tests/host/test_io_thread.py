@@ -1,0 +1,60 @@
+"""The I/O thread: eventfd handlers run under the lock, one at a time; a
+failing handler is reported and stops the thread."""
+import os
+import threading
+import time
+
+from pyvmm.devices.io_thread import IoThread, drain, eventfd
+
+
+def wait_for(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.005)
+
+
+def test_handlers_run_under_the_lock_for_each_signal():
+    lock = threading.RLock()
+    seen, errors = [], []
+    io = IoThread(lock, errors.append)
+    a, b = eventfd(), eventfd()
+    io.add(a, lambda: seen.append(("a", lock._is_owned())))
+    io.add(b, lambda: seen.append(("b", lock._is_owned())))
+    io.start()
+    try:
+        os.eventfd_write(a, 3)  # three signals before the thread looks: one call
+        wait_for(lambda: len(seen) == 1)
+        os.eventfd_write(b, 1)
+        wait_for(lambda: len(seen) == 2)
+        assert seen == [("a", True), ("b", True)] and not errors and io.wakeups == 2
+        assert drain(a) == 0  # the thread consumed the counter
+    finally:
+        io.close()
+        os.close(a)
+        os.close(b)
+
+
+def test_a_failing_handler_is_reported_and_stops_the_thread():
+    errors = []
+    io = IoThread(threading.RLock(), errors.append)
+    fd = eventfd()
+
+    def boom():
+        raise RuntimeError("bug")
+    io.add(fd, boom)
+    io.start()
+    os.eventfd_write(fd, 1)
+    wait_for(lambda: errors)
+    assert isinstance(errors[0], RuntimeError)
+    io.close()
+    os.close(fd)
+
+
+def test_stop_without_start_and_twice():
+    io = IoThread(threading.RLock(), lambda e: None)
+    io.stop()
+    io.start()
+    io.stop()
+    io.close()
+    assert threading.active_count() >= 1
