@@ -165,7 +165,7 @@ class UnixEndpoint(Endpoint):
             rfds = [self._sock, self._stop_r] + ([c] if c is not None and not pending else [])
             wfds = [self._wpipe] if pending else []
             try:
-                ready, writable, _ = select.select(rfds, wfds, [])
+                ready, writable, _ = select.select(rfds, wfds, [])  # type: ignore[type-var]  # merge of net: typing to be tightened
             except (OSError, ValueError):
                 return
             if self._stop_r in ready:
@@ -211,7 +211,7 @@ class UnixEndpoint(Endpoint):
             return
         os.write(self._stop_w, b"x")
         self._thread.join(5)
-        self._thread = None
+        self._thread = None  # type: ignore[assignment]  # merge of net: typing to be tightened
         with self._lock:
             if self._client is not None:
                 self._client.close()

@@ -122,7 +122,7 @@ class ControlServer:
             conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        dead = []
+        dead = []  # type: ignore[var-annotated]  # merge of net: typing to be tightened
 
         def send(obj: Dict) -> None:
             """Best effort: a client that stopped reading loses its replies,

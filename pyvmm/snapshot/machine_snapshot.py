@@ -67,13 +67,13 @@ def _planes_stopped(m: Machine):
     stopped = []
     try:
         for t in m.virtio:
-            if t.backend.kernel_queues and t.backend.running:
-                t.backend.pause(t)
+            if t.backend.kernel_queues and t.backend.running:  # type: ignore[attr-defined]  # merge of net: typing to be tightened
+                t.backend.pause(t)  # type: ignore[attr-defined]  # merge of net: typing to be tightened
                 stopped.append(t)
         yield
     finally:
         for t in stopped:
-            t.backend.unpause(t)
+            t.backend.unpause(t)  # type: ignore[attr-defined]  # merge of net: typing to be tightened
 
 
 def check_snapshottable(m: Machine) -> None:
@@ -205,7 +205,7 @@ def check_features(kvm, vcpus) -> None:
     this host's KVM cannot give (rather than a failed KVM_ARM_VCPU_INIT)."""
     from .._ffi import const
 
-    features = set()
+    features = set()  # type: ignore[var-annotated]  # merge of net: typing to be tightened
     for v in vcpus:
         if isinstance(v, dict) and isinstance(v.get("features"), list):
             features.update(f for f in v["features"] if type(f) is int)

