@@ -11,8 +11,16 @@
 #   make kernel        build (or reuse) the project's SME kernel (ci/qemu-aarch64/kernel/build)
 #   make test-sme-kernel  the SME suite (pytest -m sme_kernel) in the test machine booted
 #                      with the project's SME kernel; SME tests fail there instead of skipping
+#   make test-sme-kernel-nvhe  the SME suite's abi-check, guest and stress tests with the SME
+#                      kernel booted with kvm-arm.mode=nvhe (SME on nVHE hosts)
+#   make test-selftests  the kernel's own KVM selftests (ci/qemu-aarch64/kernel/selftests) on
+#                      Debian's kernel, then on the SME kernel (VHE) and the SME kernel with
+#                      kvm-arm.mode=nvhe; a test that passes on Debian's kernel (in the same
+#                      mode) must pass on ours
 #   make test          all of the above (host-deps + venv + test-host + typecheck + docs +
-#                      machine + guests + test-machine + kernel + test-sme-kernel)
+#                      machine + guests +
+#                      test-machine + kernel + test-sme-kernel + test-sme-kernel-nvhe +
+#                      test-selftests)
 #   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo (a guest's
 #                      CPU features; a guest reaching the host over the network and reading a
 #                      shared directory)
@@ -38,6 +46,9 @@ MACHINE_PYTEST = python3 -m pytest -p no:cacheprovider -ra tests
 STOCK_MARKERS = kvm and not sme_kernel
 SME_MARKERS = sme_kernel
 KERNEL_BUILD := ci/qemu-aarch64/kernel/build
+SME_NVHE_TESTS = tests/kvm/test_sme_abi.py tests/kvm/test_sme_guest.py tests/kvm/test_sme_stress.py
+SELFTESTS := ci/qemu-aarch64/kernel/selftests
+ST_OUT := out/kvm-selftests
 
 # arm64 host with a usable /dev/kvm: no emulation needed
 NATIVE_KVM := $(shell [ "$$(uname -m)" = aarch64 ] && [ -r /dev/kvm ] && [ -w /dev/kvm ] && echo 1)
@@ -47,7 +58,9 @@ define summary
 echo "$(1): $$(grep -E '^=+ .*(passed|failed|error|no tests ran).* in [0-9.]+s' $(2) | tail -n1 | tr -d '=' | sed 's/^ *//; s/ *$$//')"
 endef
 
-.PHONY: all host-deps venv test-host typecheck docs machine guests test-machine kernel test-sme-kernel test demo bench clean clean-cache
+.PHONY: all host-deps venv test-host machine guests test-machine kernel test-sme-kernel test-sme-kernel-nvhe \
+	test-selftests test demo bench typecheck docs \
+	clean clean-cache
 
 all: test
 
@@ -118,7 +131,35 @@ else
 	@$(call summary,test-sme-kernel (project SME kernel),out/test-sme-kernel.log)
 endif
 
-test: host-deps venv test-host typecheck docs machine guests test-machine kernel test-sme-kernel
+# The SME suite's ABI, guest-exchange and context-switch stress tests on an nVHE host
+test-sme-kernel-nvhe: machine guests kernel
+ifeq ($(NATIVE_KVM),1)
+	@echo "test-sme-kernel-nvhe: needs the emulated test machine with the project's kernel (x86_64 hosts)"
+else
+	@mkdir -p out
+	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" --kvm-mode nvhe --env PYVMM_REQUIRE_SME=1 -- \
+		python3 -m pytest -p no:cacheprovider -ra -m '$(SME_MARKERS)' $(SME_NVHE_TESTS) \
+		2>&1 | tee out/test-sme-kernel-nvhe.log
+	@$(call summary,test-sme-kernel-nvhe (project SME kernel, nVHE),out/test-sme-kernel-nvhe.log)
+endif
+
+# Results: $(ST_OUT)/<label>.txt, logs $(ST_OUT)/logs-<label>/; the summary line of each run last.
+test-selftests: machine kernel
+ifeq ($(NATIVE_KVM),1)
+	@echo "test-selftests: needs the emulated test machine (x86_64 hosts)"
+else
+	@mkdir -p $(ST_OUT)
+	$(SELFTESTS) --label debian 2>&1 | tee $(ST_OUT)/debian.log
+	$(SELFTESTS) --kernel "$$($(KERNEL_BUILD))" --label sme --must-pass $(ST_OUT)/debian.txt \
+		2>&1 | tee $(ST_OUT)/sme.log
+	$(SELFTESTS) --kvm-mode nvhe --label debian-nvhe 2>&1 | tee $(ST_OUT)/debian-nvhe.log
+	$(SELFTESTS) --kernel "$$($(KERNEL_BUILD))" --kvm-mode nvhe --label sme-nvhe \
+		--must-pass $(ST_OUT)/debian-nvhe.txt 2>&1 | tee $(ST_OUT)/sme-nvhe.log
+	@for l in debian sme debian-nvhe sme-nvhe; do echo "$$l: $$(tail -n1 $(ST_OUT)/$$l.log)"; done
+endif
+
+test: host-deps venv test-host typecheck docs machine guests test-machine kernel test-sme-kernel test-sme-kernel-nvhe \
+	test-selftests
 
 demo:
 	$(RUN) $(RUN_FLAGS) -- pyvmm caps

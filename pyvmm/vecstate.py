@@ -182,7 +182,10 @@ class VecState:
         if sme_vqs:
             smfr0, pfr1 = vcpu.get_reg(regs.ID_AA64SMFR0_EL1), vcpu.get_reg(regs.ID_AA64PFR1_EL1)
         has_sme = bool(sme_vqs)
-        extra = (("SMCR_EL1", "TPIDR2_EL0", "SMPRI_EL1") if has_sme else ()) + (("ZCR_EL1",) if sve_vqs else ())
+        # Only what the register list offers: v12 gives SMPRI_EL1 no userspace state
+        # (ABI page §3), older kernels listed it.
+        has_smpri = has_sme and regs.SMPRI_EL1 in vcpu.get_reg_list()
+        extra = (("SMCR_EL1", "TPIDR2_EL0") if has_sme else ()) + (("SMPRI_EL1",) if has_smpri else ()) + (("ZCR_EL1",) if sve_vqs else ())
         # The configuration, read once; its svcr field is unused (SVCR is read live).
         self.vec = VecShape.from_id_regs(sve_vqs, sme_vqs, pfr1, smfr0, fpmr=not _absent(vcpu, regs.FPMR),
                                          sme_bit=sme_bit, extra=tuple(EXTRA_IDS[n] for n in extra))

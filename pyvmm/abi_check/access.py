@@ -101,8 +101,11 @@ class AccessRules(CheckerBase):
             problems.append("listed but not accessible: " + restore_plan.name_ranges(sorted(listed - want)))
         if want - listed:
             problems.append("missing: " + restore_plan.name_ranges(sorted(want - listed)))
-        sme_sys = {regs.SVCR, regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMPRI_EL1, regs.SMIDR_EL1}
+        # SMPRI_EL1 is never listed: it has no userspace state (v12, ABI page §3)
+        sme_sys = {regs.SVCR, regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMIDR_EL1}
         have_sys = sme_sys & set(lst)
+        if regs.SMPRI_EL1 in lst:
+            problems.append("SMPRI_EL1 listed (it has no userspace state, §3)")
         if smecfg and have_sys != sme_sys:
             problems.append("SME sysregs missing: " + ", ".join(regs.name(i) for i in sme_sys - have_sys))
         if not smecfg and have_sys:
@@ -243,9 +246,12 @@ class AccessRules(CheckerBase):
         sec = "§3"
         cfg = "sve+sme" if self.sve_offered else "sme"
         v = self.vcpu(cfg)
-        self.check("3.smpri", sec, "SMPRI_EL1 reads 0, takes 0, refuses non-zero with EINVAL", "0 ok EINVAL",
-                   lambda: f"{v.get_reg(regs.SMPRI_EL1)} {_try(v.set_reg, regs.SMPRI_EL1, 0)} "
-                           f"{_try(v.set_reg, regs.SMPRI_EL1, 1)}")
+        self.check("3.smpri", sec, "SMPRI_EL1 has no userspace state: unlisted, GET and SET are ENOENT",
+                   "unlisted ENOENT ENOENT",
+                   lambda: f"{'listed' if regs.SMPRI_EL1 in v.get_reg_list() else 'unlisted'} "
+                           f"{_try(v.get_reg, regs.SMPRI_EL1)} {_try(v.set_reg, regs.SMPRI_EL1, 0)}")
+        self.check("3.tpidr2.reset", sec, "TPIDR2_EL0 reads 0 after KVM_ARM_VCPU_INIT", "0x0",
+                   lambda: f"{v.get_reg(regs.TPIDR2_EL0):#x}")
         self.check("3.smidr", sec, "SMIDR_EL1 readable, SMPS (bit 15) masked", "ok SMPS=0",
                    lambda: f"ok SMPS={v.get_reg(regs.SMIDR_EL1) >> 15 & 1}")
 

@@ -121,7 +121,23 @@ class VlsRules(CheckerBase):
         if "sve" in cfg:
             ids += [regs.sve_z(0), regs.sve_p(0), regs.sve_ffr()]
         if "sme" in cfg:
-            ids += [regs.sme_za_row(0)] + ([regs.sme_zt(0)] if self.sme2 else [])
+            # ZA is off on a new vCPU, and that is checked first: EBUSY, not EPERM (v12, §4)
+            za = [regs.sme_za_row(0)] + ([regs.sme_zt(0)] if self.sme2 else [])
+            for i in za:
+                self.check(f"4.before_finalize.{regs.name(i)}.za0.{cfg}", sec,
+                           f"{regs.name(i)} before FINALIZE with SVCR.ZA = 0 is EBUSY (ZA off comes first)",
+                           "EBUSY", lambda i=i: _try(v.get_one_reg, i))
+
+            def za_on(i):
+                v.set_reg(regs.SVCR, 2)
+                try:
+                    return _try(v.get_one_reg, i)
+                finally:
+                    v.set_reg(regs.SVCR, 0)
+            for i in za:
+                self.check(f"4.before_finalize.{regs.name(i)}.za1.{cfg}", sec,
+                           f"{regs.name(i)} before FINALIZE with SVCR.ZA = 1 is EPERM", "EPERM",
+                           lambda i=i: za_on(i))
         for i in ids:
             self.check(f"4.before_finalize.{regs.name(i)}.{cfg}", sec,
                        f"{regs.name(i)} before FINALIZE is EPERM", "EPERM", lambda i=i: _try(v.get_one_reg, i))

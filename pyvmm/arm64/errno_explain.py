@@ -105,7 +105,8 @@ def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
 
     if err == E.EBUSY and k.cls in ("za", "zt"):  # §7 row 5
         return ("ZA is off in this vCPU (SVCR.ZA = 0): ZA and ZT0 exist only while it is on; write "
-                "SVCR with ZA = 1 first (note that turning ZA on zeroes ZA and ZT0)")
+                "SVCR with ZA = 1 first (note that turning ZA on zeroes ZA and ZT0); a new vCPU has ZA "
+                "off, so this comes even before finalisation")
 
     if err == E.ENOENT:  # §7 row 6
         if k.sliced:
@@ -122,6 +123,9 @@ def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
             return ("FFR does not exist in this mode: outside streaming mode an SME-only vCPU has no "
                     "FFR, and in streaming mode (SVCR.SM = 1) FFR exists only with FA64 "
                     "(ID_AA64SMFR0_EL1.FA64): leave FFR out of the state for this mode")
+        if k.cls == "smpri":
+            return ("SMPRI_EL1 has no userspace state: streaming mode priorities are not offered and the "
+                    "guest reads it as 0, so KVM does not list it (KVM_GET_REG_LIST); leave it out")
         if k.cls in ("za", "sme_unknown"):
             return "no such SME register on this vCPU: was it initialised with the SME feature bit?"
         return None
@@ -136,8 +140,6 @@ def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
         if k.cls == "svcr" and ioctl == _SET:
             return ("only SVCR.SM (bit 0) and SVCR.ZA (bit 1) may be set; bits 63:2 are reserved "
                     "and must be 0")
-        if k.cls == "smpri" and ioctl == _SET:
-            return "SMPRI_EL1 reads as 0 and only 0 may be written: streaming priority is not virtualised"
         if k.cls == "v":
             return ("V0-V31 are not accessible as CORE registers while SVE is on, or on an SME-only "
                     "vCPU in streaming mode (SVCR.SM = 1): use Zn instead; its first 16 bytes are Vn")
@@ -176,7 +178,7 @@ TABLE: Tuple[Row, ...] = (
     Row("ZA row at or above SVL/8", _GET, E.EINVAL, "ZA[200]"),
     Row("unknown SME id", _GET, E.EINVAL, None),  # reg filled in below
     Row("SVCR reserved bits", _SET, E.EINVAL, "SVCR"),
-    Row("SMPRI_EL1 non-zero", _SET, E.EINVAL, "SMPRI_EL1"),
+    Row("SMPRI_EL1 (no userspace state)", _GET, E.ENOENT, "SMPRI_EL1"),
     Row("CORE V register while SVE is on or SME-only with SM = 1", _GET, E.EINVAL, "V5"),
     Row("finalise without SVE or SME", _FINALIZE, E.EINVAL, None),
     Row("finalise twice", _FINALIZE, E.EPERM, None),

@@ -226,7 +226,7 @@ def plan(shape: VecShape, fresh: bool = True, psci_bit: int = 2, sve_bit: int = 
 
     other = []
     if shape.sme:
-        other += [regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMPRI_EL1]
+        other += [regs.SMCR_EL1, regs.TPIDR2_EL0]  # SMPRI_EL1 only if saved (shape.extra, §3)
     if shape.sve:
         other.append(regs.ZCR_EL1)
     other += [i for i in shape.extra if i not in other]

@@ -37,11 +37,14 @@ def test_enoent_distinguishes_the_cause(reg, needle):
 @pytest.mark.parametrize("reg, needle", [
     ("ZA[255]", "SVL/8"),
     ("SVCR", "reserved"),
-    ("SMPRI_EL1", "only 0"),
     ("V7", "Zn"),
 ])
 def test_einval_distinguishes_the_cause(reg, needle):
     assert needle in errno_explain.explain("KVM_SET_ONE_REG", errno.EINVAL, reg)
+
+
+def test_smpri_has_no_userspace_state():
+    assert "no userspace state" in errno_explain.explain("KVM_GET_ONE_REG", errno.ENOENT, "SMPRI_EL1")
 
 
 def test_unknown_sme_id_is_in_the_sme_space_and_named_unknown():

@@ -159,7 +159,7 @@ class FakeVcpu:
         self.za = [bytes(256)] * 256
         self.zt0 = bytes(64)
         self.fpsr = self.fpcr = 0
-        self.sys = {regs.SMCR_EL1: 0, regs.TPIDR2_EL0: 0, regs.SMPRI_EL1: 0, regs.FPMR: 0, regs.ZCR_EL1: 0}
+        self.sys = {regs.SMCR_EL1: 0, regs.TPIDR2_EL0: 0, regs.FPMR: 0, regs.ZCR_EL1: 0}
 
     def _idregs(self):
         k = self.kvm
@@ -251,7 +251,7 @@ class FakeVcpu:
                     out.append(regs.sme_zt(0))
         sysl = list(self._idregs().keys())[:2]
         if self.has_sme:
-            sysl += [regs.SVCR, regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMPRI_EL1, regs.SMIDR_EL1]
+            sysl += [regs.SVCR, regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMIDR_EL1]
         if self.kvm.fpmr:
             sysl.append(regs.FPMR)
         if self.has_sve:
@@ -314,16 +314,17 @@ class FakeVcpu:
                 fail(E.ENOENT)
             if d.kind not in ("sme_za", "sme_zt"):
                 fail(E.EINVAL)
-            if not self.finalized:
-                fail(E.EPERM)
             if d.slice:
                 fail(E.ENOENT)
             if d.kind == "sme_zt" and (d.index != 0 or not self._sme2()):
                 fail(E.ENOENT)
-            if not self.svcr & 2:
-                fail(E.EBUSY)
             if d.kind == "sme_za" and d.index >= 16 * self.sme_vq:
                 fail(E.EINVAL)
+            # ZA off comes before finalisation (v12, ABI page §4): a new vCPU answers EBUSY
+            if not self.svcr & 2:
+                fail(E.EBUSY)
+            if not self.finalized:
+                fail(E.EPERM)
             return
         if d.kind == "core" and name.startswith("V"):
             if not self._v_ok():
@@ -332,8 +333,10 @@ class FakeVcpu:
         if d.kind == "core":
             return
         if d.kind == "sysreg":
-            sme_only = (regs.SVCR, regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMPRI_EL1, regs.SMIDR_EL1)
+            sme_only = (regs.SVCR, regs.SMCR_EL1, regs.TPIDR2_EL0, regs.SMIDR_EL1)
             if reg_id in sme_only and not self.has_sme:
+                fail(E.ENOENT)
+            if reg_id == regs.SMPRI_EL1:  # no userspace state (v12, ABI page §3)
                 fail(E.ENOENT)
             if reg_id == regs.FPMR and not self.kvm.fpmr:
                 fail(E.ENOENT)
@@ -428,9 +431,6 @@ class FakeVcpu:
                 if self.ran:
                     raise _err(E.EBUSY, ioctl, self.target, name)
                 self._idregs()[reg_id] = v
-        elif reg_id == regs.SMPRI_EL1:
-            if int.from_bytes(value, "little"):
-                raise _err(E.EINVAL, ioctl, self.target, name)
         else:
             self.sys[reg_id] = int.from_bytes(value, "little")
 
