@@ -2,8 +2,11 @@
 // PMU and pointer authentication on by default). Entered at EL1h, MMU off,
 // position independent. For each probe it executes one instruction that
 // UNDEFs without the feature and prints one character through the PL011:
-//   SME   smstart           'S' then the streaming VL as 'A' + SVL/16 bytes
-//                           (B = 128 bits ... Q = 2048 bits), or 'U'
+//   SME   msr smcr_el1      'S' then the streaming VL as 'A' + SVL/16 bytes
+//         smstart           (B = 128 bits ... Q = 2048 bits), or 'U'. SMCR_EL1.LEN
+//                           resets to 0 (SVL 128), so the probe first asks for the
+//                           largest length (LEN = 15): what it reads back is the
+//                           largest SVL the vCPU's SME_VLS allows.
 //   PMU   mrs pmcr_el0      'P', or 'U'
 //   pauth pacga             'G', or 'U'
 // then "\n" and PSCI SYSTEM_OFF. The UNDEF handler prints 'U' and skips the
@@ -24,6 +27,10 @@ _start:
         movz    x20, #(UART_DR >> 16), lsl #16
 
         mov     x21, #0
+        mov     x1, #0xf
+        msr     S3_0_C1_C2_6, x1            // SMCR_EL1.LEN = 15 (UNDEFs without SME)
+        isb
+        cbnz    x21, 1f
         smstart
         cbnz    x21, 1f
         mov     w1, #'S'

@@ -74,9 +74,8 @@ def test_sme_is_on_by_default_at_the_largest_length(request, host, probe):
     offered, svl = host
     r = pyvmm("run", "--firmware", probe, "-m", "64M", timeout=240)
     assert r.returncode == 0, r.stderr
-    # SME is on. The probe prints the SVL it runs at, but SMCR_EL1.LEN resets to 0 and the
-    # probe does not raise it, so it sees 128 bits whatever SME_VLS allows (seen: "SB"):
-    # the largest-length default is not observable by this guest yet.
-    assert r.stdout.decode().startswith("S"), r.stdout
+    # The probe raises SMCR_EL1.LEN to 15 and prints the SVL it then runs at: the largest
+    # length this host's SME_VLS offers, which is the default.
+    assert r.stdout.decode().startswith("S" + chr(ord("A") + svl // 16)), r.stdout
     r = pyvmm("run", "--firmware", probe, "-m", "64M", "--no-sme", timeout=240)
     assert r.stdout.decode().startswith("U"), r.stdout
