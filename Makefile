@@ -166,6 +166,7 @@ demo:
 	@if [ -x guests/linux/demo ]; then guests/linux/demo; fi
 
 bench: machine guests kernel
+	$(RUN) $(RUN_FLAGS) -- python3 bench/startup.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/boot.py
 	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" -- python3 bench/sme_state.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/snapshot.py

@@ -25,22 +25,34 @@ no-op C handler when it has none: :mod:`pyvmm.machine.kick`). Errors are the
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from .arm64 import regs
-from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
+from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, SnapshotError, UsageProblem
 from .kvm import DEFAULT_PATH
 from .machine import DiskSpec, ExitStatus, Machine, MachineConfig, Outcome
 from .machine.session import Session
-from .snapshot.format import SnapshotError
-from .snapshot.machine_snapshot import SaveReport
 from .vecstate import SavedVecState, VecState
+
+if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs no snapshot module
+    from .snapshot.machine_snapshot import SaveReport
 
 __all__ = [
     "start", "restore", "VirtualMachine",
     "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
     "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`SaveReport`, from the snapshot modules, loaded on first use (PEP 562)."""
+    if name == "SaveReport":
+        from .snapshot.machine_snapshot import SaveReport
+
+        globals()[name] = SaveReport
+        return SaveReport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 Output = Callable[[bytes], None]
 Progress = Callable[[int, int, str], None]

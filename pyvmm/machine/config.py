@@ -81,7 +81,9 @@ class MachineConfig:
 class Outcome:
     """How a run ended: the status and a one-line reason, with the resets
     it went through, exit counts, seconds run, console bytes, the seconds the
-    VM took to build and (with ``trace_mmio``) MMIO accesses per register."""
+    VM took to build, when (CLOCK_MONOTONIC ns) the first vCPU of the first
+    machine first entered KVM_RUN, and (with ``trace_mmio``) MMIO accesses
+    per register."""
 
     status: ExitStatus
     reason: str
@@ -91,6 +93,7 @@ class Outcome:
     console_bytes: int = 0
     build_seconds: float = 0.0
     mmio_trace: Optional[Counter] = None
+    first_run_ns: Optional[int] = None
 
 
 def default_cmdline(console: str) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Union
 
 from ..devices.state import StateReader, loads
-from ..errors import PyvmmError, UsageProblem
+from ..errors import PyvmmError, SnapshotError, UsageProblem
 
 MAGIC = b"PYVMMSNP"
 FORMAT_VERSION = 1
@@ -33,11 +33,6 @@ _HEADER = struct.Struct("<8sII")
 _DIGEST = 32
 MAX_MANIFEST = 64 << 20
 _VIEW_MIN = 1 << 20
-
-
-class SnapshotError(UsageProblem):
-    """A snapshot that cannot be used: truncated, altered, newer, malformed,
-    or not one. Exit status 2, like every other malformed input file."""
 
 
 class WriteError(PyvmmError):
