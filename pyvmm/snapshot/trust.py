@@ -170,12 +170,18 @@ def verify(snap, key: Optional[bytes] = None, check_blobs: bool = True) -> Verdi
     if check_blobs:
         table = manifest.get("blobs")
         names = {e.get("name") for e in table if isinstance(e, dict)} if isinstance(table, list) else set()
-        if not isinstance(table, list) or names != set(snap.blobs):
+        images = set(snap.ram_images()) if hasattr(snap, "ram_images") else set()
+        if not isinstance(table, list) or names | images != set(snap.blobs):
             return Verdict(False, "its blob table does not list its blobs")
         for entry in table:
             blob = snap.blobs[entry["name"]]
             if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
                 return Verdict(False, f"blob {entry['name']!r} does not match its sealed SHA-256: it was altered")
+        # Version 2: guest RAM is bound to the sealed chunk tables by CRC-32
+        # (docs/snapshot-format.md, "Version 2": what that does and does not prove).
+        bad = snap.verify_ram() if images and not snap.ram_checked else None
+        if bad:
+            return Verdict(False, bad)
     return Verdict(True, "sealed with your key")
 
 
