@@ -122,7 +122,9 @@ def _v1_blobs(snap: Snapshot) -> Dict[str, Blob]:
             if data.entry is not None:
                 data.entry["stored_pages"] = stored
         elif isinstance(data, ram_image.MappedRam):
-            raise SnapshotError(f"{name}: guest RAM of a version-2 file cannot be written as version 1")
+            out[name], _ = memory_image.pack(bytes(data))
+        elif name.endswith(".table") and name[:-6] in snap.blobs and not isinstance(snap.blobs[name[:-6]], bytes):
+            continue  # a version-2 chunk table: version 1 has none
         else:
             out[name] = data
     return out
@@ -359,10 +361,10 @@ def save(path: str, snap: Snapshot, progress: Optional[Callable[[int, int], None
 
 
 def _write_v2(fd: int, snap: Snapshot, progress) -> int:
-    images = {k: v for k, v in snap.blobs.items() if isinstance(v, ram_image.LiveRam)}
+    # guest RAM: a machine's (live), or another file's (read in: a tool re-saving a snapshot)
+    images = {k: v if isinstance(v, ram_image.LiveRam) else ram_image.LiveRam(bytes(v))
+              for k, v in snap.blobs.items() if isinstance(v, (ram_image.LiveRam, ram_image.MappedRam))}
     small = {k: v for k, v in snap.blobs.items() if k not in images}
-    if any(isinstance(v, ram_image.MappedRam) for v in small.values()):
-        raise SnapshotError("guest RAM read from a snapshot file cannot be written again; restore it and save the VM")
     total = sum(r.size for r in images.values())
     done = 0
     pos = DATA_START

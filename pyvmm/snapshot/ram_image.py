@@ -52,6 +52,10 @@ class LiveRam:
     def __len__(self) -> int:
         return self.size
 
+    def __bytes__(self) -> bytes:
+        """The region's memory."""
+        return bytes(self.buf)
+
     def runs(self) -> Iterator[Tuple[int, memoryview]]:
         """(offset, bytes) of each run of non-zero chunks (zero chunks skipped)."""
         view = memoryview(self.buf)
@@ -145,6 +149,15 @@ class MappedRam:
     def __len__(self) -> int:
         """Bytes of the file's data area this region uses."""
         return self.stored * CHUNK
+
+    def __bytes__(self) -> bytes:
+        """The region's memory, read from the file (zero chunks as zeros)."""
+        out = bytearray(self.size)
+
+        def put(off: int, data) -> None:
+            out[off:off + len(data)] = data
+        self.copy_into(put)
+        return bytes(out)
 
     def chunk(self, i: int) -> memoryview:
         """Chunk ``i``'s bytes in the file (a stored chunk)."""

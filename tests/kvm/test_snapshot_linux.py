@@ -181,7 +181,7 @@ def test_virtio_console_and_disk_continue_after_restore(tmp_path):
     loaded = fmt.load(str(snap))
     assert loaded.manifest["seal"]["alg"] == "hmac-sha256"  # pyvmm sealed its own snapshot
     loaded.manifest["machine"]["config"]["disks"][0]["path"] = str(victim)
-    fmt.save(str(crafted), fmt.Snapshot(loaded.manifest, {k: bytes(v) for k, v in loaded.blobs.items()}))
+    fmt.save(str(crafted), fmt.Snapshot(loaded.manifest, dict(loaded.blobs)))  # re-saved: RAM read back in
     r = pyvmm("restore", crafted, timeout=120)
     assert r.returncode == 2 and r.stdout == b"", r.stderr
     assert "its seal does not match its contents" in r.stderr.decode() and "--disk" in r.stderr.decode(), r.stderr
