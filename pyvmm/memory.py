@@ -122,6 +122,15 @@ class GuestMemory:
         off = gpa - r.gpa
         return r.mm[off:off + length]
 
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of guest range gpa+length (in one region), for
+        reading a file straight into guest RAM."""
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        off = gpa - r.gpa
+        return memoryview(r.mm)[off:off + length]
+
     def write(self, gpa: int, data: bytes) -> None:
         r = self._find(gpa, len(data))
         if r is None:
