@@ -42,7 +42,7 @@ import secrets
 import struct
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union, cast
 
 from ..devices.state import StateReader, loads
 from ..errors import PyvmmError, SnapshotError, UsageProblem
@@ -68,6 +68,15 @@ class WriteError(PyvmmError):
 # memory) views of its mapping; guest RAM of a version-2 file (mapped
 # chunks), or of a machine being saved (its live buffer).
 Blob = Union[bytes, memoryview, ram_image.MappedRam, ram_image.LiveRam]
+Bytes = Union[bytes, memoryview]  # a blob that is bytes in the file (not guest RAM)
+
+
+def small_blob(snap: "Snapshot", name: str) -> Bytes:
+    """The bytes of blob ``name`` (KeyError when it is missing or is guest RAM)."""
+    blob = snap.blobs[name]
+    if not isinstance(blob, (bytes, memoryview)):
+        raise KeyError(f"{name} is guest RAM, not a blob")
+    return blob
 
 
 @dataclass
@@ -111,11 +120,11 @@ class Snapshot:
                 image.fd = -1
 
 
-def _v1_blobs(snap: Snapshot) -> Dict[str, Blob]:
+def _v1_blobs(snap: Snapshot) -> Dict[str, Bytes]:
     """The blobs as version 1 stores them: guest RAM as a page bitmap and its non-zero pages."""
     from . import memory_image
 
-    out: Dict[str, Blob] = {}
+    out: Dict[str, Bytes] = {}
     for name, data in snap.blobs.items():
         if isinstance(data, ram_image.LiveRam):
             out[name], stored = memory_image.pack(data.buf)
@@ -274,7 +283,7 @@ def _ram_images(ram: List, blobs: Dict[str, Blob], view: memoryview, head: int, 
             ram_image.check_table(name, size, blobs[table], offset, stored, head)
         except ValueError as e:
             raise SnapshotError(f"{what}: {e}") from None
-        blobs[name] = ram_image.MappedRam(name, size, bytes(blobs[table]), view[offset:head], offset, fd)  # type: ignore[arg-type]
+        blobs[name] = ram_image.MappedRam(name, size, bytes(blobs[table]), view[offset:head], offset, fd)
 
 
 def write_atomic(path: str, data, progress: Optional[Callable[[int, int], None]] = None) -> None:
@@ -364,7 +373,7 @@ def _write_v2(fd: int, snap: Snapshot, progress) -> int:
     # guest RAM: a machine's (live), or another file's (read in: a tool re-saving a snapshot)
     images = {k: v if isinstance(v, ram_image.LiveRam) else ram_image.LiveRam(bytes(v))
               for k, v in snap.blobs.items() if isinstance(v, (ram_image.LiveRam, ram_image.MappedRam))}
-    small = {k: v for k, v in snap.blobs.items() if k not in images}
+    small = cast(Dict[str, Bytes], {k: v for k, v in snap.blobs.items() if k not in images})
     total = sum(r.size for r in images.values())
     done = 0
     pos = DATA_START

@@ -37,7 +37,7 @@ def vcpu_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
     out = []
     for meta in snap.manifest.get("vcpus", []):
         try:
-            out.append(vcpu_state.VcpuState.from_json(meta, snap.blobs[f"vcpu{meta['index']}.regs"]))
+            out.append(vcpu_state.VcpuState.from_json(meta, fmt.small_blob(snap, f"vcpu{meta['index']}.regs")))
         except (KeyError, TypeError, ValueError) as e:
             raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e})") from None
         except UsageProblem as e:
