@@ -18,7 +18,6 @@ ci/qemu-aarch64/run; build the guest first with guests/linux/build).
 from __future__ import annotations
 
 import os
-import platform
 import re
 import signal
 import statistics
@@ -26,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import CHECKOUT, env, guest_files
+from _common import CHECKOUT, env, guest_files, in_test_machine
 
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "7"))
 MEM = "256M"
@@ -70,10 +69,7 @@ def pyvmm_first_run(k: str, i: str) -> float:
 
 
 def main():
-    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
-        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files()
-        os.execv(run, [run, "--", "python3", "bench/startup.py"])
+    in_test_machine("bench/startup.py")
     k, i = guest_files()
     # The checkout's bytecode, as an installed pyvmm would have it.
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
