@@ -32,10 +32,10 @@ from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, SnapshotE
 from .kvm import DEFAULT_PATH
 from .machine import DiskSpec, ExitStatus, Machine, MachineConfig, Outcome
 from .machine.session import Session
-from .vecstate import SavedVecState, VecState
 
-if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs no snapshot module
+if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs neither
     from .snapshot.machine_snapshot import SaveReport
+    from .vecstate import SavedVecState, VecState
 
 __all__ = [
     "start", "restore", "VirtualMachine",
@@ -45,13 +45,17 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """:class:`SaveReport`, from the snapshot modules, loaded on first use (PEP 562)."""
+    """:class:`SaveReport` (from the snapshot modules) and :class:`SavedVecState`
+    (from :mod:`pyvmm.vecstate`), loaded on first use (PEP 562)."""
+    value: Any
     if name == "SaveReport":
-        from .snapshot.machine_snapshot import SaveReport
-
-        globals()[name] = SaveReport
-        return SaveReport
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from .snapshot import machine_snapshot as module
+    elif name == "SavedVecState":
+        from . import vecstate as module  # type: ignore[no-redef]
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(module, name)
+    return value
 
 
 Output = Callable[[bytes], None]
@@ -234,6 +238,8 @@ class VirtualMachine:
         v = self._vcpu(m, vcpu)
         state = self._vec.get(vcpu)
         if state is None:
+            from .vecstate import VecState
+
             state = self._vec[vcpu] = VecState(v, m.sme_bit)
         return state
 

@@ -12,7 +12,6 @@ from typing import List, Optional
 from ..boot import image, layout
 from ..errors import UsageProblem
 from ..arm64.vec import parse_vl
-from ..net import tap
 from .devspec import FsSpec, NetSpec, VsockSpec
 
 
@@ -185,6 +184,8 @@ def check_devices(config: MachineConfig) -> None:
     for t in set(taps):
         if taps.count(t) > 1:
             raise UsageProblem(f"--net tap={t} given twice: one virtio-net per tap")
+    if config.nets:
+        from ..net import tap  # loaded only for a machine with a network (start-up)
     for n in config.nets:
         if tap.interface_exists(n.tap) and not tap.is_tap(n.tap):
             raise UsageProblem(f"--net tap={n.tap}: {n.tap} exists and is not a tap interface",
