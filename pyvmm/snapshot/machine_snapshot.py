@@ -86,18 +86,33 @@ def check_snapshottable(m: Machine) -> None:
 
 
 def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
-    """The snapshot of a paused machine."""
+    """The snapshot of a paused machine. Its guest RAM is the machine's own
+    memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
+    snapshot is written: until then the machine must stay paused and its
+    devices quiet (:func:`save_live` writes it under the same hold)."""
+    with quiet(m):
+        return _take(m, progress)
+
+
+@contextlib.contextmanager
+def quiet(m: Machine):
+    """Nothing but the caller changes the paused machine ``m``: the I/O
+    thread held off (io_lock), the vhost planes stopped."""
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
     check_snapshottable(m)
     with m.io_lock, _planes_stopped(m):
-        states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
-        gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
-        devices = {"uart": built(m.uart, "UART").save_state(),
-                   "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
-                              for t in m.virtio]}
-        blobs, regions = pack_ram(m.mem, progress)
-        blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
+        yield
+
+
+def _take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
+    states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
+    gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
+    devices = {"uart": built(m.uart, "UART").save_state(),
+               "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
+                          for t in m.virtio]}
+    blobs, regions = pack_ram(m.mem, progress)
+    blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(m.kvm), "gic": {"model": GIC_MODEL, "state": gic},
@@ -141,9 +156,11 @@ def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str]
         def report(what: str) -> Progress:
             return None if progress is None else (lambda done, total: progress(done, total, what))
 
-        snap = take(m, report("memory"))
-        t_saved = time.monotonic()
-        size = fmt.save(path, snap, report("file"))
+        # guest RAM is written from the machine's memory: devices stay quiet until then
+        with quiet(m):
+            snap = _take(m, report("memory"))
+            t_saved = time.monotonic()
+            size = fmt.save(path, snap, report("file"))
         ok = True
     finally:
         if stop and ok:
