@@ -10,22 +10,10 @@ import time
 
 import pytest
 
-from pyvmm.control import ControlError, call
-from pyvmm.errors import UsageProblem
 from pyvmm.snapshot import format as fmt
-from support.run_support import Running, print_then, pyvmm
+from support.run_support import Running, print_then, pyvmm, wait_ready
 
 pytestmark = pytest.mark.kvm
-
-
-def wait_running(sock, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call(str(sock), {"cmd": "status"})
-        except (UsageProblem, ControlError):
-            assert time.monotonic() < deadline, f"no VM ready on {sock} within {timeout} s"
-            time.sleep(0.2)
 
 
 def test_mapped_restore_runs_and_a_damaged_chunk_is_caught(tmp_path):
@@ -47,9 +35,9 @@ def test_mapped_restore_runs_and_a_damaged_chunk_is_caught(tmp_path):
 
     # Restored from the mapped file: it runs, and says nothing about reading memory.
     back = Running(["restore", snap, "--control", sock2])
-    assert wait_running(sock2)["state"] == "running"
+    assert wait_ready(sock2)["state"] == "running"
     time.sleep(2)  # the background check runs meanwhile; an intact file does not stop the VM
-    assert wait_running(sock2)["state"] == "running"
+    assert wait_ready(sock2)["state"] == "running"
     took, err = back.stop(signal.SIGTERM)
     assert back.p.returncode == 143, err
     assert b"not mapped" not in err and b"CRC" not in err, err
