@@ -38,7 +38,6 @@ import hashlib
 import json
 import mmap
 import os
-import secrets
 import struct
 import weakref
 from dataclasses import dataclass, field
@@ -307,7 +306,7 @@ def _atomic(path: str, write: Callable[[int], None]) -> None:
     ``path`` is either the old file or the complete new one."""
     directory = os.path.dirname(os.path.abspath(path))
     # A new name each time (O_EXCL): two writers never share a temporary file.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as e:

@@ -24,8 +24,10 @@ import os
 import struct
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+
+if TYPE_CHECKING:  # concurrent.futures (and the logging it loads) only when a pool is needed: restore start-up
+    from concurrent.futures import ThreadPoolExecutor
 
 PAGE = 4096
 CHUNK = 1 << 20
@@ -77,7 +79,7 @@ def chunks_of(size: int, chunk: int = CHUNK) -> int:
 
 
 def write_image(fd: int, data_offset: int, ram: LiveRam, progress: Progress = None,
-                pool: Optional[ThreadPoolExecutor] = None) -> Tuple[bytes, int, int]:
+                pool: Optional["ThreadPoolExecutor"] = None) -> Tuple[bytes, int, int]:
     """Write ``ram``'s non-zero chunks to ``fd`` from ``data_offset`` (zero
     pages as holes); returns (chunk table, stored chunks, non-zero pages)."""
     size, buf = ram.size, ram.buf
@@ -86,6 +88,8 @@ def write_image(fd: int, data_offset: int, ram: LiveRam, progress: Progress = No
     slots = [0] * n_chunks
     crcs: List = [0] * n_chunks
     stored = pages = 0
+    from concurrent.futures import ThreadPoolExecutor
+
     own = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
     try:
@@ -206,6 +210,8 @@ class MappedRam:
         todo = [i for i, k in enumerate(self.slots) if k >= 0]
         workers = workers or max(1, min(8, os.cpu_count() or 1))
         done = 0
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for start in range(0, len(todo), 64):
                 if stop is not None and stop.is_set():

@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -93,10 +92,10 @@ def load_key(create: bool = False, path: Optional[str] = None) -> Optional[bytes
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = os.path.join(directory, f".snapshot.key.{os.getpid()}-{secrets.token_hex(4)}")
+        tmp = os.path.join(directory, f".snapshot.key.{os.getpid()}-{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.write(fd, os.urandom(KEY_BYTES))  # what secrets.token_bytes uses, without loading it
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -73,3 +73,13 @@ def test_help_lists_every_command():
     out = CliRunner().invoke(cli, ["--help"]).output
     for name in COMMANDS:
         assert f"  {name} " in out
+
+
+def test_restore_loads_no_thread_pool_or_random_before_the_guest_runs():
+    # what `pyvmm restore SNAP` imports up to building the machine; the RAM check's thread
+    # pool (concurrent.futures, which loads logging) is loaded by that check, beside the guest
+    mods = loaded_after("from pyvmm.cli import cli\ncli.get_command(None, 'restore')\nimport pyvmm.api\n"
+                        "from pyvmm.snapshot import format, machine_snapshot, trust")
+    assert "pyvmm.snapshot.ram_image" in mods
+    assert under(mods, "concurrent", "logging", "secrets", "random", "pyvmm.commands.snapshot",
+                 "pyvmm.abi_check", *TEST_ONLY) == []
