@@ -39,7 +39,7 @@ class _Group(click.Group):
     one-line messages and exit codes."""
 
     def list_commands(self, ctx):
-        return list(COMMANDS)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, cmd_name):
         entry = COMMANDS.get(cmd_name)
