@@ -24,7 +24,8 @@
 #   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo (a guest's
 #                      CPU features; a guest reaching the host over the network and reading a
 #                      shared directory)
-#   make bench         benchmarks: boot time vs QEMU, SME state save/restore vs the ioctl floor,
+#   make bench         benchmarks: start-up (pyvmm run to the first KVM_RUN vs the bare
+#                      interpreter), boot time vs QEMU, SME state save/restore vs the ioctl floor,
 #                      live snapshot + restore vs QEMU migration to a file, data planes (TCP over
 #                      vhost-net, vsock, virtio-fs) vs QEMU
 #   make clean         remove .venv and build output (clean-cache: the machine cache too)
@@ -166,6 +167,7 @@ demo:
 	@if [ -x guests/linux/demo ]; then guests/linux/demo; fi
 
 bench: machine guests kernel
+	$(RUN) $(RUN_FLAGS) -- python3 bench/startup.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/boot.py
 	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" -- python3 bench/sme_state.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/snapshot.py

@@ -25,3 +25,15 @@ def env():
     e["PYTHONPATH"] = CHECKOUT
     e.pop("PYTHONDONTWRITEBYTECODE", None)
     return e
+
+
+def in_test_machine(script: str, argv=()) -> None:
+    """Re-run ``script`` (a path under the checkout) inside ci/qemu-aarch64/run
+    unless this is an arm64 host with /dev/kvm (then return)."""
+    import platform
+
+    if platform.machine() in ("aarch64", "arm64") and os.path.exists("/dev/kvm"):
+        return
+    run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
+    guest_files()
+    os.execv(run, [run, "--", "python3", script, *argv])

@@ -18,6 +18,10 @@ int ioctl(int fd, unsigned long request, ...);
 typedef void (*sighandler_t)(int);
 sighandler_t signal(int signum, sighandler_t handler);
 int abs(int j);
+/* Mapping a snapshot file's guest RAM over the anonymous RAM at its fixed
+ * address (pyvmm/memory.py, map_file): Python's mmap module cannot map at an
+ * address. off_t is 64 bits on every platform pyvmm runs on. */
+void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 
 /* ---- vCPU run area (mmapped from the vCPU fd) ---------------------------- */
 struct kvm_debug_exit_arch {

@@ -25,22 +25,38 @@ no-op C handler when it has none: :mod:`pyvmm.machine.kick`). Errors are the
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 from .arm64 import regs
-from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, UsageProblem
+from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, SnapshotError, UsageProblem
 from .kvm import DEFAULT_PATH
 from .machine import DiskSpec, ExitStatus, Machine, MachineConfig, Outcome
 from .machine.session import Session
-from .snapshot.format import SnapshotError
-from .snapshot.machine_snapshot import SaveReport
-from .vecstate import SavedVecState, VecState
+
+if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs neither
+    from .snapshot.machine_snapshot import SaveReport
+    from .vecstate import SavedVecState, VecState
 
 __all__ = [
     "start", "restore", "VirtualMachine",
     "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
     "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """:class:`SaveReport` (from the snapshot modules) and :class:`SavedVecState`
+    (from :mod:`pyvmm.vecstate`), loaded on first use (PEP 562)."""
+    value: Any
+    if name == "SaveReport":
+        from .snapshot import machine_snapshot as module
+    elif name == "SavedVecState":
+        from . import vecstate as module  # type: ignore[no-redef]
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(module, name)
+    return value
+
 
 Output = Callable[[bytes], None]
 Progress = Callable[[int, int, str], None]
@@ -66,6 +82,9 @@ class VirtualMachine:
         self._vec: Dict[int, VecState] = {}
         self._outcome: Optional[Outcome] = None
         self._error: Optional[BaseException] = None
+        # A restored machine: how its guest memory was loaded ("mapped" from
+        # the snapshot file, or "read: " and why not); None for a booted one.
+        self.memory_load: Optional[str] = None
         self._closed = False
         user_ready = session.on_ready
 
@@ -219,6 +238,8 @@ class VirtualMachine:
         v = self._vcpu(m, vcpu)
         state = self._vec.get(vcpu)
         if state is None:
+            from .vecstate import VecState
+
             state = self._vec[vcpu] = VecState(v, m.sme_bit)
         return state
 
@@ -314,7 +335,7 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
             on_reboot: Optional[str] = None, kvm_path: str = DEFAULT_PATH, console_input: Optional[int] = None,
             escape: bool = False, on_ready: Optional[Callable[[Machine], None]] = None,
             progress: Optional[Callable[[int, int], None]] = None, trace_mmio: bool = False,
-            host: Any = None) -> VirtualMachine:
+            host: Any = None, verify: bool = False) -> VirtualMachine:
     """A new machine in the state saved in the snapshot file ``path`` (by
     :meth:`VirtualMachine.snapshot` or ``pyvmm snapshot``), running (or, with
     ``paused``, stopped until :meth:`VirtualMachine.resume`).
@@ -329,7 +350,13 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
     ``host``: a :class:`pyvmm.snapshot.trust.HostChoice`, the disks (and the
     kernel a reset boots) the caller chooses; without it they come only from
     a snapshot sealed by this user's pyvmm (docs/snapshot-format.md, "Trust").
-    ``progress(done, total)`` hears about guest memory being loaded. The
+    ``progress(done, total)`` hears about guest memory being loaded.
+
+    A version-2 file's guest memory is mapped, not read: the guest runs
+    before its pages were read, and their CRC-32s are checked by a thread
+    while it runs (a chunk that fails stops the VM with the reason); with
+    ``verify`` they are all checked first (also whenever a seal is relied
+    on). :attr:`VirtualMachine.memory_load` says how memory was loaded. The
     other arguments are :func:`start`'s."""
     from .kvm import open_kvm
     from .snapshot import format as fmt, machine_snapshot
@@ -339,7 +366,13 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
     if on_reboot not in (None, "restart", "exit"):
         raise UsageProblem(f"--on-reboot {on_reboot!r}: choose restart or exit")
     snap = fmt.load(path)
+    if verify:
+        bad = snap.verify_ram()
+        if bad:
+            snap.close()
+            raise SnapshotError(f"snapshot {path}: {bad}", "use an intact copy or take the snapshot again")
     kvm = open_kvm(kvm_path)
+    how = []
     try:
         config = machine_snapshot.check(kvm, snap, host)
         config.trace_mmio = trace_mmio
@@ -348,7 +381,7 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
 
         def build(m: Machine) -> None:
             m.hide_pauses = clock == "hide"  # keep: the guest's clock runs on through pauses too
-            machine_snapshot.restore_into(m, snap, clock, progress)
+            how.append(machine_snapshot.restore_into(m, snap, clock, progress))
 
         out, kept = _console(output)
         session = Session(config, out, console_input, escape, on_ready, first_build=build, start_paused=paused,
@@ -356,5 +389,12 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
         vm = VirtualMachine(session, kvm=kvm, console=kept)
     except BaseException:
         kvm.close()
+        snap.close()
         raise
-    return vm._start()
+    try:
+        started = vm._start()
+    except BaseException:
+        snap.close()
+        raise
+    started.memory_load = how[0] if how else None
+    return started

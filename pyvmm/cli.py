@@ -6,27 +6,49 @@ input). Errors are one line on stderr; ``--debug`` adds the traceback.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
-import traceback
 
 import click
 
 from ._version import __version__
 from .errors import PyvmmError
-from .commands import abi_check as abi_check_cmd
-from .commands import caps as caps_cmd
-from .commands import plan as plan_cmd
-from .commands import diff as diff_cmd
-from .commands import inspect as inspect_cmd
-from .commands import control as control_cmd
-from .commands import restore as restore_cmd
-from .commands import run as run_cmd
-from .commands import snapshot as snapshot_cmd
+
+# Every command, by name: (its module under pyvmm.commands, the click command
+# in it). A command's module is imported only when that command runs (or
+# `pyvmm --help` lists it), so `pyvmm run` loads run's modules and nothing
+# of snapshot, abi-check or inspect; tests/host/test_startup.py checks it.
+COMMANDS = {
+    "caps": ("caps", "caps"),
+    "abi-check": ("abi_check", "abi_check"),
+    "restore-plan": ("plan", "restore_plan_cmd"),
+    "inspect": ("inspect", "inspect"),
+    "diff": ("diff", "diff"),
+    "run": ("run", "run"),
+    "snapshot": ("snapshot", "snapshot"),
+    "restore": ("restore", "restore"),
+    "pause": ("control", "pause"),
+    "resume": ("control", "resume"),
+    "status": ("control", "status"),
+}
 
 
 class _Group(click.Group):
-    """Turns pyvmm's exceptions into one-line messages and exit codes."""
+    """Loads each command on first use and turns pyvmm's exceptions into
+    one-line messages and exit codes."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, cmd_name):
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module = importlib.import_module(f".commands.{entry[0]}", __package__)
+        command = getattr(module, entry[1])
+        assert command.name == cmd_name, (command.name, cmd_name)
+        return command
 
     def invoke(self, ctx):
         try:
@@ -48,6 +70,8 @@ def _debug(ctx) -> bool:
 
 def _fail(ctx, message: str, status: int):
     if _debug(ctx):
+        import traceback
+
         traceback.print_exc()
     click.echo(f"pyvmm: error: {message}", err=True)
     sys.exit(status)
@@ -67,19 +91,6 @@ def cli(ctx, debug):
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-cli.add_command(caps_cmd.caps)
-cli.add_command(abi_check_cmd.abi_check)
-cli.add_command(plan_cmd.restore_plan_cmd)
-cli.add_command(inspect_cmd.inspect)
-cli.add_command(diff_cmd.diff)
-cli.add_command(run_cmd.run)
-cli.add_command(snapshot_cmd.snapshot)
-cli.add_command(restore_cmd.restore)
-cli.add_command(control_cmd.pause)
-cli.add_command(control_cmd.resume)
-cli.add_command(control_cmd.status)
 
 
 def main(argv=None):

@@ -34,6 +34,13 @@ class UsageProblem(PyvmmError):
     exit_status = 2
 
 
+class SnapshotError(UsageProblem):
+    """A snapshot that cannot be used: truncated, altered, newer, malformed,
+    or not one. Exit status 2, like every other malformed input file.
+    (Here, not in :mod:`pyvmm.snapshot.format`, so that code catching it
+    need not load the snapshot modules.)"""
+
+
 class HostUnsupported(PyvmmError):
     """The host (kernel, CPU, permissions) cannot do what was asked."""
 

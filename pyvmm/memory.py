@@ -13,8 +13,11 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ._ffi import ffi
+from ._ffi import ffi, libc
 from .errors import GuestError, HostUnsupported, UsageProblem
+
+
+MAP_FIXED = 0x10  # <sys/mman.h>, the same on arm64 and x86-64 (Python's mmap module has no name for it)
 
 
 class GuestMemoryError(GuestError):
@@ -88,6 +91,27 @@ class GuestMemory:
             raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
         return r.host_address() + (gpa - r.gpa)
 
+    def map_file(self, gpa: int, length: int, fd: int, offset: int) -> None:
+        """Map ``length`` bytes of the file ``fd`` from ``offset`` over guest
+        RAM at ``gpa``, copy-on-write (MAP_PRIVATE, MAP_FIXED): the guest
+        (and KVM, which follows the host mapping) reads the file's pages on
+        first touch, and its writes stay private. Only anonymous RAM can be
+        mapped over: RAM shared with a vhost-user daemon is a memfd the
+        daemon maps too (UsageProblem; read it in instead)."""
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        if r.fd >= 0:
+            raise UsageProblem("guest RAM is shared with a vhost-user daemon (a memfd): it cannot be mapped from a file")
+        if length <= 0 or (gpa - r.gpa) % mmap.PAGESIZE or offset % mmap.PAGESIZE:
+            raise UsageProblem(f"file range {offset:#x}+{length:#x} at guest {gpa:#x} is not page aligned")
+        addr = r.host_address() + (gpa - r.gpa)
+        got = libc().mmap(ffi.cast("void *", addr), length, mmap.PROT_READ | mmap.PROT_WRITE,
+                          mmap.MAP_PRIVATE | MAP_FIXED, fd, offset)
+        if int(ffi.cast("uintptr_t", got)) != addr:
+            err = ffi.errno
+            raise HostUnsupported(f"cannot map the snapshot's memory at guest {gpa:#x}: {os.strerror(err)}")
+
     def contains(self, gpa: int, length: int) -> bool:
         return self._find(gpa, length) is not None
 
@@ -97,6 +121,15 @@ class GuestMemory:
             raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
         off = gpa - r.gpa
         return r.mm[off:off + length]
+
+    def view(self, gpa: int, length: int) -> memoryview:
+        """A writable view of guest range gpa+length (in one region), for
+        reading a file straight into guest RAM."""
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        off = gpa - r.gpa
+        return memoryview(r.mm)[off:off + length]
 
     def write(self, gpa: int, data: bytes) -> None:
         r = self._find(gpa, len(data))

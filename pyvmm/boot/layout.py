@@ -12,13 +12,22 @@
     0x0A00_0200 | virtio-mmio slot 1  512 B |  SPI 17  ... 32 slots
     0x4000_0000 +---------------------------+
                 | RAM (--mem)               |  kernel at RAM base + text_offset;
-                |   ...                     |  initrd just below the DTB;
-                | DTB (<= 2 MiB)            |  DTB in the top 2 MiB of RAM
-                +---------------------------+  (below RAM base + 32 GiB)
+                |   ...                     |  initrd at RAM base + min(RAM/2, 128 MiB)
+                | initrd                    |  (or just above the kernel if that is higher);
+                | DTB (<= 2 MiB)            |  DTB at the next 2 MiB boundary after it
+                |   ...                     |
+                +---------------------------+
 
 The addresses follow QEMU's ``virt`` machine where they overlap, so the same
-earlycon and DT habits work. With ``--firmware`` the binary goes at the RAM
-base instead of a kernel and is entered there with the MMU off.
+earlycon and DT habits work, and so does the placement of initrd and DTB
+(QEMU's hw/arm/boot.c does the same for a Linux Image). That placement
+matters to small guests: the free RAM is split in two around the initrd,
+and Debian's kernel reserves its 64 MiB CMA area only where it finds that
+much contiguous free RAM; with the initrd and DTB at the top of a 128 MiB
+guest it found it, and init ran out of memory. When the QEMU placement does
+not fit (a large initrd in little RAM), initrd and DTB go at the top of RAM
+instead. With ``--firmware`` the binary goes at the RAM base instead of a
+kernel and is entered there with the MMU off; the DTB is in the top 2 MiB.
 """
 from __future__ import annotations
 
@@ -51,6 +60,7 @@ INITRD_ALIGN = 4 * KiB
 # booting.rst: the initrd must lie in a 1 GB aligned window of up to 32 GB
 # that also covers the kernel Image; the kernel sits at the RAM base.
 INITRD_WINDOW = 32 * GiB
+QEMU_INITRD_OFFSET = 128 * MiB  # the initrd at min(RAM/2, this) from the RAM base, as QEMU places it
 
 # PPIs of the generic timer (INTID = 16 + n), as the DT binding numbers them.
 TIMER_PPI_SEC, TIMER_PPI_PHYS, TIMER_PPI_VIRT, TIMER_PPI_HYP = 13, 14, 11, 10
@@ -130,10 +140,19 @@ def plan(ram_size: int, kernel_size: int, text_offset: int = 0, initrd_size: int
                            f"{kernel_addr:#x}; --mem {fmt_size(ram_size)} is too small",
                            f"use at least --mem {fmt_size_up(text_offset + kernel_size + DTB_MAX + RAM_ALIGN)}")
     initrd_addr = None
+    if has_initrd and initrd_size > ram_size:
+        raise UsageProblem(f"the initrd ({fmt_size_up(initrd_size)}) is larger than RAM "
+                           f"(--mem {fmt_size(ram_size)})")
+    if what == "kernel":
+        # QEMU's placement (see the module docstring): the initrd (even an
+        # empty one) from the middle of RAM, the DTB after it.
+        start = _align_up(max(RAM_BASE + min(ram_size // 2, QEMU_INITRD_OFFSET), kernel_addr + kernel_size),
+                          INITRD_ALIGN)
+        dtb_qemu = _align_up(start + (initrd_size if has_initrd else 0), RAM_ALIGN)
+        if dtb_qemu + DTB_MAX <= top:
+            return BootPlan(ram_size, kernel_addr, kernel_size, start if has_initrd else None,
+                            initrd_size if has_initrd else 0, dtb_qemu)
     if has_initrd:
-        if initrd_size > ram_size:
-            raise UsageProblem(f"the initrd ({fmt_size_up(initrd_size)}) is larger than RAM "
-                               f"(--mem {fmt_size(ram_size)})")
         initrd_addr = (dtb_addr - initrd_size) // INITRD_ALIGN * INITRD_ALIGN
         if initrd_addr < kernel_addr + kernel_size:
             need = text_offset + kernel_size + initrd_size + DTB_MAX + INITRD_ALIGN
@@ -144,6 +163,10 @@ def plan(ram_size: int, kernel_size: int, text_offset: int = 0, initrd_size: int
     assert not _overlap(p.kernel_addr, p.kernel_size, p.dtb_addr, DTB_MAX)
     assert p.initrd_addr is None or not _overlap(p.initrd_addr, p.initrd_size, p.kernel_addr, p.kernel_size)
     return p
+
+
+def _align_up(n: int, align: int) -> int:
+    return -(-n // align) * align
 
 
 def fmt_size_up(n: int) -> str:

@@ -12,13 +12,16 @@ import click
 @click.command()
 @click.argument("snapshot", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--verify", is_flag=True, help="Also check the CRC-32 of every memory chunk (format version 2; "
+                                              "version 1 files are checked whole when read). Exit status 2 "
+                                              "if one fails.")
 @click.option("--za-png", "za_png", type=click.Path(dir_okay=False), metavar="FILE",
               help="Instead of the listing, write a PNG picture of the ZA array of every vCPU whose "
                    "saved SVCR.ZA = 1: one tile per vCPU, top to bottom, separated by a red line; "
                    "ZA row n is tile row n and each byte a square (the widest tile at least 256 px) whose "
                    "grey level is its value, 0 black to 255 white; a tile with a smaller SVL is padded "
                    "in dark blue. Exit status 1 if no vCPU has ZA on.")
-def inspect(snapshot, as_json, za_png):
+def inspect(snapshot, as_json, verify, za_png):
     """Show a snapshot: machine configuration, memory, and every vCPU's
     registers by name, with the SVE/SME state (SVCR, vector lengths, ZA).
 
@@ -29,6 +32,7 @@ def inspect(snapshot, as_json, za_png):
     Examples:
       pyvmm inspect guest.snap
       pyvmm inspect --json guest.snap | python3 -m json.tool
+      pyvmm inspect --verify guest.snap
       pyvmm inspect --za-png za.png guest.snap
     """
     from ..snapshot import describe
@@ -44,7 +48,15 @@ def inspect(snapshot, as_json, za_png):
                           for t in tiles)
         click.echo(f"wrote {za_png}: ZA of {shown}, {scale} px per byte")
         return
-    info = describe.inspect(fmt.load(snapshot))
+    snap = fmt.load(snapshot)
+    if verify:
+        bad = snap.verify_ram()
+        if bad:
+            raise fmt.SnapshotError(f"snapshot {snapshot}: {bad}", "use an intact copy or take the snapshot again")
+    info = describe.inspect(snap)
+    if verify:
+        info["verified"] = "every memory chunk matches its CRC-32" if snap.ram_images() else \
+            "the whole file matches its SHA-256 (format version 1)"
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
     else:

@@ -32,13 +32,21 @@ from ._progress import ProgressBar
                    "kernel given with --kernel, or the one a sealed snapshot names, if it is still there.")
 @click.option("--console-out", "console_out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
               help="Where the console is, as for pyvmm run.")
+@click.option("--verify", is_flag=True,
+              help="Check the CRC-32 of all of the snapshot's memory before the guest runs (by default "
+                   "memory is mapped and checked while the guest runs; a damaged chunk stops the VM).")
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
 def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, console_out,
-            kvm_path, debug):
+            verify, kvm_path, debug):
     """Restore the VM saved in SNAP (by pyvmm snapshot) and let it run on,
     with this terminal as its console.
+
+    Guest memory is mapped from SNAP, not read (format version 2): the
+    guest runs at once, and its memory is checked (CRC-32 per 1 MiB chunk)
+    while it runs; a damaged chunk stops it with the reason. --verify checks
+    everything first. Keep SNAP unchanged while the VM runs.
 
     Nothing is started when the snapshot cannot be restored here; the
     reason is given: a truncated, altered or newer file, another CPU
@@ -81,9 +89,12 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
 
     def start(**console):
         try:
-            return restore_vm(snap, clock=clock, paused=paused, on_reboot=on_reboot, kvm_path=kvm_path,
-                              progress=bar, trace_mmio=debug, host=given, **console)
+            vm = restore_vm(snap, clock=clock, paused=paused, on_reboot=on_reboot, kvm_path=kvm_path,
+                            progress=bar, trace_mmio=debug, host=given, verify=verify, **console)
         finally:
             bar.close()
+        if vm.memory_load and vm.memory_load.startswith("read: ") and vm.memory_load != "read: format version 1":
+            click.echo(f"pyvmm: guest memory was read, not mapped ({vm.memory_load[6:]})", err=True)
+        return vm
 
     sys.exit(run_on_console(start, debug, control=control, console_out=console_out))

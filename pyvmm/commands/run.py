@@ -217,7 +217,9 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
     if debug:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.exits.items())) or "none"
         dropped = f" ({endpoint.dropped} dropped: nobody read them)" if endpoint.dropped else ""
-        click.echo(f"pyvmm: {outcome.reason}; VM set-up {outcome.build_seconds:.2f} s, guest ran "
+        first = "" if outcome.first_run_ns is None else \
+            f", first KVM_RUN at CLOCK_MONOTONIC {outcome.first_run_ns / 1e9:.6f} s"
+        click.echo(f"pyvmm: {outcome.reason}; VM set-up {outcome.build_seconds:.2f} s{first}, guest ran "
                    f"{outcome.seconds:.2f} s, resets {outcome.resets}, console {outcome.console_bytes} bytes"
                    f"{dropped}, exits: {counts}", err=True)
         if outcome.mmio_trace:

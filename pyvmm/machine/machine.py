@@ -30,10 +30,7 @@ from ..devices.io_thread import IoThread
 from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_blk import VirtioBlk
 from ..devices.virtio_console import VirtioConsole
-from ..devices.virtio_fs import VirtioFs
-from ..devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_mac
 from ..devices.virtio_rng import VirtioRng
-from ..devices.virtio_vsock import VirtioVsock
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
 from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
 from ..memory import GuestMemory
@@ -103,6 +100,8 @@ class Machine:
         self._outcome_lock = threading.Lock()
         self._outcome: Optional[Outcome] = None
         self.exits: Counter = Counter()
+        # CLOCK_MONOTONIC ns when a vCPU first entered KVM_RUN (start-up benchmark, bench/startup.py)
+        self.first_run_ns: Optional[int] = None
         self.coalesced: Optional[CoalescedRing] = None
         self.vcpu_features: List[List[int]] = []  # INIT features per vCPU (without POWER_OFF)
         self.sme_bit: Optional[int] = None
@@ -205,7 +204,11 @@ class Machine:
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")
             slot += 1
+        # The network, vsock and virtio-fs back ends are loaded only for a
+        # machine that has them (start-up time: tests/host/test_startup.py).
         for k, n in enumerate(c.nets):
+            from ..devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_mac
+
             if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
                 c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
             if n.vhost:
@@ -216,9 +219,13 @@ class Machine:
             self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
             slot += 1
         if c.vsock is not None:
+            from ..devices.virtio_vsock import VirtioVsock
+
             self._add_virtio(slot, self._own(VirtioVsock.open(c.vsock.cid)), f"virtio-vsock cid={c.vsock.cid}")
             slot += 1
         for f in c.fss:
+            from ..devices.virtio_fs import VirtioFs
+
             fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
             self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
             self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))  # type: ignore[misc]  # merge of net: typing to be tightened

@@ -75,6 +75,7 @@ class Session:
         own_kvm = self.kvm is None
         kvm = open_kvm(config.kvm_path) if own_kvm else self.kvm
         resets = 0
+        first_run_ns: Optional[int] = None
         try:
             self.console_in.start()
             while True:
@@ -98,6 +99,8 @@ class Session:
                         self.on_ready(m)
                     self._set_current(m)
                     outcome = m.run()
+                    if first_run_ns is None:
+                        first_run_ns = m.first_run_ns
                 finally:
                     self.console_in.sink = None
                     self._set_current(None)
@@ -121,6 +124,7 @@ class Session:
                             outcome.reason = f"{RESET_REASON}, and its kernel cannot be booted again ({e})"
                 outcome.resets = resets
                 outcome.build_seconds = t_build
+                outcome.first_run_ns = first_run_ns
                 outcome.mmio_trace = m.bus.trace
                 return outcome
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import time
 from collections import Counter
 from typing import Optional, Tuple, Union
 
@@ -94,6 +95,8 @@ def run_vcpu(machine, vcpu) -> None:
     kvm_run = vcpu.prepare_run()
     ring = machine.coalesced
     done = machine.done
+    if machine.first_run_ns is None:
+        machine.first_run_ns = time.monotonic_ns()
     try:
         while not done.is_set():
             try:

@@ -62,6 +62,8 @@ def render_inspect(info: Dict) -> str:
     for r in info["memory"]:
         lines.append(f"memory: {r['gpa']} {r['size'] >> 20} MiB, {r['stored_pages']} non-zero pages stored "
                      f"({r['blob_bytes']} bytes)")
+    if info.get("verified"):
+        lines.append(f"verified: {info['verified']}")
     for v in info["vcpus"]:
         vec = v["vector"]
         lines.append(f"vcpu{v['index']}: features {v['features']}, mp_state {v['mp_state']}, "

@@ -1,7 +1,24 @@
 """The snapshot file format (documented in docs/snapshot-format.md).
 
+Version 2, what :func:`save` writes: guest RAM page-aligned so that restore
+maps it instead of reading it (:mod:`pyvmm.snapshot.ram_image`)::
+
     offset 0   magic   b"PYVMMSNP"
-           8   u32le   format version (FORMAT_VERSION)
+           8   u32le   format version (2)
+          12   u32le   0
+          16   u64le   head offset H
+          24   u64le   head length L
+       64 KiB  RAM data area: each region's stored 1 MiB chunks, from its
+               manifest "ram" entry's data_offset (64 KiB aligned)
+           H   u32le   manifest length M, then M bytes manifest (UTF-8 JSON),
+               then the small blobs (vCPU registers, chunk tables) concatenated,
+               as the manifest's "blobs" table lists them with their SHA-256
+         H+L-32  32 bytes SHA-256 of bytes 0..32 and H..H+L-32
+
+Version 1, still read (and written by :func:`encode`, for tools and tests)::
+
+    offset 0   magic   b"PYVMMSNP"
+           8   u32le   format version (1)
           12   u32le   manifest length M
           16   M bytes manifest, UTF-8 JSON (self-describing: blob table, machine config)
         16+M   blobs, concatenated; the manifest's "blobs" gives name, offset (from the
@@ -10,8 +27,10 @@
 
 Writes are atomic (temporary file in the same directory, fsync, rename, fsync
 of the directory) and the file is created with mode 0600. Reading verifies
-magic, version, the whole-file checksum, the manifest, and each blob's
-bounds before anything is returned.
+magic, version, the checksum (v1: the whole file; v2: header and head), the
+manifest, each blob's bounds and every RAM chunk table's bounds before
+anything is returned; v2 RAM chunks are checked by their CRC-32 later
+(:meth:`Snapshot.verify_ram`).
 """
 from __future__ import annotations
 
@@ -19,25 +38,25 @@ import hashlib
 import json
 import mmap
 import os
-import secrets
 import struct
+import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Union, cast
 
 from ..devices.state import StateReader, loads
-from ..errors import PyvmmError, UsageProblem
+from ..errors import PyvmmError, SnapshotError, UsageProblem
+from . import ram_image
 
 MAGIC = b"PYVMMSNP"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what save() writes
+VERSIONS = (1, 2)  # what load() reads
 _HEADER = struct.Struct("<8sII")
+_HEADER_V2 = struct.Struct("<8sIIQQ")
+_MLEN = struct.Struct("<I")
+DATA_START = ram_image.DATA_ALIGN
 _DIGEST = 32
 MAX_MANIFEST = 64 << 20
 _VIEW_MIN = 1 << 20
-
-
-class SnapshotError(UsageProblem):
-    """A snapshot that cannot be used: truncated, altered, newer, malformed,
-    or not one. Exit status 2, like every other malformed input file."""
 
 
 class WriteError(PyvmmError):
@@ -45,8 +64,18 @@ class WriteError(PyvmmError):
 
 
 # A blob's bytes: small ones copied out of the file, large ones (guest
-# memory) views of its mapping.
-Blob = Union[bytes, memoryview]
+# memory) views of its mapping; guest RAM of a version-2 file (mapped
+# chunks), or of a machine being saved (its live buffer).
+Blob = Union[bytes, memoryview, ram_image.MappedRam, ram_image.LiveRam]
+Bytes = Union[bytes, memoryview]  # a blob that is bytes in the file (not guest RAM)
+
+
+def small_blob(snap: "Snapshot", name: str) -> Bytes:
+    """The bytes of blob ``name`` (KeyError when it is missing or is guest RAM)."""
+    blob = snap.blobs[name]
+    if not isinstance(blob, (bytes, memoryview)):
+        raise KeyError(f"{name} is guest RAM, not a blob")
+    return blob
 
 
 @dataclass
@@ -57,6 +86,56 @@ class Snapshot:
     # Called with the finished manifest (blob table filled in) before it is
     # written: adds the keyed seal (pyvmm/snapshot/trust.py).
     seal: Optional[Callable[[Dict], None]] = None
+    # The file, open, for mapping its RAM (a loaded version-2 file; -1 otherwise).
+    fd: int = -1
+    ram_checked: bool = False  # every RAM chunk's CRC-32 checked (verify_ram)
+
+    def __post_init__(self) -> None:
+        # the file is closed with the snapshot, or by close(); mappings made from it stay
+        self._closer = weakref.finalize(self, os.close, self.fd) if self.fd >= 0 else None
+
+    def ram_images(self) -> Dict[str, ram_image.MappedRam]:
+        return {k: v for k, v in self.blobs.items() if isinstance(v, ram_image.MappedRam)}
+
+    def verify_ram(self, stop=None, progress=None) -> Optional[str]:
+        """Check the CRC-32 of every stored RAM chunk of a version-2 file;
+        the first mismatch as a sentence, or None (also for version 1, whose
+        whole-file SHA-256 was checked when it was read)."""
+        for image in self.ram_images().values():
+            bad = image.verify(stop, progress)
+            if bad:
+                return bad
+            if stop is not None and stop.is_set():
+                return None
+        self.ram_checked = True
+        return None
+
+    def close(self) -> None:
+        """Close the file (mappings made from it stay valid)."""
+        if self._closer is not None:
+            self._closer()
+            self.fd = -1
+            for image in self.ram_images().values():
+                image.fd = -1
+
+
+def _v1_blobs(snap: Snapshot) -> Dict[str, Bytes]:
+    """The blobs as version 1 stores them: guest RAM as a page bitmap and its non-zero pages."""
+    from . import memory_image
+
+    out: Dict[str, Bytes] = {}
+    for name, data in snap.blobs.items():
+        if isinstance(data, ram_image.LiveRam):
+            out[name], stored = memory_image.pack(data.buf)
+            if data.entry is not None:
+                data.entry["stored_pages"] = stored
+        elif isinstance(data, ram_image.MappedRam):
+            out[name], _ = memory_image.pack(bytes(data))
+        elif name.endswith(".table") and name[:-6] in snap.blobs and not isinstance(snap.blobs[name[:-6]], bytes):
+            continue  # a version-2 chunk table: version 1 has none
+        else:
+            out[name] = data
+    return out
 
 
 def _parts(snap: Snapshot) -> List:
@@ -64,44 +143,59 @@ def _parts(snap: Snapshot) -> List:
     without its trailing digest. The blob table is filled in here."""
     table = []
     offset = 0
-    for name, data in snap.blobs.items():
+    blobs = _v1_blobs(snap)
+    for name, data in blobs.items():
         table.append({"name": name, "offset": offset, "length": len(data),
                       "sha256": hashlib.sha256(data).hexdigest()})
         offset += len(data)
     manifest = dict(snap.manifest)
-    manifest["format_version"] = FORMAT_VERSION
+    manifest["format_version"] = 1
     manifest["blobs"] = table
     if snap.seal is not None:
         snap.seal(manifest)
-    mbytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    return [_HEADER.pack(MAGIC, FORMAT_VERSION, len(mbytes)) + mbytes, *snap.blobs.values()]
+    mbytes = _dumps(manifest)
+    return [_HEADER.pack(MAGIC, 1, len(mbytes)) + mbytes, *blobs.values()]
+
+
+def _dumps(manifest: Dict) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
 def encode(snap: Snapshot) -> bytes:
-    """The bytes of a snapshot file."""
+    """The bytes of a version-1 snapshot file (guest RAM read into the file)."""
     body = b"".join(_parts(snap))
     return body + hashlib.sha256(body).digest()
 
 
-def decode(data: Union[bytes, memoryview], what: str = "snapshot") -> Snapshot:
+def decode(data: Union[bytes, memoryview], what: str = "snapshot", fd: int = -1) -> Snapshot:
+    """A snapshot from a file's bytes (``fd``: the file, open, for mapping
+    version-2 RAM; without it that RAM is read). Refuses, with the reason,
+    anything damaged, malformed or newer."""
     if len(data) < _HEADER.size + _DIGEST:
         raise SnapshotError(f"{what} is truncated ({len(data)} bytes)", "take the snapshot again")
     magic, version, mlen = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise SnapshotError(f"{what} is not a pyvmm snapshot (bad magic)")
-    if version > FORMAT_VERSION:
-        raise SnapshotError(f"{what} has format version {version}, newer than this pyvmm's {FORMAT_VERSION}",
+    if version > max(VERSIONS):
+        raise SnapshotError(f"{what} has format version {version}, newer than this pyvmm's {max(VERSIONS)}",
                             "upgrade pyvmm to restore it")
-    if version < 1:
+    if version not in VERSIONS:
         raise SnapshotError(f"{what} has an invalid format version {version}")
+    if version == 2:
+        return _decode_v2(data, what, fd)
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
     if hashlib.sha256(body).digest() != digest:
         raise SnapshotError(f"{what} fails its checksum: it is truncated or altered",
                             "use an intact copy or take the snapshot again")
     if mlen > MAX_MANIFEST or _HEADER.size + mlen > len(body):
         raise SnapshotError(f"{what} has a manifest length beyond the file")
+    manifest = _manifest(body[_HEADER.size:_HEADER.size + mlen], version, what)
+    return Snapshot(manifest, _blobs(manifest, body[_HEADER.size + mlen:], what))
+
+
+def _manifest(text, version: int, what: str) -> Dict:
     try:
-        manifest = loads(body[_HEADER.size:_HEADER.size + mlen], f"{what}'s manifest")  # type: ignore[arg-type]  # merge of net: typing to be tightened
+        manifest = loads(text, f"{what}'s manifest")
     except UsageProblem as e:
         raise SnapshotError(e.message) from None
     if not isinstance(manifest, dict):
@@ -111,8 +205,12 @@ def decode(data: Union[bytes, memoryview], what: str = "snapshot") -> Snapshot:
                             f"its header {version}")
     if not isinstance(manifest.get("blobs"), list):
         raise SnapshotError(f"{what}'s manifest: 'blobs' must be a list")
-    area = body[_HEADER.size + mlen:]
-    blobs = {}
+    return manifest
+
+
+def _blobs(manifest: Dict, area, what: str) -> Dict[str, Blob]:
+    """The blobs the manifest's table lists in ``area``, each bounded first."""
+    blobs: Dict[str, Blob] = {}
     for i, entry in enumerate(manifest["blobs"]):
         r = StateReader(f"{what}'s manifest blobs[{i}]", entry, ("name", "offset", "length", "sha256"))
         name, off, length = r.str("name"), r.int("offset", 0, len(area)), r.int("length", 0, len(area))
@@ -127,7 +225,64 @@ def decode(data: Union[bytes, memoryview], what: str = "snapshot") -> Snapshot:
         # restore does not hash guest memory twice. Small blobs are copied
         # out; large ones (guest memory) stay views of the caller's buffer.
         blobs[name] = bytes(blob) if length < _VIEW_MIN else blob
-    return Snapshot(manifest, blobs)
+    return blobs
+
+
+_RAM_KEYS = ("name", "size", "chunk_bytes", "data_offset", "stored_chunks", "table")
+MAX_RAM = 1 << 52
+
+
+def _decode_v2(data, what: str, fd: int) -> Snapshot:
+    if len(data) < _HEADER_V2.size:
+        raise SnapshotError(f"{what} is truncated ({len(data)} bytes)", "take the snapshot again")
+    _, _, reserved, head, hlen = _HEADER_V2.unpack_from(data)
+    if reserved or head < DATA_START or hlen < _MLEN.size + _DIGEST or head + hlen != len(data):
+        raise SnapshotError(f"{what} is truncated or altered (its head at {head:#x}+{hlen:#x} does not end the "
+                            f"{len(data)}-byte file)", "use an intact copy or take the snapshot again")
+    h = hashlib.sha256(data[:_HEADER_V2.size])
+    h.update(data[head:head + hlen - _DIGEST])
+    if h.digest() != data[head + hlen - _DIGEST:head + hlen]:
+        raise SnapshotError(f"{what} fails its checksum: it is truncated or altered",
+                            "use an intact copy or take the snapshot again")
+    body = data[head:head + hlen - _DIGEST]
+    (mlen,) = _MLEN.unpack_from(body)
+    if mlen > MAX_MANIFEST or _MLEN.size + mlen > len(body):
+        raise SnapshotError(f"{what} has a manifest length beyond the file")
+    manifest = _manifest(body[_MLEN.size:_MLEN.size + mlen], 2, what)
+    blobs = _blobs(manifest, body[_MLEN.size + mlen:], what)
+    ram = manifest.get("ram")
+    if not isinstance(ram, list) or len(ram) > 16:
+        raise SnapshotError(f"{what}'s manifest: 'ram' must be a list of at most 16 regions")
+    try:
+        _ram_images(ram, blobs, memoryview(data), head, what, fd)
+    except SnapshotError:
+        raise
+    except UsageProblem as e:  # a field refused by the StateReader
+        raise SnapshotError(e.message) from None
+    return Snapshot(manifest, blobs, fd=fd)
+
+
+def _ram_images(ram: List, blobs: Dict[str, Blob], view: memoryview, head: int, what: str, fd: int) -> None:
+    """Add each "ram" entry's region to ``blobs``, every field bounded first."""
+    for i, entry in enumerate(ram):
+        r = StateReader(f"{what}'s manifest ram[{i}]", entry, _RAM_KEYS)
+        name, table = r.str("name"), r.str("table")
+        size = r.int("size", ram_image.PAGE, MAX_RAM)
+        if size % ram_image.PAGE:
+            raise r.fail(f"'size' {size:#x} is not a multiple of {ram_image.PAGE:#x}")
+        if r.int("chunk_bytes", 0, 1 << 32) != ram_image.CHUNK:
+            raise r.fail(f"'chunk_bytes' must be {ram_image.CHUNK:#x}")
+        offset = r.int("data_offset", DATA_START, head)
+        stored = r.int("stored_chunks", 0, ram_image.chunks_of(size))
+        if name in blobs:
+            raise r.fail(f"RAM {name!r} has the name of a blob")
+        if table not in blobs or isinstance(blobs[table], ram_image.MappedRam):
+            raise r.fail(f"its chunk table {table!r} is not a blob of the file")
+        try:
+            ram_image.check_table(name, size, blobs[table], offset, stored, head)
+        except ValueError as e:
+            raise SnapshotError(f"{what}: {e}") from None
+        blobs[name] = ram_image.MappedRam(name, size, bytes(blobs[table]), view[offset:head], offset, fd)
 
 
 def write_atomic(path: str, data, progress: Optional[Callable[[int, int], None]] = None) -> None:
@@ -139,19 +294,26 @@ def write_atomic(path: str, data, progress: Optional[Callable[[int, int], None]]
 def _write_parts(path: str, parts: List, progress: Optional[Callable[[int, int], None]],
                  digest: bool, chunk: int = 8 << 20) -> int:
     """Write the concatenation of ``parts`` (plus, with ``digest``, the
-    SHA-256 of it) atomically: a temporary file in the same directory,
-    fsync, rename, fsync of the directory. Returns the bytes written."""
+    SHA-256 of it) atomically. Returns the bytes written."""
+    total = sum(len(p) for p in parts) + (_DIGEST if digest else 0)
+    _atomic(path, lambda fd: _write_fd(fd, parts, total, progress, digest, chunk))
+    return total
+
+
+def _atomic(path: str, write: Callable[[int], None]) -> None:
+    """Run ``write(fd)`` on a new temporary file in ``path``'s directory
+    (mode 0600), then fsync, rename onto ``path``, fsync of the directory:
+    ``path`` is either the old file or the complete new one."""
     directory = os.path.dirname(os.path.abspath(path))
     # A new name each time (O_EXCL): two writers never share a temporary file.
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    total = sum(len(p) for p in parts) + (_DIGEST if digest else 0)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except OSError as e:
         raise WriteError(f"cannot write {path}: {e.strerror}") from None
     try:
         try:
-            _write_fd(fd, parts, total, progress, digest, chunk)
+            write(fd)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -172,7 +334,6 @@ def _write_parts(path: str, parts: List, progress: Optional[Callable[[int, int],
         os.fsync(dfd)
     finally:
         os.close(dfd)
-    return total
 
 
 def _write_fd(fd: int, parts: List, total: int, progress, digest: bool, chunk: int) -> None:
@@ -193,10 +354,64 @@ def _write_fd(fd: int, parts: List, total: int, progress, digest: bool, chunk: i
                 progress(done, total)
 
 
-def save(path: str, snap: Snapshot, progress: Optional[Callable[[int, int], None]] = None) -> int:
+def save(path: str, snap: Snapshot, progress: Optional[Callable[[int, int], None]] = None,
+         version: int = FORMAT_VERSION) -> int:
     """Write ``snap`` to ``path`` atomically (mode 0600); returns its size.
-    Blobs are streamed from their buffers, not concatenated in memory."""
-    return _write_parts(path, _parts(snap), progress, digest=True)
+    Version 2 (the default) writes guest RAM in mappable chunks; version 1
+    as a page bitmap and the non-zero pages. Nothing is concatenated in memory."""
+    if version == 1:
+        return _write_parts(path, _parts(snap), progress, digest=True)
+    if version != 2:
+        raise UsageProblem(f"snapshot format version {version}: this pyvmm writes {', '.join(map(str, VERSIONS))}")
+    size = [0]
+    _atomic(path, lambda fd: size.__setitem__(0, _write_v2(fd, snap, progress)))
+    return size[0]
+
+
+def _write_v2(fd: int, snap: Snapshot, progress) -> int:
+    # guest RAM: a machine's (live), or another file's (read in: a tool re-saving a snapshot)
+    images = {k: v if isinstance(v, ram_image.LiveRam) else ram_image.LiveRam(bytes(v))
+              for k, v in snap.blobs.items() if isinstance(v, (ram_image.LiveRam, ram_image.MappedRam))}
+    small = cast(Dict[str, Bytes], {k: v for k, v in snap.blobs.items() if k not in images})
+    total = sum(r.size for r in images.values())
+    done = 0
+    pos = DATA_START
+    ram = []
+    for name, image in images.items():
+        def report(d: int, _t: int, base: int = done) -> None:
+            if progress:
+                progress(base + d, total)
+        table, stored, _ = ram_image.write_image(fd, pos, image, report)
+        done += image.size
+        small[f"{name}.table"] = table
+        ram.append({"name": name, "size": image.size, "chunk_bytes": ram_image.CHUNK, "data_offset": pos,
+                    "stored_chunks": stored, "table": f"{name}.table"})
+        pos += stored * ram_image.CHUNK
+    blob_table = []
+    offset = 0
+    for name, data in small.items():
+        blob_table.append({"name": name, "offset": offset, "length": len(data),
+                           "sha256": hashlib.sha256(data).hexdigest()})
+        offset += len(data)
+    manifest = dict(snap.manifest)
+    manifest.update(format_version=2, blobs=blob_table, ram=ram)
+    if snap.seal is not None:
+        snap.seal(manifest)
+    mbytes = _dumps(manifest)
+    head = [_MLEN.pack(len(mbytes)), mbytes, *small.values()]
+    hlen = sum(len(p) for p in head) + _DIGEST
+    header = _HEADER_V2.pack(MAGIC, 2, 0, pos, hlen)
+    h = hashlib.sha256(header)
+    for part in head:
+        h.update(part)
+    at = pos
+    for part in (*head, h.digest()):
+        ram_image.pwrite_all(fd, memoryview(part).cast("B"), at)
+        at += len(part)
+    ram_image.pwrite_all(fd, memoryview(header), 0)
+    if progress:
+        progress(total, total)
+    return at
 
 
 def load(path: str) -> Snapshot:
@@ -215,4 +430,10 @@ def load(path: str) -> Snapshot:
         if size == 0:
             return decode(b"", f"snapshot {path}")
         data = mmap.mmap(f.fileno(), size, mmap.MAP_PRIVATE, mmap.PROT_READ)
-    return decode(memoryview(data), f"snapshot {path}")
+        fd = os.dup(f.fileno()) if data[8:12] == b"\x02\0\0\0" else -1  # version 2: its RAM is mapped from fd
+    try:
+        return decode(memoryview(data), f"snapshot {path}", fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
@@ -85,18 +86,33 @@ def check_snapshottable(m: Machine) -> None:
 
 
 def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
-    """The snapshot of a paused machine."""
+    """The snapshot of a paused machine. Its guest RAM is the machine's own
+    memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
+    snapshot is written: until then the machine must stay paused and its
+    devices quiet (:func:`save_live` writes it under the same hold)."""
+    with quiet(m):
+        return _take(m, progress)
+
+
+@contextlib.contextmanager
+def quiet(m: Machine):
+    """Nothing but the caller changes the paused machine ``m``: the I/O
+    thread held off (io_lock), the vhost planes stopped."""
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
     check_snapshottable(m)
     with m.io_lock, _planes_stopped(m):
-        states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
-        gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
-        devices = {"uart": built(m.uart, "UART").save_state(),
-                   "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
-                              for t in m.virtio]}
-        blobs, regions = pack_ram(m.mem, progress)
-        blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
+        yield
+
+
+def _take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
+    states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
+    gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
+    devices = {"uart": built(m.uart, "UART").save_state(),
+               "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
+                          for t in m.virtio]}
+    blobs, regions = pack_ram(m.mem, progress)
+    blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(m.kvm), "gic": {"model": GIC_MODEL, "state": gic},
@@ -140,9 +156,11 @@ def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str]
         def report(what: str) -> Progress:
             return None if progress is None else (lambda done, total: progress(done, total, what))
 
-        snap = take(m, report("memory"))
-        t_saved = time.monotonic()
-        size = fmt.save(path, snap, report("file"))
+        # guest RAM is written from the machine's memory: devices stay quiet until then
+        with quiet(m):
+            snap = _take(m, report("memory"))
+            t_saved = time.monotonic()
+            size = fmt.save(path, snap, report("file"))
         ok = True
     finally:
         if stop and ok:
@@ -216,10 +234,13 @@ def check_features(kvm, vcpus) -> None:
 
 
 def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
-                 progress: Progress = None) -> None:
+                 progress: Progress = None) -> str:
     """Build ``m`` (a new :class:`Machine` for the snapshot's configuration)
     in the snapshot's state, ready to run. ``clock``: see
-    :func:`pyvmm.snapshot.vcpu_state.restore`."""
+    :func:`pyvmm.snapshot.vcpu_state.restore`. Returns how guest memory was
+    loaded: "mapped" from the file, or "read: " and why it was not mapped.
+    Version-2 RAM whose CRC-32s were not checked yet is checked by a thread
+    while the guest runs (:class:`RamVerifier`, closed with the machine)."""
     machine = snap.manifest["machine"]
     states = vcpu_states(snap)
     m.create_vm()
@@ -255,13 +276,47 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
         check_virtio_slot(i, saved, t.base, t.backend.device_id)
         t.load_state(saved["state"])
-    unpack_ram(snap, region, m.mem, progress)
+    how = unpack_ram(snap, region, m.mem, progress)
+    if snap.ram_images() and not snap.ram_checked:
+        m.owned.append(RamVerifier(m, snap))
     # A queue notify is an eventfd signal served by the I/O thread: one the
     # guest made just before the snapshot may not have been served yet. A
     # vhost plane is set up again from the restored queues (it reads the
     # used indices from guest RAM, so after the memory).
     for t in m.virtio:
         t.after_restore()
+    return how
+
+
+class RamVerifier:
+    """Checks the CRC-32 of every RAM chunk of a version-2 snapshot while the
+    restored guest runs, and ends the machine with the reason at the first
+    chunk that fails (the guest may have used it already: the trade-off
+    docs/snapshot-format.md states). :meth:`close` stops and joins it."""
+
+    def __init__(self, m: Machine, snap: fmt.Snapshot):
+        self.failed: Optional[str] = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(m, snap), name="pyvmm-ram-verify", daemon=True)
+        self._thread.start()
+
+    def _run(self, m: Machine, snap: fmt.Snapshot) -> None:
+        try:
+            bad = snap.verify_ram(self._stop)
+        except Exception as e:  # noqa: BLE001 (a file that cannot be read fails the same way)
+            bad = f"its memory cannot be read ({type(e).__name__}: {e})"
+        if bad and not self._stop.is_set():
+            self.failed = bad
+            m.finish(ExitStatus.ERROR, f"the restored snapshot's {bad}; the VM was stopped")
+        elif not bad:
+            snap.close()  # the mappings stay; the file is no longer needed open
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def check_virtio_slot(i: int, saved: Dict, base: int, device_id: int) -> None:

@@ -10,7 +10,7 @@ from .. import hostinfo
 from .._version import __version__
 from ..errors import HostUnsupported, UsageProblem
 from . import format as fmt
-from . import memory_image, vcpu_state
+from . import memory_image, ram_image, vcpu_state
 
 Progress = Optional[Callable[[int, int], None]]
 
@@ -37,7 +37,7 @@ def vcpu_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
     out = []
     for meta in snap.manifest.get("vcpus", []):
         try:
-            out.append(vcpu_state.VcpuState.from_json(meta, snap.blobs[f"vcpu{meta['index']}.regs"]))
+            out.append(vcpu_state.VcpuState.from_json(meta, fmt.small_blob(snap, f"vcpu{meta['index']}.regs")))
         except (KeyError, TypeError, ValueError) as e:
             raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e})") from None
         except UsageProblem as e:
@@ -54,28 +54,51 @@ def _offset(progress: Progress, base: int, total: int) -> Progress:
 
 
 def pack_ram(mem, progress: Progress = None) -> Tuple[Dict[str, fmt.Blob], List[dict]]:
-    """Every RAM region of ``mem`` (a :class:`pyvmm.memory.GuestMemory`) as a
-    blob of its non-zero pages: (blobs by name, the manifest's region entries).
-    ``progress(done, total)`` counts bytes over all regions."""
+    """Every RAM region of ``mem`` (a :class:`pyvmm.memory.GuestMemory`),
+    as it is now: (blobs by name, the manifest's region entries). The blobs
+    are the regions' own buffers (:class:`~pyvmm.snapshot.ram_image.LiveRam`):
+    the machine must stay paused until the snapshot is written, which fills
+    in each entry's ``stored_pages``. ``progress`` is called once, at the end."""
     blobs: Dict[str, fmt.Blob] = {}
     regions = []
-    total = sum(r.size for r in mem.regions)
-    done = 0
     for r in mem.regions:
-        blob, stored = memory_image.pack(r.mm, _offset(progress, done, total))
-        done += r.size
         name = f"ram{r.slot}"
-        blobs[name] = blob
-        regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": stored})
+        entry = {"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": 0}
+        blobs[name] = ram_image.LiveRam(r.mm, entry)
+        regions.append(entry)
+    total = sum(r.size for r in mem.regions)
+    if progress:
+        progress(total, total)
     return blobs, regions
 
 
-def unpack_ram(snap: fmt.Snapshot, region: dict, mem, progress: Progress = None) -> None:
-    """Write the saved ``region`` (a manifest region entry) into ``mem``'s
-    region at the same guest address, refusing a malformed blob."""
+def unpack_ram(snap: fmt.Snapshot, region: dict, mem, progress: Progress = None) -> str:
+    """Put the saved ``region`` (a manifest region entry) into ``mem``'s
+    region at the same guest address, refusing a malformed blob. Version-2
+    RAM is mapped from the file where it can be; returns how it was loaded
+    ("mapped", or "read" and the reason)."""
     base = int(region["gpa"])
+    blob = snap.blobs.get(region["blob"])
     try:
-        memory_image.unpack_into(snap.blobs[region["blob"]], int(region["size"]),
-                                 lambda off, data: mem.write(base + off, data), progress)
-    except (KeyError, ValueError) as e:
+        if isinstance(blob, ram_image.MappedRam):
+            if int(region["size"]) != blob.size:
+                raise ValueError(f"region of {region['size']} bytes, its RAM image {blob.size}")
+            why = None if snap.fd >= 0 else "the snapshot was not read from a file"
+            if why is None and mem.regions[0].fd >= 0:
+                why = "guest RAM is shared with a vhost-user daemon (virtio-fs)"
+            if why is None:
+                for off, file_off, n in blob.runs():
+                    mem.map_file(base + off, n, snap.fd, file_off)
+                if progress:
+                    progress(blob.size, blob.size)
+                return "mapped"
+            blob.copy_into(lambda off, data: mem.write(base + off, data), progress)
+            return f"read: {why}"
+        if isinstance(blob, ram_image.LiveRam):
+            for off, data in blob.runs():
+                mem.write(base + off, data)
+            return "read: a snapshot in memory"
+        memory_image.unpack_into(blob, int(region["size"]), lambda off, data: mem.write(base + off, data), progress)
+        return "read: format version 1"
+    except (KeyError, ValueError, TypeError) as e:
         raise fmt.SnapshotError(f"snapshot memory is invalid ({e})") from None

@@ -106,7 +106,10 @@ def unpack_into(blob, size: int, write: Callable[[int, memoryview], None],
 
 
 def pages(blob, size: int) -> dict:
-    """{offset: page bytes} of every stored page (for comparing snapshots)."""
+    """{offset: page bytes} of every stored page (for comparing snapshots);
+    ``blob`` may also be a version-2 file's RAM (anything with ``pages()``)."""
+    if hasattr(blob, "pages"):
+        return blob.pages()
     out = {}
 
     def split(offset: int, data) -> None:

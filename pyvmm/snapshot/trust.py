@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import json
 import os
-import secrets
 import stat
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -93,10 +92,10 @@ def load_key(create: bool = False, path: Optional[str] = None) -> Optional[bytes
     directory = os.path.dirname(path)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        tmp = os.path.join(directory, f".snapshot.key.{os.getpid()}-{secrets.token_hex(4)}")
+        tmp = os.path.join(directory, f".snapshot.key.{os.getpid()}-{os.urandom(4).hex()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, secrets.token_bytes(KEY_BYTES))
+            os.write(fd, os.urandom(KEY_BYTES))  # what secrets.token_bytes uses, without loading it
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -144,11 +143,14 @@ class Verdict:
     reason: str  # why not, or by whom
 
 
-def verify(snap, key: Optional[bytes] = None, check_blobs: bool = True) -> Verdict:
+def verify(snap, key: Optional[bytes] = None, check_blobs: bool = True, check_ram: bool = True) -> Verdict:
     """Whether ``snap`` (a decoded :class:`~pyvmm.snapshot.format.Snapshot`)
     carries a valid seal under this user's key. With ``check_blobs``, every
     blob is hashed and compared with the (sealed) blob table: the file's own
-    checksum is not keyed, so this is what binds the blobs to the seal."""
+    checksum is not keyed, so this is what binds the blobs to the seal. With
+    ``check_ram`` too, a version-2 file's guest RAM is checked against the
+    sealed chunk tables (CRC-32 per chunk: damage, not forgery; see
+    docs/snapshot-format.md, "Version 2")."""
     manifest = snap.manifest
     s = manifest.get(SEAL_KEY)
     if s is None:
@@ -170,12 +172,18 @@ def verify(snap, key: Optional[bytes] = None, check_blobs: bool = True) -> Verdi
     if check_blobs:
         table = manifest.get("blobs")
         names = {e.get("name") for e in table if isinstance(e, dict)} if isinstance(table, list) else set()
-        if not isinstance(table, list) or names != set(snap.blobs):
+        images = set(snap.ram_images()) if hasattr(snap, "ram_images") else set()
+        if not isinstance(table, list) or names | images != set(snap.blobs):
             return Verdict(False, "its blob table does not list its blobs")
         for entry in table:
             blob = snap.blobs[entry["name"]]
             if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
                 return Verdict(False, f"blob {entry['name']!r} does not match its sealed SHA-256: it was altered")
+        # Version 2: guest RAM is bound to the sealed chunk tables by CRC-32
+        # (docs/snapshot-format.md, "Version 2": what that does and does not prove).
+        bad = snap.verify_ram() if check_ram and images and not snap.ram_checked else None
+        if bad:
+            return Verdict(False, bad)
     return Verdict(True, "sealed with your key")
 
 
@@ -215,7 +223,10 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
     need_disks = given.disks is None and bool(recorded_disks)
     need_boot = not given.boot_given and bool(config.kernel or config.firmware or config.initrd)
     if need_disks or need_boot:
-        verdict = verify(snap, key)
+        # Guest RAM is checked first only when the seal decides which disks the guest gets:
+        # a reboot payload alone (the user's own kernel, named under the seal) waits for
+        # the check that runs while the guest does (docs/snapshot-format.md, "Version 2").
+        verdict = verify(snap, key, check_ram=need_disks)
         if not verdict.sealed:
             if need_disks:
                 names = ", ".join(str(d.path) for d in recorded_disks)

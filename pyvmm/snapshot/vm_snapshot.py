@@ -57,6 +57,9 @@ def restore(kvm, snap: fmt.Snapshot, clock: str = "hide") -> BareMetal:
     if len(regions) != 1 or len(states) != 1:
         raise UsageProblem("bare-metal snapshots hold one RAM region and one vCPU")
     region = regions[0]
+    bad = snap.verify_ram()  # a bare-metal VM's RAM is small: checked before it runs
+    if bad:
+        raise fmt.SnapshotError(f"snapshot {bad}", "use an intact copy or take the snapshot again")
     bm = BareMetal(kvm, ram_size=int(region["size"]))
     try:
         if bm.mem.regions[0].gpa != int(region["gpa"]):

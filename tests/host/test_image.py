@@ -113,3 +113,24 @@ def test_plan_places_everything_inside_ram_without_overlap(ram_mib, kernel, text
             assert a + alen <= b or b + blen <= a
     assert (p.kernel_addr - text_offset) % (2 << 20) == 0
     assert p.dtb_addr % 8 == 0
+
+
+def test_kernel_initrd_and_dtb_placed_as_qemu_places_them():
+    # QEMU (hw/arm/boot.c): initrd at RAM base + min(RAM/2, 128 MiB), above the kernel; DTB at
+    # the next 2 MiB boundary after the initrd. A 128 MiB guest's free RAM is then split into
+    # windows smaller than the 64 MiB CMA area Debian's kernel asks for (issue 13, item 6).
+    for mib, offset in ((128, 64 << 20), (256, 128 << 20), (2048, 128 << 20)):
+        p = layout.plan(mib << 20, 30 << 20, 0, (5 << 20) + 123, True)
+        assert p.initrd_addr == layout.RAM_BASE + offset
+        assert p.dtb_addr == layout.RAM_BASE + offset + (6 << 20)
+    p = layout.plan(128 << 20, 30 << 20, 0, (5 << 20) + 123, True)
+    free = [p.initrd_addr - (p.kernel_addr + p.kernel_size), layout.RAM_BASE + (128 << 20) - (p.dtb_addr + layout.DTB_MAX)]
+    assert max(free) < 64 << 20
+    # a kernel reaching past the middle of RAM pushes the initrd above it
+    p = layout.plan(128 << 20, 70 << 20, 0, 4 << 20, True)
+    assert p.initrd_addr == layout.RAM_BASE + (70 << 20)
+    # no room for QEMU's placement: initrd and DTB at the top, as before
+    p = layout.plan(128 << 20, 30 << 20, 0, 80 << 20, True)
+    assert p.dtb_addr == layout.RAM_BASE + (126 << 20) and p.initrd_addr + (80 << 20) <= p.dtb_addr
+    # firmware: the DTB in the top 2 MiB
+    assert layout.plan(128 << 20, 4096, what="firmware").dtb_addr == layout.RAM_BASE + (126 << 20)

@@ -1,6 +1,8 @@
 """The control requests' snapshot path handling (pyvmm/control/handler.py)
 with a fake machine (named: no VM): issue 14 #7, a bad path is reported
 as what it is, never as "internal error", and the guest runs on."""
+import threading
+
 import pytest
 
 from pyvmm.control import ControlError
@@ -13,6 +15,7 @@ class FakeMachine:
     def __init__(self):
         self.paused = False
         self.virtio = []  # no devices whose state lives outside pyvmm
+        self.io_lock = threading.RLock()  # held while a snapshot is taken and written
         self.calls = []
 
     def pause(self):
@@ -29,7 +32,7 @@ class FakeMachine:
 
 @pytest.fixture
 def controller(monkeypatch):
-    monkeypatch.setattr(ms, "take", lambda m, progress=None: fmt.Snapshot({"machine": {"memory": []}}, {}))
+    monkeypatch.setattr(ms, "_take", lambda m, progress=None: fmt.Snapshot({"machine": {"memory": []}}, {}))
     c = live.Controller()
     m = FakeMachine()
     c.attach(m)

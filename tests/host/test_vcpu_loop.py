@@ -3,6 +3,7 @@ exits: kvm_run structures built with cffi, and tests/support's recording bus,
 fake machine and fake vCPU whose KVM_RUN plays a script (fakes for pure
 logic; real KVM runs the same loop in tests/kvm)."""
 import errno
+import time
 from collections import Counter
 
 import pytest
@@ -123,7 +124,9 @@ def test_the_loop_runs_until_the_guest_powers_off():
                           lambda r: system_event(r, "KVM_SYSTEM_EVENT_SHUTDOWN")])
     m = FakeMachine(bus)
     m.paused = True  # the signal finds a pause requested: the vCPU parks once
+    before = time.monotonic_ns()
     run_vcpu(m, vcpu)
+    assert before <= m.first_run_ns <= time.monotonic_ns()  # start-up benchmark's mark (bench/startup.py)
     assert m.outcomes == [(ExitStatus.POWEROFF, "the guest powered off")]
     assert m.parked == 1
     assert bus.log == [("write", 0x0900_0000, b"A")]

@@ -13,13 +13,11 @@ import time
 import pytest
 
 from pyvmm.arm64 import regs
-from pyvmm.control import ControlError, call
-from pyvmm.errors import UsageProblem
 from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot
 from pyvmm.snapshot.describe import differences
 from pyvmm.snapshot import manifest
-from support.run_support import Running, guest_files, pyvmm
+from support.run_support import Running, guest_files, pyvmm, wait_ready
 
 pytestmark = pytest.mark.kvm
 
@@ -54,17 +52,6 @@ def ctl(*args, timeout=300):
     r = pyvmm(*args, timeout=timeout)
     assert r.returncode == 0, (args, r.stdout, r.stderr)
     return r.stdout.decode()
-
-
-def wait_ready(sock, timeout=300):
-    """Until the VMM on ``sock`` has built its VM (the socket is there first)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return call(str(sock), {"cmd": "status"})
-        except (UsageProblem, ControlError):
-            assert time.monotonic() < deadline, f"no VM ready on {sock} within {timeout} s"
-            time.sleep(0.2)
 
 
 
@@ -181,7 +168,7 @@ def test_virtio_console_and_disk_continue_after_restore(tmp_path):
     loaded = fmt.load(str(snap))
     assert loaded.manifest["seal"]["alg"] == "hmac-sha256"  # pyvmm sealed its own snapshot
     loaded.manifest["machine"]["config"]["disks"][0]["path"] = str(victim)
-    fmt.save(str(crafted), fmt.Snapshot(loaded.manifest, {k: bytes(v) for k, v in loaded.blobs.items()}))
+    fmt.save(str(crafted), fmt.Snapshot(loaded.manifest, dict(loaded.blobs)))  # re-saved: RAM read back in
     r = pyvmm("restore", crafted, timeout=120)
     assert r.returncode == 2 and r.stdout == b"", r.stderr
     assert "its seal does not match its contents" in r.stderr.decode() and "--disk" in r.stderr.decode(), r.stderr

@@ -26,6 +26,7 @@ class FakeMachine:
         self.parked = 0
         self.outcomes = []
         self.exits = Counter()
+        self.first_run_ns = None  # set by the loop before its first KVM_RUN
 
     def park(self, vcpu):
         self.parked += 1

@@ -38,6 +38,20 @@ def pyvmm(*args, input=None, timeout=240, **kw):
                           timeout=timeout, env=env, cwd=CHECKOUT, **kw)
 
 
+def wait_ready(sock, timeout=300):
+    """Until the VMM on ``sock`` has built its VM (the socket is there first): its status."""
+    from pyvmm.control import ControlError, call
+    from pyvmm.errors import UsageProblem
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call(str(sock), {"cmd": "status"})
+        except (UsageProblem, ControlError):
+            assert time.monotonic() < deadline, f"no VM ready on {sock} within {timeout} s"
+            time.sleep(0.2)
+
+
 class Running:
     """pyvmm in the background, its stdout collected by a thread."""
 

@@ -1,0 +1,253 @@
+"""Guest RAM in a version-2 snapshot file: page-aligned chunks that restore
+maps instead of reading (docs/snapshot-format.md, "Version 2").
+
+A region is cut into chunks of ``chunk_bytes`` (1 MiB). A chunk that is all
+zero is not stored. Every other chunk has a slot in the file's data area --
+slot k at ``data_offset + k * chunk_bytes``, in chunk order -- written with
+its zero pages left as holes (a sparse file), and a CRC-32 of its bytes in
+the region's chunk table, a small blob pinned by the manifest's SHA-256 and
+so by the seal::
+
+    table entry i (8 bytes, one per chunk of the region)
+        u32le  slot + 1 of chunk i (0: the chunk is all zero, not stored)
+        u32le  CRC-32 (zlib) of chunk i's bytes (0 for a zero chunk)
+
+Saving computes the CRCs on a thread pool while the data is written
+(``zlib.crc32`` releases the GIL on large buffers). Restoring maps each run
+of stored chunks copy-on-write (MAP_PRIVATE) over the guest's RAM, so the
+guest runs before its memory was read; the CRCs are checked by
+:func:`verify` (in the background while the guest runs, or before it runs).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import zlib
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+
+if TYPE_CHECKING:  # concurrent.futures (and the logging it loads) only when a pool is needed: restore start-up
+    from concurrent.futures import ThreadPoolExecutor
+
+PAGE = 4096
+CHUNK = 1 << 20
+# Data offsets are multiples of this: the largest page size of arm64 hosts
+# (64 KiB), so the file can be mapped whatever the host's page size.
+DATA_ALIGN = 64 << 10
+_ENTRY = struct.Struct("<II")
+_ZERO_PAGE = bytes(PAGE)
+_ZERO_CHUNK = bytes(CHUNK)
+Progress = Optional[Callable[[int, int], None]]
+
+
+class LiveRam:
+    """A region's memory as :func:`pyvmm.snapshot.machine_snapshot.take`
+    records it: the buffer itself (the machine stays paused until the file is
+    written), saved by :func:`write_image`. ``entry`` is the manifest's region
+    entry, whose ``stored_pages`` the writer fills in."""
+
+    def __init__(self, buf, entry: Optional[Dict] = None):
+        self.buf = buf
+        self.size = len(buf)
+        self.entry = entry
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __bytes__(self) -> bytes:
+        """The region's memory."""
+        return bytes(self.buf)
+
+    def runs(self) -> Iterator[Tuple[int, memoryview]]:
+        """(offset, bytes) of each run of non-zero chunks (zero chunks skipped)."""
+        view = memoryview(self.buf)
+        start = None
+        for off in range(0, self.size, CHUNK):
+            n = min(CHUNK, self.size - off)
+            zero = self.buf[off:off + n] == _ZERO_CHUNK[:n]
+            if not zero and start is None:
+                start = off
+            elif zero and start is not None:
+                yield start, view[start:off]
+                start = None
+        if start is not None:
+            yield start, view[start:self.size]
+
+
+def chunks_of(size: int, chunk: int = CHUNK) -> int:
+    return -(-size // chunk)
+
+
+def write_image(fd: int, data_offset: int, ram: LiveRam, progress: Progress = None,
+                pool: Optional["ThreadPoolExecutor"] = None) -> Tuple[bytes, int, int]:
+    """Write ``ram``'s non-zero chunks to ``fd`` from ``data_offset`` (zero
+    pages as holes); returns (chunk table, stored chunks, non-zero pages)."""
+    size, buf = ram.size, ram.buf
+    view = memoryview(buf)
+    n_chunks = chunks_of(size)
+    slots = [0] * n_chunks
+    crcs: List = [0] * n_chunks
+    stored = pages = 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    own = pool is None
+    pool = pool or ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)))
+    try:
+        for i in range(n_chunks):
+            off = i * CHUNK
+            n = min(CHUNK, size - off)
+            data = buf[off:off + n]  # one copy: zero tests below are memcmp, not per byte
+            if data != _ZERO_CHUNK[:n]:
+                slots[i] = stored + 1
+                crcs[i] = pool.submit(zlib.crc32, view[off:off + n])
+                base = data_offset + stored * CHUNK
+                stored += 1
+                run = None
+                for p in range(0, n, PAGE):
+                    if data[p:p + PAGE] != _ZERO_PAGE:
+                        pages += 1
+                        if run is None:
+                            run = p
+                    elif run is not None:
+                        pwrite_all(fd, view[off + run:off + p], base + run)
+                        run = None
+                if run is not None:
+                    pwrite_all(fd, view[off + run:off + n], base + run)
+            if progress:
+                progress(off + n, size)
+        table = b"".join(_ENTRY.pack(slots[i], crcs[i].result() if slots[i] else 0) for i in range(n_chunks))
+    finally:
+        if own:
+            pool.shutdown(wait=True)
+    if ram.entry is not None:
+        ram.entry["stored_pages"] = pages
+    return table, stored, pages
+
+
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class MappedRam:
+    """A region of a version-2 snapshot file: its chunk table (checked) and
+    the file's data area, read through ``data`` (a view of the file's
+    mapping) and mapped into a VM through ``fd``."""
+
+    def __init__(self, name: str, size: int, table: bytes, data, data_offset: int, fd: int):
+        self.name = name
+        self.size = size
+        self.data = data  # the data area: slot k at k * CHUNK
+        self.data_offset = data_offset  # of the data area in the file
+        self.fd = fd
+        n = chunks_of(size)
+        self.slots: List[int] = []
+        self.crcs: List[int] = []
+        for i in range(n):
+            slot, crc = _ENTRY.unpack_from(table, i * _ENTRY.size)
+            self.slots.append(slot - 1)
+            self.crcs.append(crc)
+        self.stored = sum(1 for s in self.slots if s >= 0)
+
+    def __len__(self) -> int:
+        """Bytes of the file's data area this region uses."""
+        return self.stored * CHUNK
+
+    def __bytes__(self) -> bytes:
+        """The region's memory, read from the file (zero chunks as zeros)."""
+        out = bytearray(self.size)
+
+        def put(off: int, data) -> None:
+            out[off:off + len(data)] = data
+        self.copy_into(put)
+        return bytes(out)
+
+    def chunk(self, i: int) -> memoryview:
+        """Chunk ``i``'s bytes in the file (a stored chunk)."""
+        n = min(CHUNK, self.size - i * CHUNK)
+        k = self.slots[i]
+        return self.data[k * CHUNK:k * CHUNK + n]
+
+    def runs(self) -> Iterator[Tuple[int, int, int]]:
+        """(region offset, file offset, length) of each run of stored chunks
+        that are consecutive both in the region and in the file."""
+        start = None
+        for i, k in enumerate(self.slots + [-1]):
+            if start is not None and (k < 0 or k != self.slots[start] + (i - start)):
+                off = start * CHUNK
+                yield off, self.data_offset + self.slots[start] * CHUNK, min(i * CHUNK, self.size) - off
+                start = None
+            if k >= 0 and start is None:
+                start = i
+
+    def copy_into(self, write: Callable[[int, memoryview], None], progress: Progress = None) -> None:
+        """``write(offset, bytes)`` for each run of stored chunks (read, not mapped)."""
+        for off, file_off, n in self.runs():
+            base = file_off - self.data_offset
+            write(off, self.data[base:base + n])
+            if progress:
+                progress(off + n, self.size)
+        if progress:
+            progress(self.size, self.size)
+
+    def pages(self) -> Dict[int, bytes]:
+        """{offset: page} of every non-zero page (for comparing snapshots)."""
+        out = {}
+        for i, k in enumerate(self.slots):
+            if k < 0:
+                continue
+            data = bytes(self.chunk(i))
+            for p in range(0, len(data), PAGE):
+                if data[p:p + PAGE] != _ZERO_PAGE:
+                    out[i * CHUNK + p] = data[p:p + PAGE]
+        return out
+
+    def verify(self, stop: Optional[threading.Event] = None, progress: Progress = None,
+               workers: Optional[int] = None) -> Optional[str]:
+        """Check every stored chunk's CRC-32 (on a thread pool); the first
+        mismatch as a sentence, or None. Ends early, with None, once ``stop`` is set."""
+        todo = [i for i, k in enumerate(self.slots) if k >= 0]
+        workers = workers or max(1, min(8, os.cpu_count() or 1))
+        done = 0
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(todo), 64):
+                if stop is not None and stop.is_set():
+                    return None
+                batch = todo[start:start + 64]
+                for i, crc in zip(batch, pool.map(lambda i: zlib.crc32(self.chunk(i)), batch)):
+                    if crc != self.crcs[i]:
+                        return (f"memory chunk {i} ({i * CHUNK:#x}+{CHUNK:#x} of {self.name}) fails its CRC-32: "
+                                "the file was damaged or altered after it was written")
+                done += len(batch)
+                if progress:
+                    progress(done * CHUNK, max(1, len(todo)) * CHUNK)
+        return None
+
+
+def check_table(name: str, size: int, table, data_offset: int, stored: int, data_end: int) -> None:
+    """ValueError unless the chunk table of a region of ``size`` bytes is
+    well formed: one entry per chunk, slots 1..stored each used once and in
+    chunk order, every slot inside the data area [data_offset, data_end)."""
+    n = chunks_of(size)
+    if len(table) != n * _ENTRY.size:
+        raise ValueError(f"{name}: chunk table of {len(table)} bytes, not {n * _ENTRY.size} for {n} chunks")
+    if data_offset % DATA_ALIGN:
+        raise ValueError(f"{name}: data offset {data_offset:#x} is not a multiple of {DATA_ALIGN:#x}")
+    if data_offset + stored * CHUNK > data_end:
+        raise ValueError(f"{name}: {stored} chunks from {data_offset:#x} lie beyond the data area")
+    expect = 1
+    for i in range(n):
+        slot, crc = _ENTRY.unpack_from(table, i * _ENTRY.size)
+        if slot == 0:
+            if crc:
+                raise ValueError(f"{name}: zero chunk {i} has a CRC")
+            continue
+        if slot != expect:
+            raise ValueError(f"{name}: chunk {i} is in slot {slot - 1}, not {expect - 1}")
+        expect += 1
+    if expect - 1 != stored:
+        raise ValueError(f"{name}: the table stores {expect - 1} chunks, the manifest says {stored}")
+

@@ -1,0 +1,85 @@
+"""Start-up: each command loads only what it needs (issue 13, item 5). Checked
+in a fresh interpreter per case, by which modules end up in ``sys.modules``:
+the CLI alone loads no command; ``pyvmm run`` loads neither the snapshot,
+control, abi-check nor network modules, nor the test-only libraries. (How
+long start-up takes is measured by bench/startup.py, not here.)"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+def loaded_after(code: str):
+    """The modules a fresh interpreter holds after running ``code``."""
+    script = code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))\n"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, check=True, env=env,
+                         cwd=ROOT, timeout=120).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def under(mods, *prefixes):
+    return sorted(m for m in mods if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+
+TEST_ONLY = ("hypothesis", "pytest", "png", "libfdt")
+
+
+def test_importing_the_cli_loads_no_command():
+    mods = loaded_after("import pyvmm.cli")
+    assert under(mods, "pyvmm.commands", "pyvmm.snapshot", "pyvmm.machine", "pyvmm.kvm", "pyvmm.control",
+                 "pyvmm.abi_check", "_cffi_backend", "cffi", *TEST_ONLY) == []
+
+
+def test_run_loads_no_snapshot_control_or_network_module():
+    # what `pyvmm run -k ... ` imports up to building the machine (no KVM needed to load them)
+    mods = loaded_after("from pyvmm.cli import cli\ncli.get_command(None, 'run')\nimport pyvmm.api")
+    assert "pyvmm.machine.machine" in mods  # the check below means something
+    assert under(mods, "pyvmm.snapshot", "pyvmm.control", "pyvmm.abi_check", "pyvmm.vhost",
+                 "pyvmm.devices.virtio_net", "pyvmm.devices.virtio_fs", "pyvmm.devices.virtio_vsock",
+                 "pyvmm.commands.snapshot", "pyvmm.commands.restore", "pyvmm.commands.inspect",
+                 "pyvmm.vecstate", "pyvmm.net", "hashlib", "hmac", *TEST_ONLY) == []
+
+
+@pytest.mark.parametrize("name", ["inspect", "diff", "caps", "restore-plan", "pause"])
+def test_a_command_loads_only_its_own_module(name):
+    mods = loaded_after(f"from pyvmm.cli import cli\ncli.get_command(None, {name!r})")
+    from pyvmm.cli import COMMANDS
+
+    own = f"pyvmm.commands.{COMMANDS[name][0]}"
+    assert own in mods
+    others = {f"pyvmm.commands.{m}" for m, _ in COMMANDS.values()} - {own}
+    assert sorted(others & mods) == []
+    assert under(mods, "pyvmm.machine", *TEST_ONLY) == []
+
+
+def test_every_command_in_the_table_is_the_command_of_that_name():
+    from pyvmm.cli import COMMANDS, cli
+
+    for name in COMMANDS:
+        assert cli.get_command(None, name).name == name
+    assert cli.get_command(None, "no-such-command") is None
+
+
+def test_help_lists_every_command():
+    from click.testing import CliRunner
+
+    from pyvmm.cli import COMMANDS, cli
+
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for name in COMMANDS:
+        assert f"  {name} " in out
+
+
+def test_restore_loads_no_thread_pool_or_random_before_the_guest_runs():
+    # what `pyvmm restore SNAP` imports up to building the machine; the RAM check's thread
+    # pool (concurrent.futures, which loads logging) is loaded by that check, beside the guest
+    mods = loaded_after("from pyvmm.cli import cli\ncli.get_command(None, 'restore')\nimport pyvmm.api\n"
+                        "from pyvmm.snapshot import format, machine_snapshot, trust")
+    assert "pyvmm.snapshot.ram_image" in mods
+    assert under(mods, "concurrent", "logging", "secrets", "random", "pyvmm.commands.snapshot",
+                 "pyvmm.abi_check", *TEST_ONLY) == []
