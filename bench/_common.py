@@ -7,6 +7,8 @@ import os
 import sys
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if CHECKOUT not in sys.path:  # the benchmarks use pyvmm's helpers (pyvmm.unix_socket)
+    sys.path.insert(1, CHECKOUT)
 
 
 def guest_files(prog: str = "bench"):

@@ -52,6 +52,7 @@ import threading
 import time
 
 from _common import env, guest_files
+from pyvmm.unix_socket import SocketNotUp, wait_for_socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -221,19 +222,12 @@ class Qmp:
     """A minimal QMP client over a unix socket (one command at a time; events are skipped)."""
 
     def __init__(self, path, vmm, timeout=STEP_TIMEOUT):
-        deadline = time.monotonic() + 60
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                break
-            except OSError:
-                s.close()
-                if vmm.p.poll() is not None:
-                    raise BenchError(f"QEMU exited before its QMP socket was up: {vmm.why()}") from None
-                if time.monotonic() > deadline:
-                    raise BenchError(f"QMP socket {path} not up within 60 s: {vmm.why()}") from None
-                time.sleep(POLL)
+        try:
+            s = wait_for_socket(path, 60, lambda: None if vmm.p.poll() is None else vmm.why(), connect=True,
+                                poll=POLL)
+        except SocketNotUp as e:
+            raise BenchError(f"QEMU exited before its QMP socket was up: {e.died}" if e.died is not None
+                             else f"QMP socket {path} not up within 60 s: {vmm.why()}") from None
         s.settimeout(timeout)
         self.s, self.f, self.vmm = s, s.makefile("rb"), vmm
         greeting = self._read("greeting")

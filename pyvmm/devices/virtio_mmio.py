@@ -10,7 +10,7 @@ the device sets DEVICE_NEEDS_RESET, raises a configuration-change interrupt
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
@@ -55,8 +55,10 @@ class VirtioBackend:
     # buffers itself, so the transport cannot know when it did and reports
     # the used-buffer bit in InterruptStatus whenever the driver is running.
     kernel_queues = False
+    # The queues that data plane serves (the others are emulated in Python).
+    served_queues: Sequence[int] = ()
     # Why a machine with this device cannot be snapshotted (None: it can).
-    snapshot_refusal = None
+    snapshot_refusal: Optional[str] = None
 
     def attach_eventfds(self, kicks: List[int], call: int) -> None:
         """The queue kick eventfds (KVM_IOEVENTFD on QueueNotify, one per
@@ -76,6 +78,11 @@ class VirtioBackend:
 
     def reset(self) -> None:
         pass
+
+    def restored(self, transport: "VirtioMmio") -> None:
+        """The machine was restored from a snapshot and the device, running,
+        was activated again (:meth:`VirtioMmio.after_restore`): tell the
+        driver what a restore changed (virtio-vsock: its connections are gone)."""
 
     def save_state(self) -> Dict:
         """What the backend holds beyond the transport (JSON-serialisable)."""
@@ -175,11 +182,13 @@ class VirtioMmio:
 
     def after_restore(self) -> None:
         """Once guest RAM is restored: a running device is activated again (a
-        vhost plane is handed the queues, a tap watched); then every ready
-        queue is served once."""
+        vhost plane is handed the queues, a tap watched) and told it was
+        restored (:meth:`VirtioBackend.restored`); then every ready queue is
+        served once."""
         with self.lock:
             if self.driver_ok:
                 self.backend.activate(self)
+                self.run_guarded(self.backend.restored, self)
         self.notify_all()
 
     def resample(self) -> None:

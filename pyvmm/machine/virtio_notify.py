@@ -14,12 +14,16 @@ the same eventfds as its kick and call files.
 """
 from __future__ import annotations
 
+import functools
 import os
-from typing import List
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from .._ffi import const
 from ..devices.io_thread import IoThread, eventfd
-from ..devices.virtio_mmio import R_QUEUE_NOTIFY
+from ..devices.virtio_mmio import R_QUEUE_NOTIFY, VirtioMmio
+
+if TYPE_CHECKING:
+    from ..vm import Vm
 
 
 def supported(kvm) -> bool:
@@ -35,8 +39,8 @@ class Notifiers:
     def __init__(self, num_queues: int):
         self.kicks: List[int] = []
         self.call = self.resample = -1
-        self._vm = None
-        self._base = self._spi = None
+        self._vm: Optional[Vm] = None
+        self._base = self._spi = 0
         try:
             self.kicks = [eventfd() for _ in range(num_queues)]
             self.call = eventfd()
@@ -51,19 +55,18 @@ class Notifiers:
         if level:
             os.eventfd_write(self.call, 1)
 
-    def register(self, vm, base: int, spi: int) -> None:
-        self._vm, self._base, self._spi = vm, base, spi  # type: ignore[assignment]  # merge of net: typing to be tightened
+    def register(self, vm: Vm, base: int, spi: int) -> None:
+        self._vm, self._base, self._spi = vm, base, spi
         for i, fd in enumerate(self.kicks):
             vm.ioeventfd(base + R_QUEUE_NOTIFY, 4, fd, datamatch=i)
         vm.irqfd(self.call, spi, const("KVM_IRQFD_FLAG_RESAMPLE"), self.resample)
 
-    def serve(self, io: IoThread, transport) -> None:
-        """Python-emulated queues: the I/O thread serves their kicks."""
-        for i, fd in enumerate(self.kicks):
-            io.add(fd, lambda i=i: transport.notify(i))  # type: ignore[misc]  # merge of net: typing to be tightened
-        self.serve_resample(io, transport)
-
-    def serve_resample(self, io: IoThread, transport) -> None:
+    def serve(self, io: IoThread, transport: VirtioMmio, queues: Iterable[int]) -> None:
+        """The I/O thread serves the kicks of ``queues`` (the ones emulated
+        in Python; a vhost plane reads the others itself) and the interrupt's
+        resample requests."""
+        for i in queues:
+            io.add(self.kicks[i], functools.partial(transport.notify, i))
         io.add(self.resample, transport.resample)
 
     def close(self) -> None:

@@ -101,7 +101,7 @@ def decode(data: Union[bytes, memoryview], what: str = "snapshot") -> Snapshot:
     if mlen > MAX_MANIFEST or _HEADER.size + mlen > len(body):
         raise SnapshotError(f"{what} has a manifest length beyond the file")
     try:
-        manifest = loads(body[_HEADER.size:_HEADER.size + mlen], f"{what}'s manifest")  # type: ignore[arg-type]  # merge of net: typing to be tightened
+        manifest = loads(bytes(body[_HEADER.size:_HEADER.size + mlen]), f"{what}'s manifest")
     except UsageProblem as e:
         raise SnapshotError(e.message) from None
     if not isinstance(manifest, dict):
