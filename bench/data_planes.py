@@ -31,7 +31,6 @@ import datetime
 import http.server
 import os
 import pathlib
-import platform
 import re
 import shutil
 import socket
@@ -42,7 +41,7 @@ import tempfile
 import threading
 import time
 
-from _common import env, guest_files
+from _common import env, guest_in_test_machine
 from boot import INIT_MARKER, THROUGHPUT_BYTES, Watched, throughput_script
 from boot import pyvmm_cmd as console_pyvmm_cmd, qemu_cmd as console_qemu_cmd
 from pyvmm.unix_socket import SocketNotUp, wait_for_socket
@@ -417,12 +416,7 @@ def report(r):
 
 
 def main():
-    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
-        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files()
-        os.execv(run, [run, "--", "python3", "bench/data_planes.py"])
-    k, i = guest_files()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
+    k, i = guest_in_test_machine("bench/data_planes.py")
     from support import guestbuild
     from support.guestbuild import initrd_with
 

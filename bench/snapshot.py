@@ -39,7 +39,6 @@ import base64
 import collections
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -51,7 +50,7 @@ import tempfile
 import threading
 import time
 
-from _common import env, guest_files
+from _common import env, guest_in_test_machine
 from pyvmm.unix_socket import SocketNotUp, wait_for_socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -505,14 +504,8 @@ def _term(signum, frame):
 
 def main(argv):
     args = parse_args(argv)
-    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
-        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files(PROG)
-        os.execv(run, [run, "--", "python3", "bench/snapshot.py", *argv])
-    k, i = guest_files(PROG)
+    k, i = guest_in_test_machine("bench/snapshot.py", argv, PROG)
     vmms = [args.only] if args.only else ["pyvmm", "qemu"]
-    # The checkout's bytecode, as an installed pyvmm would have it (see bench/boot.py).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
     signal.signal(signal.SIGTERM, _term)
     tmp = tempfile.mkdtemp(prefix="pyvmm-bench-snapshot-")
     results = {mib: {v: [] for v in vmms} for mib in args.sizes}

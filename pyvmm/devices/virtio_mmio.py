@@ -51,9 +51,13 @@ class VirtioBackend:
     queue_max = 256
     # True when a data plane outside Python (vhost in the kernel, a
     # vhost-user daemon) serves the queues: it is handed the queues' kick
-    # eventfds and the interrupt eventfd (attach_eventfds) and signals used
-    # buffers itself, so the transport cannot know when it did and reports
-    # the used-buffer bit in InterruptStatus whenever the driver is running.
+    # eventfds and a call eventfd (attach_eventfds) that it signals when it
+    # used buffers; the I/O thread turns each signal into the used-buffer
+    # bit of InterruptStatus (:meth:`VirtioMmio.plane_used`). The plane does
+    # not signal the interrupt's irqfd itself: the line is level-triggered
+    # with a resamplefd, and a signal while the line is still high would be
+    # lost when the guest ends the interrupt (only the transport knows to
+    # raise it again).
     kernel_queues = False
     # The queues that data plane serves (the others are emulated in Python).
     served_queues: Sequence[int] = ()
@@ -62,7 +66,8 @@ class VirtioBackend:
 
     def attach_eventfds(self, kicks: List[int], call: int) -> None:
         """The queue kick eventfds (KVM_IOEVENTFD on QueueNotify, one per
-        queue) and the interrupt eventfd (KVM_IRQFD), for kernel_queues backends."""
+        queue) and the eventfd the plane signals for used buffers, for
+        kernel_queues backends."""
 
     def config_read(self, offset: int, length: int) -> bytes:
         return bytes(length)
@@ -191,6 +196,14 @@ class VirtioMmio:
                 self.run_guarded(self.backend.restored, self)
         self.notify_all()
 
+    def plane_used(self) -> None:
+        """The data plane of a kernel_queues backend signalled used buffers
+        (its call eventfd, read by the I/O thread)."""
+        with self.lock:
+            if self.driver_ok:
+                self.interrupt_status |= INT_USED_BUFFER
+                self._set_level(True)
+
     def resample(self) -> None:
         """The guest ended its interrupt (KVM_IRQFD resample): KVM lowered the
         line; raise it again while the device still has something to report."""
@@ -226,8 +239,6 @@ class VirtioMmio:
         if offset == R_QUEUE_READY:
             return int(q.ready) if q else 0
         if offset == R_INTERRUPT_STATUS:
-            if self.backend.kernel_queues and self.driver_ok:
-                return self.interrupt_status | INT_USED_BUFFER
             return self.interrupt_status
         if offset == R_STATUS:
             return self.status

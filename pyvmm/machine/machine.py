@@ -261,7 +261,7 @@ class Machine:
             t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend)
             n.register(built(self.vm, "VM"), base, spi)
             if backend.kernel_queues:
-                backend.attach_eventfds(n.kicks, n.call)
+                backend.attach_eventfds(n.kicks, n.plane_call)
             n.serve(built(self.io, "I/O thread"), t,
                     [i for i in range(backend.num_queues) if i not in backend.served_queues])
         self.bus.register(base, VIRTIO_SIZE, t, name)
