@@ -186,6 +186,8 @@ def qemu_cmd(k, i, params, devices, tmp):
                 cmd += ["-device", "virtio-rng-pci"]
             elif kind == "fs":
                 sock = os.path.join(tmp, "qfs.sock")
+                if os.path.lexists(sock):  # the last run's: not this daemon's socket
+                    os.unlink(sock)
                 d = subprocess.Popen(command(find_binary(), sock, spec["dir"], True), stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
                 daemons.append(d)
