@@ -4,9 +4,13 @@ directory on sys.path by being run as scripts.)"""
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import sys
 
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if CHECKOUT not in sys.path:  # the benchmarks use pyvmm's helpers (pyvmm.unix_socket)
+    sys.path.insert(1, CHECKOUT)
 
 
 def guest_files(prog: str = "bench"):
@@ -30,10 +34,23 @@ def env():
 def in_test_machine(script: str, argv=()) -> None:
     """Re-run ``script`` (a path under the checkout) inside ci/qemu-aarch64/run
     unless this is an arm64 host with /dev/kvm (then return)."""
-    import platform
-
     if platform.machine() in ("aarch64", "arm64") and os.path.exists("/dev/kvm"):
         return
     run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
     guest_files()
     os.execv(run, [run, "--", "python3", script, *argv])
+
+
+def guest_in_test_machine(script: str, argv=(), prog: str = "bench"):
+    """(Image, initramfs) on an arm64 host with /dev/kvm, once the checkout's
+    bytecode is compiled (as an installed pyvmm would have it: the test
+    machine runs with PYTHONDONTWRITEBYTECODE=1, which would recompile every
+    start). Anywhere else ``script`` (bench/NAME.py) runs again, with
+    ``argv``, inside ci/qemu-aarch64/run, and this does not return."""
+    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
+        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
+        guest_files(prog)
+        os.execv(run, [run, "--", "python3", script, *argv])
+    k, i = guest_files(prog)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
+    return k, i

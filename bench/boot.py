@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -23,7 +22,7 @@ import sys
 import threading
 import time
 
-from _common import env, guest_files
+from _common import env, guest_in_test_machine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -139,14 +138,7 @@ def median(xs):
 
 
 def main():
-    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
-        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files()
-        os.execv(run, [run, "--", "python3", "bench/boot.py"])
-    k, i = guest_files()
-    # The checkout's bytecode, as an installed pyvmm would have it (the test
-    # machine runs with PYTHONDONTWRITEBYTECODE=1, which would recompile every start).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
+    k, i = guest_in_test_machine("bench/boot.py")
     boot = {"pyvmm": [], "qemu": []}
     for n in range(RUNS):
         for name, mk in (("pyvmm", pyvmm_cmd), ("qemu", qemu_cmd)):

@@ -2,29 +2,35 @@
 """Data-plane benchmark: pyvmm vs QEMU -accel kvm in the same run, same
 kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
 
-  TCP guest->host and host->guest over a tap: pyvmm ``--net tap=...`` (vhost-net)
-      vs QEMU ``-netdev tap,vhost=on`` + virtio-net-pci. The guest sends
-      (``dd | nc``) to a listener here / fetches over HTTP from a server here;
-      the guest times the transfer with /proc/uptime.
+  virtio-console throughput: bench/boot.py's measurement (the guest writes
+      256 KiB to hvc0), pyvmm --console virtio vs QEMU virtconsole.
+  TCP guest->host and host->guest over a tap, vhost=on: pyvmm ``--net tap=...``
+      (vhost-net) vs QEMU ``-netdev tap,vhost=on`` + virtio-net-pci; vhost=off:
+      pyvmm ``--net tap=...,vhost=off`` (packets moved by its I/O thread) vs QEMU
+      ``-netdev tap,vhost=off``. The guest sends (``dd | nc``) to a listener
+      here / fetches over HTTP from a server here; the guest times the
+      transfer with /proc/uptime.
   vsock stream guest->host and host->guest: pyvmm ``--vsock`` (vhost-vsock) vs
       QEMU vhost-vsock-pci, guests/linux-user/vsock_cat.s in the guest.
   virtio-fs sequential read of a file (256 MiB; PYVMM_BENCH_FS_MB): pyvmm
       ``--fs tag=...,dir=...`` vs QEMU vhost-user-fs-pci with the same virtiofsd
       (Debian's) started the same way, guest ``dd bs=1M`` timed by /proc/uptime.
-  start to power-off with net, vsock, fs and rng present (the guest's init
-      loads its modules and powers off at once).
+  boot to init with net, vsock, fs and rng present: spawn to the guest's
+      "pyvmm-guest: init" line (after it loaded its modules, so the devices
+      are probed), QEMU with virtio-rng-pci beside the same devices.
 
 Prints one table with MB/s (or seconds) per VMM and the ratio pyvmm/QEMU.
+A run that fails is reported and left out (the table says how many counted).
 Run: python3 bench/data_planes.py  (re-runs itself in ci/qemu-aarch64/run on a
 non-arm64 host; needs root there for taps; build the guest first).
 """
 from __future__ import annotations
 
 import base64
+import datetime
 import http.server
 import os
 import pathlib
-import platform
 import re
 import shutil
 import socket
@@ -35,19 +41,28 @@ import tempfile
 import threading
 import time
 
-from _common import env, guest_files
+from _common import env, guest_in_test_machine
+from boot import INIT_MARKER, THROUGHPUT_BYTES, Watched, throughput_script
+from boot import pyvmm_cmd as console_pyvmm_cmd, qemu_cmd as console_qemu_cmd
+from pyvmm.unix_socket import SocketNotUp, wait_for_socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
 MEM = "256M"
 NET_MB = int(os.environ.get("PYVMM_BENCH_NET_MB", "64"))
+NET_OFF_MB = int(os.environ.get("PYVMM_BENCH_NET_OFF_MB", "16"))  # vhost=off: every packet crosses Python
 VSOCK_MB = int(os.environ.get("PYVMM_BENCH_VSOCK_MB", "64"))
 FS_MB = int(os.environ.get("PYVMM_BENCH_FS_MB", "256"))
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "3"))
 HOST_IP, GUEST_IP = "10.78.0.1", "10.78.0.2"
 VSOCK_PORT = 5123
 BUSYBOX = "/bin/busybox"
+MAC = "52:54:00:78:00:02"
+
+
+class RunFailed(Exception):
+    pass
 
 
 def log(msg):
@@ -82,114 +97,146 @@ class Blob(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def sink_tcp(port, size):
-    """Takes ``size`` bytes per connection, then closes it (busybox nc may not
-    close its side when its input ends)."""
-    s = socket.create_server(("0.0.0.0", port))
-
+def serve_each(sock, handle):
+    """Accept connections on listening ``sock`` in a thread until it is
+    closed: ``handle(conn)`` each, then close it. Returns ``sock``."""
     def run():
         while True:
             try:
-                c, _ = s.accept()
+                c, _ = sock.accept()
             except OSError:
                 return
-            left = size
-            while left > 0:
-                chunk = c.recv(1 << 20)
-                if not chunk:
-                    break
-                left -= len(chunk)
-            c.close()
+            try:
+                handle(c)
+            except OSError:
+                pass
+            finally:
+                c.close()
     threading.Thread(target=run, daemon=True).start()
-    return s
+    return sock
+
+
+def drain(conn, limit=None):
+    """Read from ``conn`` until it closes (or ``limit`` bytes came)."""
+    got = 0
+    while limit is None or got < limit:
+        chunk = conn.recv(1 << 20)
+        if not chunk:
+            break
+        got += len(chunk)
+
+
+def sink_tcp(port):
+    """A TCP listener reading each connection until ``sink_tcp.size`` bytes
+    came (busybox nc may not close its side when its input ends)."""
+    return serve_each(socket.create_server(("0.0.0.0", port)), lambda c: drain(c, sink_tcp.size))
+
+
+sink_tcp.size = 0
 
 
 def vsock_echo(size):
+    """Reads each connection to its end, then sends ``size`` bytes back."""
     s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     s.bind((socket.VMADDR_CID_ANY, VSOCK_PORT))
     s.listen(4)
     back = b"\x5a" * (1 << 20)
 
-    def run():
-        while True:
-            try:
-                c, _ = s.accept()
-            except OSError:
-                return
-            while c.recv(1 << 20):
-                pass
-            left = size
-            while left:
-                n = min(left, len(back))
-                c.sendall(back[:n])
-                left -= n
-            c.close()
-    threading.Thread(target=run, daemon=True).start()
-    return s
+    def answer(c):
+        drain(c)
+        left = size
+        while left:
+            n = min(left, len(back))
+            c.sendall(back[:n])
+            left -= n
+    return serve_each(s, answer)
 
 
 def pyvmm_cmd(k, i, params, devices):
     args = [sys.executable, "-m", "pyvmm", "run", "-k", k, "-i", i, "-m", MEM, "-c", "1", "-p", params]
     for kind, spec in devices:
         if kind == "net":
-            args += ["--net", f"tap={spec['tap']},mac=52:54:00:78:00:02"]
+            args += ["--net", f"tap={spec['tap']},mac={MAC},vhost={spec.get('vhost', 'on')}"]
         elif kind == "vsock":
             args += ["--vsock", f"cid={spec['cid']}"]
         elif kind == "fs":
             args += ["--fs", f"tag={spec['tag']},dir={spec['dir']}"]
+        # rng: pyvmm always has one (unless --no-rng)
     return args
 
 
 def qemu_cmd(k, i, params, devices, tmp):
+    """QEMU's command line and the virtiofsd processes started for it."""
+    from pyvmm.vhost.virtiofsd import command, find_binary
+
     q = shutil.which("qemu-system-aarch64")
     cmd = [q, "-accel", "kvm", "-M", "virt,gic-version=3", "-cpu", "host", "-m", MEM, "-smp", "1",
            "-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio",
            "-kernel", k, "-initrd", i, "-append", f"console=ttyAMA0 {params}"]
     daemons = []
-    for kind, spec in devices:
-        if kind == "net":
-            cmd += ["-netdev", f"tap,id=n0,ifname={spec['tap']},script=no,downscript=no,vhost=on",
-                    "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:78:00:02"]
-        elif kind == "vsock":
-            cmd += ["-device", f"vhost-vsock-pci,guest-cid={spec['cid']}"]
-        elif kind == "fs":
-            sock = os.path.join(tmp, "qfs.sock")
-            from pyvmm.vhost.virtiofsd import command, find_binary
-            d = subprocess.Popen(command(find_binary(), sock, spec["dir"], True), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True)
-            daemons.append(d)
-            while not os.path.exists(sock):
-                time.sleep(0.01)
-            cmd += ["-object", f"memory-backend-memfd,id=mem,size={MEM},share=on", "-machine", "memory-backend=mem",
-                    "-chardev", f"socket,id=fs0,path={sock}",
-                    "-device", f"vhost-user-fs-pci,chardev=fs0,tag={spec['tag']}"]
+    try:
+        for kind, spec in devices:
+            if kind == "net":
+                cmd += ["-netdev", f"tap,id=n0,ifname={spec['tap']},script=no,downscript=no,"
+                                   f"vhost={spec.get('vhost', 'on')}",
+                        # romfile=: no option ROM (the test machine has no efi-virtio.rom; -kernel boots need none)
+                        "-device", f"virtio-net-pci,netdev=n0,mac={MAC},romfile="]
+            elif kind == "vsock":
+                cmd += ["-device", f"vhost-vsock-pci,guest-cid={spec['cid']}"]
+            elif kind == "rng":
+                cmd += ["-device", "virtio-rng-pci"]
+            elif kind == "fs":
+                sock = os.path.join(tmp, "qfs.sock")
+                if os.path.lexists(sock):  # the last run's: not this daemon's socket
+                    os.unlink(sock)
+                d = subprocess.Popen(command(find_binary(), sock, spec["dir"], True), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+                daemons.append(d)
+                try:
+                    wait_for_socket(sock, 30, lambda: None if d.poll() is None else f"exited {d.returncode}")
+                except SocketNotUp as e:
+                    raise RunFailed(f"virtiofsd for QEMU: {e}") from None
+                cmd += ["-object", f"memory-backend-memfd,id=mem,size={MEM},share=on", "-machine",
+                        "memory-backend=mem", "-chardev", f"socket,id=fs0,path={sock}",
+                        "-device", f"vhost-user-fs-pci,chardev=fs0,tag={spec['tag']}"]
+    except BaseException:
+        stop(daemons)
+        raise
     return cmd, daemons
 
 
-def run_guest(vmm, k, i, guest, devices, tmp, timeout=900, setup=None):
-    params = "quiet " + script(guest)
-    daemons = []
+def stop(daemons):
+    for d in daemons:
+        if d.poll() is None:
+            d.terminate()
+        d.wait()
+
+
+def command_for(vmm, k, i, params, devices, tmp):
     if vmm == "pyvmm":
-        cmd = pyvmm_cmd(k, i, params, devices)
-    else:
-        cmd, daemons = qemu_cmd(k, i, params, devices, tmp)
-    t0 = time.monotonic()
+        return pyvmm_cmd(k, i, params, devices), []
+    return qemu_cmd(k, i, params, devices, tmp)
+
+
+def run_guest(vmm, k, i, guest, devices, tmp, timeout=900, setup=None):
+    """The guest's console output; RunFailed when the VMM fails or times out."""
+    cmd, daemons = command_for(vmm, k, i, "quiet " + script(guest), devices, tmp)
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=env(), cwd=CHECKOUT)
     try:
         if setup:
             setup()
         out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"{vmm} did not finish within {timeout} s") from None
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
-        for d in daemons:
-            d.terminate()
-            d.wait()
+        stop(daemons)
     if p.returncode != 0:
-        raise SystemExit(f"bench: {vmm} exited {p.returncode}: {err[-800:]!r} {out[-800:]!r}")
-    return out.decode(errors="replace"), time.monotonic() - t0
+        raise RunFailed(f"{vmm} exited {p.returncode}: {err[-600:]!r} {out[-600:]!r}")
+    return out.decode(errors="replace")
 
 
 def values(out, *names):
@@ -201,7 +248,7 @@ def values(out, *names):
 
 
 def tap_for(vmm):
-    """QEMU wants the tap to exist (or be creatable); pyvmm creates it. Both are configured once up."""
+    """Both VMMs create their tap (TUNSETIFF); it goes when they exit."""
     return "pvbp0" if vmm == "pyvmm" else "pvbq0"
 
 
@@ -209,104 +256,198 @@ def configure_tap(name, timeout=120):
     deadline = time.monotonic() + timeout
     while not os.path.exists(f"/sys/class/net/{name}"):
         if time.monotonic() > deadline:
-            raise SystemExit(f"bench: {name} never appeared")
+            raise RunFailed(f"{name} never appeared")
         time.sleep(0.05)
     subprocess.run([BUSYBOX, "ip", "addr", "add", f"{HOST_IP}/24", "dev", name], check=False)
     subprocess.run([BUSYBOX, "ip", "link", "set", name, "up"], check=True)
 
 
+class Results:
+    def __init__(self):
+        self.values = {}
+        self.failed = {}
+
+    def add(self, vmm, metric, value):
+        if value:
+            self.values.setdefault((vmm, metric), []).append(value)
+
+    def attempt(self, vmm, metric, n, fn):
+        """Run ``fn()`` (one measurement); a RunFailed is logged and counted."""
+        try:
+            return fn()
+        except RunFailed as e:
+            self.failed[vmm, metric] = self.failed.get((vmm, metric), 0) + 1
+            log(f"{vmm} {metric} run {n + 1} failed: {e}")
+            return None
+
+    def median(self, vmm, metric):
+        v = self.values.get((vmm, metric))
+        return (statistics.median(v), len(v)) if v else (None, 0)
+
+
+def bench_console(k, i, r):
+    metric = "virtio-console throughput"
+    n_bytes = THROUGHPUT_BYTES["virtio"]
+    for vmm, mk in (("pyvmm", console_pyvmm_cmd), ("qemu", console_qemu_cmd)):
+        for n in range(RUNS):
+            def one():
+                try:
+                    w = Watched(mk(k, i, "quiet " + throughput_script(n_bytes), "virtio"), env()).wait()
+                except SystemExit as e:
+                    raise RunFailed(str(e)) from None
+                t0 = w.seen.get(b"T0\n") or w.seen.get(b"T0\r\n")
+                t1 = w.seen.get(b"T1")
+                got = bytes(w.out).count(b"x")
+                if not (t0 and t1 and t1 > t0 and got >= n_bytes):
+                    raise RunFailed(f"{got} of {n_bytes} bytes, markers {t0} {t1}")
+                return got / (t1 - t0)
+            v = r.attempt(vmm, metric, n, one)
+            r.add(vmm, metric, v)
+            log(f"{vmm} console run {n + 1}: {v} B/s")
+
+
+def bench_tcp(k, i, tmp, r):
+    Blob.size = 0
+    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5302), Blob)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    sink = sink_tcp(5301)
+    try:
+        for vhost, mb in (("on", NET_MB), ("off", NET_OFF_MB)):
+            Blob.size = sink_tcp.size = mb << 20
+            guest = (f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n"
+                     f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
+                     + timed("g2h", f"dd if=/dev/zero bs=64k count={mb * 16} 2>/dev/null | nc {HOST_IP} 5301")
+                     + timed("h2g", f"wget -q -O /dev/null http://{HOST_IP}:5302/"))
+            for vmm in ("pyvmm", "qemu"):
+                for n in range(RUNS):
+                    tap = tap_for(vmm)
+                    out = r.attempt(vmm, f"tcp vhost={vhost}", n, lambda: run_guest(
+                        vmm, k, i, guest, [("net", {"tap": tap, "vhost": vhost})], tmp,
+                        setup=lambda: configure_tap(tap)))
+                    v = values(out or "", "g2h", "h2g")
+                    for d in ("g2h", "h2g"):
+                        r.add(vmm, f"tcp {d} vhost={vhost}", mb / v[d] if v[d] else None)
+                    log(f"{vmm} tcp vhost={vhost} run {n + 1}: {v}")
+    finally:
+        httpd.shutdown()
+        sink.close()
+
+
+def bench_vsock(k, vi, tmp, r):
+    echo = vsock_echo(VSOCK_MB << 20)
+    guest = (f"dd if=/dev/zero of=/tmp/z bs=64k count={VSOCK_MB * 16} 2>/dev/null\n"
+             + timed("both", "/vsock_cat </tmp/z >/dev/null"))
+    try:
+        for vmm in ("pyvmm", "qemu"):
+            for n in range(RUNS):
+                out = r.attempt(vmm, "vsock", n, lambda: run_guest(vmm, k, vi, guest, [("vsock", {"cid": 55})], tmp))
+                v = values(out or "", "both")
+                r.add(vmm, "vsock both ways", 2 * VSOCK_MB / v["both"] if v["both"] else None)
+                log(f"{vmm} vsock run {n + 1}: {v}")
+    finally:
+        echo.close()
+
+
+def bench_fs(k, i, tmp, share, r):
+    guest = ("mkdir -p /mnt; mount -t virtiofs bench /mnt\n"
+             + timed("read", "dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null"))
+    for vmm in ("pyvmm", "qemu"):
+        for n in range(RUNS):
+            out = r.attempt(vmm, "virtio-fs", n, lambda: run_guest(
+                vmm, k, i, guest, [("fs", {"tag": "bench", "dir": share})], tmp))
+            v = values(out or "", "read")
+            r.add(vmm, "virtio-fs read", FS_MB / v["read"] if v["read"] else None)
+            log(f"{vmm} fs run {n + 1}: {v}")
+
+
+def bench_boot(k, i, tmp, share, r):
+    metric = "boot to init with net, vsock, fs, rng"
+    for vmm in ("pyvmm", "qemu"):
+        for n in range(RUNS):
+            devs = [("net", {"tap": tap_for(vmm)}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}),
+                    ("rng", {})]
+
+            def one():
+                cmd, daemons = command_for(vmm, k, i, "quiet " + script("true\n"), devs, tmp)
+                try:
+                    w = Watched(cmd, env()).wait()
+                except SystemExit as e:
+                    raise RunFailed(str(e)) from None
+                finally:
+                    stop(daemons)
+                if INIT_MARKER not in w.seen:
+                    raise RunFailed("no init line")
+                return w.seen[INIT_MARKER]
+            v = r.attempt(vmm, metric, n, one)
+            r.add(vmm, metric, v)
+            log(f"{vmm} boot run {n + 1}: {v} s")
+
+
+ROWS = (  # metric, unit, target (None: shown for comparison)
+    ("virtio-console throughput", "B/s", ">= 1.0"),
+    ("tcp g2h vhost=on", "MiB/s", ">= 1.0"),
+    ("tcp h2g vhost=on", "MiB/s", ">= 1.0"),
+    ("tcp g2h vhost=off", "MiB/s", None),
+    ("tcp h2g vhost=off", "MiB/s", None),
+    ("vsock both ways", "MiB/s", ">= 1.0"),
+    ("virtio-fs read", "MiB/s", ">= 0.9"),
+    ("boot to init with net, vsock, fs, rng", "s", "<= 0.5"),
+)
+
+
+def met(ratio, target):
+    op, limit = target.split()
+    return ratio >= float(limit) if op == ">=" else ratio <= float(limit)
+
+
+def report(r):
+    print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} runs each, medians; "
+          f"{MEM} guest, 1 vCPU; TCP {NET_MB} MiB with vhost=on, {NET_OFF_MB} MiB with vhost=off; "
+          f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB)\n")
+    print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
+    print("|---|---|---|---|---|")
+    for metric, unit, target in ROWS:
+        (a, na), (b, nb) = r.median("pyvmm", metric), r.median("qemu", metric)
+        fa = "n/a" if a is None else f"{a:,.2f} {unit}"
+        fb = "n/a" if b is None else f"{b:,.2f} {unit}"
+        if na < RUNS or nb < RUNS:
+            fa, fb = f"{fa} ({na} runs)", f"{fb} ({nb} runs)"
+        ratio = a / b if a and b else None
+        verdict = "" if target is None else target if ratio is None or met(ratio, target) else f"{target} (not met)"
+        print(f"| {metric} | {fa} | {fb} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
+              f"{verdict or 'for comparison'} |")
+
+
 def main():
-    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
-        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files()
-        os.execv(run, [run, "--", "python3", "bench/data_planes.py"])
-    k, i = guest_files()
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
+    k, i = guest_in_test_machine("bench/data_planes.py")
     from support import guestbuild
     from support.guestbuild import initrd_with
 
     tmp = tempfile.mkdtemp(prefix="pyvmm-bench-")
-    with open(guestbuild.build_linux_program("vsock_cat"), "rb") as f:
-        vi = initrd_with(i, {"vsock_cat": f.read()}, pathlib.Path(tmp) / "initrd.gz")
-    results = {}
-
-    # -- TCP ------------------------------------------------------------------------
-    Blob.size = NET_MB << 20
-    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5302), Blob)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    sink = sink_tcp(5301, NET_MB << 20)
-    net_guest = (f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n"
-                 f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
-                 + timed("g2h", f"dd if=/dev/zero bs=64k count={NET_MB * 16} 2>/dev/null | nc {HOST_IP} 5301")
-                 + timed("h2g", f"wget -q -O /dev/null http://{HOST_IP}:5302/"))
-    for vmm in ("pyvmm", "qemu"):
-        for n in range(RUNS):
-            tap = tap_for(vmm)  # both VMMs create it (TUNSETIFF), it goes when they exit
-            out, _ = run_guest(vmm, k, i, net_guest, [("net", {"tap": tap})], tmp,
-                               setup=lambda tap=tap: configure_tap(tap))
-            v = values(out, "g2h", "h2g")
-            for d in ("g2h", "h2g"):
-                if v[d]:
-                    results.setdefault((vmm, f"tcp {d}"), []).append(NET_MB / v[d])
-            log(f"{vmm} tcp run {n + 1}: {v}")
-    httpd.shutdown()
-    sink.close()
-
-    # -- vsock ------------------------------------------------------------------------
-    echo = vsock_echo(VSOCK_MB << 20)
-    vs_guest = (f"dd if=/dev/zero of=/tmp/z bs=64k count={VSOCK_MB * 16} 2>/dev/null\n"
-                + timed("both", "/vsock_cat </tmp/z >/dev/null"))
-    for vmm in ("pyvmm", "qemu"):
-        for n in range(RUNS):
-            out, _ = run_guest(vmm, k, vi, vs_guest, [("vsock", {"cid": 55})], tmp)
-            v = values(out, "both")
-            if v["both"]:
-                results.setdefault((vmm, "vsock both ways"), []).append(2 * VSOCK_MB / v["both"])
-            log(f"{vmm} vsock run {n + 1}: {v}")
-    echo.close()
-
-    # -- virtio-fs -----------------------------------------------------------------------
-    share = os.path.join(tmp, "share")
-    os.makedirs(share)
-    with open(os.path.join(share, "big"), "wb") as f:
-        block = os.urandom(1 << 20)
-        for _ in range(FS_MB):
-            f.write(block)
-    fs_guest = ("mkdir -p /mnt; mount -t virtiofs bench /mnt\n"
-                + timed("read", "dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null"))
-    for vmm in ("pyvmm", "qemu"):
-        for n in range(RUNS):
-            out, _ = run_guest(vmm, k, i, fs_guest, [("fs", {"tag": "bench", "dir": share})], tmp)
-            v = values(out, "read")
-            if v["read"]:
-                results.setdefault((vmm, "virtio-fs read"), []).append(FS_MB / v["read"])
-            log(f"{vmm} fs run {n + 1}: {v}")
-
-    # -- boot with every device ------------------------------------------------------------
-    for vmm in ("pyvmm", "qemu"):
-        for n in range(RUNS):
-            tap = tap_for(vmm)
-            devs = [("net", {"tap": tap}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share})]
-            out, secs = run_guest(vmm, k, i, "", devs, tmp)  # an empty script: init powers off
-            results.setdefault((vmm, "start to power-off with net, vsock, fs, rng"), []).append(secs)
-            log(f"{vmm} boot run {n + 1}: {secs:.2f} s")
-    shutil.rmtree(tmp, ignore_errors=True)
-
-    print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({RUNS} runs each, medians; {MEM} guest, 1 vCPU)\n")
-    print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
-    print("|---|---|---|---|---|")
-    targets = {"tcp g2h": ">= 1.0", "tcp h2g": ">= 1.0", "vsock both ways": ">= 1.0",
-               "virtio-fs read": ">= 0.9", "start to power-off with net, vsock, fs, rng": "<= 0.5"}
-    for metric, target in targets.items():
-        a = results.get(("pyvmm", metric))
-        b = results.get(("qemu", metric))
-        unit = " s" if metric.startswith("start") else " MB/s"
-        ma = statistics.median(a) if a else None
-        mb = statistics.median(b) if b else None
-        fa = "n/a" if ma is None else f"{ma:.2f}{unit}"
-        fb = "n/a" if mb is None else f"{mb:.2f}{unit}"
-        ratio = f"{ma / mb:.2f}" if ma and mb else "n/a"
-        print(f"| {metric} | {fa} | {fb} | {ratio} | {target} |")
+    r = Results()
+    try:
+        with open(guestbuild.build_linux_program("vsock_cat"), "rb") as f:
+            vi = initrd_with(i, {"vsock_cat": f.read()}, pathlib.Path(tmp) / "initrd.gz")
+        share = os.path.join(tmp, "share")
+        os.makedirs(share)
+        with open(os.path.join(share, "big"), "wb") as f:
+            block = os.urandom(1 << 20)
+            for _ in range(FS_MB):
+                f.write(block)
+        only = os.environ.get("PYVMM_BENCH_ONLY", "console,tcp,vsock,fs,boot").split(",")
+        if "console" in only:
+            bench_console(k, i, r)
+        if "tcp" in only:
+            bench_tcp(k, i, tmp, r)
+        if "vsock" in only:
+            bench_vsock(k, vi, tmp, r)
+        if "fs" in only:
+            bench_fs(k, i, tmp, share, r)
+        if "boot" in only:
+            bench_boot(k, i, tmp, share, r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    report(r)
 
 
 if __name__ == "__main__":

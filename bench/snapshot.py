@@ -42,7 +42,6 @@ import base64
 import collections
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -54,7 +53,8 @@ import tempfile
 import threading
 import time
 
-from _common import env, guest_files
+from _common import env, guest_in_test_machine
+from pyvmm.unix_socket import SocketNotUp, wait_for_socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
@@ -226,19 +226,12 @@ class Qmp:
     """A minimal QMP client over a unix socket (one command at a time; events are skipped)."""
 
     def __init__(self, path, vmm, timeout=STEP_TIMEOUT):
-        deadline = time.monotonic() + 60
-        while True:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.connect(path)
-                break
-            except OSError:
-                s.close()
-                if vmm.p.poll() is not None:
-                    raise BenchError(f"QEMU exited before its QMP socket was up: {vmm.why()}") from None
-                if time.monotonic() > deadline:
-                    raise BenchError(f"QMP socket {path} not up within 60 s: {vmm.why()}") from None
-                time.sleep(POLL)
+        try:
+            s = wait_for_socket(path, 60, lambda: None if vmm.p.poll() is None else vmm.why(), connect=True,
+                                poll=POLL)
+        except SocketNotUp as e:
+            raise BenchError(f"QEMU exited before its QMP socket was up: {e.died}" if e.died is not None
+                             else f"QMP socket {path} not up within 60 s: {vmm.why()}") from None
         s.settimeout(timeout)
         self.s, self.f, self.vmm = s, s.makefile("rb"), vmm
         greeting = self._read("greeting")
@@ -530,14 +523,8 @@ def _term(signum, frame):
 
 def main(argv):
     args = parse_args(argv)
-    if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
-        run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        guest_files(PROG)
-        os.execv(run, [run, "--", "python3", "bench/snapshot.py", *argv])
-    k, i = guest_files(PROG)
+    k, i = guest_in_test_machine("bench/snapshot.py", argv, PROG)
     vmms = [args.only] if args.only else ["pyvmm", "qemu"]
-    # The checkout's bytecode, as an installed pyvmm would have it (see bench/boot.py).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
     signal.signal(signal.SIGTERM, _term)
     tmp = tempfile.mkdtemp(prefix="pyvmm-bench-snapshot-")
     results = {mib: {v: [] for v in vmms} for mib in args.sizes}

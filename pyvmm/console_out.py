@@ -21,7 +21,7 @@ import select
 import socket
 import stat
 import threading
-from typing import Optional
+from typing import List, Optional, Union
 
 from .errors import UsageProblem
 from .unix_socket import listen_private
@@ -137,7 +137,7 @@ class UnixEndpoint(Endpoint):
         self._client: Optional[socket.socket] = None
         self._lock = threading.Lock()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-        self._thread = threading.Thread(target=self._loop, name="console-unix", daemon=True)
+        self._thread: Optional[threading.Thread] = threading.Thread(target=self._loop, name="console-unix", daemon=True)
         self._thread.start()
 
     def output(self, data: bytes) -> None:
@@ -162,10 +162,12 @@ class UnixEndpoint(Endpoint):
         pending = b""  # client input the guest has not taken yet: not read further until it has
         while True:
             c = self._client
-            rfds = [self._sock, self._stop_r] + ([c] if c is not None and not pending else [])
+            rfds: List[Union[int, socket.socket]] = [self._sock, self._stop_r]
+            if c is not None and not pending:
+                rfds.append(c)
             wfds = [self._wpipe] if pending else []
             try:
-                ready, writable, _ = select.select(rfds, wfds, [])  # type: ignore[type-var]  # merge of net: typing to be tightened
+                ready, writable, _ = select.select(rfds, wfds, [])
             except (OSError, ValueError):
                 return
             if self._stop_r in ready:
@@ -211,7 +213,7 @@ class UnixEndpoint(Endpoint):
             return
         os.write(self._stop_w, b"x")
         self._thread.join(5)
-        self._thread = None  # type: ignore[assignment]  # merge of net: typing to be tightened
+        self._thread = None
         with self._lock:
             if self._client is not None:
                 self._client.close()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import time
+from typing import Callable, Optional
 
 from .errors import UsageProblem
 
@@ -52,3 +54,39 @@ def listen_private(path: str, label: str, backlog: int) -> socket.socket:
         os.umask(old)
     sock.listen(backlog)
     return sock
+
+
+class SocketNotUp(Exception):
+    """:func:`wait_for_socket` gave up: ``died`` is why the process is gone
+    (None: it still runs and the time ran out)."""
+
+    def __init__(self, path: str, died: Optional[str], timeout: float):
+        super().__init__(f"{path}: {died}" if died is not None else f"{path} not up within {timeout:.0f} s")
+        self.died = died
+
+
+def wait_for_socket(path: str, timeout: float, died: Callable[[], Optional[str]], connect: bool = False,
+                    poll: float = 0.01) -> Optional[socket.socket]:
+    """Wait for a process that is starting to create unix socket ``path``
+    (``connect``: and to accept a connection, which is returned). ``died()``
+    says why the process is gone, None while it runs; SocketNotUp when it
+    is gone or ``timeout`` seconds passed. Without ``connect`` nothing
+    connects (a daemon serving a single front-end, such as virtiofsd, would
+    take the probe for its one client)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if os.path.exists(path):
+            if not connect:
+                return None
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                s.connect(path)
+                return s
+            except OSError:
+                s.close()
+        why = died()
+        if why is not None:
+            raise SocketNotUp(path, why, timeout)
+        if time.monotonic() > deadline:
+            raise SocketNotUp(path, None, timeout)
+        time.sleep(poll)

@@ -30,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from typing import Callable, Dict, Optional, Set
+from typing import Callable, Dict, List, Optional, Set
 
 from ..devices.state import loads
 from ..errors import PyvmmError, UsageProblem
@@ -122,7 +122,7 @@ class ControlServer:
             conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
-        dead = []  # type: ignore[var-annotated]  # merge of net: typing to be tightened
+        dead: List[bool] = []
 
         def send(obj: Dict) -> None:
             """Best effort: a client that stopped reading loses its replies,

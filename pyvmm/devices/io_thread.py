@@ -59,6 +59,15 @@ class IoThread:
         if fd in self._readers:
             self._epoll.modify(fd, select.EPOLLIN if on else 0)
 
+    def forget(self, fd: int) -> None:
+        """Stop watching ``fd`` (any kind); its owner closes it."""
+        for table in (self._handlers, self._readers, self._hangups):
+            table.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+
     def watch_hangup(self, fd: int, handler: Callable[[], None]) -> None:
         """Run ``handler()`` once when the peer of socket ``fd`` hangs up."""
         self._hangups[fd] = handler
@@ -79,13 +88,14 @@ class IoThread:
                 if fd == self._wake:
                     drain(fd)
                     continue
+                handler: Optional[Callable[[], None]]
                 if fd in self._hangups:
                     handler = self._hangups.pop(fd)
                     self._epoll.unregister(fd)
                 elif fd in self._readers:
                     handler = self._readers[fd]
                 else:
-                    handler = self._handlers.get(fd)  # type: ignore[assignment]  # merge of net: typing to be tightened
+                    handler = self._handlers.get(fd)
                     if handler is None or not drain(fd):
                         continue
                 self.wakeups += 1

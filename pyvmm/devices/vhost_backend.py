@@ -5,10 +5,13 @@ Python keeps the control plane: feature negotiation, the config space, the
 transport's registers. When the driver sets DRIVER_OK the plane gets the
 negotiated features, the memory table and, for each served queue, its size,
 next available index, ring addresses (in this process), the queue's kick
-eventfd (KVM_IOEVENTFD) and the device's interrupt eventfd (KVM_IRQFD).
-From then on the guest's notifies and the plane's interrupts never reach
-Python. A reset stops the plane (``stop``) before the transport forgets the
-queues.
+eventfd (KVM_IOEVENTFD) and the device's call eventfd. From then on the
+guest's notifies never reach Python and the data never does; the plane's
+used-buffer signals wake the I/O thread, which sets the transport's
+interrupt status and raises the line through KVM_IRQFD (see
+pyvmm/machine/virtio_notify.py for why the plane does not signal the irqfd
+itself). A reset stops the plane (``stop``) before the transport forgets
+the queues.
 
 ``plane`` is anything with set_features, set_mem_table, set_vring_num,
 set_vring_base, set_vring_addr, set_vring_kick, set_vring_call and
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Sequence
 
+from .io_thread import drain
 from .virtqueue import DESC_SIZE
 from .virtio_mmio import VirtioBackend
 
@@ -84,10 +88,14 @@ class VhostBackend(VirtioBackend):
     # -- snapshots ----------------------------------------------------------------------
     def pause(self, transport) -> None:
         """Stop the plane and take back each served ring's next available
-        index into the transport's queue (what a snapshot records)."""
+        index into the transport's queue (what a snapshot records), and a
+        used-buffer signal the I/O thread has not passed on yet into its
+        interrupt status."""
         self.stop()
         for i in self.started:
             transport.queues[i].last_avail = self.plane.get_vring_base(i)
+        if self.call >= 0 and drain(self.call):
+            transport.plane_used()
 
     def unpause(self, transport) -> None:
         self.start(transport)

@@ -21,7 +21,7 @@ class VirtioFs(VhostBackend):
     num_queues = 2
     queue_max = 1024
     served_queues = (HIPRIO, REQUEST)
-    snapshot_refusal = "virtio-fs state lives in its vhost-user daemon and cannot be saved"  # type: ignore[assignment]  # merge of net: typing to be tightened
+    snapshot_refusal = "virtio-fs state lives in its vhost-user daemon and cannot be saved"
 
     def __init__(self, plane, tag: str, daemon=None):
         super().__init__(plane, plane.get_features())
@@ -36,8 +36,11 @@ class VirtioFs(VhostBackend):
         from ..vhost.virtiofsd import Virtiofsd
 
         daemon = Virtiofsd(tag, shared_dir).start() if shared_dir is not None else None
+        path = daemon.socket_path if daemon is not None else socket_path
+        if path is None:
+            raise ValueError("virtio-fs needs a shared directory or a daemon's socket")
         try:
-            plane = VhostUser.connect(daemon.socket_path if daemon else socket_path, f"virtio-fs {tag}")  # type: ignore[arg-type]  # merge of net: typing to be tightened
+            plane = VhostUser.connect(path, f"virtio-fs {tag}")
             try:
                 plane.handshake()
                 return cls(plane, tag, daemon)

@@ -10,7 +10,7 @@ the device sets DEVICE_NEEDS_RESET, raises a configuration-change interrupt
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
@@ -51,16 +51,23 @@ class VirtioBackend:
     queue_max = 256
     # True when a data plane outside Python (vhost in the kernel, a
     # vhost-user daemon) serves the queues: it is handed the queues' kick
-    # eventfds and the interrupt eventfd (attach_eventfds) and signals used
-    # buffers itself, so the transport cannot know when it did and reports
-    # the used-buffer bit in InterruptStatus whenever the driver is running.
+    # eventfds and a call eventfd (attach_eventfds) that it signals when it
+    # used buffers; the I/O thread turns each signal into the used-buffer
+    # bit of InterruptStatus (:meth:`VirtioMmio.plane_used`). The plane does
+    # not signal the interrupt's irqfd itself: the line is level-triggered
+    # with a resamplefd, and a signal while the line is still high would be
+    # lost when the guest ends the interrupt (only the transport knows to
+    # raise it again).
     kernel_queues = False
+    # The queues that data plane serves (the others are emulated in Python).
+    served_queues: Sequence[int] = ()
     # Why a machine with this device cannot be snapshotted (None: it can).
-    snapshot_refusal = None
+    snapshot_refusal: Optional[str] = None
 
     def attach_eventfds(self, kicks: List[int], call: int) -> None:
         """The queue kick eventfds (KVM_IOEVENTFD on QueueNotify, one per
-        queue) and the interrupt eventfd (KVM_IRQFD), for kernel_queues backends."""
+        queue) and the eventfd the plane signals for used buffers, for
+        kernel_queues backends."""
 
     def config_read(self, offset: int, length: int) -> bytes:
         return bytes(length)
@@ -76,6 +83,11 @@ class VirtioBackend:
 
     def reset(self) -> None:
         pass
+
+    def restored(self, transport: "VirtioMmio") -> None:
+        """The machine was restored from a snapshot and the device, running,
+        was activated again (:meth:`VirtioMmio.after_restore`): tell the
+        driver what a restore changed (virtio-vsock: its connections are gone)."""
 
     def save_state(self) -> Dict:
         """What the backend holds beyond the transport (JSON-serialisable)."""
@@ -175,12 +187,22 @@ class VirtioMmio:
 
     def after_restore(self) -> None:
         """Once guest RAM is restored: a running device is activated again (a
-        vhost plane is handed the queues, a tap watched); then every ready
-        queue is served once."""
+        vhost plane is handed the queues, a tap watched) and told it was
+        restored (:meth:`VirtioBackend.restored`); then every ready queue is
+        served once."""
         with self.lock:
             if self.driver_ok:
                 self.backend.activate(self)
+                self.run_guarded(self.backend.restored, self)
         self.notify_all()
+
+    def plane_used(self) -> None:
+        """The data plane of a kernel_queues backend signalled used buffers
+        (its call eventfd, read by the I/O thread)."""
+        with self.lock:
+            if self.driver_ok:
+                self.interrupt_status |= INT_USED_BUFFER
+                self._set_level(True)
 
     def resample(self) -> None:
         """The guest ended its interrupt (KVM_IRQFD resample): KVM lowered the
@@ -217,8 +239,6 @@ class VirtioMmio:
         if offset == R_QUEUE_READY:
             return int(q.ready) if q else 0
         if offset == R_INTERRUPT_STATUS:
-            if self.backend.kernel_queues and self.driver_ok:
-                return self.interrupt_status | INT_USED_BUFFER
             return self.interrupt_status
         if offset == R_STATUS:
             return self.status

@@ -10,11 +10,13 @@ buffers and the ring features come from vhost-net when it offers them.
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import struct
 from typing import Dict, Optional
 
+from .io_thread import IoThread
 from .state import StateReader
 from .vhost_backend import RING_FEATURES, VhostBackend
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
@@ -75,6 +77,21 @@ def config_bytes(mac: bytes, status: int = S_LINK_UP) -> bytes:
     return mac + struct.pack("<HHH", status, 1, 0)
 
 
+def save_tap_state(tap: str, mac: bytes) -> Dict:
+    """What a virtio-net backend records: its tap's name and its MAC."""
+    return {"tap": tap, "mac": format_mac(mac)}
+
+
+def check_tap_state(state: Dict, tap: str, mac: bytes) -> None:
+    """A saved :func:`save_tap_state` is this device's (same tap, same MAC)."""
+    r = StateReader("virtio-net", state, ("tap", "mac"))
+    saved_tap, saved_mac = r.str("tap"), r.str("mac")
+    if saved_tap != tap:
+        raise r.fail(f"was on tap {saved_tap}, this machine uses {tap}")
+    if saved_mac != format_mac(mac):
+        raise r.fail(f"had MAC {saved_mac}, this machine gives {format_mac(mac)}")
+
+
 class VirtioNet(VhostBackend):
     """virtio-net whose queues vhost-net serves (``plane``: a VhostNet)."""
 
@@ -131,15 +148,10 @@ class VirtioNet(VhostBackend):
 
     # -- snapshot -------------------------------------------------------------
     def save_state(self) -> Dict:
-        return {"tap": self.tap.name, "mac": format_mac(self.mac)}
+        return save_tap_state(self.tap.name, self.mac)
 
     def load_state(self, state: Dict) -> None:
-        r = StateReader("virtio-net", state, ("tap", "mac"))
-        tap, mac = r.str("tap"), r.str("mac")
-        if tap != self.tap.name:
-            raise r.fail(f"was on tap {tap}, this machine uses {self.tap.name}")
-        if mac != format_mac(self.mac):
-            raise r.fail(f"had MAC {mac}, this machine gives {format_mac(self.mac)}")
+        check_tap_state(state, self.tap.name, self.mac)
 
 
 class VirtioNetPython(VirtioBackend):
@@ -150,29 +162,32 @@ class VirtioNetPython(VirtioBackend):
     into receive chains, num_buffers set to 1 (5.1.6.3.1). A frame that does
     not fit a receive chain, or that the tap refuses, is dropped, as a
     network card would. The I/O thread watches the tap while the guest has
-    receive buffers; ``io`` is set by the machine before the driver starts."""
+    receive buffers (``io``: the machine's I/O thread; None in tests that
+    drive the queues themselves). A tap whose interface was deleted fails
+    every read (EBADFD): the tap is no longer watched (the machine hears of
+    the deletion and stops the guest)."""
 
     device_id = DEVICE_ID
     num_queues = 2
     queue_max = 256
     MAX_FRAME = 65550 + 12
 
-    def __init__(self, tap, mac: Optional[bytes] = None):
+    def __init__(self, tap, mac: Optional[bytes] = None, io: Optional[IoThread] = None):
         self.tap = tap
         self.mac = mac or random_mac()
         self.features = F_MAC | F_STATUS | VIRTIO_F_VERSION_1
-        self.io = None
+        self.io = io
         self.watching = False
         self.rx_packets = self.tx_packets = self.dropped = 0
 
     @classmethod
-    def open(cls, tap_name: str, mac: Optional[str] = None) -> "VirtioNetPython":
+    def open(cls, tap_name: str, mac: Optional[str] = None, io: Optional[IoThread] = None) -> "VirtioNetPython":
         from ..net.tap import Tap
 
         tap = Tap.open(tap_name)
         try:
             tap.tunsetoffload(0)
-            return cls(tap, parse_mac(mac) if mac else None)
+            return cls(tap, parse_mac(mac) if mac else None, io)
         except BaseException:
             tap.close()
             raise
@@ -212,8 +227,10 @@ class VirtioNetPython(VirtioBackend):
 
     def _tap_readable(self) -> None:
         t = self.transport
-        with t.lock:  # type: ignore[union-attr]  # merge of net: typing to be tightened
-            t.run_guarded(self._receive, t)  # type: ignore[union-attr]  # merge of net: typing to be tightened
+        if t is None:
+            return
+        with t.lock:
+            t.run_guarded(self._receive, t)
 
     def _receive(self, transport) -> None:
         if not transport.driver_ok or not transport.queues[RX].ready:
@@ -229,8 +246,11 @@ class VirtioNetPython(VirtioBackend):
                 frame = os.read(self.tap.fd, self.MAX_FRAME)
             except BlockingIOError:
                 break
-            except OSError:
+            except OSError as e:
                 self.dropped += 1
+                if e.errno in (errno.EBADFD, errno.EIO) and self.io is not None and self.watching:
+                    self.io.forget(self.tap.fd)  # the interface is gone: its fd polls as an error for ever
+                    self.io = None
                 break
             chain = q.pop()
             if len(frame) < 12 or len(frame) > chain.writable_len:
@@ -248,7 +268,7 @@ class VirtioNetPython(VirtioBackend):
         self.tap.close()
 
     def save_state(self) -> Dict:
-        return {"tap": self.tap.name, "mac": format_mac(self.mac)}
+        return save_tap_state(self.tap.name, self.mac)
 
     def load_state(self, state: Dict) -> None:
-        VirtioNet.load_state(self, state)  # type: ignore[arg-type]  # merge of net: typing to be tightened
+        check_tap_state(state, self.tap.name, self.mac)

@@ -16,6 +16,7 @@ returns EINTR wherever it is.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -31,7 +32,7 @@ from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_blk import VirtioBlk
 from ..devices.virtio_console import VirtioConsole
 from ..devices.virtio_rng import VirtioRng
-from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioMmio
+from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioBackend, VirtioMmio
 from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
 from ..memory import GuestMemory
 from .. import guest_features
@@ -47,10 +48,13 @@ from .vcpu_loop import run_vcpu
 from . import virtio_notify
 
 if TYPE_CHECKING:
+    from ..devices.virtio_fs import VirtioFs
+    from ..net.link_watch import LinkWatch
     from ..vcpu import Vcpu
     from ..vm import Vm
 
 T = TypeVar("T")
+B = TypeVar("B", bound=VirtioBackend)
 
 
 def built(part: Optional[T], what: str) -> T:
@@ -127,6 +131,8 @@ class Machine:
         self.eventfds = False
         self.notifiers: List[virtio_notify.Notifiers] = []
         self.owned: List = []  # backends holding host resources (closed by close())
+        # The taps' interfaces: one deleted on the host mid-run stops the guest.
+        self.links: Optional[LinkWatch] = None
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -211,12 +217,13 @@ class Machine:
 
             if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
                 c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
+            net: VirtioBackend
             if n.vhost:
                 net = VirtioNet.open(n.tap, n.mac)
             else:
-                net = VirtioNetPython.open(n.tap, n.mac)  # type: ignore[assignment]  # merge of net: typing to be tightened
-                net.io = self.io  # type: ignore[attr-defined]  # merge of net: typing to be tightened
+                net = VirtioNetPython.open(n.tap, n.mac, self.io)
             self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
+            self._watch_link(n.tap)
             slot += 1
         if c.vsock is not None:
             from ..devices.virtio_vsock import VirtioVsock
@@ -228,13 +235,13 @@ class Machine:
 
             fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
             self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
-            self.io.watch_hangup(fs.plane.fd, lambda fs=fs: self._daemon_gone(fs))  # type: ignore[misc]  # merge of net: typing to be tightened
+            self.io.watch_hangup(fs.plane.fd, functools.partial(self._daemon_gone, fs))
             slot += 1
         if c.rng:
             self._add_virtio(slot, VirtioRng(), "virtio-rng")
             slot += 1
 
-    def _own(self, backend):
+    def _own(self, backend: B) -> B:
         """A backend with host resources (fds, taps, daemons), closed with the machine."""
         self.owned.append(backend)
         return backend
@@ -249,7 +256,7 @@ class Machine:
         built(self.vm, "VM").register_coalesced_mmio(layout.UART_BASE + PL011_DR, 4)
         self.coalesced = CoalescedRing(self.vcpus[0].fd, page, self.bus, self.uart_out)
 
-    def _add_virtio(self, slot: int, backend, name: str) -> None:
+    def _add_virtio(self, slot: int, backend: VirtioBackend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
         if not self.eventfds:
             if backend.kernel_queues:
@@ -260,16 +267,31 @@ class Machine:
             n = virtio_notify.Notifiers(backend.num_queues)
             self.notifiers.append(n)
             t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend)
-            n.register(self.vm, base, spi)
+            n.register(built(self.vm, "VM"), base, spi)
             if backend.kernel_queues:
-                backend.attach_eventfds(n.kicks, n.call)
-                n.serve_resample(self.io, t)  # type: ignore[arg-type]  # merge of net: typing to be tightened
-            else:
-                n.serve(self.io, t)  # type: ignore[arg-type]  # merge of net: typing to be tightened
+                backend.attach_eventfds(n.kicks, n.plane_call)
+            n.serve(built(self.io, "I/O thread"), t,
+                    [i for i in range(backend.num_queues) if i not in backend.served_queues])
         self.bus.register(base, VIRTIO_SIZE, t, name)
         self.virtio.append(t)
 
-    def _daemon_gone(self, fs) -> None:
+    def _watch_link(self, tap: str) -> None:
+        """Stop the guest when the interface of ``tap`` is deleted on the host."""
+        if self.links is None:
+            from ..net.link_watch import LinkWatch  # loaded only for a machine with a tap
+
+            self.links = LinkWatch()
+            built(self.io, "I/O thread").watch(self.links.fd, self._links_changed)
+        if not self.links.add(tap):
+            raise PyvmmError(f"virtio-net tap={tap}: the tap interface was deleted on the host while pyvmm set it up")
+
+    def _links_changed(self) -> None:
+        gone = built(self.links, "link watch").gone()
+        if gone:
+            self.finish(ExitStatus.ERROR, f"virtio-net tap={gone[0]}: the tap interface was deleted on the host; "
+                                          "the guest was stopped")
+
+    def _daemon_gone(self, fs: VirtioFs) -> None:
         why = ""
         if fs.daemon is not None:
             time.sleep(0.1)  # let it finish dying, for its status and last words
@@ -456,6 +478,8 @@ class Machine:
             self.coalesced.close()
         if self.io is not None:
             self.io.close()
+        if self.links is not None:
+            self.links.close()
         for b in self.owned:
             b.close()
         for n in self.notifiers:

@@ -21,10 +21,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional, Set
 
 from .. import hostinfo
 from ..boot import layout
+from ..devices.vhost_backend import VhostBackend
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import ExitStatus, Machine, MachineConfig, check_disks, devspec
 from ..machine.machine import built
@@ -60,7 +61,7 @@ def config_from_json(d: Dict, kvm_path: str = "/dev/kvm") -> MachineConfig:
 
 
 @contextlib.contextmanager
-def _planes_stopped(m: Machine):
+def _planes_stopped(m: Machine) -> Iterator[None]:
     """Devices whose queues a vhost plane serves are stopped while the
     machine is saved (their rings' next available indices read back into
     the transports' queues; guest RAM no longer changes under the save) and
@@ -68,13 +69,14 @@ def _planes_stopped(m: Machine):
     stopped = []
     try:
         for t in m.virtio:
-            if t.backend.kernel_queues and t.backend.running:  # type: ignore[attr-defined]  # merge of net: typing to be tightened
-                t.backend.pause(t)  # type: ignore[attr-defined]  # merge of net: typing to be tightened
-                stopped.append(t)
+            b = t.backend
+            if isinstance(b, VhostBackend) and b.running:
+                b.pause(t)
+                stopped.append((b, t))
         yield
     finally:
-        for t in stopped:
-            t.backend.unpause(t)  # type: ignore[attr-defined]  # merge of net: typing to be tightened
+        for b, t in stopped:
+            b.unpause(t)
 
 
 def check_snapshottable(m: Machine) -> None:
@@ -100,7 +102,6 @@ def quiet(m: Machine):
     thread held off (io_lock), the vhost planes stopped."""
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
-    check_snapshottable(m)
     with m.io_lock, _planes_stopped(m):
         yield
 
@@ -223,7 +224,7 @@ def check_features(kvm, vcpus) -> None:
     this host's KVM cannot give (rather than a failed KVM_ARM_VCPU_INIT)."""
     from .._ffi import const
 
-    features = set()  # type: ignore[var-annotated]  # merge of net: typing to be tightened
+    features: Set[int] = set()
     for v in vcpus:
         if isinstance(v, dict) and isinstance(v.get("features"), list):
             features.update(f for f in v["features"] if type(f) is int)

@@ -16,7 +16,7 @@ nothing ``run`` refuses.
 from __future__ import annotations
 
 import mmap
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..boot import layout
 from ..devices.state import StateReader
@@ -131,7 +131,7 @@ def _region(snap, regions: List, what: str, size_check) -> Dict:
     return regions[0]
 
 
-def _machine(snap, machine) -> int:
+def _machine(snap, machine) -> Optional[int]:
     r = StateReader("snapshot machine", machine, ("cntfrq", "gic", "sme_bit", "config", "memory", "devices"))
     r.int("cntfrq", 1, 0xFFFFFFFF)
     sme_bit = r.int_or_none("sme_bit", 0, 255)
@@ -153,10 +153,10 @@ def _machine(snap, machine) -> int:
         v.int("base", 0, (1 << 48) - 1)
         v.int("device_id", 0, 0xFFFFFFFF)
         v.dict("state")
-    return sme_bit  # type: ignore[return-value]  # merge of net: typing to be tightened
+    return sme_bit
 
 
-def _baremetal(snap, machine) -> int:
+def _baremetal(snap, machine) -> Optional[int]:
     r = StateReader("snapshot machine", machine, ("cntfrq", "gic", "sme_bit", "features", "memory"))
     r.int("cntfrq", 1, 0xFFFFFFFF)
     if machine["gic"] is not None:
@@ -169,7 +169,7 @@ def _baremetal(snap, machine) -> int:
         if size > BAREMETAL_RAM_MAX:
             raise rr.fail(f"RAM of {size} bytes is more than the {BAREMETAL_RAM_MAX >> 30} GiB a bare-metal VM has")
     _region(snap, _bounded(r, "memory", 1, 1), "snapshot machine.memory", ram)
-    return sme_bit  # type: ignore[return-value]  # merge of net: typing to be tightened
+    return sme_bit
 
 
 def config_from_manifest(d):

@@ -33,7 +33,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from ..errors import UsageProblem
 
@@ -211,7 +211,7 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
 
     given = given or HostChoice()
     recorded_disks = list(config.disks)
-    changes = {}
+    changes: Dict[str, Any] = {}
     if given.disks is not None:
         if len(given.disks) != len(recorded_disks):
             raise UsageProblem(f"--disk given {len(given.disks)} times; the snapshot has {len(recorded_disks)} "
@@ -219,7 +219,7 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
                                "SNAP lists them)")
         changes["disks"] = list(given.disks)
     if given.boot_given:
-        changes.update(kernel=given.kernel, initrd=given.initrd, firmware=given.firmware)  # type: ignore[call-overload]  # merge of net: typing to be tightened
+        changes.update(kernel=given.kernel, initrd=given.initrd, firmware=given.firmware)
     need_disks = given.disks is None and bool(recorded_disks)
     need_boot = not given.boot_given and bool(config.kernel or config.firmware or config.initrd)
     if need_disks or need_boot:
@@ -234,5 +234,5 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
                                    "pyvmm opens no host file an unsealed snapshot names",
                                    "give each disk yourself: pyvmm restore SNAP --disk PATH[,ro] "
                                    "(once per disk, in order)")
-            changes.update(kernel=None, initrd=None, firmware=None)  # type: ignore[call-overload]  # merge of net: typing to be tightened
+            changes.update(kernel=None, initrd=None, firmware=None)
     return dataclasses.replace(config, **changes)

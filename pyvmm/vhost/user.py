@@ -65,7 +65,7 @@ class VhostUser:
     """One connection to a vhost-user back-end. ``what`` names it in errors."""
 
     def __init__(self, sock: socket.socket, what: str):
-        self.sock = sock
+        self.sock: Optional[socket.socket] = sock
         self.what = what
         self.protocol_features = 0
         self.features = 0  # the back-end's virtio features (GET_FEATURES)
@@ -91,21 +91,28 @@ class VhostUser:
         return self.sock.fileno() if self.sock is not None else -1
 
     # -- framing ---------------------------------------------------------------
+    def _open(self) -> socket.socket:
+        if self.sock is None:
+            raise VhostUserError(f"{self.what}: the connection to the back-end is closed")
+        return self.sock
+
     def _send(self, data: bytes, fds: Iterable[int] = ()) -> None:
         fds = list(fds)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+        sock = self._open()
         try:
-            sent = self.sock.sendmsg([data], anc)
+            sent = sock.sendmsg([data], anc)
             if sent < len(data):
-                self.sock.sendall(data[sent:])
+                sock.sendall(data[sent:])
         except OSError as e:
             raise VhostUserError(f"{self.what}: the back-end went away ({e.strerror})") from None
 
     def _recv_exact(self, n: int) -> bytes:
         buf = bytearray()
+        sock = self._open()
         while len(buf) < n:
             try:
-                chunk = self.sock.recv(n - len(buf))
+                chunk = sock.recv(n - len(buf))
             except OSError as e:
                 raise VhostUserError(f"{self.what}: the back-end went away ({e.strerror})") from None
             if not chunk:
@@ -204,4 +211,4 @@ class VhostUser:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
-            self.sock = None  # type: ignore[assignment]  # merge of net: typing to be tightened
+            self.sock = None

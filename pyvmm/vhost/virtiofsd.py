@@ -12,10 +12,10 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from typing import List, Optional
 
 from ..errors import HostUnsupported, PyvmmError
+from ..unix_socket import SocketNotUp, wait_for_socket
 
 SEARCH = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 START_TIMEOUT = 10.0
@@ -65,19 +65,21 @@ class Virtiofsd:
             self.stop()
             raise HostUnsupported(f"--fs tag={self.tag}: cannot start {binary}: {e.strerror}") from None
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.socket_path):
-            if self.proc.poll() is not None:
-                why = self.last_words()
-                self.stop()
-                raise PyvmmError(f"--fs tag={self.tag}: virtiofsd exited with status {self.proc.returncode}"
-                                 + (f": {why}" if why else ""))
-            if time.monotonic() > deadline:
-                self.stop()
-                raise PyvmmError(f"--fs tag={self.tag}: virtiofsd did not open its socket within "
-                                 f"{START_TIMEOUT:.0f} s")
-            time.sleep(0.01)
+        try:
+            wait_for_socket(self.socket_path, START_TIMEOUT, self._died)
+        except SocketNotUp as e:
+            self.stop()
+            raise PyvmmError(f"--fs tag={self.tag}: virtiofsd {e.died}" if e.died is not None else
+                             f"--fs tag={self.tag}: virtiofsd did not open its socket within "
+                             f"{START_TIMEOUT:.0f} s") from None
         return self
+
+    def _died(self) -> Optional[str]:
+        status = self.exited()
+        if status is None:
+            return None
+        why = self.last_words()
+        return f"exited with status {status}" + (f": {why}" if why else "")
 
     def last_words(self) -> str:
         """The last line virtiofsd wrote to stderr."""

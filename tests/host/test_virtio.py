@@ -168,13 +168,25 @@ def test_notify_and_resample_paths_of_the_io_thread():
     assert d.dev.error is None
 
 
-def test_kernel_queues_report_used_buffers_once_running():
+def test_kernel_queues_raise_the_line_when_their_plane_used_buffers():
+    """A vhost plane's call signal (read by the I/O thread) sets the
+    used-buffer bit and raises the line; it stays up through the guest's
+    EOI (resample) until the driver acks it; nothing before DRIVER_OK."""
     class Vhostish(VirtioRng):
         kernel_queues = True
     d = Driver(Vhostish())
-    assert d.r(T.R_INTERRUPT_STATUS) == 0
+    d.dev.plane_used()
+    assert d.r(T.R_INTERRUPT_STATUS) == 0 and d.levels == []
     assert d.init()
-    assert d.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER
+    assert d.r(T.R_INTERRUPT_STATUS) == 0
+    d.dev.plane_used()
+    d.dev.plane_used()  # a second signal before the ack: the line is already up
+    assert d.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER and d.levels == [True]
+    d.dev.resample()  # EOI without an ack: raised again
+    assert d.levels == [True, True]
+    d.ack()
+    d.dev.resample()
+    assert d.levels == [True, True, False]
 
 
 # ---- property-based: a driver writing anything to any register --------------------

@@ -152,6 +152,23 @@ def test_tcp_both_ways_over_a_tap_pyvmm_creates(vhost):
     assert not os.path.exists("/sys/class/net/pvt0")  # the tap pyvmm made is gone
 
 
+@pytest.mark.parametrize("vhost", ["on", "off"])
+def test_tap_deleted_mid_run_stops_the_guest_with_one_line(vhost):
+    """`ip link del` of the tap under a running guest: pyvmm stops it with one
+    line and exit status 1; the interface and pyvmm are gone."""
+    kernel, initrd = guest_files()
+    vm = Running(["run", "-k", kernel, "-i", initrd, "-m", "256M", "-p",
+                  "quiet " + script("ip link set eth0 up; echo net-is-up; sleep 600\n"),
+                  "--net", f"tap=pvd0,vhost={vhost}"])
+    vm.wait_for(b"net-is-up", timeout=300)
+    _ip("link", "del", "pvd0")
+    err = vm.finish(120).decode(errors="replace")
+    assert vm.p.returncode == 1, err
+    assert err.strip().splitlines() == ["pyvmm: virtio-net tap=pvd0: the tap interface was deleted on the host; "
+                                        "the guest was stopped"], err
+    assert not os.path.exists("/sys/class/net/pvd0")
+
+
 def test_net_refusals():
     r = boot("--net", "tap=lo")
     assert r.returncode == 2 and b"lo exists and is not a tap interface" in r.stderr, r.stderr
@@ -347,6 +364,59 @@ def test_net_and_vsock_guest_continues_after_snapshot_kill_restore(tmp_path):
     assert "pyvmm-guest: init" not in text  # it continued, it did not boot again
     assert guest_value(text, "vsock") == "0-vsock-after-restore"
     assert echoed == [b"vsock-after-restore\n"]
+
+
+def test_vsock_connection_is_reset_by_a_restore_and_the_guest_connects_again(tmp_path):
+    """A guest holds a vsock connection (its vsock_cat waits for the host's
+    answer) when it is snapshotted and its pyvmm stopped. After the restore
+    that connection no longer exists on the host: the device posts
+    VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, so the guest's read fails at once
+    (without the event it would wait for ever) and a new connection works."""
+    lsock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    lsock.bind((socket.VMADDR_CID_ANY, VSOCK_PORT))
+    lsock.listen(2)
+    held, got = threading.Event(), []
+
+    def read_all(c):
+        data = bytearray()
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                return bytes(data)
+            data += chunk
+
+    def serve():
+        first, _ = lsock.accept()  # kept open, never answered
+        got.append(read_all(first))
+        held.set()
+        second, _ = lsock.accept()
+        data = read_all(second)
+        got.append(data)
+        second.sendall(data)
+        second.close()
+        first.close()
+    threading.Thread(target=serve, daemon=True).start()
+    guest = ('echo held >/tmp/v; /vsock_cat </tmp/v >/tmp/w & pid=$!\n'
+             'wait $pid; echo "first=$?"\n'
+             'echo again >/tmp/v2; /vsock_cat </tmp/v2 >/tmp/w2; echo "second=$?-$(cat /tmp/w2)"\n')
+    kernel = guest_files()[0]
+    sock, snap = tmp_path / "run.sock", tmp_path / "vm.snap"
+    vm = Running(["run", "-k", kernel, "-i", _vsock_initrd(tmp_path), "-m", "256M", "-p", "quiet " + script(guest),
+                  "--vsock", "cid=46", "--control", sock])
+    try:
+        assert held.wait(400), bytes(vm.out[-2000:])
+        r = pyvmm("snapshot", sock, snap, "--stop", timeout=300)
+        assert r.returncode == 0, r.stderr
+        vm.finish(120)
+        back = Running(["restore", snap])
+        err = back.finish(300)
+    finally:
+        lsock.close()
+    text = back.out.decode(errors="replace")
+    assert back.p.returncode == 0, (err, text[-2000:])
+    assert guest_value(text, "first") == "1"  # vsock_cat's read failed (ECONNRESET)
+    assert guest_value(text, "second") == "0-again"
+    assert got == [b"held\n", b"again\n"]
 
 
 def test_snapshot_of_a_machine_with_virtio_fs_is_refused_with_one_line(tmp_path):
