@@ -19,6 +19,7 @@ from .commands import caps as caps_cmd
 from .commands import plan as plan_cmd
 from .commands import diff as diff_cmd
 from .commands import inspect as inspect_cmd
+from .commands import migrate as migrate_cmd
 from .commands import control as control_cmd
 from .commands import restore as restore_cmd
 from .commands import run as run_cmd
@@ -77,6 +78,7 @@ cli.add_command(diff_cmd.diff)
 cli.add_command(run_cmd.run)
 cli.add_command(snapshot_cmd.snapshot)
 cli.add_command(restore_cmd.restore)
+cli.add_command(migrate_cmd.migrate)
 cli.add_command(control_cmd.pause)
 cli.add_command(control_cmd.resume)
 cli.add_command(control_cmd.status)

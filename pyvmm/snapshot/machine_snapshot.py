@@ -30,7 +30,7 @@ from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
 from . import schema, trust, vcpu_state
-from .manifest import check_cntfrq, header, pack_ram, unpack_ram, vcpu_states
+from .manifest import check_cntfrq, empty_ram, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
 GIC_MODEL = "gicv3"
@@ -84,8 +84,10 @@ def check_snapshottable(m: Machine) -> None:
             raise UsageProblem(f"cannot snapshot this machine: {why}")
 
 
-def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
-    """The snapshot of a paused machine."""
+def take(m: Machine, progress: Progress = None, memory: bool = True) -> fmt.Snapshot:
+    """The snapshot of a paused machine. Without ``memory``, each RAM
+    region is stored as all zero (the machine's state alone: live
+    migration sends the memory itself, pyvmm/migration/)."""
     if not m.paused:
         raise UsageProblem("the machine must be paused before it is saved")
     check_snapshottable(m)
@@ -95,7 +97,7 @@ def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
         devices = {"uart": built(m.uart, "UART").save_state(),
                    "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                               for t in m.virtio]}
-        blobs, regions = pack_ram(m.mem, progress)
+        blobs, regions = pack_ram(m.mem, progress) if memory else empty_ram(m.mem)
         blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
@@ -220,6 +222,53 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     """Build ``m`` (a new :class:`Machine` for the snapshot's configuration)
     in the snapshot's state, ready to run. ``clock``: see
     :func:`pyvmm.snapshot.vcpu_state.restore`."""
+    region = build_from(m, snap, clock)
+    unpack_ram(snap, region, m.mem, progress)
+    finish_restore(m)
+
+
+def finish_restore(m: Machine) -> None:
+    """The last step of a restore, once guest memory is in place."""
+    # A queue notify is an eventfd signal served by the I/O thread: one the
+    # guest made just before the snapshot may not have been served yet. A
+    # vhost plane is set up again from the restored queues (it reads the
+    # used indices from guest RAM, so after the memory).
+    for t in m.virtio:
+        t.after_restore()
+
+
+def load_state(m: Machine, snap: fmt.Snapshot, clock: str = "hide") -> None:
+    """Write the vGIC, vCPU and device state of ``snap`` (checked by
+    :func:`check`, of the same configuration) into ``m``, built before by
+    :func:`build_from` and not run since (live migration: the state
+    checked at the start is replaced by the final one)."""
+    machine = snap.manifest["machine"]
+    states = sorted(vcpu_states(snap), key=lambda s: s.index)
+    if [s.index for s in states] != [i for i in range(len(m.vcpus))]:
+        raise fmt.SnapshotError(f"the state has {len(states)} vCPUs, the machine {len(m.vcpus)}")
+    built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
+    cntfrq = hostinfo.cntfrq(m.kvm)
+    for v, st in zip(m.vcpus, states):
+        vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
+    _load_devices(m, machine["devices"])
+
+
+def _load_devices(m: Machine, devices: Dict) -> None:
+    built(m.uart, "UART").load_state(devices["uart"])
+    saved_virtio = devices.get("virtio", [])
+    if len(saved_virtio) != len(m.virtio):
+        raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
+                                f"makes {len(m.virtio)}")
+    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
+        check_virtio_slot(i, saved, t.base, t.backend.device_id)
+        t.load_state(saved["state"])
+
+
+def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide") -> Dict:
+    """Everything of :func:`restore_into` but guest memory and the devices'
+    after-restore step: VM, vCPUs (ID registers and vector lengths
+    included, so what this host's KVM refuses is refused here), vGIC and
+    device state. Returns the snapshot's RAM region entry."""
     machine = snap.manifest["machine"]
     states = vcpu_states(snap)
     m.create_vm()
@@ -246,22 +295,8 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     cntfrq = hostinfo.cntfrq(m.kvm)  # this host's (check() refuses a snapshot taken at another)
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
-    devices = machine["devices"]
-    built(m.uart, "UART").load_state(devices["uart"])
-    saved_virtio = devices.get("virtio", [])
-    if len(saved_virtio) != len(m.virtio):
-        raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
-                                f"makes {len(m.virtio)}")
-    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
-        check_virtio_slot(i, saved, t.base, t.backend.device_id)
-        t.load_state(saved["state"])
-    unpack_ram(snap, region, m.mem, progress)
-    # A queue notify is an eventfd signal served by the I/O thread: one the
-    # guest made just before the snapshot may not have been served yet. A
-    # vhost plane is set up again from the restored queues (it reads the
-    # used indices from guest RAM, so after the memory).
-    for t in m.virtio:
-        t.after_restore()
+    _load_devices(m, machine["devices"])
+    return region
 
 
 def check_virtio_slot(i: int, saved: Dict, base: int, device_id: int) -> None:
