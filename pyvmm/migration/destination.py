@@ -88,13 +88,17 @@ class Incoming:
         return f
 
     def refuse(self, why: str) -> None:
-        """Tell the source (best effort) why this side stops."""
-        if self.conn is not None:
-            try:
-                self.conn.send(stream.frame(stream.REFUSE if self.first_pending else stream.ABORT,
-                                            stream.reason_payload(why)))
-            except PeerError:
-                pass
+        """Tell the source (best effort) why this side stops, then let it
+        finish what it was sending (so it reads the reason rather than a
+        broken connection) for up to two seconds."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(stream.frame(stream.REFUSE if self.first_pending else stream.ABORT,
+                                        stream.reason_payload(why)))
+        except PeerError:
+            return
+        self.conn.drain(2.0)
 
     def receive_check(self, kvm: Any, host: Any = None) -> MachineConfig:
         """The checked configuration of the incoming machine, its host

@@ -99,6 +99,22 @@ class Conn:
         self.received += n
         return bytes(buf)
 
+    def drain(self, seconds: float) -> None:
+        """Stop sending and discard what the peer still sends, until it
+        closes or ``seconds`` pass."""
+        deadline = time.monotonic() + seconds
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.sock.settimeout(left)
+                if not self.sock.recv(1 << 16):
+                    return
+        except OSError:
+            return
+
     def close(self) -> None:
         try:
             self.sock.close()
