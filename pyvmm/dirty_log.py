@@ -26,6 +26,7 @@ first page. The bitmap helpers are pure (tests/host/test_dirty_log.py).
 from __future__ import annotations
 
 import mmap
+import time
 from typing import Dict, Iterable, List, Mapping, Optional
 
 from ._ffi import const
@@ -95,6 +96,7 @@ class DirtyLog:
         self.manual = False  # KVM_CLEAR_DIRTY_LOG in use
         self.active = False
         self._bitmaps: Dict[int, bytearray] = {}
+        self.slowest_ms = 0.0  # the longest collect() so far
 
     def _slots(self):
         return [r for r in self.mem.regions if not r.readonly]
@@ -132,6 +134,7 @@ class DirtyLog:
         write-protected again before this returns."""
         if not self.active:
             raise RuntimeError("dirty logging is not started")
+        t0 = time.monotonic()
         found: Dict[int, List[int]] = {}
         for r in self._slots():
             npages = r.size // PAGE
@@ -142,7 +145,9 @@ class DirtyLog:
                 self.vm.clear_dirty_log(r.slot, 0, npages, bm)
             if pages:
                 found[r.slot] = pages
-        return merge(found, self.mem.take_written())
+        out = merge(found, self.mem.take_written())
+        self.slowest_ms = max(self.slowest_ms, (time.monotonic() - t0) * 1000)
+        return out
 
     def _unlog(self, r) -> None:
         self.vm.set_user_memory_region(r.slot, r.gpa, r.size, r.host_address(), 0)

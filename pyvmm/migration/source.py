@@ -59,6 +59,8 @@ class MigrationReport:
     pages: int
     downtime_ms: float
     total_ms: float
+    dirty_log: str  # "get+clear" (manual protection) or "get"
+    collect_ms: float  # the slowest dirty-log collection (GET, CLEAR, bitmap scan)
 
 
 def refusal(m: Machine) -> Optional[str]:
@@ -203,16 +205,18 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         if not was_paused:
             m.pause()
             paused_here = True
-        with m.io_lock:  # no device model writes guest memory meanwhile
+        # Under the I/O lock until the hand-over: no device model changes
+        # guest memory or device state between what is sent and GO.
+        with m.io_lock:
             final_state = fmt.encode(machine_snapshot.take(m, memory=False))
             last = log.collect()
-        for slot, pages in merge(dirty, last).items():
-            snd.send_pages(slot, pages)
-        rounds += 1
-        snd.send_frame(stream.STATE, final_state)
-        _expect(conn, page, (stream.READY,), BUILD_TIMEOUT)
-        snd.send_frame(stream.GO)
-        handed_over = True
+            for slot, pages in merge(dirty, last).items():
+                snd.send_pages(slot, pages)
+            rounds += 1
+            snd.send_frame(stream.STATE, final_state)
+            _expect(conn, page, (stream.READY,), BUILD_TIMEOUT)
+            snd.send_frame(stream.GO)
+            handed_over = True
         try:
             _expect(conn, page, (stream.RUNNING,), io_timeout)
         except (PeerError, stream.StreamError, MigrationError) as e:
@@ -222,7 +226,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         t_end = time.monotonic()
         # The caller ends this VMM (ExitStatus.POWEROFF) once it has told its client.
         return MigrationReport(str(dest), rounds, conn.sent, snd.pages_sent,
-                               round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1))
+                               round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
+                               "get+clear" if log.manual else "get", round(log.slowest_ms, 2))
     except BaseException as e:
         if not handed_over:
             if isinstance(e, (PeerError, stream.StreamError, MigrationError, PyvmmError)):

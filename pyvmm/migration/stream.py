@@ -129,11 +129,11 @@ def parse_header(data: bytes, page_size: int, expect: Optional[Tuple[int, ...]] 
     if expect is not None and ftype not in expect and ftype != ABORT:
         wanted = " or ".join(TYPES[t] for t in expect)
         raise StreamError(f"expected a {wanted} frame, got {TYPES[ftype]}")
+    if ftype in _EMPTY and length:
+        raise StreamError(f"{TYPES[ftype]} frame carries {length} bytes, it has none")
     cap = max_payload(ftype, page_size)
     if length > cap:
         raise StreamError(f"{TYPES[ftype]} frame of {length} bytes exceeds its limit of {cap}")
-    if ftype in _EMPTY and length:
-        raise StreamError(f"{TYPES[ftype]} frame carries {length} bytes, it has none")
     return ftype, length
 
 

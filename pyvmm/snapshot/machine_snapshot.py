@@ -249,7 +249,7 @@ def load_state(m: Machine, snap: fmt.Snapshot, clock: str = "hide") -> None:
     built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
     cntfrq = hostinfo.cntfrq(m.kvm)
     for v, st in zip(m.vcpus, states):
-        vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
+        vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit, finalized=True)
     _load_devices(m, machine["devices"])
 
 

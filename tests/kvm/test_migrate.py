@@ -80,6 +80,20 @@ def wait_stderr_line(vm: Running, text: bytes, timeout=120):
     return seen
 
 
+def ring_offer():
+    """What this host's KVM says of the dirty ring (docs/migration.md records it)."""
+    from pyvmm._ffi import const
+    from pyvmm.kvm import open_kvm
+
+    with open_kvm() as kvm:
+        vm = kvm.create_vm()
+        try:
+            return {cap: vm.check_extension(const(cap)) for cap in
+                    ("KVM_CAP_DIRTY_LOG_RING", "KVM_CAP_DIRTY_LOG_RING_ACQ_REL", "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2")}
+        finally:
+            vm.close()
+
+
 def boot(tmp_path, name="src"):
     kernel, initrd = guest_files()
     sock = tmp_path / f"{name}.sock"
@@ -135,7 +149,7 @@ def test_failed_migrations_leave_the_guest_running_then_it_moves_over_unix(tmp_p
     assert r.returncode == 0, (r.stdout, r.stderr)
     report = json.loads(r.stdout)
     assert report["rounds"] >= 2 and report["bytes"] > 1 << 20 and report["downtime_ms"] > 0, report
-    print(f"unix migration: {report} ({took:.1f} s with the CLI)")
+    print(f"unix migration: {report} ({took:.1f} s with the CLI); dirty ring offered: {ring_offer()}")
     src.wait_exit(120)
     assert src.p.returncode == 0
     assert not sock.exists()
