@@ -131,6 +131,8 @@ class Incoming:
         self.first_pending = False
         try:
             self._receive(m)
+        except PeerError as e:
+            raise PeerError(f"the migration was not completed, the guest is not run here: {e.message}") from None
         except PyvmmError as e:
             self.refuse(str(e))
             raise
