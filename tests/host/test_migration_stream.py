@@ -225,3 +225,62 @@ def test_a_silent_peer_times_out(tmp_path):
         conn.recv_exact(4)
     conn.close()
     b.close()
+
+
+# -- the receiving side applies only well-formed pages --------------------------------
+
+def _incoming_with(tmp_path, data: bytes):
+    """An Incoming whose source sent ``data`` (after the preamble) and closed."""
+    from pyvmm.migration.destination import Incoming
+
+    inc = Incoming(f"unix:{tmp_path}/in.sock", io_timeout=5)
+    client = transport.connect(transport.parse(f"unix:{tmp_path}/in.sock"), 5)
+    client.send(stream.preamble(PAGE) + data)
+    client.sock.shutdown(socket.SHUT_WR)
+    inc.accept(5)
+    assert not (tmp_path / "in.sock").exists()
+    return inc, client
+
+
+class _Ram:
+    def __init__(self, pages):
+        import mmap as _mmap
+        self.regions = [type("R", (), {"slot": 0, "size": pages * PAGE, "readonly": False,
+                                       "mm": _mmap.mmap(-1, pages * PAGE)})()]
+
+
+def test_incoming_pages_land_in_guest_ram_and_a_bad_index_stops_everything_after(tmp_path):
+    good = stream.frame(stream.PAGES, stream.encode_pages(0, [2], [b"g" * PAGE], PAGE))
+    bad = stream.frame(stream.PAGES, _pages(0, [8]))  # the slot has 8 pages: 0..7
+    after = stream.frame(stream.PAGES, stream.encode_pages(0, [3], [b"h" * PAGE], PAGE))
+    inc, client = _incoming_with(tmp_path, good + bad + after)
+    inc.first = fmt.Snapshot({})
+    m = type("M", (), {"mem": _Ram(8)})()
+    with pytest.raises(stream.StreamError, match="page 8 of slot 0, which has 8 pages"):
+        inc._receive(m)
+    ram = m.mem.regions[0].mm
+    assert ram[2 * PAGE:3 * PAGE] == b"g" * PAGE and ram[3 * PAGE:4 * PAGE] == bytes(PAGE)
+    assert inc.pages_received == 1
+    inc.close()
+    client.close()
+
+
+def test_incoming_source_that_hangs_up_mid_stream_is_named(tmp_path):
+    inc, client = _incoming_with(tmp_path, stream.frame(stream.PAGES, stream.encode_pages(0, [1], [b"x" * PAGE], PAGE)))
+    inc.first = fmt.Snapshot({})
+    with pytest.raises(transport.PeerError, match="closed the connection"):
+        inc._receive(type("M", (), {"mem": _Ram(4)})())
+    inc.close()
+    client.close()
+
+
+def test_incoming_with_another_protocol_is_refused(tmp_path):
+    from pyvmm.migration.destination import Incoming
+
+    inc = Incoming(f"unix:{tmp_path}/in.sock", io_timeout=5)
+    client = transport.connect(transport.parse(f"unix:{tmp_path}/in.sock"), 5)
+    client.send(b"GET / HTTP/1.1\r\n")
+    with pytest.raises(stream.StreamError, match="bad magic"):
+        inc.accept(5)
+    inc.close()
+    client.close()
