@@ -130,6 +130,6 @@ def _incoming(address, given, on_reboot, kvm_path, debug, control, console_out) 
         def start(**console):
             return incoming(inc, on_reboot=on_reboot, kvm_path=kvm_path, trace_mmio=debug, host=given, **console)
 
-        return run_on_console(start, debug, control=control, console_out=console_out)
+        return run_on_console(start, debug, control=control, console_out=console_out, cancel=inc.cancel)
     finally:
         inc.close()

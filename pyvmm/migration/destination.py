@@ -17,6 +17,7 @@ or goes silent) raises with the reason; the caller discards the machine.
 """
 from __future__ import annotations
 
+import socket
 from typing import Any, Callable, Optional
 
 from ..errors import PyvmmError
@@ -63,6 +64,7 @@ class Incoming:
         self.pages_received = 0
         self.progress: Optional[Callable[[int], None]] = None
         self.first_pending = True  # no ACCEPT sent yet: a refusal is REFUSE, later an ABORT
+        self.cancelled = False
 
     def __str__(self) -> str:
         return str(self.dest)
@@ -132,6 +134,8 @@ class Incoming:
         try:
             self._receive(m)
         except PeerError as e:
+            if self.cancelled:
+                raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None
             raise PeerError(f"the migration was not completed, the guest is not run here: {e.message}") from None
         except PyvmmError as e:
             self.refuse(str(e))
@@ -166,12 +170,29 @@ class Incoming:
         """READY, wait for GO, ``resume()`` the vCPUs, RUNNING."""
         assert self.conn is not None
         self.conn.send(stream.frame(stream.READY))
-        self._frame((stream.GO,))
+        try:
+            self._frame((stream.GO,))
+        except PeerError:
+            if self.cancelled:
+                raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None
+            raise
         resume()
         try:
             self.conn.send(stream.frame(stream.RUNNING))
         except PeerError:
             pass  # the guest runs here now; the source learns it or stops on its own
+
+    def cancel(self) -> None:
+        """Abandon the migration from another thread or a signal handler:
+        the connection is shut down, so whatever waits on it fails at once
+        and the source resumes its guest (nothing runs here)."""
+        self.cancelled = True
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         if self.listener is not None:
