@@ -61,6 +61,11 @@ class MigrationReport:
     total_ms: float
     dirty_log: str  # "get+clear" (manual protection) or "get"
     collect_ms: float  # the slowest dirty-log collection (GET, CLEAR, bitmap scan)
+    downtime_parts: Dict[str, float]  # where the downtime went, ms (last_pages: a count)
+
+
+def ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000, 1)
 
 
 def refusal(m: Machine) -> Optional[str]:
@@ -208,13 +213,17 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # Under the I/O lock until the hand-over: no device model changes
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
+            t_paused = time.monotonic()
             final_state = fmt.encode(machine_snapshot.take(m, memory=False))
-            last = log.collect()
-            for slot, pages in merge(dirty, last).items():
+            t_state = time.monotonic()
+            last = merge(dirty, log.collect())
+            for slot, pages in last.items():
                 snd.send_pages(slot, pages)
             rounds += 1
             snd.send_frame(stream.STATE, final_state)
+            t_sent = time.monotonic()
             _expect(conn, page, (stream.READY,), BUILD_TIMEOUT)
+            t_ready = time.monotonic()
             snd.send_frame(stream.GO)
             handed_over = True
         try:
@@ -227,7 +236,10 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # The caller ends this VMM (ExitStatus.POWEROFF) once it has told its client.
         return MigrationReport(str(dest), rounds, conn.sent, snd.pages_sent,
                                round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
-                               "get+clear" if log.manual else "get", round(log.slowest_ms, 2))
+                               "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
+                               {"pause": ms(t_pause, t_paused), "state": ms(t_paused, t_state),
+                                "last_pages": sum(len(p) for p in last.values()), "send": ms(t_state, t_sent),
+                                "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)})
     except BaseException as e:
         if not handed_over:
             if isinstance(e, (PeerError, stream.StreamError, MigrationError, PyvmmError)):

@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -170,7 +171,7 @@ def test_failed_migrations_leave_the_guest_running_then_it_moves_over_unix(tmp_p
     assert b"pyvmm-guest: init" not in dst.out  # it continued, it did not boot
 
 
-def test_moves_over_tcp_then_a_source_killed_mid_migration_leaves_the_destination_clean(tmp_path):
+def test_moves_over_tcp_then_a_source_killed_mid_migration_leaves_the_destination_clean(tmp_path, monkeypatch):
     src, sock = boot(tmp_path)
     port = free_port()
     sock2 = tmp_path / "dst.sock"
@@ -189,16 +190,26 @@ def test_moves_over_tcp_then_a_source_killed_mid_migration_leaves_the_destinatio
 
     # The destination is now the source of a move whose source is killed half-way.
     inc = tmp_path / "in.sock"
+    monkeypatch.setenv("PYTHONFAULTHANDLER", "1")  # SIGABRT dumps every thread's stack
     last = Running(["restore", "--incoming", f"unix:{inc}"])
     wait_path(inc)
     mig = Running(["migrate", sock2, f"unix:{inc}", "--bandwidth", "1"])
-    time.sleep(8)
+    deadline = time.monotonic() + 120
+    while inc.exists():  # the listener's file goes when the source has connected
+        assert time.monotonic() < deadline and mig.p.poll() is None, "the source did not connect"
+        time.sleep(0.1)
+    time.sleep(5)  # the destination builds the machine and takes pages at 1 MiB/s
     assert mig.p.poll() is None and last.p.poll() is None
     whole = counts(bytes(src.out).decode(errors="replace") + bytes(dst.out).decode(errors="replace"))
     assert whole == list(range(1, len(whole) + 1)) and len(whole) >= n, whole
     dst.p.send_signal(signal.SIGKILL)
     dst.p.wait(60)
-    err = last.wait_exit(120).decode()
+    try:
+        err = last.wait_exit(120).decode()
+    except subprocess.TimeoutExpired:
+        last.p.send_signal(signal.SIGABRT)
+        last.p.wait(30)
+        raise AssertionError(f"the destination did not exit: {last.p.stderr.read().decode(errors='replace')}")
     assert last.p.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("pyvmm: error:"), err
     assert not inc.exists()
