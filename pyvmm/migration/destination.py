@@ -5,11 +5,13 @@ listening), reads its preamble and its STATE_CHECK (a snapshot without
 memory), and refuses, with restore's own reasons, what this host cannot run
 (:func:`pyvmm.snapshot.machine_snapshot.check`: vector lengths, SME, GIC,
 CNTFRQ, PMU/pointer authentication, disks). :meth:`Incoming.build` is the
-session's first build: the machine is built from that state (vCPU ID
-registers and vector lengths go through KVM here, so a CPU this host
-cannot present is refused too) before ACCEPT is sent; then pages are
-written into guest RAM as they come, and the final STATE replaces the
-vCPU, vGIC and device state. :meth:`Incoming.handover` answers READY, waits
+session's first build: a scratch machine is built from that state (vCPU ID
+registers and vector lengths go through KVM, so a CPU this host cannot
+present is refused too) and thrown away, the real VM and its RAM are
+created, and ACCEPT is sent; then pages are written into guest RAM as they
+come, and the final STATE builds the vCPUs, vGIC and devices in one pass,
+as a snapshot restore does (writing a vCPU's timers and the vGIC twice
+left a timer interrupt line dead in the test machine). :meth:`Incoming.handover` answers READY, waits
 for GO, lets the vCPUs run and answers RUNNING.
 
 Whatever fails before GO (a refusal, a malformed frame, a source that dies
@@ -120,8 +122,18 @@ class Incoming:
         """The session's first build (see the module docstring)."""
         assert self.first is not None and self.conn is not None
         try:
+            # The whole machine is built once from the state to check, in a
+            # scratch VM (its RAM is mapped, never touched): KVM refuses here
+            # what it would refuse at the end. The real machine gets its VM and
+            # RAM now and its vCPUs, vGIC and devices from the final state in
+            # one pass, exactly as a snapshot restore builds them.
+            scratch = Machine(m.kvm, m.config, None, lambda data: None)
+            try:
+                machine_snapshot.build_from(scratch, self.first, "hide")
+            finally:
+                scratch.close()
             m.hide_pauses = True
-            machine_snapshot.build_from(m, self.first, "hide")
+            m.create_vm()
             for r in m.mem.regions:
                 if r.size % self.page:
                     raise MigrationRefused(f"guest RAM of {r.size} bytes is not a whole number of "
@@ -162,7 +174,7 @@ class Incoming:
             why = same_machine(self.first, final)
             if why:
                 raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
-            machine_snapshot.load_state(m, final, "hide")
+            machine_snapshot.build_from(m, final, "hide", vm_created=True)
             machine_snapshot.finish_restore(m)
             return
 

@@ -237,22 +237,6 @@ def finish_restore(m: Machine) -> None:
         t.after_restore()
 
 
-def load_state(m: Machine, snap: fmt.Snapshot, clock: str = "hide") -> None:
-    """Write the vGIC, vCPU and device state of ``snap`` (checked by
-    :func:`check`, of the same configuration) into ``m``, built before by
-    :func:`build_from` and not run since (live migration: the state
-    checked at the start is replaced by the final one)."""
-    machine = snap.manifest["machine"]
-    states = sorted(vcpu_states(snap), key=lambda s: s.index)
-    if [s.index for s in states] != [i for i in range(len(m.vcpus))]:
-        raise fmt.SnapshotError(f"the state has {len(states)} vCPUs, the machine {len(m.vcpus)}")
-    built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
-    cntfrq = hostinfo.cntfrq(m.kvm)
-    for v, st in zip(m.vcpus, states):
-        vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit, finalized=True)
-    _load_devices(m, machine["devices"])
-
-
 def _load_devices(m: Machine, devices: Dict) -> None:
     built(m.uart, "UART").load_state(devices["uart"])
     saved_virtio = devices.get("virtio", [])
@@ -264,14 +248,16 @@ def _load_devices(m: Machine, devices: Dict) -> None:
         t.load_state(saved["state"])
 
 
-def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide") -> Dict:
+def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: bool = False) -> Dict:
     """Everything of :func:`restore_into` but guest memory and the devices'
-    after-restore step: VM, vCPUs (ID registers and vector lengths
-    included, so what this host's KVM refuses is refused here), vGIC and
-    device state. Returns the snapshot's RAM region entry."""
+    after-restore step: VM (unless ``vm_created``: live migration fills
+    guest RAM before the state comes), vCPUs (ID registers and vector
+    lengths included, so what this host's KVM refuses is refused here),
+    vGIC and device state. Returns the snapshot's RAM region entry."""
     machine = snap.manifest["machine"]
     states = vcpu_states(snap)
-    m.create_vm()
+    if not vm_created:
+        m.create_vm()
     region = machine["memory"][0]
     if m.mem.regions[0].gpa != int(region["gpa"]):
         raise fmt.SnapshotError(f"snapshot RAM at {int(region['gpa']):#x} is not where pyvmm puts it")

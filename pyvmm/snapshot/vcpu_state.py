@@ -188,11 +188,9 @@ def init(vcpu, state: VcpuState, target: Optional[int] = None) -> None:
 
 
 def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = None,
-          sme_bit: Optional[int] = None, finalized: bool = False) -> int:
+          sme_bit: Optional[int] = None) -> int:
     """Second half of :func:`restore`: every register in the ABI page §6
     order (ID registers, FINALIZE, SVCR first, ...), vCPU events, MP state.
-    ``finalized``: the vCPU was written before (and never run): FINALIZE is
-    not repeated (KVM refuses a second one), the rest is written again.
     Returns the number of ONE_REG writes."""
     check_clock(clock)
     values = state.register_map()
@@ -201,8 +199,7 @@ def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = N
     writes = 0
     for reason, ids in restore_order(state, sme_bit):
         if reason == "finalize":
-            if not finalized:
-                vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
+            vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
             continue
         for reg_id in ids:
             value = values[reg_id]
