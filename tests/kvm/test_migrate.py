@@ -89,6 +89,19 @@ def wait_running(sock, timeout=120):
         time.sleep(0.2)
 
 
+def diagnose(tmp_path, sock, vm: Running) -> str:
+    """What a stuck guest's vCPUs are doing (a snapshot through its control socket)."""
+    snap = tmp_path / "stuck.snap"
+    r = pyvmm("snapshot", sock, snap, timeout=300)
+    if r.returncode != 0:
+        return f"snapshot failed: {r.stderr!r}; console: {bytes(vm.out[-1500:])!r}"
+    shown = pyvmm("inspect", snap, timeout=300).stdout.decode(errors="replace")
+    keep = re.compile(r"vcpu|PC|PSTATE|SP_EL|ELR_EL1|ESR_EL1|mp_state|events|CNTV_C|CNTP_C|ICC_|DAIF|TPIDR_EL1|"
+                      r"pending|active|LINE|gic", re.I)
+    lines = [ln for ln in shown.splitlines() if keep.search(ln)][:400]
+    return f"console: {bytes(vm.out[-1500:])!r}\n" + "\n".join(lines)
+
+
 def ring_offer():
     """What this host's KVM says of the dirty ring (docs/migration.md records it)."""
     from pyvmm._ffi import const
@@ -184,7 +197,10 @@ def test_moves_over_tcp_then_a_source_killed_mid_migration_leaves_the_destinatio
     src.wait_exit(120)
     assert src.p.returncode == 0
     wait_running(sock2)
-    assert_still_counting(dst)
+    try:
+        assert_still_counting(dst)
+    except AssertionError:
+        raise AssertionError(f"the migrated guest does not count on: {diagnose(tmp_path, sock2, dst)}") from None
     n = latest(dst)
     assert n < LAST - 3, "the guest counted too far"
 
