@@ -89,7 +89,7 @@ typecheck: venv
 # annotation it cannot read) are errors; deprecations in the tools are not ours.
 DOC_MODULES = pyvmm pyvmm.api pyvmm.errors pyvmm.kvm pyvmm.vm pyvmm.vcpu pyvmm.vecstate pyvmm.sme \
 	pyvmm.caps pyvmm.arm64 pyvmm.boot pyvmm.devices pyvmm.machine pyvmm.machine.session \
-	pyvmm.machine.kick pyvmm.snapshot pyvmm.control
+	pyvmm.machine.kick pyvmm.snapshot pyvmm.control pyvmm.migration pyvmm.dirty_log
 docs: venv
 	@rm -rf out/docs
 	$(VENV)/bin/python -W error -W ignore::DeprecationWarning -m pdoc -o out/docs $(DOC_MODULES)

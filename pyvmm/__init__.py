@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 __all__ = [
-    "start", "restore", "VirtualMachine",
+    "start", "restore", "incoming", "VirtualMachine",
     "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
     "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
     "__version__",
@@ -26,8 +26,8 @@ __all__ = [
 
 if TYPE_CHECKING:  # what type checkers and readers see; at run time __getattr__ loads them
     from .api import (DiskSpec, ExitStatus, GuestError, HostUnsupported, KvmError, MachineConfig, Outcome,
-                      PyvmmError, SaveReport, SavedVecState, SnapshotError, UsageProblem, VirtualMachine, restore,
-                      start)
+                      PyvmmError, SaveReport, SavedVecState, SnapshotError, UsageProblem, VirtualMachine, incoming,
+                      restore, start)
 
 
 def __getattr__(name: str) -> Any:

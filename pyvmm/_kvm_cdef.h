@@ -219,6 +219,9 @@ struct kvm_ioeventfd {
 #define KVM_CAP_SYSTEM_EVENT_DATA 215
 #define KVM_CAP_ARM_SYSTEM_SUSPEND 216
 #define KVM_CAP_COUNTER_OFFSET 227
+#define KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 168
+#define KVM_CAP_DIRTY_LOG_RING 192
+#define KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223
 #define KVM_CAP_ARM_EL2 240
 #define KVM_CAP_ARM_EL2_E2H0 241
 #define KVM_CAP_ARM_PMU_V3_STRICT 251
@@ -282,6 +285,29 @@ struct kvm_ioeventfd {
 /* memory regions */
 #define KVM_MEM_LOG_DIRTY_PAGES 1
 #define KVM_MEM_READONLY 2
+
+/* dirty page logging (Documentation/virt/kvm/api.rst 4.8, 4.117): one bit per
+ * page of the slot, in unsigned longs (little-endian on arm64) */
+#define KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE 1
+#define KVM_DIRTY_LOG_INITIALLY_SET 2
+struct kvm_dirty_log {
+    uint32_t slot;
+    uint32_t padding1;
+    union {
+        void *dirty_bitmap;
+        uint64_t padding2;
+    };
+};
+
+struct kvm_clear_dirty_log {
+    uint32_t slot;
+    uint32_t num_pages;
+    uint64_t first_page;
+    union {
+        void *dirty_bitmap;
+        uint64_t padding2;
+    };
+};
 
 /* coalesced MMIO (include/uapi/linux/kvm.h, virt/kvm/coalesced_mmio.c): writes
  * to a registered zone are queued in a ring page of the vCPU mapping (page

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest ne
     from .vecstate import SavedVecState, VecState
 
 __all__ = [
-    "start", "restore", "VirtualMachine",
+    "start", "restore", "incoming", "VirtualMachine",
     "MachineConfig", "DiskSpec", "ExitStatus", "Outcome", "SaveReport", "SavedVecState",
     "PyvmmError", "UsageProblem", "HostUnsupported", "GuestError", "KvmError", "SnapshotError",
 ]
@@ -200,6 +200,23 @@ class VirtualMachine:
 
         with self._lock:
             return machine_snapshot.save_live(self._current(), path, progress, stop)
+
+    def migrate(self, dest: str, max_downtime_ms: float = 300, bandwidth_mib: Optional[float] = None,
+                progress: Optional[Callable[[Dict], None]] = None) -> Any:
+        """Live-migrate the running guest to a :func:`incoming` (``pyvmm
+        restore --incoming``) listening on ``dest`` (``unix:PATH``,
+        ``tcp:HOST:PORT``), docs/migration.md. On success the guest runs
+        there and this machine has ended (:meth:`wait` returns); returns
+        the :class:`pyvmm.migration.source.MigrationReport`. On failure
+        raises :class:`pyvmm.migration.source.MigrationError` and the guest
+        runs on here."""
+        from .migration import source
+
+        with self._lock:
+            m = self._current()
+            report = source.migrate(m, dest, max_downtime_ms, bandwidth_mib, progress)
+            m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
+            return report
 
     # -- vCPU state (paused) -------------------------------------------------------
     def _vcpu(self, m: Machine, index: int) -> Any:
@@ -398,3 +415,55 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
         raise
     started.memory_load = how[0] if how else None
     return started
+
+
+def incoming(dest: Any, *, output: Optional[Output] = None, on_reboot: Optional[str] = None,
+             kvm_path: str = DEFAULT_PATH, console_input: Optional[int] = None, escape: bool = False,
+             on_ready: Optional[Callable[[Machine], None]] = None, trace_mmio: bool = False,
+             host: Any = None, accept_timeout: Optional[float] = None) -> VirtualMachine:
+    """Receive a live migration (``pyvmm migrate``, docs/migration.md) and
+    return the guest running here. ``dest``: an address (``unix:PATH``,
+    ``tcp:[HOST:]PORT``, HOST defaulting to 127.0.0.1) listened on for one
+    source, or a :class:`pyvmm.migration.destination.Incoming` already
+    listening (or connected). The source's machine is checked as
+    :func:`restore` checks a snapshot and refused, with the reason sent to
+    the source too, before the source pauses its guest; any failure before
+    the guest runs here raises, with nothing left behind (the source's
+    guest runs on there). The other arguments are :func:`restore`'s."""
+    from .kvm import open_kvm
+    from .migration.destination import Incoming
+
+    if on_reboot not in (None, "restart", "exit"):
+        raise UsageProblem(f"--on-reboot {on_reboot!r}: choose restart or exit")
+    inc = dest if isinstance(dest, Incoming) else Incoming(str(dest))
+    vm: Optional[VirtualMachine] = None
+    kvm = None
+    try:
+        if inc.conn is None:
+            inc.accept(accept_timeout)
+        kvm = open_kvm(kvm_path)
+        config = inc.receive_check(kvm, host)
+        config.trace_mmio = trace_mmio
+        if on_reboot:
+            config.on_reboot = on_reboot
+        out, kept = _console(output)
+        session = Session(config, out, console_input, escape, on_ready, first_build=inc.build, start_paused=True,
+                          kvm=kvm)
+        vm = VirtualMachine(session, kvm=kvm, console=kept)
+        kvm = None  # the VirtualMachine closes it
+        vm._start()
+        running = vm
+        try:
+            inc.handover(running.resume)
+        except BaseException:
+            running.close()
+            raise
+        return running
+    except BaseException as e:
+        if vm is None:
+            inc.refuse(str(e) if isinstance(e, PyvmmError) else "the destination failed")
+        if kvm is not None:
+            kvm.close()
+        raise
+    finally:
+        inc.close()

@@ -28,6 +28,7 @@ COMMANDS = {
     "run": ("run", "run"),
     "snapshot": ("snapshot", "snapshot"),
     "restore": ("restore", "restore"),
+    "migrate": ("migrate", "migrate"),
     "pause": ("control", "pause"),
     "resume": ("control", "resume"),
     "status": ("control", "status"),

@@ -55,6 +55,8 @@ _TABLE = [
     # VM fd
     _IO("KVM_CREATE_VCPU", 0x41),
     _IOW("KVM_SET_USER_MEMORY_REGION", 0x46, "struct kvm_userspace_memory_region"),
+    _IOW("KVM_GET_DIRTY_LOG", 0x42, "struct kvm_dirty_log"),
+    _IOWR("KVM_CLEAR_DIRTY_LOG", 0xC0, "struct kvm_clear_dirty_log"),  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
     _IOW("KVM_REGISTER_COALESCED_MMIO", 0x67, "struct kvm_coalesced_mmio_zone"),  # KVM_CAP_COALESCED_MMIO
     _IOW("KVM_IRQ_LINE", 0x61, "struct kvm_irq_level"),  # KVM_CAP_IRQCHIP
     _IOW("KVM_IRQFD", 0x76, "struct kvm_irqfd"),  # KVM_CAP_IRQFD

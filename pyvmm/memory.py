@@ -5,13 +5,20 @@ vhost-user daemon can map to reach the guest's buffers itself.
 Every access from device models goes through :meth:`GuestMemory.read` /
 :meth:`GuestMemory.write`, which check the whole range against guest RAM, so
 a guest-supplied address or length can never reach host memory outside it.
+
+While a migration or an incremental snapshot tracks dirty memory
+(:meth:`GuestMemory.track_writes`), :meth:`GuestMemory.write` also records
+the pages it wrote: KVM's dirty log only sees the guest's own stores, not
+the ones pyvmm's device models make into its buffers (pyvmm/dirty_log.py
+merges the two).
 """
 from __future__ import annotations
 
 import mmap
 import os
+import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional, Set
 
 from ._ffi import ffi, libc
 from .errors import GuestError, HostUnsupported, UsageProblem
@@ -31,6 +38,7 @@ class Region:
     size: int
     mm: mmap.mmap
     fd: int = -1  # the memfd of shared RAM, -1 for anonymous memory
+    readonly: bool = False
 
     @property
     def end(self) -> int:
@@ -43,6 +51,8 @@ class Region:
 class GuestMemory:
     def __init__(self):
         self.regions: List[Region] = []
+        self._written: Optional[Dict[int, Set[int]]] = None  # slot -> page indices, while tracking
+        self._written_lock = threading.Lock()
 
     def add(self, gpa: int, size: int, vm=None, readonly: bool = False, shared: bool = False) -> Region:
         if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
@@ -67,7 +77,7 @@ class GuestMemory:
                 raise HostUnsupported(f"cannot map {size >> 20} MiB of guest RAM: "
                                       f"{getattr(e, 'strerror', None) or e}",
                                       "give the guest less memory (-m)") from None
-        region = Region(len(self.regions), gpa, size, mm, fd)
+        region = Region(len(self.regions), gpa, size, mm, fd, readonly)
         if vm is not None:
             vm.set_user_memory_region(region.slot, gpa, size, region.host_address(),
                                       2 if readonly else 0)
@@ -137,6 +147,28 @@ class GuestMemory:
             raise GuestMemoryError(f"guest range {gpa:#x}+{len(data):#x} is outside guest RAM")
         off = gpa - r.gpa
         r.mm[off:off + len(data)] = data
+        if self._written is not None and data:
+            pages = range(off // mmap.PAGESIZE, (off + len(data) - 1) // mmap.PAGESIZE + 1)
+            with self._written_lock:
+                written = self._written
+                if written is not None:
+                    written.setdefault(r.slot, set()).update(pages)
+
+    # -- writes by pyvmm itself, for the dirty log ------------------------------
+    def track_writes(self, on: bool) -> None:
+        """Start (forgetting what was recorded) or stop recording the pages
+        :meth:`write` changes."""
+        with self._written_lock:
+            self._written = {} if on else None
+
+    def take_written(self) -> Dict[int, Set[int]]:
+        """The pages :meth:`write` changed since tracking started or the
+        last call (slot -> page indices in the slot), forgotten here."""
+        with self._written_lock:
+            if self._written is None:
+                return {}
+            taken, self._written = self._written, {}
+        return taken
 
     def close(self) -> None:
         for r in self.regions:

@@ -37,6 +37,24 @@ class Vm(KvmFd):
         r.guest_phys_addr, r.memory_size, r.userspace_addr = guest_phys_addr, memory_size, userspace_addr
         self.ioctl("KVM_SET_USER_MEMORY_REGION", r)
 
+    def get_dirty_log(self, slot: int, bitmap) -> None:
+        """KVM_GET_DIRTY_LOG: fill ``bitmap`` (a writable buffer of one bit per
+        page of the slot, rounded up to 64-bit words) with the pages written
+        since the last call (or, with manual protection, the last clear)."""
+        d = ffi.new("struct kvm_dirty_log *")
+        d.slot = slot
+        d.dirty_bitmap = ffi.from_buffer(bitmap)
+        self.ioctl("KVM_GET_DIRTY_LOG", d)
+
+    def clear_dirty_log(self, slot: int, first_page: int, num_pages: int, bitmap) -> None:
+        """KVM_CLEAR_DIRTY_LOG (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): write-protect
+        again the pages of ``bitmap`` (bit 0 = ``first_page``, a multiple of 64)
+        so that a later write to them is logged."""
+        d = ffi.new("struct kvm_clear_dirty_log *")
+        d.slot, d.first_page, d.num_pages = slot, first_page, num_pages
+        d.dirty_bitmap = ffi.from_buffer(bitmap)
+        self.ioctl("KVM_CLEAR_DIRTY_LOG", d)
+
     def arm_preferred_target(self):
         """KVM_ARM_PREFERRED_TARGET: a kvm_vcpu_init with the target to use."""
         init = ffi.new("struct kvm_vcpu_init *")

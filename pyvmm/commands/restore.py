@@ -10,7 +10,10 @@ from ._progress import ProgressBar
 
 
 @click.command()
-@click.argument("snap", metavar="SNAP")
+@click.argument("snap", metavar="SNAP", required=False)
+@click.option("--incoming", metavar="unix:PATH|tcp:[HOST:]PORT",
+              help="Instead of SNAP: receive a live migration (pyvmm migrate) on this address (TCP: HOST "
+                   "defaults to 127.0.0.1), from one source; the listener closes once it connected.")
 @click.option("--clock", type=click.Choice(["hide", "keep"]), default="hide", show_default=True,
               help="Guest time: hide = the guest's counters resume where they stopped, and pauses "
                    "(pyvmm pause, snapshots) are hidden too (its watchdogs see no gap); keep = they "
@@ -38,7 +41,7 @@ from ._progress import ProgressBar
 @click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
 @click.pass_context
-def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, console_out,
+def restore(ctx, snap, incoming, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, console_out,
             verify, kvm_path, debug):
     """Restore the VM saved in SNAP (by pyvmm snapshot) and let it run on,
     with this terminal as its console.
@@ -58,6 +61,12 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
     MAC under your key in ~/.config/pyvmm). The paths in any other
     snapshot are never opened.
 
+    With --incoming, the VM comes from a running pyvmm instead (pyvmm
+    migrate SOCKET DEST on the source): the same checks run on the
+    source's machine before its guest is paused, and a refusal is sent
+    back to it; if the migration fails this exits 1 and the guest runs on
+    at the source.
+
     Exit status as for pyvmm run.
 
     \b
@@ -65,6 +74,8 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
       pyvmm restore vm.snap
       pyvmm restore vm.snap --control /tmp/vm.sock --paused
       pyvmm restore their.snap --disk ./copy-of-disk.img
+      pyvmm restore --incoming unix:/tmp/in.sock --control /tmp/vm2.sock
+      pyvmm restore --incoming tcp:0.0.0.0:4444
     """
     from ..api import restore as restore_vm
     from ..errors import UsageProblem
@@ -74,6 +85,10 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
 
     if debug:
         ctx.find_root().obj["debug"] = True
+    if (snap is None) == (incoming is None):
+        raise UsageProblem("give a snapshot file SNAP or --incoming ADDRESS (one of them)")
+    if incoming and (paused or clock != "hide"):
+        raise UsageProblem("--paused and --clock apply to a snapshot, not to --incoming")
     if paused and not control:
         raise UsageProblem("--paused needs --control SOCKET (to resume the VM later)")
     if on_reboot not in (None, "restart", "exit"):
@@ -85,6 +100,8 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
         raise UsageProblem("--initrd needs --kernel")
     given = trust.HostChoice(disks=[parse_disk(d) for d in disks] if disks else None,
                              kernel=kernel, initrd=initrd, firmware=firmware)
+    if incoming:
+        sys.exit(_incoming(incoming, given, on_reboot, kvm_path, debug, control, console_out))
     bar = ProgressBar("restore")
 
     def start(**console):
@@ -98,3 +115,32 @@ def restore(ctx, snap, clock, control, paused, disks, kernel, initrd, firmware, 
         return vm
 
     sys.exit(run_on_console(start, debug, control=control, console_out=console_out))
+
+
+def _incoming(address, given, on_reboot, kvm_path, debug, control, console_out) -> int:
+    """restore --incoming: listen, wait for the source (Ctrl-C or SIGTERM
+    end the wait, the listener removed), then run the received guest."""
+    import signal
+
+    from ..api import incoming
+    from ..migration.destination import Incoming
+    from .run import run_on_console
+
+    inc = Incoming(address)
+    try:
+        click.echo(f"pyvmm: waiting for a migration on {inc}", err=True)
+
+        def term(signum, frame):
+            raise KeyboardInterrupt
+        old = signal.signal(signal.SIGTERM, term)
+        try:
+            inc.accept()
+        finally:
+            signal.signal(signal.SIGTERM, old)
+
+        def start(**console):
+            return incoming(inc, on_reboot=on_reboot, kvm_path=kvm_path, trace_mmio=debug, host=given, **console)
+
+        return run_on_console(start, debug, control=control, console_out=console_out, cancel=inc.cancel)
+    finally:
+        inc.close()

@@ -149,13 +149,15 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
 
 
 def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control: Optional[str] = None,
-                   console_out: str = "tty") -> int:
+                   console_out: str = "tty", cancel: Optional[Callable[[], None]] = None) -> int:
     """Run the machine ``start(output=, console_input=, escape=, on_ready=)``
     returns (:func:`pyvmm.api.start` or :func:`pyvmm.api.restore`) with its
     console on this process's terminal (raw mode on a terminal, restored
     afterwards) or the --console-out endpoint, an optional control socket,
     SIGINT/SIGTERM ending it (130, 143), and the closing report on stderr.
-    Returns the exit status. Shared by run and restore."""
+    Returns the exit status. Shared by run and restore. ``cancel()`` is
+    called when a signal comes while the machine is still being built
+    (restore --incoming: the migration is abandoned before the guest runs here)."""
     console_out_lib.parse(console_out)  # usage errors before anything is opened
     server = None
     on_ready = None
@@ -180,6 +182,8 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
     def stop(status: machine_lib.ExitStatus, reason: str) -> None:
         if vm[0] is None:
             early.append((status, reason))
+            if cancel is not None:
+                cancel()
         else:
             vm[0].stop(status, reason)
     handlers = {signal.SIGINT: lambda s, f: stop(machine_lib.ExitStatus.INTERRUPTED, "stopped by SIGINT"),

@@ -6,6 +6,11 @@ accepts (see :mod:`pyvmm.control.channel` for the wire format).
     snapshot {path, stop}  pause (if running), save to path atomically, then
                          resume (or, with stop, end the VM: pyvmm exits 0)
     stop                 end the VM (pyvmm exits 0)
+    migrate {dest, max_downtime_ms?, bandwidth_mib?}
+                         live-migrate the guest to a pyvmm restore --incoming
+                         listening on dest; progress replies carry "migration"
+                         (round, pages_left, rate_mib); once the destination
+                         runs the guest, this VM ends (pyvmm exits 0)
 
 A snapshot of a guest that was paused by ``pause`` leaves it paused.
 """
@@ -44,19 +49,26 @@ class Controller:
         return m
 
     # The fields each request may carry ("stop" is optional in snapshot).
-    _FIELDS = {"status": (), "pause": (), "resume": (), "stop": (), "snapshot": ("path",)}
+    _FIELDS = {"status": (), "pause": (), "resume": (), "stop": (), "snapshot": ("path",), "migrate": ("dest",)}
+    _OPTIONAL = {"snapshot": ("stop",), "migrate": ("max_downtime_ms", "bandwidth_mib")}
 
     def handle(self, request: Dict, send: Callable[[Dict], None]) -> Dict:
         cmd = request.get("cmd")
         if cmd not in self._FIELDS:
-            raise ControlError(f"unknown request {cmd!r} (status, pause, resume, snapshot, stop)")
-        keys = ("cmd",) + self._FIELDS[cmd] + (("stop",) if cmd == "snapshot" and "stop" in request else ())
+            raise ControlError(f"unknown request {cmd!r} (status, pause, resume, snapshot, migrate, stop)")
+        keys = ("cmd",) + self._FIELDS[cmd] + tuple(k for k in self._OPTIONAL.get(cmd, ()) if k in request)
         try:
             r = StateReader(f"{cmd} request", request, keys)
             if cmd == "snapshot":
                 r.str("path")
                 if "stop" in request:
                     r.bool("stop")
+            if cmd == "migrate":
+                r.str("dest")
+                if "max_downtime_ms" in request:
+                    r.int("max_downtime_ms", 1, 3_600_000)
+                if "bandwidth_mib" in request:
+                    r.int("bandwidth_mib", 1, 1 << 20)
         except UsageProblem as e:
             raise ControlError(e.message) from None
         with self._lock:
@@ -74,7 +86,31 @@ class Controller:
             if cmd == "stop":
                 m.finish(ExitStatus.POWEROFF, "stopped through the control socket")
                 return {"ok": True, "state": "stopped"}
+            if cmd == "migrate":
+                return self._migrate(m, request, send)
             return self._snapshot(m, request, send)
+
+    def _migrate(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> Dict:
+        from ..migration import source
+
+        last = [0.0]
+
+        def progress(info: Dict) -> None:
+            now = time.monotonic()
+            if now - last[0] >= 0.2 or "phase" in info:
+                last[0] = now
+                what = (f"migration: {info['phase']}" if "phase" in info else
+                        f"migration round {info.get('round', 0)}: {info.get('pages_left', 0)} pages left, "
+                        f"{info.get('rate_mib', 0.0):.1f} MiB/s")
+                send({"progress": [int(info.get("round", 0)), int(info.get("pages_left", 0))], "what": what})
+
+        report = source.migrate(m, request["dest"], request.get("max_downtime_ms", source.DEFAULT_MAX_DOWNTIME_MS),
+                                request.get("bandwidth_mib"), progress)
+        reply = {"ok": True, **dataclasses.asdict(report)}
+        # The reply goes out before this VM ends (its process exits soon after).
+        send(reply)
+        m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
+        return reply
 
     def _snapshot(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> Dict:
         path = request["path"]

@@ -32,7 +32,7 @@ from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
 from . import schema, trust, vcpu_state
-from .manifest import check_cntfrq, header, pack_ram, unpack_ram, vcpu_states
+from .manifest import check_cntfrq, empty_ram, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
 GIC_MODEL = "gicv3"
@@ -87,13 +87,15 @@ def check_snapshottable(m: Machine) -> None:
             raise UsageProblem(f"cannot snapshot this machine: {why}")
 
 
-def take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
+def take(m: Machine, progress: Progress = None, memory: bool = True) -> fmt.Snapshot:
     """The snapshot of a paused machine. Its guest RAM is the machine's own
     memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
     snapshot is written: until then the machine must stay paused and its
-    devices quiet (:func:`save_live` writes it under the same hold)."""
+    devices quiet (:func:`save_live` writes it under the same hold). Without
+    ``memory``, each RAM region is stored as all zero (the machine's state
+    alone: live migration sends the memory itself, pyvmm/migration/)."""
     with quiet(m):
-        return _take(m, progress)
+        return _take(m, progress, memory)
 
 
 @contextlib.contextmanager
@@ -106,13 +108,13 @@ def quiet(m: Machine):
         yield
 
 
-def _take(m: Machine, progress: Progress = None) -> fmt.Snapshot:
+def _take(m: Machine, progress: Progress = None, memory: bool = True) -> fmt.Snapshot:
     states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
     gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
     devices = {"uart": built(m.uart, "UART").save_state(),
                "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                           for t in m.virtio]}
-    blobs, regions = pack_ram(m.mem, progress)
+    blobs, regions = pack_ram(m.mem, progress) if memory else empty_ram(m.mem)
     blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
     manifest.update({
@@ -242,9 +244,45 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     loaded: "mapped" from the file, or "read: " and why it was not mapped.
     Version-2 RAM whose CRC-32s were not checked yet is checked by a thread
     while the guest runs (:class:`RamVerifier`, closed with the machine)."""
+    region = build_from(m, snap, clock)
+    how = unpack_ram(snap, region, m.mem, progress)
+    if snap.ram_images() and not snap.ram_checked:
+        m.owned.append(RamVerifier(m, snap))
+    finish_restore(m)
+    return how
+
+
+def finish_restore(m: Machine) -> None:
+    """The last step of a restore, once guest memory is in place."""
+    # A queue notify is an eventfd signal served by the I/O thread: one the
+    # guest made just before the snapshot may not have been served yet. A
+    # vhost plane is set up again from the restored queues (it reads the
+    # used indices from guest RAM, so after the memory).
+    for t in m.virtio:
+        t.after_restore()
+
+
+def _load_devices(m: Machine, devices: Dict) -> None:
+    built(m.uart, "UART").load_state(devices["uart"])
+    saved_virtio = devices.get("virtio", [])
+    if len(saved_virtio) != len(m.virtio):
+        raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
+                                f"makes {len(m.virtio)}")
+    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
+        check_virtio_slot(i, saved, t.base, t.backend.device_id)
+        t.load_state(saved["state"])
+
+
+def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: bool = False) -> Dict:
+    """Everything of :func:`restore_into` but guest memory and the devices'
+    after-restore step: VM (unless ``vm_created``: live migration fills
+    guest RAM before the state comes), vCPUs (ID registers and vector
+    lengths included, so what this host's KVM refuses is refused here),
+    vGIC and device state. Returns the snapshot's RAM region entry."""
     machine = snap.manifest["machine"]
     states = vcpu_states(snap)
-    m.create_vm()
+    if not vm_created:
+        m.create_vm()
     region = machine["memory"][0]
     if m.mem.regions[0].gpa != int(region["gpa"]):
         raise fmt.SnapshotError(f"snapshot RAM at {int(region['gpa']):#x} is not where pyvmm puts it")
@@ -268,25 +306,8 @@ def restore_into(m: Machine, snap: fmt.Snapshot, clock: str = "hide",
     cntfrq = hostinfo.cntfrq(m.kvm)  # this host's (check() refuses a snapshot taken at another)
     for v, st in zip(m.vcpus, states):
         vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
-    devices = machine["devices"]
-    built(m.uart, "UART").load_state(devices["uart"])
-    saved_virtio = devices.get("virtio", [])
-    if len(saved_virtio) != len(m.virtio):
-        raise fmt.SnapshotError(f"snapshot has {len(saved_virtio)} virtio devices, its configuration "
-                                f"makes {len(m.virtio)}")
-    for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
-        check_virtio_slot(i, saved, t.base, t.backend.device_id)
-        t.load_state(saved["state"])
-    how = unpack_ram(snap, region, m.mem, progress)
-    if snap.ram_images() and not snap.ram_checked:
-        m.owned.append(RamVerifier(m, snap))
-    # A queue notify is an eventfd signal served by the I/O thread: one the
-    # guest made just before the snapshot may not have been served yet. A
-    # vhost plane is set up again from the restored queues (it reads the
-    # used indices from guest RAM, so after the memory).
-    for t in m.virtio:
-        t.after_restore()
-    return how
+    _load_devices(m, machine["devices"])
+    return region
 
 
 class RamVerifier:
@@ -347,10 +368,24 @@ def _without_timer_levels(state: Dict) -> Dict:
     The vCPU's timer registers, written after the vGIC, raise the line when
     the timer really fires."""
     try:
-        redist = [dict(r, LINE_LEVEL=int(r["LINE_LEVEL"]) & ~TIMER_PPI_BITS) for r in state["redist"]]
+        redist = [dict(r, **{k: int(r[k]) & ~TIMER_PPI_BITS for k in _TIMER_OWNED if k in r})
+                  for r in state["redist"]]
     except (KeyError, TypeError, ValueError):
         return state  # malformed: VgicV3.restore refuses it with the reason
     return dict(state, redist=redist)
+
+
+# The timer PPIs' bits KVM's timer code owns. Besides the line level, the
+# pending latch and the active bit: the timer's interrupt is mapped to the
+# physical one, and KVM keeps the physical PPI active while the virtual one
+# is active or pending, so a restored active/pending bit can leave the
+# timer's interrupt masked for good. Seen after a live migration in the test
+# machine: vCPU 1's CNTV_CTL_EL0 = 5 (enabled, fired, not masked), its IRQs
+# unmasked, and the interrupt never delivered (the guest's "hard LOCKUP on
+# cpu 1"). The timer registers, written after the vGIC, raise the line when
+# the timer fires; a guest that was inside its timer handler ends it with an
+# EOI of an interrupt no longer active, which only drops its priority.
+_TIMER_OWNED = ("LINE_LEVEL", "ISPENDR0", "ISACTIVER0")
 
 
 def saved_at(snap: fmt.Snapshot) -> float:

@@ -72,6 +72,18 @@ def pack_ram(mem, progress: Progress = None) -> Tuple[Dict[str, fmt.Blob], List[
     return blobs, regions
 
 
+def empty_ram(mem) -> Tuple[Dict[str, fmt.Blob], List[dict]]:
+    """:func:`pack_ram`'s result for all-zero memory of ``mem``'s shape
+    (nothing is read): a machine state without its memory."""
+    blobs: Dict[str, fmt.Blob] = {}
+    regions = []
+    for r in mem.regions:
+        name = f"ram{r.slot}"
+        blobs[name] = bytes((r.size // memory_image.PAGE + 7) // 8)
+        regions.append({"slot": r.slot, "gpa": r.gpa, "size": r.size, "blob": name, "stored_pages": 0})
+    return blobs, regions
+
+
 def unpack_ram(snap: fmt.Snapshot, region: dict, mem, progress: Progress = None) -> str:
     """Put the saved ``region`` (a manifest region entry) into ``mem``'s
     region at the same guest address, refusing a malformed blob. Version-2

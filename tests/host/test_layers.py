@@ -17,10 +17,11 @@ LAYERS = (
     ("base", ("_version", "errors")),
     ("pure", ("arm64", "boot")),
     ("binding", ("_ffi_build", "_kvm_ffi", "_ffi", "ioctls")),
-    ("fd", ("_fd", "kvm", "vm", "vcpu", "kvm_device", "exits", "memory", "hostinfo", "unix_socket", "console_out", "vhost", "net")),
+    ("fd", ("_fd", "kvm", "vm", "vcpu", "kvm_device", "exits", "memory", "dirty_log", "hostinfo", "unix_socket", "console_out", "vhost", "net")),
     ("features", ("sme", "vecstate", "caps", "guest_features", "abi_check", "devices")),
     ("machine", ("machine",)),
     ("snapshot", ("snapshot",)),
+    ("migration", ("migration",)),
     ("control", ("control",)),
     # The package's __init__ re-exports the api module's names (loaded on first use).
     ("api", ("api", "__init__")),

@@ -72,7 +72,7 @@ def test_a_good_path_writes(controller, tmp_path):
 
 
 @pytest.mark.parametrize("request_,message", [
-    ({"cmd": "reboot"}, "unknown request 'reboot' (status, pause, resume, snapshot, stop)"),
+    ({"cmd": "reboot"}, "unknown request 'reboot' (status, pause, resume, snapshot, migrate, stop)"),
     ({"cmd": "status", "x": 1}, "status request state has unknown fields 'x'"),
     ({"cmd": "snapshot"}, "snapshot request state lacks 'path'"),
     ({"cmd": "snapshot", "path": 7}, "snapshot request state: 'path' must be a string, not 7"),

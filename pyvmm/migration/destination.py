@@ -1,0 +1,216 @@
+"""The receiving side of a live migration (``pyvmm restore --incoming``).
+
+:class:`Incoming` listens on the address for exactly one source (then stops
+listening), reads its preamble and its STATE_CHECK (a snapshot without
+memory), and refuses, with restore's own reasons, what this host cannot run
+(:func:`pyvmm.snapshot.machine_snapshot.check`: vector lengths, SME, GIC,
+CNTFRQ, PMU/pointer authentication, disks). :meth:`Incoming.build` is the
+session's first build: a scratch machine is built from that state (vCPU ID
+registers and vector lengths go through KVM, so a CPU this host cannot
+present is refused too) and thrown away, the real VM and its RAM are
+created, and ACCEPT is sent; then pages are written into guest RAM as they
+come, and the final STATE builds the vCPUs, vGIC and devices in one pass,
+as a snapshot restore does (writing a vCPU's timers and the vGIC twice
+left a timer interrupt line dead in the test machine). :meth:`Incoming.handover` answers READY, waits
+for GO, lets the vCPUs run and answers RUNNING.
+
+Whatever fails before GO (a refusal, a malformed frame, a source that dies
+or goes silent) raises with the reason; the caller discards the machine.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any, Callable, Optional
+
+from ..errors import PyvmmError
+from ..machine import Machine, MachineConfig
+from ..snapshot import format as fmt
+from ..snapshot import machine_snapshot, schema
+from . import stream
+from .transport import Conn, Listener, PeerError, parse
+
+IO_TIMEOUT = 60.0
+
+
+class MigrationRefused(PyvmmError):
+    """This host cannot run the incoming guest (the reason was sent to the source too)."""
+
+
+def _vcpu_shape(snap: fmt.Snapshot):
+    return [(v.get("index"), v.get("features"), v.get("sve_vls"), v.get("sme_vls")) for v in snap.manifest["vcpus"]]
+
+
+def same_machine(first: fmt.Snapshot, final: fmt.Snapshot) -> Optional[str]:
+    """Why the final state is not of the machine that was checked and built, or None."""
+    a, b = first.manifest["machine"], final.manifest["machine"]
+    for key in ("config", "sme_bit", "cntfrq", "memory"):
+        if a.get(key) != b.get(key):
+            return f"its {key} differs from the state checked at the start"
+    if a["gic"]["model"] != b["gic"]["model"]:
+        return "its interrupt controller differs from the state checked at the start"
+    if _vcpu_shape(first) != _vcpu_shape(final):
+        return "its vCPUs differ from the ones checked at the start"
+    return None
+
+
+class Incoming:
+    """One incoming migration on ``dest`` (``unix:PATH`` or ``tcp:[HOST:]PORT``)."""
+
+    def __init__(self, dest: str, io_timeout: float = IO_TIMEOUT):
+        self.dest = parse(dest, listening=True)
+        self.io_timeout = io_timeout
+        self.listener: Optional[Listener] = Listener(self.dest)
+        self.conn: Optional[Conn] = None
+        self.page = 0
+        self.first: Optional[fmt.Snapshot] = None
+        self.pages_received = 0
+        self.progress: Optional[Callable[[int], None]] = None
+        self.first_pending = True  # no ACCEPT sent yet: a refusal is REFUSE, later an ABORT
+        self.cancelled = False
+
+    def __str__(self) -> str:
+        return str(self.dest)
+
+    def accept(self, timeout: Optional[float] = None) -> None:
+        """Wait for the source (``timeout`` None: for ever), then stop
+        listening and read its preamble."""
+        assert self.listener is not None
+        try:
+            self.conn = self.listener.accept(timeout, self.io_timeout)
+        finally:
+            self.listener = None
+        self.page = stream.parse_preamble(self._recv(stream.PREAMBLE_SIZE))
+
+    def _recv(self, n: int) -> bytes:
+        assert self.conn is not None
+        return self.conn.recv_exact(n)
+
+    def _frame(self, expect) -> stream.Frame:
+        f = stream.read_frame(self._recv, self.page, expect)
+        if f.type == stream.ABORT:
+            raise PeerError(f"the source gave up: {stream.reason(f.payload)}")
+        return f
+
+    def refuse(self, why: str) -> None:
+        """Tell the source (best effort) why this side stops, then let it
+        finish what it was sending (so it reads the reason rather than a
+        broken connection) for up to two seconds."""
+        if self.conn is None:
+            return
+        try:
+            self.conn.send(stream.frame(stream.REFUSE if self.first_pending else stream.ABORT,
+                                        stream.reason_payload(why)))
+        except PeerError:
+            return
+        self.conn.drain(2.0)
+
+    def receive_check(self, kvm: Any, host: Any = None) -> MachineConfig:
+        """The checked configuration of the incoming machine, its host
+        resources chosen as restore chooses them (``host``: a
+        :class:`pyvmm.snapshot.trust.HostChoice`)."""
+        f = self._frame((stream.STATE_CHECK,))
+        try:
+            snap = fmt.decode(f.payload, "migration state")
+            config = machine_snapshot.check(kvm, snap, host)
+        except PyvmmError as e:
+            self.refuse(str(e))
+            raise
+        self.first = snap
+        return config
+
+    def build(self, m: Machine) -> None:
+        """The session's first build (see the module docstring)."""
+        assert self.first is not None and self.conn is not None
+        try:
+            # The whole machine is built once from the state to check, in a
+            # scratch VM (its RAM is mapped, never touched): KVM refuses here
+            # what it would refuse at the end. The real machine gets its VM and
+            # RAM now and its vCPUs, vGIC and devices from the final state in
+            # one pass, exactly as a snapshot restore builds them.
+            scratch = Machine(m.kvm, m.config, None, lambda data: None)
+            try:
+                machine_snapshot.build_from(scratch, self.first, "hide")
+            finally:
+                scratch.close()
+            m.hide_pauses = True
+            m.create_vm()
+            for r in m.mem.regions:
+                if r.size % self.page:
+                    raise MigrationRefused(f"guest RAM of {r.size} bytes is not a whole number of "
+                                           f"{self.page}-byte migration pages")
+        except PyvmmError as e:
+            self.refuse(str(e))
+            raise
+        self.conn.send(stream.frame(stream.ACCEPT))
+        self.first_pending = False
+        try:
+            self._receive(m)
+        except PeerError as e:
+            if self.cancelled:
+                raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None
+            raise PeerError(f"the migration was not completed, the guest is not run here: {e.message}") from None
+        except PyvmmError as e:
+            self.refuse(str(e))
+            raise
+
+    def _receive(self, m: Machine) -> None:
+        assert self.first is not None
+        slot_pages = {r.slot: r.size // self.page for r in m.mem.regions if not r.readonly}
+        regions = {r.slot: r for r in m.mem.regions}
+        page = self.page
+        while True:
+            f = self._frame((stream.PAGES, stream.STATE))
+            if f.type == stream.PAGES:
+                slot, indices, data = stream.decode_pages(f.payload, slot_pages, page)
+                mm = regions[slot].mm
+                for k, i in enumerate(indices):
+                    mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
+                self.pages_received += len(indices)
+                if self.progress is not None:
+                    self.progress(self.pages_received)
+                continue
+            final = fmt.decode(f.payload, "migration state")
+            schema.check(final)
+            why = same_machine(self.first, final)
+            if why:
+                raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
+            machine_snapshot.build_from(m, final, "hide", vm_created=True)
+            machine_snapshot.finish_restore(m)
+            return
+
+    def handover(self, resume: Callable[[], None]) -> None:
+        """READY, wait for GO, ``resume()`` the vCPUs, RUNNING."""
+        assert self.conn is not None
+        self.conn.send(stream.frame(stream.READY))
+        try:
+            self._frame((stream.GO,))
+        except PeerError:
+            if self.cancelled:
+                raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None
+            raise
+        resume()
+        try:
+            self.conn.send(stream.frame(stream.RUNNING))
+        except PeerError:
+            pass  # the guest runs here now; the source learns it or stops on its own
+
+    def cancel(self) -> None:
+        """Abandon the migration from another thread or a signal handler:
+        the connection is shut down, so whatever waits on it fails at once
+        and the source resumes its guest (nothing runs here)."""
+        self.cancelled = True
+        conn = self.conn
+        if conn is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+

@@ -1,0 +1,262 @@
+"""The sending side of a live migration: runs in the source VMM (the
+control socket's ``migrate`` request) while its guest keeps running.
+
+1. Refuse what cannot move (vhost data planes: their writes to guest RAM
+   are not in the dirty log; a device whose state cannot be saved).
+2. Connect, send the preamble and the machine's state without memory
+   (STATE_CHECK: read in a pause as short as a snapshot's without the
+   memory); the destination runs restore's checks and builds the machine,
+   then answers ACCEPT or REFUSE. Nothing was stopped yet.
+3. Dirty logging on; round 0 sends every non-zero page, each later round
+   the pages written during the previous one, while the guest runs, until
+   what is left would take at most ``max_downtime`` at the measured rate
+   (or MAX_ROUNDS rounds).
+4. Pause; under the I/O lock, the last dirty pages and the final state
+   (STATE); the destination loads it and answers READY (built, paused).
+5. GO: from here the destination owns the guest. It answers RUNNING once
+   its vCPUs run; then the caller ends this VMM (ExitStatus.POWEROFF,
+   pyvmm run exits 0).
+
+Any failure before GO (refusal, a peer that dies, closes or stops
+answering, a malformed answer) stops the dirty log and resumes the guest
+here as it was, and raises :class:`MigrationError` with the reason. After
+GO the source never resumes (two copies of one guest must never run); a
+missing RUNNING then ends this VMM too, with an error saying so.
+"""
+from __future__ import annotations
+
+import mmap
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+from ..dirty_log import DirtyLog, merge
+from ..errors import PyvmmError, UsageProblem
+from ..machine import ExitStatus, Machine
+from ..snapshot import format as fmt
+from ..snapshot import machine_snapshot
+from . import stream
+from .transport import Conn, PeerError, connect, parse
+
+MAX_ROUNDS = 30
+DEFAULT_MAX_DOWNTIME_MS = 300
+IO_TIMEOUT = 30.0
+BUILD_TIMEOUT = 300.0  # the destination builds the machine before it accepts
+_ZERO_CHUNK = 256  # pages compared at once in round 0
+
+Progress = Optional[Callable[[Dict], None]]
+
+
+class MigrationError(PyvmmError):
+    """The migration failed; the guest runs on here (unless the message says otherwise)."""
+
+
+@dataclass
+class MigrationReport:
+    dest: str
+    rounds: int
+    bytes: int
+    pages: int
+    downtime_ms: float
+    total_ms: float
+    dirty_log: str  # "get+clear" (manual protection) or "get"
+    collect_ms: float  # the slowest dirty-log collection (GET, CLEAR, bitmap scan)
+    downtime_parts: Dict[str, float]  # where the downtime went, ms (last_pages: a count)
+
+
+def ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000, 1)
+
+
+def refusal(m: Machine) -> Optional[str]:
+    """Why this machine cannot be migrated live, or None."""
+    for t in m.virtio:
+        if t.backend.kernel_queues:
+            return (f"its {type(t.backend).__name__} at {t.base:#x} runs on a vhost data plane, whose writes "
+                    "to guest memory pyvmm does not track yet")
+        if t.backend.snapshot_refusal:
+            return t.backend.snapshot_refusal
+    if m.config.fss:
+        return "its virtio-fs daemon writes guest memory that pyvmm does not track yet"
+    return None
+
+
+class _Sender:
+    def __init__(self, m: Machine, conn: Conn, page_size: int, bandwidth: Optional[float]):
+        self.m, self.conn, self.page = m, conn, page_size
+        self.bandwidth = bandwidth  # bytes/s, None: unlimited
+        self.pages_sent = 0
+        self._t0 = time.monotonic()
+        self._window_bytes = 0
+
+    def send_frame(self, ftype: int, payload: bytes = b"") -> None:
+        self.conn.send(stream.frame(ftype, payload))
+        self._throttle(len(payload))
+
+    def _throttle(self, n: int) -> None:
+        if not self.bandwidth:
+            return
+        self._window_bytes += n
+        ahead = self._window_bytes / self.bandwidth - (time.monotonic() - self._t0)
+        if ahead > 0:
+            time.sleep(ahead)
+
+    def send_pages(self, slot: int, indices: List[int]) -> None:
+        r = self.m.mem.regions[slot]
+        for batch in stream.batches(indices):
+            contents = [r.mm[i * self.page:(i + 1) * self.page] for i in batch]
+            self.send_frame(stream.PAGES, stream.encode_pages(slot, batch, contents, self.page))
+            self.pages_sent += len(batch)
+
+    def send_all_nonzero(self, progress: Callable[[int, int], None]) -> None:
+        zero = bytes(self.page * _ZERO_CHUNK)
+        total = sum(r.size // self.page for r in self.m.mem.regions if not r.readonly)
+        done = 0
+        for r in self.m.mem.regions:
+            if r.readonly:
+                continue
+            npages = r.size // self.page
+            for first in range(0, npages, _ZERO_CHUNK):
+                n = min(_ZERO_CHUNK, npages - first)
+                chunk = r.mm[first * self.page:(first + n) * self.page]
+                if chunk != zero[:len(chunk)]:
+                    zp = bytes(self.page)
+                    pages = [first + k for k in range(n) if chunk[k * self.page:(k + 1) * self.page] != zp]
+                    self.send_pages(r.slot, pages)
+                done += n
+                progress(done, total)
+
+
+def _expect(conn: Conn, page_size: int, expect, timeout: float) -> stream.Frame:
+    f = stream.read_frame(lambda n: conn.recv_exact(n, timeout), page_size, expect)
+    if f.type == stream.ABORT:
+        raise MigrationError(f"the destination gave up: {stream.reason(f.payload)}")
+    return f
+
+
+def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOWNTIME_MS,
+            bandwidth_mib: Optional[float] = None, progress: Progress = None,
+            io_timeout: float = IO_TIMEOUT, max_rounds: int = MAX_ROUNDS) -> MigrationReport:
+    """Move the running guest of ``m`` to the pyvmm listening on
+    ``dest_text`` (see the module docstring). ``progress(dict)`` hears
+    ``{"round", "pages_left", "rate_mib"}`` and ``{"phase": ...}``."""
+    def tell(**info) -> None:
+        if progress is not None:
+            progress(info)
+
+    dest = parse(dest_text)
+    if max_downtime_ms <= 0:
+        raise UsageProblem(f"--max-downtime {max_downtime_ms}: give a positive number of milliseconds")
+    if bandwidth_mib is not None and bandwidth_mib <= 0:
+        raise UsageProblem(f"--bandwidth {bandwidth_mib}: give a positive number of MiB/s")
+    why = refusal(m)
+    if why:
+        raise MigrationError(f"cannot migrate this machine: {why}")
+    if m.paused:
+        raise MigrationError("the guest is paused (pyvmm pause): resume it first; a migration moves a running guest")
+    page = mmap.PAGESIZE
+    t_start = time.monotonic()
+    was_paused = m.paused
+    conn = connect(dest, io_timeout)
+    log = DirtyLog(m.vm, m.mem)
+    paused_here = False
+    handed_over = False
+    try:
+        snd = _Sender(m, conn, page, bandwidth_mib * (1 << 20) if bandwidth_mib else None)
+        conn.send(stream.preamble(page))
+        # The state to check: read in a short pause (registers, vGIC, devices; no memory).
+        tell(phase="checking")
+        if not was_paused:
+            m.pause()
+        try:
+            check_state = fmt.encode(machine_snapshot.take(m, memory=False))
+        finally:
+            if not was_paused:
+                m.resume()
+        snd.send_frame(stream.STATE_CHECK, check_state)
+        answer = _expect(conn, page, (stream.ACCEPT, stream.REFUSE), BUILD_TIMEOUT)
+        if answer.type == stream.REFUSE:
+            raise MigrationError(f"the destination refused: {stream.reason(answer.payload)}")
+
+        # Pre-copy while the guest runs.
+        log.start()
+        rounds = 1
+        tell(phase="copying", round=1, pages_left=sum(r.size // page for r in m.mem.regions), rate_mib=0.0)
+        t_round = time.monotonic()
+        sent_before = conn.sent
+        snd.send_all_nonzero(lambda done, total: tell(round=1, pages_left=total - done, rate_mib=0.0)
+                             if done % 4096 == 0 or done == total else None)
+        rate = (conn.sent - sent_before) / max(time.monotonic() - t_round, 1e-3)  # bytes/s
+        dirty = log.collect()
+        while True:
+            left = sum(len(p) for p in dirty.values())
+            estimate_ms = left * (page + 4) / max(rate, 1.0) * 1000
+            tell(round=rounds, pages_left=left, rate_mib=round(rate / (1 << 20), 1))
+            if estimate_ms <= max_downtime_ms or rounds >= max_rounds or was_paused:
+                break
+            rounds += 1
+            t_round = time.monotonic()
+            sent_before = conn.sent
+            for slot, pages in dirty.items():
+                snd.send_pages(slot, pages)
+            spent = time.monotonic() - t_round
+            if conn.sent - sent_before > (1 << 20) and spent > 0:
+                rate = (conn.sent - sent_before) / spent
+            dirty = log.collect()
+
+        # Stop and copy.
+        tell(phase="stopping", round=rounds + 1)
+        t_pause = time.monotonic()
+        if not was_paused:
+            m.pause()
+            paused_here = True
+        # Under the I/O lock until the hand-over: no device model changes
+        # guest memory or device state between what is sent and GO.
+        with m.io_lock:
+            t_paused = time.monotonic()
+            final_state = fmt.encode(machine_snapshot.take(m, memory=False))
+            t_state = time.monotonic()
+            last = merge(dirty, log.collect())
+            for slot, pages in last.items():
+                snd.send_pages(slot, pages)
+            rounds += 1
+            snd.send_frame(stream.STATE, final_state)
+            t_sent = time.monotonic()
+            _expect(conn, page, (stream.READY,), BUILD_TIMEOUT)
+            t_ready = time.monotonic()
+            snd.send_frame(stream.GO)
+            handed_over = True
+        try:
+            _expect(conn, page, (stream.RUNNING,), io_timeout)
+        except (PeerError, stream.StreamError, MigrationError) as e:
+            m.finish(ExitStatus.ERROR, f"migrated to {dest}, which did not confirm it runs the guest ({e})")
+            raise MigrationError(f"the destination did not confirm it runs the guest ({e}); this VMM has "
+                                 "stopped its copy (two copies must never run): check the destination") from None
+        t_end = time.monotonic()
+        # The caller ends this VMM (ExitStatus.POWEROFF) once it has told its client.
+        return MigrationReport(str(dest), rounds, conn.sent, snd.pages_sent,
+                               round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
+                               "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
+                               {"pause": ms(t_pause, t_paused), "state": ms(t_paused, t_state),
+                                "last_pages": sum(len(p) for p in last.values()), "send": ms(t_state, t_sent),
+                                "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)})
+    except BaseException as e:
+        if not handed_over:
+            if isinstance(e, (PeerError, stream.StreamError, MigrationError, PyvmmError)):
+                try:
+                    conn.send(stream.frame(stream.ABORT, stream.reason_payload(str(e))))
+                except PeerError:
+                    pass
+            try:
+                log.stop()
+            finally:
+                if paused_here:
+                    m.resume()
+        if isinstance(e, PeerError):
+            raise MigrationError(f"migration to {dest} failed: {e.message}") from None
+        if isinstance(e, stream.StreamError):
+            raise MigrationError(f"migration to {dest} failed: the destination sent a bad message ({e})") from None
+        raise
+    finally:
+        conn.close()
+

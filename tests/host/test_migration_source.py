@@ -1,0 +1,215 @@
+"""The sending side's logic on any host (pyvmm/migration/source.py): a fake
+machine (real GuestMemory, the fake dirty-log VM of
+tests/support/fake_dirty_vm.py, no vCPUs) migrates to a scripted
+destination over a real unix socket. Checks that the destination ends up
+with the source's memory, guest writes during pre-copy included, and that
+every failure before GO resumes the guest with dirty logging off. Real
+migrations run in the test machine (tests/kvm/test_migrate.py)."""
+import mmap
+import threading
+import types
+
+import pytest
+
+from pyvmm.machine import ExitStatus
+from pyvmm.memory import GuestMemory
+from pyvmm.migration import source, stream, transport
+from pyvmm.snapshot import format as fmt
+from support.fake_dirty_vm import FakeDirtyVm
+
+PAGE = mmap.PAGESIZE
+PAGES = 256
+
+
+class FakeSourceMachine:
+    """A running machine as source.migrate sees it (a fake for pure logic)."""
+
+    def __init__(self):
+        self.mem = GuestMemory()
+        self.mem.add(0x4000_0000, PAGES * PAGE)
+        for i in range(0, PAGES, 3):
+            self.mem.write(0x4000_0000 + i * PAGE, bytes([i % 251 + 1]) * 100)
+        self.vm = FakeDirtyVm()
+        self.virtio = []
+        self.config = types.SimpleNamespace(fss=[])
+        self.paused = False
+        self.io_lock = threading.RLock()
+        self.events = []
+
+    def pause(self, timeout=30.0):
+        self.paused = True
+        self.events.append("pause")
+
+    def resume(self):
+        self.paused = False
+        self.events.append("resume")
+
+    def finish(self, status, reason):
+        self.events.append(("finish", status))
+
+    def guest_write(self, page, data):
+        self.mem.regions[0].mm[page * PAGE:page * PAGE + len(data)] = data
+        self.vm.guest_writes(0, page)
+
+
+@pytest.fixture
+def fake_take(monkeypatch):
+    def take(m, progress=None, memory=True):
+        assert m.paused and not memory
+        return fmt.Snapshot({"kind": "fake", "at": len(m.events)})
+    monkeypatch.setattr(source.machine_snapshot, "take", take)
+
+
+class Destination(threading.Thread):
+    """A scripted destination: ``script(frame_type_name, dest)`` returns
+    what to do with each frame (a frame to answer, "close", or None)."""
+
+    def __init__(self, path, m, script):
+        super().__init__(daemon=True)
+        self.listener = transport.Listener(transport.parse(f"unix:{path}", listening=True))
+        self.m, self.script = m, script
+        self.memory = bytearray(PAGES * PAGE)
+        self.frames = []
+        self.error = None
+
+    def run(self):
+        conn = self.listener.accept(10, 10)
+        try:
+            page = stream.parse_preamble(conn.recv_exact(stream.PREAMBLE_SIZE))
+            while True:
+                try:
+                    f = stream.read_frame(conn.recv_exact, page)
+                except transport.PeerError:
+                    return
+                self.frames.append(f.name)
+                if f.type == stream.PAGES:
+                    slot, idx, data = stream.decode_pages(f.payload, {0: PAGES}, page)
+                    for k, i in enumerate(idx):
+                        self.memory[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
+                action = self.script(f.name, self)
+                if action == "close":
+                    return
+                if action is not None:
+                    conn.send(action)
+        except Exception as e:  # noqa: BLE001 -- reported by the test
+            self.error = e
+        finally:
+            conn.close()
+
+
+def happy(name, d):
+    if name == "state-check":
+        return stream.frame(stream.ACCEPT)
+    if name == "state":
+        return stream.frame(stream.READY)
+    if name == "go":
+        return stream.frame(stream.RUNNING)
+    return None
+
+
+def test_a_migration_copies_memory_and_guest_writes_made_meanwhile(tmp_path, fake_take):
+    m = FakeSourceMachine()
+    d = Destination(tmp_path / "in.sock", m, happy)
+    d.start()
+    seen, wrote = [], []
+
+    def progress(info):
+        # The guest writes while round 1 is sent (the progress call comes from the migrating thread).
+        if info.get("round") == 1 and "phase" not in info and not wrote:
+            wrote.append(True)
+            m.guest_write(0, b"written while copying")  # page 0 is sent in round 1: now dirty
+            m.guest_write(200, b"a page that was zero")
+            m.mem.write(0x4000_0000 + 7 * PAGE, b"a device model wrote this")
+        seen.append(info)
+    report = source.migrate(m, f"unix:{tmp_path}/in.sock", max_downtime_ms=1e-6, progress=progress)
+    d.join(10)
+    assert d.error is None
+    assert bytes(d.memory) == bytes(m.mem.regions[0].mm)
+    assert d.frames[0] == "state-check" and d.frames[-2:] == ["state", "go"]
+    assert report.rounds >= 3 and report.pages >= PAGES // 3 + 2
+    assert m.events == ["pause", "resume", "pause"]  # the short check pause, then the final one; no resume
+    assert m.paused and ("finish", ExitStatus.POWEROFF) not in m.events  # the caller ends the VM
+    assert any("phase" in p for p in seen)
+    assert report.dirty_log == "get+clear"
+
+
+def _expect_failure(tmp_path, m, script, match):
+    d = Destination(tmp_path / "in.sock", m, script)
+    d.start()
+    with pytest.raises(source.MigrationError, match=match):
+        source.migrate(m, f"unix:{tmp_path}/in.sock", max_downtime_ms=1e-6)
+    d.join(10)
+    assert not m.paused and m.events[-1] == "resume"  # the guest runs on
+    assert m.vm.flags.get(0, 0) == 0  # dirty logging off again
+    assert m.mem.take_written() == {}  # and GuestMemory no longer records
+    return d
+
+
+def test_a_refusal_leaves_the_guest_running(tmp_path, fake_take):
+    d = _expect_failure(tmp_path, FakeSourceMachine(),
+                        lambda name, d: stream.frame(stream.REFUSE, b"this host has no SME") if name == "state-check"
+                        else None, "the destination refused: this host has no SME")
+    assert d.frames == ["state-check", "abort"]
+
+
+def test_a_destination_that_goes_away_mid_copy_leaves_the_guest_running(tmp_path, fake_take):
+    def script(name, d):
+        if name == "state-check":
+            return stream.frame(stream.ACCEPT)
+        return "close" if name == "pages" else None
+    _expect_failure(tmp_path, FakeSourceMachine(), script, "failed: the (connection broke|peer closed)")
+
+
+def test_a_destination_that_goes_away_before_ready_leaves_the_guest_running(tmp_path, fake_take):
+    def script(name, d):
+        if name == "state":
+            return "close"
+        return happy(name, d)
+    m = FakeSourceMachine()
+    _expect_failure(tmp_path, m, script, "failed")
+    assert m.events == ["pause", "resume", "pause", "resume"]
+
+
+def test_a_malformed_answer_is_refused(tmp_path, fake_take):
+    _expect_failure(tmp_path, FakeSourceMachine(),
+                    lambda name, d: b"\x4d\0\0\0\0\0\0\0" if name == "state-check" else None,
+                    "bad message .*unknown migration frame type 77")
+
+
+def test_an_abort_from_the_destination_is_named(tmp_path, fake_take):
+    def script(name, d):
+        if name == "state":
+            return stream.frame(stream.ABORT, b"cannot write the vGIC state")
+        return happy(name, d)
+    _expect_failure(tmp_path, FakeSourceMachine(), script, "gave up: cannot write the vGIC state")
+
+
+def test_no_running_after_go_ends_the_source_too(tmp_path, fake_take):
+    def script(name, d):
+        return "close" if name == "go" else happy(name, d)
+    m = FakeSourceMachine()
+    d = Destination(tmp_path / "in.sock", m, script)
+    d.start()
+    with pytest.raises(source.MigrationError, match="did not confirm"):
+        source.migrate(m, f"unix:{tmp_path}/in.sock")
+    d.join(10)
+    assert m.events[-1] == ("finish", ExitStatus.ERROR) and "resume" not in m.events[2:]
+
+
+def test_nothing_listening_is_one_line(tmp_path, fake_take):
+    m = FakeSourceMachine()
+    with pytest.raises(transport.PeerError, match="nothing listens"):
+        source.migrate(m, f"unix:{tmp_path}/none.sock")
+    assert m.events == []
+
+
+def test_a_paused_guest_and_vhost_machines_are_refused(tmp_path, fake_take):
+    m = FakeSourceMachine()
+    m.paused = True
+    with pytest.raises(source.MigrationError, match="paused"):
+        source.migrate(m, f"unix:{tmp_path}/x.sock")
+    m = FakeSourceMachine()
+    m.virtio = [types.SimpleNamespace(base=0xA000000, backend=types.SimpleNamespace(kernel_queues=True,
+                                                                                  snapshot_refusal=None))]
+    with pytest.raises(source.MigrationError, match="vhost"):
+        source.migrate(m, f"unix:{tmp_path}/x.sock")

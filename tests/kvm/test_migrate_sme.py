@@ -1,0 +1,62 @@
+"""Live migration of a Linux guest running SME code: two sme_hostloop
+instances (guests/linux-user/sme_hostloop.s) keep ZA, ZT0, streaming Z0 and
+TPIDR2 live and check them, round after round, while the guest is migrated
+between two pyvmm processes; every round before and after the move passes
+and the rounds continue with no gap. The programs are in streaming mode
+with ZA on most of the time, so the final pause catches a vCPU mid-computation
+with that state (which one the pause catches is not chosen by the test).
+
+Marked sme_kernel: needs the project's kernel (see test_sme_abi.py)."""
+import base64
+import re
+
+import pytest
+
+from support.guestbuild import initrd_with
+from support.run_support import Running, guest_files, pyvmm
+from support.sme_guest import require_sme
+
+pytestmark = [pytest.mark.kvm, pytest.mark.sme_kernel]
+
+
+@pytest.fixture(scope="module")
+def host(request):
+    from pyvmm.kvm import open_kvm
+
+    with open_kvm() as kvm:
+        return require_sme(request, kvm)
+
+
+def test_sme_program_continues_after_live_migration(host, tmp_path):
+    from support import guestbuild
+    from test_migrate import wait_path
+
+    program = guestbuild.build_linux_program("sme_hostloop")
+    with open(program, "rb") as f:
+        initrd = initrd_with(guest_files()[1], {"sme_hostloop": f.read()}, tmp_path / "initrd.gz")
+    script = ('i=0\n'
+              'while [ $i -lt 12 ]; do i=$((i + 1))\n'
+              '  /sme_hostloop & a=$!; /sme_hostloop; b=$?; wait $a; echo "round $i: $? $b"\n'
+              'done\necho "sme-rounds-done $i"\n')
+    cmd = "pyvmm.cmd=" + base64.b64encode(script.encode()).decode()
+    sock = tmp_path / "vm.sock"
+    src = Running(["run", "-k", guest_files()[0], "-i", initrd, "-m", "192M", "-c", 2, "-p", f"quiet {cmd}",
+                   "--sme-max-vl", max(host.vls_bits), "--control", sock])
+    src.wait_for(b"round 2:", timeout=400)
+    inc = tmp_path / "in.sock"
+    dst = Running(["restore", "--incoming", f"unix:{inc}"])
+    wait_path(inc)
+    r = pyvmm("migrate", sock, f"unix:{inc}", "--json", timeout=600)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    print(f"SME migration: {r.stdout.decode().strip()}")
+    src.wait_exit(120)
+    assert src.p.returncode == 0
+    err = dst.finish(900)
+    before = bytes(src.out).decode(errors="replace")
+    after = bytes(dst.out).decode(errors="replace")
+    assert dst.p.returncode == 0, (err, after[-2000:])
+    rounds = [(int(n), res) for n, res in re.findall(r"round (\d+): (\d+ \d+)", before + after)]
+    assert [n for n, _ in rounds] == list(range(1, 13)), rounds
+    assert all(res == "0 0" for _, res in rounds), rounds
+    assert re.search(r"round \d+:", after), "no round finished after the move"
+    assert "sme-rounds-done 12" in after
