@@ -10,8 +10,7 @@ registers and vector lengths go through KVM, so a CPU this host cannot
 present is refused too) and thrown away, the real VM and its RAM are
 created, and ACCEPT is sent; then pages are written into guest RAM as they
 come, and the final STATE builds the vCPUs, vGIC and devices in one pass,
-as a snapshot restore does (writing a vCPU's timers and the vGIC twice
-left a timer interrupt line dead in the test machine). :meth:`Incoming.handover` answers READY, waits
+as a snapshot restore does. :meth:`Incoming.handover` answers READY, waits
 for GO, lets the vCPUs run and answers RUNNING.
 
 Whatever fails before GO (a refusal, a malformed frame, a source that dies

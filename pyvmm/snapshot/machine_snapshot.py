@@ -368,24 +368,10 @@ def _without_timer_levels(state: Dict) -> Dict:
     The vCPU's timer registers, written after the vGIC, raise the line when
     the timer really fires."""
     try:
-        redist = [dict(r, **{k: int(r[k]) & ~TIMER_PPI_BITS for k in _TIMER_OWNED if k in r})
-                  for r in state["redist"]]
+        redist = [dict(r, LINE_LEVEL=int(r["LINE_LEVEL"]) & ~TIMER_PPI_BITS) for r in state["redist"]]
     except (KeyError, TypeError, ValueError):
         return state  # malformed: VgicV3.restore refuses it with the reason
     return dict(state, redist=redist)
-
-
-# The timer PPIs' bits KVM's timer code owns. Besides the line level, the
-# pending latch and the active bit: the timer's interrupt is mapped to the
-# physical one, and KVM keeps the physical PPI active while the virtual one
-# is active or pending, so a restored active/pending bit can leave the
-# timer's interrupt masked for good. Seen after a live migration in the test
-# machine: vCPU 1's CNTV_CTL_EL0 = 5 (enabled, fired, not masked), its IRQs
-# unmasked, and the interrupt never delivered (the guest's "hard LOCKUP on
-# cpu 1"). The timer registers, written after the vGIC, raise the line when
-# the timer fires; a guest that was inside its timer handler ends it with an
-# EOI of an interrupt no longer active, which only drops its priority.
-_TIMER_OWNED = ("LINE_LEVEL", "ISPENDR0", "ISACTIVER0")
 
 
 def saved_at(snap: fmt.Snapshot) -> float:

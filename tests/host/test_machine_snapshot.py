@@ -72,12 +72,6 @@ def test_timer_ppi_levels_are_left_to_the_timers():
     assert ms._without_timer_levels({"redist": "junk"}) == {"redist": "junk"}  # left for restore to refuse
 
 
-def test_timer_ppi_pending_and_active_bits_are_left_to_the_timers():
-    state = {"redist": [{"LINE_LEVEL": 0, "ISPENDR0": (1 << 27) | (1 << 1), "ISACTIVER0": (1 << 27) | (1 << 25)}]}
-    out = ms._without_timer_levels(state)["redist"][0]
-    assert out["ISPENDR0"] == 1 << 1 and out["ISACTIVER0"] == 1 << 25  # an SGI and the PMU's PPI stay
-
-
 def test_virtio_slot_mismatch_says_what_differs():
     """Issue 14 #7: not "device at 0xa000000 does not match the machine's at 0xa000000"."""
     ms.check_virtio_slot(0, {"base": 0xA000000, "device_id": 2}, 0xA000000, 2)
