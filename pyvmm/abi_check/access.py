@@ -69,6 +69,10 @@ class AccessRules(CheckerBase):
                     if svl_b < 256:
                         self.check(f"{tag}.ZA_row_svl", sec, f"{where}: ZA row {svl_b} (= SVL/8) is EINVAL",
                                    "EINVAL", lambda: _try(v.get_one_reg, regs.sme_za_row(svl_b)))
+                        # v12 (21/29) checks the row before the slice (§4)
+                        self.check(f"{tag}.ZA_row_svl_slice1", sec, f"{where}: ZA row {svl_b} slice 1 is "
+                                   "EINVAL (the row is checked before the slice)", "EINVAL",
+                                   lambda: _try(v.get_one_reg, regs.sme_za_row(svl_b, 1)))
                     self.check(f"{tag}.ZA_slice1", sec, f"{where}: ZA[0] slice 1 is ENOENT", "ENOENT",
                                lambda: _try(v.get_one_reg, regs.sme_za_row(0, 1)))
                     self.check(f"{tag}.ZT0", sec, f"{where}: ZT0 (" + ("SME2" if self.sme2 else "no SME2") + ")",
@@ -77,6 +81,11 @@ class AccessRules(CheckerBase):
                     self.check(f"{tag}.ZA", sec, f"{where}: ZA row get and set are EBUSY", "EBUSY EBUSY",
                                lambda: _try(v.get_one_reg, regs.sme_za_row(0)) + " " +
                                _try(v.set_one_reg, regs.sme_za_row(0), bytes(256)))
+                    if svl_b < 256:
+                        # the row is checked before SVCR.ZA (v12 21/29, §4)
+                        self.check(f"{tag}.ZA_row_svl", sec, f"{where}: ZA row {svl_b} (= SVL/8) is EINVAL "
+                                   "with ZA off too", "EINVAL",
+                                   lambda: _try(v.get_one_reg, regs.sme_za_row(svl_b)))
                     # Without SME2 ZT0 does not exist at all; §5 does not say
                     # whether that or ZA = 0 is checked first.
                     self.check(f"{tag}.ZT0", sec, f"{where}: ZT0 is EBUSY", "EBUSY" if self.sme2 else
@@ -138,15 +147,18 @@ class AccessRules(CheckerBase):
                 out = [f"Z0 {self._len_probe(v, regs.sve_z(0))}", f"ZA {self._len_probe(v, regs.sme_za_row(svl_b - 1))}"]
                 if svl_b < 256:
                     out.append(f"row{svl_b} {_try(v.get_one_reg, regs.sme_za_row(svl_b))}")
+                    # v12 (21/29) checks the row before the slice (§4)
+                    out.append(f"slice1 {_try(v.get_one_reg, regs.sme_za_row(svl_b, 1))}")
                 rows = sum(1 for i in v.get_reg_list() if regs.decode(i).kind == "sme_za")
                 out.append(f"{rows} rows listed")
                 v.set_reg(regs.SVCR, 0)
                 self._close()
                 return " ".join(out)
-            exp = f"Z0 ok {svl_b}B ZA ok {svl_b}B" + (f" row{svl_b} EINVAL" if svl_b < 256 else "") + \
+            exp = f"Z0 ok {svl_b}B ZA ok {svl_b}B" + (f" row{svl_b} EINVAL slice1 EINVAL" if svl_b < 256 else "") + \
                 f" {svl_b} rows listed"
             self.check(f"5.svl{128 * q}", "§4, §5",
-                       f"SME_VLS cut at {128 * q} bits: streaming Z0 and ZA rows of {svl_b} bytes, {svl_b} rows",
+                       f"SME_VLS cut at {128 * q} bits: streaming Z0 and ZA rows of {svl_b} bytes, {svl_b} rows"
+                       + (f", row {svl_b} EINVAL at slices 0 and 1" if svl_b < 256 else ""),
                        exp, observe)
 
     # -- §5: SVCR side effects --
@@ -250,8 +262,12 @@ class AccessRules(CheckerBase):
                    "unlisted ENOENT ENOENT",
                    lambda: f"{'listed' if regs.SMPRI_EL1 in v.get_reg_list() else 'unlisted'} "
                            f"{_try(v.get_reg, regs.SMPRI_EL1)} {_try(v.set_reg, regs.SMPRI_EL1, 0)}")
-        self.check("3.tpidr2.reset", sec, "TPIDR2_EL0 reads 0 after KVM_ARM_VCPU_INIT", "0x0",
-                   lambda: f"{v.get_reg(regs.TPIDR2_EL0):#x}")
+        def tpidr2_reset():
+            t2, t0 = v.get_reg(regs.TPIDR2_EL0), v.get_reg(regs.TPIDR_EL0)
+            return "as TPIDR_EL0" if t2 == t0 else f"{t2:#x}, TPIDR_EL0 {t0:#x}"
+        # v12 (16/29) resets it like TPIDR_EL0: UNKNOWN, i.e. KVM's reset pattern, not 0
+        self.check("3.tpidr2.reset", sec, "TPIDR2_EL0 after KVM_ARM_VCPU_INIT is UNKNOWN: the value "
+                   "TPIDR_EL0 resets to", "as TPIDR_EL0", tpidr2_reset)
         self.check("3.smidr", sec, "SMIDR_EL1 readable, SMPS (bit 15) masked", "ok SMPS=0",
                    lambda: f"ok SMPS={v.get_reg(regs.SMIDR_EL1) >> 15 & 1}")
 

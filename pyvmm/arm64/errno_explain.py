@@ -126,7 +126,7 @@ def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
         if k.cls == "smpri":
             return ("SMPRI_EL1 has no userspace state: streaming mode priorities are not offered and the "
                     "guest reads it as 0, so KVM does not list it (KVM_GET_REG_LIST); leave it out")
-        if k.cls in ("za", "sme_unknown"):
+        if k.cls == "za":
             return "no such SME register on this vCPU: was it initialised with the SME feature bit?"
         return None
 
@@ -134,7 +134,7 @@ def explain(ioctl: str, err: int, reg: Optional[str] = None) -> Optional[str]:
         if k.cls == "za":
             return ("ZA row out of range: ZA has SVL/8 rows (SVL = the vCPU's maximum streaming "
                     "vector length in bits), numbered 0 to SVL/8 - 1")
-        if k.cls == "sme_unknown":
+        if k.cls == "sme_unknown" or k.cls == "zt":  # ZT1..: only ZT0 exists (v12 21/29)
             return ("unknown SME register id (coprocessor 0x17): only ZA rows, ZT0 and SME_VLS exist, "
                     "at their own sizes (decode the size field too: ZA row 48 and ZT0 differ only in it)")
         if k.cls == "svcr" and ioctl == _SET:

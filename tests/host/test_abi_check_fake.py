@@ -85,3 +85,19 @@ def test_report_json_is_plain():
     d = _run().to_dict()
     json.dumps(d)
     assert d["sme"]["feature_bit"] == SME_BIT and d["ok"] is True
+
+
+def test_tpidr2_reset_to_zero_is_caught():
+    # v12 (16/29) resets TPIDR2_EL0 like TPIDR_EL0 (UNKNOWN); the project's kernel once reset it to 0
+    rep = _run(bugs={"tpidr2_reset_zero"})
+    failed = {r.rule for r in rep.results if r.status == "fail"}
+    assert failed == {"3.tpidr2.reset"}
+
+
+def test_slice_checked_before_row_is_caught():
+    # v12 (21/29): a ZA row beyond the SVL is EINVAL whatever its slice
+    rep = _run(sme_vqs=(1, 2), bugs={"za_slice_before_row"})
+    failed = {r.rule for r in rep.results if r.status == "fail"}
+    # every SVL below the largest (256 bits with SVLs 128 and 256) and the access table at the largest
+    assert failed and all(r.endswith(".ZA_row_svl_slice1") or r in ("5.svl128", "5.svl256") for r in failed)
+    assert {"5.svl128", "5.svl256"} <= failed

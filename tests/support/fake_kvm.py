@@ -22,6 +22,7 @@ SME_BIT = 10
 SME_CAP = 252
 CAP_SVE = 170
 FPSR_RESET_SM = 0x0800009F
+RESET_UNKNOWN = 0x1DE7EC7EDBADC0DE  # what KVM's reset_unknown() writes (TPIDR_EL0, TPIDR2_EL0)
 
 
 _FDS = {}  # fake fd -> FakeVcpu, for ioctls prepared by the fd layer (pyvmm._fd.KvmFd.prepare)
@@ -159,7 +160,10 @@ class FakeVcpu:
         self.za = [bytes(256)] * 256
         self.zt0 = bytes(64)
         self.fpsr = self.fpcr = 0
-        self.sys = {regs.SMCR_EL1: 0, regs.TPIDR2_EL0: 0, regs.FPMR: 0, regs.ZCR_EL1: 0}
+        # TPIDR_EL0 and TPIDR2_EL0 reset to KVM's UNKNOWN pattern (v12 16/29, ABI page §3)
+        unknown = 0 if "tpidr2_reset_zero" in self.kvm.bugs else RESET_UNKNOWN
+        self.sys = {regs.SMCR_EL1: 0, regs.TPIDR2_EL0: unknown, regs.TPIDR_EL0: RESET_UNKNOWN,
+                    regs.FPMR: 0, regs.ZCR_EL1: 0}
 
     def _idregs(self):
         k = self.kvm
@@ -310,13 +314,18 @@ class FakeVcpu:
                 fail(E.ENOENT)
             return
         if regs.coproc_of(reg_id) == regs.COPROC_SME:
+            # The order of v12's checks (21/29, ABI page §4): only ZA rows and ZT0 are SME
+            # registers; a row beyond the SVL comes before the slice, both before SVCR.ZA.
+            if d.kind not in ("sme_za", "sme_zt") or (d.kind == "sme_zt" and d.index != 0):
+                fail(E.EINVAL)
             if not self.has_sme:
                 fail(E.ENOENT)
-            if d.kind not in ("sme_za", "sme_zt"):
+            row_first = "za_slice_before_row" not in self.kvm.bugs
+            if row_first and d.kind == "sme_za" and d.index >= 16 * self.sme_vq:
                 fail(E.EINVAL)
             if d.slice:
                 fail(E.ENOENT)
-            if d.kind == "sme_zt" and (d.index != 0 or not self._sme2()):
+            if d.kind == "sme_zt" and not self._sme2():
                 fail(E.ENOENT)
             if d.kind == "sme_za" and d.index >= 16 * self.sme_vq:
                 fail(E.EINVAL)
