@@ -35,12 +35,15 @@ class VirtioFs(VhostBackend):
         from ..vhost.user import VhostUser
         from ..vhost.virtiofsd import Virtiofsd
 
-        daemon = Virtiofsd(tag, shared_dir).start() if shared_dir is not None else None
-        path = daemon.socket_path if daemon is not None else socket_path
-        if path is None:
+        if shared_dir is None and socket_path is None:
             raise ValueError("virtio-fs needs a shared directory or a daemon's socket")
+        daemon = Virtiofsd(tag, shared_dir).start() if shared_dir is not None else None
         try:
-            plane = VhostUser.connect(path, f"virtio-fs {tag}")
+            if daemon is not None and daemon.connection is not None:
+                sock, daemon.connection = daemon.connection, None  # the plane owns it now
+                plane = VhostUser.over(sock, f"virtio-fs {tag}")
+            else:
+                plane = VhostUser.connect(str(socket_path), f"virtio-fs {tag}")
             try:
                 plane.handshake()
                 return cls(plane, tag, daemon)

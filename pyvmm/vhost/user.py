@@ -78,6 +78,11 @@ class VhostUser:
         except OSError as e:
             s.close()
             raise VhostUserError(f"{what}: cannot connect to {path}: {e.strerror}") from None
+        return cls.over(s, what)
+
+    @classmethod
+    def over(cls, s: socket.socket, what: str) -> "VhostUser":
+        """On a socket already connected to the back-end."""
         s.settimeout(TIMEOUT)
         return cls(s, what)
 

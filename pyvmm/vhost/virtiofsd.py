@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 from typing import List, Optional
@@ -46,6 +47,9 @@ class Virtiofsd:
         self.dir: Optional[str] = None
         self.proc: Optional[subprocess.Popen] = None
         self.socket_path = ""
+        # Connected once the daemon accepts (it serves this one front-end):
+        # waiting for the socket file alone races its listen() (ECONNREFUSED).
+        self.connection: Optional[socket.socket] = None
 
     def start(self) -> "Virtiofsd":
         binary = find_binary()
@@ -66,7 +70,7 @@ class Virtiofsd:
             raise HostUnsupported(f"--fs tag={self.tag}: cannot start {binary}: {e.strerror}") from None
         log.close()
         try:
-            wait_for_socket(self.socket_path, START_TIMEOUT, self._died)
+            self.connection = wait_for_socket(self.socket_path, START_TIMEOUT, self._died, connect=True)
         except SocketNotUp as e:
             self.stop()
             raise PyvmmError(f"--fs tag={self.tag}: virtiofsd {e.died}" if e.died is not None else
@@ -96,6 +100,9 @@ class Virtiofsd:
         return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
         p, self.proc = self.proc, None
         if p is not None and p.poll() is None:
             try:
