@@ -9,6 +9,7 @@ with that state (which one the pause catches is not chosen by the test).
 Marked sme_kernel: needs the project's kernel (see test_sme_abi.py)."""
 import base64
 import re
+import signal
 
 import pytest
 
@@ -34,10 +35,12 @@ def test_sme_program_continues_after_live_migration(host, tmp_path):
     program = guestbuild.build_linux_program("sme_hostloop")
     with open(program, "rb") as f:
         initrd = initrd_with(guest_files()[1], {"sme_hostloop": f.read()}, tmp_path / "initrd.gz")
+    # Rounds go on until the test stops the destination: a fixed count ended the guest (and
+    # removed the source's control socket) before the migration started (seen on the SME kernel).
     script = ('i=0\n'
-              'while [ $i -lt 12 ]; do i=$((i + 1))\n'
+              'while true; do i=$((i + 1))\n'
               '  /sme_hostloop & a=$!; /sme_hostloop; b=$?; wait $a; echo "round $i: $? $b"\n'
-              'done\necho "sme-rounds-done $i"\n')
+              'done\n')
     cmd = "pyvmm.cmd=" + base64.b64encode(script.encode()).decode()
     sock = tmp_path / "vm.sock"
     src = Running(["run", "-k", guest_files()[0], "-i", initrd, "-m", "192M", "-c", 2, "-p", f"quiet {cmd}",
@@ -51,12 +54,15 @@ def test_sme_program_continues_after_live_migration(host, tmp_path):
     print(f"SME migration: {r.stdout.decode().strip()}")
     src.wait_exit(120)
     assert src.p.returncode == 0
-    err = dst.finish(900)
     before = bytes(src.out).decode(errors="replace")
+    last_before = max(int(n) for n in re.findall(r"round (\d+):", before))
+    try:
+        dst.wait_for(f"round {last_before + 3}:".encode(), timeout=400)
+    finally:
+        dst.stop(signal.SIGTERM)
     after = bytes(dst.out).decode(errors="replace")
-    assert dst.p.returncode == 0, (err, after[-2000:])
     rounds = [(int(n), res) for n, res in re.findall(r"round (\d+): (\d+ \d+)", before + after)]
-    assert [n for n, _ in rounds] == list(range(1, 13)), rounds
+    assert [n for n, _ in rounds] == list(range(1, len(rounds) + 1)), rounds
+    assert len(rounds) >= last_before + 3, rounds
     assert all(res == "0 0" for _, res in rounds), rounds
     assert re.search(r"round \d+:", after), "no round finished after the move"
-    assert "sme-rounds-done 12" in after
