@@ -31,16 +31,6 @@ def env():
     return e
 
 
-def in_test_machine(script: str, argv=()) -> None:
-    """Re-run ``script`` (a path under the checkout) inside ci/qemu-aarch64/run
-    unless this is an arm64 host with /dev/kvm (then return)."""
-    if platform.machine() in ("aarch64", "arm64") and os.path.exists("/dev/kvm"):
-        return
-    run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-    guest_files()
-    os.execv(run, [run, "--", "python3", script, *argv])
-
-
 def guest_in_test_machine(script: str, argv=(), prog: str = "bench"):
     """(Image, initramfs) on an arm64 host with /dev/kvm, once the checkout's
     bytecode is compiled (as an installed pyvmm would have it: the test

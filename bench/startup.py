@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import CHECKOUT, env, guest_files, in_test_machine
+from _common import CHECKOUT, env, guest_in_test_machine
 
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "7"))
 MEM = "256M"
@@ -69,10 +69,7 @@ def pyvmm_first_run(k: str, i: str) -> float:
 
 
 def main():
-    in_test_machine("bench/startup.py")
-    k, i = guest_files()
-    # The checkout's bytecode, as an installed pyvmm would have it.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(CHECKOUT, "pyvmm")], check=False)
+    k, i = guest_in_test_machine("bench/startup.py")
     probes = {
         "python3 -c (bare interpreter to user code)": bare_python,
         "pyvmm run to first KVM_RUN": lambda: pyvmm_first_run(k, i),
