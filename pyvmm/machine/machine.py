@@ -353,7 +353,7 @@ class Machine:
         park at once, so a restored machine can start paused)."""
         with self._pause_cv:
             self._pause_req = True
-            # immediate_exit is set under the lock: a thread leaving _park
+            # immediate_exit is set under the lock: a thread leaving its pause point
             # clears its own flag under the same lock, so a new pause can
             # never be lost.
             self._kick()
@@ -396,14 +396,21 @@ class Machine:
             self._pause_req = False
             self._pause_cv.notify_all()
 
-    def park(self, vcpu) -> None:
-        """Called by ``vcpu``'s thread at a pause point: wait while paused."""
+    def pause_point(self, vcpu) -> None:
+        """Called by ``vcpu``'s thread each time KVM_RUN returned EINTR: park
+        while a pause is requested; otherwise (the pause was lifted before
+        this thread got here, or the signal was not a pause) clear the
+        thread's immediate_exit, or every later KVM_RUN would return EINTR
+        at once and the vCPU would never run the guest again. The flag is
+        cleared under the lock that :meth:`request_pause` sets it under, so
+        a pause requested meanwhile is never lost."""
         with self._pause_cv:
-            self._parked += 1
-            self._pause_cv.notify_all()
-            while self._pause_req and not self.done.is_set():
-                self._pause_cv.wait(0.5)
-            self._parked -= 1
+            if self._pause_req and not self.done.is_set():
+                self._parked += 1
+                self._pause_cv.notify_all()
+                while self._pause_req and not self.done.is_set():
+                    self._pause_cv.wait(0.5)
+                self._parked -= 1
             if not self.done.is_set():
                 vcpu.set_immediate_exit(False)
 

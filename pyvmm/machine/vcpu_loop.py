@@ -113,8 +113,7 @@ def run_vcpu(machine, vcpu) -> None:
             if verdict is None:
                 continue
             if isinstance(verdict, str):  # PAUSE_POINT, the only string verdict
-                if machine.paused:
-                    machine.park(vcpu)
+                machine.pause_point(vcpu)
                 continue
             machine.finish(*verdict)
     except Exception as e:  # noqa: BLE001 (every failure ends the machine with its reason)

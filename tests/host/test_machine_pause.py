@@ -53,3 +53,36 @@ def test_keep_lets_the_counters_run_through_a_pause():
     _time_passes(m, 10_000)
     m.resume()
     assert _counters(m) == [(11_000, 11_005), (11_000, 11_005)]
+
+
+def test_a_pause_lifted_before_the_vcpu_reached_its_pause_point_lets_it_run_again():
+    """The migration destination's bug: resume() came before the vCPU thread
+    saw its EINTR, so the thread skipped parking with immediate_exit still set,
+    and every later KVM_RUN returned EINTR at once: the guest never ran again.
+    The loop below runs the real Machine's pause point with a fake vCPU whose
+    second KVM_RUN records the flag it was entered with."""
+    import errno
+
+    from pyvmm._ffi import const
+    from pyvmm.errors import KvmError
+    from pyvmm.machine import ExitStatus
+    from pyvmm.machine.vcpu_loop import run_vcpu
+
+    m = Machine(None, MachineConfig(), None, lambda data: None)
+    vcpu = FakeKvm().create_vm().create_vcpu(0)
+    entered_with = []
+
+    def power_off(run):
+        entered_with.append(vcpu.immediate_exit)
+        run.exit_reason = const("KVM_EXIT_SYSTEM_EVENT")
+        run.system_event.type = const("KVM_SYSTEM_EVENT_SHUTDOWN")
+        run.system_event.ndata = 0
+
+    vcpu.play([KvmError(errno.EINTR, "KVM_RUN", "vcpu0"), power_off])
+    m.vcpus = [vcpu]
+    m.request_pause()
+    assert vcpu.immediate_exit  # the kick
+    m.resume()                  # lifted before the thread got to its pause point
+    run_vcpu(m, vcpu)
+    assert entered_with == [False]
+    assert m.done.is_set() and m._outcome is not None and m._outcome.status == ExitStatus.POWEROFF

@@ -28,9 +28,11 @@ class FakeMachine:
         self.exits = Counter()
         self.first_run_ns = None  # set by the loop before its first KVM_RUN
 
-    def park(self, vcpu):
-        self.parked += 1
-        self.paused = False
+    def pause_point(self, vcpu):
+        if self.paused:  # parks once: the pause is then lifted
+            self.parked += 1
+            self.paused = False
+        vcpu.set_immediate_exit(False)
 
     def finish(self, status, reason):
         self.outcomes.append((status, reason))
