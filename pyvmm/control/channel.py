@@ -43,7 +43,9 @@ MAX_CLIENTS = 8
 REQUEST_TIMEOUT = 10.0
 SEND_TIMEOUT = 30.0
 
-Handler = Callable[[Dict, Callable[[Dict], None]], Dict]
+# A handler returns the final reply, or None when it sent it itself (through
+# ``send``, before something that must come after the reply).
+Handler = Callable[[Dict, Callable[[Dict], None]], Optional[Dict]]
 
 
 class ControlError(PyvmmError):
@@ -149,7 +151,8 @@ class ControlServer:
             reply = {"ok": False, "error": str(e)}
         except Exception as e:  # a bug: answer, keep the VM and the server alive
             reply = {"ok": False, "error": f"internal error: {type(e).__name__}: {e}"}
-        send(reply)
+        if reply is not None:
+            send(reply)
 
     def close(self) -> None:
         self._stop.set()

@@ -52,7 +52,7 @@ class Controller:
     _FIELDS = {"status": (), "pause": (), "resume": (), "stop": (), "snapshot": ("path",), "migrate": ("dest",)}
     _OPTIONAL = {"snapshot": ("stop",), "migrate": ("max_downtime_ms", "bandwidth_mib")}
 
-    def handle(self, request: Dict, send: Callable[[Dict], None]) -> Dict:
+    def handle(self, request: Dict, send: Callable[[Dict], None]) -> Optional[Dict]:
         cmd = request.get("cmd")
         if cmd not in self._FIELDS:
             raise ControlError(f"unknown request {cmd!r} (status, pause, resume, snapshot, migrate, stop)")
@@ -90,7 +90,7 @@ class Controller:
                 return self._migrate(m, request, send)
             return self._snapshot(m, request, send)
 
-    def _migrate(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> Dict:
+    def _migrate(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> None:
         from ..migration import source
 
         last = [0.0]
@@ -106,11 +106,10 @@ class Controller:
 
         report = source.migrate(m, request["dest"], request.get("max_downtime_ms", source.DEFAULT_MAX_DOWNTIME_MS),
                                 request.get("bandwidth_mib"), progress)
-        reply = {"ok": True, **dataclasses.asdict(report)}
-        # The reply goes out before this VM ends (its process exits soon after).
-        send(reply)
+        # The one reply goes out before this VM ends (its process exits soon after).
+        send({"ok": True, **dataclasses.asdict(report)})
         m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
-        return reply
+        return None
 
     def _snapshot(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> Dict:
         path = request["path"]

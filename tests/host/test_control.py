@@ -32,6 +32,9 @@ class FakeHandler:
             raise RuntimeError("boom")
         if request["cmd"] == "refuse":
             raise ControlError("not now")
+        if request["cmd"] == "migrate":  # replies itself, then goes on (as the VM ends)
+            send({"ok": True, "dest": "unix:/d"})
+            return None
         return {"ok": True, "state": "running"}
 
 
@@ -58,6 +61,18 @@ def test_progress_is_streamed_before_the_reply(server):
     reply = call(s.path, {"cmd": "snapshot", "path": "/x"}, lambda d, t, w: seen.append((d, t, w)))
     assert seen == [(0, 100, "memory"), (50, 100, "memory"), (100, 100, "memory")]
     assert reply["bytes"] == 100
+
+
+def test_a_handler_that_sent_its_reply_itself_is_not_answered_twice(server):
+    s, _ = server
+    with socket.socket(socket.AF_UNIX) as c:
+        c.connect(s.path)
+        c.sendall(b'{"cmd": "migrate"}\n')
+        c.settimeout(5)
+        got = b""
+        while chunk := c.recv(4096):
+            got += chunk
+    assert got.splitlines() == [b'{"ok": true, "dest": "unix:/d"}']
 
 
 def test_errors_come_back_as_one_line_and_the_server_survives(server):
