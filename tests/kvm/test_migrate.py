@@ -130,8 +130,6 @@ def assert_still_counting(vm: Running, timeout=120):
     vm.wait_for(f"count {n + 2}\r".encode(), timeout=timeout)
 
 
-@pytest.mark.xfail(strict=False, reason="known problem (README): passed in 3 of 4 test-machine runs; in the fourth "
-                   "(three test machines on the host) the migrated guest had not finished within 600 s")
 def test_failed_migrations_leave_the_guest_running_then_it_moves_over_unix(tmp_path):
     src, sock = boot(tmp_path)
 
@@ -186,8 +184,6 @@ def test_failed_migrations_leave_the_guest_running_then_it_moves_over_unix(tmp_p
     assert b"pyvmm-guest: init" not in dst.out  # it continued, it did not boot
 
 
-@pytest.mark.xfail(run=False, reason="known problem (README, docs/migration.md): a guest moved soon after "
-                   "boot lost vCPU 1's timer interrupt on the destination in 4 of 5 test-machine runs; cause not found")
 def test_moves_over_tcp_then_a_source_killed_mid_migration_leaves_the_destination_clean(tmp_path, monkeypatch):
     src, sock = boot(tmp_path)
     port = free_port()

@@ -28,8 +28,6 @@ def host(request):
         return require_sme(request, kvm)
 
 
-@pytest.mark.xfail(run=False, reason="known problem (README): in its one test-machine run the migration "
-                   "completed (downtime 1.6 s) but the guest printed nothing more on the destination; cause not found")
 def test_sme_program_continues_after_live_migration(host, tmp_path):
     from support import guestbuild
     from test_migrate import wait_path
