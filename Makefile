@@ -26,7 +26,8 @@
 #                      shared directory)
 #   make bench         benchmarks: start-up (pyvmm run to the first KVM_RUN vs the bare
 #                      interpreter), boot time vs QEMU, SME state save/restore vs the ioctl floor,
-#                      live snapshot + restore vs QEMU migration to a file, data planes (TCP over
+#                      live snapshot + restore vs QEMU migration to a file, live migration vs
+#                      QEMU migrate to a second QEMU -incoming, data planes (TCP over
 #                      vhost-net, vsock, virtio-fs) vs QEMU
 #   make clean         remove .venv and build output (clean-cache: the machine cache too)
 
@@ -171,6 +172,7 @@ bench: machine guests kernel
 	$(RUN) $(RUN_FLAGS) -- python3 bench/boot.py
 	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" -- python3 bench/sme_state.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/snapshot.py
+	$(RUN) $(RUN_FLAGS) -- python3 bench/migration.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/data_planes.py
 
 clean:

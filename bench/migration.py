@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Live migration of a running Linux guest: pyvmm migrate vs QEMU migrate to a second QEMU -incoming.
+
+Inside one test-machine run (or natively on an arm64 KVM host) it boots the
+default guest (guests/linux: Debian's kernel, busybox initramfs, 1 vCPU, PL011
+console) with a ``pyvmm.cmd`` script that fills a quarter of guest RAM with
+non-zero data in tmpfs, then forever: rewrites one MiB of a 16 MiB tmpfs file
+(the next one, round robin) and prints ``tick N``, every 0.2 s. So the guest
+writes memory at a fixed rate (about 5 MiB/s) while it is moved. Per round,
+once per VMM, both hosts on the same machine over a unix socket:
+
+  pyvmm  ``pyvmm run ... --control SOCK`` and ``pyvmm restore --incoming
+         unix:PATH``; once a tick is seen, ``pyvmm migrate SOCK unix:PATH
+         --json``: its report gives downtime and total time (the VMM's own
+         figures), and the command's wall time includes the CLI's start-up.
+  QEMU   ``qemu-system-aarch64 -accel kvm ... -qmp`` and the same command plus
+         ``-incoming unix:PATH``; QMP ``migrate`` until query-migrate says
+         completed: its ``downtime`` and ``total-time``. Both VMMs at their
+         defaults (300 ms maximum downtime, no bandwidth cap: QEMU's
+         max-bandwidth is raised to 100 GiB/s, pyvmm has none).
+
+For both, the guest's own view is measured too: the gap between the last
+tick line on the source's console and the first one on the destination's
+(its ``N`` must follow on, no tick lost or repeated), which counts every
+stop whichever VMM reports it.
+
+Prints medians, the ratios pyvmm/QEMU and issue 13's targets (downtime <=
+QEMU's, total migration time <= 1.0x). Exit status 0 when everything ran (a
+missed target is a result), 1 when something failed to run, 130 when
+interrupted. Progress goes to stderr.
+
+Usage: python3 bench/migration.py [--rounds N] [--mem MIB] [--only qemu|pyvmm]
+(on a non-arm64 host it re-runs itself inside ci/qemu-aarch64/run; build the
+guest first with guests/linux/build).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+
+from _common import guest_in_test_machine
+from snapshot import LIVE, BenchError, Qmp, Vmm, kill_group, qemu_cmd, run_tool
+
+PROG = "bench/migration"
+BOOT_TIMEOUT = 600
+STEP_TIMEOUT = 600
+TICK_TIMEOUT = 120         # from the end of a migration to the destination's first tick
+POLL = 0.01
+WINDOW_MIB = 16            # the region the guest rewrites, one MiB per tick
+TARGET_DOWNTIME = 1.0      # pyvmm / QEMU
+TARGET_TOTAL = 1.0
+
+
+def workload(mib):
+    """Fill mib/4 MiB of tmpfs, then every 0.2 s rewrite the next MiB of a 16 MiB file and tick."""
+    s = ("head -c 1048576 /dev/urandom >/tmp/seed\n"
+         f"i=0; while [ $i -lt {mib // 4} ]; do cat /tmp/seed; i=$((i + 1)); done >/tmp/fill\n"
+         f"i=0; while [ $i -lt {WINDOW_MIB} ]; do cat /tmp/seed; i=$((i + 1)); done >/tmp/window\n"
+         "n=0; while :; do\n"
+         f"  dd if=/tmp/seed of=/tmp/window bs=1048576 count=1 seek=$((n % {WINDOW_MIB})) conv=notrunc 2>/dev/null\n"
+         "  echo \"tick $n\"; n=$((n + 1)); sleep 0.2\n"
+         "done\n")
+    return "quiet pyvmm.cmd=" + base64.b64encode(s.encode()).decode()
+
+
+def guest_gap(src: Vmm, dst: Vmm, what: str) -> float:
+    """Seconds between the source's last tick and the destination's first, checking N follows on."""
+    if not src.console.ticks:
+        raise BenchError(f"{what}: the source printed no tick")
+    last_n, last_t = src.console.ticks[-1]
+    n, t = dst.wait_tick(-1, TICK_TIMEOUT, f"{what} destination")
+    if n != last_n + 1:
+        raise BenchError(f"{what}: the destination's first tick is {n}, the source's last was {last_n}")
+    return t - last_t
+
+
+def round_pyvmm(k, i, mib, tmp):
+    sock, inc = os.path.join(tmp, "pyvmm.ctl"), os.path.join(tmp, "pyvmm.in")
+    src = dst = None
+    try:
+        src = Vmm("pyvmm", [sys.executable, "-m", "pyvmm", "run", "-k", k, "-i", i, "-m", f"{mib}M", "-c", "1",
+                            "--console", "serial", "-p", workload(mib), "--control", sock], tmp)
+        src.wait_tick(2, BOOT_TIMEOUT, f"pyvmm {mib} MiB boot")
+        dst = Vmm("pyvmm-incoming", [sys.executable, "-m", "pyvmm", "restore", "--incoming", f"unix:{inc}"], tmp)
+        deadline = time.monotonic() + 120
+        while not os.path.exists(inc):
+            if dst.p.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"pyvmm restore --incoming did not listen: {dst.why()}")
+            time.sleep(POLL)
+        wall, out, _ = run_tool([sys.executable, "-m", "pyvmm", "migrate", sock, f"unix:{inc}", "--json"],
+                                STEP_TIMEOUT, f"pyvmm {mib} MiB migrate")
+        rep = json.loads(out)
+        try:
+            src.p.wait(60)
+        except Exception:
+            raise BenchError(f"pyvmm migrate exited 0 but the source did not end within 60 s: {src.why()}") from None
+        gap = guest_gap(src, dst, f"pyvmm {mib} MiB")
+        return {"downtime": rep["downtime_ms"] / 1000, "total": rep["total_ms"] / 1000, "wall": wall,
+                "rounds": rep["rounds"], "bytes": rep["bytes"], "gap": gap}
+    finally:
+        for v in (src, dst):
+            if v:
+                v.kill()
+
+
+def round_qemu(k, i, mib, tmp):
+    qs, qd, inc = (os.path.join(tmp, n) for n in ("qemu-src.qmp", "qemu-dst.qmp", "qemu.in"))
+    src = dst = None
+    qmp = None
+    try:
+        cmd = qemu_cmd(k, i, mib, qs)
+        at = cmd.index("-append") + 1
+        cmd[at] = f"console=ttyAMA0 {workload(mib)}"
+        src = Vmm("qemu", cmd, tmp)
+        src.wait_tick(2, BOOT_TIMEOUT, f"QEMU {mib} MiB boot")
+        dcmd = qemu_cmd(k, i, mib, qd) + ["-incoming", f"unix:{inc}"]
+        dcmd[at] = cmd[at]
+        dst = Vmm("qemu-incoming", dcmd, tmp)
+        Qmp(qd, dst).close()  # listening once its QMP answers
+        qmp = Qmp(qs, src)
+        qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 100 << 30, "downtime-limit": 300})
+        t0 = time.monotonic()
+        qmp.cmd("migrate", uri=f"unix:{inc}")
+        while True:
+            st = qmp.cmd("query-migrate")
+            status = st.get("status")
+            if status == "completed":
+                break
+            if status in ("failed", "cancelled"):
+                raise BenchError(f"QEMU migrate: {status}: {st.get('error-desc', '')}")
+            if time.monotonic() - t0 > STEP_TIMEOUT:
+                raise BenchError(f"QEMU migrate: not completed within {STEP_TIMEOUT} s ({status})")
+            time.sleep(POLL)
+        wall = time.monotonic() - t0
+        ram = st.get("ram", {})
+        gap = guest_gap(src, dst, f"QEMU {mib} MiB")
+        return {"downtime": st["downtime"] / 1000, "total": st["total-time"] / 1000, "wall": wall,
+                "rounds": ram.get("dirty-sync-count"), "bytes": ram.get("transferred"), "gap": gap}
+    finally:
+        if qmp:
+            qmp.close()
+        for v in (src, dst):
+            if v:
+                v.kill()
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def report(results, mib, rounds):
+    print(f"\n## Live migration: pyvmm vs QEMU ({rounds} rounds each, medians; {mib} MiB guest, 1 vCPU, "
+          "unix socket, same test machine)\n")
+    print(f"Guest: fills {mib // 4} MiB of tmpfs, then rewrites 1 MiB of a {WINDOW_MIB} MiB file and prints "
+          "`tick N` every 0.2 s.\nDowntime and total time as each VMM reports them (pyvmm migrate --json; "
+          "QEMU query-migrate); guest gap = last tick on the source to first tick on the destination.\n")
+    print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
+    print("|---|---|---|---|---|")
+    rows = (("downtime (reported)", "downtime", TARGET_DOWNTIME), ("total migration time (reported)", "total", TARGET_TOTAL),
+            ("guest gap between ticks", "gap", None), ("wall time of the migrate command / QMP migrate", "wall", None),
+            ("rounds (pyvmm) / dirty syncs (QEMU)", "rounds", None), ("bytes sent", "bytes", None))
+    for label, key, limit in rows:
+        p = median([r[key] for r in results.get("pyvmm", [])])
+        q = median([r[key] for r in results.get("qemu", [])])
+        ratio = p / q if p is not None and q else None
+        unit = " s" if key in ("downtime", "total", "gap", "wall") else ""
+        show = (lambda x: "n/a" if x is None else (f"{x:.3f}{unit}" if unit else f"{x:,.0f}"))
+        verdict = "" if limit is None or ratio is None else f"<= {limit} ({'met' if ratio <= limit else 'MISSED'})"
+        print(f"| {label} | {show(p)} | {show(q)} | {'n/a' if ratio is None else f'{ratio:.2f}'} | {verdict} |")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="bench/migration.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("PYVMM_BENCH_RUNS", "3")), metavar="N",
+                    help="migrations per VMM (default 3; medians are reported)")
+    ap.add_argument("--mem", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
+    ap.add_argument("--only", choices=("qemu", "pyvmm"), help="measure only this VMM")
+    a = ap.parse_args(argv)
+    if a.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if a.mem < 128 or a.mem % 4:
+        ap.error("--mem must be at least 128 and a multiple of 4")
+    return a
+
+
+def _term(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv):
+    args = parse_args(argv)
+    k, i = guest_in_test_machine("bench/migration.py", argv, PROG)
+    vmms = [args.only] if args.only else ["pyvmm", "qemu"]
+    signal.signal(signal.SIGTERM, _term)
+    tmp = tempfile.mkdtemp(prefix="pyvmm-bench-migration-")
+    results = {v: [] for v in vmms}
+    try:
+        for n in range(args.rounds):
+            for name in vmms:
+                r = (round_pyvmm if name == "pyvmm" else round_qemu)(k, i, args.mem, tmp)
+                results[name].append(r)
+                print(f"bench: round {n + 1}/{args.rounds} {name}: downtime {r['downtime']:.3f} s, total "
+                      f"{r['total']:.2f} s, guest gap {r['gap']:.2f} s, {r['rounds']} rounds, "
+                      f"{(r['bytes'] or 0) / (1 << 20):.1f} MiB", file=sys.stderr, flush=True)
+        report(results, args.mem, args.rounds)
+        return 0
+    except BenchError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for p in list(LIVE):
+            kill_group(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
