@@ -39,21 +39,16 @@ import argparse
 import base64
 import json
 import os
-import shutil
-import signal
-import statistics
 import sys
-import tempfile
 import time
 
 from _common import guest_in_test_machine
-from snapshot import LIVE, BenchError, Qmp, Vmm, kill_group, qemu_cmd, run_tool
+from snapshot import BenchError, Qmp, Vmm, guarded, median, migration_completed, qemu_cmd, run_tool
 
 PROG = "bench/migration"
 BOOT_TIMEOUT = 600
 STEP_TIMEOUT = 600
 TICK_TIMEOUT = 120         # from the end of a migration to the destination's first tick
-POLL = 0.01
 WINDOW_MIB = 16            # the region the guest rewrites, one MiB per tick
 TARGET_DOWNTIME = 1.0      # pyvmm / QEMU
 TARGET_TOTAL = 1.0
@@ -94,7 +89,7 @@ def round_pyvmm(k, i, mib, tmp):
         while not os.path.exists(inc):
             if dst.p.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"pyvmm restore --incoming did not listen: {dst.why()}")
-            time.sleep(POLL)
+            time.sleep(0.01)
         wall, out, _ = run_tool([sys.executable, "-m", "pyvmm", "migrate", sock, f"unix:{inc}", "--json"],
                                 STEP_TIMEOUT, f"pyvmm {mib} MiB migrate")
         rep = json.loads(out)
@@ -129,16 +124,7 @@ def round_qemu(k, i, mib, tmp):
         qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 100 << 30, "downtime-limit": 300})
         t0 = time.monotonic()
         qmp.cmd("migrate", uri=f"unix:{inc}")
-        while True:
-            st = qmp.cmd("query-migrate")
-            status = st.get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled"):
-                raise BenchError(f"QEMU migrate: {status}: {st.get('error-desc', '')}")
-            if time.monotonic() - t0 > STEP_TIMEOUT:
-                raise BenchError(f"QEMU migrate: not completed within {STEP_TIMEOUT} s ({status})")
-            time.sleep(POLL)
+        st = migration_completed(qmp, t0, "QEMU migrate")
         wall = time.monotonic() - t0
         ram = st.get("ram", {})
         gap = guest_gap(src, dst, f"QEMU {mib} MiB")
@@ -150,11 +136,6 @@ def round_qemu(k, i, mib, tmp):
         for v in (src, dst):
             if v:
                 v.kill()
-
-
-def median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def report(results, mib, rounds):
@@ -192,18 +173,13 @@ def parse_args(argv):
     return a
 
 
-def _term(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv):
     args = parse_args(argv)
     k, i = guest_in_test_machine("bench/migration.py", argv, PROG)
     vmms = [args.only] if args.only else ["pyvmm", "qemu"]
-    signal.signal(signal.SIGTERM, _term)
-    tmp = tempfile.mkdtemp(prefix="pyvmm-bench-migration-")
     results = {v: [] for v in vmms}
-    try:
+
+    def body(tmp):
         for n in range(args.rounds):
             for name in vmms:
                 r = (round_pyvmm if name == "pyvmm" else round_qemu)(k, i, args.mem, tmp)
@@ -212,18 +188,8 @@ def main(argv):
                       f"{r['total']:.2f} s, guest gap {r['gap']:.2f} s, {r['rounds']} rounds, "
                       f"{(r['bytes'] or 0) / (1 << 20):.1f} MiB", file=sys.stderr, flush=True)
         report(results, args.mem, args.rounds)
-        return 0
-    except BenchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        for p in list(LIVE):
-            kill_group(p)
-        shutil.rmtree(tmp, ignore_errors=True)
 
+    return guarded(PROG, "pyvmm-bench-migration-", body)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

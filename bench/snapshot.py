@@ -265,6 +265,20 @@ class Qmp:
         self.s.close()
 
 
+def migration_completed(qmp, t0, what):
+    """Poll query-migrate until "completed" (its answer), failing on failed/cancelled or STEP_TIMEOUT after t0."""
+    while True:
+        st = qmp.cmd("query-migrate")
+        status = st.get("status")
+        if status == "completed":
+            return st
+        if status in ("failed", "cancelled"):
+            raise BenchError(f"{what}: {status}: {st.get('error-desc', '')}")
+        if time.monotonic() - t0 > STEP_TIMEOUT:
+            raise BenchError(f"{what}: not completed within {STEP_TIMEOUT} s ({status})")
+        time.sleep(POLL)
+
+
 # -- guest and VMM command lines --------------------------------------------
 
 
@@ -326,16 +340,7 @@ def round_qemu(k, i, mib, tmp):
         t0 = time.monotonic()
         qmp.cmd("stop")
         qmp.cmd("migrate", uri=f"file:{snap}")
-        while True:
-            st = qmp.cmd("query-migrate")
-            status = st.get("status")
-            if status == "completed":
-                break
-            if status in ("failed", "cancelled"):
-                raise BenchError(f"QEMU migrate to file: {status}: {st.get('error-desc', '')}")
-            if time.monotonic() - t0 > STEP_TIMEOUT:
-                raise BenchError(f"QEMU migrate to file: not completed within {STEP_TIMEOUT} s ({status})")
-            time.sleep(POLL)
+        migration_completed(qmp, t0, "QEMU migrate to file")
         t_snap = time.monotonic() - t0
         size = os.path.getsize(snap)
         qmp.close()
@@ -521,14 +526,34 @@ def _term(signum, frame):
     raise KeyboardInterrupt
 
 
+def guarded(prog, prefix, body):
+    """``body(tmp)`` with a fresh temporary directory: exit status 0, 1 on a
+    BenchError (printed as one line), 130 when interrupted (SIGTERM too);
+    every child still running is killed and the directory removed."""
+    signal.signal(signal.SIGTERM, _term)
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        body(tmp)
+        return 0
+    except BenchError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        for p in list(LIVE):
+            kill_group(p)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv):
     args = parse_args(argv)
     k, i = guest_in_test_machine("bench/snapshot.py", argv, PROG)
     vmms = [args.only] if args.only else ["pyvmm", "qemu"]
-    signal.signal(signal.SIGTERM, _term)
-    tmp = tempfile.mkdtemp(prefix="pyvmm-bench-snapshot-")
     results = {mib: {v: [] for v in vmms} for mib in args.sizes}
-    try:
+
+    def body(tmp):
         for mib in args.sizes:
             for n in range(args.rounds):
                 for name in vmms:
@@ -541,18 +566,8 @@ def main(argv):
                           f"{r['size'] / (1 << 20):.1f} MiB, restore to tick {r['restore']:.2f} s{extra}",
                           file=sys.stderr, flush=True)
         report(results, args.sizes, vmms, args.rounds, args.clock)
-        return 0
-    except BenchError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr, flush=True)
-        return 130
-    finally:
-        for p in list(LIVE):
-            kill_group(p)
-        shutil.rmtree(tmp, ignore_errors=True)
 
+    return guarded(PROG, "pyvmm-bench-snapshot-", body)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
