@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
@@ -40,6 +41,8 @@ MAX_CHAIN = fmt.MAX_CHAIN
 
 def _inode(path: str):
     st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise SnapshotError(f"{path} is not a regular file, so not a snapshot of a chain")
     return st.st_dev, st.st_ino
 
 

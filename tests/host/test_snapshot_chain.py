@@ -338,3 +338,21 @@ def test_the_control_request_and_the_cli(tmp_path):
     r = CliRunner().invoke(cli, ["snapshot", str(tmp_path / "no.sock"), str(tmp_path / "s2"),
                                  "--since", str(tmp_path / "missing")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "does not exist" in r.output, r.output
+
+
+def test_a_parent_that_is_not_a_regular_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "fifo")  # opening it would wait for ever
+    _linked(tmp_path / "child", "fifo")
+    with pytest.raises(SnapshotError, match="fifo is not a regular file"):
+        fmt.load(str(tmp_path / "child"))
+
+
+def test_inspect_names_the_parent(tmp_path):
+    from pyvmm.snapshot import describe
+
+    _chain(tmp_path, 2)
+    snap = fmt.load(str(tmp_path / "s1"))
+    info = {"format_version": 3, "kind": "test", "created_by": "x", "host": {}, "machine": {}, "memory": [],
+            "vcpus": [], "chain": snap.manifest["chain"]}
+    assert "chain: incremental, depth 1, parent s0 (SHA-256 " in describe.render_inspect(info)
+    snap.close()
