@@ -190,16 +190,20 @@ class VirtualMachine:
         return self._outcome
 
     # -- snapshots -----------------------------------------------------------------
-    def snapshot(self, path: str, progress: Optional[Progress] = None, stop: bool = False) -> SaveReport:
+    def snapshot(self, path: str, progress: Optional[Progress] = None, stop: bool = False,
+                 since: Optional[str] = None) -> SaveReport:
         """Save the machine to ``path``: pause it if it runs, write every
         vCPU, the vGIC, the devices and guest memory atomically (mode 0600),
         then let it run on. A paused machine stays paused; with ``stop`` the
         guest ends once the file is complete. ``progress(done, total, what)``
-        hears about "memory" and "file". Returns what was written."""
+        hears about "memory" and "file". ``since``: the path of this
+        machine's latest snapshot; only the memory written since then is
+        stored, and :func:`restore` of ``path`` restores the chain
+        (docs/snapshot-format.md, "Version 3"). Returns what was written."""
         from .snapshot import machine_snapshot
 
         with self._lock:
-            return machine_snapshot.save_live(self._current(), path, progress, stop)
+            return machine_snapshot.save_live(self._current(), path, progress, stop, since)
 
     def migrate(self, dest: str, max_downtime_ms: float = 300, bandwidth_mib: Optional[float] = None,
                 progress: Optional[Callable[[Dict], None]] = None) -> Any:
@@ -211,9 +215,11 @@ class VirtualMachine:
         raises :class:`pyvmm.migration.source.MigrationError` and the guest
         runs on here."""
         from .migration import source
+        from .snapshot import chain
 
         with self._lock:
             m = self._current()
+            chain.forget(m)  # the migration uses the dirty log itself
             report = source.migrate(m, dest, max_downtime_ms, bandwidth_mib, progress)
             m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
             return report

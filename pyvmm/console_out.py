@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import select
-import socket
 import stat
 import threading
-from typing import List, Optional, Union
+from typing import TYPE_CHECKING, List, Optional, Union
 
 from .errors import UsageProblem
-from .unix_socket import listen_private
+
+if TYPE_CHECKING:  # socket and unix_socket are loaded only for a unix: console (start-up time)
+    import socket
 
 class Endpoint:
     """The terminal: nothing to open (the CLI supplies stdin/stdout)."""
@@ -127,9 +128,14 @@ class UnixEndpoint(Endpoint):
     BUSY = b"pyvmm: the console is taken by another client\r\n"
 
     def __init__(self, path: str):
+        import socket
+
+        from .unix_socket import listen_private
+
         super().__init__()
         self.path = os.path.abspath(path)
         self.name = self.path
+        self._send_flags = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
         self._sock = listen_private(self.path, "--console-out unix:", 2)
         self._rpipe, self._wpipe = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self._wpipe, False)
@@ -149,7 +155,7 @@ class UnixEndpoint(Endpoint):
             view = memoryview(data)
             while view:
                 try:
-                    n = c.send(view, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                    n = c.send(view, self._send_flags)
                 except (BlockingIOError, InterruptedError):
                     self.dropped += len(view)
                     return

@@ -5,7 +5,6 @@ a value; unknown exits are a value too, never an exception.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Tuple
 
 from ._ffi import const, ffi
@@ -18,52 +17,108 @@ EXIT_NAMES = {
 SYSTEM_EVENT_NAMES = {1: "SHUTDOWN", 2: "RESET", 3: "CRASH", 4: "WAKEUP", 5: "SUSPEND"}
 
 
-@dataclass(frozen=True)
-class MmioExit:
+class _Exit:
+    """An immutable record of one exit: ``__slots__`` are its fields, in
+    order; equal to another of the same type and values. Written out rather
+    than as dataclasses: eight frozen dataclasses cost noticeably at import
+    (start-up time, bench/startup.py), and MmioExit is built on every MMIO
+    exit, so its ``__init__`` stays a plain function."""
+    __slots__: Tuple[str, ...] = ()
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def _values(self) -> tuple:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other) -> bool:
+        return type(other) is type(self) and self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{f}={getattr(self, f)!r}' for f in self.__slots__)})"
+
+
+_set = object.__setattr__
+
+
+class MmioExit(_Exit):
+    __slots__ = ("phys_addr", "data", "length", "is_write")
     phys_addr: int
     data: bytes  # the bytes written (is_write) or len zero bytes (read)
     length: int
     is_write: bool
 
+    def __init__(self, phys_addr: int, data: bytes, length: int, is_write: bool):
+        _set(self, "phys_addr", phys_addr)
+        _set(self, "data", data)
+        _set(self, "length", length)
+        _set(self, "is_write", is_write)
 
-@dataclass(frozen=True)
-class SystemEventExit:
+
+class SystemEventExit(_Exit):
+    __slots__ = ("type", "data")
     type: int
-    data: Tuple[int, ...] = ()
+    data: Tuple[int, ...]
+
+    def __init__(self, type: int, data: Tuple[int, ...] = ()):
+        _set(self, "type", type)
+        _set(self, "data", data)
 
     @property
     def name(self) -> str:
         return SYSTEM_EVENT_NAMES.get(self.type, f"type {self.type}")
 
 
-@dataclass(frozen=True)
-class InterruptedExit:
+class InterruptedExit(_Exit):
     """KVM_EXIT_INTR, or KVM_RUN returning EINTR: a signal arrived."""
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class FailEntryExit:
+class FailEntryExit(_Exit):
+    __slots__ = ("reason", "cpu")
     reason: int
     cpu: int
 
+    def __init__(self, reason: int, cpu: int):
+        _set(self, "reason", reason)
+        _set(self, "cpu", cpu)
 
-@dataclass(frozen=True)
-class InternalErrorExit:
+
+class InternalErrorExit(_Exit):
+    __slots__ = ("suberror", "data")
     suberror: int
-    data: Tuple[int, ...] = ()
+    data: Tuple[int, ...]
+
+    def __init__(self, suberror: int, data: Tuple[int, ...] = ()):
+        _set(self, "suberror", suberror)
+        _set(self, "data", data)
 
 
-@dataclass(frozen=True)
-class NisvExit:
+class NisvExit(_Exit):
     """A data abort KVM could not decode (no valid ISV), e.g. a load/store pair to MMIO."""
+    __slots__ = ("esr_iss", "fault_ipa")
     esr_iss: int
     fault_ipa: int
 
+    def __init__(self, esr_iss: int, fault_ipa: int):
+        _set(self, "esr_iss", esr_iss)
+        _set(self, "fault_ipa", fault_ipa)
 
-@dataclass(frozen=True)
-class OtherExit:
+
+class OtherExit(_Exit):
+    __slots__ = ("reason", "name")
     reason: int
-    name: str = field(default="")
+    name: str
+
+    def __init__(self, reason: int, name: str = ""):
+        _set(self, "reason", reason)
+        _set(self, "name", name)
 
 
 def decode(run) -> object:

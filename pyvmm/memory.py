@@ -122,6 +122,12 @@ class GuestMemory:
             err = ffi.errno
             raise HostUnsupported(f"cannot map the snapshot's memory at guest {gpa:#x}: {os.strerror(err)}")
 
+    def mappable(self, gpa: int, length: int) -> bool:
+        """Whether :meth:`map_file` can map a file at ``gpa`` (a page-aligned
+        range of anonymous, not shared, guest RAM)."""
+        r = self._find(gpa, length)
+        return r is not None and r.fd < 0 and length > 0 and (gpa - r.gpa) % mmap.PAGESIZE == 0
+
     def contains(self, gpa: int, length: int) -> bool:
         return self._find(gpa, length) is not None
 

@@ -14,7 +14,11 @@ from ._progress import MiB, ProgressBar
 @click.argument("socket_path", metavar="SOCKET")
 @click.argument("out", metavar="OUT")
 @click.option("--stop", is_flag=True, help="End the VM once the snapshot is written (pyvmm run exits 0).")
-def snapshot(socket_path, out, stop):
+@click.option("--since", metavar="PREVIOUS",
+              help="Incremental: store only the memory the guest (or pyvmm) wrote since PREVIOUS, this VM's "
+                   "latest snapshot, in the same directory; OUT names PREVIOUS as its parent, and pyvmm restore OUT "
+                   "restores the chain (keep its files together and unchanged).")
+def snapshot(socket_path, out, stop, since):
     """Save the VM listening on SOCKET to the file OUT.
 
     The guest is paused (every vCPU stopped with its pending device access
@@ -23,11 +27,21 @@ def snapshot(socket_path, out, stop):
     existing OUT is replaced only by a complete file), and the guest runs
     on. A guest paused with pyvmm pause stays paused.
 
+    From its first snapshot on, the VM tracks which memory its guest and
+    devices write (KVM's dirty log). With --since, OUT holds only the 1 MiB
+    chunks of memory written since PREVIOUS, which must be the latest
+    snapshot of this VM; a chain has at most 32 files. Refused, before the
+    guest is paused: a PREVIOUS that is missing, damaged, changed, of
+    another VM or not its latest, or whose chain is broken or full.
+
     \b
     Examples:
       pyvmm run -k Image -i initrd.cpio.gz --control /tmp/vm.sock &
       pyvmm snapshot /tmp/vm.sock vm.snap
       pyvmm restore vm.snap
+      pyvmm snapshot /tmp/vm.sock vm.1.snap --since vm.snap
+      pyvmm snapshot /tmp/vm.sock vm.2.snap --since vm.1.snap
+      pyvmm restore vm.2.snap
     """
     path = os.path.abspath(out)
     directory = os.path.dirname(path)
@@ -35,10 +49,17 @@ def snapshot(socket_path, out, stop):
         raise UsageProblem(f"{out}: directory {directory} does not exist")
     if os.path.isdir(path):
         raise UsageProblem(f"{out} is a directory; give a file name")
+    request = {"cmd": "snapshot", "path": path, "stop": stop}
+    if since is not None:
+        from ..snapshot import chain
+
+        chain.link_to(since, path)  # what the files alone tell, refused here (the VM checks again, and the rest)
+        request["since"] = os.path.abspath(since)
     bar = ProgressBar("snapshot")
     try:
-        reply = call(socket_path, {"cmd": "snapshot", "path": path, "stop": stop}, bar)
+        reply = call(socket_path, request, bar)
     finally:
         bar.close()
-    click.echo(f"pyvmm: saved {out}: {reply['bytes'] / MiB:.1f} MiB ({reply['stored_pages']} memory pages) "
+    pages = f"{reply['stored_pages']} memory pages" + (f" changed since {since}" if since is not None else "")
+    click.echo(f"pyvmm: saved {out}: {reply['bytes'] / MiB:.1f} MiB ({pages}) "
                f"in {reply['paused_seconds']:.2f} s with the guest paused; the guest is {reply['state']}")

@@ -3,8 +3,11 @@ accepts (see :mod:`pyvmm.control.channel` for the wire format).
 
     status               {"state": "running"|"paused"|"starting", "vcpus": N, "mem": BYTES}
     pause / resume       park every vCPU outside KVM_RUN / let them run again
-    snapshot {path, stop}  pause (if running), save to path atomically, then
-                         resume (or, with stop, end the VM: pyvmm exits 0)
+    snapshot {path, stop?, since?}
+                         pause (if running), save to path atomically, then
+                         resume (or, with stop, end the VM: pyvmm exits 0);
+                         since: the absolute path of this VM's latest
+                         snapshot, to store only what changed since then
     stop                 end the VM (pyvmm exits 0)
     migrate {dest, max_downtime_ms?, bandwidth_mib?}
                          live-migrate the guest to a pyvmm restore --incoming
@@ -50,7 +53,7 @@ class Controller:
 
     # The fields each request may carry ("stop" is optional in snapshot).
     _FIELDS = {"status": (), "pause": (), "resume": (), "stop": (), "snapshot": ("path",), "migrate": ("dest",)}
-    _OPTIONAL = {"snapshot": ("stop",), "migrate": ("max_downtime_ms", "bandwidth_mib")}
+    _OPTIONAL = {"snapshot": ("stop", "since"), "migrate": ("max_downtime_ms", "bandwidth_mib")}
 
     def handle(self, request: Dict, send: Callable[[Dict], None]) -> Optional[Dict]:
         cmd = request.get("cmd")
@@ -63,6 +66,8 @@ class Controller:
                 r.str("path")
                 if "stop" in request:
                     r.bool("stop")
+                if "since" in request:
+                    r.str("since")
             if cmd == "migrate":
                 r.str("dest")
                 if "max_downtime_ms" in request:
@@ -92,7 +97,9 @@ class Controller:
 
     def _migrate(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> None:
         from ..migration import source
+        from ..snapshot import chain
 
+        chain.forget(m)  # the migration uses the dirty log itself: a later snapshot --since is refused
         last = [0.0]
 
         def progress(info: Dict) -> None:
@@ -127,5 +134,8 @@ class Controller:
                 last[0] = now
                 send({"progress": [done, total], "what": what})
 
-        report = machine_snapshot.save_live(m, path, progress, stop=bool(request.get("stop")))
+        since = request.get("since")
+        if since is not None and (not os.path.isabs(since) or "\0" in since):
+            raise ControlError(f"snapshot since needs an absolute path, not {since!r}")
+        report = machine_snapshot.save_live(m, path, progress, stop=bool(request.get("stop")), since=since)
         return {"ok": True, **dataclasses.asdict(report)}

@@ -8,16 +8,16 @@ reader knows is refused; all before anything is taken. A refusal is a
 :class:`UsageProblem` whose one-line message names the section and the field."""
 from __future__ import annotations
 
-import base64
 import builtins
 import binascii
-import json
 from typing import Any, Dict, Iterable, List, Literal, Optional, Union, overload
 
 from ..errors import UsageProblem
 
 
 def b64(data: Union[bytes, bytearray]) -> str:
+    import base64  # here, not at the top: pyvmm run never saves state (start-up time)
+
     return base64.b64encode(bytes(data)).decode("ascii")
 
 
@@ -106,6 +106,8 @@ class StateReader:
         value = self.state[key]
         if not isinstance(value, str):
             raise self.fail(f"{key!r} must be base64 text, not {_shown(value)}")
+        import base64
+
         try:
             data = base64.b64decode(value.encode("ascii"), validate=True)
         except (binascii.Error, UnicodeEncodeError):
@@ -208,6 +210,8 @@ def loads(data: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except UnicodeDecodeError as e:
         raise UsageProblem(f"{what} is not UTF-8 text (byte {e.start})") from None
     try:
+        import json  # here, not at the top: pyvmm run reads no JSON (start-up time)
+
         return json.loads(text, parse_constant=_no_constant)
     except ValueError as e:
         raise UsageProblem(f"{what} is not JSON ({e})") from None

@@ -110,8 +110,11 @@ def full_cmdline(config: MachineConfig) -> str:
 @dataclass
 class Payload:
     """What goes into RAM, checked before any KVM object exists. The kernel is
-    streamed from its file at load time rather than kept in memory (51 MB for
-    Debian's Image)."""
+    not kept in memory (51 MB for Debian's Image): at load time its file is
+    mapped copy-on-write over guest RAM (the guest reads each page from the
+    page cache on first touch: start-up does not wait for the whole file),
+    or, where RAM cannot be mapped over (shared with a vhost-user daemon, or
+    not page aligned on this host), read straight into it."""
     data: Optional[bytes]  # firmware bytes; None for a kernel (read from kernel_path)
     initrd: Optional[bytes]
     plan: layout.BootPlan
@@ -127,6 +130,11 @@ class Payload:
             return
         assert self.kernel_path is not None  # a kernel payload always has its path
         with open(self.kernel_path, "rb", buffering=0) as f:
+            if os.fstat(f.fileno()).st_size != self.kernel_size:
+                raise UsageProblem(f"kernel {self.kernel_path} changed size while loading")
+            if mem.mappable(addr, self.kernel_size):
+                mem.map_file(addr, self.kernel_size, f.fileno(), 0)  # the mapping keeps the file
+                return
             # read straight into guest RAM: one copy, no buffer in between
             with mem.view(addr, self.kernel_size) as view:
                 done = 0

@@ -30,7 +30,7 @@ def inspect(snap: fmt.Snapshot) -> Dict:
     machine = m.get("machine", {})
     memory: List[Dict[str, Any]] = []
     vcpus: List[Dict[str, Any]] = []
-    out = {"format_version": m.get("format_version"), "kind": m.get("kind"),
+    out = {"format_version": m.get("format_version"), "kind": m.get("kind"), "chain": m.get("chain"),
            "created_by": m.get("created_by"), "host": m.get("host"),
            "machine": {k: v for k, v in machine.items() if k != "memory"},
            "memory": memory, "vcpus": vcpus}
@@ -58,6 +58,10 @@ def inspect(snap: fmt.Snapshot) -> Dict:
 def render_inspect(info: Dict) -> str:
     lines = [f"pyvmm snapshot, format {info['format_version']}, kind {info['kind']}, "
              f"by {info['created_by']} on {info['host'].get('machine')} {info['host'].get('kernel')}"]
+    link = info.get("chain")
+    if link and link.get("parent"):
+        lines.append(f"chain: incremental, depth {link['depth']}, parent {link['parent']['path']} "
+                     f"(SHA-256 {link['parent']['head_sha256'][:16]}...)")
     lines += _machine_lines(info["machine"])
     for r in info["memory"]:
         lines.append(f"memory: {r['gpa']} {r['size'] >> 20} MiB, {r['stored_pages']} non-zero pages stored "

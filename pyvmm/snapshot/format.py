@@ -1,10 +1,16 @@
 """The snapshot file format (documented in docs/snapshot-format.md).
 
-Version 2, what :func:`save` writes: guest RAM page-aligned so that restore
-maps it instead of reading it (:mod:`pyvmm.snapshot.ram_image`)::
+Version 3, what :func:`save` writes, is version 2 with a chain link: the
+manifest's ``chain`` names the file's parent (an incremental snapshot: its
+RAM chunk tables mark the chunks that did not change as the parent's) by
+file name and head digest, or none (a full snapshot). :func:`load` follows
+the links (:mod:`pyvmm.snapshot.chain`).
+
+Version 2: guest RAM page-aligned so that restore maps it instead of
+reading it (:mod:`pyvmm.snapshot.ram_image`)::
 
     offset 0   magic   b"PYVMMSNP"
-           8   u32le   format version (2)
+           8   u32le   format version (2, or 3)
           12   u32le   0
           16   u64le   head offset H
           24   u64le   head length L
@@ -41,15 +47,16 @@ import os
 import struct
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union, cast
+from typing import Callable, Dict, List, Optional, Set, Union, cast
 
 from ..devices.state import StateReader, loads
 from ..errors import PyvmmError, SnapshotError, UsageProblem
 from . import ram_image
 
 MAGIC = b"PYVMMSNP"
-FORMAT_VERSION = 2  # what save() writes
-VERSIONS = (1, 2)  # what load() reads
+FORMAT_VERSION = 3  # what save() writes
+VERSIONS = (1, 2, 3)  # what load() reads
+MAPPED = (2, 3)  # versions whose guest RAM is mapped from the file
 _HEADER = struct.Struct("<8sII")
 _HEADER_V2 = struct.Struct("<8sIIQQ")
 _MLEN = struct.Struct("<I")
@@ -66,7 +73,7 @@ class WriteError(PyvmmError):
 # A blob's bytes: small ones copied out of the file, large ones (guest
 # memory) views of its mapping; guest RAM of a version-2 file (mapped
 # chunks), or of a machine being saved (its live buffer).
-Blob = Union[bytes, memoryview, ram_image.MappedRam, ram_image.LiveRam]
+Blob = Union[bytes, memoryview, ram_image.MappedRam, ram_image.LiveRam]  # MappedRam: ChainedRam too
 Bytes = Union[bytes, memoryview]  # a blob that is bytes in the file (not guest RAM)
 
 
@@ -89,6 +96,14 @@ class Snapshot:
     # The file, open, for mapping its RAM (a loaded version-2 file; -1 otherwise).
     fd: int = -1
     ram_checked: bool = False  # every RAM chunk's CRC-32 checked (verify_ram)
+    # Versions 2 and 3: the SHA-256 of header and head (hex), what a child names its parent by.
+    head_sha256: Optional[str] = None
+    # An incremental snapshot being saved: the chunks of each RAM region
+    # that changed since its parent (the rest are marked as the parent's).
+    changed: Optional[Dict[str, Set[int]]] = None
+    path: Optional[str] = None  # the file it was loaded from (absolute)
+    # A loaded incremental snapshot: its ancestors, newest first (closed with it).
+    parents: List["Snapshot"] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # the file is closed with the snapshot, or by close(); mappings made from it stay
@@ -117,6 +132,8 @@ class Snapshot:
             self.fd = -1
             for image in self.ram_images().values():
                 image.fd = -1
+        for parent in self.parents:
+            parent.close()
 
 
 def _v1_blobs(snap: Snapshot) -> Dict[str, Bytes]:
@@ -181,8 +198,8 @@ def decode(data: Union[bytes, memoryview], what: str = "snapshot", fd: int = -1)
                             "upgrade pyvmm to restore it")
     if version not in VERSIONS:
         raise SnapshotError(f"{what} has an invalid format version {version}")
-    if version == 2:
-        return _decode_v2(data, what, fd)
+    if version in MAPPED:
+        return _decode_v2(data, what, fd, version)
     body, digest = data[:-_DIGEST], data[-_DIGEST:]
     if hashlib.sha256(body).digest() != digest:
         raise SnapshotError(f"{what} fails its checksum: it is truncated or altered",
@@ -232,7 +249,7 @@ _RAM_KEYS = ("name", "size", "chunk_bytes", "data_offset", "stored_chunks", "tab
 MAX_RAM = 1 << 52
 
 
-def _decode_v2(data, what: str, fd: int) -> Snapshot:
+def _decode_v2(data, what: str, fd: int, version: int = 2) -> Snapshot:
     if len(data) < _HEADER_V2.size:
         raise SnapshotError(f"{what} is truncated ({len(data)} bytes)", "take the snapshot again")
     _, _, reserved, head, hlen = _HEADER_V2.unpack_from(data)
@@ -248,21 +265,58 @@ def _decode_v2(data, what: str, fd: int) -> Snapshot:
     (mlen,) = _MLEN.unpack_from(body)
     if mlen > MAX_MANIFEST or _MLEN.size + mlen > len(body):
         raise SnapshotError(f"{what} has a manifest length beyond the file")
-    manifest = _manifest(body[_MLEN.size:_MLEN.size + mlen], 2, what)
+    manifest = _manifest(body[_MLEN.size:_MLEN.size + mlen], version, what)
     blobs = _blobs(manifest, body[_MLEN.size + mlen:], what)
     ram = manifest.get("ram")
     if not isinstance(ram, list) or len(ram) > 16:
         raise SnapshotError(f"{what}'s manifest: 'ram' must be a list of at most 16 regions")
     try:
-        _ram_images(ram, blobs, memoryview(data), head, what, fd)
+        in_parent = version == 3 and check_chain(manifest.get("chain"), what)["parent"] is not None
+        _ram_images(ram, blobs, memoryview(data), head, what, fd, in_parent)
     except SnapshotError:
         raise
     except UsageProblem as e:  # a field refused by the StateReader
         raise SnapshotError(e.message) from None
-    return Snapshot(manifest, blobs, fd=fd)
+    return Snapshot(manifest, blobs, fd=fd, head_sha256=h.hexdigest())
 
 
-def _ram_images(ram: List, blobs: Dict[str, Blob], view: memoryview, head: int, what: str, fd: int) -> None:
+MAX_CHAIN = 32  # files in a chain of incremental snapshots, the full one included
+_HEX = frozenset("0123456789abcdef")
+
+
+def _hex_field(r: StateReader, key: str, digits: int) -> str:
+    value = r.str(key)
+    if len(value) != digits or not set(value) <= _HEX:
+        raise r.fail(f"{key!r} must be {digits} lowercase hex digits")
+    return value
+
+
+def check_chain(chain, what: str) -> Dict:
+    """A version-3 manifest's ``chain``, every field checked: ``lineage``
+    (32 hex digits, the running VM's tracking that made the file),
+    ``depth`` (0 for a full snapshot, its parent's + 1 otherwise, below
+    MAX_CHAIN) and ``parent``: null, or ``path`` (a file name in this
+    file's directory) and ``head_sha256`` (64 hex digits)."""
+    r = StateReader(f"{what}'s manifest chain", chain, ("lineage", "depth", "parent"))
+    _hex_field(r, "lineage", 32)
+    depth = r.int("depth", 0, MAX_CHAIN - 1)
+    parent = chain["parent"]
+    if parent is None:
+        if depth:
+            raise r.fail(f"'depth' is {depth} and 'parent' null: only a full snapshot has no parent")
+        return chain
+    if not depth:
+        raise r.fail("'depth' is 0 and a parent is named: a full snapshot has no parent")
+    p = StateReader(f"{what}'s manifest chain.parent", r.dict("parent"), ("path", "head_sha256"))
+    name = p.str("path")
+    if name in ("", ".", "..") or "/" in name or "\0" in name or len(name) > 255:
+        raise p.fail(f"'path' must be a file name in the snapshot's own directory, not {name!r}")
+    _hex_field(p, "head_sha256", 64)
+    return chain
+
+
+def _ram_images(ram: List, blobs: Dict[str, Blob], view: memoryview, head: int, what: str, fd: int,
+               in_parent: bool = False) -> None:
     """Add each "ram" entry's region to ``blobs``, every field bounded first."""
     for i, entry in enumerate(ram):
         r = StateReader(f"{what}'s manifest ram[{i}]", entry, _RAM_KEYS)
@@ -279,7 +333,7 @@ def _ram_images(ram: List, blobs: Dict[str, Blob], view: memoryview, head: int, 
         if table not in blobs or isinstance(blobs[table], ram_image.MappedRam):
             raise r.fail(f"its chunk table {table!r} is not a blob of the file")
         try:
-            ram_image.check_table(name, size, blobs[table], offset, stored, head)
+            ram_image.check_table(name, size, blobs[table], offset, stored, head, in_parent)
         except ValueError as e:
             raise SnapshotError(f"{what}: {e}") from None
         blobs[name] = ram_image.MappedRam(name, size, bytes(blobs[table]), view[offset:head], offset, fd)
@@ -357,18 +411,28 @@ def _write_fd(fd: int, parts: List, total: int, progress, digest: bool, chunk: i
 def save(path: str, snap: Snapshot, progress: Optional[Callable[[int, int], None]] = None,
          version: int = FORMAT_VERSION) -> int:
     """Write ``snap`` to ``path`` atomically (mode 0600); returns its size.
-    Version 2 (the default) writes guest RAM in mappable chunks; version 1
-    as a page bitmap and the non-zero pages. Nothing is concatenated in memory."""
+    Versions 3 (the default) and 2 write guest RAM in mappable chunks (3:
+    with the manifest's ``chain``, and only the ``snap.changed`` chunks when
+    it names a parent); version 1 as a page bitmap and the non-zero pages.
+    Nothing is concatenated in memory. Sets ``snap.head_sha256``."""
     if version == 1:
         return _write_parts(path, _parts(snap), progress, digest=True)
-    if version != 2:
+    if version not in MAPPED:
         raise UsageProblem(f"snapshot format version {version}: this pyvmm writes {', '.join(map(str, VERSIONS))}")
+    if version == 3:
+        # a snapshot of no tracked machine: a full one, which no --since can follow
+        snap.manifest.setdefault("chain", {"lineage": os.urandom(16).hex(), "depth": 0, "parent": None})
+        chain = check_chain(snap.manifest["chain"], "the snapshot being written")
+        if (chain["parent"] is None) != (snap.changed is None):
+            raise ValueError("an incremental snapshot needs both a parent and its changed chunks")
+    elif "chain" in snap.manifest or snap.changed is not None:
+        raise UsageProblem("snapshot format version 2 has no chain: incremental snapshots are version 3")
     size = [0]
-    _atomic(path, lambda fd: size.__setitem__(0, _write_v2(fd, snap, progress)))
+    _atomic(path, lambda fd: size.__setitem__(0, _write_v2(fd, snap, progress, version)))
     return size[0]
 
 
-def _write_v2(fd: int, snap: Snapshot, progress) -> int:
+def _write_v2(fd: int, snap: Snapshot, progress, version: int = 2) -> int:
     # guest RAM: a machine's (live), or another file's (read in: a tool re-saving a snapshot)
     images = {k: v if isinstance(v, ram_image.LiveRam) else ram_image.LiveRam(bytes(v))
               for k, v in snap.blobs.items() if isinstance(v, (ram_image.LiveRam, ram_image.MappedRam))}
@@ -381,7 +445,8 @@ def _write_v2(fd: int, snap: Snapshot, progress) -> int:
         def report(d: int, _t: int, base: int = done) -> None:
             if progress:
                 progress(base + d, total)
-        table, stored, _ = ram_image.write_image(fd, pos, image, report)
+        changed = None if snap.changed is None else snap.changed.get(name, set())
+        table, stored, _ = ram_image.write_image(fd, pos, image, report, changed=changed)
         done += image.size
         small[f"{name}.table"] = table
         ram.append({"name": name, "size": image.size, "chunk_bytes": ram_image.CHUNK, "data_offset": pos,
@@ -394,16 +459,17 @@ def _write_v2(fd: int, snap: Snapshot, progress) -> int:
                            "sha256": hashlib.sha256(data).hexdigest()})
         offset += len(data)
     manifest = dict(snap.manifest)
-    manifest.update(format_version=2, blobs=blob_table, ram=ram)
+    manifest.update(format_version=version, blobs=blob_table, ram=ram)
     if snap.seal is not None:
         snap.seal(manifest)
     mbytes = _dumps(manifest)
     head = [_MLEN.pack(len(mbytes)), mbytes, *small.values()]
     hlen = sum(len(p) for p in head) + _DIGEST
-    header = _HEADER_V2.pack(MAGIC, 2, 0, pos, hlen)
+    header = _HEADER_V2.pack(MAGIC, version, 0, pos, hlen)
     h = hashlib.sha256(header)
     for part in head:
         h.update(part)
+    snap.head_sha256 = h.hexdigest()
     at = pos
     for part in (*head, h.digest()):
         ram_image.pwrite_all(fd, memoryview(part).cast("B"), at)
@@ -415,8 +481,25 @@ def _write_v2(fd: int, snap: Snapshot, progress) -> int:
 
 
 def load(path: str) -> Snapshot:
-    """Read and verify a snapshot file. The file is mapped, not read: blobs
-    are views into the mapping (guest memory is copied once, into the VM)."""
+    """Read and verify a snapshot file -- an incremental one with every
+    file of its chain (:func:`pyvmm.snapshot.chain.resolve`). The file is
+    mapped, not read: blobs are views into the mapping (guest memory is
+    copied once, into the VM)."""
+    snap = load_one(path)
+    if snap.manifest.get("format_version") == 3 and snap.manifest["chain"]["parent"] is not None:
+        from . import chain
+
+        try:
+            chain.resolve(snap, path)
+        except BaseException:
+            snap.close()
+            raise
+    return snap
+
+
+def load_one(path: str) -> Snapshot:
+    """Read and verify one snapshot file (an incremental one without its
+    parents: its RAM cannot be used until :func:`pyvmm.snapshot.chain.resolve`)."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -430,9 +513,12 @@ def load(path: str) -> Snapshot:
         if size == 0:
             return decode(b"", f"snapshot {path}")
         data = mmap.mmap(f.fileno(), size, mmap.MAP_PRIVATE, mmap.PROT_READ)
-        fd = os.dup(f.fileno()) if data[8:12] == b"\x02\0\0\0" else -1  # version 2: its RAM is mapped from fd
+        # versions 2 and 3: their RAM is mapped from fd
+        fd = os.dup(f.fileno()) if data[8:12] in (b"\x02\0\0\0", b"\x03\0\0\0") else -1
     try:
-        return decode(memoryview(data), f"snapshot {path}", fd)
+        snap = decode(memoryview(data), f"snapshot {path}", fd)
+        snap.path = os.path.abspath(path)
+        return snap
     except BaseException:
         if fd >= 0:
             os.close(fd)

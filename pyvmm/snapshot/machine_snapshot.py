@@ -31,7 +31,7 @@ from ..machine import ExitStatus, Machine, MachineConfig, check_disks, devspec
 from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import schema, trust, vcpu_state
+from . import chain, schema, trust, vcpu_state
 from .manifest import check_cntfrq, empty_ram, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
@@ -139,17 +139,28 @@ class SaveReport:
     save_seconds: float
     write_seconds: float
     state: str  # "running", "paused" or "stopped"
+    parent: Optional[str] = None  # an incremental snapshot: its parent's file name
 
 
 def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str], None]] = None,
-              stop: bool = False) -> SaveReport:
+              stop: bool = False, since: Optional[str] = None) -> SaveReport:
     """Snapshot a machine that may be running to ``path`` (atomically, mode
     0600): pause it if it runs, take its state, write the file, then resume it.
     A machine paused before stays paused; with ``stop`` it is ended instead
     (:attr:`ExitStatus.POWEROFF`), but only once the file is complete: a
     failed snapshot leaves the guest as it was. ``progress(done, total,
-    what)`` hears about "memory" (taking) and "file" (writing)."""
+    what)`` hears about "memory" (taking) and "file" (writing).
+
+    The machine's memory is tracked from its first snapshot on (KVM's dirty
+    log, pyvmm/snapshot/chain.py): with ``since``, the path of the last
+    snapshot this machine wrote, only the memory chunks written since then
+    are stored, and the file names that one as its parent (format version
+    3); any other ``since`` is refused before the guest is paused."""
     check_snapshottable(m)  # before the guest is paused for nothing
+    link = None
+    if since is not None:
+        link = chain.link_to(since, path)
+        chain.check_base(m, link, since)
     was_paused = m.paused
     t0 = time.monotonic()
     if not was_paused:
@@ -162,8 +173,10 @@ def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str]
         # guest RAM is written from the machine's memory: devices stay quiet until then
         with quiet(m):
             snap = _take(m, report("memory"))
+            chain.prepare(m, snap, link, track=not stop)
             t_saved = time.monotonic()
             size = fmt.save(path, snap, report("file"))
+            chain.committed(m, snap, path)
         ok = True
     finally:
         if stop and ok:
@@ -173,7 +186,7 @@ def save_live(m: Machine, path: str, progress: Optional[Callable[[int, int, str]
     t1 = time.monotonic()
     stored = sum(r["stored_pages"] for r in snap.manifest["machine"]["memory"])
     return SaveReport(path, size, stored, round(t1 - t0, 3), round(t_saved - t0, 3), round(t1 - t_saved, 3),
-                      "stopped" if stop else ("paused" if was_paused else "running"))
+                      "stopped" if stop else ("paused" if was_paused else "running"), link.name if link else None)
 
 
 def check(kvm, snap: fmt.Snapshot, given: Optional[trust.HostChoice] = None) -> MachineConfig:

@@ -99,8 +99,8 @@ def unpack_ram(snap: fmt.Snapshot, region: dict, mem, progress: Progress = None)
             if why is None and mem.regions[0].fd >= 0:
                 why = "guest RAM is shared with a vhost-user daemon (virtio-fs)"
             if why is None:
-                for off, file_off, n in blob.runs():
-                    mem.map_file(base + off, n, snap.fd, file_off)
+                for off, fd, file_off, n in blob.map_runs():  # an incremental snapshot: from each file of its chain
+                    mem.map_file(base + off, n, fd, file_off)
                 if progress:
                     progress(blob.size, blob.size)
                 return "mapped"

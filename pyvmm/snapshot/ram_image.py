@@ -9,14 +9,18 @@ the region's chunk table, a small blob pinned by the manifest's SHA-256 and
 so by the seal::
 
     table entry i (8 bytes, one per chunk of the region)
-        u32le  slot + 1 of chunk i (0: the chunk is all zero, not stored)
-        u32le  CRC-32 (zlib) of chunk i's bytes (0 for a zero chunk)
+        u32le  slot + 1 of chunk i (0: the chunk is all zero, not stored;
+               0xffffffff, version 3 with a parent only: the chunk did not
+               change since the parent snapshot, which holds it)
+        u32le  CRC-32 (zlib) of chunk i's bytes (0 for a zero or inherited chunk)
 
 Saving computes the CRCs on a thread pool while the data is written
 (``zlib.crc32`` releases the GIL on large buffers). Restoring maps each run
 of stored chunks copy-on-write (MAP_PRIVATE) over the guest's RAM, so the
 guest runs before its memory was read; the CRCs are checked by
 :func:`verify` (in the background while the guest runs, or before it runs).
+An incremental snapshot's region (:class:`ChainedRam`) takes each chunk
+from the newest file of its chain that holds it.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import os
 import struct
 import threading
 import zlib
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 if TYPE_CHECKING:  # concurrent.futures (and the logging it loads) only when a pool is needed: restore start-up
     from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +39,7 @@ CHUNK = 1 << 20
 # (64 KiB), so the file can be mapped whatever the host's page size.
 DATA_ALIGN = 64 << 10
 _ENTRY = struct.Struct("<II")
+IN_PARENT = 0xFFFFFFFF  # a table entry's slot field: the chunk is the parent snapshot's
 _ZERO_PAGE = bytes(PAGE)
 _ZERO_CHUNK = bytes(CHUNK)
 Progress = Optional[Callable[[int, int], None]]
@@ -79,9 +84,12 @@ def chunks_of(size: int, chunk: int = CHUNK) -> int:
 
 
 def write_image(fd: int, data_offset: int, ram: LiveRam, progress: Progress = None,
-                pool: Optional["ThreadPoolExecutor"] = None) -> Tuple[bytes, int, int]:
+                pool: Optional["ThreadPoolExecutor"] = None,
+                changed: Optional[Set[int]] = None) -> Tuple[bytes, int, int]:
     """Write ``ram``'s non-zero chunks to ``fd`` from ``data_offset`` (zero
-    pages as holes); returns (chunk table, stored chunks, non-zero pages)."""
+    pages as holes); returns (chunk table, stored chunks, non-zero pages).
+    With ``changed`` (an incremental snapshot), only those chunks are looked
+    at; every other one is marked as the parent's (IN_PARENT)."""
     size, buf = ram.size, ram.buf
     view = memoryview(buf)
     n_chunks = chunks_of(size)
@@ -96,6 +104,9 @@ def write_image(fd: int, data_offset: int, ram: LiveRam, progress: Progress = No
         for i in range(n_chunks):
             off = i * CHUNK
             n = min(CHUNK, size - off)
+            if changed is not None and i not in changed:
+                slots[i] = IN_PARENT
+                continue
             data = buf[off:off + n]  # one copy: zero tests below are memcmp, not per byte
             if data != _ZERO_CHUNK[:n]:
                 slots[i] = stored + 1
@@ -115,7 +126,8 @@ def write_image(fd: int, data_offset: int, ram: LiveRam, progress: Progress = No
                     pwrite_all(fd, view[off + run:off + n], base + run)
             if progress:
                 progress(off + n, size)
-        table = b"".join(_ENTRY.pack(slots[i], crcs[i].result() if slots[i] else 0) for i in range(n_chunks))
+        table = b"".join(_ENTRY.pack(slots[i], crcs[i].result() if 0 < slots[i] < IN_PARENT else 0)
+                         for i in range(n_chunks))
     finally:
         if own:
             pool.shutdown(wait=True)
@@ -131,9 +143,10 @@ def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
 
 
 class MappedRam:
-    """A region of a version-2 snapshot file: its chunk table (checked) and
-    the file's data area, read through ``data`` (a view of the file's
-    mapping) and mapped into a VM through ``fd``."""
+    """A region of a version-2 or -3 snapshot file: its chunk table
+    (checked) and the file's data area, read through ``data`` (a view of the
+    file's mapping) and mapped into a VM through ``fd``. A chunk marked
+    IN_PARENT is read from the parent file (:class:`ChainedRam`)."""
 
     def __init__(self, name: str, size: int, table: bytes, data, data_offset: int, fd: int):
         self.name = name
@@ -142,11 +155,11 @@ class MappedRam:
         self.data_offset = data_offset  # of the data area in the file
         self.fd = fd
         n = chunks_of(size)
-        self.slots: List[int] = []
+        self.slots: List[int] = []  # slot of each chunk; -1: zero; -2: the parent's
         self.crcs: List[int] = []
         for i in range(n):
             slot, crc = _ENTRY.unpack_from(table, i * _ENTRY.size)
-            self.slots.append(slot - 1)
+            self.slots.append(-2 if slot == IN_PARENT else slot - 1)
             self.crcs.append(crc)
         self.stored = sum(1 for s in self.slots if s >= 0)
 
@@ -163,29 +176,53 @@ class MappedRam:
         self.copy_into(put)
         return bytes(out)
 
-    def chunk(self, i: int) -> memoryview:
-        """Chunk ``i``'s bytes in the file (a stored chunk)."""
-        n = min(CHUNK, self.size - i * CHUNK)
+    def source(self, i: int) -> Optional[Tuple["MappedRam", int]]:
+        """(the file's region, slot) that holds chunk ``i``; None for a zero chunk."""
         k = self.slots[i]
-        return self.data[k * CHUNK:k * CHUNK + n]
+        if k == -2:
+            raise ValueError(f"{self.name}: chunk {i} is in the parent snapshot, which was not loaded")
+        return (self, k) if k >= 0 else None
+
+    def chunk(self, i: int) -> memoryview:
+        """Chunk ``i``'s bytes in the file that holds it (a stored chunk)."""
+        src = self.source(i)
+        assert src is not None, "a zero chunk has no bytes in any file"
+        image, k = src
+        n = min(CHUNK, self.size - i * CHUNK)
+        return image.data[k * CHUNK:k * CHUNK + n]
+
+    def _groups(self) -> Iterator[Tuple[int, "MappedRam", int, int]]:
+        """(region offset, file region, first slot, length) of each run of
+        stored chunks consecutive both in the region and in one file."""
+        start = None
+        first: Optional[Tuple[MappedRam, int]] = None
+        n = chunks_of(self.size)
+        for i in range(n + 1):
+            src = self.source(i) if i < n else None
+            if first is not None and start is not None and \
+                    (src is None or src[0] is not first[0] or src[1] != first[1] + (i - start)):
+                off = start * CHUNK
+                yield off, first[0], first[1], min(i * CHUNK, self.size) - off
+                start = first = None
+            if src is not None and start is None:
+                start, first = i, src
+
+    def map_runs(self) -> Iterator[Tuple[int, int, int, int]]:
+        """(region offset, file descriptor, file offset, length) of each run
+        of stored chunks to map."""
+        for off, image, k, n in self._groups():
+            yield off, image.fd, image.data_offset + k * CHUNK, n
 
     def runs(self) -> Iterator[Tuple[int, int, int]]:
         """(region offset, file offset, length) of each run of stored chunks
         that are consecutive both in the region and in the file."""
-        start = None
-        for i, k in enumerate(self.slots + [-1]):
-            if start is not None and (k < 0 or k != self.slots[start] + (i - start)):
-                off = start * CHUNK
-                yield off, self.data_offset + self.slots[start] * CHUNK, min(i * CHUNK, self.size) - off
-                start = None
-            if k >= 0 and start is None:
-                start = i
+        for off, _fd, file_off, n in self.map_runs():
+            yield off, file_off, n
 
     def copy_into(self, write: Callable[[int, memoryview], None], progress: Progress = None) -> None:
         """``write(offset, bytes)`` for each run of stored chunks (read, not mapped)."""
-        for off, file_off, n in self.runs():
-            base = file_off - self.data_offset
-            write(off, self.data[base:base + n])
+        for off, image, k, n in self._groups():
+            write(off, image.data[k * CHUNK:k * CHUNK + n])
             if progress:
                 progress(off + n, self.size)
         if progress:
@@ -194,8 +231,8 @@ class MappedRam:
     def pages(self) -> Dict[int, bytes]:
         """{offset: page} of every non-zero page (for comparing snapshots)."""
         out = {}
-        for i, k in enumerate(self.slots):
-            if k < 0:
+        for i in range(chunks_of(self.size)):
+            if self.source(i) is None:
                 continue
             data = bytes(self.chunk(i))
             for p in range(0, len(data), PAGE):
@@ -205,9 +242,11 @@ class MappedRam:
 
     def verify(self, stop: Optional[threading.Event] = None, progress: Progress = None,
                workers: Optional[int] = None) -> Optional[str]:
-        """Check every stored chunk's CRC-32 (on a thread pool); the first
-        mismatch as a sentence, or None. Ends early, with None, once ``stop`` is set."""
-        todo = [i for i, k in enumerate(self.slots) if k >= 0]
+        """Check every stored chunk's CRC-32 (on a thread pool), each against
+        the table of the file that holds it; the first mismatch as a
+        sentence, or None. Ends early, with None, once ``stop`` is set."""
+        sources = [self.source(i) for i in range(chunks_of(self.size))]
+        todo = [i for i, src in enumerate(sources) if src is not None]
         workers = workers or max(1, min(8, os.cpu_count() or 1))
         done = 0
         from concurrent.futures import ThreadPoolExecutor
@@ -218,7 +257,9 @@ class MappedRam:
                     return None
                 batch = todo[start:start + 64]
                 for i, crc in zip(batch, pool.map(lambda i: zlib.crc32(self.chunk(i)), batch)):
-                    if crc != self.crcs[i]:
+                    holder = sources[i]
+                    assert holder is not None
+                    if crc != holder[0].crcs[i]:
                         return (f"memory chunk {i} ({i * CHUNK:#x}+{CHUNK:#x} of {self.name}) fails its CRC-32: "
                                 "the file was damaged or altered after it was written")
                 done += len(batch)
@@ -227,10 +268,46 @@ class MappedRam:
         return None
 
 
-def check_table(name: str, size: int, table, data_offset: int, stored: int, data_end: int) -> None:
+class ChainedRam(MappedRam):
+    """A region of an incremental snapshot with its chain resolved: each
+    chunk from the newest file of the chain that holds it (``owners``, from
+    :func:`resolve`), mapped and checked from that file."""
+
+    def __init__(self, newest: MappedRam, owners: List[Optional[Tuple[MappedRam, int]]]):
+        self.__dict__.update(newest.__dict__)
+        self.owners = owners
+
+    def source(self, i: int) -> Optional[Tuple[MappedRam, int]]:
+        return self.owners[i]
+
+
+def resolve(chain: List[MappedRam]) -> ChainedRam:
+    """The region whose newest file is ``chain[0]`` and oldest (a file
+    without a parent) ``chain[-1]``: each chunk's holder. ValueError when the
+    files do not describe one region."""
+    newest = chain[0]
+    owners: List[Optional[Tuple[MappedRam, int]]] = []
+    for image in chain:
+        if image.size != newest.size:
+            raise ValueError(f"{newest.name} is {newest.size:#x} bytes in one file of the chain, {image.size:#x} "
+                             "in its parent")
+    for i in range(chunks_of(newest.size)):
+        for image in chain:
+            k = image.slots[i]
+            if k != -2:
+                owners.append((image, k) if k >= 0 else None)
+                break
+        else:
+            raise ValueError(f"{newest.name}: chunk {i} is in no file of the chain")
+    return ChainedRam(newest, owners)
+
+
+def check_table(name: str, size: int, table, data_offset: int, stored: int, data_end: int,
+                in_parent: bool = False) -> None:
     """ValueError unless the chunk table of a region of ``size`` bytes is
     well formed: one entry per chunk, slots 1..stored each used once and in
-    chunk order, every slot inside the data area [data_offset, data_end)."""
+    chunk order, every slot inside the data area [data_offset, data_end);
+    chunks marked IN_PARENT only when the file has a parent (``in_parent``)."""
     n = chunks_of(size)
     if len(table) != n * _ENTRY.size:
         raise ValueError(f"{name}: chunk table of {len(table)} bytes, not {n * _ENTRY.size} for {n} chunks")
@@ -241,6 +318,12 @@ def check_table(name: str, size: int, table, data_offset: int, stored: int, data
     expect = 1
     for i in range(n):
         slot, crc = _ENTRY.unpack_from(table, i * _ENTRY.size)
+        if slot == IN_PARENT:
+            if not in_parent:
+                raise ValueError(f"{name}: chunk {i} is marked as the parent's, and the file has no parent")
+            if crc:
+                raise ValueError(f"{name}: the parent's chunk {i} has a CRC")
+            continue
         if slot == 0:
             if crc:
                 raise ValueError(f"{name}: zero chunk {i} has a CRC")

@@ -34,7 +34,7 @@ _SVE_BIT = 4  # KVM_ARM_VCPU_SVE
 _TOP = ("kind", "created_by", "created_at_ns", "host", "machine", "vcpus")
 # Filled in when the snapshot is written (and checked by format.decode when
 # read); a snapshot taken in memory and restored at once has neither yet.
-_TOP_WRITTEN = ("format_version", "blobs", "ram", "seal")
+_TOP_WRITTEN = ("format_version", "blobs", "ram", "seal", "chain")
 _VCPU = ("index", "features", "sve_vls", "sme_vls", "svcr", "mp_state", "events", "saved_at_ns", "register_count")
 _REGION = ("slot", "gpa", "size", "blob", "stored_pages")
 CONFIG_KEYS = ("kernel", "initrd", "firmware", "cmdline", "mem", "cpus", "sve_max_vl", "sme_max_vl",

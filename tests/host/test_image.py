@@ -134,3 +134,42 @@ def test_kernel_initrd_and_dtb_placed_as_qemu_places_them():
     assert p.dtb_addr == layout.RAM_BASE + (126 << 20) and p.initrd_addr + (80 << 20) <= p.dtb_addr
     # firmware: the DTB in the top 2 MiB
     assert layout.plan(128 << 20, 4096, what="firmware").dtb_addr == layout.RAM_BASE + (126 << 20)
+
+
+def test_the_kernel_is_mapped_copy_on_write_or_read_into_shared_ram(tmp_path):
+    """Payload.load_into maps the kernel file over anonymous guest RAM (start-up
+    does not read it first) and reads it into RAM shared with a vhost-user
+    daemon; either way guest RAM holds the file, and guest writes never reach it."""
+    import mmap
+    import random
+
+    from pyvmm.machine import MachineConfig
+    from pyvmm.machine.config import prepare
+    from pyvmm.memory import GuestMemory
+    from support.image import make_image
+
+    body = 3 * (1 << 20) + 123  # not a page multiple: the mapped last page is zero past the end
+    data = bytearray(make_image(body=body))
+    data[4096:] = random.Random(3).randbytes(body - 4096)
+    kernel = tmp_path / "Image"
+    kernel.write_bytes(bytes(data))
+    payload = prepare(MachineConfig(kernel=str(kernel), mem=64 << 20))
+    addr = payload.plan.kernel_addr
+    for shared in (False, True):
+        mem = GuestMemory()
+        mem.add(layout.RAM_BASE, 64 << 20, shared=shared)
+        mem.regions[0].mm[addr - layout.RAM_BASE + body:addr - layout.RAM_BASE + body + 8] = b"stale!!!"
+        payload.load_into(mem, addr)
+        assert mem.read(addr, body) == bytes(data)
+        page_end = -(-body // mmap.PAGESIZE) * mmap.PAGESIZE
+        if not shared:  # mapped: the file's last page, zero past its end (what was in RAM there is gone)
+            assert mem.read(addr + body, page_end - body) == bytes(page_end - body)
+        mem.write(addr + 8192, b"guest writes here")
+        assert kernel.read_bytes() == bytes(data)
+        mem.close()
+    kernel.write_bytes(bytes(data) + b"more")
+    mem = GuestMemory()
+    mem.add(layout.RAM_BASE, 64 << 20)
+    with pytest.raises(UsageProblem, match="changed size while loading"):
+        payload.load_into(mem, addr)
+    mem.close()

@@ -5,6 +5,9 @@ import threading
 
 import pytest
 
+from pyvmm.memory import GuestMemory
+from support.fake_dirty_vm import FakeDirtyVm
+
 from pyvmm.control import ControlError
 from pyvmm.snapshot import format as fmt
 from pyvmm.control import handler as live
@@ -17,6 +20,8 @@ class FakeMachine:
         self.virtio = []  # no devices whose state lives outside pyvmm
         self.io_lock = threading.RLock()  # held while a snapshot is taken and written
         self.calls = []
+        # the dirty log a snapshot leaves on (pyvmm/snapshot/chain.py): a fake VM fd, no RAM
+        self.vm, self.mem, self.owned = FakeDirtyVm(), GuestMemory(), []
 
     def pause(self):
         self.paused = True

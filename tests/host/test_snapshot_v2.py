@@ -238,9 +238,9 @@ def test_version_1_files_still_load_and_newer_ones_are_refused_by_number(tmp_pat
     assert snap.manifest["format_version"] == 1 and isinstance(snap.blobs["ram0"], bytes)
     path, _ = save(tmp_path, guest_ram())
     data = bytearray(open(path, "rb").read())
-    data[8:12] = struct.pack("<I", 3)
+    data[8:12] = struct.pack("<I", 4)
     open(path, "wb").write(data)
-    with pytest.raises(fmt.SnapshotError, match="format version 3, newer than this pyvmm's 2"):
+    with pytest.raises(fmt.SnapshotError, match="format version 4, newer than this pyvmm's 3"):
         fmt.load(path)
     data[8:12] = struct.pack("<I", 0)
     open(path, "wb").write(data)

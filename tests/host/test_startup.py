@@ -42,7 +42,8 @@ def test_run_loads_no_snapshot_control_or_network_module():
     assert under(mods, "pyvmm.snapshot", "pyvmm.control", "pyvmm.abi_check", "pyvmm.vhost",
                  "pyvmm.devices.virtio_net", "pyvmm.devices.virtio_fs", "pyvmm.devices.virtio_vsock",
                  "pyvmm.commands.snapshot", "pyvmm.commands.restore", "pyvmm.commands.inspect",
-                 "pyvmm.vecstate", "pyvmm.net", "hashlib", "hmac", *TEST_ONLY) == []
+                 "pyvmm.vecstate", "pyvmm.net", "pyvmm.unix_socket", "hashlib", "hmac", "socket", "base64",
+                 *TEST_ONLY) == []
 
 
 @pytest.mark.parametrize("name", ["inspect", "diff", "caps", "restore-plan", "pause"])

@@ -26,7 +26,7 @@ def test_mapped_restore_runs_and_a_damaged_chunk_is_caught(tmp_path):
     assert r.returncode == 0, r.stderr
     vm.wait_exit(60)
     loaded = fmt.load(str(snap))
-    assert loaded.manifest["format_version"] == 2
+    assert loaded.manifest["format_version"] == 3
     image = loaded.blobs["ram0"]
     assert image.stored >= 2 and image.stored < 64  # the payload's chunk and the DTB's, not the zero ones
     first = list(image.runs())[0]
