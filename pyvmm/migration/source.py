@@ -33,6 +33,7 @@ from typing import Callable, Dict, List, Optional
 from ..dirty_log import DirtyLog, merge
 from ..errors import PyvmmError, UsageProblem
 from ..machine import ExitStatus, Machine
+from ..snapshot import chain
 from ..snapshot import format as fmt
 from ..snapshot import machine_snapshot
 from . import stream
@@ -70,10 +71,10 @@ def ms(t0: float, t1: float) -> float:
 
 def refusal(m: Machine) -> Optional[str]:
     """Why this machine cannot be migrated live, or None."""
+    why = chain.untracked(m)
+    if why:
+        return why
     for t in m.virtio:
-        if t.backend.kernel_queues:
-            return (f"its {type(t.backend).__name__} at {t.base:#x} runs on a vhost data plane, whose writes "
-                    "to guest memory pyvmm does not track yet")
         if t.backend.snapshot_refusal:
             return t.backend.snapshot_refusal
     if m.config.fss:
