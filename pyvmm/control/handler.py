@@ -92,7 +92,8 @@ class Controller:
                 m.finish(ExitStatus.POWEROFF, "stopped through the control socket")
                 return {"ok": True, "state": "stopped"}
             if cmd == "migrate":
-                return self._migrate(m, request, send)
+                self._migrate(m, request, send)
+                return None  # _migrate sent the reply itself, before ending the VM
             return self._snapshot(m, request, send)
 
     def _migrate(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> None:
@@ -116,7 +117,6 @@ class Controller:
         # The one reply goes out before this VM ends (its process exits soon after).
         send({"ok": True, **dataclasses.asdict(report)})
         m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
-        return None
 
     def _snapshot(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> Dict:
         path = request["path"]
