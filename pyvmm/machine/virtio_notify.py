@@ -14,10 +14,10 @@ interrupt pending in the vGIC whatever its state. A vhost plane gets that
 irqfd as its call eventfd, so no Python runs per interrupt; the I/O thread
 signals it for the queues Python serves. The used-buffer bit of
 InterruptStatus reads as set while the driver runs the device
-(:meth:`VirtioMmio.interrupt_status_reg`), and an InterruptACK write of just
-that bit (what the driver writes after nearly every interrupt) is another
-KVM_IOEVENTFD, with value 1 as datamatch, that nobody reads: KVM absorbs the
-write without an exit. docs/run.md ("Virtio interrupts") argues why no
+(:meth:`VirtioMmio.interrupt_status_reg`), so an InterruptACK of that bit
+changes nothing; it could be absorbed by another KVM_IOEVENTFD (value 1 as
+datamatch, ``ABSORB_ACK``), but that did not measurably help (README,
+Benchmarks), so it stays an MMIO exit. docs/run.md ("Virtio interrupts") argues why no
 interrupt is lost.
 
 Level-triggered (a machine restored from a snapshot taken before edge, whose
@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 
 EDGE_CAPS = ("KVM_CAP_IOEVENTFD", "KVM_CAP_IRQFD")
 LEVEL_CAPS = EDGE_CAPS + ("KVM_CAP_IRQFD_RESAMPLE",)
+# Absorb InterruptACK writes of the used-buffer bit in KVM (edge only). Off:
+# an A/B of the console throughput (2 runs each, 2026-12-03) gave 127 KB/s
+# absorbed vs 165 KB/s with the exits, i.e. no measurable gain.
+ABSORB_ACK = False
 
 
 def needed_caps(edge: bool):
@@ -72,7 +76,7 @@ class Notifiers:
         try:
             self.kicks = [eventfd() for _ in range(num_queues)]
             self.call = eventfd()
-            if edge:
+            if edge and ABSORB_ACK:
                 self.ack = eventfd()
             else:
                 self.resample = eventfd()
