@@ -5,13 +5,13 @@ Python keeps the control plane: feature negotiation, the config space, the
 transport's registers. When the driver sets DRIVER_OK the plane gets the
 negotiated features, the memory table and, for each served queue, its size,
 next available index, ring addresses (in this process), the queue's kick
-eventfd (KVM_IOEVENTFD) and the device's call eventfd. From then on the
-guest's notifies never reach Python and the data never does; the plane's
-used-buffer signals wake the I/O thread, which sets the transport's
-interrupt status and raises the line through KVM_IRQFD (see
-pyvmm/machine/virtio_notify.py for why the plane does not signal the irqfd
-itself). A reset stops the plane (``stop``) before the transport forgets
-the queues.
+eventfd (KVM_IOEVENTFD) and the device's call eventfd: the interrupt's
+irqfd itself (edge-triggered), so from then on neither the guest's notifies,
+nor the data, nor the plane's interrupts reach Python. (Level-triggered, on
+a machine restored from an older snapshot, the call eventfd is one the I/O
+thread turns into the transport's interrupt status: see
+pyvmm/machine/virtio_notify.py.) A reset stops the plane (``stop``) before
+the transport forgets the queues.
 
 ``plane`` is anything with set_features, set_mem_table, set_vring_num,
 set_vring_base, set_vring_addr, set_vring_kick, set_vring_call and
@@ -43,11 +43,12 @@ class VhostBackend(VirtioBackend):
         self.plane_features = plane_features  # what VHOST_GET_FEATURES answered
         self.kicks: List[int] = []
         self.call = -1
+        self.direct = True  # self.call is the interrupt's irqfd (edge-triggered)
         self.running = False
         self.started: List[int] = []  # the queues handed to the plane
 
-    def attach_eventfds(self, kicks: List[int], call: int) -> None:
-        self.kicks, self.call = kicks, call
+    def attach_eventfds(self, kicks: List[int], call: int, direct: bool = True) -> None:
+        self.kicks, self.call, self.direct = kicks, call, direct
 
     def plane_feature_bits(self, negotiated: int) -> int:
         """The negotiated features the plane is told about: the ones it offered."""
@@ -88,13 +89,13 @@ class VhostBackend(VirtioBackend):
     # -- snapshots ----------------------------------------------------------------------
     def pause(self, transport) -> None:
         """Stop the plane and take back each served ring's next available
-        index into the transport's queue (what a snapshot records), and a
-        used-buffer signal the I/O thread has not passed on yet into its
-        interrupt status."""
+        index into the transport's queue (what a snapshot records), and
+        (level-triggered) a used-buffer signal the I/O thread has not passed
+        on yet into its interrupt status. An irqfd (edge) is KVM's to read."""
         self.stop()
         for i in self.started:
             transport.queues[i].last_avail = self.plane.get_vring_base(i)
-        if self.call >= 0 and drain(self.call):
+        if not self.direct and self.call >= 0 and drain(self.call):
             transport.plane_used()
 
     def unpause(self, transport) -> None:

@@ -6,6 +6,20 @@ queues, the interrupt status and the error state: when a backend's queue
 handling raises :class:`VirtqueueError` or touches memory outside guest RAM,
 the device sets DEVICE_NEEDS_RESET, raises a configuration-change interrupt
 (4.2.2.1 / 2.1.2) and ignores its queues until the driver resets it.
+
+The interrupt is edge-triggered (what ``pyvmm run`` builds): the device tree
+says edge-rising, ``raise_irq(True)`` is one edge, and nothing ever lowers a
+line. Whoever signals the interrupt -- the transport for the queues Python
+serves, a vhost plane for its own (straight into KVM_IRQFD, unseen by
+Python) -- the driver must find its used buffers, so the used-buffer bit of
+InterruptStatus reads as set whenever DRIVER_OK is (Linux's vm_interrupt
+reads the status, acknowledges it and, with that bit, looks at every queue;
+a queue without new used buffers costs it one index compare), and an ACK of
+that bit changes nothing. The configuration-change bit is held and
+acknowledged as the spec says. Level-triggered transports (the form before
+edge, kept for restoring snapshots taken then: ``trigger="level"``) hold
+both bits and a level that stays up until the driver acknowledges them
+(docs/run.md, "Virtio interrupts").
 """
 from __future__ import annotations
 
@@ -40,6 +54,33 @@ INT_USED_BUFFER, INT_CONFIG_CHANGE = 1, 2
 
 VIRTIO_F_VERSION_1 = 1 << 32
 
+# The interrupt's trigger type, in the device tree and in saved state.
+TRIGGER_EDGE, TRIGGER_LEVEL = "edge", "level"
+TRIGGERS = (TRIGGER_EDGE, TRIGGER_LEVEL)
+# The transport's saved-state version: 2 added "trigger" (version 1, before
+# it, was always level-triggered).
+STATE_VERSION = 2
+
+
+def saved_trigger(state) -> str:
+    """The trigger type a saved transport state (:meth:`VirtioMmio.save_state`)
+    was taken with, read before a machine is built for it: "level" for a
+    version-1 state, else its "trigger" field. UsageProblem for a state
+    that is no JSON object, too new, or names another trigger; the rest is
+    checked by :meth:`VirtioMmio.load_state`."""
+    fields = {k: state[k] for k in ("version", "trigger") if k in state} if isinstance(state, dict) else state
+    r = StateReader("virtio-mmio", fields, (), ("trigger",), version=STATE_VERSION)
+    if r.version < 2:
+        if r.has("trigger"):
+            raise r.fail("'trigger' is no field of version 1 (always level-triggered)")
+        return TRIGGER_LEVEL
+    if not r.has("trigger"):
+        raise r.fail(f"version {r.version} lacks 'trigger'")
+    trigger = r.str("trigger")
+    if trigger not in TRIGGERS:
+        raise r.fail(f"'trigger' must be one of {', '.join(map(repr, TRIGGERS))}, not {trigger[:20]!r}")
+    return trigger
+
 
 class VirtioBackend:
     """What a virtio device type supplies. Handlers run with the transport's lock held."""
@@ -52,22 +93,24 @@ class VirtioBackend:
     # True when a data plane outside Python (vhost in the kernel, a
     # vhost-user daemon) serves the queues: it is handed the queues' kick
     # eventfds and a call eventfd (attach_eventfds) that it signals when it
-    # used buffers; the I/O thread turns each signal into the used-buffer
-    # bit of InterruptStatus (:meth:`VirtioMmio.plane_used`). The plane does
-    # not signal the interrupt's irqfd itself: the line is level-triggered
-    # with a resamplefd, and a signal while the line is still high would be
-    # lost when the guest ends the interrupt (only the transport knows to
-    # raise it again).
+    # used buffers. Edge-triggered, that is the interrupt's irqfd itself:
+    # no Python runs per interrupt. Level-triggered (restored old
+    # snapshots) it is an eventfd of its own that the I/O thread turns into
+    # the used-buffer bit of InterruptStatus (:meth:`VirtioMmio.plane_used`):
+    # a signal while the level-triggered line is still high would be lost
+    # when the guest ends the interrupt, and only the transport knows to
+    # raise it again.
     kernel_queues = False
     # The queues that data plane serves (the others are emulated in Python).
     served_queues: Sequence[int] = ()
     # Why a machine with this device cannot be snapshotted (None: it can).
     snapshot_refusal: Optional[str] = None
 
-    def attach_eventfds(self, kicks: List[int], call: int) -> None:
+    def attach_eventfds(self, kicks: List[int], call: int, direct: bool = True) -> None:
         """The queue kick eventfds (KVM_IOEVENTFD on QueueNotify, one per
         queue) and the eventfd the plane signals for used buffers, for
-        kernel_queues backends."""
+        kernel_queues backends; ``direct``: that is the interrupt's irqfd
+        (edge-triggered), not an eventfd the I/O thread reads."""
 
     def config_read(self, offset: int, length: int) -> bytes:
         return bytes(length)
@@ -99,8 +142,17 @@ class VirtioBackend:
 
 
 class VirtioMmio:
-    def __init__(self, base: int, spi: int, mem, raise_irq: Callable[[bool], None], backend: VirtioBackend):
+    """``raise_irq(level)``: the device's interrupt. Edge-triggered
+    (``trigger`` "edge", the default) only ``raise_irq(True)`` is called, one
+    edge each; level-triggered, the line's changes."""
+
+    def __init__(self, base: int, spi: int, mem, raise_irq: Callable[[bool], None], backend: VirtioBackend,
+                 trigger: str = TRIGGER_EDGE):
+        if trigger not in TRIGGERS:
+            raise ValueError(f"interrupt trigger {trigger!r}")
         self.base, self.spi = base, spi
+        self.trigger = trigger
+        self.edge = trigger == TRIGGER_EDGE
         self.mem = mem
         self._raise_irq = raise_irq
         self.backend = backend
@@ -126,24 +178,39 @@ class VirtioMmio:
         self._set_level(False)
 
     def _set_level(self, level: bool) -> None:
-        if level != self._level:  # the line is level-triggered: only changes matter
+        if level != self._level and not self.edge:  # a level-triggered line: only changes matter
             self._level = level
             self._raise_irq(level)
 
     # -- interrupts and errors -----------------------------------------------
+    def _interrupt(self, bit: int) -> None:
+        """Report ``bit`` of InterruptStatus to the driver: one edge, or the
+        line held up (level). The used-buffer bit is not held when
+        edge-triggered (it reads as set while DRIVER_OK is)."""
+        if self.edge:
+            self.interrupt_status |= bit & ~INT_USED_BUFFER
+            self._raise_irq(True)
+        else:
+            self.interrupt_status |= bit
+            self._set_level(True)
+
+    def interrupt_status_reg(self) -> int:
+        """What the driver reads from InterruptStatus."""
+        if self.edge and self.status & DRIVER_OK:
+            return self.interrupt_status | INT_USED_BUFFER
+        return self.interrupt_status
+
     def signal_used(self, queue: Virtqueue) -> None:
         if queue.wants_interrupt():
-            self.interrupt_status |= INT_USED_BUFFER
-            self._set_level(True)
+            self._interrupt(INT_USED_BUFFER)
 
     def fail(self, why: str) -> None:
         """Enter the error state (2.1.1: DEVICE_NEEDS_RESET + config change)."""
         if self.error is None:
             self.error = why
             self.status |= DEVICE_NEEDS_RESET
-            self.interrupt_status |= INT_CONFIG_CHANGE
             self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
-            self._set_level(True)
+            self._interrupt(INT_CONFIG_CHANGE)
 
     @property
     def driver_ok(self) -> bool:
@@ -189,26 +256,32 @@ class VirtioMmio:
         """Once guest RAM is restored: a running device is activated again (a
         vhost plane is handed the queues, a tap watched) and told it was
         restored (:meth:`VirtioBackend.restored`); then every ready queue is
-        served once."""
+        served once. Edge-triggered, a running device raises one edge: a
+        plane's signal KVM had not yet injected when the machine was saved
+        (its irqfd work) is not in the saved vGIC; an extra edge finds at
+        worst nothing new to do."""
         with self.lock:
             if self.driver_ok:
                 self.backend.activate(self)
                 self.run_guarded(self.backend.restored, self)
         self.notify_all()
+        with self.lock:
+            if self.edge and self.status & DRIVER_OK:
+                self._raise_irq(True)
 
     def plane_used(self) -> None:
         """The data plane of a kernel_queues backend signalled used buffers
-        (its call eventfd, read by the I/O thread)."""
+        (level-triggered: its call eventfd, read by the I/O thread)."""
         with self.lock:
             if self.driver_ok:
-                self.interrupt_status |= INT_USED_BUFFER
-                self._set_level(True)
+                self._interrupt(INT_USED_BUFFER)
 
     def resample(self) -> None:
-        """The guest ended its interrupt (KVM_IRQFD resample): KVM lowered the
-        line; raise it again while the device still has something to report."""
+        """The guest ended its interrupt (level-triggered: KVM_IRQFD resample):
+        KVM lowered the line; raise it again while the device still has
+        something to report."""
         with self.lock:
-            if self.interrupt_status:
+            if self.interrupt_status and not self.edge:
                 self._raise_irq(True)
 
     # -- registers ---------------------------------------------------------------
@@ -239,7 +312,7 @@ class VirtioMmio:
         if offset == R_QUEUE_READY:
             return int(q.ready) if q else 0
         if offset == R_INTERRUPT_STATUS:
-            return self.interrupt_status
+            return self.interrupt_status_reg()
         if offset == R_STATUS:
             return self.status
         if offset == R_CONFIG_GENERATION:
@@ -323,11 +396,13 @@ class VirtioMmio:
                    "queue_sel", "interrupt_status", "config_generation", "error", "level", "queues", "backend")
 
     def save_state(self) -> Dict:
-        """The transport's registers, the error state, the interrupt line
-        level, every queue (:meth:`Virtqueue.save_state`) and the backend's
-        own state under "backend", with the backend's device id."""
+        """The transport's registers, the error state, the interrupt's
+        trigger type and line level (always low when edge-triggered), every
+        queue (:meth:`Virtqueue.save_state`) and the backend's own state
+        under "backend", with the backend's device id."""
         with self.lock:
-            return {"device_id": self.backend.device_id, "status": self.status,
+            return {"version": STATE_VERSION, "trigger": self.trigger,
+                    "device_id": self.backend.device_id, "status": self.status,
                     "device_features_sel": self.device_features_sel,
                     "driver_features_sel": self.driver_features_sel, "driver_features": self.driver_features,
                     "queue_sel": self.queue_sel, "interrupt_status": self.interrupt_status,
@@ -338,9 +413,14 @@ class VirtioMmio:
         """Take a state from :meth:`save_state` into a freshly built transport
         with the same kind of backend. Everything is checked before anything
         changes; a high interrupt line is raised once so the interrupt
-        controller (restored first) matches."""
+        controller (restored first) matches. The state's trigger type must
+        be this transport's (a machine is built with the one its snapshot
+        names: :func:`saved_trigger`)."""
         what = f"virtio-mmio@{self.base:#x}"
-        r = StateReader(what, state, self._STATE_KEYS)
+        r = StateReader(what, state, self._STATE_KEYS, ("trigger",), version=STATE_VERSION)
+        trigger = saved_trigger(state)
+        if trigger != self.trigger:
+            raise r.fail(f"interrupt saved {trigger}-triggered, this device's is {self.trigger}-triggered")
         device_id = r.int("device_id", 0, 0xFFFFFFFF)
         if device_id != self.backend.device_id:
             raise r.fail(f"saved from a device with id {device_id}, this one is device {self.backend.device_id}")
@@ -352,7 +432,11 @@ class VirtioMmio:
                   "interrupt_status": r.int("interrupt_status", 0, INT_USED_BUFFER | INT_CONFIG_CHANGE),
                   "config_generation": r.int("config_generation", 0, u32), "error": r.str("error", optional=True)}
         level = r.bool("level")
-        if level != bool(fields["interrupt_status"]):
+        if self.edge:
+            if level or fields["interrupt_status"] & INT_USED_BUFFER:
+                raise r.fail(f"line level {int(level)} and interrupt status {fields['interrupt_status']:#x}: "
+                             "an edge-triggered device holds neither a line nor the used-buffer bit")
+        elif level != bool(fields["interrupt_status"]):
             raise r.fail(f"line level {int(level)} does not match interrupt status {fields['interrupt_status']:#x}")
         if (fields["error"] is not None) != bool(fields["status"] & DEVICE_NEEDS_RESET):
             raise r.fail(f"error {fields['error']!r} does not match status {fields['status']:#x} (DEVICE_NEEDS_RESET)")
@@ -372,5 +456,6 @@ class VirtioMmio:
         return (fdt.Node(f"virtio_mmio@{self.base:x}")
                 .prop("compatible", "virtio,mmio")
                 .prop("reg", fdt.reg64((self.base, SIZE)))
-                .prop("interrupts", fdt.irq(fdt.GIC_SPI, self.spi, fdt.IRQ_TYPE_LEVEL_HIGH))
+                .prop("interrupts", fdt.irq(fdt.GIC_SPI, self.spi,
+                                            fdt.IRQ_TYPE_EDGE_RISING if self.edge else fdt.IRQ_TYPE_LEVEL_HIGH))
                 .prop("dma-coherent"))

@@ -32,7 +32,7 @@ from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_blk import VirtioBlk
 from ..devices.virtio_console import VirtioConsole
 from ..devices.virtio_rng import VirtioRng
-from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, VirtioBackend, VirtioMmio
+from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, TRIGGER_EDGE, VirtioBackend, VirtioMmio
 from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
 from ..memory import GuestMemory
 from .. import guest_features
@@ -129,6 +129,10 @@ class Machine:
         # the I/O thread.
         self.io: Optional[IoThread] = None
         self.eventfds = False
+        # The virtio interrupts' trigger type: edge (what this pyvmm builds),
+        # or level for a machine restored from a snapshot taken before edge
+        # (its guest configured the SPIs as level; set before create_devices).
+        self.virtio_trigger = TRIGGER_EDGE
         self.notifiers: List[virtio_notify.Notifiers] = []
         self.owned: List = []  # backends holding host resources (closed by close())
         # The taps' interfaces: one deleted on the host mid-run stops the guest.
@@ -141,6 +145,17 @@ class Machine:
 
         def raise_irq(level: bool) -> None:
             vm.irq_line(line, 1 if level else 0)
+        return raise_irq
+
+    def _edge_irq(self, spi: int) -> Callable[[bool], None]:
+        """An edge-triggered interrupt through KVM_IRQ_LINE: a raise is a
+        pulse, as an irqfd without resampling injects it."""
+        line = self._irq(spi)
+
+        def raise_irq(level: bool) -> None:
+            if level:
+                line(True)
+                line(False)
         return raise_irq
 
     def build(self) -> None:
@@ -199,7 +214,7 @@ class Machine:
         self.bus.register(layout.UART_BASE, PL011_SIZE, self.uart, "pl011")
         self._coalesce_uart_output()
         self.io = IoThread(self.io_lock, self._io_failed)
-        self.eventfds = virtio_notify.supported(self.kvm)
+        self.eventfds = virtio_notify.supported(self.kvm, self.virtio_trigger == TRIGGER_EDGE)
         slot = 0
         if c.console == "virtio":
             self.console = VirtioConsole(self.output)
@@ -258,18 +273,21 @@ class Machine:
 
     def _add_virtio(self, slot: int, backend: VirtioBackend, name: str) -> None:
         base, spi = layout.virtio_slot(slot)
+        trigger = self.virtio_trigger
+        edge = trigger == TRIGGER_EDGE
         if not self.eventfds:
             if backend.kernel_queues:
-                raise HostUnsupported(f"{name} needs KVM_IOEVENTFD, KVM_IRQFD and irqfd resampling, "
-                                      "which this host's KVM does not offer")
-            t = VirtioMmio(base, spi, self.mem, self._irq(spi), backend)
+                caps = virtio_notify.needed_caps(edge)
+                raise HostUnsupported(f"{name} needs {', '.join(caps)} ({trigger}-triggered interrupts), "
+                                      "which this host's KVM does not all offer")
+            t = VirtioMmio(base, spi, self.mem, self._edge_irq(spi) if edge else self._irq(spi), backend, trigger)
         else:
-            n = virtio_notify.Notifiers(backend.num_queues)
+            n = virtio_notify.Notifiers(backend.num_queues, edge)
             self.notifiers.append(n)
-            t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend)
+            t = VirtioMmio(base, spi, self.mem, n.raise_irq, backend, trigger)
             n.register(built(self.vm, "VM"), base, spi)
             if backend.kernel_queues:
-                backend.attach_eventfds(n.kicks, n.plane_call)
+                backend.attach_eventfds(n.kicks, n.plane_call, direct=edge)
             n.serve(built(self.io, "I/O thread"), t,
                     [i for i in range(backend.num_queues) if i not in backend.served_queues])
         self.bus.register(base, VIRTIO_SIZE, t, name)

@@ -305,6 +305,7 @@ def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: 
     from .._ffi import const
 
     m.pmu = any(const("KVM_ARM_VCPU_PMU_V3") in st.features for st in states)  # create_devices inits it
+    m.virtio_trigger = schema.virtio_trigger(machine["devices"])  # create_devices wires the interrupts for it
     for st in states:
         v = built(m.vm, "VM").create_vcpu(st.index)
         vcpu_state.init(v, st)  # features, vector lengths, MPIDR

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 
 from ..boot import layout
 from ..devices.state import StateReader
+from ..devices.virtio_mmio import TRIGGER_EDGE, saved_trigger
 from ..errors import UsageProblem
 
 KINDS = ("machine", "baremetal")
@@ -153,7 +154,20 @@ def _machine(snap, machine) -> Optional[int]:
         v.int("base", 0, (1 << 48) - 1)
         v.int("device_id", 0, 0xFFFFFFFF)
         v.dict("state")
+    virtio_trigger(machine["devices"])
     return sme_bit
+
+
+def virtio_trigger(devices: Dict) -> str:
+    """The trigger type of a checked snapshot's virtio interrupts, one for
+    all: a snapshot taken before edge-triggered virtio interrupts is level
+    (its guest configured the SPIs so from the device tree it booted with)
+    and is restored so; one that mixes both is refused."""
+    triggers = {saved_trigger(v["state"]) for v in devices.get("virtio", [])}
+    if len(triggers) > 1:
+        raise UsageProblem("snapshot machine.devices.virtio: edge- and level-triggered interrupts mixed; "
+                           "pyvmm saves one kind per machine")
+    return triggers.pop() if triggers else TRIGGER_EDGE
 
 
 def _baremetal(snap, machine) -> Optional[int]:

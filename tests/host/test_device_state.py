@@ -332,16 +332,17 @@ class _Disks:
         self.a.write_bytes(bytes(range(256)) * 64)  # 32 sectors
 
 
-def _pair(console, disks=None):
+def _pair(console, disks=None, trigger=T.TRIGGER_EDGE):
     out1, out2 = [], []
     if console:
-        return Driver(VirtioConsole(out1.append)), out1, lambda: (Driver(VirtioConsole(out2.append)), out2)
+        return (Driver(VirtioConsole(out1.append), trigger), out1,
+                lambda: (Driver(VirtioConsole(out2.append), trigger), out2))
     disks.fresh()
 
     def second():
         shutil.copyfile(disks.a, disks.b)
-        return Driver(B.VirtioBlk(str(disks.b))), out2
-    return Driver(B.VirtioBlk(str(disks.a))), out1, second
+        return Driver(B.VirtioBlk(str(disks.b)), trigger), out2
+    return Driver(B.VirtioBlk(str(disks.a)), trigger), out1, second
 
 
 def here(state):
@@ -358,9 +359,10 @@ def disks(tmp_path_factory):
 
 
 @SETTINGS
-@given(data=st.data(), console=st.booleans(), setup=st.sampled_from([True, True, False]))
-def test_virtio_mmio_round_trip(disks, data, console, setup):
-    d1, out1, second = _pair(console, disks)
+@given(data=st.data(), console=st.booleans(), setup=st.sampled_from([True, True, False]),
+       trigger=st.sampled_from(T.TRIGGERS))
+def test_virtio_mmio_round_trip(disks, data, console, setup, trigger):
+    d1, out1, second = _pair(console, disks, trigger)
     if setup:
         d1.init()  # often start from a working driver; the random ops may then break it
     for op in data.draw(mmio_ops(console), "before"):
@@ -449,8 +451,8 @@ def test_virtio_ring_outside_ram_is_refused_and_nothing_changes():
     assert fresh.dev.save_state() == before and fresh.levels == []
 
 
-def _console_state(**changes):
-    d = Driver(VirtioConsole(lambda b: None))
+def _console_state(kind=T.TRIGGER_EDGE, **changes):
+    d = Driver(VirtioConsole(lambda b: None), kind)
     assert d.init()
     state = json_round_trip(d.dev.save_state())
     for key, value in changes.items():
@@ -464,7 +466,13 @@ def _console_state(**changes):
 @pytest.mark.parametrize("changes,match", [
     ({"status": "ok"}, r"'status' must be an integer"),
     ({"interrupt_status": 4}, r"'interrupt_status' must be an integer in 0x0\.\.0x3"),
-    ({"level": True}, r"line level 1 does not match interrupt status 0x0"),
+    ({"level": True}, r"line level 1 and interrupt status 0x0: an edge-triggered device holds neither"),
+    ({"interrupt_status": 1}, r"line level 0 and interrupt status 0x1: an edge-triggered device holds neither"),
+    ({"trigger": "level"}, r"interrupt saved level-triggered, this device's is edge-triggered"),
+    ({"trigger": "pulse"}, r"virtio-mmio state: 'trigger' must be one of 'edge', 'level', not 'pulse'"),
+    ({"trigger": None}, r"'trigger' must be a string"),
+    ({"version": 3}, r"virtio-mmio@0xa000000 state is version 3, this pyvmm reads up to 2"),
+    ({"version": 1}, r"'trigger' is no field of version 1"),
     ({"error": "broken"}, r"error 'broken' does not match status"),
     ({"error": 5}, r"'error' must be a string or null"),
     ({"queues": [{}]}, r"'queues' has 1 entries, expected 2"),
@@ -479,6 +487,39 @@ def test_virtio_bad_state_is_refused(changes, match):
     before = d.dev.save_state()
     refused(lambda: d.dev.load_state(_console_state(**changes)), match)
     assert d.dev.save_state() == before and d.levels == []
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"level": True}, r"line level 1 does not match interrupt status 0x0"),
+    ({"interrupt_status": 1}, r"line level 0 does not match interrupt status 0x1"),
+    ({"trigger": "edge"}, r"interrupt saved edge-triggered, this device's is level-triggered"),
+])
+def test_virtio_bad_level_state_is_refused(changes, match):
+    d = Driver(VirtioConsole(lambda b: None), T.TRIGGER_LEVEL)
+    before = d.dev.save_state()
+    refused(lambda: d.dev.load_state(_console_state(T.TRIGGER_LEVEL, **changes)), match)
+    assert d.dev.save_state() == before and d.levels == []
+
+
+def test_version_1_state_is_level_triggered():
+    """A transport state from before edge-triggered interrupts (no
+    "version", no "trigger") is level-triggered: a level transport takes it,
+    an edge one refuses it naming both; a version-2 state without its
+    trigger is refused."""
+    state = _console_state(T.TRIGGER_LEVEL)
+    assert state["version"] == 2 and state["trigger"] == "level"
+    del state["version"], state["trigger"]
+    assert T.saved_trigger(state) == T.TRIGGER_LEVEL
+    d = Driver(VirtioConsole(lambda b: None), T.TRIGGER_LEVEL)
+    d.dev.load_state(state)
+    assert d.dev.save_state()["trigger"] == "level"
+    refused(lambda: Driver(VirtioConsole(lambda b: None)).dev.load_state(state),
+            r"virtio-mmio@0xa000000 state: interrupt saved level-triggered, this device's is edge-triggered")
+    edge = _console_state()
+    assert T.saved_trigger(edge) == T.TRIGGER_EDGE
+    del edge["trigger"]
+    refused(lambda: T.saved_trigger(edge), r"virtio-mmio state: version 2 lacks 'trigger'")
+    refused(lambda: T.saved_trigger([]), r"virtio-mmio state is not a JSON object")
 
 
 def test_virtio_blk_disk_checks(disk_pair, tmp_path):
@@ -506,14 +547,38 @@ def test_virtio_blk_disk_checks(disk_pair, tmp_path):
     assert d3.dev.backend.serial == b"disk.img"
 
 
-def test_high_line_is_raised_once_on_load():
+def test_edge_device_raises_one_edge_after_restore():
+    """Edge-triggered: a load raises nothing (no line is held; the vGIC's
+    saved pending state is the interrupt's); after_restore then raises one
+    edge for a running device, since a plane's signal KVM had not injected
+    yet when the machine was saved is in neither."""
     d = Driver(VirtioConsole(lambda b: None))
     assert d.init()
     a, n = d.buf(b"out")
     d.submit(1, [(a, n, False)])
     assert d.levels == [True]
     state = json_round_trip(d.dev.save_state())
+    assert state["level"] is False and state["interrupt_status"] == 0
     d2 = Driver(VirtioConsole(lambda b: None))
+    d2.mem.write(RAM, d.mem.read(RAM, RAM_SIZE))
+    d2.dev.load_state(state)
+    assert d2.levels == []
+    d2.dev.after_restore()
+    assert d2.levels == [True] and d2.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER
+    d3 = Driver(VirtioConsole(lambda b: None))  # never started: nothing to raise
+    d3.dev.load_state(json_round_trip(d3.dev.save_state()))
+    d3.dev.after_restore()
+    assert d3.levels == []
+
+
+def test_high_line_is_raised_once_on_load():
+    d = Driver(VirtioConsole(lambda b: None), T.TRIGGER_LEVEL)
+    assert d.init()
+    a, n = d.buf(b"out")
+    d.submit(1, [(a, n, False)])
+    assert d.levels == [True]
+    state = json_round_trip(d.dev.save_state())
+    d2 = Driver(VirtioConsole(lambda b: None), T.TRIGGER_LEVEL)
     d2.dev.load_state(state)
     assert d2.levels == [True]
     assert d2.ack() == T.INT_USED_BUFFER and d2.levels == [True, False]

@@ -147,6 +147,15 @@ def test_property_machine_manifest(no_host, doc):
     (lambda m: m["machine"]["config"].update(mem=32 << 30), "RAM of 67108864 bytes does not match the configuration's 34359738368"),
     (lambda m: m["machine"]["config"].update(firmware="/fw.bin"), "'kernel' and 'firmware' are both set"),
     (lambda m: m["machine"]["memory"][0].update(size="64M"), "'size' must be an integer"),
+    # virtio interrupt trigger types (a state without "version" is version 1: level)
+    (lambda m: m["machine"]["devices"]["virtio"][0]["state"].update(version=2, trigger="edge"),
+     "snapshot machine.devices.virtio: edge- and level-triggered interrupts mixed"),
+    (lambda m: m["machine"]["devices"]["virtio"][1]["state"].update(version=2, trigger="pulse"),
+     "virtio-mmio state: 'trigger' must be one of 'edge', 'level', not 'pulse'"),
+    (lambda m: m["machine"]["devices"]["virtio"][1]["state"].update(version=2),
+     "virtio-mmio state: version 2 lacks 'trigger'"),
+    (lambda m: m["machine"]["devices"]["virtio"][0]["state"].update(version=3, trigger="edge"),
+     "virtio-mmio state is version 3, this pyvmm reads up to 2"),
 ])
 def test_issue_malformed_snapshots_are_refused_field_exact(no_host, change, message):
     from pyvmm.snapshot import format as fmt
@@ -167,6 +176,20 @@ def test_issue_malformed_snapshots_are_refused_field_exact(no_host, change, mess
         schema.check(fmt.decode(data))
     assert message in str(info.value)
     assert info.value.exit_status == 2 and "\n" not in str(info.value)
+
+
+def test_virtio_trigger_of_a_snapshot(no_host):
+    """Restore builds the machine's virtio interrupts with the trigger type
+    its snapshot was taken with: level for states from before edge (no
+    version), edge for version 2 "edge", edge for a machine without virtio."""
+    from pyvmm.snapshot import schema
+
+    devices = json.loads(json.dumps(VALID_MACHINE.manifest["machine"]["devices"]))
+    assert schema.virtio_trigger(devices) == "level"
+    for v in devices["virtio"]:
+        v["state"].update(version=2, trigger="edge")
+    assert schema.virtio_trigger(devices) == "edge"
+    assert schema.virtio_trigger({"uart": {}, "virtio": []}) == "edge"
 
 
 def test_deeply_nested_manifest(no_host):

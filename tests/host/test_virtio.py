@@ -35,7 +35,8 @@ def test_blk_read_write_flush_getid(disk):
     rd, status = blk_request(d, B.T_IN, 1, read_len=512)
     assert d.mem.read(status[0], 1) == b"\0"
     assert d.mem.read(rd[0], 512) == (bytes(range(256)) * 2)
-    assert d.levels[-1] is True and d.ack() == T.INT_USED_BUFFER and d.levels[-1] is False
+    # edge-triggered: one edge per batch; the used-buffer bit reads set while DRIVER_OK
+    assert d.levels == [True] and d.ack() == T.INT_USED_BUFFER and d.levels == [True]
     idx, elems = d.used(0)
     assert idx == 1 and elems[0] == (0, 513)
     _, status = blk_request(d, B.T_OUT, 3, data=b"\xab" * 1024)
@@ -82,7 +83,7 @@ def test_malformed_request_needs_reset_then_recovers(disk):
     # ignored while broken
     d.submit(0, [(0xDEAD0000, 16, False)])
     d.w(T.R_STATUS, 0)  # reset
-    assert d.r(T.R_STATUS) == 0 and d.dev.error is None and d.levels[-1] is False
+    assert d.r(T.R_STATUS) == 0 and d.dev.error is None and d.r(T.R_INTERRUPT_STATUS) == 0
     assert d.init()
     _, status = blk_request(d, B.T_IN, 0, read_len=512)
     assert d.mem.read(status[0], 1) == b"\0"
@@ -132,7 +133,7 @@ def test_rng_fills_buffers_from_the_source():
     idx, elems = d.used(0)
     assert idx == 1 and elems[0] == (0, 64) and calls == [64]
     assert d.mem.read(a, 48) + d.mem.read(b, 16) == source(64)
-    assert d.levels == [True] and d.ack() == T.INT_USED_BUFFER and d.levels == [True, False]
+    assert d.levels == [True] and d.ack() == T.INT_USED_BUFFER and d.levels == [True]
     assert rng.save_state() == {"bytes_given": 64}
 
 
@@ -149,9 +150,10 @@ def test_rng_caps_a_huge_request_and_refuses_readable_only_chains():
 
 
 def test_notify_and_resample_paths_of_the_io_thread():
-    """notify() is what the I/O thread calls on a kick; resample() raises the
-    line again while InterruptStatus is non-zero (irqfd level semantics)."""
-    d = Driver(VirtioRng(lambda n: bytes(n)))
+    """notify() is what the I/O thread calls on a kick; level-triggered,
+    resample() raises the line again while InterruptStatus is non-zero
+    (irqfd level semantics)."""
+    d = Driver(VirtioRng(lambda n: bytes(n)), T.TRIGGER_LEVEL)
     assert d.init()
     a, _ = d.buf(size=8)
     d.submit(0, [(a, 8, True)], notify=False)
@@ -174,7 +176,7 @@ def test_kernel_queues_raise_the_line_when_their_plane_used_buffers():
     EOI (resample) until the driver acks it; nothing before DRIVER_OK."""
     class Vhostish(VirtioRng):
         kernel_queues = True
-    d = Driver(Vhostish())
+    d = Driver(Vhostish(), T.TRIGGER_LEVEL)
     d.dev.plane_used()
     assert d.r(T.R_INTERRUPT_STATUS) == 0 and d.levels == []
     assert d.init()
@@ -187,6 +189,61 @@ def test_kernel_queues_raise_the_line_when_their_plane_used_buffers():
     d.ack()
     d.dev.resample()
     assert d.levels == [True, True, False]
+
+
+def test_edge_interrupt_status_reads_used_while_driver_ok():
+    """Edge-triggered (a vhost plane signals the irqfd unseen by Python): the
+    used-buffer bit reads set from DRIVER_OK until a reset, whatever was
+    signalled or acknowledged; each used batch is one edge; resample and
+    plane signals, which only the level-triggered path has, raise nothing."""
+    class Vhostish(VirtioRng):
+        kernel_queues = True
+    d = Driver(Vhostish())
+    assert d.dev.edge and d.r(T.R_INTERRUPT_STATUS) == 0
+    assert d.init()
+    assert d.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER and d.levels == []
+    assert d.ack() == T.INT_USED_BUFFER and d.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER
+    d.dev.resample()
+    assert d.levels == []
+    a, _ = d.buf(size=8)
+    d.submit(0, [(a, 8, True)], notify=False)
+    d.dev.notify(0)
+    d.dev.notify(0)  # nothing new: no edge
+    assert d.used(0)[0] == 1 and d.levels == [True]
+    d.submit(0, [(a, 8, True)], head=1)
+    assert d.levels == [True, True]  # one edge per batch, acknowledged or not
+    d.w(T.R_STATUS, 0)
+    assert d.r(T.R_INTERRUPT_STATUS) == 0 and d.levels == [True, True]
+
+
+def test_edge_config_change_bit_is_held_until_acknowledged(disk):
+    """The configuration-change bit (the error state) is held and raised as
+    one edge, and only an ACK with it clears it; an ACK of the used-buffer
+    bit alone (what KVM absorbs through its ioeventfd) leaves it."""
+    d = Driver(B.VirtioBlk(str(disk)))
+    assert d.init()
+    hdr = d.buf(struct.pack("<IIQ", B.T_IN, 0, 0))
+    d.submit(0, [(hdr[0], hdr[1], False)])  # no status byte: error state
+    both = T.INT_USED_BUFFER | T.INT_CONFIG_CHANGE
+    assert d.levels == [True] and d.r(T.R_INTERRUPT_STATUS) == both
+    d.w(T.R_INTERRUPT_ACK, T.INT_USED_BUFFER)
+    assert d.r(T.R_INTERRUPT_STATUS) == both
+    assert d.ack() == both and d.r(T.R_INTERRUPT_STATUS) == T.INT_USED_BUFFER
+    assert d.levels == [True]
+
+
+@pytest.mark.parametrize("trigger,flags", [(T.TRIGGER_EDGE, 1), (T.TRIGGER_LEVEL, 4)])
+def test_device_tree_names_the_trigger_type(trigger, flags):
+    """The interrupt specifier's third cell: IRQ_TYPE_EDGE_RISING (1) or
+    IRQ_TYPE_LEVEL_HIGH (4) (bindings/interrupt-controller/arm,gic-v3.yaml)."""
+    d = Driver(VirtioRng(lambda n: bytes(n)), trigger)
+    prop = dict(d.dev.dt_node().props)["interrupts"]
+    assert struct.unpack(">III", prop) == (0, 16, flags)
+
+
+def test_unknown_trigger_is_a_bug():
+    with pytest.raises(ValueError):
+        Driver(VirtioRng(lambda n: bytes(n)), "pulse")
 
 
 # ---- property-based: a driver writing anything to any register --------------------

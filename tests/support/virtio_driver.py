@@ -13,11 +13,14 @@ QSIZE = 8
 
 
 class Driver:
-    def __init__(self, backend):
+    """``levels``: every call of the transport's ``raise_irq`` (edge-triggered,
+    the default: one True per edge; ``trigger="level"``: the line's changes)."""
+
+    def __init__(self, backend, trigger=T.TRIGGER_EDGE):
         self.mem = GuestMemory()
         self.mem.add(RAM, RAM_SIZE)
         self.levels = []
-        self.dev = T.VirtioMmio(0xA000000, 16, self.mem, self.levels.append, backend)
+        self.dev = T.VirtioMmio(0xA000000, 16, self.mem, self.levels.append, backend, trigger)
         self.next_data = RAM + 0x10000
         self.avail_idx = {}
 
