@@ -60,7 +60,8 @@ def without_time(snap):
     """Everything a snapshot holds, apart from what moves with time: the
     counters (CNTVCT/CNTPCT), whether the timers have fired (ISTATUS and
     the timer interrupt lines), when it was taken,
-    the file's blob table (its checksums) and the seal (a MAC over all of it)."""
+    the file's blob table (its checksums), the seal (a MAC over all of it) and
+    the chain link (its lineage names the VM whose dirty tracking wrote it)."""
     time_ids = {regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0")}
     # CNTx_CTL_EL0.ISTATUS (bit 2, read-only) says whether the timer has fired by now
     ctl_ids = {regs.sysreg_named("CNTV_CTL_EL0"), regs.sysreg_named("CNTP_CTL_EL0")}
@@ -68,8 +69,8 @@ def without_time(snap):
     def istatus_clear(v):
         return (int.from_bytes(v, "little") & ~4).to_bytes(len(v), "little")
     man = json.loads(json.dumps(snap.manifest))
-    for key in ("created_at_ns", "blobs", "seal"):
-        man.pop(key)
+    for key in ("created_at_ns", "blobs", "seal", "chain"):  # chain: which VM's tracking wrote it
+        man.pop(key, None)
     # The timer PPIs' line levels are KVM's view of the timers against the
     # counter, which runs on between restore and the second snapshot.
     for redist in man["machine"]["gic"]["state"]["redist"]:
