@@ -15,9 +15,9 @@ irqfd as its call eventfd, so no Python runs per interrupt; the I/O thread
 signals it for the queues Python serves. The used-buffer bit of
 InterruptStatus reads as set while the driver runs the device
 (:meth:`VirtioMmio.interrupt_status_reg`), so an InterruptACK of that bit
-changes nothing; it could be absorbed by another KVM_IOEVENTFD (value 1 as
-datamatch, ``ABSORB_ACK``), but that did not measurably help (README,
-Benchmarks), so it stays an MMIO exit. docs/run.md ("Virtio interrupts") argues why no
+changes nothing; absorbing it with another KVM_IOEVENTFD (value 1 as
+datamatch) did not measurably help (README, Benchmarks), so it stays an MMIO
+exit. docs/run.md ("Virtio interrupts") argues why no
 interrupt is lost.
 
 Level-triggered (a machine restored from a snapshot taken before edge, whose
@@ -37,17 +37,13 @@ from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from .._ffi import const
 from ..devices.io_thread import IoThread, eventfd
-from ..devices.virtio_mmio import INT_USED_BUFFER, R_INTERRUPT_ACK, R_QUEUE_NOTIFY, VirtioMmio
+from ..devices.virtio_mmio import R_QUEUE_NOTIFY, VirtioMmio
 
 if TYPE_CHECKING:
     from ..vm import Vm
 
 EDGE_CAPS = ("KVM_CAP_IOEVENTFD", "KVM_CAP_IRQFD")
 LEVEL_CAPS = EDGE_CAPS + ("KVM_CAP_IRQFD_RESAMPLE",)
-# Absorb InterruptACK writes of the used-buffer bit in KVM (edge only). Off:
-# an A/B of the console throughput (2 runs each, 2026-12-03) gave 127 KB/s
-# absorbed vs 165 KB/s with the exits, i.e. no measurable gain.
-ABSORB_ACK = False
 
 
 def needed_caps(edge: bool):
@@ -70,15 +66,13 @@ class Notifiers:
     def __init__(self, num_queues: int, edge: bool = True):
         self.edge = edge
         self.kicks: List[int] = []
-        self.call = self.resample = self.own_call = self.ack = -1
+        self.call = self.resample = self.own_call = -1
         self._vm: Optional[Vm] = None
         self._base = self._spi = 0
         try:
             self.kicks = [eventfd() for _ in range(num_queues)]
             self.call = eventfd()
-            if edge and ABSORB_ACK:
-                self.ack = eventfd()
-            else:
+            if not edge:  # the resample requests and the plane's own call
                 self.resample = eventfd()
                 self.own_call = eventfd()
         except OSError:
@@ -97,10 +91,7 @@ class Notifiers:
 
     def _ioeventfds(self):
         """(address, length, eventfd, datamatch) of every KVM_IOEVENTFD."""
-        out = [(self._base + R_QUEUE_NOTIFY, 4, fd, i) for i, fd in enumerate(self.kicks)]
-        if self.ack >= 0:
-            out.append((self._base + R_INTERRUPT_ACK, 4, self.ack, INT_USED_BUFFER))
-        return out
+        return [(self._base + R_QUEUE_NOTIFY, 4, fd, i) for i, fd in enumerate(self.kicks)]
 
     def register(self, vm: Vm, base: int, spi: int) -> None:
         self._vm, self._base, self._spi = vm, base, spi
@@ -133,7 +124,7 @@ class Notifiers:
             except OSError:
                 pass  # the VM's own close drops them anyway
         self._vm = None
-        for fd in self.kicks + [self.call, self.resample, self.own_call, self.ack]:
+        for fd in self.kicks + [self.call, self.resample, self.own_call]:
             if fd >= 0:
                 os.close(fd)
-        self.kicks, self.call, self.resample, self.own_call, self.ack = [], -1, -1, -1, -1
+        self.kicks, self.call, self.resample, self.own_call = [], -1, -1, -1

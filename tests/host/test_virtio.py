@@ -219,7 +219,7 @@ def test_edge_interrupt_status_reads_used_while_driver_ok():
 def test_edge_config_change_bit_is_held_until_acknowledged(disk):
     """The configuration-change bit (the error state) is held and raised as
     one edge, and only an ACK with it clears it; an ACK of the used-buffer
-    bit alone (what KVM absorbs through its ioeventfd) leaves it."""
+    bit alone leaves it."""
     d = Driver(B.VirtioBlk(str(disk)))
     assert d.init()
     hdr = d.buf(struct.pack("<IIQ", B.T_IN, 0, 0))
