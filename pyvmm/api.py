@@ -215,11 +215,9 @@ class VirtualMachine:
         raises :class:`pyvmm.migration.source.MigrationError` and the guest
         runs on here."""
         from .migration import source
-        from .snapshot import chain
 
         with self._lock:
             m = self._current()
-            chain.forget(m)  # the migration uses the dirty log itself
             report = source.migrate(m, dest, max_downtime_ms, bandwidth_mib, progress)
             m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
             return report

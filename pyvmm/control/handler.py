@@ -98,9 +98,7 @@ class Controller:
 
     def _migrate(self, m: Machine, request: Dict, send: Callable[[Dict], None]) -> None:
         from ..migration import source
-        from ..snapshot import chain
 
-        chain.forget(m)  # the migration uses the dirty log itself: a later snapshot --since is refused
         last = [0.0]
 
         def progress(info: Dict) -> None:

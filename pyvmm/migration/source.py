@@ -145,6 +145,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         if progress is not None:
             progress(info)
 
+    # The migration uses the dirty log itself: a later snapshot --since is refused.
+    chain.forget(m)
     dest = parse(dest_text)
     if max_downtime_ms <= 0:
         raise UsageProblem(f"--max-downtime {max_downtime_ms}: give a positive number of milliseconds")

@@ -33,6 +33,7 @@ class FakeSourceMachine:
         self.virtio = []
         self.config = types.SimpleNamespace(fss=[])
         self.paused = False
+        self.owned = []  # as Machine.owned: source.migrate drops a snapshot chain's dirty tracker from it
         self.io_lock = threading.RLock()
         self.events = []
 
