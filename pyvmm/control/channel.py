@@ -218,10 +218,25 @@ def call(path: str, request: Dict, on_progress: Optional[Callable[[int, int, str
         except OSError as e:
             raise UsageProblem(f"{path}: {e.strerror}") from None
         s.settimeout(timeout)
+        return _exchange(s, path, request, on_progress)
+    finally:
+        s.close()
+
+
+def _exchange(s: socket.socket, path: str, request: Dict,
+              on_progress: Optional[Callable[[int, int, str], None]]) -> Dict:
+    """Send ``request`` on the connected ``s``; read replies up to the final one."""
+    try:
         s.sendall(json.dumps(request).encode() + b"\n")
-        f = s.makefile("rb")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the VMM refused the connection ("busy") and closed it first: its answer is still there
+    f = s.makefile("rb")
+    try:
         while True:
-            line = f.readline(MAX_LINE)
+            try:
+                line = f.readline(MAX_LINE)
+            except ConnectionResetError:
+                line = b""
             if not line:
                 raise ControlError(f"the VMM on {path} closed the connection without answering "
                                    "(it stopped or crashed)")
@@ -238,4 +253,4 @@ def call(path: str, request: Dict, on_progress: Optional[Callable[[int, int, str
                 raise ControlError(str(msg.get("error", "request refused")))
             return msg
     finally:
-        s.close()
+        f.close()

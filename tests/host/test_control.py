@@ -232,6 +232,19 @@ def test_more_clients_than_the_limit_are_told_busy(server):
             time.sleep(0.1)
 
 
+def test_a_busy_answer_sent_before_the_request_is_still_read():
+    # The VMM may answer "busy" and close before the client has sent its
+    # request: the send then fails with EPIPE, and the answer must still win.
+    client, vmm = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        vmm.sendall(b'{"ok": false, "error": "busy: 8 clients are connected; try again"}\n')
+        vmm.close()
+        with pytest.raises(ControlError, match="^busy: "):
+            control._exchange(client, "vm.sock", {"cmd": "status"}, None)
+    finally:
+        client.close()
+
+
 def test_a_client_that_does_not_read_its_replies_loses_them_not_the_request(tmp_path):
     done = threading.Event()
 
