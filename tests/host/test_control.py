@@ -196,13 +196,13 @@ def test_two_hundred_thousand_brackets_are_refused_and_the_server_lives(server):
 
 def test_a_silent_client_does_not_block_others(server):
     s, _ = server
-    s.request_timeout = 1.0
+    s.request_timeout = 3.0
     silent = socket.socket(socket.AF_UNIX)
     silent.connect(s.path)  # connects, says nothing
     try:
         t0 = time.monotonic()
         assert call(s.path, {"cmd": "status"}, timeout=5)["ok"]
-        assert time.monotonic() - t0 < 1.0  # served while the silent one still waits
+        assert time.monotonic() - t0 < 3.0  # served while the silent one still waits
         silent.settimeout(5)
         assert silent.recv(100) == b""  # dropped after request_timeout, without an answer
     finally:
@@ -217,7 +217,10 @@ def test_more_clients_than_the_limit_are_told_busy(server):
             c = socket.socket(socket.AF_UNIX)
             c.connect(s.path)
             idle.append(c)
-        time.sleep(0.3)  # the server has accepted them all
+        deadline = time.monotonic() + 10
+        while len(s._clients) < control.MAX_CLIENTS:  # until the server has accepted them all
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         assert _error(_raw(s.path, b'{"cmd": "status"}\n')).startswith("busy:")
     finally:
         for c in idle:
