@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import platform
 from typing import Optional
 
 from ._fd import KvmFd
@@ -20,7 +19,7 @@ class Kvm(KvmFd):
     target = "kvm"
 
     def __init__(self, path: str = DEFAULT_PATH):
-        machine = platform.machine()
+        machine = os.uname().machine
         if machine not in ("aarch64", "arm64"):
             raise HostUnsupported(f"this host is {machine}, not arm64", _ELSEWHERE)
         try:

@@ -13,7 +13,6 @@ import click
 
 from .. import console_out as console_out_lib
 from .. import machine as machine_lib
-from ..machine import devspec
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
@@ -40,6 +39,16 @@ def parse_disk(spec: str) -> machine_lib.DiskSpec:
     if not spec:
         raise UsageProblem("--disk needs a path")
     return machine_lib.DiskSpec(spec, False)
+
+
+def _device_specs(nets, vsock, fss):
+    """The --net, --vsock and --fs options parsed (their module loads only when one is given)."""
+    if not (nets or vsock or fss):
+        return [], None, []
+    from ..machine import devspec
+
+    return ([devspec.parse_net(n) for n in nets], devspec.parse_vsock(vsock) if vsock else None,
+            [devspec.parse_fs(f) for f in fss])
 
 
 def _writer(stream):
@@ -133,13 +142,13 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
     """
     if debug:
         ctx.find_root().obj["debug"] = True
+    net_specs, vsock_spec, fs_specs = _device_specs(nets, vsock, fss)
     config = machine_lib.MachineConfig(
         kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
         cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve, sme=not no_sme,
         pmu=not no_pmu, pauth=not no_pauth,
         disks=[parse_disk(d) for d in disks], console=console, rng=not no_rng,
-        nets=[devspec.parse_net(n) for n in nets], vsock=devspec.parse_vsock(vsock) if vsock else None,
-        fss=[devspec.parse_fs(f) for f in fss],
+        nets=net_specs, vsock=vsock_spec, fss=fs_specs,
         on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
     console_out_lib.parse(console_out)

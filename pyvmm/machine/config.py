@@ -7,12 +7,14 @@ import enum
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from ..boot import image, layout
 from ..errors import UsageProblem
 from ..arm64.vec import parse_vl
-from .devspec import FsSpec, NetSpec, VsockSpec
+
+if TYPE_CHECKING:  # annotations only: devspec loads when --net/--vsock/--fs are given
+    from .devspec import FsSpec, NetSpec, VsockSpec
 
 
 class ExitStatus(enum.IntEnum):

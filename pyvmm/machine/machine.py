@@ -29,8 +29,6 @@ from ..boot import fdt, layout
 from ..devices.bus import MmioBus
 from ..devices.io_thread import IoThread
 from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
-from ..devices.virtio_blk import VirtioBlk
-from ..devices.virtio_console import VirtioConsole
 from ..devices.virtio_rng import VirtioRng
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, TRIGGER_EDGE, VirtioBackend, VirtioMmio
 from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
@@ -48,6 +46,8 @@ from .vcpu_loop import run_vcpu
 from . import virtio_notify
 
 if TYPE_CHECKING:
+    from ..devices.virtio_blk import VirtioBlk
+    from ..devices.virtio_console import VirtioConsole
     from ..devices.virtio_fs import VirtioFs
     from ..net.link_watch import LinkWatch
     from ..vcpu import Vcpu
@@ -216,11 +216,16 @@ class Machine:
         self.io = IoThread(self.io_lock, self._io_failed)
         self.eventfds = virtio_notify.supported(self.kvm, self.virtio_trigger == TRIGGER_EDGE)
         slot = 0
+        # virtio-console and virtio-blk load only when configured (start-up time)
         if c.console == "virtio":
+            from ..devices.virtio_console import VirtioConsole
+
             self.console = VirtioConsole(self.output)
             self._add_virtio(slot, self.console, "virtio-console")
             slot += 1
         for d in c.disks:
+            from ..devices.virtio_blk import VirtioBlk
+
             blk = VirtioBlk(d.path, d.readonly)
             self.disks.append(blk)
             self._add_virtio(slot, blk, f"virtio-blk {d.path}")

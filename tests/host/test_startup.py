@@ -44,6 +44,8 @@ def test_run_loads_no_snapshot_control_or_network_module():
                  "pyvmm.commands.snapshot", "pyvmm.commands.restore", "pyvmm.commands.inspect",
                  "pyvmm.vecstate", "pyvmm.net", "pyvmm.unix_socket", "hashlib", "hmac", "socket", "base64",
                  *TEST_ONLY) == []
+    # devices and option parsers of devices not configured (no --disk, --console virtio, --net, --fs, --vsock)
+    assert under(mods, "pyvmm.machine.devspec", "pyvmm.devices.virtio_blk", "pyvmm.devices.virtio_console") == []
 
 
 @pytest.mark.parametrize("name", ["inspect", "diff", "caps", "restore-plan", "pause"])
