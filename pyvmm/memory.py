@@ -53,6 +53,7 @@ class GuestMemory:
         self.regions: List[Region] = []
         self._written: Optional[Dict[int, Set[int]]] = None  # slot -> page indices, while tracking
         self._written_lock = threading.Lock()
+        self._last: Optional[Region] = None  # the region _find found last (one-region fast path)
 
     def add(self, gpa: int, size: int, vm=None, readonly: bool = False, shared: bool = False) -> Region:
         if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
@@ -87,8 +88,12 @@ class GuestMemory:
     def _find(self, gpa: int, length: int) -> Optional[Region]:
         if length < 0 or gpa < 0:
             return None
+        r = self._last  # device queues hit the same region again and again
+        if r is not None and r.gpa <= gpa and gpa + length <= r.gpa + r.size:
+            return r
         for r in self.regions:
-            if r.gpa <= gpa and gpa + length <= r.end:
+            if r.gpa <= gpa and gpa + length <= r.gpa + r.size:
+                self._last = r
                 return r
         return None
 
@@ -185,3 +190,4 @@ class GuestMemory:
             if r.fd >= 0:
                 os.close(r.fd)
         self.regions = []
+        self._last = None

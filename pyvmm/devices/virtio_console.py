@@ -7,7 +7,7 @@ from typing import Callable, Dict
 
 from .state import StateReader, b64
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
-from .virtqueue import iter_segments, write_segments
+from .virtqueue import IO_CHUNK, iter_segments, write_segments
 
 DEVICE_ID = 3
 RX, TX = 0, 1
@@ -35,25 +35,38 @@ class VirtioConsole(VirtioBackend):
 
     def queue_notify(self, transport, index: int) -> None:
         if index == TX:
-            # Streamed: each chain goes out in pieces of at most IO_CHUNK
-            # bytes as it is read, so a notify of many huge chains costs
-            # time (the output's own pace: back-pressure on the vCPU that
-            # notified), never host memory.
-            q = transport.queues[TX]
-            done = False
-            while True:
-                chain = q.pop()
-                if chain is None:
-                    break
-                for piece in iter_segments(transport.mem, chain.readable):
-                    self.tx_bytes += len(piece)
-                    self._output(piece)
-                q.push(chain.head, 0)
-                done = True
-            if done:
-                transport.signal_used(q)
+            self._transmit(transport)
         elif index == RX:
             self._fill()
+
+    def _transmit(self, transport) -> None:
+        """Send every available transmit chain to the output, then one
+        used-buffer interrupt. Linux's hvc driver waits (spinning) until each
+        chunk it queues is used, so this runs once per chunk: a chain of one
+        segment no larger than IO_CHUNK (the usual case) is read at once;
+        longer chains are streamed in pieces of at most IO_CHUNK bytes, so a
+        notify of many huge chains costs time (the output's own pace:
+        back-pressure on the vCPU that notified), never host memory."""
+        q = transport.queues[TX]
+        mem, output = transport.mem, self._output
+        done = False
+        while True:
+            chain = q.pop()
+            if chain is None:
+                break
+            segs = chain.readable
+            if len(segs) == 1 and segs[0][1] <= IO_CHUNK:
+                piece = mem.read(*segs[0])
+                self.tx_bytes += len(piece)
+                output(piece)
+            else:
+                for piece in iter_segments(mem, segs):
+                    self.tx_bytes += len(piece)
+                    output(piece)
+            q.push(chain.head, 0)
+            done = True
+        if done:
+            transport.signal_used(q)
 
     def _fill(self) -> None:
         t = self.transport
