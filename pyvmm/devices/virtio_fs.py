@@ -6,10 +6,13 @@ must be shared memory (memfd)."""
 from __future__ import annotations
 
 import struct
-from typing import Dict, Optional
+from typing import TYPE_CHECKING, Dict, Optional
 
 from .state import StateReader
 from .vhost_backend import RING_FEATURES, VhostBackend
+
+if TYPE_CHECKING:
+    from ..vhost.virtiofsd import Virtiofsd
 
 DEVICE_ID = 26
 TAG_BYTES = 36
@@ -30,14 +33,25 @@ class VirtioFs(VhostBackend):
         self.features = self.plane_features & RING_FEATURES
 
     @classmethod
-    def open(cls, tag: str, shared_dir: Optional[str] = None, socket_path: Optional[str] = None) -> "VirtioFs":
-        """With ``shared_dir``: start virtiofsd for it; else connect to ``socket_path``."""
+    def open(cls, tag: str, shared_dir: Optional[str] = None, socket_path: Optional[str] = None,
+             daemon: Optional["Virtiofsd"] = None) -> "VirtioFs":
+        """With ``shared_dir``: start virtiofsd for it (or use ``daemon``,
+        already spawned for it); else connect to ``socket_path``. The device
+        owns the daemon from here on, also when this fails."""
         from ..vhost.user import VhostUser
         from ..vhost.virtiofsd import Virtiofsd
 
         if shared_dir is None and socket_path is None:
             raise ValueError("virtio-fs needs a shared directory or a daemon's socket")
-        daemon = Virtiofsd(tag, shared_dir).start() if shared_dir is not None else None
+        try:
+            if daemon is None and shared_dir is not None:
+                daemon = Virtiofsd(tag, shared_dir).spawn()
+            if daemon is not None:
+                daemon.wait_ready()
+        except BaseException:
+            if daemon is not None:
+                daemon.stop()
+            raise
         try:
             if daemon is not None and daemon.connection is not None:
                 sock, daemon.connection = daemon.connection, None  # the plane owns it now

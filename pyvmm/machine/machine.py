@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from ..arm64 import regs
 from .._ffi import const
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from ..devices.virtio_console import VirtioConsole
     from ..devices.virtio_fs import VirtioFs
     from ..net.link_watch import LinkWatch
+    from ..vhost.virtiofsd import Virtiofsd
     from ..vcpu import Vcpu
     from ..vm import Vm
 
@@ -137,6 +138,10 @@ class Machine:
         self.owned: List = []  # backends holding host resources (closed by close())
         # The taps' interfaces: one deleted on the host mid-run stops the guest.
         self.links: Optional[LinkWatch] = None
+        # virtiofsd daemons spawn_daemons() started, by tag, until create_devices hands them to their device
+        self._daemons: Dict[str, Virtiofsd] = {}
+        self._initrd_range: Optional[Tuple[int, int]] = None
+        self._images_loaded = False
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -159,11 +164,24 @@ class Machine:
         return raise_irq
 
     def build(self) -> None:
-        """A fresh machine ready to boot: VM, vCPUs, vGIC, devices, payload."""
+        """A fresh machine ready to boot: VM, vCPUs, vGIC, devices, payload.
+        The virtiofsd daemons start first and the kernel is loaded while they
+        come up (start-up time: virtiofsd takes a while to accept)."""
+        self.spawn_daemons()
         self.create_vm()
         self.create_vcpus()
+        self.load_images()
         self.create_devices()
         self.load_payload()
+
+    def spawn_daemons(self) -> None:
+        """Start a virtiofsd for each --fs dir=DIR, not waiting for them:
+        create_devices connects to them. Stopped by close() until a device owns one."""
+        for f in self.config.fss:
+            if f.dir is not None and f.tag not in self._daemons:
+                from ..vhost.virtiofsd import Virtiofsd
+
+                self._daemons[f.tag] = Virtiofsd(f.tag, f.dir).spawn()
 
     def create_vm(self) -> None:
         self.vm = self.kvm.create_vm()
@@ -253,7 +271,7 @@ class Machine:
         for f in c.fss:
             from ..devices.virtio_fs import VirtioFs
 
-            fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket))
+            fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket, daemon=self._daemons.pop(f.tag, None)))
             self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
             self.io.watch_hangup(fs.plane.fd, functools.partial(self._daemon_gone, fs))
             slot += 1
@@ -331,16 +349,24 @@ class Machine:
     def device_nodes(self) -> List[fdt.Node]:
         return [built(self.uart, "UART").dt_node()] + [t.dt_node() for t in self.virtio]
 
-    def load_payload(self) -> None:
-        """Kernel (or firmware), initrd and device tree into RAM; vCPU 0 at the entry."""
+    def load_images(self) -> None:
+        """Kernel (or firmware) and initrd into RAM (they need only the VM's memory)."""
         payload = built(self.payload, "payload")
         p = payload.plan
         payload.load_into(self.mem, p.kernel_addr)
-        initrd_range = None
         if payload.initrd is not None:
             initrd_addr = built(p.initrd_addr, "initrd address")  # planned whenever there is an initrd
             self.mem.write(initrd_addr, payload.initrd)
-            initrd_range = (initrd_addr, initrd_addr + len(payload.initrd))
+            self._initrd_range = (initrd_addr, initrd_addr + len(payload.initrd))
+        self._images_loaded = True
+
+    def load_payload(self) -> None:
+        """The device tree into RAM (and the kernel and initrd, unless
+        load_images put them there already); vCPU 0 at the entry."""
+        if not self._images_loaded:
+            self.load_images()
+        p = built(self.payload, "payload").plan
+        initrd_range = self._initrd_range
         self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
                              gic=built(self.gic, "vGIC").dt_node(), devices=self.device_nodes(),
                              bootargs=self.cmdline, initrd=initrd_range,
@@ -512,6 +538,9 @@ class Machine:
             self.links.close()
         for b in self.owned:
             b.close()
+        for daemon in self._daemons.values():  # started, never handed to a device
+            daemon.stop()
+        self._daemons.clear()
         for n in self.notifiers:
             n.close()
         for d in self.disks:

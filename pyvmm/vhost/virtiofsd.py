@@ -52,6 +52,12 @@ class Virtiofsd:
         self.connection: Optional[socket.socket] = None
 
     def start(self) -> "Virtiofsd":
+        """Start the daemon and wait until it accepts its front-end."""
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> "Virtiofsd":
+        """Start the daemon without waiting for it (:meth:`wait_ready` does):
+        a machine starts its daemons first and builds the rest meanwhile."""
         binary = find_binary()
         if binary is None:
             raise HostUnsupported(f"--fs tag={self.tag}: virtiofsd is not installed",
@@ -69,6 +75,14 @@ class Virtiofsd:
             self.stop()
             raise HostUnsupported(f"--fs tag={self.tag}: cannot start {binary}: {e.strerror}") from None
         log.close()
+        return self
+
+    def wait_ready(self) -> "Virtiofsd":
+        """Connected to the daemon :meth:`spawn` started, once it accepts."""
+        if self.connection is not None:
+            return self
+        if self.proc is None:
+            raise PyvmmError(f"--fs tag={self.tag}: virtiofsd was not started")
         try:
             self.connection = wait_for_socket(self.socket_path, START_TIMEOUT, self._died, connect=True)
         except SocketNotUp as e:
