@@ -140,8 +140,7 @@ class Machine:
         self.links: Optional[LinkWatch] = None
         # virtiofsd daemons spawn_daemons() started, by tag, until create_devices hands them to their device
         self._daemons: Dict[str, Virtiofsd] = {}
-        self._initrd_range: Optional[Tuple[int, int]] = None
-        self._images_loaded = False
+        self._initrd_range: Optional[Tuple[int, int]] = None  # where load_images put the initrd
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -358,18 +357,14 @@ class Machine:
             initrd_addr = built(p.initrd_addr, "initrd address")  # planned whenever there is an initrd
             self.mem.write(initrd_addr, payload.initrd)
             self._initrd_range = (initrd_addr, initrd_addr + len(payload.initrd))
-        self._images_loaded = True
 
     def load_payload(self) -> None:
-        """The device tree into RAM (and the kernel and initrd, unless
-        load_images put them there already); vCPU 0 at the entry."""
-        if not self._images_loaded:
-            self.load_images()
+        """The device tree into RAM (after load_images put the kernel and
+        initrd there); vCPU 0 at the entry."""
         p = built(self.payload, "payload").plan
-        initrd_range = self._initrd_range
         self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
                              gic=built(self.gic, "vGIC").dt_node(), devices=self.device_nodes(),
-                             bootargs=self.cmdline, initrd=initrd_range,
+                             bootargs=self.cmdline, initrd=self._initrd_range,
                              stdout_path=built(self.uart, "UART").dt_path if self.config.console == "serial" else None,
                              pmu=self.pmu)
         self.mem.write(p.dtb_addr, self.dtb)
