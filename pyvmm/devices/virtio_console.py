@@ -55,14 +55,10 @@ class VirtioConsole(VirtioBackend):
             if chain is None:
                 break
             segs = chain.readable
-            if len(segs) == 1 and segs[0][1] <= IO_CHUNK:
-                piece = mem.read(*segs[0])
+            small = len(segs) == 1 and segs[0][1] <= IO_CHUNK
+            for piece in (mem.read(*segs[0]),) if small else iter_segments(mem, segs):
                 self.tx_bytes += len(piece)
                 output(piece)
-            else:
-                for piece in iter_segments(mem, segs):
-                    self.tx_bytes += len(piece)
-                    output(piece)
             q.push(chain.head, 0)
             done = True
         if done:
