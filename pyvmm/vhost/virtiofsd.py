@@ -51,10 +51,6 @@ class Virtiofsd:
         # waiting for the socket file alone races its listen() (ECONNREFUSED).
         self.connection: Optional[socket.socket] = None
 
-    def start(self) -> "Virtiofsd":
-        """Start the daemon and wait until it accepts its front-end."""
-        return self.spawn().wait_ready()
-
     def spawn(self) -> "Virtiofsd":
         """Start the daemon without waiting for it (:meth:`wait_ready` does):
         a machine starts its daemons first and builds the rest meanwhile."""
