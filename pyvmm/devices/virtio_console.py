@@ -3,7 +3,7 @@ receives (host -> guest), queue 1 transmits (guest -> host). Linux names it hvc0
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 from .state import StateReader, b64
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
@@ -41,28 +41,51 @@ class VirtioConsole(VirtioBackend):
 
     def _transmit(self, transport) -> None:
         """Send every available transmit chain to the output, then one
-        used-buffer interrupt. Linux's hvc driver waits (spinning) until each
-        chunk it queues is used, so this runs once per chunk: a chain of one
-        segment no larger than IO_CHUNK (the usual case) is read at once;
-        longer chains are streamed in pieces of at most IO_CHUNK bytes, so a
-        notify of many huge chains costs time (the output's own pace:
-        back-pressure on the vCPU that notified), never host memory."""
+        used-buffer interrupt. Linux's hvc driver spins (interrupts off)
+        until each chunk it queues is used, so a chain of one segment no
+        larger than IO_CHUNK (the usual case) is copied out and given back at
+        once, and written to the output only after that: the guest goes on
+        while the host writes (never more than IO_CHUNK held here). Longer
+        chains are streamed in pieces of at most IO_CHUNK bytes before they
+        are given back, so a notify of many huge chains costs time (the
+        output's own pace: back-pressure on the vCPU that notified), never
+        host memory. The interrupt comes after the writes."""
         q = transport.queues[TX]
-        mem, output = transport.mem, self._output
+        mem = transport.mem
+        copied: List[bytes] = []  # from chains already given back, not yet written
+        held = 0
         done = False
-        while True:
-            chain = q.pop()
-            if chain is None:
-                break
-            segs = chain.readable
-            small = len(segs) == 1 and segs[0][1] <= IO_CHUNK
-            for piece in (mem.read(*segs[0]),) if small else iter_segments(mem, segs):
-                self.tx_bytes += len(piece)
-                output(piece)
-            q.push(chain.head, 0)
-            done = True
+        try:
+            while True:
+                chain = q.pop()
+                if chain is None:
+                    break
+                segs = chain.readable
+                if len(segs) == 1 and segs[0][1] <= IO_CHUNK:
+                    if held + segs[0][1] > IO_CHUNK:
+                        self._write(copied)
+                        held = 0
+                    copied.append(mem.read(*segs[0]))
+                    held += segs[0][1]
+                else:
+                    self._write(copied)
+                    held = 0
+                    for piece in iter_segments(mem, segs):
+                        self._write([piece])
+                q.push(chain.head, 0)
+                done = True
+        finally:
+            self._write(copied)  # what was given back is written even when a later chain is refused
         if done:
             transport.signal_used(q)
+
+    def _write(self, pieces: List[bytes]) -> None:
+        """Write ``pieces`` to the output in one call, and forget them."""
+        if pieces:
+            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            pieces.clear()
+            self.tx_bytes += len(data)
+            self._output(data)
 
     def _fill(self) -> None:
         t = self.transport

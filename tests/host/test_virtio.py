@@ -117,6 +117,21 @@ def test_console_tx_and_rx():
     assert con.tx_bytes == 20
 
 
+def test_console_gives_a_chain_back_before_writing_it():
+    """The guest (hvc spins until its chunk is used) goes on while the host
+    writes: the used index has moved when the output is called."""
+    seen = []
+    con = VirtioConsole(lambda data: seen.append((data, d.used(1)[0])))
+    d = Driver(con)
+    assert d.init()
+    a, n = d.buf(b"first")
+    b, m = d.buf(b"second")
+    d.submit(1, [(a, n, False)], notify=False)
+    d.submit(1, [(b, m, False)], head=1)
+    assert seen == [(b"firstsecond", 2)] and con.tx_bytes == 11  # one write for the batch
+    assert d.levels == [True]
+
+
 def test_rng_fills_buffers_from_the_source():
     calls = []
 
