@@ -23,6 +23,12 @@ int abs(int j);
  * address. off_t is 64 bits on every platform pyvmm runs on. */
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
 
+/* ---- libatomic ------------------------------------------------------------ */
+/* A full memory barrier for the virtqueues' event indices
+ * (pyvmm/devices/virtqueue.py, fence): C11's atomic_thread_fence, which GCC's
+ * libatomic also exports as a function (memory_order_seq_cst is 5). */
+void atomic_thread_fence(int order);
+
 /* ---- vCPU run area (mmapped from the vCPU fd) ---------------------------- */
 struct kvm_debug_exit_arch {
     uint32_t hsr;

@@ -23,13 +23,12 @@ import os
 from typing import Dict, List, Sequence
 
 from .io_thread import drain
-from .virtqueue import DESC_SIZE
+from .virtqueue import DESC_SIZE, VIRTIO_RING_F_EVENT_IDX
 from .virtio_mmio import VirtioBackend
 
 # Ring features a vhost plane implements itself (virtio 1.2, 6): the
 # device offers them only when the plane says it has them.
 VIRTIO_RING_F_INDIRECT_DESC = 1 << 28
-VIRTIO_RING_F_EVENT_IDX = 1 << 29
 VIRTIO_F_VERSION_1 = 1 << 32
 RING_FEATURES = VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VIRTIO_F_VERSION_1
 

@@ -7,7 +7,7 @@ from typing import Callable, Dict, List
 
 from .state import StateReader, b64
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
-from .virtqueue import IO_CHUNK, iter_segments, write_segments
+from .virtqueue import EVENT_IDX_OFFER, IO_CHUNK, iter_segments, write_segments
 
 DEVICE_ID = 3
 RX, TX = 0, 1
@@ -18,7 +18,7 @@ class VirtioConsole(VirtioBackend):
     device_id = DEVICE_ID
     num_queues = 2
     queue_max = 256
-    features = VIRTIO_F_VERSION_1
+    features = VIRTIO_F_VERSION_1 | EVENT_IDX_OFFER
 
     def __init__(self, output: Callable[[bytes], None]):
         self._output = output
@@ -49,7 +49,9 @@ class VirtioConsole(VirtioBackend):
         chains are streamed in pieces of at most IO_CHUNK bytes before they
         are given back, so a notify of many huge chains costs time (the
         output's own pace: back-pressure on the vCPU that notified), never
-        host memory. The interrupt comes after the writes."""
+        host memory. The interrupt comes after the writes: with
+        VIRTIO_RING_F_EVENT_IDX a driver that already took its buffers back
+        (hvc's spin) has moved used_event past them by then and needs none."""
         q = transport.queues[TX]
         mem = transport.mem
         copied: List[bytes] = []  # from chains already given back, not yet written

@@ -29,7 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from ..boot import fdt
 from ..memory import GuestMemoryError
 from .state import StateReader, restore_line
-from .virtqueue import Virtqueue, VirtqueueError
+from . import virtqueue
+from .virtqueue import VIRTIO_RING_F_EVENT_IDX, Virtqueue, VirtqueueError
 
 MAGIC = 0x74726976  # "virt"
 VERSION = 2
@@ -380,6 +381,12 @@ class VirtioMmio:
         elif q is not None and offset == R_QUEUE_READY and value == 0:
             q.ready = False
 
+    def _ring_features(self) -> None:
+        """The queues follow the negotiated ring features (final once FEATURES_OK is set)."""
+        event_idx = bool(self.status & FEATURES_OK and self.driver_features & VIRTIO_RING_F_EVENT_IDX)
+        for q in self.queues:
+            q.event_idx = event_idx
+
     def _write_status(self, value: int) -> None:
         if value == 0:
             self._reset()
@@ -390,6 +397,7 @@ class VirtioMmio:
                 value &= ~FEATURES_OK
         was_ok = self.status & DRIVER_OK
         self.status = (value & ~DEVICE_NEEDS_RESET) | (self.status & DEVICE_NEEDS_RESET)
+        self._ring_features()
         if self.status & DRIVER_OK and not was_ok and self.error is None:
             self.run_guarded(self.backend.activate, self)
 
@@ -440,6 +448,9 @@ class VirtioMmio:
                              "an edge-triggered device holds neither a line nor the used-buffer bit")
         elif level != bool(fields["interrupt_status"]):
             raise r.fail(f"line level {int(level)} does not match interrupt status {fields['interrupt_status']:#x}")
+        if fields["driver_features"] & VIRTIO_RING_F_EVENT_IDX and virtqueue.fence is None:
+            raise r.fail("its driver uses VIRTIO_RING_F_EVENT_IDX, which needs atomic_thread_fence from "
+                         "libatomic.so.1 on this host: install libatomic1")
         if (fields["error"] is not None) != bool(fields["status"] & DEVICE_NEEDS_RESET):
             raise r.fail(f"error {fields['error']!r} does not match status {fields['status']:#x} (DEVICE_NEEDS_RESET)")
         saved_queues = r.list("queues", len(self.queues))
@@ -450,6 +461,7 @@ class VirtioMmio:
                 setattr(self, name, value)
             for q, attrs in zip(self.queues, queues):
                 q.apply_state(attrs)
+            self._ring_features()
             was_high, self._level = self._level, level
             restore_line(self._raise_irq, was_high, level)
 

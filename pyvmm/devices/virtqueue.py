@@ -7,6 +7,15 @@ be below the queue size, a chain may not be longer than the table it lives in
 (no loops), indirect tables may not nest, and a chain may not describe more
 than MAX_CHAIN_BYTES. A violation raises :class:`VirtqueueError`; the
 transport then puts the device into its error state (DEVICE_NEEDS_RESET).
+
+With VIRTIO_RING_F_EVENT_IDX negotiated (2.7.7, 2.7.10; ``event_idx``) the
+queue publishes avail_event (the next available index it will look at) each
+time it finds the ring empty, then looks again: while it drains, the driver
+does not notify. It interrupts only when the used index crossed the
+driver's used_event since the last interrupt. Both are the device's half of
+a store-then-load handshake with the driver, so each needs a full memory
+barrier between its store and its load (:func:`fence`); without one (no
+libatomic) the feature is not offered (``EVENT_IDX_OFFER`` is 0).
 """
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from .._ffi import ffi
 from ..errors import GuestError
 from .state import StateReader
 
@@ -21,6 +31,7 @@ VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
 VIRTQ_DESC_F_INDIRECT = 4
 VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+VIRTIO_RING_F_EVENT_IDX = 1 << 29
 DESC_SIZE = 16
 MAX_QUEUE_SIZE = 32768  # 2.7: "Queue Size ... maximum 32768"
 MAX_CHAIN_BYTES = 128 << 20
@@ -34,6 +45,26 @@ _U64_MAX = (1 << 64) - 1
 _DESC = struct.Struct("<QIHH")
 _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
+
+
+def _load_fence():
+    """C11 atomic_thread_fence(memory_order_seq_cst) from libatomic (a
+    ``dmb ish`` on arm64), or None when the library is missing."""
+    try:
+        lib = ffi.dlopen("libatomic.so.1")
+        fn = lib.atomic_thread_fence
+    except (OSError, AttributeError):
+        return None
+    _keep.append(lib)  # closing the library would unmap fn
+    return lambda: fn(5)
+
+
+_keep: List[object] = []
+
+
+fence = _load_fence()
+# The ring feature a Python backend may offer: EVENT_IDX when there is a fence.
+EVENT_IDX_OFFER = VIRTIO_RING_F_EVENT_IDX if fence is not None else 0
 
 
 class VirtqueueError(GuestError):
@@ -129,6 +160,8 @@ class Virtqueue:
         self.desc_addr = self.avail_addr = self.used_addr = 0
         self.last_avail = 0
         self.used_idx = 0
+        self.event_idx = False  # VIRTIO_RING_F_EVENT_IDX negotiated (the transport sets it)
+        self.signalled: Optional[int] = None  # the used index wants_interrupt last looked at (None: unknown)
 
     # -- set-up ---------------------------------------------------------------
     def activate(self) -> None:
@@ -184,6 +217,7 @@ class Virtqueue:
     def apply_state(self, attrs: Dict) -> None:
         for name, value in attrs.items():
             setattr(self, name, value)
+        self.signalled = None  # the next used buffers interrupt whatever used_event says
 
     # -- the rings ------------------------------------------------------------
     def _u16(self, addr: int) -> int:
@@ -196,9 +230,20 @@ class Virtqueue:
         return n
 
     def pop(self) -> Optional[Chain]:
-        """The next available descriptor chain, or None."""
-        if not self.ready or self.pending() == 0:
+        """The next available descriptor chain, or None. With event_idx, an
+        empty ring publishes avail_event = last_avail (notify me when you
+        make that entry available) and is looked at once more after a fence:
+        an entry the driver made available meanwhile is either seen here or
+        was made after the driver could see avail_event, and is notified."""
+        if not self.ready:
             return None
+        if self.pending() == 0:
+            if not self.event_idx:
+                return None
+            self.mem.write(self.used_addr + 4 + 8 * self.size, _U16.pack(self.last_avail))
+            fence()
+            if self.pending() == 0:
+                return None
         head = self._u16(self.avail_addr + 4 + 2 * (self.last_avail % self.size))
         if head >= self.size:
             raise VirtqueueError(f"available ring entry {head} is not below the queue size {self.size}")
@@ -253,4 +298,17 @@ class Virtqueue:
         self.mem.write(self.used_addr + 2, _U16.pack(self.used_idx))
 
     def wants_interrupt(self) -> bool:
-        return not self._u16(self.avail_addr) & VIRTQ_AVAIL_F_NO_INTERRUPT
+        """Whether the used buffers pushed since the last call need an interrupt:
+        without event_idx unless the driver set VIRTQ_AVAIL_F_NO_INTERRUPT;
+        with it when the used index went past used_event (2.7.10), read after
+        a fence so a used_event the driver wrote before it looked at the used
+        index is seen. An interrupt is assumed to follow a True."""
+        if not self.event_idx:
+            return not self._u16(self.avail_addr) & VIRTQ_AVAIL_F_NO_INTERRUPT
+        fence()
+        event = self._u16(self.avail_addr + 4 + 2 * self.size)
+        new, old = self.used_idx, self.signalled
+        if old == new:
+            return False
+        self.signalled = new
+        return old is None or (new - event - 1) & 0xFFFF < (new - old) & 0xFFFF
