@@ -7,7 +7,7 @@ from typing import Callable, Dict, List
 
 from .state import StateReader, b64
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
-from .virtqueue import EVENT_IDX_OFFER, IO_CHUNK, iter_segments, write_segments
+from .virtqueue import IO_CHUNK, event_idx_offer, iter_segments, write_segments
 
 DEVICE_ID = 3
 RX, TX = 0, 1
@@ -18,9 +18,10 @@ class VirtioConsole(VirtioBackend):
     device_id = DEVICE_ID
     num_queues = 2
     queue_max = 256
-    features = VIRTIO_F_VERSION_1 | EVENT_IDX_OFFER
+    features = VIRTIO_F_VERSION_1
 
     def __init__(self, output: Callable[[bytes], None]):
+        self.features = VIRTIO_F_VERSION_1 | event_idx_offer()
         self._output = output
         self._pending = bytearray()
         self.tx_bytes = 0

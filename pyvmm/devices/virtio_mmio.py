@@ -448,7 +448,7 @@ class VirtioMmio:
                              "an edge-triggered device holds neither a line nor the used-buffer bit")
         elif level != bool(fields["interrupt_status"]):
             raise r.fail(f"line level {int(level)} does not match interrupt status {fields['interrupt_status']:#x}")
-        if fields["driver_features"] & VIRTIO_RING_F_EVENT_IDX and virtqueue.fence is None:
+        if fields["driver_features"] & VIRTIO_RING_F_EVENT_IDX and not virtqueue.have_fence():
             raise r.fail("its driver uses VIRTIO_RING_F_EVENT_IDX, which needs atomic_thread_fence from "
                          "libatomic.so.1 on this host: install libatomic1")
         if (fields["error"] is not None) != bool(fields["status"] & DEVICE_NEEDS_RESET):

@@ -15,13 +15,13 @@ does not notify. It interrupts only when the used index crossed the
 driver's used_event since the last interrupt. Both are the device's half of
 a store-then-load handshake with the driver, so each needs a full memory
 barrier between its store and its load (:func:`fence`); without one (no
-libatomic) the feature is not offered (``EVENT_IDX_OFFER`` is 0).
+libatomic) the feature is not offered (:func:`event_idx_offer`).
 """
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .._ffi import ffi
 from ..errors import GuestError
@@ -47,7 +47,7 @@ _U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 
 
-def _load_fence():
+def _load_fence() -> Optional[Callable[[], None]]:
     """C11 atomic_thread_fence(memory_order_seq_cst) from libatomic (a
     ``dmb ish`` on arm64), or None when the library is missing."""
     try:
@@ -62,9 +62,30 @@ def _load_fence():
 _keep: List[object] = []
 
 
-fence = _load_fence()
-# The ring feature a Python backend may offer: EVENT_IDX when there is a fence.
-EVENT_IDX_OFFER = VIRTIO_RING_F_EVENT_IDX if fence is not None else 0
+def _not_loaded() -> None:
+    raise RuntimeError("the virtqueue fence was used before have_fence() loaded it")
+
+
+# The full fence, loaded by have_fence on first use (not at import: pyvmm's
+# start-up); a queue has event_idx only once it was loaded.
+fence: Callable[[], None] = _not_loaded
+_have: Optional[bool] = None
+
+
+def have_fence() -> bool:
+    """Whether there is a full fence (:data:`fence`, loaded here once)."""
+    global fence, _have
+    if _have is None:
+        loaded = _load_fence()
+        if loaded is not None:
+            fence = loaded
+        _have = loaded is not None
+    return _have
+
+
+def event_idx_offer() -> int:
+    """The ring feature a Python backend may offer: EVENT_IDX when there is a fence."""
+    return VIRTIO_RING_F_EVENT_IDX if have_fence() else 0
 
 
 class VirtqueueError(GuestError):
