@@ -12,7 +12,7 @@ With VIRTIO_RING_F_EVENT_IDX negotiated (2.7.7, 2.7.10; ``event_idx``) the
 queue publishes avail_event (the next available index it will look at) each
 time it finds the ring empty, then looks again: while it drains, the driver
 does not notify. It interrupts only when the used index crossed the
-driver's used_event since the last interrupt. Both are the device's half of
+driver's used_event since it last looked (the first time always). Both are the device's half of
 a store-then-load handshake with the driver, so each needs a full memory
 barrier between its store and its load (:func:`fence`); without one (no
 libatomic) the feature is not offered (:func:`event_idx_offer`).
