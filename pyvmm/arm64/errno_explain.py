@@ -7,7 +7,6 @@ register name; the fd layer (:mod:`pyvmm._fd`) calls it for every
 :class:`pyvmm.errors.KvmError` it builds, so the hint never depends on what ran before.
 """
 import errno as E
-import re
 from typing import NamedTuple, Optional, Tuple
 
 from . import regs
@@ -29,20 +28,22 @@ class _Kind(NamedTuple):
     sliced: bool
 
 
-_Z = re.compile(r"^Z\d+(\[slice \d+\])?$")
-_P = re.compile(r"^P\d+(\[slice \d+\])?$")
-_FFR = re.compile(r"^FFR(\[slice \d+\])?$")
-_V = re.compile(r"^V\d+$")
-_ZA = re.compile(r"^ZA\[\d+\](\[slice \d+\])?$")
-_ZT = re.compile(r"^ZT\d+$")
+_Z = r"^Z\d+(\[slice \d+\])?$"
+_P = r"^P\d+(\[slice \d+\])?$"
+_FFR = r"^FFR(\[slice \d+\])?$"
+_V = r"^V\d+$"
+_ZA = r"^ZA\[\d+\](\[slice \d+\])?$"
+_ZT = r"^ZT\d+$"
 
 
 def _kind(reg: Optional[str]) -> _Kind:
     if not reg:
         return _Kind("none", False)
+    import re  # loaded only when an error is explained, not at start-up
+
     sliced = "[slice" in reg
     for pat, cls in ((_Z, "z"), (_P, "p"), (_FFR, "ffr"), (_V, "v"), (_ZA, "za"), (_ZT, "zt")):
-        if pat.match(reg):
+        if re.match(pat, reg):
             return _Kind(cls, sliced)
     if reg in ("SVE_VLS", "SME_VLS"):
         return _Kind(reg.lower(), False)

@@ -11,9 +11,9 @@ transport then puts the device into its error state (DEVICE_NEEDS_RESET).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
 
+from .._record import field, record
 from ..errors import GuestError
 from .state import StateReader
 
@@ -43,7 +43,7 @@ class VirtqueueError(GuestError):
 Segment = Tuple[int, int]  # (guest physical address, length)
 
 
-@dataclass
+@record
 class Chain:
     head: int
     readable: List[Segment] = field(default_factory=list)
