@@ -1,11 +1,11 @@
 """The ``pyvmm`` program (console script and ``python -m pyvmm``).
 
-``pyvmm run`` with a plainly valid command line starts here without click:
-its options are read from the table that also builds its click command
-(:mod:`pyvmm.commands.options`), so the guest's first instruction is not
-waiting for click and the ``inspect`` machinery it loads. Everything else
-(other commands, ``--help``, ``--version``, every usage error) goes to the
-click group in :mod:`pyvmm.cli`, which prints click's own messages.
+``pyvmm run``, ``restore`` and ``snapshot`` with a plainly valid command
+line start here without click: their parameters are read from the table that
+also builds their click command (:mod:`pyvmm.commands.options`), so a guest
+is not waiting for click and the ``inspect`` machinery it loads. Everything
+else (other commands, ``--help``, ``--version``, every usage error) goes to
+the click group in :mod:`pyvmm.cli`, which prints click's own messages.
 
 Exit status: 0 success; 1 runtime failure; 2 usage error. Errors are one
 line on stderr; ``--debug`` (or PYVMM_DEBUG=1) adds the traceback.
@@ -48,16 +48,23 @@ def guarded(call: Callable[[], Any], debug: bool) -> Any:
         fail(e, debug or debug_from_env())
 
 
+# The commands started without click: each module has PARAMS (its table) and execute(values) -> status.
+FAST = ("run", "restore", "snapshot")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = args[:1] == ["--debug"]
-    if args[debug:debug + 1] == ["run"]:
-        from . import run
+    name = args[debug] if len(args) > debug else None
+    if name in FAST:
+        from importlib import import_module
+
         from .options import parse
 
-        values = parse(run.OPTIONS, args[debug + 1:])
+        command = import_module(f".{name}", __package__)
+        values = parse(command.PARAMS, args[debug + 1:])
         if values is not None:
-            sys.exit(guarded(lambda: run.execute(values), debug or values["debug"]))
+            sys.exit(guarded(lambda: command.execute(values), debug or bool(values.get("debug"))))
     from ..cli import main as click_main
 
     click_main(args)

@@ -1,10 +1,10 @@
-"""A command's options as one declarative table, read two ways: :func:`click_options`
-turns it into the click options of the command (its ``--help``, its error
+"""A command's parameters as one declarative table, read two ways: :func:`click_params`
+turns it into the click parameters of the command (its ``--help``, its error
 messages), and :func:`parse` reads a command line with it without loading click.
 
-``pyvmm run`` starts through :func:`parse` (:mod:`pyvmm.commands.entry`): click,
-and the ``inspect`` machinery it loads, cost more than the interpreter's own
-start-up in the emulated test machine. :func:`parse` accepts only command
+``pyvmm run``, ``restore`` and ``snapshot`` start through :func:`parse`
+(:mod:`pyvmm.commands.entry`): click, and the ``inspect`` machinery it loads,
+cost more than the interpreter's own start-up in the emulated test machine. :func:`parse` accepts only command
 lines that are plainly valid; for anything else (``--help``, an unknown
 option, a missing or malformed value, an extra argument) it returns None and
 the caller hands the command line to click, so every message and exit status
@@ -12,7 +12,7 @@ is click's own.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import click
@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 class Option:
     """One option: its parameter name ``dest``, its spellings, and its type:
     ``str`` or ``int`` (takes a value), ``bool`` (a flag); ``multiple`` options
-    collect every value given, in order, as a tuple."""
+    collect every value given, in order, as a tuple; ``choices``, when given,
+    are the only values accepted."""
 
-    __slots__ = ("dest", "flags", "type", "multiple", "default", "metavar", "help")
+    __slots__ = ("dest", "flags", "type", "multiple", "default", "metavar", "help", "choices", "show_default")
 
     def __init__(self, dest: str, *flags: str, type: type = str, multiple: bool = False, default: Any = None,
-                 metavar: Optional[str] = None, help: str = ""):
+                 metavar: Optional[str] = None, help: str = "", choices: Optional[Sequence[str]] = None,
+                 show_default: bool = False):
         self.dest = dest
         self.flags = flags
         self.type = type
@@ -34,22 +36,42 @@ class Option:
         self.default = default
         self.metavar = metavar
         self.help = help
+        self.choices = choices
+        self.show_default = show_default
 
 
-def parse(options: Sequence[Option], args: Sequence[str]) -> Optional[Dict[str, Any]]:
+class Argument:
+    """A positional argument (one value; None when not ``required`` and not given)."""
+
+    __slots__ = ("dest", "metavar", "required")
+
+    def __init__(self, dest: str, metavar: str, required: bool = True):
+        self.dest = dest
+        self.metavar = metavar
+        self.required = required
+
+
+Param = Union[Option, Argument]
+
+
+def parse(params: Sequence[Param], args: Sequence[str]) -> Optional[Dict[str, Any]]:
     """The values of ``args`` (a command's arguments, without its name) by
     ``dest``, with the defaults of options not given, as click would pass them
     to the command; None when ``args`` is not a plainly valid command line for
-    ``options`` (see the module's docstring: click then says what is wrong)."""
+    ``params`` (see the module's docstring: click then says what is wrong)."""
+    options = [p for p in params if isinstance(p, Option)]
+    arguments = [p for p in params if isinstance(p, Argument)]
     by_flag = {flag: o for o in options for flag in o.flags}
     values: Dict[str, Any] = {o.dest: (() if o.multiple else False if o.type is bool else o.default)
                               for o in options}
+    positional: List[str] = []
     i = 0
     while i < len(args):
         arg = args[i]
         i += 1
         if arg == "--":
-            return values if i == len(args) else None  # no command here takes arguments
+            positional.extend(args[i:])
+            break
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
             o = by_flag.get(name)
@@ -84,9 +106,14 @@ def parse(options: Sequence[Option], args: Sequence[str]) -> Optional[Dict[str, 
             if o.type is bool:
                 continue
         else:
-            return None  # an argument: no command here takes one
+            positional.append(arg)
+            continue
         if not _store(values, o, value):
             return None
+    if len(positional) > len(arguments) or any(a.required for a in arguments[len(positional):]):
+        return None
+    for k, a in enumerate(arguments):
+        values[a.dest] = positional[k] if k < len(positional) else None
     return values
 
 
@@ -101,6 +128,8 @@ def _store(values: Dict[str, Any], o: Option, value: str) -> bool:
             return False
     else:
         converted = value
+    if o.choices is not None and converted not in o.choices:
+        return False
     if o.multiple:
         values[o.dest] += (converted,)
     else:
@@ -108,12 +137,15 @@ def _store(values: Dict[str, Any], o: Option, value: str) -> bool:
     return True
 
 
-def click_options(options: Sequence[Option]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A decorator adding ``options`` to a click command function, in table order."""
+def click_params(params: Sequence[Param]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A decorator adding ``params`` to a click command function, in table order."""
     import click
 
     def apply(f: Callable[..., Any]) -> Callable[..., Any]:
-        for o in reversed(options):
+        for o in reversed(params):
+            if isinstance(o, Argument):
+                f = click.argument(o.dest, metavar=o.metavar, required=o.required)(f)
+                continue
             kw: Dict[str, Any] = {"help": o.help}
             if o.type is bool:
                 kw["is_flag"] = True
@@ -121,6 +153,10 @@ def click_options(options: Sequence[Option]) -> Callable[[Callable[..., Any]], C
                 kw["metavar"] = o.metavar
             if o.type is int:
                 kw["type"] = int
+            if o.choices is not None:
+                kw["type"] = click.Choice(list(o.choices))
+            if o.show_default:
+                kw["show_default"] = True
             if o.multiple:
                 kw["multiple"] = True
             if o.default is not None:
@@ -130,9 +166,9 @@ def click_options(options: Sequence[Option]) -> Callable[[Callable[..., Any]], C
     return apply
 
 
-def click_command(name: str, options: Sequence[Option], body: Callable[[Dict[str, Any]], int],
+def click_command(name: str, params: Sequence[Param], body: Callable[[Dict[str, Any]], int],
                   doc: str, **settings: Any) -> "click.Command":
-    """The click command ``name`` with ``options``, whose help is ``doc``: it
+    """The click command ``name`` with ``params``, whose help is ``doc``: it
     runs ``body(values)`` and exits with the status it returns. A ``debug``
     value turns on tracebacks for the whole command line, like ``pyvmm --debug``."""
     import sys
@@ -144,4 +180,18 @@ def click_command(name: str, options: Sequence[Option], body: Callable[[Dict[str
             click.get_current_context().find_root().obj["debug"] = True
         sys.exit(body(values))
     callback.__doc__ = doc
-    return click.command(name, context_settings=settings)(click_options(options)(callback))
+    return click.command(name, context_settings=settings)(click_params(params)(callback))
+
+
+def lazy_command(namespace: Dict[str, Any], name: str, attribute: str, params: Sequence[Param],
+                 body: Callable[[Dict[str, Any]], int], doc: str,
+                 **settings: Any) -> Callable[[str], Any]:
+    """A module ``__getattr__`` (PEP 562) that builds the click command (:func:`click_command`)
+    the first time ``attribute`` is read and keeps it in ``namespace`` (the module's globals):
+    a command module loads click only for click's own paths (:mod:`pyvmm.cli`)."""
+    def __getattr__(attr: str) -> Any:
+        if attr != attribute:
+            raise AttributeError(f"module {namespace['__name__']!r} has no attribute {attr!r}")
+        namespace[attr] = command = click_command(name, params, body, doc, **settings)
+        return command
+    return __getattr__

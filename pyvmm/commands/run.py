@@ -14,7 +14,7 @@ from .. import machine as machine_lib
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
-from .options import Option, click_command
+from .options import Option, lazy_command
 
 if TYPE_CHECKING:
     from ..api import VirtualMachine
@@ -76,9 +76,9 @@ def _writer(stream):
     return output
 
 
-# pyvmm run's options: the click command (its --help and error messages) and the
+# pyvmm run's parameters: the click command (its --help and error messages) and the
 # fast parser of pyvmm.commands.entry are both built from this one table.
-OPTIONS = (
+PARAMS = (
     Option("kernel", "-k", "--kernel", metavar="IMAGE", help="arm64 Linux kernel Image (uncompressed)."),
     Option("initrd", "-i", "--initrd", metavar="FILE", help="Initial ramdisk (initramfs) to load."),
     Option("params", "-p", "--params", metavar="CMDLINE",
@@ -166,14 +166,8 @@ def execute(values: Dict[str, Any]) -> int:
                           console_out=console_out)
 
 
-def __getattr__(name: str) -> Any:
-    """``run``, the click command, built from :data:`OPTIONS` on first use
-    (``pyvmm run`` itself starts without click: :mod:`pyvmm.commands.entry`)."""
-    if name == "run":
-        command = click_command("run", OPTIONS, execute, HELP, show_default=True)
-        globals()["run"] = command
-        return command
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``run``, the click command, is built on first use (pyvmm.cli): ``pyvmm run`` itself starts without click
+__getattr__ = lazy_command(globals(), "run", "run", PARAMS, execute, HELP, show_default=True)
 
 
 def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control: Optional[str] = None,

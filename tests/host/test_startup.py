@@ -48,6 +48,20 @@ def test_run_starts_without_click_or_dataclasses(tmp_path):
     assert under(mods, "click", "dataclasses", "inspect", "re", "ast", "pyvmm.cli", *TEST_ONLY) == []
 
 
+@pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"]],
+                         ids=lambda a: a[0])
+def test_restore_and_snapshot_start_without_click(args):
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('\\n'.join(sorted(sys.modules))))\n"
+            f"from pyvmm.commands.entry import main\nmain({args!r})\n")
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("pyvmm: error: "), r.stderr
+    mods = set(r.stdout.split())
+    assert f"pyvmm.commands.{args[0]}" in mods
+    assert under(mods, "click", "pyvmm.cli", *TEST_ONLY) == []
+
+
 def test_importing_the_cli_loads_no_command():
     mods = loaded_after("import pyvmm.cli") - {"pyvmm.commands", "pyvmm.commands.entry"}  # the program, no command
     assert under(mods, "pyvmm.commands", "pyvmm.snapshot", "pyvmm.machine", "pyvmm.kvm", "pyvmm.control",
