@@ -54,15 +54,15 @@ FAST = ("run", "restore", "snapshot")
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = args[:1] == ["--debug"]
-    name = args[debug] if len(args) > debug else None
-    if name in FAST:
+    debug = args[:1] == ["--debug"]  # the group's own option, before the command
+    rest = args[1:] if debug else args
+    if rest and rest[0] in FAST:
         from importlib import import_module
 
         from .options import parse
 
-        command = import_module(f".{name}", __package__)
-        values = parse(command.PARAMS, args[debug + 1:])
+        command = guarded(lambda: import_module(f".{rest[0]}", __package__), debug)
+        values = parse(command.PARAMS, rest[1:])
         if values is not None:
             sys.exit(guarded(lambda: command.execute(values), debug or bool(values.get("debug"))))
     from ..cli import main as click_main
