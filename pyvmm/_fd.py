@@ -5,9 +5,9 @@ import os
 from typing import Any, Callable, Optional
 
 from ._ffi import ffi, libc
-from .arm64 import errno_explain
 from .errors import KvmError
 from .ioctls import request
+
 
 class KvmFd:
     """A kernel file descriptor of the KVM API. Subclasses add one method per ioctl."""
@@ -51,7 +51,10 @@ class KvmFd:
 
     def error(self, name: str, err: int, reg: Optional[str] = None) -> KvmError:
         """The KvmError for request ``name`` failing with ``err`` on this fd,
-        with the ABI page's hint when it has one (:mod:`pyvmm.arm64.errno_explain`)."""
+        with the ABI page's hint when it has one (:mod:`pyvmm.arm64.errno_explain`,
+        loaded on the first failure: not part of start-up)."""
+        from .arm64 import errno_explain
+
         return KvmError(err, name, self.target, reg, errno_explain.explain(name, err, reg))
 
     def close(self) -> None:

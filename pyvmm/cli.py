@@ -1,5 +1,7 @@
-"""The command line. Only this module (and the command modules it wires in)
-prints or exits.
+"""The command line's click group. Only this module (and the command modules it
+wires in) prints or exits. The program starts in :mod:`pyvmm.commands.entry`,
+which runs a plain ``pyvmm run`` without loading click and hands everything
+else to :func:`main` here.
 
 Exit status: 0 success; 1 runtime failure; 2 usage error (bad option or
 input). Errors are one line on stderr; ``--debug`` adds the traceback.
@@ -7,13 +9,11 @@ input). Errors are one line on stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 
 import click
 
 from ._version import __version__
-from .errors import PyvmmError
+from .commands.entry import debug_from_env, fail
 
 # Every command, by name: (its module under pyvmm.commands, the click command
 # in it). A command's module is imported only when that command runs (or
@@ -56,26 +56,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
-        except PyvmmError as e:
-            _fail(ctx, str(e), e.exit_status)
-        except KeyboardInterrupt:
-            _fail(ctx, "interrupted", 130)
-        except Exception as e:  # an unexpected bug: still one line unless --debug
-            _fail(ctx, f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)", 1)
+        except (Exception, KeyboardInterrupt) as e:  # one line (and the status) unless --debug
+            fail(e, _debug(ctx))
 
 
 def _debug(ctx) -> bool:
     obj = ctx.find_root().obj or {}
-    return bool(obj.get("debug")) or os.environ.get("PYVMM_DEBUG") == "1"
-
-
-def _fail(ctx, message: str, status: int):
-    if _debug(ctx):
-        import traceback
-
-        traceback.print_exc()
-    click.echo(f"pyvmm: error: {message}", err=True)
-    sys.exit(status)
+    return bool(obj.get("debug")) or debug_from_env()
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,9 +16,9 @@ and restore them with the rest; the INIT features are in the snapshot.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Optional
 
+from ._record import record
 from ._ffi import const
 from .boot import layout
 from .errors import HostUnsupported
@@ -30,7 +30,7 @@ PMU_V3_INIT = 1
 PMU_INTID = 16 + layout.PMU_PPI
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Offered:
     """What this host's KVM can give a guest."""
     sve: bool
@@ -40,7 +40,7 @@ class Offered:
     sme_reason: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Chosen:
     """What the guest gets."""
     sve: bool

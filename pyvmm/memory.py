@@ -17,9 +17,9 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Set
 
+from ._record import record
 from ._ffi import ffi, libc
 from .errors import GuestError, HostUnsupported, UsageProblem
 
@@ -31,7 +31,7 @@ class GuestMemoryError(GuestError):
     """A guest-supplied address range is not (entirely) guest RAM."""
 
 
-@dataclass
+@record
 class Region:
     slot: int
     gpa: int

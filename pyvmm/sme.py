@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 from typing import List, Optional
 
+from ._record import record
 from .arm64 import regs
 from .arm64.vec import KVM_ARM_VCPU_VEC, VecShape, parse_vl
 from ._ffi import const
@@ -29,7 +29,7 @@ ENV_BIT = "PYVMM_SME_BIT"
 ENV_CAP = "PYVMM_SME_CAP"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class SmeDiscovery:
     """Result of probing. ``bit`` is None when the kernel offers no SME."""
     bit: Optional[int]

@@ -25,9 +25,10 @@ from __future__ import annotations
 import errno
 import functools
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ._record import replace  # VecShape is a record (pyvmm/_record.py)
 from .arm64 import regs, restore_plan
 from .arm64.vec import (EXTRA_IDS, KVM_ARM_VCPU_VEC, SMFR0_FA64, SVCR_SM, SVCR_ZA, VecShape,  # noqa: F401
                         vl_bytes)

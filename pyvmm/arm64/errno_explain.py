@@ -7,7 +7,6 @@ register name; the fd layer (:mod:`pyvmm._fd`) calls it for every
 :class:`pyvmm.errors.KvmError` it builds, so the hint never depends on what ran before.
 """
 import errno as E
-import re
 from typing import NamedTuple, Optional, Tuple
 
 from . import regs
@@ -29,21 +28,37 @@ class _Kind(NamedTuple):
     sliced: bool
 
 
-_Z = re.compile(r"^Z\d+(\[slice \d+\])?$")
-_P = re.compile(r"^P\d+(\[slice \d+\])?$")
-_FFR = re.compile(r"^FFR(\[slice \d+\])?$")
-_V = re.compile(r"^V\d+$")
-_ZA = re.compile(r"^ZA\[\d+\](\[slice \d+\])?$")
-_ZT = re.compile(r"^ZT\d+$")
+def _number(text: str) -> bool:
+    return text.isdecimal() and text.isascii()
+
+
+def _vector_class(reg: str) -> Optional[str]:
+    """z, p, ffr, za (each optionally ``[slice N]``), v or zt for a vector register
+    name (``Z3``, ``P1[slice 0]``, ``ZA[12]``, ``V0``, ``ZT0``), else None. Read
+    without ``re``: pyvmm run explains the errnos of its SME probes while starting."""
+    base, sep, tail = reg.partition("[slice ")
+    if sep and not (tail.endswith("]") and _number(tail[:-1])):
+        return None
+    if base == "FFR":
+        return "ffr"
+    if base.startswith("ZA[") and base.endswith("]") and _number(base[3:-1]):
+        return "za"
+    if base[:1] in ("Z", "P") and _number(base[1:]):
+        return base[0].lower()
+    if not sep and base[:1] == "V" and _number(base[1:]):
+        return "v"
+    if not sep and base[:2] == "ZT" and _number(base[2:]):
+        return "zt"
+    return None
 
 
 def _kind(reg: Optional[str]) -> _Kind:
     if not reg:
         return _Kind("none", False)
     sliced = "[slice" in reg
-    for pat, cls in ((_Z, "z"), (_P, "p"), (_FFR, "ffr"), (_V, "v"), (_ZA, "za"), (_ZT, "zt")):
-        if pat.match(reg):
-            return _Kind(cls, sliced)
+    cls = _vector_class(reg)
+    if cls is not None:
+        return _Kind(cls, sliced)
     if reg in ("SVE_VLS", "SME_VLS"):
         return _Kind(reg.lower(), False)
     if reg == "SVCR":

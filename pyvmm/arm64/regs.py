@@ -10,7 +10,6 @@ Layout of an id (64 bits): arch in [63:56] (arm64 = 0x60), size in [55:52]
 Always decode using the size too: ZA row 48 and ZT0 share their low 16 bits
 (0x0600) and differ only in size (ABI page §1).
 """
-import re
 from typing import Dict, NamedTuple, Optional, Tuple
 
 from . import sysregs
@@ -288,14 +287,15 @@ def name(reg_id: int) -> str:
     return decode(reg_id).name
 
 
+# compiled on first use (re.fullmatch caches them): ``re`` stays out of pyvmm run's start-up
 _NAME_PATTERNS = [
-    (re.compile(r"Z(\d+)(?:\[SLICE (\d+)\])?"), lambda m: sve_z(int(m[1]), int(m[2] or 0))),
-    (re.compile(r"P(\d+)(?:\[SLICE (\d+)\])?"), lambda m: sve_p(int(m[1]), int(m[2] or 0))),
-    (re.compile(r"FFR(?:\[SLICE (\d+)\])?"), lambda m: sve_ffr(int(m[1] or 0))),
-    (re.compile(r"ZA\[(\d+)\](?:\[SLICE (\d+)\])?"), lambda m: sme_za_row(int(m[1]), int(m[2] or 0))),
-    (re.compile(r"ZT(\d+)"), lambda m: sme_zt(int(m[1]))),
-    (re.compile(r"CCSIDR\[(\d+)\]"), lambda m: demux_ccsidr(int(m[1]))),
-    (re.compile(r"UNKNOWN_0X([0-9A-F]{16})"), lambda m: int(m[1], 16)),
+    (r"Z(\d+)(?:\[SLICE (\d+)\])?", lambda m: sve_z(int(m[1]), int(m[2] or 0))),
+    (r"P(\d+)(?:\[SLICE (\d+)\])?", lambda m: sve_p(int(m[1]), int(m[2] or 0))),
+    (r"FFR(?:\[SLICE (\d+)\])?", lambda m: sve_ffr(int(m[1] or 0))),
+    (r"ZA\[(\d+)\](?:\[SLICE (\d+)\])?", lambda m: sme_za_row(int(m[1]), int(m[2] or 0))),
+    (r"ZT(\d+)", lambda m: sme_zt(int(m[1]))),
+    (r"CCSIDR\[(\d+)\]", lambda m: demux_ccsidr(int(m[1]))),
+    (r"UNKNOWN_0X([0-9A-F]{16})", lambda m: int(m[1], 16)),
 ]
 
 
@@ -317,8 +317,10 @@ def parse(text: str) -> int:
     for k, v in FW_FEAT_BMAP_REGS.items():
         if t == v:
             return fw_feat_bmap(k)
+    import re
+
     for pattern, build in _NAME_PATTERNS:
-        m = pattern.fullmatch(t)
+        m = re.fullmatch(pattern, t)
         if m:
             return build(m)
     try:

@@ -289,11 +289,11 @@ def name_of(enc: Enc) -> str:
 
 def encoding_of(name: str) -> Enc:
     """Inverse of :func:`name_of` (accepts all three forms)."""
-    import re
-
     upper = name.upper()
     if upper in BY_NAME:
         return BY_NAME[upper]
+    import re  # only for the generic forms: the names regs.py resolves at import need no re
+
     m = re.fullmatch(r"ID_UNALLOCATED_C([1-7])_([0-7])", upper)
     if m:
         return (3, 0, 0, int(m.group(1)), int(m.group(2)))

@@ -7,9 +7,9 @@ A VQ is 128 bits; a VLS register holds the set of VQs a vCPU offers.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Tuple
 
+from .._record import record, replace
 from ..errors import UsageProblem
 from . import regs
 
@@ -62,7 +62,7 @@ def with_sme_level(pfr1: int, level: int) -> int:
     return (pfr1 & ~(0xF << PFR1_SME_SHIFT)) | (level << PFR1_SME_SHIFT)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VecShape:
     """A vCPU's vector configuration, and the SVCR its state was taken in.
 

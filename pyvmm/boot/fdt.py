@@ -20,9 +20,9 @@ writes (tests/host/test_fdt.py compares the two where pylibfdt is installed).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple, Union
 
+from .._record import field, record
 from ..errors import UsageProblem
 from . import layout
 
@@ -51,7 +51,7 @@ def irq(kind: int, number: int, flags: int = IRQ_TYPE_LEVEL_HIGH) -> bytes:
     return cells(kind, number, flags)
 
 
-@dataclass
+@record
 class Node:
     name: str
     props: List[Tuple[str, PropValue]] = field(default_factory=list)

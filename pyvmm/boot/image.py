@@ -18,8 +18,8 @@ truncated Image.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 
+from .._record import record
 from ..errors import UsageProblem
 
 HEADER_SIZE = 64
@@ -43,7 +43,7 @@ class ImageError(UsageProblem):
     """The kernel (or initrd) file cannot be booted; the message says why."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ImageHeader:
     text_offset: int
     image_size: int  # bytes the kernel needs from its load address, BSS included

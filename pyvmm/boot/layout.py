@@ -31,10 +31,9 @@ kernel and is entered there with the MMU off; the DTB is in the top 2 MiB.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Optional
 
+from .._record import record
 from ..errors import UsageProblem
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -79,16 +78,23 @@ def gicr_size(ncpus: int) -> int:
     return ncpus * GICR_STRIDE
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.I)
 _UNITS = {"": MiB, "k": KiB, "m": MiB, "g": GiB, "t": 1 << 40}
 
 
 def parse_size(text: str) -> int:
-    """``512M``, ``2G``, ``1024`` (MiB, as kvmtool's -m) -> bytes."""
-    m = _SIZE_RE.match(str(text))
-    if not m:
+    """``512M``, ``2G``, ``1024`` (MiB, as kvmtool's -m) -> bytes: digits, a
+    unit k/m/g/t (any case, spaces before it allowed) and b or ib after it.
+    (Read without ``re``, which ``pyvmm run`` does not load.)"""
+    t = str(text).strip().lower()
+    for suffix in ("ib", "b"):
+        if t.endswith(suffix):
+            t = t[:-len(suffix)]
+            break
+    unit = t[-1:] if t[-1:] in ("k", "m", "g", "t") else ""
+    digits = t[:len(t) - len(unit)].rstrip()
+    if not (digits.isdecimal() and digits.isascii()):
         raise UsageProblem(f"memory size {text!r} not understood", "use e.g. 512M or 2G")
-    return int(m.group(1)) * _UNITS[m.group(2).lower()]
+    return int(digits) * _UNITS[unit]
 
 
 def check_ram(size: int) -> None:
@@ -108,7 +114,7 @@ def fmt_size(n: int) -> str:
     return f"{n}B"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BootPlan:
     ram_size: int
     kernel_addr: int

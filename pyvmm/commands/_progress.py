@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 import time
 
-import click
-
 MiB = 1 << 20
 
 
@@ -34,11 +32,13 @@ class ProgressBar:
         frac = min(1.0, done / total)
         fill = int(frac * self.WIDTH)
         label = f"{self.label} {what}".strip()
-        click.echo(f"\r{label} [{'#' * fill}{'.' * (self.WIDTH - fill)}] {frac * 100:3.0f}% "
-                   f"{done / MiB:.0f}/{total / MiB:.0f} MiB", nl=False, file=self.stream)
+        self.stream.write(f"\r{label} [{'#' * fill}{'.' * (self.WIDTH - fill)}] {frac * 100:3.0f}% "
+                          f"{done / MiB:.0f}/{total / MiB:.0f} MiB")
+        self.stream.flush()
         self._drawn = True
 
     def close(self) -> None:
         if self._drawn:
-            click.echo("", file=self.stream)
+            self.stream.write("\n")
+            self.stream.flush()
             self._drawn = False

@@ -2,48 +2,50 @@
 from __future__ import annotations
 
 import sys
-
-import click
+from typing import Any, Dict
 
 from ..kvm import DEFAULT_PATH
 from ._progress import ProgressBar
+from .options import Argument, Option, lazy_command
 
 
-@click.command()
-@click.argument("snap", metavar="SNAP", required=False)
-@click.option("--incoming", metavar="unix:PATH|tcp:[HOST:]PORT",
-              help="Instead of SNAP: receive a live migration (pyvmm migrate) on this address (TCP: HOST "
-                   "defaults to 127.0.0.1), from one source; the listener closes once it connected.")
-@click.option("--clock", type=click.Choice(["hide", "keep"]), default="hide", show_default=True,
-              help="Guest time: hide = the guest's counters resume where they stopped, and pauses "
-                   "(pyvmm pause, snapshots) are hidden too (its watchdogs see no gap); keep = they "
-                   "advance by the time since the snapshot and run on through pauses (its clock stays "
-                   "right, but it sees that time pass at once).")
-@click.option("--control", metavar="SOCKET", help="Listen on this unix socket (mode 0600), as pyvmm run does.")
-@click.option("--paused", is_flag=True, help="Build the VM but keep its vCPUs stopped until pyvmm resume SOCKET "
-                                             "(needs --control).")
-@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
-              help="The disk image for the snapshot's next disk (repeatable: once per disk, in order). "
-                   "Needed unless the snapshot is sealed by your own pyvmm: pyvmm never opens a host "
-                   "file that an unsealed snapshot names.")
-@click.option("-k", "--kernel", metavar="IMAGE", help="Kernel a guest reset boots (instead of the sealed "
-                                                      "snapshot's; without either, a reset ends the VM).")
-@click.option("-i", "--initrd", metavar="FILE", help="Initial ramdisk for that kernel.")
-@click.option("--firmware", metavar="BIN", help="Bare-metal binary a guest reset boots instead of a kernel.")
-@click.option("--on-reboot", default=None, metavar="restart|exit",
-              help="What a guest reset does [default: as when the snapshot was taken]; restart boots the "
-                   "kernel given with --kernel, or the one a sealed snapshot names, if it is still there.")
-@click.option("--console-out", "console_out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
-              help="Where the console is, as for pyvmm run.")
-@click.option("--verify", is_flag=True,
-              help="Check the CRC-32 of all of the snapshot's memory before the guest runs (by default "
-                   "memory is mapped and checked while the guest runs; a damaged chunk stops the VM).")
-@click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
-@click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
-@click.pass_context
-def restore(ctx, snap, incoming, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, console_out,
-            verify, kvm_path, debug):
-    """Restore the VM saved in SNAP (by pyvmm snapshot) and let it run on,
+# pyvmm restore's parameters: its click command and the fast parser of
+# pyvmm.commands.entry are both built from this one table.
+PARAMS = (
+    Argument("snap", "SNAP", required=False),
+    Option("incoming", "--incoming", metavar="unix:PATH|tcp:[HOST:]PORT",
+           help="Instead of SNAP: receive a live migration (pyvmm migrate) on this address (TCP: HOST "
+                "defaults to 127.0.0.1), from one source; the listener closes once it connected."),
+    Option("clock", "--clock", choices=("hide", "keep"), default="hide", show_default=True,
+           help="Guest time: hide = the guest's counters resume where they stopped, and pauses "
+                "(pyvmm pause, snapshots) are hidden too (its watchdogs see no gap); keep = they "
+                "advance by the time since the snapshot and run on through pauses (its clock stays "
+                "right, but it sees that time pass at once)."),
+    Option("control", "--control", metavar="SOCKET",
+           help="Listen on this unix socket (mode 0600), as pyvmm run does."),
+    Option("paused", "--paused", type=bool, help="Build the VM but keep its vCPUs stopped until pyvmm resume SOCKET "
+                                                 "(needs --control)."),
+    Option("disks", "--disk", multiple=True, metavar="PATH[,ro]",
+           help="The disk image for the snapshot's next disk (repeatable: once per disk, in order). "
+                "Needed unless the snapshot is sealed by your own pyvmm: pyvmm never opens a host "
+                "file that an unsealed snapshot names."),
+    Option("kernel", "-k", "--kernel", metavar="IMAGE", help="Kernel a guest reset boots (instead of the sealed "
+                                                              "snapshot's; without either, a reset ends the VM)."),
+    Option("initrd", "-i", "--initrd", metavar="FILE", help="Initial ramdisk for that kernel."),
+    Option("firmware", "--firmware", metavar="BIN", help="Bare-metal binary a guest reset boots instead of a kernel."),
+    Option("on_reboot", "--on-reboot", metavar="restart|exit",
+           help="What a guest reset does [default: as when the snapshot was taken]; restart boots the "
+                "kernel given with --kernel, or the one a sealed snapshot names, if it is still there."),
+    Option("console_out", "--console-out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
+           help="Where the console is, as for pyvmm run."),
+    Option("verify", "--verify", type=bool,
+           help="Check the CRC-32 of all of the snapshot's memory before the guest runs (by default "
+                "memory is mapped and checked while the guest runs; a damaged chunk stops the VM)."),
+    Option("kvm_path", "--kvm", default=DEFAULT_PATH, metavar="PATH", help="KVM device node."),
+    Option("debug", "--debug", type=bool, help="Show tracebacks and per-exit counts at the end."),
+)
+
+HELP = """Restore the VM saved in SNAP (by pyvmm snapshot) and let it run on,
     with this terminal as its console.
 
     Guest memory is mapped from SNAP, not read (format version 2): the
@@ -77,14 +79,21 @@ def restore(ctx, snap, incoming, clock, control, paused, disks, kernel, initrd, 
       pyvmm restore --incoming unix:/tmp/in.sock --control /tmp/vm2.sock
       pyvmm restore --incoming tcp:0.0.0.0:4444
     """
+
+
+def execute(values: Dict[str, Any]) -> int:
+    """Restore as ``values`` (the parameters by name) say; the exit status."""
+    return _restore(**values)
+
+
+def _restore(snap, incoming, clock, control, paused, disks, kernel, initrd, firmware, on_reboot, console_out,
+             verify, kvm_path, debug) -> int:
     from ..api import restore as restore_vm
     from ..errors import UsageProblem
     from .. import console_out as console_out_lib
     from ..snapshot import trust
     from .run import parse_disk, run_on_console
 
-    if debug:
-        ctx.find_root().obj["debug"] = True
     if (snap is None) == (incoming is None):
         raise UsageProblem("give a snapshot file SNAP or --incoming ADDRESS (one of them)")
     if incoming and (paused or clock != "hide"):
@@ -101,7 +110,7 @@ def restore(ctx, snap, incoming, clock, control, paused, disks, kernel, initrd, 
     given = trust.HostChoice(disks=[parse_disk(d) for d in disks] if disks else None,
                              kernel=kernel, initrd=initrd, firmware=firmware)
     if incoming:
-        sys.exit(_incoming(incoming, given, on_reboot, kvm_path, debug, control, console_out))
+        return _incoming(incoming, given, on_reboot, kvm_path, debug, control, console_out)
     bar = ProgressBar("restore")
 
     def start(**console):
@@ -111,10 +120,14 @@ def restore(ctx, snap, incoming, clock, control, paused, disks, kernel, initrd, 
         finally:
             bar.close()
         if vm.memory_load and vm.memory_load.startswith("read: ") and vm.memory_load != "read: format version 1":
-            click.echo(f"pyvmm: guest memory was read, not mapped ({vm.memory_load[6:]})", err=True)
+            print(f"pyvmm: guest memory was read, not mapped ({vm.memory_load[6:]})", file=sys.stderr, flush=True)
         return vm
 
-    sys.exit(run_on_console(start, debug, control=control, console_out=console_out))
+    return run_on_console(start, debug, control=control, console_out=console_out)
+
+
+# ``restore``, the click command, is built on first use (pyvmm.cli): ``pyvmm restore SNAP`` starts without click
+__getattr__ = lazy_command(globals(), "restore", "restore", PARAMS, execute, HELP)
 
 
 def _incoming(address, given, on_reboot, kvm_path, debug, control, console_out) -> int:
@@ -128,7 +141,7 @@ def _incoming(address, given, on_reboot, kvm_path, debug, control, console_out) 
 
     inc = Incoming(address)
     try:
-        click.echo(f"pyvmm: waiting for a migration on {inc}", err=True)
+        print(f"pyvmm: waiting for a migration on {inc}", file=sys.stderr, flush=True)
 
         def term(signum, frame):
             raise KeyboardInterrupt

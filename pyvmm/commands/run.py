@@ -7,15 +7,14 @@ import signal
 import sys
 import termios
 import tty
-from typing import TYPE_CHECKING, Callable, List, Optional, Tuple
-
-import click
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .. import console_out as console_out_lib
 from .. import machine as machine_lib
 from ..boot import layout
 from ..errors import UsageProblem
 from ..kvm import DEFAULT_PATH
+from .options import Option, lazy_command
 
 if TYPE_CHECKING:
     from ..api import VirtualMachine
@@ -51,6 +50,10 @@ def _device_specs(nets, vsock, fss):
             [devspec.parse_fs(f) for f in fss])
 
 
+def _say(line: str) -> None:
+    print(f"pyvmm: {line}", file=sys.stderr, flush=True)
+
+
 def _writer(stream):
     try:
         fd = stream.fileno()
@@ -73,53 +76,53 @@ def _writer(stream):
     return output
 
 
-@click.command(context_settings={"show_default": True})
-@click.option("-k", "--kernel", metavar="IMAGE", help="arm64 Linux kernel Image (uncompressed).")
-@click.option("-i", "--initrd", metavar="FILE", help="Initial ramdisk (initramfs) to load.")
-@click.option("-p", "--params", metavar="CMDLINE", default=None,
-              help="Kernel command line; a console= for --console is added unless given.")
-@click.option("-m", "--mem", "mem", default="512M", metavar="SIZE", help="Guest RAM: 512M, 2G (plain numbers are MiB).")
-@click.option("-c", "--cpus", type=int, default=1, metavar="N", help="Number of vCPUs.")
-@click.option("--sve-max-vl", type=int, default=None, metavar="BITS",
-              help="Largest SVE vector length the guest may use (a length the host offers).")
-@click.option("--sme-max-vl", type=int, default=None, metavar="BITS",
-              help="Largest SME streaming vector length the guest may use (a length the host offers).")
-@click.option("--no-sve", is_flag=True, help="No SVE for the guest (with SME: SME-only vCPUs).")
-@click.option("--no-sme", is_flag=True, help="No SME for the guest (SME is on wherever KVM offers it, "
-                                             "at every streaming length the host offers).")
-@click.option("--no-pmu", is_flag=True, help="No PMUv3 for the guest (on wherever KVM offers it).")
-@click.option("--no-pauth", is_flag=True, help="No pointer authentication for the guest (on wherever KVM "
-                                               "offers it).")
-@click.option("--disk", "disks", multiple=True, metavar="PATH[,ro]",
-              help="Raw disk image as virtio-blk (repeatable; ,ro for read-only).")
-@click.option("--console", default="serial", metavar="serial|virtio",
-              help="Guest console: serial (PL011, ttyAMA0) or virtio (virtio-console, hvc0).")
-@click.option("--console-out", "console_out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
-              help="Where the console is: this terminal; a new pty (its name is printed); a unix "
-                   "socket (mode 0600, one client at a time); or a log file (output only). Output "
-                   "nobody reads on a pty or socket is dropped, never stalling the guest.")
-@click.option("--net", "nets", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off]",
-              help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
-                   "packets moved by vhost-net (repeatable).")
-@click.option("--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more).")
-@click.option("--fs", "fss", multiple=True, metavar="tag=TAG,dir=DIR|socket=PATH",
-              help="virtio-fs with mount tag TAG: pyvmm runs virtiofsd for DIR, or connects to the "
-                   "vhost-user-fs daemon at PATH (repeatable).")
-@click.option("--no-rng", is_flag=True, help="No virtio-rng (present by default, fed by the host's getrandom).")
-@click.option("--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE.")
-@click.option("--firmware", metavar="BIN",
-              help="Raw bare-metal binary loaded at the start of RAM and entered with the MMU off.")
-@click.option("--on-reboot", default="restart", metavar="restart|exit",
-              help="What a guest reset does: reboot it, or exit with status 3.")
-@click.option("--kvm", "kvm_path", default=DEFAULT_PATH, metavar="PATH", help="KVM device node.")
-@click.option("--control", metavar="SOCKET",
-              help="Listen on this unix socket (mode 0600) for pyvmm pause/resume/snapshot/stop.")
-@click.option("--debug", is_flag=True, help="Show tracebacks and per-exit counts at the end.")
-@click.pass_context
-def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, no_sme, no_pmu, no_pauth, disks,
-        console, console_out, nets, vsock, fss, no_rng, dump_dtb, firmware,
-        on_reboot, kvm_path, control, debug):
-    """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
+# pyvmm run's parameters: the click command (its --help and error messages) and the
+# fast parser of pyvmm.commands.entry are both built from this one table.
+PARAMS = (
+    Option("kernel", "-k", "--kernel", metavar="IMAGE", help="arm64 Linux kernel Image (uncompressed)."),
+    Option("initrd", "-i", "--initrd", metavar="FILE", help="Initial ramdisk (initramfs) to load."),
+    Option("params", "-p", "--params", metavar="CMDLINE",
+           help="Kernel command line; a console= for --console is added unless given."),
+    Option("mem", "-m", "--mem", default="512M", metavar="SIZE", help="Guest RAM: 512M, 2G (plain numbers are MiB)."),
+    Option("cpus", "-c", "--cpus", type=int, default=1, metavar="N", help="Number of vCPUs."),
+    Option("sve_max_vl", "--sve-max-vl", type=int, metavar="BITS",
+           help="Largest SVE vector length the guest may use (a length the host offers)."),
+    Option("sme_max_vl", "--sme-max-vl", type=int, metavar="BITS",
+           help="Largest SME streaming vector length the guest may use (a length the host offers)."),
+    Option("no_sve", "--no-sve", type=bool, help="No SVE for the guest (with SME: SME-only vCPUs)."),
+    Option("no_sme", "--no-sme", type=bool, help="No SME for the guest (SME is on wherever KVM offers it, "
+                                                 "at every streaming length the host offers)."),
+    Option("no_pmu", "--no-pmu", type=bool, help="No PMUv3 for the guest (on wherever KVM offers it)."),
+    Option("no_pauth", "--no-pauth", type=bool, help="No pointer authentication for the guest (on wherever KVM "
+                                                     "offers it)."),
+    Option("disks", "--disk", multiple=True, metavar="PATH[,ro]",
+           help="Raw disk image as virtio-blk (repeatable; ,ro for read-only)."),
+    Option("console", "--console", default="serial", metavar="serial|virtio",
+           help="Guest console: serial (PL011, ttyAMA0) or virtio (virtio-console, hvc0)."),
+    Option("console_out", "--console-out", default="tty", metavar="tty|pty|unix:PATH|file:PATH",
+           help="Where the console is: this terminal; a new pty (its name is printed); a unix "
+                "socket (mode 0600, one client at a time); or a log file (output only). Output "
+                "nobody reads on a pty or socket is dropped, never stalling the guest."),
+    Option("nets", "--net", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off]",
+           help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
+                "packets moved by vhost-net (repeatable)."),
+    Option("vsock", "--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more)."),
+    Option("fss", "--fs", multiple=True, metavar="tag=TAG,dir=DIR|socket=PATH",
+           help="virtio-fs with mount tag TAG: pyvmm runs virtiofsd for DIR, or connects to the "
+                "vhost-user-fs daemon at PATH (repeatable)."),
+    Option("no_rng", "--no-rng", type=bool, help="No virtio-rng (present by default, fed by the host's getrandom)."),
+    Option("dump_dtb", "--dump-dtb", metavar="FILE", help="Write the generated device tree blob to FILE."),
+    Option("firmware", "--firmware", metavar="BIN",
+           help="Raw bare-metal binary loaded at the start of RAM and entered with the MMU off."),
+    Option("on_reboot", "--on-reboot", default="restart", metavar="restart|exit",
+           help="What a guest reset does: reboot it, or exit with status 3."),
+    Option("kvm_path", "--kvm", default=DEFAULT_PATH, metavar="PATH", help="KVM device node."),
+    Option("control", "--control", metavar="SOCKET",
+           help="Listen on this unix socket (mode 0600) for pyvmm pause/resume/snapshot/stop."),
+    Option("debug", "--debug", type=bool, help="Show tracebacks and per-exit counts at the end."),
+)
+
+HELP = """Boot an arm64 Linux guest (or a bare-metal binary) on KVM.
 
     \b
     Exit status: 0 the guest powered off (or was stopped through --control);
@@ -140,21 +143,31 @@ def run(ctx, kernel, initrd, params, mem, cpus, sve_max_vl, sme_max_vl, no_sve, 
       pyvmm run --firmware payload.bin --dump-dtb machine.dtb
       pyvmm run -k Image -i initrd.cpio.gz --control /tmp/vm.sock   # then: pyvmm snapshot /tmp/vm.sock vm.snap
     """
-    if debug:
-        ctx.find_root().obj["debug"] = True
-    net_specs, vsock_spec, fs_specs = _device_specs(nets, vsock, fss)
+
+
+def execute(values: Dict[str, Any]) -> int:
+    """Run the machine ``values`` (the options by name) describe; its exit status."""
+    debug = values["debug"]
+    net_specs, vsock_spec, fs_specs = _device_specs(values["nets"], values["vsock"], values["fss"])
     config = machine_lib.MachineConfig(
-        kernel=kernel, initrd=initrd, firmware=firmware, cmdline=params, mem=layout.parse_size(mem),
-        cpus=cpus, sve_max_vl=sve_max_vl, sme_max_vl=sme_max_vl, sve=not no_sve, sme=not no_sme,
-        pmu=not no_pmu, pauth=not no_pauth,
-        disks=[parse_disk(d) for d in disks], console=console, rng=not no_rng,
-        nets=net_specs, vsock=vsock_spec, fss=fs_specs,
-        on_reboot=on_reboot, dump_dtb=dump_dtb, kvm_path=kvm_path, trace_mmio=debug)
+        kernel=values["kernel"], initrd=values["initrd"], firmware=values["firmware"], cmdline=values["params"],
+        mem=layout.parse_size(values["mem"]), cpus=values["cpus"], sve_max_vl=values["sve_max_vl"],
+        sme_max_vl=values["sme_max_vl"], sve=not values["no_sve"], sme=not values["no_sme"],
+        pmu=not values["no_pmu"], pauth=not values["no_pauth"],
+        disks=[parse_disk(d) for d in values["disks"]], console=values["console"], rng=not values["no_rng"],
+        nets=net_specs, vsock=vsock_spec, fss=fs_specs, on_reboot=values["on_reboot"],
+        dump_dtb=values["dump_dtb"], kvm_path=values["kvm_path"], trace_mmio=debug)
     machine_lib.prepare(config)  # usage errors before touching the terminal
+    console_out = values["console_out"]
     console_out_lib.parse(console_out)
     from ..api import start
 
-    sys.exit(run_on_console(functools.partial(start, config), debug, control=control, console_out=console_out))
+    return run_on_console(functools.partial(start, config), debug, control=values["control"],
+                          console_out=console_out)
+
+
+# ``run``, the click command, is built on first use (pyvmm.cli): ``pyvmm run`` itself starts without click
+__getattr__ = lazy_command(globals(), "run", "run", PARAMS, execute, HELP, show_default=True)
 
 
 def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control: Optional[str] = None,
@@ -202,7 +215,7 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
         endpoint = console_out_lib.open_endpoint(console_out)
         if endpoint.kind != "tty":
             output, stdin_fd = endpoint.output, endpoint.input_fd
-            click.echo(f"pyvmm: console on {endpoint.kind} {endpoint.name}", err=True)
+            _say(f"console on {endpoint.kind} {endpoint.name}")
         if server is not None:
             server.start()
         if endpoint.kind == "tty" and stdin_fd is not None and os.isatty(stdin_fd):
@@ -232,13 +245,13 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
         dropped = f" ({endpoint.dropped} dropped: nobody read them)" if endpoint.dropped else ""
         first = "" if outcome.first_run_ns is None else \
             f", first KVM_RUN at CLOCK_MONOTONIC {outcome.first_run_ns / 1e9:.6f} s"
-        click.echo(f"pyvmm: {outcome.reason}; VM set-up {outcome.build_seconds:.2f} s{first}, guest ran "
+        _say(f"{outcome.reason}; VM set-up {outcome.build_seconds:.2f} s{first}, guest ran "
                    f"{outcome.seconds:.2f} s, resets {outcome.resets}, console {outcome.console_bytes} bytes"
-                   f"{dropped}, exits: {counts}", err=True)
+                   f"{dropped}, exits: {counts}")
         if outcome.mmio_trace:
             top = ", ".join(f"{dev}+{off:#x} {rw} {n}" for (dev, off, rw), n in outcome.mmio_trace.most_common(8))
-            click.echo(f"pyvmm: busiest MMIO registers: {top}", err=True)
+            _say(f"busiest MMIO registers: {top}")
     status = outcome.status
     if status not in (machine_lib.ExitStatus.POWEROFF,) and not debug:
-        click.echo(f"pyvmm: {last_words(outcome)}", err=True)
+        _say(last_words(outcome))
     return int(status)

@@ -2,24 +2,27 @@
 from __future__ import annotations
 
 import os
-
-import click
+from typing import Any, Dict
 
 from ..control import call
 from ..errors import UsageProblem
 from ._progress import MiB, ProgressBar
+from .options import Argument, Option, lazy_command
 
 
-@click.command()
-@click.argument("socket_path", metavar="SOCKET")
-@click.argument("out", metavar="OUT")
-@click.option("--stop", is_flag=True, help="End the VM once the snapshot is written (pyvmm run exits 0).")
-@click.option("--since", metavar="PREVIOUS",
-              help="Incremental: store only the memory the guest (or pyvmm) wrote since PREVIOUS, this VM's "
-                   "latest snapshot, in the same directory; OUT names PREVIOUS as its parent, and pyvmm restore OUT "
-                   "restores the chain (keep its files together and unchanged).")
-def snapshot(socket_path, out, stop, since):
-    """Save the VM listening on SOCKET to the file OUT.
+# pyvmm snapshot's parameters: its click command and the fast parser of
+# pyvmm.commands.entry are both built from this one table.
+PARAMS = (
+    Argument("socket_path", "SOCKET"),
+    Argument("out", "OUT"),
+    Option("stop", "--stop", type=bool, help="End the VM once the snapshot is written (pyvmm run exits 0)."),
+    Option("since", "--since", metavar="PREVIOUS",
+           help="Incremental: store only the memory the guest (or pyvmm) wrote since PREVIOUS, this VM's "
+                "latest snapshot, in the same directory; OUT names PREVIOUS as its parent, and pyvmm restore OUT "
+                "restores the chain (keep its files together and unchanged)."),
+)
+
+HELP = """Save the VM listening on SOCKET to the file OUT.
 
     The guest is paused (every vCPU stopped with its pending device access
     completed), its registers, SVE/SME state, interrupt controller, devices
@@ -43,6 +46,14 @@ def snapshot(socket_path, out, stop, since):
       pyvmm snapshot /tmp/vm.sock vm.2.snap --since vm.1.snap
       pyvmm restore vm.2.snap
     """
+
+
+def execute(values: Dict[str, Any]) -> int:
+    """Take the snapshot ``values`` (the parameters by name) ask for; the exit status."""
+    return _snapshot(**values)
+
+
+def _snapshot(socket_path, out, stop, since) -> int:
     path = os.path.abspath(out)
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
@@ -61,5 +72,10 @@ def snapshot(socket_path, out, stop, since):
     finally:
         bar.close()
     pages = f"{reply['stored_pages']} memory pages" + (f" changed since {since}" if since is not None else "")
-    click.echo(f"pyvmm: saved {out}: {reply['bytes'] / MiB:.1f} MiB ({pages}) "
-               f"in {reply['paused_seconds']:.2f} s with the guest paused; the guest is {reply['state']}")
+    print(f"pyvmm: saved {out}: {reply['bytes'] / MiB:.1f} MiB ({pages}) "
+          f"in {reply['paused_seconds']:.2f} s with the guest paused; the guest is {reply['state']}", flush=True)
+    return 0
+
+
+# ``snapshot``, the click command, is built on first use (pyvmm.cli): ``pyvmm snapshot`` starts without click
+__getattr__ = lazy_command(globals(), "snapshot", "snapshot", PARAMS, execute, HELP)

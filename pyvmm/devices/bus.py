@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import bisect
 import threading
-from dataclasses import dataclass
 from typing import List, Optional, Protocol
 
+from .._record import record
 from ..errors import PyvmmError
 
 
@@ -23,7 +23,7 @@ class BusOverlap(PyvmmError):
     """Two devices were asked to share guest physical addresses."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Mapping:
     base: int
     size: int

@@ -20,10 +20,10 @@ libatomic) the feature is not offered (:func:`event_idx_offer`).
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .._ffi import ffi
+from .._record import field, record
 from ..errors import GuestError
 from .state import StateReader
 
@@ -95,7 +95,7 @@ class VirtqueueError(GuestError):
 Segment = Tuple[int, int]  # (guest physical address, length)
 
 
-@dataclass
+@record
 class Chain:
     head: int
     readable: List[Segment] = field(default_factory=list)

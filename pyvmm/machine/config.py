@@ -6,9 +6,9 @@ from __future__ import annotations
 import enum
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, List, Optional
 
+from .._record import field, record
 from ..boot import image, layout
 from ..errors import UsageProblem
 from ..arm64.vec import parse_vl
@@ -33,7 +33,7 @@ class ExitStatus(enum.IntEnum):
 RESET_REASON = "the guest asked for a reset"
 
 
-@dataclass
+@record
 class DiskSpec:
     """A raw disk image the guest sees as a virtio-blk device."""
 
@@ -41,7 +41,7 @@ class DiskSpec:
     readonly: bool = False
 
 
-@dataclass
+@record
 class MachineConfig:
     """What a machine is made of, as ``pyvmm run``'s options say it: the
     payload (``kernel`` with ``initrd`` and ``cmdline``, or bare-metal
@@ -78,7 +78,7 @@ class MachineConfig:
     trace_mmio: bool = False  # count MMIO accesses per device register (--debug)
 
 
-@dataclass
+@record
 class Outcome:
     """How a run ended: the status and a one-line reason, with the resets
     it went through, exit counts, seconds run, console bytes, the seconds the
@@ -109,7 +109,7 @@ def full_cmdline(config: MachineConfig) -> str:
     return f"{default_cmdline(config.console)} {user}".strip()
 
 
-@dataclass
+@record
 class Payload:
     """What goes into RAM, checked before any KVM object exists. The kernel is
     not kept in memory (51 MB for Debian's Image): at load time its file is

@@ -4,27 +4,27 @@ the values alone; files, interfaces and daemons are checked when the
 machine is prepared."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from .._record import record
 from ..errors import UsageProblem
 
 FS_TAG_MAX = 36  # virtio 1.2, 5.11.4: tag is a 36-byte field, NUL-padded
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class NetSpec:
     tap: str
     mac: Optional[str] = None
     vhost: bool = True
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VsockSpec:
     cid: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FsSpec:
     tag: str
     dir: Optional[str] = None

@@ -15,7 +15,6 @@ returns EINTR wherever it is.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import signal
 import threading
@@ -23,6 +22,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, TypeVar
 
+from .._record import replace
 from ..arm64 import regs
 from .._ffi import const
 from ..boot import fdt, layout
@@ -253,7 +253,7 @@ class Machine:
             from ..devices.virtio_net import VirtioNet, VirtioNetPython, format_mac, random_mac
 
             if n.mac is None:  # chosen once: a reboot or a snapshot keeps it
-                c.nets[k] = n = dataclasses.replace(n, mac=format_mac(random_mac()))
+                c.nets[k] = n = replace(n, mac=format_mac(random_mac()))
             net: VirtioBackend
             if n.vhost:
                 net = VirtioNet.open(n.tap, n.mac)

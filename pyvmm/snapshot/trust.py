@@ -207,7 +207,7 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
     user's key, else none (disks: refused with what to do; the reboot
     payload: dropped, so a guest reset ends the VM with the reason).
     ``config`` is the snapshot's (a MachineConfig); a changed copy is returned."""
-    import dataclasses
+    from .._record import replace
 
     given = given or HostChoice()
     recorded_disks = list(config.disks)
@@ -235,4 +235,4 @@ def choose_resources(config, snap, given: Optional[HostChoice] = None, key: Opti
                                    "give each disk yourself: pyvmm restore SNAP --disk PATH[,ro] "
                                    "(once per disk, in order)")
             changes.update(kernel=None, initrd=None, firmware=None)
-    return dataclasses.replace(config, **changes)
+    return replace(config, **changes)

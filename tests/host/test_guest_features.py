@@ -1,11 +1,11 @@
 """Which vCPU features a run guest gets (pyvmm/guest_features.py, pure):
 SVE, SME, PMU and pointer authentication on wherever KVM offers them,
 --no-* leaves one out, a length asked of a missing extension is refused."""
-from dataclasses import replace
 
 import pytest
 
 from pyvmm import guest_features as gf
+from pyvmm._record import replace
 from pyvmm._ffi import const
 from pyvmm.boot import fdt
 from pyvmm.errors import HostUnsupported

@@ -29,8 +29,41 @@ def under(mods, *prefixes):
 TEST_ONLY = ("hypothesis", "pytest", "png", "libfdt")
 
 
+def test_run_starts_without_click_or_dataclasses(tmp_path):
+    # `pyvmm run` as the console script and `python -m pyvmm` start it, up to opening KVM (a
+    # node that does not exist here: the run ends there, on any host, after loading the machine)
+    from support.image import make_image
+
+    k = tmp_path / "Image"
+    k.write_bytes(make_image(image_size=8 << 20, body=8192))
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('\\n'.join(sorted(sys.modules))))\n"
+            "from pyvmm.commands.entry import main\n"
+            f"main(['run', '-k', {str(k)!r}, '--kvm', {str(tmp_path / 'no-kvm')!r}])\n")
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("pyvmm: error: "), r.stderr
+    mods = set(r.stdout.split()) - loaded_after("")  # what run loads beyond the interpreter's own start-up
+    assert {"pyvmm.machine.machine", "pyvmm.api", "pyvmm.commands.run"} <= mods  # the check below means something
+    assert under(mods, "click", "dataclasses", "inspect", "re", "ast", "pyvmm.cli", *TEST_ONLY) == []
+
+
+@pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"]],
+                         ids=lambda a: a[0])
+def test_restore_and_snapshot_start_without_click(args):
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('\\n'.join(sorted(sys.modules))))\n"
+            f"from pyvmm.commands.entry import main\nmain({args!r})\n")
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("pyvmm: error: "), r.stderr
+    mods = set(r.stdout.split())
+    assert f"pyvmm.commands.{args[0]}" in mods
+    assert under(mods, "click", "pyvmm.cli", *TEST_ONLY) == []
+
+
 def test_importing_the_cli_loads_no_command():
-    mods = loaded_after("import pyvmm.cli")
+    mods = loaded_after("import pyvmm.cli") - {"pyvmm.commands", "pyvmm.commands.entry"}  # the program, no command
     assert under(mods, "pyvmm.commands", "pyvmm.snapshot", "pyvmm.machine", "pyvmm.kvm", "pyvmm.control",
                  "pyvmm.abi_check", "_cffi_backend", "cffi", *TEST_ONLY) == []
 

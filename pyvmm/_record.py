@@ -1,0 +1,136 @@
+"""Record classes for the modules ``pyvmm run`` loads, without :mod:`dataclasses`.
+
+``import dataclasses`` loads :mod:`inspect` (and ``ast``, ``dis``,
+``tokenize``, ``re``, ``enum``): in the emulated test machine that alone
+took longer than the interpreter's own start-up (issue 13, item 5). The
+subset pyvmm's records use is small: :func:`record` reads a class's
+annotated fields (in order, with their defaults or a :func:`field`
+``default_factory``) and gives it ``__init__``, ``__repr__`` and ``__eq__``
+as :func:`dataclasses.dataclass` would; ``frozen=True`` also makes
+instances read-only and hashable. :func:`replace` is
+:func:`dataclasses.replace` for these classes. Type checkers treat
+:func:`record` as a dataclass decorator (PEP 681). Fields are the class's
+own annotations: records do not inherit fields.
+"""
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple, TypeVar
+
+if TYPE_CHECKING:
+    from typing import dataclass_transform
+else:
+    def dataclass_transform(**kwargs):
+        return lambda f: f
+
+T = TypeVar("T")
+
+
+class _Factory:
+    """A field's ``default_factory``; shown as ``<factory>`` in signatures, like dataclasses."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+def field(*, default_factory: Callable[[], Any]) -> Any:
+    """A field whose default is made per instance by ``default_factory()``."""
+    return _Factory(default_factory)
+
+
+class FrozenInstanceError(AttributeError):
+    """Assigning to a field of a ``frozen`` record."""
+
+
+def _frozen_setattr(self, name, value):
+    raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _frozen_delattr(self, name):
+    raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+_NO_DEFAULT = object()
+
+
+@dataclass_transform(field_specifiers=(field,))
+def record(cls: Any = None, *, frozen: bool = False) -> Any:
+    """The class decorator (``@record`` or ``@record(frozen=True)``)."""
+    def wrap(cls: Any) -> Any:
+        names: Tuple[str, ...] = tuple(cls.__dict__.get("__annotations__", {}))
+        env: Dict[str, Any] = {"_setattr": object.__setattr__}
+        params, lines = [], []
+        for n in names:
+            default = cls.__dict__.get(n, _NO_DEFAULT)
+            if isinstance(default, _Factory):
+                env[f"_d_{n}"] = default
+                delattr(cls, n)
+                params.append(f"{n}=_d_{n}")
+                value = f"_d_{n}.make() if {n} is _d_{n} else {n}"
+            else:
+                if default is not _NO_DEFAULT:
+                    env[f"_d_{n}"] = default
+                    params.append(f"{n}=_d_{n}")
+                else:
+                    params.append(n)
+                value = n
+            lines.append(f"_setattr(self, {n!r}, {value})" if frozen else f"self.{n} = {value}")
+        # made inside a function taking the defaults, so that __init__ sees them as closure
+        # variables and the class's module as its globals (its annotations resolve there)
+        src = (f"def make({', '.join(env)}):\n"
+               f"    def __init__(self, {', '.join(params)}):\n        " + ("\n        ".join(lines) or "pass") +
+               "\n    return __init__\n")
+        local: Dict[str, Any] = {}
+        exec(src, sys.modules[cls.__module__].__dict__, local)
+        init = local["make"](**env)
+        init.__qualname__ = f"{cls.__qualname__}.__init__"
+        init.__annotations__ = {n: cls.__annotations__[n] for n in names}
+        init.__annotations__["return"] = None
+        cls.__init__ = init
+        cls.__record_fields__ = names
+        if "__repr__" not in cls.__dict__:
+            cls.__repr__ = _repr
+        if "__eq__" not in cls.__dict__:
+            cls.__eq__ = _eq
+        if frozen:
+            cls.__setattr__ = _frozen_setattr
+            cls.__delattr__ = _frozen_delattr
+            cls.__hash__ = _hash
+        else:
+            cls.__hash__ = None
+        setattr(cls, "__match_args__", names)
+        return cls
+    return wrap if cls is None else wrap(cls)
+
+
+def _values(obj: Any) -> Tuple[Any, ...]:
+    return tuple(getattr(obj, n) for n in obj.__record_fields__)
+
+
+def _repr(self: Any) -> str:
+    return f"{type(self).__qualname__}(" + ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__record_fields__) + ")"
+
+
+def _eq(self: Any, other: Any) -> Any:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _values(self) == _values(other)
+
+
+def _hash(self: Any) -> int:
+    return hash(_values(self))
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """A copy of the record ``obj`` with ``changes`` (field name: value)."""
+    values = {n: getattr(obj, n) for n in obj.__record_fields__}  # type: ignore[attr-defined]
+    unknown = set(changes) - set(values)
+    if unknown:
+        raise TypeError(f"{type(obj).__name__} has no field {sorted(unknown)[0]!r}")
+    values.update(changes)
+    return type(obj)(**values)

@@ -1,0 +1,70 @@
+"""The ``pyvmm`` program (console script and ``python -m pyvmm``).
+
+``pyvmm run``, ``restore`` and ``snapshot`` with a plainly valid command
+line start here without click: their parameters are read from the table that
+also builds their click command (:mod:`pyvmm.commands.options`), so a guest
+is not waiting for click and the ``inspect`` machinery it loads. Everything
+else (other commands, ``--help``, ``--version``, every usage error) goes to
+the click group in :mod:`pyvmm.cli`, which prints click's own messages.
+
+Exit status: 0 success; 1 runtime failure; 2 usage error. Errors are one
+line on stderr; ``--debug`` (or PYVMM_DEBUG=1) adds the traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, NoReturn, Optional, Sequence
+
+
+def fail(error: BaseException, debug: bool) -> NoReturn:
+    """Exit with one line for ``error``, being handled (the traceback too with ``debug``):
+    a pyvmm error's message and status; Ctrl-C 130; anything else is a bug, status 1."""
+    from ..errors import PyvmmError
+
+    if isinstance(error, PyvmmError):
+        message, status = str(error), error.exit_status
+    elif isinstance(error, KeyboardInterrupt):
+        message, status = "interrupted", 130
+    else:
+        message, status = f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)", 1
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"pyvmm: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def debug_from_env() -> bool:
+    return os.environ.get("PYVMM_DEBUG") == "1"
+
+
+def guarded(call: Callable[[], Any], debug: bool) -> Any:
+    """``call()``, with pyvmm's exceptions (and bugs, and Ctrl-C) ending the program through :func:`fail`."""
+    try:
+        return call()
+    except (Exception, KeyboardInterrupt) as e:
+        fail(e, debug or debug_from_env())
+
+
+# The commands started without click: each module has PARAMS (its table) and execute(values) -> status.
+FAST = ("run", "restore", "snapshot")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = args[:1] == ["--debug"]  # the group's own option, before the command
+    rest = args[1:] if debug else args
+    if rest and rest[0] in FAST:
+        from importlib import import_module
+
+        from .options import parse
+
+        command = guarded(lambda: import_module(f".{rest[0]}", __package__), debug)
+        values = parse(command.PARAMS, rest[1:])
+        if values is not None:
+            sys.exit(guarded(lambda: command.execute(values), debug or bool(values.get("debug"))))
+    from ..cli import main as click_main
+
+    click_main(args)
