@@ -14,9 +14,10 @@ encodings they use are in :mod:`pyvmm.machine.gic_regs`.
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Any, Dict, List, Sequence
 
-from .._ffi import const
+from .._ffi import const, ffi
 from ..boot import fdt, layout
 from ..devices.state import StateReader
 from ..errors import HostUnsupported, KvmError, UsageProblem
@@ -63,16 +64,23 @@ class VgicV3:
         return int(self.device.get_device_attr(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0, ctype="uint32_t"))
 
     def read_dist(self, offset: int) -> int:
-        return int(self.device.get_device_attr(GRP_DIST, dist_attr(offset), ctype="uint32_t"))
+        return self._io.get(GRP_DIST, dist_attr(offset))
 
     def write_dist(self, offset: int, value: int) -> None:
-        self.device.set_device_attr(GRP_DIST, dist_attr(offset), value, ctype="uint32_t")
+        self._io.set(GRP_DIST, dist_attr(offset), value)
 
     def read_redist(self, mpidr: int, offset: int) -> int:
-        return int(self.device.get_device_attr(GRP_REDIST, redist_attr(mpidr, offset), ctype="uint32_t"))
+        return self._io.get(GRP_REDIST, redist_attr(mpidr, offset))
 
     def write_redist(self, mpidr: int, offset: int, value: int) -> None:
-        self.device.set_device_attr(GRP_REDIST, redist_attr(mpidr, offset), value, ctype="uint32_t")
+        self._io.set(GRP_REDIST, redist_attr(mpidr, offset), value)
+
+    @property
+    def _io(self) -> "AttrIo32":
+        io = self.__dict__.get("_attr_io")
+        if io is None:
+            io = self._attr_io = AttrIo32(self.device)
+        return io
 
     def read_cpu_sysreg(self, mpidr: int, name: str) -> int:
         return int(self.device.get_device_attr(GRP_CPU_SYSREGS, sysreg_attr(mpidr, name), ctype="uint64_t"))
@@ -275,6 +283,34 @@ class VgicV3:
             if clear_off is not None:
                 self.write_redist(mpidr, clear_off + 4 * k, ~value & 0xFFFFFFFF)
             self.write_redist(mpidr, set_off + 4 * k, value)
+
+
+class AttrIo32:
+    """32-bit KVM_{GET,SET}_DEVICE_ATTR on one device with the requests
+    prepared and one attribute struct and value reused (under a lock): a
+    whole vGIC save or restore is hundreds of accesses, and building both
+    per access cost more than the ioctl under emulation (a live migration
+    does one of each while the guest is stopped)."""
+
+    def __init__(self, device):
+        self._get = device.prepare("KVM_GET_DEVICE_ATTR")
+        self._set = device.prepare("KVM_SET_DEVICE_ATTR")
+        self._value = ffi.new("uint32_t *")
+        self._attr = ffi.new("struct kvm_device_attr *")
+        self._attr.addr = int(ffi.cast("uintptr_t", self._value))
+        self._lock = threading.Lock()
+
+    def get(self, group: int, attr: int) -> int:
+        with self._lock:
+            self._attr.group, self._attr.attr = group, attr
+            self._get(self._attr)
+            return int(self._value[0])
+
+    def set(self, group: int, attr: int, value: int) -> None:
+        with self._lock:
+            self._attr.group, self._attr.attr = group, attr
+            self._value[0] = value
+            self._set(self._attr)
 
 
 def _busy_or(e: KvmError, what: str) -> Exception:
