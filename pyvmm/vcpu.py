@@ -196,7 +196,10 @@ class OneRegBatch:
 
     def set_all(self, values: Sequence[bytes]) -> None:
         """Write every register; shorter values are padded with zeros."""
-        blob = b"".join([v.ljust(s, b"\0") for v, s in zip(values, self.sizes)])
+        if list(map(len, values)) == self.sizes:  # each value exactly its register's size
+            blob = b"".join(values)
+        else:
+            blob = b"".join([v.ljust(s, b"\0") for v, s in zip(values, self.sizes)])
         if len(blob) != self.total or len(values) != len(self.sizes):
             for name, size, v in zip(self.names, self.sizes, values):
                 if len(v) > size:

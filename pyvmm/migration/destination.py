@@ -141,8 +141,10 @@ class Incoming:
             # What does not change while the guest runs is built now, so the
             # pause only writes the final state: vCPUs created, initialised,
             # their ID registers written and vector lengths finalised; the
-            # vGIC and the devices created.
+            # vGIC and the devices created, the vGIC's routing and interrupt
+            # configuration written, the vCPUs' register blob layouts made.
             self.plans = machine_snapshot.build_fixed(m, self.first, vm_created=True)
+            machine_snapshot.prepare_load(m, self.first, self.plans)
         except PyvmmError as e:
             self.refuse(str(e))
             raise

@@ -225,7 +225,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                 snd.send_pages(slot, pages)
             rounds += 1
             t_pages = time.monotonic()
-            final_state = fmt.encode(machine_snapshot.take(m, memory=False, cache=save_cache))
+            final_state = fmt.encode(machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False))
             t_state = time.monotonic()
             snd.send_frame(stream.STATE, final_state)
             t_sent = time.monotonic()

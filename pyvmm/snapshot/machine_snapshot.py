@@ -88,16 +88,19 @@ def check_snapshottable(m: Machine) -> None:
 
 
 def take(m: Machine, progress: Progress = None, memory: bool = True,
-         cache: Optional[vcpu_state.SaveCache] = None) -> fmt.Snapshot:
+         cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True) -> fmt.Snapshot:
     """The snapshot of a paused machine. Its guest RAM is the machine's own
     memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
     snapshot is written: until then the machine must stay paused and its
     devices quiet (:func:`save_live` writes it under the same hold). Without
     ``memory``, each RAM region is stored as all zero (the machine's state
     alone: live migration sends the memory itself, pyvmm/migration/).
-    ``cache``: see :func:`pyvmm.snapshot.vcpu_state.save`."""
+    ``cache``: see :func:`pyvmm.snapshot.vcpu_state.save`. Without
+    ``sealed``, the snapshot carries no seal (a live migration's final state:
+    the destination trusts only the state it checked first, and refuses a
+    final one whose configuration differs)."""
     with quiet(m):
-        return _take(m, progress, memory, cache)
+        return _take(m, progress, memory, cache, sealed)
 
 
 @contextlib.contextmanager
@@ -111,7 +114,7 @@ def quiet(m: Machine):
 
 
 def _take(m: Machine, progress: Progress = None, memory: bool = True,
-          cache: Optional[vcpu_state.SaveCache] = None) -> fmt.Snapshot:
+          cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True) -> fmt.Snapshot:
     states = [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in zip(m.vcpus, m.vcpu_features)]
     gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
     devices = {"uart": built(m.uart, "UART").save_state(),
@@ -127,7 +130,7 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
         "vcpus": [s.to_json() for s in states],
     })
     # Sealed with this user's key: restore then trusts the host resources it names.
-    return fmt.Snapshot(manifest, blobs, seal=trust.sealer())
+    return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
 
 
 @dataclass
@@ -302,8 +305,10 @@ def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: 
     return load_state(m, snap, clock, plans, states, write_fixed=True)
 
 
-def _sorted_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
-    return sorted(vcpu_states(snap), key=lambda s: s.index)
+def _sorted_states(snap: fmt.Snapshot, plans: Optional[List[vcpu_state.WritePlan]] = None
+                   ) -> List[vcpu_state.VcpuState]:
+    layouts = {p.index: p.layout for p in plans} if plans else None
+    return sorted(vcpu_states(snap, layouts), key=lambda s: s.index)
 
 
 def build_fixed(m: Machine, snap: fmt.Snapshot, vm_created: bool = False,
@@ -342,6 +347,18 @@ def build_fixed(m: Machine, snap: fmt.Snapshot, vm_created: bool = False,
     return plans
 
 
+def prepare_load(m: Machine, snap: fmt.Snapshot, plans: List[vcpu_state.WritePlan]) -> None:
+    """On a machine :func:`build_fixed` built from ``snap`` (``plans``, its
+    result), what makes :func:`load_state` of a later state of the same
+    machine shorter (a live migration's destination, while memory is
+    copied): the vGIC configuration (groups, routes, trigger, priorities)
+    written ahead (:meth:`pyvmm.machine.gic.VgicV3.preset_config`: only what
+    changed of it is written again), each vCPU's register blob layout made."""
+    built(m.gic, "vGIC").preset_config(snap.manifest["machine"]["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
+    for plan in plans:
+        plan.make_layout()
+
+
 def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_state.WritePlan],
                states: Optional[List[vcpu_state.VcpuState]] = None, write_fixed: bool = False) -> Dict:
     """The second half of :func:`build_from` on a machine :func:`build_fixed`
@@ -352,7 +369,7 @@ def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_stat
     than the ones built. Returns the snapshot's RAM region entry."""
     vcpu_state.check_clock(clock)
     machine = snap.manifest["machine"]
-    states = _sorted_states(snap) if states is None else states
+    states = _sorted_states(snap, plans) if states is None else states
     if len(states) != len(m.vcpus) or len(plans) != len(m.vcpus):
         raise fmt.SnapshotError(f"snapshot has {len(states)} vCPUs, the machine built has {len(m.vcpus)}")
     for k, (v, st) in enumerate(zip(m.vcpus, states)):

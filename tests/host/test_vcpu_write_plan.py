@@ -86,3 +86,18 @@ def test_a_value_of_the_wrong_size_is_refused_before_any_write():
     with pytest.raises(UsageProblem, match="X0 takes 8 bytes, got 1"):
         plan.write_rest(v, st)
     assert v.log == []
+
+
+def test_the_plan_layout_decodes_a_later_blob_as_the_general_reader_does():
+    st = _state(x0=9)
+    plan = vcpu_state.WritePlan(RecordingVcpu(), _state(), sme_bit=10)
+    meta, blob = st.to_json(), st.registers_blob()
+    fast = vcpu_state.VcpuState.from_json(meta, blob, plan.layout)
+    assert fast == vcpu_state.VcpuState.from_json(meta, blob) and fast.registers == st.registers
+    assert plan.layout.decode(blob[:-1]) is None  # another length: the general reader decides
+    other = vcpu_state.VcpuState(0, [2, 4, 10], [1], [1, 2], 0, list(reversed(st.registers)), mp_state=0, events=b"e")
+    assert plan.layout.decode(other.registers_blob()) is None  # other ids or order
+    back = vcpu_state.VcpuState.from_json(other.to_json(), other.registers_blob(), plan.layout)
+    assert back.registers == other.registers and not plan.fits(back)
+    with pytest.raises(ValueError, match="ends inside"):
+        vcpu_state.VcpuState.from_json(meta, blob[:-1], plan.layout)
