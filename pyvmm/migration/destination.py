@@ -170,8 +170,11 @@ class Incoming:
             if f.type == stream.PAGES:
                 slot, indices, data = stream.decode_pages(f.payload, slot_pages, page)
                 mm = regions[slot].mm
-                for k, i in enumerate(indices):
-                    mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
+                if indices[-1] - indices[0] + 1 == len(indices):  # a run of pages: one copy
+                    mm[indices[0] * page:(indices[-1] + 1) * page] = data
+                else:
+                    for k, i in enumerate(indices):
+                        mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
                 self.pages_received += len(indices)
                 if self.progress is not None:
                     self.progress(self.pages_received)

@@ -43,7 +43,7 @@ MAX_ROUNDS = 30
 DEFAULT_MAX_DOWNTIME_MS = 300
 IO_TIMEOUT = 30.0
 BUILD_TIMEOUT = 300.0  # the destination builds the machine before it accepts
-_ZERO_CHUNK = 256  # pages compared at once in round 0
+_ZERO_CHUNK = stream.MAX_PAGES_PER_FRAME  # pages compared at once in round 1 (and sent in one frame)
 
 Progress = Optional[Callable[[Dict], None]]
 
@@ -91,7 +91,9 @@ class _Sender:
         self._window_bytes = 0
 
     def send_frame(self, ftype: int, payload: bytes = b"") -> None:
-        self.conn.send(stream.frame(ftype, payload))
+        self.conn.send(stream.frame_header(ftype, len(payload)))  # apart: a page frame is not copied again
+        if payload:
+            self.conn.send(payload)
         self._throttle(len(payload))
 
     def _throttle(self, n: int) -> None:
@@ -103,27 +105,35 @@ class _Sender:
             time.sleep(ahead)
 
     def send_pages(self, slot: int, indices: List[int]) -> None:
-        r = self.m.mem.regions[slot]
+        r, page = self.m.mem.regions[slot], self.page
         for batch in stream.batches(indices):
-            contents = [r.mm[i * self.page:(i + 1) * self.page] for i in batch]
-            self.send_frame(stream.PAGES, stream.encode_pages(slot, batch, contents, self.page))
+            if batch[-1] - batch[0] + 1 == len(batch):  # a run of pages: one slice
+                contents = r.mm[batch[0] * page:(batch[-1] + 1) * page]
+            else:
+                contents = b"".join([r.mm[i * page:(i + 1) * page] for i in batch])
+            self.send_frame(stream.PAGES, stream.encode_pages(slot, batch, contents, page))
             self.pages_sent += len(batch)
 
     def send_all_nonzero(self, progress: Callable[[int, int], None]) -> None:
-        zero = bytes(self.page * _ZERO_CHUNK)
-        total = sum(r.size // self.page for r in self.m.mem.regions if not r.readonly)
+        page = self.page
+        zero, zp = bytes(page * _ZERO_CHUNK), bytes(page)
+        total = sum(r.size // page for r in self.m.mem.regions if not r.readonly)
         done = 0
         for r in self.m.mem.regions:
             if r.readonly:
                 continue
-            npages = r.size // self.page
+            npages = r.size // page
             for first in range(0, npages, _ZERO_CHUNK):
                 n = min(_ZERO_CHUNK, npages - first)
-                chunk = r.mm[first * self.page:(first + n) * self.page]
+                chunk = r.mm[first * page:(first + n) * page]
                 if chunk != zero[:len(chunk)]:
-                    zp = bytes(self.page)
-                    pages = [first + k for k in range(n) if chunk[k * self.page:(k + 1) * self.page] != zp]
-                    self.send_pages(r.slot, pages)
+                    # the chunk read once: its non-zero pages go from it
+                    nonzero = [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
+                    contents = chunk if len(nonzero) == n else \
+                        b"".join([chunk[k * page:(k + 1) * page] for k in nonzero])
+                    self.send_frame(stream.PAGES, stream.encode_pages(r.slot, [first + k for k in nonzero],
+                                                                      contents, page))
+                    self.pages_sent += len(nonzero)
                 done += n
                 progress(done, total)
 
