@@ -10,7 +10,8 @@ control socket's ``migrate`` request) while its guest keeps running.
 3. Dirty logging on; round 0 sends every non-zero page, each later round
    the pages written during the previous one, while the guest runs, until
    what is left would take at most ``max_downtime`` at the measured rate
-   (or MAX_ROUNDS rounds).
+   and is small or no longer shrinks (:func:`stop_copying`), or MAX_ROUNDS
+   rounds.
 4. Pause; under the I/O lock, the last dirty pages and the final state
    (STATE); the destination loads it and answers READY (built, paused).
 5. GO: from here the destination owns the guest. It answers RUNNING once
@@ -43,6 +44,8 @@ MAX_ROUNDS = 30
 DEFAULT_MAX_DOWNTIME_MS = 300
 IO_TIMEOUT = 30.0
 BUILD_TIMEOUT = 300.0  # the destination builds the machine before it accepts
+SMALL_REST = 64  # pages: a rest this small goes in the pause without another round
+SHRINK = 0.75  # another round is worth it while the rest is at most this share of the last round's pages
 _ZERO_CHUNK = stream.MAX_PAGES_PER_FRAME  # pages compared at once in round 1 (and sent in one frame)
 
 Progress = Optional[Callable[[Dict], None]]
@@ -138,6 +141,18 @@ class _Sender:
                 progress(done, total)
 
 
+def stop_copying(left: int, last_round: int, estimate_ms: float, max_downtime_ms: float) -> bool:
+    """Whether pre-copy ends with ``left`` dirty pages (``estimate_ms`` to
+    send at the measured rate) after a round that sent ``last_round``: the
+    rest must fit ``max_downtime_ms`` and be small, or have stopped
+    shrinking (another round would leave about as much). The pages are
+    only part of the pause (the state is read, sent and loaded too), so a
+    rest that still shrinks is worth another round while the guest runs."""
+    if estimate_ms > max_downtime_ms:
+        return False
+    return left <= SMALL_REST or left > last_round * SHRINK
+
+
 def _expect(conn: Conn, page_size: int, expect, timeout: float) -> stream.Frame:
     f = stream.read_frame(lambda n: conn.recv_exact(n, timeout), page_size, expect)
     if f.type == stream.ABORT:
@@ -202,12 +217,14 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                              if done % 4096 == 0 or done == total else None)
         rate = (conn.sent - sent_before) / max(time.monotonic() - t_round, 1e-3)  # bytes/s
         dirty = log.collect()
+        last_round = snd.pages_sent
         while True:
             left = sum(len(p) for p in dirty.values())
             estimate_ms = left * (page + 4) / max(rate, 1.0) * 1000
             tell(round=rounds, pages_left=left, rate_mib=round(rate / (1 << 20), 1))
-            if estimate_ms <= max_downtime_ms or rounds >= max_rounds or was_paused:
+            if rounds >= max_rounds or was_paused or stop_copying(left, last_round, estimate_ms, max_downtime_ms):
                 break
+            last_round = left
             rounds += 1
             t_round = time.monotonic()
             sent_before = conn.sent
