@@ -98,6 +98,7 @@ def round_pyvmm(k, i, mib, tmp):
         except Exception:
             raise BenchError(f"pyvmm migrate exited 0 but the source did not end within 60 s: {src.why()}") from None
         gap = guest_gap(src, dst, f"pyvmm {mib} MiB")
+        print(f"bench: pyvmm downtime parts (ms): {json.dumps(rep.get('downtime_parts'))}", file=sys.stderr, flush=True)
         return {"downtime": rep["downtime_ms"] / 1000, "total": rep["total_ms"] / 1000, "wall": wall,
                 "rounds": rep["rounds"], "bytes": rep["bytes"], "gap": gap}
     finally:

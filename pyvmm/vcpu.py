@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 from typing import Iterable, List, Optional, Sequence
 
@@ -156,9 +157,9 @@ class OneRegBatch:
     def __init__(self, vcpu: Vcpu, ids: Sequence[int]):
         self.vcpu = vcpu
         self.ids = list(ids)
-        self.names = [regs.name(i) for i in self.ids]
+        self._names: Optional[List[str]] = None
         self.sizes = [regs.size_of(i) for i in self.ids]
-        self.offsets = [sum(self.sizes[:k]) for k in range(len(self.sizes))]
+        self.offsets = list(itertools.accumulate([0] + self.sizes[:-1])) if self.ids else []
         self.total = sum(self.sizes)
         # One contiguous buffer: a register's bytes sit at its offset, so the
         # data goes in and out with one copy for the whole batch.
@@ -170,10 +171,22 @@ class OneRegBatch:
             one.id, one.addr = i, base + off
             self.ones.append(one)
 
+    @property
+    def names(self) -> List[str]:
+        """The registers' names (computed on first use: decoding every id
+        costs more than the ioctls under emulation)."""
+        if self._names is None:
+            self._names = [regs.name(i) for i in self.ids]
+        return self._names
+
     def _call_all(self, name: str) -> None:
-        issue, names = self.vcpu.prepare(name), self.names
-        for k, one in enumerate(self.ones):
-            issue(one, names[k])
+        issue = self.vcpu.prepare(name)
+        k = 0
+        try:
+            for k, one in enumerate(self.ones):
+                issue(one)
+        except KvmError as e:  # the same error, naming the register
+            raise self.vcpu.error(name, e.errno or 0, regs.name(self.ids[k])) from None
 
     def get_all(self, lengths: Sequence[int]) -> List[bytes]:
         """Read every register; return the first ``lengths[k]`` bytes of each."""
@@ -183,7 +196,10 @@ class OneRegBatch:
 
     def set_all(self, values: Sequence[bytes]) -> None:
         """Write every register; shorter values are padded with zeros."""
-        blob = b"".join([v.ljust(s, b"\0") for v, s in zip(values, self.sizes)])
+        if list(map(len, values)) == self.sizes:  # each value exactly its register's size
+            blob = b"".join(values)
+        else:
+            blob = b"".join([v.ljust(s, b"\0") for v, s in zip(values, self.sizes)])
         if len(blob) != self.total or len(values) != len(self.sizes):
             for name, size, v in zip(self.names, self.sizes, values):
                 if len(v) > size:

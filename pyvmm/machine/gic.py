@@ -14,9 +14,10 @@ encodings they use are in :mod:`pyvmm.machine.gic_regs`.
 from __future__ import annotations
 
 import errno
+import threading
 from typing import Any, Dict, List, Sequence
 
-from .._ffi import const
+from .._ffi import const, ffi
 from ..boot import fdt, layout
 from ..devices.state import StateReader
 from ..errors import HostUnsupported, KvmError, UsageProblem
@@ -30,6 +31,7 @@ from .gic_regs import (CPU_SYSREGS_FIXED, DIST_BANKS, DIST_BANK_BY_NAME, GICD_CT
 class VgicV3:
     def __init__(self, vm, ncpus: int, nr_irqs: int = NR_IRQS):
         self.ncpus = ncpus
+        self._preset: Dict[int, int] = {}  # distributor offset -> value preset_config() wrote
         try:
             self.device = vm.create_device(const("KVM_DEV_TYPE_ARM_VGIC_V3"))
         except KvmError as e:
@@ -63,16 +65,23 @@ class VgicV3:
         return int(self.device.get_device_attr(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0, ctype="uint32_t"))
 
     def read_dist(self, offset: int) -> int:
-        return int(self.device.get_device_attr(GRP_DIST, dist_attr(offset), ctype="uint32_t"))
+        return self._io.get(GRP_DIST, dist_attr(offset))
 
     def write_dist(self, offset: int, value: int) -> None:
-        self.device.set_device_attr(GRP_DIST, dist_attr(offset), value, ctype="uint32_t")
+        self._io.set(GRP_DIST, dist_attr(offset), value)
 
     def read_redist(self, mpidr: int, offset: int) -> int:
-        return int(self.device.get_device_attr(GRP_REDIST, redist_attr(mpidr, offset), ctype="uint32_t"))
+        return self._io.get(GRP_REDIST, redist_attr(mpidr, offset))
 
     def write_redist(self, mpidr: int, offset: int, value: int) -> None:
-        self.device.set_device_attr(GRP_REDIST, redist_attr(mpidr, offset), value, ctype="uint32_t")
+        self._io.set(GRP_REDIST, redist_attr(mpidr, offset), value)
+
+    @property
+    def _io(self) -> "AttrIo32":
+        io = self.__dict__.get("_attr_io")
+        if io is None:
+            io = self._attr_io = AttrIo32(self.device)
+        return io
 
     def read_cpu_sysreg(self, mpidr: int, name: str) -> int:
         return int(self.device.get_device_attr(GRP_CPU_SYSREGS, sysreg_attr(mpidr, name), ctype="uint64_t"))
@@ -85,14 +94,6 @@ class VgicV3:
 
     def write_line_level(self, mpidr: int, intid: int, value: int) -> None:
         self.device.set_device_attr(GRP_LEVEL_INFO, line_level_attr(mpidr, intid), value, ctype="uint32_t")
-
-    def _read_dist64(self, offset: int) -> int:
-        # 64-bit registers go through this interface as two 32-bit halves.
-        return self.read_dist(offset) | (self.read_dist(offset + 4) << 32)
-
-    def _write_dist64(self, offset: int, value: int) -> None:
-        self.write_dist(offset, value & 0xFFFFFFFF)
-        self.write_dist(offset + 4, value >> 32)
 
     def _read_redist64(self, mpidr: int, offset: int) -> int:
         return self.read_redist(mpidr, offset) | (self.read_redist(mpidr, offset + 4) << 32)
@@ -141,6 +142,55 @@ class VgicV3:
         except KvmError as e:
             raise _busy_or(e, "restore") from None
 
+    def preset_config(self, state: Dict, mpidrs: List[int]) -> None:
+        """Write the distributor's per-SPI configuration of ``state`` (a
+        :meth:`save` dict: GICD_IIDR, then groups, routes, trigger
+        configuration, priorities, group modifiers) into this fresh vGIC now,
+        and let the next :meth:`restore` skip the writes of those registers
+        that would write the same value again. These registers only hold a
+        value (no pending, active or enable side effect), so a later restore
+        leaves the vGIC as a plain one would. A live migration's destination
+        presets the state it checked while memory is copied, and restores the
+        final state in the pause (the guest rarely changes its routing).
+        Same conditions and refusals as :meth:`restore`."""
+        mpidrs = self._check_mpidrs(mpidrs, "restore")
+        validate_state(state, self.nr_irqs(), mpidrs)
+        self._preset = {}
+        written: Dict[int, int] = {}
+        try:
+            self._write_iidr(state["dist"]["GICD_IIDR"])
+            self._write_dist_config(state, {}, written)
+        except KvmError as e:
+            raise _busy_or(e, "restore") from None
+        self._preset = written
+
+    def _write_dist_config(self, state: Dict, preset: Dict[int, int], written: Dict[int, int]) -> None:
+        """Groups, routes, then trigger configuration, priorities and group
+        modifiers (restore order step 2), skipping an offset whose value
+        ``preset`` holds; each value is recorded in ``written``."""
+        dist, nr = state["dist"], state["nr_irqs"]
+
+        def put(offset: int, value: int) -> None:
+            if preset.get(offset) != value:
+                self.write_dist(offset, value)
+            written[offset] = value
+        for name in ("IGROUPR",):
+            self._write_dist_bank(name, dist[name], nr, put)
+        for intid, route in zip(range(32, nr), dist["IROUTER"]):
+            put(GICD_IROUTER + 8 * intid, route & 0xFFFFFFFF)
+            put(GICD_IROUTER + 8 * intid + 4, route >> 32)
+        for name in ("ICFGR", "IPRIORITYR", "IGRPMODR"):
+            self._write_dist_bank(name, dist[name], nr, put)
+
+    def _write_iidr(self, iidr: int) -> None:
+        try:
+            self.write_dist(GICD_IIDR, iidr)
+        except KvmError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            raise HostUnsupported(f"vGIC state does not fit: this host's KVM does not implement the saved "
+                                  f"GICD_IIDR {iidr:#x} (its own is {self.read_dist(GICD_IIDR):#x})")
+
     def _check_mpidrs(self, mpidrs: Sequence[int], what: str) -> List[int]:
         mpidrs = list(mpidrs)
         if len(mpidrs) != self.ncpus:
@@ -154,8 +204,11 @@ class VgicV3:
         nr = self.nr_irqs()
         dist: Dict[str, Any] = {"GICD_CTLR": self.read_dist(GICD_CTLR), "GICD_IIDR": self.read_dist(GICD_IIDR)}
         for name, set_off, _clear, bpi in DIST_BANKS:
-            dist[name] = [self.read_dist(set_off + 4 * k) for k in spi_words(nr, bpi)]
-        dist["IROUTER"] = [self._read_dist64(GICD_IROUTER + 8 * intid) for intid in range(32, nr)]
+            dist[name] = self._io.get_many(GRP_DIST, [dist_attr(set_off + 4 * k) for k in spi_words(nr, bpi)])
+        # 64-bit registers go through this interface as two 32-bit halves.
+        halves = self._io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid + h)
+                                              for intid in range(32, nr) for h in (0, 4)])
+        dist["IROUTER"] = [lo | (hi << 32) for lo, hi in zip(halves[::2], halves[1::2])]
         # SPI line levels are global; KVM only needs a valid vCPU in the attr.
         line_level = [self.read_line_level(mpidrs[0], intid) for intid in range(32, nr, 32)]
         redist, cpu = [], []
@@ -211,14 +264,11 @@ class VgicV3:
         #    the distributor later does not look for interrupts already pending.
         #    Written last, a level interrupt pending at the snapshot (a virtio
         #    completion) was never delivered after restore.
+        # (A preset_config() before wrote step 2's distributor registers: the
+        # ones holding the same value are skipped.)
         dist, nr = state["dist"], state["nr_irqs"]
-        try:
-            self.write_dist(GICD_IIDR, dist["GICD_IIDR"])
-        except KvmError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            raise HostUnsupported(f"vGIC state does not fit: this host's KVM does not implement the saved "
-                                  f"GICD_IIDR {dist['GICD_IIDR']:#x} (its own is {self.read_dist(GICD_IIDR):#x})")
+        preset, self._preset = self._preset, {}
+        self._write_iidr(dist["GICD_IIDR"])
         self.write_dist(GICD_CTLR, dist["GICD_CTLR"])  # step 7, see above
         for i, m in enumerate(mpidrs):
             r = state["redist"][i]
@@ -232,12 +282,8 @@ class VgicV3:
             self._write_redist_bank(m, "ISPENDR0", r["ISPENDR0"])
             self._write_redist_bank(m, "ISACTIVER0", r["ISACTIVER0"])
             self.write_redist(m, GICR_CTLR, r["GICR_CTLR"])
-        for name in ("IGROUPR",):
-            self._write_dist_bank(name, dist[name], nr)
-        for intid, route in zip(range(32, nr), dist["IROUTER"]):
-            self._write_dist64(GICD_IROUTER + 8 * intid, route)
-        for name in ("ICFGR", "IPRIORITYR", "IGRPMODR", "ISENABLER"):
-            self._write_dist_bank(name, dist[name], nr)
+        self._write_dist_config(state, preset, {})
+        self._write_dist_bank("ISENABLER", dist["ISENABLER"], nr)
         for intid, word in zip(range(32, nr, 32), state["line_level"]):
             self.write_line_level(mpidrs[0], intid, word)
         for name in ("ISPENDR", "ISACTIVER"):
@@ -262,12 +308,13 @@ class VgicV3:
             for name in ("ICC_IGRPEN0_EL1", "ICC_IGRPEN1_EL1"):
                 self.write_cpu_sysreg(m, name, c[name])
 
-    def _write_dist_bank(self, name: str, words: List[int], nr: int) -> None:
+    def _write_dist_bank(self, name: str, words: List[int], nr: int, put=None) -> None:
         set_off, clear_off, bpi = DIST_BANK_BY_NAME[name]
+        put = put or self.write_dist
         for k, value in zip(spi_words(nr, bpi), words):
             if clear_off is not None:
-                self.write_dist(clear_off + 4 * k, ~value & 0xFFFFFFFF)
-            self.write_dist(set_off + 4 * k, value)
+                put(clear_off + 4 * k, ~value & 0xFFFFFFFF)
+            put(set_off + 4 * k, value)
 
     def _write_redist_bank(self, mpidr: int, name: str, words: List[int]) -> None:
         set_off, clear_off, _n = REDIST_BANK_BY_NAME[name]
@@ -275,6 +322,46 @@ class VgicV3:
             if clear_off is not None:
                 self.write_redist(mpidr, clear_off + 4 * k, ~value & 0xFFFFFFFF)
             self.write_redist(mpidr, set_off + 4 * k, value)
+
+
+class AttrIo32:
+    """32-bit KVM_{GET,SET}_DEVICE_ATTR on one device with the requests
+    prepared and one attribute struct and value reused (under a lock): a
+    whole vGIC save or restore is hundreds of accesses, and building both
+    per access cost more than the ioctl under emulation (a live migration
+    does one of each while the guest is stopped)."""
+
+    def __init__(self, device):
+        self._get = device.prepare("KVM_GET_DEVICE_ATTR")
+        self._set = device.prepare("KVM_SET_DEVICE_ATTR")
+        self._value = ffi.new("uint32_t *")
+        self._attr = ffi.new("struct kvm_device_attr *")
+        self._attr.addr = int(ffi.cast("uintptr_t", self._value))
+        self._lock = threading.Lock()
+
+    def get_many(self, group: int, attrs: Sequence[int]) -> List[int]:
+        """:meth:`get` of each of ``attrs`` (one lock hold, no per-access call chain)."""
+        out = []
+        with self._lock:
+            a, issue, value = self._attr, self._get, self._value
+            a.group = group
+            for attr in attrs:
+                a.attr = attr
+                issue(a)
+                out.append(int(value[0]))
+        return out
+
+    def get(self, group: int, attr: int) -> int:
+        with self._lock:
+            self._attr.group, self._attr.attr = group, attr
+            self._get(self._attr)
+            return int(self._value[0])
+
+    def set(self, group: int, attr: int, value: int) -> None:
+        with self._lock:
+            self._attr.group, self._attr.attr = group, attr
+            self._value[0] = value
+            self._set(self._attr)
 
 
 def _busy_or(e: KvmError, what: str) -> Exception:

@@ -19,12 +19,12 @@ or goes silent) raises with the reason; the caller discards the machine.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, Optional
+from typing import Any, Callable, List, Optional
 
 from ..errors import PyvmmError
 from ..machine import Machine, MachineConfig
 from ..snapshot import format as fmt
-from ..snapshot import machine_snapshot, schema
+from ..snapshot import machine_snapshot, schema, vcpu_state
 from . import stream
 from .transport import Conn, Listener, PeerError, parse
 
@@ -65,6 +65,7 @@ class Incoming:
         self.pages_received = 0
         self.progress: Optional[Callable[[int], None]] = None
         self.first_pending = True  # no ACCEPT sent yet: a refusal is REFUSE, later an ABORT
+        self.plans: List[vcpu_state.WritePlan] = []  # the vCPUs built from the first state
         self.cancelled = False
 
     def __str__(self) -> str:
@@ -137,6 +138,13 @@ class Incoming:
                 if r.size % self.page:
                     raise MigrationRefused(f"guest RAM of {r.size} bytes is not a whole number of "
                                            f"{self.page}-byte migration pages")
+            # What does not change while the guest runs is built now, so the
+            # pause only writes the final state: vCPUs created, initialised,
+            # their ID registers written and vector lengths finalised; the
+            # vGIC and the devices created, the vGIC's routing and interrupt
+            # configuration written, the vCPUs' register blob layouts made.
+            self.plans = machine_snapshot.build_fixed(m, self.first, vm_created=True)
+            machine_snapshot.prepare_load(m, self.first, self.plans)
         except PyvmmError as e:
             self.refuse(str(e))
             raise
@@ -162,8 +170,11 @@ class Incoming:
             if f.type == stream.PAGES:
                 slot, indices, data = stream.decode_pages(f.payload, slot_pages, page)
                 mm = regions[slot].mm
-                for k, i in enumerate(indices):
-                    mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
+                if indices[-1] - indices[0] + 1 == len(indices):  # a run of pages: one copy
+                    mm[indices[0] * page:(indices[-1] + 1) * page] = data
+                else:
+                    for k, i in enumerate(indices):
+                        mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
                 self.pages_received += len(indices)
                 if self.progress is not None:
                     self.progress(self.pages_received)
@@ -173,7 +184,7 @@ class Incoming:
             why = same_machine(self.first, final)
             if why:
                 raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
-            machine_snapshot.build_from(m, final, "hide", vm_created=True)
+            machine_snapshot.load_state(m, final, "hide", self.plans)
             machine_snapshot.finish_restore(m)
             return
 

@@ -10,7 +10,8 @@ control socket's ``migrate`` request) while its guest keeps running.
 3. Dirty logging on; round 0 sends every non-zero page, each later round
    the pages written during the previous one, while the guest runs, until
    what is left would take at most ``max_downtime`` at the measured rate
-   (or MAX_ROUNDS rounds).
+   and is small or no longer shrinks (:func:`stop_copying`), or MAX_ROUNDS
+   rounds.
 4. Pause; under the I/O lock, the last dirty pages and the final state
    (STATE); the destination loads it and answers READY (built, paused).
 5. GO: from here the destination owns the guest. It answers RUNNING once
@@ -43,7 +44,9 @@ MAX_ROUNDS = 30
 DEFAULT_MAX_DOWNTIME_MS = 300
 IO_TIMEOUT = 30.0
 BUILD_TIMEOUT = 300.0  # the destination builds the machine before it accepts
-_ZERO_CHUNK = 256  # pages compared at once in round 0
+SMALL_REST = 64  # pages: a rest this small goes in the pause without another round
+SHRINK = 0.75  # another round is worth it while the rest is at most this share of the last round's pages
+_ZERO_CHUNK = stream.MAX_PAGES_PER_FRAME  # pages compared at once in round 1 (and sent in one frame)
 
 Progress = Optional[Callable[[Dict], None]]
 
@@ -91,7 +94,9 @@ class _Sender:
         self._window_bytes = 0
 
     def send_frame(self, ftype: int, payload: bytes = b"") -> None:
-        self.conn.send(stream.frame(ftype, payload))
+        self.conn.send(stream.frame_header(ftype, len(payload)))  # apart: a page frame is not copied again
+        if payload:
+            self.conn.send(payload)
         self._throttle(len(payload))
 
     def _throttle(self, n: int) -> None:
@@ -103,29 +108,49 @@ class _Sender:
             time.sleep(ahead)
 
     def send_pages(self, slot: int, indices: List[int]) -> None:
-        r = self.m.mem.regions[slot]
+        r, page = self.m.mem.regions[slot], self.page
         for batch in stream.batches(indices):
-            contents = [r.mm[i * self.page:(i + 1) * self.page] for i in batch]
-            self.send_frame(stream.PAGES, stream.encode_pages(slot, batch, contents, self.page))
+            if batch[-1] - batch[0] + 1 == len(batch):  # a run of pages: one slice
+                contents = r.mm[batch[0] * page:(batch[-1] + 1) * page]
+            else:
+                contents = b"".join([r.mm[i * page:(i + 1) * page] for i in batch])
+            self.send_frame(stream.PAGES, stream.encode_pages(slot, batch, contents, page))
             self.pages_sent += len(batch)
 
     def send_all_nonzero(self, progress: Callable[[int, int], None]) -> None:
-        zero = bytes(self.page * _ZERO_CHUNK)
-        total = sum(r.size // self.page for r in self.m.mem.regions if not r.readonly)
+        page = self.page
+        zero, zp = bytes(page * _ZERO_CHUNK), bytes(page)
+        total = sum(r.size // page for r in self.m.mem.regions if not r.readonly)
         done = 0
         for r in self.m.mem.regions:
             if r.readonly:
                 continue
-            npages = r.size // self.page
+            npages = r.size // page
             for first in range(0, npages, _ZERO_CHUNK):
                 n = min(_ZERO_CHUNK, npages - first)
-                chunk = r.mm[first * self.page:(first + n) * self.page]
+                chunk = r.mm[first * page:(first + n) * page]
                 if chunk != zero[:len(chunk)]:
-                    zp = bytes(self.page)
-                    pages = [first + k for k in range(n) if chunk[k * self.page:(k + 1) * self.page] != zp]
-                    self.send_pages(r.slot, pages)
+                    # the chunk read once: its non-zero pages go from it
+                    nonzero = [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
+                    contents = chunk if len(nonzero) == n else \
+                        b"".join([chunk[k * page:(k + 1) * page] for k in nonzero])
+                    self.send_frame(stream.PAGES, stream.encode_pages(r.slot, [first + k for k in nonzero],
+                                                                      contents, page))
+                    self.pages_sent += len(nonzero)
                 done += n
                 progress(done, total)
+
+
+def stop_copying(left: int, last_round: int, estimate_ms: float, max_downtime_ms: float) -> bool:
+    """Whether pre-copy ends with ``left`` dirty pages (``estimate_ms`` to
+    send at the measured rate) after a round that sent ``last_round``: the
+    rest must fit ``max_downtime_ms`` and be small, or have stopped
+    shrinking (another round would leave about as much). The pages are
+    only part of the pause (the state is read, sent and loaded too), so a
+    rest that still shrinks is worth another round while the guest runs."""
+    if estimate_ms > max_downtime_ms:
+        return False
+    return left <= SMALL_REST or left > last_round * SHRINK
 
 
 def _expect(conn: Conn, page_size: int, expect, timeout: float) -> stream.Frame:
@@ -164,6 +189,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
     log = DirtyLog(m.vm, m.mem)
     paused_here = False
     handed_over = False
+    save_cache: dict = {}  # the vCPUs' prepared register reads, kept for the final state
     try:
         snd = _Sender(m, conn, page, bandwidth_mib * (1 << 20) if bandwidth_mib else None)
         conn.send(stream.preamble(page))
@@ -172,7 +198,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         if not was_paused:
             m.pause()
         try:
-            check_state = fmt.encode(machine_snapshot.take(m, memory=False))
+            check_state = fmt.encode(machine_snapshot.take(m, memory=False, cache=save_cache))
         finally:
             if not was_paused:
                 m.resume()
@@ -191,12 +217,14 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                              if done % 4096 == 0 or done == total else None)
         rate = (conn.sent - sent_before) / max(time.monotonic() - t_round, 1e-3)  # bytes/s
         dirty = log.collect()
+        last_round = snd.pages_sent
         while True:
             left = sum(len(p) for p in dirty.values())
             estimate_ms = left * (page + 4) / max(rate, 1.0) * 1000
             tell(round=rounds, pages_left=left, rate_mib=round(rate / (1 << 20), 1))
-            if estimate_ms <= max_downtime_ms or rounds >= max_rounds or was_paused:
+            if rounds >= max_rounds or was_paused or stop_copying(left, last_round, estimate_ms, max_downtime_ms):
                 break
+            last_round = left
             rounds += 1
             t_round = time.monotonic()
             sent_before = conn.sent
@@ -217,12 +245,15 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
             t_paused = time.monotonic()
-            final_state = fmt.encode(machine_snapshot.take(m, memory=False))
-            t_state = time.monotonic()
+            # The last pages first: the destination writes them while the
+            # state is read here (guest memory no longer changes).
             last = merge(dirty, log.collect())
             for slot, pages in last.items():
                 snd.send_pages(slot, pages)
             rounds += 1
+            t_pages = time.monotonic()
+            final_state = fmt.encode(machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False))
+            t_state = time.monotonic()
             snd.send_frame(stream.STATE, final_state)
             t_sent = time.monotonic()
             _expect(conn, page, (stream.READY,), BUILD_TIMEOUT)
@@ -240,8 +271,9 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         return MigrationReport(str(dest), rounds, conn.sent, snd.pages_sent,
                                round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
-                               {"pause": ms(t_pause, t_paused), "state": ms(t_paused, t_state),
-                                "last_pages": sum(len(p) for p in last.values()), "send": ms(t_state, t_sent),
+                               {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
+                                "last_pages": sum(len(p) for p in last.values()), "state": ms(t_pages, t_state),
+                                "send": ms(t_state, t_sent),
                                 "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)})
     except BaseException as e:
         if not handed_over:

@@ -35,7 +35,7 @@ callable.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ..errors import PyvmmError
 
@@ -111,9 +111,7 @@ FRAME_HEADER_SIZE = _FRAME.size
 
 def frame(ftype: int, payload: bytes = b"") -> bytes:
     """One frame's bytes (header and payload)."""
-    if ftype not in TYPES:
-        raise ValueError(f"unknown frame type {ftype}")
-    return _FRAME.pack(ftype, b"\0\0\0", len(payload)) + payload
+    return frame_header(ftype, len(payload)) + payload
 
 
 def parse_header(data: bytes, page_size: int, expect: Optional[Tuple[int, ...]] = None) -> Tuple[int, int]:
@@ -156,14 +154,23 @@ def reason_payload(text: str) -> bytes:
     return data[:MAX_REASON]
 
 
-def encode_pages(slot: int, indices: List[int], contents: List[bytes], page_size: int) -> bytes:
-    """A PAGES payload: ``indices`` (strictly increasing) with their ``contents``."""
-    if not 1 <= len(indices) <= MAX_PAGES_PER_FRAME or len(indices) != len(contents):
+def encode_pages(slot: int, indices: Sequence[int], contents: Union[List[bytes], bytes], page_size: int) -> bytes:
+    """A PAGES payload: ``indices`` (strictly increasing) with their
+    ``contents``: one page each, or all of them as one bytes object."""
+    if isinstance(contents, list):
+        if len(indices) != len(contents) or any(len(c) != page_size for c in contents):
+            raise ValueError("page contents must be one page each, one per index")
+        contents = b"".join(contents)
+    if not 1 <= len(indices) <= MAX_PAGES_PER_FRAME or len(contents) != len(indices) * page_size:
         raise ValueError(f"a pages frame holds 1..{MAX_PAGES_PER_FRAME} pages with their contents")
-    if any(len(c) != page_size for c in contents):
-        raise ValueError("page contents must be one page each")
-    return (_PAGES.pack(slot, len(indices)) + struct.pack(f"<{len(indices)}I", *indices)
-            + b"".join(contents))
+    return _PAGES.pack(slot, len(indices)) + struct.pack(f"<{len(indices)}I", *indices) + contents
+
+
+def frame_header(ftype: int, length: int) -> bytes:
+    """The header of a frame of ``length`` payload bytes (:func:`frame` without the payload)."""
+    if ftype not in TYPES:
+        raise ValueError(f"unknown frame type {ftype}")
+    return _FRAME.pack(ftype, b"\0\0\0", length)
 
 
 def decode_pages(payload: bytes, slot_pages: Dict[int, int], page_size: int) -> Tuple[int, List[int], memoryview]:

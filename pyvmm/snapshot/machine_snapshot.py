@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Set
+from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from .. import hostinfo
 from ..boot import layout
@@ -87,15 +87,20 @@ def check_snapshottable(m: Machine) -> None:
             raise UsageProblem(f"cannot snapshot this machine: {why}")
 
 
-def take(m: Machine, progress: Progress = None, memory: bool = True) -> fmt.Snapshot:
+def take(m: Machine, progress: Progress = None, memory: bool = True,
+         cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True) -> fmt.Snapshot:
     """The snapshot of a paused machine. Its guest RAM is the machine's own
     memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
     snapshot is written: until then the machine must stay paused and its
     devices quiet (:func:`save_live` writes it under the same hold). Without
     ``memory``, each RAM region is stored as all zero (the machine's state
-    alone: live migration sends the memory itself, pyvmm/migration/)."""
+    alone: live migration sends the memory itself, pyvmm/migration/).
+    ``cache``: see :func:`pyvmm.snapshot.vcpu_state.save`. Without
+    ``sealed``, the snapshot carries no seal (a live migration's final state:
+    the destination trusts only the state it checked first, and refuses a
+    final one whose configuration differs)."""
     with quiet(m):
-        return _take(m, progress, memory)
+        return _take(m, progress, memory, cache, sealed)
 
 
 @contextlib.contextmanager
@@ -108,8 +113,9 @@ def quiet(m: Machine):
         yield
 
 
-def _take(m: Machine, progress: Progress = None, memory: bool = True) -> fmt.Snapshot:
-    states = [vcpu_state.save(v, feats, m.sme_bit) for v, feats in zip(m.vcpus, m.vcpu_features)]
+def _take(m: Machine, progress: Progress = None, memory: bool = True,
+          cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True) -> fmt.Snapshot:
+    states = [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in zip(m.vcpus, m.vcpu_features)]
     gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
     devices = {"uart": built(m.uart, "UART").save_state(),
                "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
@@ -124,7 +130,7 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True) -> fmt.Sna
         "vcpus": [s.to_json() for s in states],
     })
     # Sealed with this user's key: restore then trusts the host resources it names.
-    return fmt.Snapshot(manifest, blobs, seal=trust.sealer())
+    return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
 
 
 @dataclass
@@ -292,16 +298,37 @@ def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: 
     guest RAM before the state comes), vCPUs (ID registers and vector
     lengths included, so what this host's KVM refuses is refused here),
     vGIC and device state. Returns the snapshot's RAM region entry."""
+    vcpu_state.check_clock(clock)  # before any vCPU exists
+    states = _sorted_states(snap)
+    # A snapshot restore writes the ID registers after the vGIC state, as it always did.
+    plans = build_fixed(m, snap, vm_created, states, write_fixed=False)
+    return load_state(m, snap, clock, plans, states, write_fixed=True)
+
+
+def _sorted_states(snap: fmt.Snapshot, plans: Optional[List[vcpu_state.WritePlan]] = None
+                   ) -> List[vcpu_state.VcpuState]:
+    layouts = {p.index: p.layout for p in plans} if plans else None
+    return sorted(vcpu_states(snap, layouts), key=lambda s: s.index)
+
+
+def build_fixed(m: Machine, snap: fmt.Snapshot, vm_created: bool = False,
+                states: Optional[List[vcpu_state.VcpuState]] = None,
+                write_fixed: bool = True) -> List[vcpu_state.WritePlan]:
+    """The first half of :func:`build_from`, what does not change while the
+    guest runs: VM (unless ``vm_created``), each vCPU created and
+    initialised (features, vector lengths, MPIDR), the vGIC and the devices
+    created, each vCPU's ID registers written and its vector lengths
+    finalised (unless not ``write_fixed``: :func:`load_state` then writes
+    them after the vGIC state). Returns each vCPU's write plan for
+    :func:`load_state`."""
     machine = snap.manifest["machine"]
-    states = vcpu_states(snap)
+    states = _sorted_states(snap) if states is None else states
     if not vm_created:
         m.create_vm()
     region = machine["memory"][0]
     if m.mem.regions[0].gpa != int(region["gpa"]):
         raise fmt.SnapshotError(f"snapshot RAM at {int(region['gpa']):#x} is not where pyvmm puts it")
     m.sme_bit = machine.get("sme_bit")
-    vcpu_state.check_clock(clock)  # before any vCPU exists
-    states = sorted(states, key=lambda s: s.index)
     from .._ffi import const
 
     m.pmu = any(const("KVM_ARM_VCPU_PMU_V3") in st.features for st in states)  # create_devices inits it
@@ -310,18 +337,62 @@ def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: 
         v = built(m.vm, "VM").create_vcpu(st.index)
         vcpu_state.init(v, st)  # features, vector lengths, MPIDR
         m.add_vcpu(v, st.features)
+    m.create_devices()
+    plans = []
+    for v, st in zip(m.vcpus, states):
+        plan = vcpu_state.WritePlan(v, st, m.sme_bit)
+        if write_fixed:
+            plan.write_fixed(v, st)  # ID registers, FINALIZE
+        plans.append(plan)
+    return plans
+
+
+def prepare_load(m: Machine, snap: fmt.Snapshot, plans: List[vcpu_state.WritePlan]) -> None:
+    """On a machine :func:`build_fixed` built from ``snap`` (``plans``, its
+    result), what makes :func:`load_state` of a later state of the same
+    machine shorter (a live migration's destination, while memory is
+    copied): the vGIC configuration (groups, routes, trigger, priorities)
+    written ahead (:meth:`pyvmm.machine.gic.VgicV3.preset_config`: only what
+    changed of it is written again), each vCPU's register blob layout made."""
+    built(m.gic, "vGIC").preset_config(snap.manifest["machine"]["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
+    for plan in plans:
+        plan.make_layout()
+
+
+def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_state.WritePlan],
+               states: Optional[List[vcpu_state.VcpuState]] = None, write_fixed: bool = False) -> Dict:
+    """The second half of :func:`build_from` on a machine :func:`build_fixed`
+    built (from ``snap`` or, in a live migration, from an earlier state of
+    the same machine): vGIC state, the vCPUs' other registers (SVCR first),
+    events and MP state, device state. Refuses, before writing anything, a
+    state whose vCPUs need other ID registers, vector lengths or features
+    than the ones built. Returns the snapshot's RAM region entry."""
+    vcpu_state.check_clock(clock)
+    machine = snap.manifest["machine"]
+    states = _sorted_states(snap, plans) if states is None else states
+    if len(states) != len(m.vcpus) or len(plans) != len(m.vcpus):
+        raise fmt.SnapshotError(f"snapshot has {len(states)} vCPUs, the machine built has {len(m.vcpus)}")
+    for k, (v, st) in enumerate(zip(m.vcpus, states)):
+        plan = plans[k]
+        fixed = plan.fixed
+        if not plan.fits(st):  # another register set (e.g. SVCR.ZA changed): its own order
+            plans[k] = plan = vcpu_state.WritePlan(v, st, m.sme_bit)
+        if v.index != st.index or plan.fixed_key(st) != fixed:
+            raise fmt.SnapshotError(f"vCPU {st.index}'s ID registers, vector lengths or features differ "
+                                    "from the ones its vCPU was built with")
     # The vGIC before the vCPU registers: writing a timer register makes KVM
     # compute the timer's interrupt line and raise it in the vGIC; before the
     # vGIC exists that is lost, and the timer line stays dead (the guest
     # never gets another tick). The timers' own PPI levels therefore come from
     # the timer registers, written last, not from the saved vGIC line levels.
-    m.create_devices()
     built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
     cntfrq = hostinfo.cntfrq(m.kvm)  # this host's (check() refuses a snapshot taken at another)
-    for v, st in zip(m.vcpus, states):
-        vcpu_state.write(v, st, clock=clock, cntfrq=cntfrq, sme_bit=m.sme_bit)
+    for v, st, plan in zip(m.vcpus, states, plans):
+        if write_fixed:  # build_fixed left them (a snapshot restore)
+            plan.write_fixed(v, st)
+        plan.write_rest(v, st, clock=clock, cntfrq=cntfrq)
     _load_devices(m, machine["devices"])
-    return region
+    return machine["memory"][0]
 
 
 class RamVerifier:

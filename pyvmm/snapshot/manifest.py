@@ -32,12 +32,15 @@ def check_cntfrq(saved: int, kvm=None) -> int:
     return host
 
 
-def vcpu_states(snap: fmt.Snapshot) -> List[vcpu_state.VcpuState]:
-    """The snapshot's vCPU states, each with its register blob."""
+def vcpu_states(snap: fmt.Snapshot,
+                layouts: Optional[Dict[int, vcpu_state.BlobLayout]] = None) -> List[vcpu_state.VcpuState]:
+    """The snapshot's vCPU states, each with its register blob (``layouts``:
+    by vCPU index, the blob expected, see :class:`~pyvmm.snapshot.vcpu_state.BlobLayout`)."""
     out = []
     for meta in snap.manifest.get("vcpus", []):
         try:
-            out.append(vcpu_state.VcpuState.from_json(meta, fmt.small_blob(snap, f"vcpu{meta['index']}.regs")))
+            out.append(vcpu_state.VcpuState.from_json(meta, fmt.small_blob(snap, f"vcpu{meta['index']}.regs"),
+                                                      (layouts or {}).get(meta["index"])))
         except (KeyError, TypeError, ValueError) as e:
             raise fmt.SnapshotError(f"snapshot vCPU state is invalid ({e})") from None
         except UsageProblem as e:

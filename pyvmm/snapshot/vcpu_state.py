@@ -10,9 +10,11 @@ sizes).
 from __future__ import annotations
 
 import base64
+import operator
+import struct
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..arm64 import regs, restore_plan, sysregs
 from ..arm64.vec import KVM_ARM_VCPU_SVE, KVM_ARM_VCPU_VEC, SVCR_ZA, VecShape
@@ -51,15 +53,21 @@ class VcpuState:
         return bytes(out)
 
     @classmethod
-    def from_json(cls, meta: Dict, blob: Union[bytes, memoryview]) -> "VcpuState":
+    def from_json(cls, meta: Dict, blob: Union[bytes, memoryview],
+                  layout: Optional["BlobLayout"] = None) -> "VcpuState":
         """The saved vCPU from its manifest entry (read with the one
-        StateReader strictness, docs/snapshot-format.md) and its register blob."""
+        StateReader strictness, docs/snapshot-format.md) and its register
+        blob. ``layout``: the blob expected (a later state of a vCPU whose
+        earlier one was read), decoded at once when it is that one."""
         r = StateReader("vCPU", meta, _JSON_KEYS)
         state = cls(r.int("index", 0, 1 << 16), r.ints("features", 0, 7 * 32 - 1),
                     r.ints("sve_vls", 1, 512, nullable=True), r.ints("sme_vls", 1, 512, nullable=True),
                     r.uint("svcr", 64), [], r.uint("mp_state", 32), r.bytes("events", 1 << 16),
                     r.int("saved_at_ns", 0, (1 << 63) - 1))
-        pos = 0
+        known = layout.decode(blob) if layout is not None else None
+        if known is not None:
+            state.registers = known
+        pos = 0 if known is None else len(blob)
         while pos < len(blob):
             if pos + 8 > len(blob):
                 raise ValueError("register blob ends inside an id")
@@ -77,12 +85,42 @@ class VcpuState:
         return dict(self.registers)
 
 
-def save(vcpu, features: List[int], sme_bit: Optional[int] = None) -> VcpuState:
+class BlobLayout:
+    """The register blob of one register list (ids in this order, each
+    followed by its value): :meth:`decode` checks a blob's ids and cuts its
+    values in two struct calls, where the general reader walks it register
+    by register."""
+
+    def __init__(self, ids: Sequence[int]):
+        self.ids = tuple(ids)
+        sizes = [regs.size_of(i) for i in self.ids]
+        self._ids = struct.Struct("<" + "".join(f"Q{n}x" for n in sizes))
+        self._values = struct.Struct("<" + "".join(f"8x{n}s" for n in sizes))
+
+    def decode(self, blob: Union[bytes, memoryview]) -> Optional[List[Tuple[int, bytes]]]:
+        """The (id, value) pairs of ``blob``, or None when it is not of this layout."""
+        if len(blob) != self._ids.size or self._ids.unpack(blob) != self.ids:
+            return None
+        return list(zip(self.ids, self._values.unpack(blob)))
+
+
+SaveCache = Dict[Tuple[int, Tuple[int, ...]], Any]
+
+
+def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Optional[SaveCache] = None) -> VcpuState:
+    """The vCPU's state (it must be stopped). Every register is read through
+    one prepared batch; ``cache`` (a dict the caller keeps, e.g. across a live
+    migration's two saves) keeps the batch of each register list."""
     ids = vcpu.get_reg_list()
+    key = (vcpu.index, tuple(ids))
+    batch = cache.get(key) if cache is not None else None
+    if batch is None:
+        batch = vcpu.one_reg_batch(ids)
+        if cache is not None:
+            cache[key] = batch
     values = []
     sve_vls = sme_vls = None
-    for reg_id in ids:
-        value = vcpu.get_one_reg(reg_id)
+    for reg_id, value in zip(ids, batch.get_all(batch.sizes)):
         if reg_id == regs.SVE_VLS:
             sve_vls = regs.vls_decode(value)
         elif reg_id == regs.SME_VLS:
@@ -193,29 +231,87 @@ def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = N
     order (ID registers, FINALIZE, SVCR first, ...), vCPU events, MP state.
     Returns the number of ONE_REG writes."""
     check_clock(clock)
-    values = state.register_map()
-    elapsed = max(0, time.time_ns() - state.saved_at_ns) if state.saved_at_ns else 0
-    time_ids = set(regs.GUEST_COUNTERS)
-    writes = 0
-    for reason, ids in restore_order(state, sme_bit):
-        if reason == "finalize":
+    plan = WritePlan(vcpu, state, sme_bit)
+    return plan.write_fixed(vcpu, state) + plan.write_rest(vcpu, state, clock, cntfrq)
+
+
+_ID = operator.itemgetter(0)
+
+
+class WritePlan:
+    """:func:`write` in two halves for one vCPU, its order computed once:
+    :meth:`write_fixed` (the ID registers, then FINALIZE) depends only on the
+    machine, :meth:`write_rest` (SVCR first, ..., the timers; vCPU events, MP
+    state) on the moment. A live migration's destination writes the fixed
+    half from the state checked at the start, while memory is copied, and
+    only the rest from the final state in the pause; :meth:`fits` says
+    whether a later state of the same vCPU can use this plan, and
+    :meth:`fixed_key` compares what the fixed half wrote."""
+
+    def __init__(self, vcpu, state: VcpuState, sme_bit: Optional[int] = None):
+        steps = restore_order(state, sme_bit)
+        self.sme_bit = sme_bit
+        self.id_ids = list(steps[0][1])
+        self.finalize = any(reason == "finalize" for reason, _ in steps)
+        self.rest_ids = [i for reason, ids in steps[1:] if reason != "finalize" for i in ids]
+        self.index = state.index
+        self.register_ids = tuple(map(_ID, state.registers))
+        self._layout: Optional[BlobLayout] = None
+        self.svcr = state.svcr
+        self.fixed = self.fixed_key(state)
+        time_ids = set(regs.GUEST_COUNTERS)
+        self._time_at = [k for k, i in enumerate(self.rest_ids) if i in time_ids]
+        self._batch = vcpu.one_reg_batch(self.rest_ids)
+
+    @property
+    def layout(self) -> BlobLayout:
+        """The register blob of a state this plan fits (made on first use)."""
+        return self.make_layout()
+
+    def make_layout(self) -> BlobLayout:
+        if self._layout is None:
+            self._layout = BlobLayout(self.register_ids)
+        return self._layout
+
+    def fixed_key(self, state: VcpuState) -> Tuple:
+        """What the fixed half depends on: features, vector lengths, the ID registers and MPIDR."""
+        values = state.register_map()
+        return (tuple(state.features), tuple(state.sve_vls or ()), tuple(state.sme_vls or ()),
+                tuple(values.get(i) for i in self.id_ids), values.get(regs.MPIDR_EL1))
+
+    def fits(self, state: VcpuState) -> bool:
+        """``state`` has this plan's register set and SVCR (so the same order)."""
+        return state.svcr == self.svcr and tuple(map(_ID, state.registers)) == self.register_ids
+
+    def write_fixed(self, vcpu, state: VcpuState) -> int:
+        values = state.register_map()
+        for reg_id in self.id_ids:
+            _write_id_register(vcpu, reg_id, values[reg_id])
+        if self.finalize:
             vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
-            continue
-        for reg_id in ids:
-            value = values[reg_id]
-            if _is_id_register(reg_id):
-                _write_id_register(vcpu, reg_id, value)
-                writes += 1
-                continue
-            if reg_id in time_ids and clock == "keep" and cntfrq:
-                ticks = int.from_bytes(value, "little") + elapsed * cntfrq // 1_000_000_000
-                value = (ticks & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-            vcpu.set_one_reg(reg_id, value)
-            writes += 1
-    if state.events:
-        vcpu.set_vcpu_events(state.events)
-    vcpu.set_mp_state(state.mp_state)
-    return writes
+        return len(self.id_ids)
+
+    def write_rest(self, vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = None) -> int:
+        """Every other register through one prepared batch, then vCPU events and MP state."""
+        check_clock(clock)
+        if not self.fits(state):
+            raise ValueError("the vCPU state does not fit this write plan")
+        values = state.register_map()
+        data = [values[i] for i in self.rest_ids]
+        if list(map(len, data)) != self._batch.sizes:
+            for k, (value, size) in enumerate(zip(data, self._batch.sizes)):
+                if len(value) != size:
+                    raise UsageProblem(f"register {regs.name(self.rest_ids[k])} takes {size} bytes, got {len(value)}")
+        if clock == "keep" and cntfrq and state.saved_at_ns:
+            elapsed = max(0, time.time_ns() - state.saved_at_ns)
+            for k in self._time_at:
+                ticks = int.from_bytes(data[k], "little") + elapsed * cntfrq // 1_000_000_000
+                data[k] = (ticks & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        self._batch.set_all(data)
+        if state.events:
+            vcpu.set_vcpu_events(state.events)
+        vcpu.set_mp_state(state.mp_state)
+        return len(self.rest_ids)
 
 
 def _write_id_register(vcpu, reg_id: int, value: bytes) -> None:

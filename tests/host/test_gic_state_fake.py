@@ -157,6 +157,32 @@ def test_restore_order_follows_the_kernel_rules():
     assert gic_regs.sysreg_instr("ICC_AP0R1_EL1") not in sysw  # 5 priority bits: one APR
 
 
+def test_preset_config_then_restore_writes_only_the_changed_configuration():
+    src, _ = _gic()
+    first = json.loads(json.dumps(src.save(MPIDRS)))
+    final = json.loads(json.dumps(first))
+    final["dist"]["IROUTER"][3] = 1  # SPI 35 routed to vCPU 1 since
+    final["dist"]["ISENABLER"][0] ^= 1 << 3
+    plain, _ = _gic()
+    plain.restore(json.loads(json.dumps(final)), MPIDRS)
+    dst, dev = _gic()
+    dst.preset_config(first, MPIDRS)
+    preset = dev.writes()
+    assert preset[0][:2] == (DIST, gic_regs.GICD_IIDR)
+    assert (DIST, gic_regs.GICD_IROUTER + 8 * 35, first["dist"]["IROUTER"][3] & 0xFFFFFFFF) in preset
+    assert not [x for x in preset if x[1] in (gic_regs.GICD_CTLR, gic_regs.GICD_ISENABLER)]
+    dev.log.clear()
+    dst.restore(final, MPIDRS)
+    config = [x for x in dev.writes() if x[0] == DIST and (gic_regs.GICD_IROUTER <= x[1] < gic_regs.GICD_IROUTER + 0x2000
+                                                         or gic_regs.GICD_IPRIORITYR <= x[1] < gic_regs.GICD_IPRIORITYR + 0x400)]
+    # only the route that changed (its two 32-bit halves, or the one that differs)
+    assert config and {a for _g, a, _v in config} <= {gic_regs.GICD_IROUTER + 8 * 35, gic_regs.GICD_IROUTER + 8 * 35 + 4}
+    assert dst.save(MPIDRS) == plain.save(MPIDRS) == final
+    dev.log.clear()
+    dst.restore(first, MPIDRS)  # the preset is used once: a second restore writes everything
+    assert (DIST, gic_regs.GICD_IROUTER + 8 * 36, first["dist"]["IROUTER"][4] & 0xFFFFFFFF) in dev.writes()
+
+
 def _refusal(mutate, nr_irqs=128, ncpus=2, mpidrs=MPIDRS):
     src, _ = _gic()
     state = json.loads(json.dumps(src.save(MPIDRS)))

@@ -55,7 +55,7 @@ class FakeSourceMachine:
 
 @pytest.fixture
 def fake_take(monkeypatch):
-    def take(m, progress=None, memory=True):
+    def take(m, progress=None, memory=True, cache=None, sealed=True):
         assert m.paused and not memory
         return fmt.Snapshot({"kind": "fake", "at": len(m.events)})
     monkeypatch.setattr(source.machine_snapshot, "take", take)
@@ -214,3 +214,11 @@ def test_a_paused_guest_and_vhost_machines_are_refused(tmp_path, fake_take):
                                                                                   snapshot_refusal=None))]
     with pytest.raises(source.MigrationError, match="vhost"):
         source.migrate(m, f"unix:{tmp_path}/x.sock")
+
+
+def test_pre_copy_stops_when_the_rest_fits_and_is_small_or_no_longer_shrinks():
+    assert not source.stop_copying(10, 1000, estimate_ms=301, max_downtime_ms=300)  # does not fit
+    assert source.stop_copying(source.SMALL_REST, 1000, 10, 300)  # small enough
+    assert not source.stop_copying(719, 4096, 220, 300)  # fits, but another round leaves fewer
+    assert source.stop_copying(700, 719, 220, 300)  # fits and stopped shrinking
+    assert source.stop_copying(0, 0, 0, 300)

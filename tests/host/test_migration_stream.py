@@ -109,6 +109,12 @@ def test_pages_round_trip():
     slot, idx, data = stream.decode_pages(payload, SLOTS, PAGE)
     assert (slot, idx) == (0, [1, 5, 99])
     assert bytes(data[PAGE:2 * PAGE]) == b"b" * PAGE
+    # the contents as one bytes object (a run read in one slice) make the same payload
+    assert stream.encode_pages(0, [1, 5, 99], b"a" * PAGE + b"b" * PAGE + b"c" * PAGE, PAGE) == payload
+    with pytest.raises(ValueError, match="holds 1..256 pages"):
+        stream.encode_pages(0, [1, 5], b"a" * PAGE, PAGE)
+    with pytest.raises(ValueError, match="one page each"):
+        stream.encode_pages(0, [1, 5], [b"a" * PAGE, b"b"], PAGE)
 
 
 @pytest.mark.parametrize("payload, why", [

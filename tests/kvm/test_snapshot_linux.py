@@ -225,10 +225,12 @@ def test_since_chain_restores_and_the_guest_continues(tmp_path):
     out = ctl("snapshot", sock, s1, "--since", s0)
     assert "changed since" in out and "the guest is running" in out, out
     vm.wait_for(b"count 9\r", timeout=120)
+    # Paused before the refused snapshot: the guest counts to LAST in 9 s, and a
+    # CLI start-up on a loaded host took that long (the count then ended first).
+    ctl("pause", sock)
     r = pyvmm("snapshot", sock, tmp_path / "bad.snap", "--since", s0, timeout=120)  # not the latest: refused
     assert r.returncode == 1 and r.stderr.decode().count("\n") == 1, r.stderr
     assert "not this VM's latest snapshot" in r.stderr.decode() and not (tmp_path / "bad.snap").exists()
-    ctl("pause", sock)
     ctl("snapshot", sock, s2, "--since", s1)
     ctl("snapshot", sock, full, "--stop")
     vm.wait_exit(120)

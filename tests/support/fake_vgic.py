@@ -46,6 +46,21 @@ class FakeVgicDevice:
         self.log.append(("get", group, attr, value))
         return value
 
+    def prepare(self, name):
+        """The fd layer's prepared request (pyvmm._fd.KvmFd.prepare) on this
+        fake: ``issue(attr)`` with a ``struct kvm_device_attr *`` whose addr
+        points at a 32-bit value (the vGIC's register accessors)."""
+        from pyvmm._ffi import ffi
+
+        def issue(a, reg=None):
+            value = ffi.cast("uint32_t *", a.addr)
+            if name == "KVM_GET_DEVICE_ATTR":
+                value[0] = self.get_device_attr(int(a.group), int(a.attr), "uint32_t")
+            else:
+                self.set_device_attr(int(a.group), int(a.attr), int(value[0]), "uint32_t")
+            return 0
+        return issue
+
     def writes(self):
         return [(g, a, v) for op, g, a, v in self.log if op == "set" and g != NR_IRQS_GRP
                 and g != const("KVM_DEV_ARM_VGIC_GRP_ADDR")]
