@@ -18,9 +18,9 @@
 #                      kvm-arm.mode=nvhe; a test that passes on Debian's kernel (in the same
 #                      mode) must pass on ours
 #   make test          all of the above (host-deps + venv + test-host + typecheck + docs +
-#                      machine + guests +
-#                      test-machine + kernel + test-sme-kernel + test-sme-kernel-nvhe +
-#                      test-selftests)
+#                      machine + guests, then two lanes side by side: test-machine | kernel +
+#                      test-sme-kernel + test-sme-kernel-nvhe + test-selftests; each line
+#                      prefixed with its lane, logs in out/lanes/; TEST_LANES=1: one by one)
 #   make demo          `pyvmm caps` inside the test machine, then guests/linux/demo (a guest's
 #                      CPU features; a guest reaching the host over the network and reading a
 #                      shared directory)
@@ -45,6 +45,11 @@ PYVMM_CACHE ?= $(HOME)/.cache/pyvmm
 # `$(RUN) --kernel $$(ci/qemu-aarch64/kernel/build) -- $(MACHINE_PYTEST) -m sme_kernel`)
 # can reuse it.
 MACHINE_PYTEST = python3 -m pytest -p no:cacheprovider -ra tests
+# The test files that hold tests with the given markers, found by collecting on the host (7 s)
+# so that the test machine imports only those: collecting all of tests/ under emulation took one
+# to two minutes a run. Empty when the host cannot collect; callers then fall back to tests/.
+machine_files = $$($(VENV)/bin/python -m pytest -p no:cacheprovider --collect-only -q -m '$(1)' tests \
+	2>/dev/null | sed -n 's/::.*//p' | sort -u | tr '\n' ' ' || true)
 STOCK_MARKERS = kvm and not sme_kernel
 SME_MARKERS = sme_kernel
 KERNEL_BUILD := ci/qemu-aarch64/kernel/build
@@ -106,12 +111,13 @@ endif
 guests: machine
 	@if [ -x guests/linux/build ]; then guests/linux/build; fi
 
-test-machine: $(if $(NATIVE_KVM),venv)
+test-machine: venv
 ifeq ($(NATIVE_KVM),1)
 	PYVMM_REQUIRE_KVM=1 $(VENV)/bin/$(MACHINE_PYTEST) -m '$(STOCK_MARKERS)'
 else
 	@mkdir -p out
-	$(RUN) $(RUN_FLAGS) -- $(MACHINE_PYTEST) -m '$(STOCK_MARKERS)' 2>&1 | tee out/test-machine.log
+	files="$(call machine_files,$(STOCK_MARKERS))"; \
+	$(RUN) $(RUN_FLAGS) -- $(MACHINE_PYTEST:tests=) -m '$(STOCK_MARKERS)' $${files:-tests} 2>&1 | tee out/test-machine.log
 	@$(call summary,test-machine (stock Debian kernel),out/test-machine.log)
 endif
 
@@ -123,13 +129,14 @@ else
 endif
 
 # PYVMM_REQUIRE_SME=1: a kernel without the SME ABI fails these tests instead of skipping them.
-test-sme-kernel: machine guests kernel
+test-sme-kernel: venv machine guests kernel
 ifeq ($(NATIVE_KVM),1)
 	@echo "test-sme-kernel: needs the emulated test machine with the project's kernel (x86_64 hosts)"
 else
 	@mkdir -p out
+	files="$(call machine_files,$(SME_MARKERS))"; \
 	$(RUN) $(RUN_FLAGS) --kernel "$$($(KERNEL_BUILD))" --env PYVMM_REQUIRE_SME=1 -- \
-		$(MACHINE_PYTEST) -m '$(SME_MARKERS)' 2>&1 | tee out/test-sme-kernel.log
+		$(MACHINE_PYTEST:tests=) -m '$(SME_MARKERS)' $${files:-tests} 2>&1 | tee out/test-sme-kernel.log
 	@$(call summary,test-sme-kernel (project SME kernel),out/test-sme-kernel.log)
 endif
 
@@ -160,8 +167,17 @@ else
 	@for l in debian sme debian-nvhe sme-nvhe; do echo "$$l: $$(tail -n1 $(ST_OUT)/$$l.log)"; done
 endif
 
-test: host-deps venv test-host typecheck docs machine guests test-machine kernel test-sme-kernel test-sme-kernel-nvhe \
-	test-selftests
+# The KVM part runs as two lanes side by side (ci/lanes; TEST_LANES=1 runs them one after
+# the other): the stock suite, and the SME kernel's build, suites and the selftests.
+TEST_LANES ?= 2
+LANE_STOCK = test-machine
+LANE_SME = kernel test-sme-kernel test-sme-kernel-nvhe test-selftests
+test: host-deps venv test-host typecheck docs machine guests
+ifeq ($(TEST_LANES),1)
+	@$(MAKE) --no-print-directory $(LANE_STOCK) $(LANE_SME)
+else
+	@ci/lanes "stock=$(MAKE) --no-print-directory $(LANE_STOCK)" "sme=$(MAKE) --no-print-directory $(LANE_SME)"
+endif
 
 demo:
 	$(RUN) $(RUN_FLAGS) -- pyvmm caps
