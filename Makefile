@@ -176,7 +176,10 @@ test: host-deps venv test-host typecheck docs machine guests
 ifeq ($(TEST_LANES),1)
 	@$(MAKE) --no-print-directory $(LANE_STOCK) $(LANE_SME)
 else
-	@ci/lanes "stock=$(MAKE) --no-print-directory $(LANE_STOCK)" "sme=$(MAKE) --no-print-directory $(LANE_SME)"
+	@rc=0; ci/lanes "stock=$(MAKE) --no-print-directory $(LANE_STOCK)" \
+		"sme=$(MAKE) --no-print-directory $(LANE_SME)" || rc=$$?; \
+	grep -hE '^(test-machine|test-sme-kernel|test-sme-kernel-nvhe) \(|^(debian|sme|debian-nvhe|sme-nvhe): selftests:' \
+		out/lanes/stock.log out/lanes/sme.log 2>/dev/null || true; exit $$rc
 endif
 
 demo:
