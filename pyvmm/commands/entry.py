@@ -52,16 +52,21 @@ def guarded(call: Callable[[], Any], debug: bool) -> Any:
 FAST = ("run", "restore", "snapshot")
 
 
+def _command_module(name: str) -> Any:
+    """``pyvmm.commands.NAME``, imported (by ``__import__``: importlib's package is not loaded for it)."""
+    full = f"{__package__}.{name}"
+    __import__(full)
+    return sys.modules[full]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = args[:1] == ["--debug"]  # the group's own option, before the command
     rest = args[1:] if debug else args
     if rest and rest[0] in FAST:
-        from importlib import import_module
-
         from .options import parse
 
-        command = guarded(lambda: import_module(f".{rest[0]}", __package__), debug)
+        command = guarded(lambda: _command_module(rest[0]), debug)
         values = parse(command.PARAMS, rest[1:])
         if values is not None:
             sys.exit(guarded(lambda: command.execute(values), debug or bool(values.get("debug"))))

@@ -13,7 +13,7 @@ import base64
 import operator
 import struct
 import time
-from dataclasses import dataclass, field
+from .._record import field, record
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..arm64 import regs, restore_plan, sysregs
@@ -28,7 +28,7 @@ _JSON_KEYS = ("index", "features", "sve_vls", "sme_vls", "svcr", "mp_state", "ev
               "register_count")
 
 
-@dataclass
+@record
 class VcpuState:
     index: int
     features: List[int]
