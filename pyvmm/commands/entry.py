@@ -1,7 +1,7 @@
 """The ``pyvmm`` program (console script and ``python -m pyvmm``).
 
-``pyvmm run``, ``restore`` and ``snapshot`` with a plainly valid command
-line start here without click: their parameters are read from the table that
+``pyvmm run``, ``restore``, ``snapshot``, ``pause``, ``resume`` and
+``status`` with a plainly valid command line start here without click: their parameters are read from the table that
 also builds their click command (:mod:`pyvmm.commands.options`), so a guest
 is not waiting for click and the ``inspect`` machinery it loads. Everything
 else (other commands, ``--help``, ``--version``, every usage error) goes to
@@ -49,7 +49,7 @@ def guarded(call: Callable[[], Any], debug: bool) -> Any:
 
 
 # The commands started without click: each module has PARAMS (its table) and execute(values) -> status.
-FAST = ("run", "restore", "snapshot")
+FAST = ("run", "restore", "snapshot", "pause", "resume", "status")
 
 
 def _command_module(name: str) -> Any:
