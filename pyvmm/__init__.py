@@ -13,9 +13,7 @@ Lower levels stay available for tools that need them: :func:`pyvmm.kvm.open_kvm`
 (system fd) → :class:`pyvmm.vm.Vm` → :class:`pyvmm.vcpu.Vcpu`; register ids in
 :mod:`pyvmm.arm64.regs`; SME discovery and vector lengths in :mod:`pyvmm.sme`.
 """
-from typing import TYPE_CHECKING, Any
-
-from ._version import __version__
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing (type checkers read it as True)
 
 __all__ = [
     "start", "restore", "incoming", "VirtualMachine",
@@ -25,17 +23,23 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what type checkers and readers see; at run time __getattr__ loads them
+    from typing import Any
+
+    from ._version import __version__
     from .api import (DiskSpec, ExitStatus, GuestError, HostUnsupported, KvmError, MachineConfig, Outcome,
                       PyvmmError, SaveReport, SavedVecState, SnapshotError, UsageProblem, VirtualMachine, incoming,
                       restore, start)
 
 
-def __getattr__(name: str) -> Any:
-    """The public names of :mod:`pyvmm.api`, imported when first used (PEP 562)."""
-    if name in __all__:
+def __getattr__(name: str) -> "Any":
+    """The public names of :mod:`pyvmm.api` and ``__version__``, imported when first used (PEP 562)."""
+    if name == "__version__":
+        from ._version import __version__ as value
+    elif name in __all__:
         from . import api
 
         value = getattr(api, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pyvmm' has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module 'pyvmm' has no attribute {name!r}")
+    globals()[name] = value
+    return value

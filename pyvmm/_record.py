@@ -6,7 +6,7 @@ took longer than the interpreter's own start-up (issue 13, item 5). The
 subset pyvmm's records use is small: :func:`record` reads a class's
 annotated fields (in order, with their defaults or a :func:`field`
 ``default_factory``) and gives it ``__init__``, ``__repr__`` and ``__eq__``
-as :func:`dataclasses.dataclass` would; ``frozen=True`` also makes
+as :func:`dataclasses.dataclass` would (and calls ``__post_init__`` if the class has one); ``frozen=True`` also makes
 instances read-only and hashable. :func:`replace` is
 :func:`dataclasses.replace` for these classes. Type checkers treat
 :func:`record` as a dataclass decorator (PEP 681). Fields are the class's
@@ -80,6 +80,8 @@ def record(cls: Any = None, *, frozen: bool = False) -> Any:
                     params.append(n)
                 value = n
             lines.append(f"_setattr(self, {n!r}, {value})" if frozen else f"self.{n} = {value}")
+        if "__post_init__" in cls.__dict__:
+            lines.append("self.__post_init__()")
         # made inside a function taking the defaults, so that __init__ sees them as closure
         # variables and the class's module as its globals (its annotations resolve there)
         src = (f"def make({', '.join(env)}):\n"
@@ -124,6 +126,11 @@ def _eq(self: Any, other: Any) -> Any:
 
 def _hash(self: Any) -> int:
     return hash(_values(self))
+
+
+def as_dict(obj: Any) -> Dict[str, Any]:
+    """The record's fields by name (shallow, unlike :func:`dataclasses.asdict`)."""
+    return {n: getattr(obj, n) for n in obj.__record_fields__}
 
 
 def replace(obj: T, **changes: Any) -> T:

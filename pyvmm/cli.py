@@ -29,9 +29,9 @@ COMMANDS = {
     "snapshot": ("snapshot", "snapshot"),
     "restore": ("restore", "restore"),
     "migrate": ("migrate", "migrate"),
-    "pause": ("control", "pause"),
-    "resume": ("control", "resume"),
-    "status": ("control", "status"),
+    "pause": ("pause", "pause"),
+    "resume": ("resume", "resume"),
+    "status": ("status", "status"),
 }
 
 

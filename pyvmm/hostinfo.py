@@ -1,7 +1,7 @@
 """Facts about the arm64 host that KVM does not report through ONE_REG."""
 from __future__ import annotations
 
-import platform
+import os
 import threading
 from typing import Optional
 
@@ -39,7 +39,7 @@ def cntfrq(kvm=None) -> int:
 
 
 def _probe(kvm) -> int:
-    if platform.machine() not in ("aarch64", "arm64"):
+    if os.uname().machine not in ("aarch64", "arm64"):
         raise HostUnsupported("CNTFRQ_EL0 can only be read on an arm64 host")
     from . import exits
     from .arm64 import regs

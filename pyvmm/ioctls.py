@@ -8,7 +8,7 @@ part of the base API, the capability that makes it available.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ._ffi import ffi
 
@@ -30,23 +30,29 @@ class Request(NamedTuple):
     argtype: Optional[str]  # C type of the argument, None for _IO
 
 
-def _IO(name, nr, typ=KVMIO):
-    return Request(name, _ioc(_IOC_NONE, typ, nr, 0), None)
+# Each entry is (name, direction, nr, argument type, ioctl type); its number
+# (which needs the argument's size from cffi) is worked out on first use, so
+# importing this module costs no C type lookups.
+_Spec = Tuple[str, int, int, Optional[str], int]
 
 
-def _IOR(name, nr, argtype, typ=KVMIO):
-    return Request(name, _ioc(_IOC_READ, typ, nr, ffi.sizeof(argtype)), argtype)
+def _IO(name, nr, typ=KVMIO) -> _Spec:
+    return (name, _IOC_NONE, nr, None, typ)
 
 
-def _IOW(name, nr, argtype, typ=KVMIO):
-    return Request(name, _ioc(_IOC_WRITE, typ, nr, ffi.sizeof(argtype)), argtype)
+def _IOR(name, nr, argtype, typ=KVMIO) -> _Spec:
+    return (name, _IOC_READ, nr, argtype, typ)
 
 
-def _IOWR(name, nr, argtype, typ=KVMIO):
-    return Request(name, _ioc(_IOC_READ | _IOC_WRITE, typ, nr, ffi.sizeof(argtype)), argtype)
+def _IOW(name, nr, argtype, typ=KVMIO) -> _Spec:
+    return (name, _IOC_WRITE, nr, argtype, typ)
 
 
-_TABLE = [
+def _IOWR(name, nr, argtype, typ=KVMIO) -> _Spec:
+    return (name, _IOC_READ | _IOC_WRITE, nr, argtype, typ)
+
+
+_TABLE: List[_Spec] = [
     # system fd (/dev/kvm)
     _IO("KVM_GET_API_VERSION", 0x00),
     _IO("KVM_CREATE_VM", 0x01),
@@ -104,8 +110,22 @@ _TABLE = [
     _IOW("TUNSETVNETHDRSZ", 216, "int", TUN_TYPE),
 ]
 
-REQUESTS = {r.name: r for r in _TABLE}
+_SPECS: Dict[str, _Spec] = {spec[0]: spec for spec in _TABLE}
+_made: Dict[str, Request] = {}
 
 
 def request(name: str) -> Request:
-    return REQUESTS[name]
+    """The request ``name`` (KeyError for a name not in the table)."""
+    r = _made.get(name)
+    if r is None:
+        _, direction, nr, argtype, typ = _SPECS[name]
+        size = ffi.sizeof(argtype) if argtype is not None else 0
+        r = _made[name] = Request(name, _ioc(direction, typ, nr, size), argtype)
+    return r
+
+
+def __getattr__(name: str) -> Any:
+    """``REQUESTS``: every request by name (built when first asked for)."""
+    if name == "REQUESTS":
+        return {n: request(n) for n in _SPECS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

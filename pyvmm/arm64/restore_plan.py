@@ -12,7 +12,7 @@ them (``pyvmm restore-plan --explain``). Pure: no KVM here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from .._record import field, record
 from typing import List, Sequence, Tuple
 
 from . import regs
@@ -20,7 +20,7 @@ from .vec import CONFIGS, KVM_ARM_VCPU_SVE, SVCR_SM, SVCR_ZA, VecShape  # noqa: 
 from ..errors import UsageProblem
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Step:
     """One step. ``action`` is ``init`` (KVM_ARM_VCPU_INIT with ``features``),
     ``set`` (KVM_SET_ONE_REG of each id in ``ids``, in order) or ``finalize``
@@ -34,7 +34,7 @@ class Step:
     section: str = ""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     shape: VecShape
     fresh: bool

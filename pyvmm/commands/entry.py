@@ -1,7 +1,7 @@
 """The ``pyvmm`` program (console script and ``python -m pyvmm``).
 
-``pyvmm run``, ``restore`` and ``snapshot`` with a plainly valid command
-line start here without click: their parameters are read from the table that
+``pyvmm run``, ``restore``, ``snapshot``, ``pause``, ``resume`` and
+``status`` with a plainly valid command line start here without click: their parameters are read from the table that
 also builds their click command (:mod:`pyvmm.commands.options`), so a guest
 is not waiting for click and the ``inspect`` machinery it loads. Everything
 else (other commands, ``--help``, ``--version``, every usage error) goes to
@@ -49,7 +49,14 @@ def guarded(call: Callable[[], Any], debug: bool) -> Any:
 
 
 # The commands started without click: each module has PARAMS (its table) and execute(values) -> status.
-FAST = ("run", "restore", "snapshot")
+FAST = ("run", "restore", "snapshot", "pause", "resume", "status")
+
+
+def _command_module(name: str) -> Any:
+    """``pyvmm.commands.NAME``, imported (by ``__import__``: importlib's package is not loaded for it)."""
+    full = f"{__package__}.{name}"
+    __import__(full)
+    return sys.modules[full]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -57,11 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     debug = args[:1] == ["--debug"]  # the group's own option, before the command
     rest = args[1:] if debug else args
     if rest and rest[0] in FAST:
-        from importlib import import_module
-
         from .options import parse
 
-        command = guarded(lambda: import_module(f".{rest[0]}", __package__), debug)
+        command = guarded(lambda: _command_module(rest[0]), debug)
         values = parse(command.PARAMS, rest[1:])
         if values is not None:
             sys.exit(guarded(lambda: command.execute(values), debug or bool(values.get("debug"))))

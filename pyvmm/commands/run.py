@@ -5,8 +5,6 @@ import functools
 import os
 import signal
 import sys
-import termios
-import tty
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .. import console_out as console_out_lib
@@ -219,6 +217,9 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
         if server is not None:
             server.start()
         if endpoint.kind == "tty" and stdin_fd is not None and os.isatty(stdin_fd):
+            import termios
+            import tty
+
             saved = termios.tcgetattr(stdin_fd)
             tty.setraw(stdin_fd)
         try:
@@ -232,6 +233,8 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
                     outcome = running.wait(0.25)
         finally:
             if saved is not None and stdin_fd is not None:
+                import termios
+
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
     finally:
         for s, h in old.items():

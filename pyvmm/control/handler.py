@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
+from .._record import as_dict
 from ..devices.state import StateReader
 from ..errors import UsageProblem
 from .channel import ControlError
@@ -136,4 +137,4 @@ class Controller:
         if since is not None and (not os.path.isabs(since) or "\0" in since):
             raise ControlError(f"snapshot since needs an absolute path, not {since!r}")
         report = machine_snapshot.save_live(m, path, progress, stop=bool(request.get("stop")), since=since)
-        return {"ok": True, **dataclasses.asdict(report)}
+        return {"ok": True, **as_dict(report)}

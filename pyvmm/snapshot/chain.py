@@ -28,7 +28,7 @@ from __future__ import annotations
 import mmap
 import os
 import stat
-from dataclasses import dataclass
+from .._record import record
 from typing import Dict, List, Optional, Set
 
 from ..dirty_log import DirtyLog, merge
@@ -107,7 +107,7 @@ def resolve(snap: fmt.Snapshot, path: str) -> List[str]:
     return paths
 
 
-@dataclass
+@record
 class Link:
     """What an incremental snapshot records of its parent (:func:`link_to`)."""
     name: str  # the parent's file name (in the new file's directory)

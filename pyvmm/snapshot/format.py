@@ -46,7 +46,7 @@ import mmap
 import os
 import struct
 import weakref
-from dataclasses import dataclass, field
+from .._record import field, record
 from typing import Callable, Dict, List, Optional, Set, Union, cast
 
 from ..devices.state import StateReader, loads
@@ -85,7 +85,7 @@ def small_blob(snap: "Snapshot", name: str) -> Bytes:
     return blob
 
 
-@dataclass
+@record
 class Snapshot:
     """A snapshot in memory: its manifest (JSON) and its named blobs."""
     manifest: Dict
@@ -112,12 +112,13 @@ class Snapshot:
     def ram_images(self) -> Dict[str, ram_image.MappedRam]:
         return {k: v for k, v in self.blobs.items() if isinstance(v, ram_image.MappedRam)}
 
-    def verify_ram(self, stop=None, progress=None) -> Optional[str]:
+    def verify_ram(self, stop=None, progress=None, background: bool = False) -> Optional[str]:
         """Check the CRC-32 of every stored RAM chunk of a version-2 file;
         the first mismatch as a sentence, or None (also for version 1, whose
-        whole-file SHA-256 was checked when it was read)."""
+        whole-file SHA-256 was checked when it was read). ``background``:
+        at a lower CPU priority (:meth:`MappedRam.verify`)."""
         for image in self.ram_images().values():
-            bad = image.verify(stop, progress)
+            bad = image.verify(stop, progress, background=background)
             if bad:
                 return bad
             if stop is not None and stop.is_set():

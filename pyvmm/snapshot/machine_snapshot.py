@@ -20,7 +20,7 @@ import contextlib
 import os
 import threading
 import time
-from dataclasses import dataclass
+from .._record import record
 from typing import Callable, Dict, Iterator, List, Optional, Set
 
 from .. import hostinfo
@@ -133,7 +133,7 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
 
 
-@dataclass
+@record
 class SaveReport:
     """What :func:`save_live` did: the file, its size, the memory pages
     stored, the seconds the guest was paused (of them, taking the state and
@@ -399,7 +399,11 @@ class RamVerifier:
     """Checks the CRC-32 of every RAM chunk of a version-2 snapshot while the
     restored guest runs, and ends the machine with the reason at the first
     chunk that fails (the guest may have used it already: the trade-off
-    docs/snapshot-format.md states). :meth:`close` stops and joins it."""
+    docs/snapshot-format.md states). It starts once the guest runs, and
+    checks at a lower CPU priority than the vCPUs. :meth:`close` stops and
+    joins it."""
+
+    START_WAIT = 2.0  # seconds: the longest it waits for the first KVM_RUN before checking anyway
 
     def __init__(self, m: Machine, snap: fmt.Snapshot):
         self.failed: Optional[str] = None
@@ -408,8 +412,14 @@ class RamVerifier:
         self._thread.start()
 
     def _run(self, m: Machine, snap: fmt.Snapshot) -> None:
+        # Start once a vCPU entered the guest (or after START_WAIT seconds, e.g. for a VM
+        # restored paused): until then the check would only compete with the restore.
+        deadline = time.monotonic() + self.START_WAIT
+        while m.first_run_ns is None and time.monotonic() < deadline:
+            if self._stop.wait(0.01):
+                return
         try:
-            bad = snap.verify_ram(self._stop)
+            bad = snap.verify_ram(self._stop, background=True)
         except Exception as e:  # noqa: BLE001 (a file that cannot be read fails the same way)
             bad = f"its memory cannot be read ({type(e).__name__}: {e})"
         if bad and not self._stop.is_set():

@@ -2,7 +2,7 @@
 the CNTFRQ check and guest RAM packed into and unpacked from blobs."""
 from __future__ import annotations
 
-import platform
+import os
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -17,8 +17,9 @@ Progress = Optional[Callable[[int, int], None]]
 
 def header(kind: str) -> dict:
     """The manifest keys every snapshot kind starts with."""
+    uname = os.uname()
     return {"kind": kind, "created_by": f"pyvmm {__version__}", "created_at_ns": time.time_ns(),
-            "host": {"machine": platform.machine(), "kernel": platform.release()}}
+            "host": {"machine": uname.machine, "kernel": uname.release}}
 
 
 def check_cntfrq(saved: int, kvm=None) -> int:

@@ -241,31 +241,68 @@ class MappedRam:
         return out
 
     def verify(self, stop: Optional[threading.Event] = None, progress: Progress = None,
-               workers: Optional[int] = None) -> Optional[str]:
-        """Check every stored chunk's CRC-32 (on a thread pool), each against
-        the table of the file that holds it; the first mismatch as a
-        sentence, or None. Ends early, with None, once ``stop`` is set."""
+               workers: Optional[int] = None, background: bool = False) -> Optional[str]:
+        """Check every stored chunk's CRC-32 (on ``workers`` threads), each
+        against the table of the file that holds it; the first mismatch
+        found as a sentence, or None. Ends early, with None, once ``stop``
+        is set. ``background``: the threads run at a lower CPU priority
+        (nice 10: a restored guest runs while its memory is checked)."""
         sources = [self.source(i) for i in range(chunks_of(self.size))]
         todo = [i for i, src in enumerate(sources) if src is not None]
-        workers = workers or max(1, min(8, os.cpu_count() or 1))
-        done = 0
-        from concurrent.futures import ThreadPoolExecutor
+        workers = max(1, min(len(todo), workers or min(8, os.cpu_count() or 1)))
+        lock = threading.Lock()
+        state = {"next": 0, "done": 0}
+        bad: List[int] = []
+        errors: List[BaseException] = []
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for start in range(0, len(todo), 64):
-                if stop is not None and stop.is_set():
-                    return None
-                batch = todo[start:start + 64]
-                for i, crc in zip(batch, pool.map(lambda i: zlib.crc32(self.chunk(i)), batch)):
+        def work() -> None:
+            if background:
+                _lower_priority()
+            try:
+                while not bad and not (stop is not None and stop.is_set()):
+                    with lock:
+                        k = state["next"]
+                        state["next"] = k + 1
+                    if k >= len(todo):
+                        return
+                    i = todo[k]
                     holder = sources[i]
                     assert holder is not None
-                    if crc != holder[0].crcs[i]:
-                        return (f"memory chunk {i} ({i * CHUNK:#x}+{CHUNK:#x} of {self.name}) fails its CRC-32: "
-                                "the file was damaged or altered after it was written")
-                done += len(batch)
-                if progress:
-                    progress(done * CHUNK, max(1, len(todo)) * CHUNK)
+                    if zlib.crc32(self.chunk(i)) != holder[0].crcs[i]:
+                        with lock:
+                            bad.append(i)
+                        return
+                    with lock:
+                        state["done"] += 1
+                        if progress and state["done"] % 64 == 0:
+                            progress(state["done"] * CHUNK, len(todo) * CHUNK)
+            except BaseException as e:  # re-raised in the caller's thread
+                with lock:
+                    errors.append(e)
+
+        threads = [threading.Thread(target=work, name=f"pyvmm-crc-{n}", daemon=True) for n in range(workers - 1)]
+        for t in threads:
+            t.start()
+        work()  # this thread is one of the workers
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        if bad:
+            i = min(bad)
+            return (f"memory chunk {i} ({i * CHUNK:#x}+{CHUNK:#x} of {self.name}) fails its CRC-32: "
+                    "the file was damaged or altered after it was written")
+        if progress and todo and not (stop is not None and stop.is_set()):
+            progress(len(todo) * CHUNK, len(todo) * CHUNK)
         return None
+
+
+def _lower_priority() -> None:
+    """Give the calling thread nice 10 (Linux: setpriority on a thread id is per thread)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (OSError, AttributeError):
+        pass
 
 
 class ChainedRam(MappedRam):

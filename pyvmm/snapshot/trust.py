@@ -32,7 +32,7 @@ import hmac
 import json
 import os
 import stat
-from dataclasses import dataclass
+from .._record import record
 from typing import Any, Dict, Optional
 
 from ..errors import UsageProblem
@@ -137,7 +137,7 @@ def sealer(create: bool = True):
     return lambda manifest: seal(manifest, key)
 
 
-@dataclass
+@record
 class Verdict:
     sealed: bool
     reason: str  # why not, or by whom
@@ -187,7 +187,7 @@ def verify(snap, key: Optional[bytes] = None, check_blobs: bool = True, check_ra
     return Verdict(True, "sealed with your key")
 
 
-@dataclass
+@record
 class HostChoice:
     """Host resources the restoring user named on the command line (None:
     not given). ``disks`` replaces the snapshot's disks one for one, in order."""

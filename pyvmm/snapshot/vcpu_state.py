@@ -13,7 +13,7 @@ import base64
 import operator
 import struct
 import time
-from dataclasses import dataclass, field
+from .._record import field, record
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from ..arm64 import regs, restore_plan, sysregs
@@ -28,7 +28,7 @@ _JSON_KEYS = ("index", "features", "sve_vls", "sme_vls", "svcr", "mp_state", "ev
               "register_count")
 
 
-@dataclass
+@record
 class VcpuState:
     index: int
     features: List[int]
@@ -135,6 +135,8 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Option
 
 
 def _is_id_register(reg_id: int) -> bool:
+    if regs.coproc_of(reg_id) != regs.COPROC_SYSREG:  # cheap first test: most ids are not system registers
+        return False
     d = regs.decode(reg_id)
     return d.kind == "sysreg" and d.encoding is not None and (sysregs.is_id_space(d.encoding) or d.name in (
         "SMIDR_EL1", "MIDR_EL1", "REVIDR_EL1", "CTR_EL0", "CLIDR_EL1", "AIDR_EL1"))
@@ -179,7 +181,7 @@ def restore_order(state: VcpuState, sme_bit: Optional[int] = None) -> List[Tuple
     za_on = bool(state.svcr & SVCR_ZA)
     # ZA/ZT0 exist only while SVCR.ZA = 1 (§5): with ZA off they are never written.
     rest = [i for i in values if i not in written
-            and (za_on or regs.decode(i).kind not in ("sme_za", "sme_zt"))]
+            and (za_on or regs.coproc_of(i) != regs.COPROC_SME or regs.decode(i).kind not in ("sme_za", "sme_zt"))]
     steps.append(("all other registers (§6 step 7)", rest))
     return steps
 

@@ -11,7 +11,8 @@ import sys
 import click
 import pytest
 
-from pyvmm.commands import restore as restore_module, run as run_module, snapshot as snapshot_module
+from pyvmm.commands import pause as pause_module, restore as restore_module, resume as resume_module
+from pyvmm.commands import run as run_module, snapshot as snapshot_module, status as status_module
 from pyvmm.commands.options import parse
 
 from support.image import make_image
@@ -58,17 +59,25 @@ RESTORE_VALID = [["s.snap"], ["--incoming", "unix:/x"], ["s.snap", "--clock", "k
 RESTORE_NOT = [["a", "b"], ["--clock", "bad", "s"], ["--clock"], ["-h"], ["s", "--paused=1"]]
 SNAPSHOT_VALID = [["sock", "out"], ["sock", "out", "--stop", "--since", "prev"], ["--since=p", "sock", "--", "out"]]
 SNAPSHOT_NOT = [[], ["sock"], ["a", "b", "c"], ["sock", "out", "--since"], ["--help"]]
+CONTROL_VALID = [["sock"], ["--", "-odd.sock"]]
+STATUS_VALID = [["sock"], ["sock", "--json"], ["--json", "sock"]]
+CONTROL_NOT = [[], ["a", "b"], ["--json", "sock"], ["-h"]]
+STATUS_NOT = [[], ["a", "b"], ["sock", "--json=1"], ["--help"]]
 
 
 @pytest.mark.parametrize("module,args", [(restore_module, a) for a in RESTORE_VALID] +
-                         [(snapshot_module, a) for a in SNAPSHOT_VALID], ids=str)
+                         [(snapshot_module, a) for a in SNAPSHOT_VALID] +
+                         [(m, a) for m in (pause_module, resume_module) for a in CONTROL_VALID] +
+                         [(status_module, a) for a in STATUS_VALID], ids=str)
 def test_restore_and_snapshot_read_a_valid_command_line_as_click_does(module, args):
     command = getattr(module, module.__name__.rsplit(".", 1)[1])
     assert parse(module.PARAMS, args) == command.make_context(command.name, list(args)).params
 
 
 @pytest.mark.parametrize("module,args", [(restore_module, a) for a in RESTORE_NOT] +
-                         [(snapshot_module, a) for a in SNAPSHOT_NOT], ids=str)
+                         [(snapshot_module, a) for a in SNAPSHOT_NOT] +
+                         [(m, a) for m in (pause_module, resume_module) for a in CONTROL_NOT] +
+                         [(status_module, a) for a in STATUS_NOT], ids=str)
 def test_restore_and_snapshot_leave_the_rest_to_click(module, args):
     command = getattr(module, module.__name__.rsplit(".", 1)[1])
     assert parse(module.PARAMS, args) is None
@@ -76,7 +85,8 @@ def test_restore_and_snapshot_leave_the_rest_to_click(module, args):
         command.make_context(command.name, list(args), help_option_names=["-h", "--help"])
 
 
-@pytest.mark.parametrize("module", [run_module, restore_module, snapshot_module], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [run_module, restore_module, snapshot_module, pause_module, resume_module,
+                                    status_module], ids=lambda m: m.__name__)
 def test_the_table_is_the_click_command(module):
     command = getattr(module, module.__name__.rsplit(".", 1)[1])
     assert [p.name for p in command.params if p.name != "help"] == [o.dest for o in module.PARAMS]
@@ -100,7 +110,8 @@ def through_click(*args):
 @pytest.mark.parametrize("args", [["run", "--bogus"], ["run", "-c", "two"], ["run", "-k"], ["run", "extra"],
                                   ["run", "--no-sve=1"], ["--debug", "run", "--mem"], ["restore", "a", "b"],
                                   ["restore", "--clock", "never", "s"], ["snapshot", "sock"],
-                                  ["snapshot", "a", "b", "c"]], ids=" ".join)
+                                  ["snapshot", "a", "b", "c"], ["pause"], ["resume", "a", "b"],
+                                  ["status", "s", "--json=1"]], ids=" ".join)
 def test_usage_errors_are_clicks_own(args):
     got, want = pyvmm(*args), through_click(*args)
     assert got.returncode == want.returncode == 2
@@ -109,7 +120,8 @@ def test_usage_errors_are_clicks_own(args):
 
 
 @pytest.mark.parametrize("name,shown", [("run", "--sve-max-vl BITS"), ("restore", "--clock [hide|keep]"),
-                                        ("snapshot", "--since PREVIOUS")])
+                                        ("snapshot", "--since PREVIOUS"), ("pause", "SOCKET"),
+                                        ("resume", "SOCKET"), ("status", "--json")])
 def test_help_is_clicks_own(name, shown):
     got, want = pyvmm(name, "--help"), through_click(name, "--help")
     assert got.returncode == 0 and got.stdout == want.stdout and shown in got.stdout

@@ -197,8 +197,9 @@ def test_a_damaged_chunk_is_found_by_its_crc(tmp_path):
 class FakeMachine:
     """Stands in for a Machine: records finish()."""
 
-    def __init__(self):
+    def __init__(self, ran=True):
         self.finished = []
+        self.first_run_ns = 1 if ran else None  # a vCPU entered the guest
 
     def finish(self, status, reason):
         self.finished.append((status, reason))
@@ -220,6 +221,20 @@ def test_the_background_verifier_stops_the_machine_on_a_damaged_chunk(tmp_path):
     v.join(60)
     v.close()
     assert good.finished == [] and snap.ram_checked and snap.fd == -1  # checked, file closed
+
+
+def test_the_background_verifier_waits_for_the_guest_to_run(tmp_path):
+    snap = fmt.load(save(tmp_path, guest_ram())[0])
+    m = FakeMachine(ran=False)
+    v = RamVerifier(m, snap)
+    try:
+        v.join(0.3)  # well under RamVerifier.START_WAIT: still waiting for the first KVM_RUN
+        assert not snap.ram_checked
+        m.first_run_ns = 2
+        v.join(60)
+        assert snap.ram_checked and m.finished == []
+    finally:
+        v.close()
 
 
 def test_a_seal_binds_the_chunk_tables_and_the_chunks(tmp_path):

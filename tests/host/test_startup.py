@@ -48,7 +48,9 @@ def test_run_starts_without_click_or_dataclasses(tmp_path):
     assert under(mods, "click", "dataclasses", "inspect", "re", "ast", "pyvmm.cli", *TEST_ONLY) == []
 
 
-@pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"]],
+@pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"],
+                                  ["pause", "/nonexistent/vm.sock"], ["resume", "/nonexistent/vm.sock"],
+                                  ["status", "/nonexistent/vm.sock", "--json"]],
                          ids=lambda a: a[0])
 def test_restore_and_snapshot_start_without_click(args):
     code = ("import atexit, sys\n"
