@@ -28,7 +28,8 @@
 #                      interpreter), boot time vs QEMU, SME state save/restore vs the ioctl floor,
 #                      live snapshot + restore vs QEMU migration to a file, live migration vs
 #                      QEMU migrate to a second QEMU -incoming, data planes (TCP over
-#                      vhost-net, vsock, virtio-fs) vs QEMU
+#                      vhost-net, vsock, virtio-fs) vs QEMU, the cost of one virtio-mmio
+#                      register access (KVM round trip vs Python)
 #   make clean         remove .venv and build output (clean-cache: the machine cache too)
 
 SHELL := /bin/bash
@@ -193,6 +194,7 @@ bench: machine guests kernel
 	$(RUN) $(RUN_FLAGS) -- python3 bench/snapshot.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/migration.py
 	$(RUN) $(RUN_FLAGS) -- python3 bench/data_planes.py
+	$(RUN) $(RUN_FLAGS) -- python3 bench/mmio_exits.py
 
 clean:
 	rm -rf $(VENV) out build .pytest_cache .hypothesis *.egg-info

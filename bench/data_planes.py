@@ -22,8 +22,15 @@ kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
       are probed), QEMU with virtio-rng-pci beside the same devices; QEMU's
       clock starts before its virtiofsd does (pyvmm starts its own).
 
+Noise (a loaded 2-core host moves single runs by 2x): each row boots each
+VMM RUNS times (PYVMM_BENCH_RUNS, default 3), pyvmm and QEMU interleaved
+(the order swapped every round), and every booted guest of the console, TCP
+and vsock rows makes REPEAT transfers (PYVMM_BENCH_REPEAT, default 3), each
+timed by the guest; a row's figure is the median of all its transfers.
 Prints one table with MB/s (or seconds) per VMM and the ratio pyvmm/QEMU.
 A run that fails is reported and left out (the table says how many counted).
+PYVMM_BENCH_ONLY picks rows (console,tcp,vsock,fs,boot), PYVMM_BENCH_TCP_VHOST
+the TCP variants (on,off).
 Run: python3 bench/data_planes.py  (re-runs itself in ci/qemu-aarch64/run on a
 non-arm64 host; needs root there for taps; build the guest first).
 """
@@ -45,7 +52,7 @@ import threading
 import time
 
 from _common import env, guest_in_test_machine
-from boot import INIT_MARKER, THROUGHPUT_BYTES, Watched, throughput_script
+from boot import INIT_MARKER, THROUGHPUT_BYTES, Watched, local_guest
 from boot import pyvmm_cmd as console_pyvmm_cmd, qemu_cmd as console_qemu_cmd
 from pyvmm.unix_socket import SocketNotUp, wait_for_socket
 
@@ -60,6 +67,8 @@ NET_OFF_MB = int(os.environ.get("PYVMM_BENCH_NET_OFF_MB", "4"))  # vhost=off: ev
 VSOCK_MB = int(os.environ.get("PYVMM_BENCH_VSOCK_MB", "64"))
 FS_MB = int(os.environ.get("PYVMM_BENCH_FS_MB", "256"))
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "3"))
+REPEAT = int(os.environ.get("PYVMM_BENCH_REPEAT", "3"))  # transfers per booted guest
+TCP_VHOST = os.environ.get("PYVMM_BENCH_TCP_VHOST", "on,off").split(",")
 HOST_IP, GUEST_IP = "10.78.0.1", "10.78.0.2"
 VSOCK_PORT = 5123
 BUSYBOX = "/bin/busybox"
@@ -82,6 +91,14 @@ def timed(name, cmd):
     """Shell lines that run ``cmd`` and print 'name=<seconds>' measured by /proc/uptime."""
     return (f"read a _ </proc/uptime; {cmd}; read b _ </proc/uptime\n"
             f"echo \"{name}=$(echo \"$a $b\" | awk '{{print $2 - $1}}')\"\n")
+
+
+def rounds():
+    """(round, VMM) in the order the rows run them: interleaved, the first
+    VMM of each round alternating, so a load change hits both alike."""
+    for n in range(RUNS):
+        for vmm in (("pyvmm", "qemu") if n % 2 == 0 else ("qemu", "pyvmm")):
+            yield n, vmm
 
 
 class Blob(http.server.BaseHTTPRequestHandler):
@@ -247,11 +264,17 @@ def run_guest(vmm, k, i, guest, devices, tmp, timeout=900, setup=None):
 
 
 def values(out, *names):
+    """{name: [seconds of each transfer]} from ``timed`` lines named
+    name0, name1, ... (REPEAT of them; missing ones are left out)."""
     got = {}
     for n in names:
-        m = re.search(rf"^{n}=([0-9.]+)", out, re.M)
-        got[n] = float(m.group(1)) if m else None
+        got[n] = [float(v) for v in re.findall(rf"^{n}\d+=([0-9.]+)", out, re.M) if float(v) > 0]
     return got
+
+
+def repeated(*named):
+    """Guest lines making each (name, command) transfer REPEAT times in turn."""
+    return "".join(timed(f"{name}{j}", cmd) for j in range(REPEAT) for name, cmd in named)
 
 
 def tap_for(vmm):
@@ -278,6 +301,11 @@ class Results:
         if value:
             self.values.setdefault((vmm, metric), []).append(value)
 
+    def add_rates(self, vmm, metric, mb, seconds):
+        """One MiB/s value per timed transfer of ``mb`` MiB."""
+        for t in seconds:
+            self.add(vmm, metric, mb / t)
+
     def attempt(self, vmm, metric, n, fn):
         """Run ``fn()`` (one measurement); a RunFailed is logged and counted."""
         try:
@@ -293,26 +321,34 @@ class Results:
 
 
 def bench_console(k, i, r):
+    """bench/boot.py's console measurement (the guest writes n_bytes of 'x'
+    to hvc0), REPEAT times per boot, each timed by the guest: hvc output is
+    synchronous (each chunk waits until the device used it), so a write
+    ends when its last chunk reached the VMM."""
     metric = "virtio-console throughput"
     n_bytes = THROUGHPUT_BYTES["virtio"]
+    guest = repeated(("con", f"dd if=/dev/zero bs=4096 count={n_bytes // 4096} 2>/dev/null | tr '\\000' x; echo"))
+
     def pyvmm_no_rng(*a):  # QEMU's command has only the console: no virtio-rng for pyvmm either
         return console_pyvmm_cmd(*a) + ["--no-rng"]
-    for vmm, mk in (("pyvmm", pyvmm_no_rng), ("qemu", console_qemu_cmd)):
-        for n in range(RUNS):
-            def one():
-                try:
-                    w = Watched(mk(k, i, "quiet " + throughput_script(n_bytes), "virtio"), env()).wait()
-                except SystemExit as e:
-                    raise RunFailed(str(e)) from None
-                t0 = w.seen.get(b"T0\n") or w.seen.get(b"T0\r\n")
-                t1 = w.seen.get(b"T1")
-                got = bytes(w.out).count(b"x")
-                if not (t0 and t1 and t1 > t0 and got >= n_bytes):
-                    raise RunFailed(f"{got} of {n_bytes} bytes, markers {t0} {t1}")
-                return got / (t1 - t0)
-            v = r.attempt(vmm, metric, n, one)
-            r.add(vmm, metric, v)
-            log(f"{vmm} console run {n + 1}: {v} B/s")
+    for n, vmm in rounds():
+        mk = pyvmm_no_rng if vmm == "pyvmm" else console_qemu_cmd
+
+        def one():
+            try:
+                w = Watched(mk(k, i, "quiet " + script(guest), "virtio"), env()).wait()
+            except SystemExit as e:
+                raise RunFailed(str(e)) from None
+            out = bytes(w.out)
+            got = out.count(b"x")
+            times = values(out.decode(errors="replace").replace("\r", ""), "con")["con"]
+            if got < REPEAT * n_bytes or len(times) < REPEAT:
+                raise RunFailed(f"{got} of {REPEAT * n_bytes} bytes, {len(times)} of {REPEAT} timings")
+            return times
+        times = r.attempt(vmm, metric, n, one) or []
+        for t in times:
+            r.add(vmm, metric, n_bytes / t)
+        log(f"{vmm} console run {n + 1}: {[round(n_bytes / t) for t in times]} B/s")
 
 
 def bench_tcp(k, i, tmp, r):
@@ -322,21 +358,22 @@ def bench_tcp(k, i, tmp, r):
     sink = sink_tcp(5301)
     try:
         for vhost, mb in (("on", NET_MB), ("off", NET_OFF_MB)):
+            if vhost not in TCP_VHOST:
+                continue
             Blob.size = sink_tcp.size = mb << 20
             guest = (f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n"
                      f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
-                     + timed("g2h", f"dd if=/dev/zero bs=64k count={mb * 16} 2>/dev/null | nc {HOST_IP} 5301")
-                     + timed("h2g", f"wget -q -O /dev/null http://{HOST_IP}:5302/"))
-            for vmm in ("pyvmm", "qemu"):
-                for n in range(RUNS):
-                    tap = tap_for(vmm)
-                    out = r.attempt(vmm, f"tcp vhost={vhost}", n, lambda: run_guest(
-                        vmm, k, i, guest, [("net", {"tap": tap, "vhost": vhost})], tmp,
-                        setup=lambda: configure_tap(tap)))
-                    v = values(out or "", "g2h", "h2g")
-                    for d in ("g2h", "h2g"):
-                        r.add(vmm, f"tcp {d} vhost={vhost}", mb / v[d] if v[d] else None)
-                    log(f"{vmm} tcp vhost={vhost} run {n + 1}: {v}")
+                     + repeated(("g2h", f"dd if=/dev/zero bs=64k count={mb * 16} 2>/dev/null | nc {HOST_IP} 5301"),
+                                ("h2g", f"wget -q -O /dev/null http://{HOST_IP}:5302/")))
+            for n, vmm in rounds():
+                tap = tap_for(vmm)
+                out = r.attempt(vmm, f"tcp vhost={vhost}", n, lambda: run_guest(
+                    vmm, k, i, guest, [("net", {"tap": tap, "vhost": vhost})], tmp,
+                    setup=lambda: configure_tap(tap)))
+                v = values(out or "", "g2h", "h2g")
+                for d in ("g2h", "h2g"):
+                    r.add_rates(vmm, f"tcp {d} vhost={vhost}", mb, v[d])
+                log(f"{vmm} tcp vhost={vhost} run {n + 1}: {v}")
     finally:
         httpd.shutdown()
         sink.close()
@@ -345,53 +382,59 @@ def bench_tcp(k, i, tmp, r):
 def bench_vsock(k, vi, tmp, r):
     echo = vsock_echo(VSOCK_MB << 20)
     guest = (f"dd if=/dev/zero of=/tmp/z bs=64k count={VSOCK_MB * 16} 2>/dev/null\n"
-             + timed("both", "/vsock_cat </tmp/z >/dev/null"))
+             + repeated(("both", "/vsock_cat </tmp/z >/dev/null")))
     try:
-        for vmm in ("pyvmm", "qemu"):
-            for n in range(RUNS):
-                out = r.attempt(vmm, "vsock", n, lambda: run_guest(vmm, k, vi, guest, [("vsock", {"cid": 55})], tmp))
-                v = values(out or "", "both")
-                r.add(vmm, "vsock both ways", 2 * VSOCK_MB / v["both"] if v["both"] else None)
-                log(f"{vmm} vsock run {n + 1}: {v}")
+        for n, vmm in rounds():
+            out = r.attempt(vmm, "vsock", n, lambda: run_guest(vmm, k, vi, guest, [("vsock", {"cid": 55})], tmp))
+            v = values(out or "", "both")
+            r.add_rates(vmm, "vsock both ways", 2 * VSOCK_MB, v["both"])
+            log(f"{vmm} vsock run {n + 1}: {v}")
     finally:
         echo.close()
 
 
 def bench_fs(k, i, tmp, share, r):
+    # one read per boot: a second would find the file in the guest's page cache
     guest = ("mkdir -p /mnt; mount -t virtiofs bench /mnt\n"
-             + timed("read", "dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null"))
-    for vmm in ("pyvmm", "qemu"):
-        for n in range(RUNS):
-            out = r.attempt(vmm, "virtio-fs", n, lambda: run_guest(
-                vmm, k, i, guest, [("fs", {"tag": "bench", "dir": share})], tmp))
-            v = values(out or "", "read")
-            r.add(vmm, "virtio-fs read", FS_MB / v["read"] if v["read"] else None)
-            log(f"{vmm} fs run {n + 1}: {v}")
+             + timed("read0", "dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null"))
+    for n, vmm in rounds():
+        out = r.attempt(vmm, "virtio-fs", n, lambda: run_guest(
+            vmm, k, i, guest, [("fs", {"tag": "bench", "dir": share})], tmp))
+        v = values(out or "", "read")
+        r.add_rates(vmm, "virtio-fs read", FS_MB, v["read"])
+        log(f"{vmm} fs run {n + 1}: {v}")
 
 
 def bench_boot(k, i, tmp, share, r):
     metric = "boot to init with net, vsock, fs, rng"
-    for vmm in ("pyvmm", "qemu"):
-        for n in range(RUNS):
-            devs = [("net", {"tap": tap_for(vmm)}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}),
-                    ("rng", {})]
+    for n, vmm in rounds():
+        devs = [("net", {"tap": tap_for(vmm)}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}),
+                ("rng", {})]
 
-            def one():
-                # from before QEMU's virtiofsd starts: pyvmm's time includes starting its own
-                t_before = time.monotonic()
-                cmd, daemons = command_for(vmm, k, i, "quiet " + script("true\n"), devs, tmp)
-                try:
-                    w = Watched(cmd, env()).wait()
-                except SystemExit as e:
-                    raise RunFailed(str(e)) from None
-                finally:
-                    stop(daemons)
-                if INIT_MARKER not in w.seen:
-                    raise RunFailed("no init line")
-                return w.seen[INIT_MARKER] + (w.t0 - t_before)
-            v = r.attempt(vmm, metric, n, one)
-            r.add(vmm, metric, v)
-            log(f"{vmm} boot run {n + 1}: {v} s")
+        def one():
+            # from before QEMU's virtiofsd starts: pyvmm's time includes starting its own
+            t_before = time.monotonic()
+            cmd, daemons = command_for(vmm, k, i, "quiet " + script("true\n"), devs, tmp)
+            try:
+                w = Watched(cmd, env()).wait()
+            except SystemExit as e:
+                raise RunFailed(str(e)) from None
+            finally:
+                stop(daemons)
+            if INIT_MARKER not in w.seen:
+                raise RunFailed("no init line")
+            return w.seen[INIT_MARKER] + (w.t0 - t_before)
+        v = r.attempt(vmm, metric, n, one)
+        r.add(vmm, metric, v)
+        log(f"{vmm} boot run {n + 1}: {v} s")
+
+
+def selected(metric, only):
+    """Whether the row ``metric`` was measured (PYVMM_BENCH_ONLY, PYVMM_BENCH_TCP_VHOST)."""
+    if metric.startswith("tcp "):
+        return "tcp" in only and metric.rsplit("=", 1)[1] in TCP_VHOST
+    return {"virtio-console throughput": "console", "vsock both ways": "vsock", "virtio-fs read": "fs"}.get(
+        metric, "boot") in only
 
 
 ROWS = (  # metric, unit, target (None: shown for comparison)
@@ -411,18 +454,22 @@ def met(ratio, target):
     return ratio >= float(limit) if op == ">=" else ratio <= float(limit)
 
 
-def report(r):
-    print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} runs each, medians; "
+def report(r, only):
+    print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} boots each, interleaved, "
+          f"{REPEAT} transfers per boot (console, TCP, vsock), medians of all transfers; "
           f"{MEM} guest, 1 vCPU; TCP {NET_MB} MiB with vhost=on, {NET_OFF_MB} MiB with vhost=off; "
           f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB)\n")
     print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
     print("|---|---|---|---|---|")
     for metric, unit, target in ROWS:
         (a, na), (b, nb) = r.median("pyvmm", metric), r.median("qemu", metric)
+        if not selected(metric, only):
+            continue
         fa = "n/a" if a is None else f"{a:,.2f} {unit}"
         fb = "n/a" if b is None else f"{b:,.2f} {unit}"
-        if na < RUNS or nb < RUNS:
-            fa, fb = f"{fa} ({na} runs)", f"{fb} ({nb} runs)"
+        expected = RUNS if metric in ("virtio-fs read", ROWS[-1][0]) else RUNS * REPEAT  # transfers
+        if na < expected or nb < expected:
+            fa, fb = f"{fa} ({na} of {expected} values)", f"{fb} ({nb} of {expected} values)"
         ratio = a / b if a and b else None
         verdict = "" if target is None else target if ratio is None or met(ratio, target) else f"{target} (not met)"
         print(f"| {metric} | {fa} | {fb} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
@@ -434,18 +481,20 @@ def main():
     from support import guestbuild
     from support.guestbuild import initrd_with
 
+    only = os.environ.get("PYVMM_BENCH_ONLY", "console,tcp,vsock,fs,boot").split(",")
     tmp = tempfile.mkdtemp(prefix="pyvmm-bench-")
     r = Results()
     try:
+        k, i = local_guest(k, i, tmp)  # both VMMs boot from /tmp, not the checkout's virtio-fs
         with open(guestbuild.build_linux_program("vsock_cat"), "rb") as f:
             vi = initrd_with(i, {"vsock_cat": f.read()}, pathlib.Path(tmp) / "initrd.gz")
         share = os.path.join(tmp, "share")
         os.makedirs(share)
-        with open(os.path.join(share, "big"), "wb") as f:
-            block = os.urandom(1 << 20)
-            for _ in range(FS_MB):
-                f.write(block)
-        only = os.environ.get("PYVMM_BENCH_ONLY", "console,tcp,vsock,fs,boot").split(",")
+        if "fs" in only:  # the file the fs row reads (the boot row only mounts the directory)
+            with open(os.path.join(share, "big"), "wb") as f:
+                block = os.urandom(1 << 20)
+                for _ in range(FS_MB):
+                    f.write(block)
         if "console" in only:
             bench_console(k, i, r)
         if "tcp" in only:
@@ -458,7 +507,7 @@ def main():
             bench_boot(k, i, tmp, share, r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report(r)
+    report(r, only)
 
 
 if __name__ == "__main__":

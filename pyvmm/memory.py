@@ -25,6 +25,7 @@ from .errors import GuestError, HostUnsupported, UsageProblem
 
 
 MAP_FIXED = 0x10  # <sys/mman.h>, the same on arm64 and x86-64 (Python's mmap module has no name for it)
+_MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # <linux/mman.h> (Python 3.13 lacks the name)
 
 
 class GuestMemoryError(GuestError):
@@ -142,6 +143,21 @@ class GuestMemory:
             raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
         off = gpa - r.gpa
         return r.mm[off:off + length]
+
+    def populate(self, gpa: int, length: int) -> None:
+        """Allocate the pages of guest range gpa+length now, writable, in one
+        call (MADV_POPULATE_WRITE, Linux 5.14+), instead of one page fault
+        per page while it is filled (shared RAM is a memfd of 4 KiB pages).
+        Best effort: an older kernel leaves them to be faulted in."""
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        start = (gpa - r.gpa) & ~(mmap.PAGESIZE - 1)
+        end = min(gpa - r.gpa + length + mmap.PAGESIZE - 1, r.size) & ~(mmap.PAGESIZE - 1)
+        try:
+            r.mm.madvise(_MADV_POPULATE_WRITE, start, end - start)
+        except OSError:
+            pass
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of guest range gpa+length (in one region), for

@@ -1,13 +1,16 @@
 """The MMIO bus: maps guest physical ranges to devices, refuses overlaps.
 
 A device on the bus implements ``read(offset, length) -> bytes`` and
-``write(offset, data)``; offsets are relative to its base.
+``write(offset, data)``; offsets are relative to its base. A device may
+also offer ``fast_reads() -> {offset: fn}``: 4-byte registers the vCPU
+thread reads by calling ``fn()`` (4 bytes) straight from its exit handler,
+without the lookup and the device's general read path.
 """
 from __future__ import annotations
 
 import bisect
 import threading
-from typing import List, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol
 
 from .._record import record
 from ..errors import PyvmmError
@@ -42,6 +45,8 @@ class MmioBus:
         self._lock = threading.Lock()
         self.unhandled = 0  # accesses that hit no device
         self.trace = None  # a Counter of (device, offset, r/w) when tracing (--debug)
+        # guest physical address -> the 4-byte read of a device's fast_reads()
+        self.fast_reads: Dict[int, Callable[[], bytes]] = {}
 
     def register(self, base: int, size: int, device, name: str = "") -> Mapping:
         if size <= 0 or base < 0:
@@ -56,6 +61,10 @@ class MmioBus:
             i = bisect.bisect(self._bases, base)
             self._maps.insert(i, m)
             self._bases.insert(i, base)
+            fast = getattr(device, "fast_reads", None)
+            for off, fn in (fast() if fast is not None else {}).items():
+                if 0 <= off <= size - 4:
+                    self.fast_reads[base + off] = fn
         return m
 
     def find(self, addr: int, length: int = 1) -> Optional[Mapping]:

@@ -15,10 +15,12 @@ irqfd as its call eventfd, so no Python runs per interrupt; the I/O thread
 signals it for the queues Python serves. The used-buffer bit of
 InterruptStatus reads as set while the driver runs the device
 (:meth:`VirtioMmio.interrupt_status_reg`), so an InterruptACK of that bit
-changes nothing; absorbing it with another KVM_IOEVENTFD (value 1 as
-datamatch) did not measurably help (README, Benchmarks), so it stays an MMIO
-exit. docs/run.md ("Virtio interrupts") argues why no
-interrupt is lost.
+alone changes nothing: KVM takes it (a KVM_IOEVENTFD with 1 as datamatch on
+an eventfd nobody reads; KVM's count saturates), so Linux's interrupt
+handler costs one MMIO exit to Python (its InterruptStatus read), not two
+(bench/mmio_exits.py). Any other ACK value (the configuration-change bit)
+still exits to the transport. docs/run.md ("Virtio interrupts") argues why
+no interrupt is lost.
 
 Level-triggered (a machine restored from a snapshot taken before edge, whose
 guest configured its SPIs as level): KVM_IRQFD with a resamplefd. Signalling
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from .._ffi import const
 from ..devices.io_thread import IoThread, eventfd
-from ..devices.virtio_mmio import R_QUEUE_NOTIFY, VirtioMmio
+from ..devices.virtio_mmio import INT_USED_BUFFER, R_INTERRUPT_ACK, R_QUEUE_NOTIFY, VirtioMmio
 
 if TYPE_CHECKING:
     from ..vm import Vm
@@ -66,13 +68,15 @@ class Notifiers:
     def __init__(self, num_queues: int, edge: bool = True):
         self.edge = edge
         self.kicks: List[int] = []
-        self.call = self.resample = self.own_call = -1
+        self.call = self.resample = self.own_call = self.ack = -1
         self._vm: Optional[Vm] = None
         self._base = self._spi = 0
         try:
             self.kicks = [eventfd() for _ in range(num_queues)]
             self.call = eventfd()
-            if not edge:  # the resample requests and the plane's own call
+            if edge:  # absorbs InterruptACK writes of the used-buffer bit (never read)
+                self.ack = eventfd()
+            else:  # the resample requests and the plane's own call
                 self.resample = eventfd()
                 self.own_call = eventfd()
         except OSError:
@@ -91,7 +95,10 @@ class Notifiers:
 
     def _ioeventfds(self):
         """(address, length, eventfd, datamatch) of every KVM_IOEVENTFD."""
-        return [(self._base + R_QUEUE_NOTIFY, 4, fd, i) for i, fd in enumerate(self.kicks)]
+        fds = [(self._base + R_QUEUE_NOTIFY, 4, fd, i) for i, fd in enumerate(self.kicks)]
+        if self.ack >= 0:
+            fds.append((self._base + R_INTERRUPT_ACK, 4, self.ack, INT_USED_BUFFER))
+        return fds
 
     def register(self, vm: Vm, base: int, spi: int) -> None:
         self._vm, self._base, self._spi = vm, base, spi
@@ -124,7 +131,7 @@ class Notifiers:
             except OSError:
                 pass  # the VM's own close drops them anyway
         self._vm = None
-        for fd in self.kicks + [self.call, self.resample, self.own_call]:
+        for fd in self.kicks + [self.call, self.resample, self.own_call, self.ack]:
             if fd >= 0:
                 os.close(fd)
-        self.kicks, self.call, self.resample, self.own_call = [], -1, -1, -1
+        self.kicks, self.call, self.resample, self.own_call, self.ack = [], -1, -1, -1, -1

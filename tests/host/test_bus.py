@@ -54,3 +54,14 @@ def test_registered_ranges_never_overlap(ranges):
     maps = bus.mappings()
     for x, y in zip(maps, maps[1:]):
         assert x.end <= y.base
+
+
+def test_fast_reads_are_registered_at_their_absolute_address():
+    from pyvmm.devices.virtio_mmio import R_INTERRUPT_STATUS, SIZE, VirtioMmio
+    from pyvmm.devices.virtio_rng import VirtioRng
+
+    bus = MmioBus()
+    dev = VirtioMmio(0x0A00_0200, 17, None, lambda level: None, VirtioRng())
+    bus.register(0x0A00_0200, SIZE, dev)
+    assert set(bus.fast_reads) == {0x0A00_0200 + R_INTERRUPT_STATUS}
+    assert bus.fast_reads[0x0A00_0200 + R_INTERRUPT_STATUS]() == dev.read(R_INTERRUPT_STATUS, 4)

@@ -173,3 +173,23 @@ def test_the_kernel_is_mapped_copy_on_write_or_read_into_shared_ram(tmp_path):
     with pytest.raises(UsageProblem, match="changed size while loading"):
         payload.load_into(mem, addr)
     mem.close()
+
+
+def test_populate_allocates_shared_ram_up_front_and_keeps_its_contents():
+    """GuestMemory.populate (before the kernel is read into shared RAM): the
+    memfd's pages exist afterwards (MADV_POPULATE_WRITE, Linux 5.14+), what they held is
+    unchanged, and a range outside RAM is refused."""
+    import os
+
+    from pyvmm.memory import GuestMemory, GuestMemoryError
+
+    mem = GuestMemory()
+    r = mem.add(layout.RAM_BASE, 16 << 20, shared=True)
+    mem.write(layout.RAM_BASE + (1 << 20), b"kept")
+    before = os.fstat(r.fd).st_blocks
+    mem.populate(layout.RAM_BASE + 100, 8 << 20)
+    assert os.fstat(r.fd).st_blocks * 512 >= (8 << 20) > before * 512
+    assert mem.read(layout.RAM_BASE + (1 << 20), 4) == b"kept"
+    with pytest.raises(GuestMemoryError):
+        mem.populate(layout.RAM_BASE + (15 << 20), 2 << 20)
+    mem.close()

@@ -148,3 +148,23 @@ def test_console_escape_ctrl_a_x_stops_and_ctrl_a_ctrl_a_sends_one_ctrl_a():
     assert c._filter(b"\x01\x01") == b"\x01"
     assert c._filter(b"\x01q") == b"\x01q"
     assert c._filter(b"z\x01") == b"z" and c._filter(b"X") == b"" and stops == [1, 1]  # split across reads
+
+
+def test_a_fast_read_answers_without_the_bus_and_only_for_4_bytes():
+    run, bus = ffi.new("struct kvm_run *"), RecordingBus()
+    bus.fast_reads[0x0A00_0060] = lambda: b"\x01\0\0\0"
+    mmio(run, 0x0A00_0060, 4)
+    assert handle_exit(run, bus, 0, Counter()) is None
+    assert bus.log == [] and bytes(ffi.buffer(run.mmio.data, 4)) == b"\x01\0\0\0"
+    mmio(run, 0x0A00_0060, 2)  # another width: the general path
+    handle_exit(run, bus, 0, Counter())
+    assert bus.log == [("read", 0x0A00_0060, 2)]
+
+
+def test_a_fast_read_is_not_taken_while_tracing():
+    run, bus = ffi.new("struct kvm_run *"), RecordingBus()
+    bus.fast_reads[0x0A00_0060] = lambda: b"\x01\0\0\0"
+    bus.trace = Counter()
+    mmio(run, 0x0A00_0060, 4)
+    handle_exit(run, bus, 0, Counter())
+    assert bus.log == [("read", 0x0A00_0060, 4)]

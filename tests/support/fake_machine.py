@@ -9,6 +9,8 @@ class RecordingBus:
     def __init__(self, answer=b"\x11\x22\x33\x44\x55\x66\x77\x88"):
         self.answer = answer
         self.log = []
+        self.fast_reads = {}  # as pyvmm.devices.bus.MmioBus: none unless a test adds them
+        self.trace = None
 
     def read(self, addr, n):
         self.log.append(("read", addr, n))
