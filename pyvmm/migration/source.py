@@ -252,7 +252,10 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                 snd.send_pages(slot, pages)
             rounds += 1
             t_pages = time.monotonic()
-            final_state = fmt.encode(machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False))
+            read_parts: Dict[str, float] = {}
+            final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
+            t_read = time.monotonic()
+            final_state = fmt.encode(final)
             t_state = time.monotonic()
             snd.send_frame(stream.STATE, final_state)
             t_sent = time.monotonic()
@@ -273,6 +276,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
                                {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
                                 "last_pages": sum(len(p) for p in last.values()), "state": ms(t_pages, t_state),
+                                **{f"state_{k}": v for k, v in read_parts.items()},
+                                "state_encode": ms(t_read, t_state),
                                 "send": ms(t_state, t_sent),
                                 "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)})
     except BaseException as e:
