@@ -111,6 +111,7 @@ def round_pyvmm(k, i, mib, tmp):
         gap = guest_gap(src, dst, f"pyvmm {mib} MiB")
         print(f"bench: pyvmm downtime parts (ms): {json.dumps(rep.get('downtime_parts'))}", file=sys.stderr, flush=True)
         print(f"bench: pyvmm destination: {timing_line(dst)}", file=sys.stderr, flush=True)
+        print(f"bench: pyvmm phases (ms): {json.dumps(rep.get('phases'))}", file=sys.stderr, flush=True)
         return {"downtime": rep["downtime_ms"] / 1000, "total": rep["total_ms"] / 1000, "wall": wall,
                 "rounds": rep["rounds"], "bytes": rep["bytes"], "gap": gap}
     finally:
