@@ -86,7 +86,7 @@ class Vcpu(DeviceAttrs, KvmFd):
         lst = ffi.cast("struct kvm_reg_list *", storage)
         lst.n = n
         self.ioctl("KVM_GET_REG_LIST", lst)
-        return [int(lst.reg[i]) for i in range(int(lst.n))]
+        return ffi.unpack(lst.reg, int(lst.n))  # one call, not one cdata index per id
 
     # -- run ---------------------------------------------------------------------
     def prepare_run(self):

@@ -27,6 +27,7 @@ missing RUNNING then ends this VMM too, with an error saying so.
 from __future__ import annotations
 
 import mmap
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -150,6 +151,30 @@ class _Sender:
                 progress(done, total)
 
 
+class _LastPages:
+    """The pause's last dirty pages, sent by a thread; :meth:`finish` waits
+    for it and raises what it raised."""
+
+    def __init__(self, snd: _Sender, pages: Dict[int, List[int]]):
+        self.done_at = 0.0
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(snd, pages), name="pyvmm-migrate-last", daemon=True)
+        self._thread.start()
+
+    def _run(self, snd: _Sender, pages: Dict[int, List[int]]) -> None:
+        try:
+            for slot, indices in pages.items():
+                snd.send_pages(slot, indices)
+        except BaseException as e:  # noqa: BLE001 (handed to the caller by finish)
+            self._error = e
+        self.done_at = time.monotonic()
+
+    def finish(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
 def stop_copying(left: int, last_round: int, estimate_ms: float, max_downtime_ms: float) -> bool:
     """Whether pre-copy ends with ``left`` dirty pages (``estimate_ms`` to
     send at the measured rate) after a round that sent ``last_round``: the
@@ -256,16 +281,20 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
             t_paused = time.monotonic()
-            # The last pages first: the destination writes them while the
-            # state is read here (guest memory no longer changes).
+            # The last pages go from a thread while the state is read here
+            # (guest memory no longer changes; the ioctls and the socket
+            # both run without the interpreter lock), and the destination
+            # writes them meanwhile.
             last = merge(dirty, log.collect())
-            for slot, pages in last.items():
-                snd.send_pages(slot, pages)
             rounds += 1
-            t_pages = time.monotonic()
+            sending = _LastPages(snd, last)
             read_parts: Dict[str, float] = {}
-            final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
-            t_read = time.monotonic()
+            try:
+                final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
+            finally:
+                t_read = time.monotonic()
+                sending.finish()
+            t_pages = sending.done_at
             final_state = fmt.encode(final)
             t_state = time.monotonic()
             snd.send_frame(stream.STATE, final_state)
@@ -286,9 +315,10 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                                round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
                                {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
-                                "last_pages": sum(len(p) for p in last.values()), "state": ms(t_pages, t_state),
+                                "last_pages": sum(len(p) for p in last.values()),
+                                "state": ms(t_paused, t_read), "state_encode": ms(t_read, t_state),
                                 **{f"state_{k}": v for k, v in read_parts.items()},
-                                "state_encode": ms(t_read, t_state),
+                                "after_pages": ms(t_pages, t_state),
                                 "send": ms(t_state, t_sent),
                                 "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)},
                                {"check": ms(t_start, t_accept), "round1": ms(t_accept, t_first),
