@@ -285,7 +285,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             # (guest memory no longer changes; the ioctls and the socket
             # both run without the interpreter lock), and the destination
             # writes them meanwhile.
-            last = merge(dirty, log.collect())
+            last = merge(dirty, log.collect(protect=False))  # the log is stopped before the guest runs here again
             rounds += 1
             sending = _LastPages(snd, last)
             read_parts: Dict[str, float] = {}
