@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 from ..errors import PyvmmError, UsageProblem
 from ..unix_socket import check_path, listen_private
@@ -118,7 +118,8 @@ class Conn:
                 raise PeerError("the peer closed the connection")
             got += k
         self.received += n
-        return buf
+        # The bytearray itself: stream.read_frame makes bytes of every frame but a page frame's
+        return cast(bytes, buf)
 
     def drain(self, seconds: float) -> None:
         """Stop sending and discard what the peer still sends, until it
