@@ -77,6 +77,16 @@ def guest_gap(src: Vmm, dst: Vmm, what: str) -> float:
     return t - last_t
 
 
+def timing_line(dst):
+    """The destination's own account of its part of the pause (PYVMM_MIGRATION_TIMING)."""
+    try:
+        with open(dst.errpath, "rb") as f:
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "(no stderr)"
+    return next((x.split(": ", 1)[1] for x in lines if x.startswith("pyvmm: incoming timing")), "(not reported)")
+
+
 def round_pyvmm(k, i, mib, tmp):
     sock, inc = os.path.join(tmp, "pyvmm.ctl"), os.path.join(tmp, "pyvmm.in")
     src = dst = None
@@ -84,6 +94,7 @@ def round_pyvmm(k, i, mib, tmp):
         src = Vmm("pyvmm", [sys.executable, "-m", "pyvmm", "run", "-k", k, "-i", i, "-m", f"{mib}M", "-c", "1",
                             "--console", "serial", "-p", workload(mib), "--control", sock], tmp)
         src.wait_tick(2, BOOT_TIMEOUT, f"pyvmm {mib} MiB boot")
+        os.environ["PYVMM_MIGRATION_TIMING"] = "1"  # the destination reports its part (timing_line)
         dst = Vmm("pyvmm-incoming", [sys.executable, "-m", "pyvmm", "restore", "--incoming", f"unix:{inc}"], tmp)
         deadline = time.monotonic() + 120
         while not os.path.exists(inc):
@@ -99,6 +110,8 @@ def round_pyvmm(k, i, mib, tmp):
             raise BenchError(f"pyvmm migrate exited 0 but the source did not end within 60 s: {src.why()}") from None
         gap = guest_gap(src, dst, f"pyvmm {mib} MiB")
         print(f"bench: pyvmm downtime parts (ms): {json.dumps(rep.get('downtime_parts'))}", file=sys.stderr, flush=True)
+        print(f"bench: pyvmm destination: {timing_line(dst)}", file=sys.stderr, flush=True)
+        print(f"bench: pyvmm phases (ms): {json.dumps(rep.get('phases'))}", file=sys.stderr, flush=True)
         return {"downtime": rep["downtime_ms"] / 1000, "total": rep["total_ms"] / 1000, "wall": wall,
                 "rounds": rep["rounds"], "bytes": rep["bytes"], "gap": gap}
     finally:

@@ -86,7 +86,7 @@ class Vcpu(DeviceAttrs, KvmFd):
         lst = ffi.cast("struct kvm_reg_list *", storage)
         lst.n = n
         self.ioctl("KVM_GET_REG_LIST", lst)
-        return [int(lst.reg[i]) for i in range(int(lst.n))]
+        return ffi.unpack(lst.reg, int(lst.n))  # one call, not one cdata index per id
 
     # -- run ---------------------------------------------------------------------
     def prepare_run(self):
@@ -179,12 +179,13 @@ class OneRegBatch:
             self._names = [regs.name(i) for i in self.ids]
         return self._names
 
-    def _call_all(self, name: str) -> None:
+    def _call_all(self, name: str, only: Optional[Sequence[int]] = None) -> None:
         issue = self.vcpu.prepare(name)
+        ones = self.ones
         k = 0
         try:
-            for k, one in enumerate(self.ones):
-                issue(one)
+            for k in range(len(ones)) if only is None else only:
+                issue(ones[k])
         except KvmError as e:  # the same error, naming the register
             raise self.vcpu.error(name, e.errno or 0, regs.name(self.ids[k])) from None
 
@@ -207,6 +208,15 @@ class OneRegBatch:
             raise UsageProblem(f"{len(values)} values for {len(self.sizes)} registers")
         ffi.memmove(self.buf, blob, self.total)
         self._call_all("KVM_SET_ONE_REG")
+
+    def set_some(self, positions: Sequence[int], values: Sequence[bytes]) -> None:
+        """Write the registers at ``positions`` (increasing indices into the
+        batch's ids, written in that order), each value exactly its size."""
+        for k, value in zip(positions, values):
+            if len(value) != self.sizes[k]:
+                raise UsageProblem(f"{self.names[k]} takes {self.sizes[k]} bytes, got {len(value)}")
+            ffi.memmove(self.buf + self.offsets[k], value, len(value))
+        self._call_all("KVM_SET_ONE_REG", positions)
 
 
 def mpidr_of(vcpu: Vcpu) -> int:

@@ -74,7 +74,7 @@ def migrate(socket_path, dest, max_downtime, bandwidth, as_json):
         line.close()
     if as_json:
         click.echo(json.dumps({k: reply[k] for k in ("dest", "downtime_ms", "total_ms", "rounds", "bytes", "pages",
-                                                     "dirty_log", "collect_ms", "downtime_parts")},
+                                                     "dirty_log", "collect_ms", "downtime_parts", "phases")},
                               sort_keys=True))
     else:
         click.echo(f"pyvmm: migrated to {reply['dest']} in {reply['total_ms'] / 1000:.2f} s "

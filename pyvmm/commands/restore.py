@@ -133,6 +133,8 @@ __getattr__ = lazy_command(globals(), "restore", "restore", PARAMS, execute, HEL
 def _incoming(address, given, on_reboot, kvm_path, debug, control, console_out) -> int:
     """restore --incoming: listen, wait for the source (Ctrl-C or SIGTERM
     end the wait, the listener removed), then run the received guest."""
+    import json
+    import os
     import signal
 
     from ..api import incoming
@@ -152,7 +154,10 @@ def _incoming(address, given, on_reboot, kvm_path, debug, control, console_out) 
             signal.signal(signal.SIGTERM, old)
 
         def start(**console):
-            return incoming(inc, on_reboot=on_reboot, kvm_path=kvm_path, trace_mmio=debug, host=given, **console)
+            vm = incoming(inc, on_reboot=on_reboot, kvm_path=kvm_path, trace_mmio=debug, host=given, **console)
+            if os.environ.get("PYVMM_MIGRATION_TIMING"):  # bench/migration.py: where the pause went here
+                print(f"pyvmm: incoming timing (ms): {json.dumps(inc.timing)}", file=sys.stderr, flush=True)
+            return vm
 
         return run_on_console(start, debug, control=control, console_out=console_out, cancel=inc.cancel)
     finally:

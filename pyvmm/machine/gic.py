@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._ffi import const, ffi
 from ..boot import fdt, layout
@@ -32,6 +32,9 @@ class VgicV3:
     def __init__(self, vm, ncpus: int, nr_irqs: int = NR_IRQS):
         self.ncpus = ncpus
         self._preset: Dict[int, int] = {}  # distributor offset -> value preset_config() wrote
+        # (attr group, attr) -> the value a fresh vGIC holds, read by
+        # preset_config() for the next restore (None: everything is written)
+        self._known: Optional[Dict[Tuple[int, int], int]] = None
         try:
             self.device = vm.create_device(const("KVM_DEV_TYPE_ARM_VGIC_V3"))
         except KvmError as e:
@@ -68,13 +71,21 @@ class VgicV3:
         return self._io.get(GRP_DIST, dist_attr(offset))
 
     def write_dist(self, offset: int, value: int) -> None:
-        self._io.set(GRP_DIST, dist_attr(offset), value)
+        if not self._holds(GRP_DIST, dist_attr(offset), value):
+            self._io.set(GRP_DIST, dist_attr(offset), value)
 
     def read_redist(self, mpidr: int, offset: int) -> int:
         return self._io.get(GRP_REDIST, redist_attr(mpidr, offset))
 
     def write_redist(self, mpidr: int, offset: int, value: int) -> None:
-        self._io.set(GRP_REDIST, redist_attr(mpidr, offset), value)
+        if not self._holds(GRP_REDIST, redist_attr(mpidr, offset), value):
+            self._io.set(GRP_REDIST, redist_attr(mpidr, offset), value)
+
+    def _holds(self, group: int, attr: int, value: int) -> bool:
+        """Whether the register holds ``value`` already (known from
+        :meth:`preset_config`), so that the restore under way skips its write."""
+        known = self._known
+        return known is not None and known.get((group, attr)) == value
 
     @property
     def _io(self) -> "AttrIo32":
@@ -84,16 +95,24 @@ class VgicV3:
         return io
 
     def read_cpu_sysreg(self, mpidr: int, name: str) -> int:
-        return int(self.device.get_device_attr(GRP_CPU_SYSREGS, sysreg_attr(mpidr, name), ctype="uint64_t"))
+        attr = sysreg_attr(mpidr, name)
+        return self._io.note(GRP_CPU_SYSREGS, attr,
+                             int(self.device.get_device_attr(GRP_CPU_SYSREGS, attr, ctype="uint64_t")))
 
     def write_cpu_sysreg(self, mpidr: int, name: str, value: int) -> None:
-        self.device.set_device_attr(GRP_CPU_SYSREGS, sysreg_attr(mpidr, name), value, ctype="uint64_t")
+        attr = sysreg_attr(mpidr, name)
+        if not self._holds(GRP_CPU_SYSREGS, attr, value):
+            self.device.set_device_attr(GRP_CPU_SYSREGS, attr, value, ctype="uint64_t")
 
     def read_line_level(self, mpidr: int, intid: int) -> int:
-        return int(self.device.get_device_attr(GRP_LEVEL_INFO, line_level_attr(mpidr, intid), ctype="uint32_t"))
+        attr = line_level_attr(mpidr, intid)
+        return self._io.note(GRP_LEVEL_INFO, attr,
+                             int(self.device.get_device_attr(GRP_LEVEL_INFO, attr, ctype="uint32_t")))
 
     def write_line_level(self, mpidr: int, intid: int, value: int) -> None:
-        self.device.set_device_attr(GRP_LEVEL_INFO, line_level_attr(mpidr, intid), value, ctype="uint32_t")
+        attr = line_level_attr(mpidr, intid)
+        if not self._holds(GRP_LEVEL_INFO, attr, value):
+            self.device.set_device_attr(GRP_LEVEL_INFO, attr, value, ctype="uint32_t")
 
     def _read_redist64(self, mpidr: int, offset: int) -> int:
         return self.read_redist(mpidr, offset) | (self.read_redist(mpidr, offset + 4) << 32)
@@ -152,7 +171,12 @@ class VgicV3:
         leaves the vGIC as a plain one would. A live migration's destination
         presets the state it checked while memory is copied, and restores the
         final state in the pause (the guest rarely changes its routing).
-        Same conditions and refusals as :meth:`restore`."""
+        Then every register the restore writes is read (as :meth:`save`
+        reads it), and the next restore skips a write of the value a
+        register holds (a set/clear pair when its set register holds the
+        value): exact, as long as nothing else changes this vGIC in between
+        (no vCPU runs, no interrupt line is driven: the destination has run
+        nothing yet). Same conditions and refusals as :meth:`restore`."""
         mpidrs = self._check_mpidrs(mpidrs, "restore")
         validate_state(state, self.nr_irqs(), mpidrs)
         self._preset = {}
@@ -160,9 +184,16 @@ class VgicV3:
         try:
             self._write_iidr(state["dist"]["GICD_IIDR"])
             self._write_dist_config(state, {}, written)
+            known: Dict[Tuple[int, int], int] = {}
+            self._io.record = known
+            try:
+                self._save(mpidrs)
+            finally:
+                self._io.record = None
         except KvmError as e:
             raise _busy_or(e, "restore") from None
         self._preset = written
+        self._known = known
 
     def _write_dist_config(self, state: Dict, preset: Dict[int, int], written: Dict[int, int]) -> None:
         """Groups, routes, then trigger configuration, priorities and group
@@ -264,10 +295,16 @@ class VgicV3:
         #    the distributor later does not look for interrupts already pending.
         #    Written last, a level interrupt pending at the snapshot (a virtio
         #    completion) was never delivered after restore.
-        # (A preset_config() before wrote step 2's distributor registers: the
-        # ones holding the same value are skipped.)
-        dist, nr = state["dist"], state["nr_irqs"]
+        # (A preset_config() before wrote step 2's distributor registers and
+        # read every register: a write of the value a register holds is skipped.)
         preset, self._preset = self._preset, {}
+        try:
+            self._restore_steps(state, mpidrs, preset)
+        finally:
+            self._known = None  # good for one restore
+
+    def _restore_steps(self, state: Dict, mpidrs: List[int], preset: Dict[int, int]) -> None:
+        dist, nr = state["dist"], state["nr_irqs"]
         self._write_iidr(dist["GICD_IIDR"])
         self.write_dist(GICD_CTLR, dist["GICD_CTLR"])  # step 7, see above
         for i, m in enumerate(mpidrs):
@@ -313,6 +350,8 @@ class VgicV3:
         put = put or self.write_dist
         for k, value in zip(spi_words(nr, bpi), words):
             if clear_off is not None:
+                if self._holds(GRP_DIST, dist_attr(set_off + 4 * k), value):
+                    continue  # the pair would leave it as it is
                 put(clear_off + 4 * k, ~value & 0xFFFFFFFF)
             put(set_off + 4 * k, value)
 
@@ -320,6 +359,8 @@ class VgicV3:
         set_off, clear_off, _n = REDIST_BANK_BY_NAME[name]
         for k, value in enumerate(words):
             if clear_off is not None:
+                if self._holds(GRP_REDIST, redist_attr(mpidr, set_off + 4 * k), value):
+                    continue  # the pair would leave it as it is
                 self.write_redist(mpidr, clear_off + 4 * k, ~value & 0xFFFFFFFF)
             self.write_redist(mpidr, set_off + 4 * k, value)
 
@@ -338,6 +379,13 @@ class AttrIo32:
         self._attr = ffi.new("struct kvm_device_attr *")
         self._attr.addr = int(ffi.cast("uintptr_t", self._value))
         self._lock = threading.Lock()
+        self.record: Optional[Dict[Tuple[int, int], int]] = None  # when set, every value read lands here
+
+    def note(self, group: int, attr: int, value: int) -> int:
+        """``value``, read from (group, attr), recorded when :attr:`record` is set."""
+        if self.record is not None:
+            self.record[(group, attr)] = value
+        return value
 
     def get_many(self, group: int, attrs: Sequence[int]) -> List[int]:
         """:meth:`get` of each of ``attrs`` (one lock hold, no per-access call chain)."""
@@ -349,13 +397,15 @@ class AttrIo32:
                 a.attr = attr
                 issue(a)
                 out.append(int(value[0]))
+        if self.record is not None:
+            self.record.update(((group, attr), v) for attr, v in zip(attrs, out))
         return out
 
     def get(self, group: int, attr: int) -> int:
         with self._lock:
             self._attr.group, self._attr.attr = group, attr
             self._get(self._attr)
-            return int(self._value[0])
+            return self.note(group, attr, int(self._value[0]))
 
     def set(self, group: int, attr: int, value: int) -> None:
         with self._lock:

@@ -19,7 +19,8 @@ or goes silent) raises with the reason; the caller discards the machine.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, List, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import PyvmmError
 from ..machine import Machine, MachineConfig
@@ -29,6 +30,10 @@ from . import stream
 from .transport import Conn, Listener, PeerError, parse
 
 IO_TIMEOUT = 60.0
+
+
+def _ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000, 1)
 
 
 class MigrationRefused(PyvmmError):
@@ -67,6 +72,7 @@ class Incoming:
         self.first_pending = True  # no ACCEPT sent yet: a refusal is REFUSE, later an ABORT
         self.plans: List[vcpu_state.WritePlan] = []  # the vCPUs built from the first state
         self.cancelled = False
+        self.timing: Dict[str, float] = {}  # ms: where the destination's part of the pause went
 
     def __str__(self) -> str:
         return str(self.dest)
@@ -167,6 +173,7 @@ class Incoming:
         page = self.page
         while True:
             f = self._frame((stream.PAGES, stream.STATE))
+            t0 = time.monotonic()
             if f.type == stream.PAGES:
                 slot, indices, data = stream.decode_pages(f.payload, slot_pages, page)
                 mm = regions[slot].mm
@@ -180,17 +187,23 @@ class Incoming:
                     self.progress(self.pages_received)
                 continue
             final = fmt.decode(f.payload, "migration state")
+            t1 = time.monotonic()
             schema.check(final)
             why = same_machine(self.first, final)
             if why:
                 raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
-            machine_snapshot.load_state(m, final, "hide", self.plans)
+            t2 = time.monotonic()
+            machine_snapshot.load_state(m, final, "hide", self.plans, timing=self.timing)
+            t3 = time.monotonic()
             machine_snapshot.finish_restore(m)
+            self.timing.update(decode=_ms(t0, t1), check=_ms(t1, t2), load=_ms(t2, t3),
+                               finish=_ms(t3, time.monotonic()))
             return
 
     def handover(self, resume: Callable[[], None]) -> None:
         """READY, wait for GO, ``resume()`` the vCPUs, RUNNING."""
         assert self.conn is not None
+        t0 = time.monotonic()
         self.conn.send(stream.frame(stream.READY))
         try:
             self._frame((stream.GO,))
@@ -198,11 +211,14 @@ class Incoming:
             if self.cancelled:
                 raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None
             raise
+        t1 = time.monotonic()
         resume()
+        t2 = time.monotonic()
         try:
             self.conn.send(stream.frame(stream.RUNNING))
         except PeerError:
             pass  # the guest runs here now; the source learns it or stops on its own
+        self.timing.update(wait_go=_ms(t0, t1), resume=_ms(t1, t2))
 
     def cancel(self) -> None:
         """Abandon the migration from another thread or a signal handler:

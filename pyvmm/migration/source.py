@@ -27,6 +27,7 @@ missing RUNNING then ends this VMM too, with an error saying so.
 from __future__ import annotations
 
 import mmap
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -66,6 +67,7 @@ class MigrationReport:
     dirty_log: str  # "get+clear" (manual protection) or "get"
     collect_ms: float  # the slowest dirty-log collection (GET, CLEAR, bitmap scan)
     downtime_parts: Dict[str, float]  # where the downtime went, ms (last_pages: a count)
+    phases: Dict[str, float]  # where the total time went, ms: check (to ACCEPT), round 1, later rounds, pause
 
 
 def ms(t0: float, t1: float) -> float:
@@ -107,6 +109,13 @@ class _Sender:
         if ahead > 0:
             time.sleep(ahead)
 
+    def send_page_frame(self, slot: int, indices: List[int], contents: bytes) -> None:
+        """One PAGES frame, its head and the contents sent as they are (not joined)."""
+        head = stream.pages_head(slot, indices, len(contents), self.page)
+        self.conn.send_parts((stream.frame_header(stream.PAGES, len(head) + len(contents)) + head, contents))
+        self._throttle(len(head) + len(contents))
+        self.pages_sent += len(indices)
+
     def send_pages(self, slot: int, indices: List[int]) -> None:
         r, page = self.m.mem.regions[slot], self.page
         for batch in stream.batches(indices):
@@ -114,8 +123,7 @@ class _Sender:
                 contents = r.mm[batch[0] * page:(batch[-1] + 1) * page]
             else:
                 contents = b"".join([r.mm[i * page:(i + 1) * page] for i in batch])
-            self.send_frame(stream.PAGES, stream.encode_pages(slot, batch, contents, page))
-            self.pages_sent += len(batch)
+            self.send_page_frame(slot, batch, contents)
 
     def send_all_nonzero(self, progress: Callable[[int, int], None]) -> None:
         page = self.page
@@ -130,15 +138,41 @@ class _Sender:
                 n = min(_ZERO_CHUNK, npages - first)
                 chunk = r.mm[first * page:(first + n) * page]
                 if chunk != zero[:len(chunk)]:
-                    # the chunk read once: its non-zero pages go from it
-                    nonzero = [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
+                    # the chunk read once: its non-zero pages go from it (each
+                    # page looked at only when a page's worth of zeros is in it)
+                    if chunk.find(zp) < 0:
+                        nonzero = list(range(n))
+                    else:
+                        nonzero = [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
                     contents = chunk if len(nonzero) == n else \
                         b"".join([chunk[k * page:(k + 1) * page] for k in nonzero])
-                    self.send_frame(stream.PAGES, stream.encode_pages(r.slot, [first + k for k in nonzero],
-                                                                      contents, page))
-                    self.pages_sent += len(nonzero)
+                    self.send_page_frame(r.slot, [first + k for k in nonzero], contents)
                 done += n
                 progress(done, total)
+
+
+class _LastPages:
+    """The pause's last dirty pages, sent by a thread; :meth:`finish` waits
+    for it and raises what it raised."""
+
+    def __init__(self, snd: _Sender, pages: Dict[int, List[int]]):
+        self.done_at = 0.0
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(snd, pages), name="pyvmm-migrate-last", daemon=True)
+        self._thread.start()
+
+    def _run(self, snd: _Sender, pages: Dict[int, List[int]]) -> None:
+        try:
+            for slot, indices in pages.items():
+                snd.send_pages(slot, indices)
+        except BaseException as e:  # noqa: BLE001 (handed to the caller by finish)
+            self._error = e
+        self.done_at = time.monotonic()
+
+    def finish(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def stop_copying(left: int, last_round: int, estimate_ms: float, max_downtime_ms: float) -> bool:
@@ -206,6 +240,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         answer = _expect(conn, page, (stream.ACCEPT, stream.REFUSE), BUILD_TIMEOUT)
         if answer.type == stream.REFUSE:
             raise MigrationError(f"the destination refused: {stream.reason(answer.payload)}")
+        t_accept = time.monotonic()
 
         # Pre-copy while the guest runs.
         log.start()
@@ -215,7 +250,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         sent_before = conn.sent
         snd.send_all_nonzero(lambda done, total: tell(round=1, pages_left=total - done, rate_mib=0.0)
                              if done % 4096 == 0 or done == total else None)
-        rate = (conn.sent - sent_before) / max(time.monotonic() - t_round, 1e-3)  # bytes/s
+        t_first = time.monotonic()
+        rate = (conn.sent - sent_before) / max(t_first - t_round, 1e-3)  # bytes/s
         dirty = log.collect()
         last_round = snd.pages_sent
         while True:
@@ -245,14 +281,21 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
             t_paused = time.monotonic()
-            # The last pages first: the destination writes them while the
-            # state is read here (guest memory no longer changes).
-            last = merge(dirty, log.collect())
-            for slot, pages in last.items():
-                snd.send_pages(slot, pages)
+            # The last pages go from a thread while the state is read here
+            # (guest memory no longer changes; the ioctls and the socket
+            # both run without the interpreter lock), and the destination
+            # writes them meanwhile.
+            last = merge(dirty, log.collect(protect=False))  # the log is stopped before the guest runs here again
             rounds += 1
-            t_pages = time.monotonic()
-            final_state = fmt.encode(machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False))
+            sending = _LastPages(snd, last)
+            read_parts: Dict[str, float] = {}
+            try:
+                final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
+            finally:
+                t_read = time.monotonic()
+                sending.finish()
+            t_pages = sending.done_at
+            final_state = fmt.encode(final)
             t_state = time.monotonic()
             snd.send_frame(stream.STATE, final_state)
             t_sent = time.monotonic()
@@ -272,9 +315,14 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                                round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
                                {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
-                                "last_pages": sum(len(p) for p in last.values()), "state": ms(t_pages, t_state),
+                                "last_pages": sum(len(p) for p in last.values()),
+                                "state": ms(t_paused, t_read), "state_encode": ms(t_read, t_state),
+                                **{f"state_{k}": v for k, v in read_parts.items()},
+                                "after_pages": ms(t_pages, t_state),
                                 "send": ms(t_state, t_sent),
-                                "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)})
+                                "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)},
+                               {"check": ms(t_start, t_accept), "round1": ms(t_accept, t_first),
+                                "later_rounds": ms(t_first, t_pause), "pause": ms(t_pause, t_end)})
     except BaseException as e:
         if not handed_over:
             if isinstance(e, (PeerError, stream.StreamError, MigrationError, PyvmmError)):

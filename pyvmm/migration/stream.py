@@ -140,7 +140,10 @@ def read_frame(recv_exact: Callable[[int], bytes], page_size: int,
     """Read one frame with ``recv_exact(n)`` (which returns exactly n bytes
     or raises); the header is checked before the payload is read."""
     ftype, length = parse_header(recv_exact(_FRAME.size), page_size, expect)
-    return Frame(ftype, recv_exact(length) if length else b"")
+    payload = recv_exact(length) if length else b""
+    if ftype != PAGES and type(payload) is not bytes:  # noqa: E721 (a page frame's buffer is used as it is)
+        payload = bytes(payload)
+    return Frame(ftype, payload)
 
 
 def reason(payload: bytes) -> str:
@@ -161,9 +164,15 @@ def encode_pages(slot: int, indices: Sequence[int], contents: Union[List[bytes],
         if len(indices) != len(contents) or any(len(c) != page_size for c in contents):
             raise ValueError("page contents must be one page each, one per index")
         contents = b"".join(contents)
-    if not 1 <= len(indices) <= MAX_PAGES_PER_FRAME or len(contents) != len(indices) * page_size:
+    return pages_head(slot, indices, len(contents), page_size) + contents
+
+
+def pages_head(slot: int, indices: Sequence[int], length: int, page_size: int) -> bytes:
+    """A PAGES payload up to its contents (``length`` bytes of them, sent
+    behind it): what :func:`encode_pages` puts before the contents."""
+    if not 1 <= len(indices) <= MAX_PAGES_PER_FRAME or length != len(indices) * page_size:
         raise ValueError(f"a pages frame holds 1..{MAX_PAGES_PER_FRAME} pages with their contents")
-    return _PAGES.pack(slot, len(indices)) + struct.pack(f"<{len(indices)}I", *indices) + contents
+    return _PAGES.pack(slot, len(indices)) + struct.pack(f"<{len(indices)}I", *indices)
 
 
 def frame_header(ftype: int, length: int) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple, Union, cast
 
 from ..errors import PyvmmError, UsageProblem
 from ..unix_socket import check_path, listen_private
@@ -77,7 +77,28 @@ class Conn:
             raise PeerError(f"the connection broke ({e.strerror or e})") from None
         self.sent += len(data)
 
+    def send_parts(self, parts: Sequence[Union[bytes, bytearray, memoryview]]) -> None:
+        """Send ``parts`` one after the other without joining them (one
+        sendmsg while the socket takes it all)."""
+        total = sum(len(p) for p in parts)
+        try:
+            self.sock.settimeout(self.timeout)
+            done = self.sock.sendmsg(parts)
+            if done < total:  # the socket took part of it: the rest in order
+                for p in parts:
+                    if done >= len(p):
+                        done -= len(p)
+                        continue
+                    self.sock.sendall(memoryview(p)[done:])
+                    done = 0
+        except socket.timeout:
+            raise PeerError(f"the peer stopped reading for {self.timeout:.0f} s") from None
+        except OSError as e:
+            raise PeerError(f"the connection broke ({e.strerror or e})") from None
+        self.sent += total
+
     def recv_exact(self, n: int, timeout: Optional[float] = None) -> bytes:
+        """Exactly ``n`` bytes (a bytearray: a page frame is not copied again)."""
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
@@ -97,7 +118,8 @@ class Conn:
                 raise PeerError("the peer closed the connection")
             got += k
         self.received += n
-        return bytes(buf)
+        # The bytearray itself: stream.read_frame makes bytes of every frame but a page frame's
+        return cast(bytes, buf)
 
     def drain(self, seconds: float) -> None:
         """Stop sending and discard what the peer still sends, until it

@@ -88,7 +88,8 @@ def check_snapshottable(m: Machine) -> None:
 
 
 def take(m: Machine, progress: Progress = None, memory: bool = True,
-         cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True) -> fmt.Snapshot:
+         cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
+         timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
     """The snapshot of a paused machine. Its guest RAM is the machine's own
     memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
     snapshot is written: until then the machine must stay paused and its
@@ -98,9 +99,10 @@ def take(m: Machine, progress: Progress = None, memory: bool = True,
     ``cache``: see :func:`pyvmm.snapshot.vcpu_state.save`. Without
     ``sealed``, the snapshot carries no seal (a live migration's final state:
     the destination trusts only the state it checked first, and refuses a
-    final one whose configuration differs)."""
+    final one whose configuration differs). ``timing``: filled with the
+    milliseconds the vCPUs, the vGIC and the devices took."""
     with quiet(m):
-        return _take(m, progress, memory, cache, sealed)
+        return _take(m, progress, memory, cache, sealed, timing)
 
 
 @contextlib.contextmanager
@@ -114,12 +116,18 @@ def quiet(m: Machine):
 
 
 def _take(m: Machine, progress: Progress = None, memory: bool = True,
-          cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True) -> fmt.Snapshot:
+          cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
+          timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
+    t0 = time.monotonic()
     states = [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in zip(m.vcpus, m.vcpu_features)]
+    t1 = time.monotonic()
     gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
+    t2 = time.monotonic()
     devices = {"uart": built(m.uart, "UART").save_state(),
                "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                           for t in m.virtio]}
+    if timing is not None:
+        timing.update(vcpus=_ms(t0, t1), vgic=_ms(t1, t2), devices=_ms(t2, time.monotonic()))
     blobs, regions = pack_ram(m.mem, progress) if memory else empty_ram(m.mem)
     blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
     manifest = header(KIND)
@@ -353,21 +361,30 @@ def prepare_load(m: Machine, snap: fmt.Snapshot, plans: List[vcpu_state.WritePla
     machine shorter (a live migration's destination, while memory is
     copied): the vGIC configuration (groups, routes, trigger, priorities)
     written ahead (:meth:`pyvmm.machine.gic.VgicV3.preset_config`: only what
-    changed of it is written again), each vCPU's register blob layout made."""
+    changed of it is written again), each vCPU's register blob layout made
+    and the present values of its registers read
+    (:meth:`pyvmm.snapshot.vcpu_state.WritePlan.read_current`: the vCPUs
+    must not run before :func:`load_state`, which then writes only the
+    registers whose value differs)."""
     built(m.gic, "vGIC").preset_config(snap.manifest["machine"]["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
     for plan in plans:
         plan.make_layout()
+        plan.read_current()
 
 
 def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_state.WritePlan],
-               states: Optional[List[vcpu_state.VcpuState]] = None, write_fixed: bool = False) -> Dict:
+               states: Optional[List[vcpu_state.VcpuState]] = None, write_fixed: bool = False,
+               timing: Optional[Dict[str, float]] = None) -> Dict:
     """The second half of :func:`build_from` on a machine :func:`build_fixed`
     built (from ``snap`` or, in a live migration, from an earlier state of
     the same machine): vGIC state, the vCPUs' other registers (SVCR first),
     events and MP state, device state. Refuses, before writing anything, a
     state whose vCPUs need other ID registers, vector lengths or features
-    than the ones built. Returns the snapshot's RAM region entry."""
+    than the ones built. Returns the snapshot's RAM region entry.
+    ``timing``: filled with the milliseconds of its parts and the number
+    of vCPU registers written."""
     vcpu_state.check_clock(clock)
+    t0 = time.monotonic()
     machine = snap.manifest["machine"]
     states = _sorted_states(snap, plans) if states is None else states
     if len(states) != len(m.vcpus) or len(plans) != len(m.vcpus):
@@ -385,14 +402,24 @@ def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_stat
     # vGIC exists that is lost, and the timer line stays dead (the guest
     # never gets another tick). The timers' own PPI levels therefore come from
     # the timer registers, written last, not from the saved vGIC line levels.
+    t1 = time.monotonic()
     built(m.gic, "vGIC").restore(_without_timer_levels(machine["gic"]["state"]), [mpidr_of(v) for v in m.vcpus])
+    t2 = time.monotonic()
     cntfrq = hostinfo.cntfrq(m.kvm)  # this host's (check() refuses a snapshot taken at another)
     for v, st, plan in zip(m.vcpus, states, plans):
         if write_fixed:  # build_fixed left them (a snapshot restore)
             plan.write_fixed(v, st)
         plan.write_rest(v, st, clock=clock, cntfrq=cntfrq)
+    t3 = time.monotonic()
     _load_devices(m, machine["devices"])
+    if timing is not None:
+        timing.update(vcpu_decode=_ms(t0, t1), vgic=_ms(t1, t2), vcpus=_ms(t2, t3),
+                      devices=_ms(t3, time.monotonic()), registers_written=sum(p.written for p in plans))
     return machine["memory"][0]
+
+
+def _ms(t0: float, t1: float) -> float:
+    return round((t1 - t0) * 1000, 1)
 
 
 class RamVerifier:

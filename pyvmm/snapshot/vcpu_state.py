@@ -109,18 +109,28 @@ SaveCache = Dict[Tuple[int, Tuple[int, ...]], Any]
 
 def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Optional[SaveCache] = None) -> VcpuState:
     """The vCPU's state (it must be stopped). Every register is read through
-    one prepared batch; ``cache`` (a dict the caller keeps, e.g. across a live
-    migration's two saves) keeps the batch of each register list."""
+    one prepared batch. ``cache`` (a dict the caller keeps across saves of
+    the same vCPUs, e.g. a live migration's two) keeps, per register list,
+    the values of the registers only userspace can change (:func:`fixed_by_userspace`:
+    ID registers, vector-length sets), read by the first
+    save, and a batch for the others: a later save reads only those."""
     ids = vcpu.get_reg_list()
     key = (vcpu.index, tuple(ids))
-    batch = cache.get(key) if cache is not None else None
-    if batch is None:
+    entry = cache.get(key) if cache is not None else None
+    if entry is None:
         batch = vcpu.one_reg_batch(ids)
+        raw = batch.get_all(batch.sizes)
         if cache is not None:
-            cache[key] = batch
+            live = [k for k, i in enumerate(ids) if not fixed_by_userspace(i)]
+            cache[key] = (vcpu.one_reg_batch([ids[k] for k in live]), live, list(raw))
+    else:
+        batch, live, raw = entry
+        raw = list(raw)
+        for k, value in zip(live, batch.get_all(batch.sizes)):
+            raw[k] = value
     values = []
     sve_vls = sme_vls = None
-    for reg_id, value in zip(ids, batch.get_all(batch.sizes)):
+    for reg_id, value in zip(ids, raw):
         if reg_id == regs.SVE_VLS:
             sve_vls = regs.vls_decode(value)
         elif reg_id == regs.SME_VLS:
@@ -132,6 +142,16 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Option
         svcr = vcpu.get_reg(regs.SVCR)
     return VcpuState(vcpu.index, list(features), sve_vls, sme_vls, svcr, values,
                      vcpu.get_mp_state(), vcpu.get_vcpu_events(), time.time_ns())
+
+
+def fixed_by_userspace(reg_id: int) -> bool:
+    """Whether only userspace (KVM_SET_ONE_REG) can change the register, never
+    the guest: the ID registers (the guest's writes to them trap as
+    undefined) and the SVE/SME vector-length sets (fixed at finalisation,
+    ABI page §4). Read once, they keep their value while the guest runs.
+    (Not the firmware registers: older kernels let the guest switch its
+    SSBD mitigation, SMCCC_ARCH_WORKAROUND_2, with a hypercall.)"""
+    return reg_id in (regs.SVE_VLS, regs.SME_VLS) or _is_id_register(reg_id)
 
 
 def _is_id_register(reg_id: int) -> bool:
@@ -264,6 +284,23 @@ class WritePlan:
         time_ids = set(regs.GUEST_COUNTERS)
         self._time_at = [k for k, i in enumerate(self.rest_ids) if i in time_ids]
         self._batch = vcpu.one_reg_batch(self.rest_ids)
+        self._current: Optional[List[bytes]] = None
+        self.written = 0  # registers the last write_rest wrote
+        self._svcr_at = self.rest_ids.index(regs.SVCR) if regs.SVCR in self.rest_ids else None
+
+    def read_current(self) -> bool:
+        """Read the vCPU's present values of the registers :meth:`write_rest`
+        writes, so that the next write_rest writes only those whose value
+        differs. Call only on a vCPU that will not run before that
+        write_rest (a live migration's destination, built and never run):
+        its registers then cannot change in between, so skipping an equal
+        value is exact. Returns False (everything is written) when a
+        register cannot be read now (e.g. ZA while SVCR.ZA is 0)."""
+        try:
+            self._current = self._batch.get_all(self._batch.sizes)
+        except KvmError:
+            self._current = None
+        return self._current is not None
 
     @property
     def layout(self) -> BlobLayout:
@@ -309,7 +346,16 @@ class WritePlan:
             for k in self._time_at:
                 ticks = int.from_bytes(data[k], "little") + elapsed * cntfrq // 1_000_000_000
                 data[k] = (ticks & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
-        self._batch.set_all(data)
+        current, self._current = self._current, None  # good for one write only
+        if current is not None and (self._svcr_at is None or current[self._svcr_at] == data[self._svcr_at]):
+            # SVCR unchanged, so no write has a side effect on another register
+            # (ABI page §5: writing SVCR's current value changes nothing)
+            changed = [k for k, (old, new) in enumerate(zip(current, data)) if old != new]
+            self._batch.set_some(changed, [data[k] for k in changed])
+            self.written = len(changed)
+        else:
+            self._batch.set_all(data)
+            self.written = len(data)
         if state.events:
             vcpu.set_vcpu_events(state.events)
         vcpu.set_mp_state(state.mp_state)

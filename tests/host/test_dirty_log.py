@@ -101,6 +101,10 @@ def test_dirty_log_merges_kvm_and_device_writes(manual):
     assert log.collect() == {0: [3]}
     if manual:
         assert ("clear", 0, 1) in vm.calls
+    vm.guest_writes(0, 5)
+    before = len([c for c in vm.calls if c[0] == "clear"])
+    assert log.collect(protect=False) == {0: [5]}  # the last look: read, not protected again
+    assert len([c for c in vm.calls if c[0] == "clear"]) == before
     log.stop()
     assert vm.flags == {0: 0}
     mem.write(mem.regions[0].gpa, b"after")

@@ -200,3 +200,30 @@ def test_deeply_nested_manifest(no_host):
     data = fmt.encode(fmt.Snapshot(doc, {k: bytes(v) for k, v in VALID_MACHINE.blobs.items()}))
     with pytest.raises(fmt.SnapshotError, match="manifest is nested deeper than 32 levels"):
         fmt.decode(data)
+
+
+def _walked_depth(data, limit):
+    """json_depth's reference: every byte walked (strings with escapes skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for b in data:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (b == 0x5C, b != 0x22)
+        elif b == 0x22:
+            in_string = True
+        elif b in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+        elif b in b"]}":
+            depth -= 1
+    return deepest
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: bytes(b'[]{}"a\\ '[x % 8] for x in b)), st.integers(1, 6))
+def test_json_depth_equals_a_walk_of_every_byte(data, limit):
+    from pyvmm.devices.state import json_depth
+
+    assert json_depth(data, limit) == _walked_depth(data, limit)

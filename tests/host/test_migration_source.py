@@ -55,7 +55,7 @@ class FakeSourceMachine:
 
 @pytest.fixture
 def fake_take(monkeypatch):
-    def take(m, progress=None, memory=True, cache=None, sealed=True):
+    def take(m, progress=None, memory=True, cache=None, sealed=True, timing=None):
         assert m.paused and not memory
         return fmt.Snapshot({"kind": "fake", "at": len(m.events)})
     monkeypatch.setattr(source.machine_snapshot, "take", take)

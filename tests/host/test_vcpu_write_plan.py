@@ -1,21 +1,26 @@
 """vcpu_state.WritePlan: the restore split into a fixed half (ID registers,
 FINALIZE) and the rest (one prepared batch), as a live migration's
 destination uses it. A recording fake vCPU (pure logic, no KVM)."""
+import errno
+
 import pytest
 
 from pyvmm.arm64 import regs
-from pyvmm.errors import UsageProblem
+from pyvmm.errors import KvmError, UsageProblem
 from pyvmm.snapshot import vcpu_state
 
 
 class RecordingVcpu:
     """Fake vCPU: records ONE_REG writes, FINALIZE, events and MP state in order."""
 
-    def __init__(self):
+    def __init__(self, values=None, unreadable=()):
         self.log = []
+        self.values = dict(values or {})  # what the fake's registers hold (reads; writes change it)
+        self.unreadable = set(unreadable)  # ids whose read fails as KVM's would (ENOENT)
 
     def set_one_reg(self, reg_id, value):
         self.log.append(("set", reg_id, bytes(value)))
+        self.values[reg_id] = bytes(value)
 
     def arm_vcpu_finalize(self, what):
         self.log.append(("finalize",))
@@ -35,6 +40,15 @@ class RecordingVcpu:
             def set_all(self, values):
                 for i, v in zip(ids, values):
                     vcpu.set_one_reg(i, v)
+
+            def set_some(self, positions, values):
+                for k, v in zip(positions, values):
+                    vcpu.set_one_reg(ids[k], v)
+
+            def get_all(self, lengths):
+                if vcpu.unreadable & set(ids):
+                    raise KvmError(errno.ENOENT, "KVM_GET_ONE_REG", "vcpu0")
+                return [vcpu.values.get(i, bytes(n)) for i, n in zip(ids, lengths)]
         return Batch()
 
 
@@ -101,3 +115,34 @@ def test_the_plan_layout_decodes_a_later_blob_as_the_general_reader_does():
     assert back.registers == other.registers and not plan.fits(back)
     with pytest.raises(ValueError, match="ends inside"):
         vcpu_state.VcpuState.from_json(meta, blob[:-1], plan.layout)
+
+
+def _sets(v):
+    return [(e[1], e[2]) for e in v.log if e[0] == "set"]
+
+
+def test_after_read_current_only_registers_whose_value_differs_are_written_in_plan_order():
+    st = _state(x0=9)
+    fresh = dict(_state(x0=0).registers)
+    fresh[regs.core("FPSR")] = (1).to_bytes(4, "little")  # differs from the state's 0
+    v = RecordingVcpu(fresh)
+    plan = vcpu_state.WritePlan(v, st, sme_bit=10)
+    assert plan.read_current()
+    plan.write_rest(v, st)
+    changed = (regs.core("FPSR"), regs.core("X0"))
+    assert [i for i, _ in _sets(v)] == [i for i in plan.rest_ids if i in changed]
+    assert dict(_sets(v)) == {regs.core("FPSR"): bytes(4), regs.core("X0"): (9).to_bytes(8, "little")}
+    assert plan.written == 2 and v.log[-2:] == [("events", b"e"), ("mp", 0)]
+    v.log.clear()
+    plan.write_rest(v, st)  # the values read are good for one write: now everything
+    assert plan.written == len(plan.rest_ids) == len(_sets(v))
+
+
+def test_a_changed_svcr_or_an_unreadable_register_writes_everything():
+    st = _state(x0=9)
+    for fresh, unreadable in (({regs.SVCR: (1).to_bytes(8, "little")}, ()), ({}, (regs.core("X0"),))):
+        v = RecordingVcpu({**dict(st.registers), **fresh}, unreadable)
+        plan = vcpu_state.WritePlan(v, st, sme_bit=10)
+        assert plan.read_current() == (not unreadable)
+        plan.write_rest(v, st)
+        assert [i for i, _ in _sets(v)] == plan.rest_ids and plan.written == len(plan.rest_ids)
