@@ -105,6 +105,8 @@ class Console(threading.Thread):
         self.cond = threading.Condition()
         self.ticks = []                           # (N, monotonic time)
         self.tail = collections.deque(maxlen=20)  # last lines, for error messages
+        self.head = []                            # first lines, (line, time): see joined_tick
+        self.partial = b""                        # what followed the last newline at EOF
         self.closed = False
         self.start()
 
@@ -121,6 +123,8 @@ class Console(threading.Thread):
                         if not line:
                             continue
                         self.tail.append(line)
+                        if len(self.head) < 5:
+                            self.head.append((line, now))
                         m = TICK.fullmatch(line)
                         if m:
                             self.ticks.append((int(m.group(1)), now))
@@ -128,8 +132,21 @@ class Console(threading.Thread):
         except (OSError, ValueError):
             pass
         with self.cond:
+            self.partial = buf.strip(b"\r ")
             self.closed = True
             self.cond.notify_all()
+
+    def joined_tick(self, before):
+        """A tick line the guest began on the VMM before (``before.partial``,
+        cut off when that VMM paused it for good) and ended here, as
+        (N, time of its end), or None: the console is one stream across a
+        migration or a snapshot, and a line may straddle the hand-over."""
+        with self.cond:
+            if not before.partial or not self.head:
+                return None
+            line, t = self.head[0]
+            m = TICK.fullmatch(before.partial + line)
+            return (int(m.group(1)), t) if m else None
 
     def last_tick(self):
         with self.cond:
