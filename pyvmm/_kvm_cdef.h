@@ -230,6 +230,7 @@ struct kvm_ioeventfd {
 #define KVM_CAP_DIRTY_LOG_RING_ACQ_REL 223
 #define KVM_CAP_ARM_EL2 240
 #define KVM_CAP_ARM_EL2_E2H0 241
+#define KVM_CAP_ARM_CACHEABLE_PFNMAP_SUPPORTED 243
 #define KVM_CAP_ARM_PMU_V3_STRICT 251
 
 /* vCPU feature bits (kvm_vcpu_init.features[0]) */

@@ -251,6 +251,8 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
         _say(f"{outcome.reason}; VM set-up {outcome.build_seconds:.2f} s{first}, guest ran "
                    f"{outcome.seconds:.2f} s, resets {outcome.resets}, console {outcome.console_bytes} bytes"
                    f"{dropped}, exits: {counts}")
+        if outcome.regpage:
+            _say(f"virtio register page (reads without exits): {outcome.regpage}")
         if outcome.mmio_trace:
             top = ", ".join(f"{dev}+{off:#x} {rw} {n}" for (dev, off, rw), n in outcome.mmio_trace.most_common(8))
             _say(f"busiest MMIO registers: {top}")

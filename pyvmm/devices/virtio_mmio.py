@@ -24,7 +24,7 @@ both bits and a level that stays up until the driver acknowledges them
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
@@ -54,6 +54,21 @@ ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK, DEVICE_NEEDS_RESET, FAILED = 1, 2, 
 INT_USED_BUFFER, INT_CONFIG_CHANGE = 1, 2
 
 VIRTIO_F_VERSION_1 = 1 << 32
+
+# What a register page (pyvmm/devices/virtio_regpage.py) must rewrite after a
+# write to a register, beyond the page's default of every word: the words
+# that read back what the write changed.
+_QUEUE_WORDS = (R_QUEUE_NUM_MAX, R_QUEUE_NUM, R_QUEUE_READY, R_QUEUE_DESC_LOW, R_QUEUE_DESC_HIGH,
+                R_QUEUE_DRIVER_LOW, R_QUEUE_DRIVER_HIGH, R_QUEUE_DEVICE_LOW, R_QUEUE_DEVICE_HIGH)
+_STATUS_WORDS = (R_INTERRUPT_STATUS, R_STATUS, R_CONFIG_GENERATION)
+_WORDS_AFTER_WRITE: Dict[int, Tuple[int, ...]] = {
+    R_DEVICE_FEATURES_SEL: (R_DEVICE_FEATURES,),
+    R_DRIVER_FEATURES: (), R_DRIVER_FEATURES_SEL: (),  # write-only: read as 0
+    R_QUEUE_SEL: _QUEUE_WORDS,
+    R_INTERRUPT_ACK: (R_INTERRUPT_STATUS,),
+    R_QUEUE_NOTIFY: (),  # an error it causes rewrites the status words itself (fail)
+    **{r: _QUEUE_WORDS + _STATUS_WORDS for r in _QUEUE_WORDS},  # activation may fail
+}
 
 # InterruptStatus as the guest reads it, by value (bits 0-1 only)
 _STATUS_BYTES = tuple(v.to_bytes(4, "little") for v in range(4))
@@ -166,7 +181,36 @@ class VirtioMmio:
         self.error: Optional[str] = None  # why the device is in its error state
         self.notifications = 0
         self._level = False
+        # The register page the guest reads instead of exiting (None: every read exits)
+        self.page: Optional[Any] = None
         self._reset()
+
+    # -- the register page -------------------------------------------------------
+    def attach_page(self, page) -> None:
+        """Serve register reads from ``page`` (a
+        :class:`pyvmm.devices.virtio_regpage.RegPage` of SIZE bytes, mapped
+        read-only into the guest at this transport's base): from now on
+        every change is written into it."""
+        with self.lock:
+            self.page = page
+            self.sync_page()
+
+    def sync_page(self) -> None:
+        """Rewrite the whole register page: every register word and the
+        configuration space. A backend whose configuration changes at run
+        time calls this (with the lock held or not)."""
+        page = self.page
+        if page is None:
+            return
+        with self.lock:
+            self._put_words(range(0, CONFIG, 4))
+            page.put_bytes(CONFIG, self.backend.config_read(0, SIZE - CONFIG))
+
+    def _put_words(self, offsets) -> None:
+        page = self.page
+        if page is not None:
+            for off in offsets:
+                page.put_word(off, self._read_reg(off))
 
     def _reset(self) -> None:
         self.status = 0
@@ -180,6 +224,7 @@ class VirtioMmio:
             q.reset()
         self.backend.reset()
         self._set_level(False)
+        self.sync_page()
 
     def _set_level(self, level: bool) -> None:
         if level != self._level and not self.edge:  # a level-triggered line: only changes matter
@@ -193,9 +238,15 @@ class VirtioMmio:
         edge-triggered (it reads as set while DRIVER_OK is)."""
         if self.edge:
             self.interrupt_status |= bit & ~INT_USED_BUFFER
-            self._raise_irq(True)
         else:
             self.interrupt_status |= bit
+        if self.page is not None:  # the guest must find the bit when the interrupt arrives
+            self._put_words(_STATUS_WORDS)
+            if virtqueue.have_fence():
+                virtqueue.fence()
+        if self.edge:
+            self._raise_irq(True)
+        else:
             self._set_level(True)
 
     def interrupt_status_reg(self) -> int:
@@ -286,6 +337,7 @@ class VirtioMmio:
                 self.run_guarded(self.backend.restored, self)
         self.notify_all()
         with self.lock:
+            self.sync_page()
             if self.edge and self.status & DRIVER_OK:
                 self._raise_irq(True)
 
@@ -355,9 +407,16 @@ class VirtioMmio:
         with self.lock:
             if offset >= CONFIG:
                 self.backend.config_write(offset - CONFIG, data)
+                self.sync_page()
                 return
             value = int.from_bytes(data[:4], "little")
             self._write_reg(offset, value)
+            if self.page is not None:
+                words = _WORDS_AFTER_WRITE.get(offset)
+                if words is None:
+                    self.sync_page()
+                else:
+                    self._put_words(words)
 
     def _write_reg(self, offset: int, value: int) -> None:
         q = self._queue()
@@ -481,6 +540,7 @@ class VirtioMmio:
             for q, attrs in zip(self.queues, queues):
                 q.apply_state(attrs)
             self._ring_features()
+            self.sync_page()
             was_high, self._level = self._level, level
             restore_line(self._raise_irq, was_high, level)
 

@@ -83,8 +83,9 @@ class Outcome:
     """How a run ended: the status and a one-line reason, with the resets
     it went through, exit counts, seconds run, console bytes, the seconds the
     VM took to build, when (CLOCK_MONOTONIC ns) the first vCPU of the first
-    machine first entered KVM_RUN, and (with ``trace_mmio``) MMIO accesses
-    per register."""
+    machine first entered KVM_RUN, (with ``trace_mmio``) MMIO accesses
+    per register, and whether virtio register reads were served from a
+    register page without exits ("on", or "off: " and why)."""
 
     status: ExitStatus
     reason: str
@@ -95,6 +96,7 @@ class Outcome:
     build_seconds: float = 0.0
     mmio_trace: Optional[Counter] = None
     first_run_ns: Optional[int] = None
+    regpage: str = ""
 
 
 def default_cmdline(console: str) -> str:

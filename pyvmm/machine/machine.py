@@ -31,6 +31,7 @@ from ..devices.io_thread import IoThread
 from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_rng import VirtioRng
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, TRIGGER_EDGE, VirtioBackend, VirtioMmio
+from ..devices import virtio_regpage
 from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
 from ..memory import GuestMemory
 from .. import guest_features
@@ -141,6 +142,10 @@ class Machine:
         # virtiofsd daemons spawn_daemons() started, by tag, until create_devices hands them to their device
         self._daemons: Dict[str, Virtiofsd] = {}
         self._initrd_range: Optional[Tuple[int, int]] = None  # where load_images put the initrd
+        # The read-only memory slot the guest reads virtio-mmio registers from
+        # without exits (pyvmm/devices/virtio_regpage.py), or why there is none.
+        self.regpages: Optional[virtio_regpage.RegPageSet] = None
+        self.regpage_off: Optional[str] = "no virtio device built yet"
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -232,6 +237,8 @@ class Machine:
         self._coalesce_uart_output()
         self.io = IoThread(self.io_lock, self._io_failed)
         self.eventfds = virtio_notify.supported(self.kvm, self.virtio_trigger == TRIGGER_EDGE)
+        self.regpages, self.regpage_off = virtio_regpage.open_set(
+            self.kvm, built(self.vm, "VM"), layout.VIRTIO_BASE, layout.VIRTIO_SLOTS * layout.VIRTIO_SLOT_SIZE)
         slot = 0
         # virtio-console and virtio-blk load only when configured (start-up time)
         if c.console == "virtio":
@@ -314,6 +321,8 @@ class Machine:
                     [i for i in range(backend.num_queues) if i not in backend.served_queues])
         self.bus.register(base, VIRTIO_SIZE, t, name)
         self.virtio.append(t)
+        if self.regpages is not None:
+            t.attach_page(self.regpages.page(base, VIRTIO_SIZE))
 
     def _watch_link(self, tap: str) -> None:
         """Stop the guest when the interface of ``tap`` is deleted on the host."""
@@ -522,6 +531,7 @@ class Machine:
         out.exits = self.exits
         out.seconds = time.monotonic() - t0
         out.console_bytes = built(self.uart, "UART").tx_bytes + (self.console.tx_bytes if self.console else 0)
+        out.regpage = "on" if self.regpages is not None else f"off: {self.regpage_off}"
         return out
 
     def close(self) -> None:
@@ -544,4 +554,6 @@ class Machine:
             self.gic.close()
         if self.vm is not None:
             self.vm.close()
+        if self.regpages is not None:
+            self.regpages.close()
         self.mem.close()
