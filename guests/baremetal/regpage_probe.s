@@ -51,18 +51,4 @@ _start:
         hvc     #0
         b       .
 
-// x0 in 16 hex digits and a newline on the UART (x20); clobbers x2-x5
-print_hex:
-        mov     x2, #60
-6:      lsr     x3, x0, x2
-        and     x3, x3, #0xf
-        add     x4, x3, #'0'
-        add     x5, x3, #('a' - 10)
-        cmp     x3, #10
-        csel    x3, x4, x5, lt
-        str     w3, [x20]
-        subs    x2, x2, #4
-        b.ge    6b
-        mov     w3, #'\n'
-        str     w3, [x20]
-        ret
+        .include "print_hex.inc"

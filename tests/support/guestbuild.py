@@ -37,6 +37,9 @@ def build(name: str) -> bytes:
     src = os.path.join(GUESTS, f"{name}.s")
     with open(src, "rb") as f:
         text = f.read()
+    for inc in sorted(f for f in os.listdir(GUESTS) if f.endswith(".inc")):  # what .include may pull in
+        with open(os.path.join(GUESTS, inc), "rb") as f:
+            text += f.read()
     key = hashlib.sha256(text + MARCH.encode()).hexdigest()[:16]
     cache = os.path.join(tempfile.gettempdir(), "pyvmm-guests")
     os.makedirs(cache, exist_ok=True)
@@ -46,7 +49,7 @@ def build(name: str) -> bytes:
             return f.read()
     with tempfile.TemporaryDirectory() as d:
         obj, elf, binary = (os.path.join(d, n) for n in ("g.o", "g.elf", "g.bin"))
-        subprocess.run([_tool("as"), f"-march={MARCH}", "-o", obj, src], check=True)
+        subprocess.run([_tool("as"), f"-march={MARCH}", "-I", GUESTS, "-o", obj, src], check=True)
         subprocess.run([_tool("ld"), "-Ttext", hex(LOAD_ADDR), "-e", "_start", "-o", elf, obj], check=True)
         subprocess.run([_tool("objcopy"), "-O", "binary", elf, binary], check=True)
         with open(binary, "rb") as f:
