@@ -240,7 +240,11 @@ class VirtioMmio:
             self.interrupt_status |= bit & ~INT_USED_BUFFER
         else:
             self.interrupt_status |= bit
-        if self.page is not None:  # the guest must find the bit when the interrupt arrives
+        # The guest must find the cause in the register page when the
+        # interrupt arrives; an edge for used buffers changes nothing there
+        # (that bit reads set while DRIVER_OK is), so the queues' interrupts
+        # cost no page write.
+        if self.page is not None and not (self.edge and bit == INT_USED_BUFFER):
             self._put_words(_STATUS_WORDS)
             if virtqueue.have_fence():
                 virtqueue.fence()
