@@ -10,7 +10,13 @@ from __future__ import annotations
 
 import builtins
 import binascii
-from typing import Any, Dict, Iterable, List, Literal, Optional, Union, overload
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, List, Literal, Optional, Union, overload
+else:
+    def overload(method):  # typing.overload's run-time effect: none (the last definition stands)
+        return method
 
 from ..errors import UsageProblem
 
