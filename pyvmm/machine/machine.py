@@ -16,7 +16,6 @@ returns EINTR wherever it is.
 from __future__ import annotations
 
 import functools
-import signal
 import threading
 import time
 from collections import Counter
@@ -24,6 +23,10 @@ from collections import Counter
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
     from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+    import signal
+else:
+    import _signal as signal  # signal's C core: the same calls with int numbers, without enum (start-up time)
 
 from .._record import replace
 from ..arm64 import regs
