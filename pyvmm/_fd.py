@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 from ._ffi import ffi, libc
 from .errors import KvmError
@@ -52,10 +55,13 @@ class KvmFd:
     def error(self, name: str, err: int, reg: Optional[str] = None) -> KvmError:
         """The KvmError for request ``name`` failing with ``err`` on this fd,
         with the ABI page's hint when it has one (:mod:`pyvmm.arm64.errno_explain`,
-        loaded on the first failure: not part of start-up)."""
-        from .arm64 import errno_explain
+        loaded when the hint is first read: a failure that is caught and looked at
+        only for its errno, like the SME probe's, is not slowed by it)."""
+        def explain() -> Optional[str]:
+            from .arm64 import errno_explain
 
-        return KvmError(err, name, self.target, reg, errno_explain.explain(name, err, reg))
+            return errno_explain.explain(name, err, reg)
+        return KvmError(err, name, self.target, reg, explain=explain)
 
     def close(self) -> None:
         if self.fd >= 0:

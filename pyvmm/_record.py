@@ -15,7 +15,10 @@ own annotations: records do not inherit fields.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Tuple, TypeVar
 
 if TYPE_CHECKING:
     from typing import dataclass_transform
@@ -23,7 +26,8 @@ else:
     def dataclass_transform(**kwargs):
         return lambda f: f
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    T = TypeVar("T")
 
 
 class _Factory:

@@ -25,7 +25,10 @@ no-op C handler when it has none: :mod:`pyvmm.machine.kick`). Errors are the
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, Optional
 
 from .arm64 import regs
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, SnapshotError, UsageProblem
@@ -58,8 +61,9 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-Output = Callable[[bytes], None]
-Progress = Callable[[int, int, str], None]
+if TYPE_CHECKING:
+    Output = Callable[[bytes], None]
+    Progress = Callable[[int, int, str], None]
 CONSOLE_KEEP = 1 << 20  # console bytes a VirtualMachine keeps when no output callable is given
 
 

@@ -20,7 +20,10 @@ import os
 import select
 import stat
 import threading
-from typing import TYPE_CHECKING, List, Optional, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import List, Optional, Union
 
 from .errors import UsageProblem
 

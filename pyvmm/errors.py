@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 
 class PyvmmError(Exception):
@@ -56,17 +59,29 @@ class KvmError(OSError, PyvmmError):
     exit_status = 1
 
     def __init__(self, err: int, ioctl: str, target: str, reg: Optional[str] = None,
-                 hint: Optional[str] = None):
+                 hint: Optional[str] = None, explain: Optional[Callable[[], Optional[str]]] = None):
         what = f"{ioctl} on {target}"
         if reg:
             what += f" (reg {reg})"
         message = f"{what} failed: {_errno.errorcode.get(err, str(err))} ({os.strerror(err)})"
         OSError.__init__(self, err, message)
         self.message = message
-        self.hint = hint
+        self._hint, self._explain = hint, explain
         self.ioctl = ioctl
         self.target = target
         self.reg = reg
+
+    @property  # PyvmmError's attribute, worked out when first read
+    def hint(self) -> Optional[str]:
+        """``explain()`` when given (called on first use: a failure that is caught, such as
+        the SME probe's, never loads the explanations), else the ``hint`` given."""
+        if self._explain is not None:
+            self._hint, self._explain = self._explain(), None
+        return self._hint
+
+    @hint.setter
+    def hint(self, value: Optional[str]) -> None:
+        self._hint, self._explain = value, None
 
     def __str__(self) -> str:
         if self.hint:

@@ -5,7 +5,9 @@ a value; unknown exits are a value too, never an exception.
 """
 from __future__ import annotations
 
-from typing import Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Tuple
 
 from ._ffi import const, ffi
 

@@ -16,7 +16,9 @@ and restore them with the rest; the INIT features are in the snapshot.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 from ._record import record
 from ._ffi import const

@@ -8,7 +8,11 @@ part of the base API, the capability that makes it available.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+
+from collections import namedtuple
 
 from ._ffi import ffi
 
@@ -24,16 +28,20 @@ def _ioc(direction: int, typ: int, nr: int, size: int) -> int:
     return (direction << 30) | (size << 16) | (typ << 8) | nr
 
 
-class Request(NamedTuple):
-    name: str
-    number: int
-    argtype: Optional[str]  # C type of the argument, None for _IO
+if TYPE_CHECKING:
+    class Request(NamedTuple):
+        name: str
+        number: int
+        argtype: Optional[str]  # C type of the argument, None for _IO
+else:  # the same class without importing typing (start-up time)
+    Request = namedtuple("Request", "name number argtype")
 
 
 # Each entry is (name, direction, nr, argument type, ioctl type); its number
 # (which needs the argument's size from cffi) is worked out on first use, so
 # importing this module costs no C type lookups.
-_Spec = Tuple[str, int, int, Optional[str], int]
+if TYPE_CHECKING:
+    _Spec = Tuple[str, int, int, Optional[str], int]
 
 
 def _IO(name, nr, typ=KVMIO) -> _Spec:

@@ -1,7 +1,9 @@
 """A device fd from KVM_CREATE_DEVICE (e.g. the in-kernel vGICv3)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 from ._fd import KvmFd
 from ._ffi import ffi

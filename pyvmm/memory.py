@@ -17,7 +17,10 @@ from __future__ import annotations
 import mmap
 import os
 import threading
-from typing import Dict, List, Optional, Set
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Set
 
 from ._record import record
 from ._ffi import ffi, libc

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import List, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 from ._record import record
 from .arm64 import regs

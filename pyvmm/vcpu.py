@@ -4,7 +4,10 @@ from __future__ import annotations
 import errno
 import itertools
 import mmap
-from typing import Iterable, List, Optional, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Iterable, List, Optional, Sequence
 
 from . import exits
 from .arm64 import regs

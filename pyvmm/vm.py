@@ -1,7 +1,9 @@
 """The VM fd."""
 from __future__ import annotations
 
-from typing import List, Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 from ._fd import KvmFd
 from ._ffi import const, ffi

@@ -10,7 +10,13 @@ Layout of an id (64 bits): arch in [63:56] (arm64 = 0x60), size in [55:52]
 Always decode using the size too: ZA row 48 and ZT0 share their low 16 bits
 (0x0600) and differ only in size (ABI page §1).
 """
-from typing import Dict, NamedTuple, Optional, Tuple
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Dict, NamedTuple, Optional, Tuple
+
+from collections import namedtuple
 
 from . import sysregs
 
@@ -203,20 +209,22 @@ CNTFRQ_EL0 = sysreg_named("CNTFRQ_EL0")
 
 # ---- decoding ----------------------------------------------------------------
 
-class Decoded(NamedTuple):
-    """What an id means. ``kind`` is one of core, sysreg, demux, fw,
-    fw_feat_bmap, sve_z, sve_p, sve_ffr, sve_vls, sme_za, sme_zt, sme_vls,
-    unknown. ``index`` is the register number (Z3 -> 3, ZA row 12 -> 12, core
-    byte offset for core), ``slice`` the SVE/SME slice, ``encoding`` the
-    (op0, op1, CRn, CRm, op2) of a system register."""
-
-    kind: str
-    name: str
-    size: int
-    index: Optional[int] = None  # type: ignore[assignment]  # the field shadows tuple.index on purpose
-    slice: Optional[int] = None
-    encoding: Optional[Tuple[int, int, int, int, int]] = None
-    known: bool = True
+if TYPE_CHECKING:
+    class Decoded(NamedTuple):
+        kind: str
+        name: str
+        size: int
+        index: Optional[int] = None  # type: ignore[assignment]  # the field shadows tuple.index on purpose
+        slice: Optional[int] = None
+        encoding: Optional[Tuple[int, int, int, int, int]] = None
+        known: bool = True
+else:  # the same class without importing typing (start-up time)
+    Decoded = namedtuple("Decoded", "kind name size index slice encoding known", defaults=(None, None, None, True))
+Decoded.__doc__ = """What an id means. ``kind`` is one of core, sysreg, demux, fw,
+fw_feat_bmap, sve_z, sve_p, sve_ffr, sve_vls, sme_za, sme_zt, sme_vls,
+unknown. ``index`` is the register number (Z3 -> 3, ZA row 12 -> 12, core
+byte offset for core), ``slice`` the SVE/SME slice, ``encoding`` the
+(op0, op1, CRn, CRm, op2) of a system register."""
 
 
 def _slice_suffix(s: int) -> str:

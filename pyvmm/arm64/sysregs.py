@@ -6,9 +6,12 @@ GICv3 CPU interface registers the vGIC saves are named; ids are derived from the
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Tuple
 
-Enc = Tuple[int, int, int, int, int]
+if TYPE_CHECKING:
+    Enc = Tuple[int, int, int, int, int]
 
 _TABLE = """
 # --- identification (op0=3, op1=0, CRn=0) ---
@@ -245,27 +248,63 @@ def _build() -> Dict[str, Enc]:
             continue
         name, *nums = line.split()
         table[name] = tuple(int(n) for n in nums)  # type: ignore[assignment]
-    # Numbered families.
-    for n in range(16):
-        table[f"DBGBVR{n}_EL1"] = (2, 0, 0, n, 4)
-        table[f"DBGBCR{n}_EL1"] = (2, 0, 0, n, 5)
-        table[f"DBGWVR{n}_EL1"] = (2, 0, 0, n, 6)
-        table[f"DBGWCR{n}_EL1"] = (2, 0, 0, n, 7)
-    for n in range(4):
-        table[f"ICC_AP0R{n}_EL1"] = (3, 0, 12, 8, 4 + n)
-        table[f"ICC_AP1R{n}_EL1"] = (3, 0, 12, 9, n)
-    for n in range(31):
-        table[f"PMEVCNTR{n}_EL0"] = (3, 3, 14, 8 + n // 8, n % 8)
-        table[f"PMEVTYPER{n}_EL0"] = (3, 3, 14, 12 + n // 8, n % 8)
+    for prefix, suffix, count, enc in _FAMILIES:
+        for n in range(count):
+            table[f"{prefix}{n}{suffix}"] = enc(n)
     return table
 
 
-BY_NAME: Dict[str, Enc] = _build()
-BY_ENCODING: Dict[Enc, str] = {}
-for _name, _enc in BY_NAME.items():
-    if _enc in BY_ENCODING:
-        raise AssertionError(f"sysreg table: {_name} and {BY_ENCODING[_enc]} share {_enc}")
-    BY_ENCODING[_enc] = _name
+# Numbered families: (prefix, suffix, how many, encoding of number n).
+_FAMILIES = (
+    ("DBGBVR", "_EL1", 16, lambda n: (2, 0, 0, n, 4)),
+    ("DBGBCR", "_EL1", 16, lambda n: (2, 0, 0, n, 5)),
+    ("DBGWVR", "_EL1", 16, lambda n: (2, 0, 0, n, 6)),
+    ("DBGWCR", "_EL1", 16, lambda n: (2, 0, 0, n, 7)),
+    ("ICC_AP0R", "_EL1", 4, lambda n: (3, 0, 12, 8, 4 + n)),
+    ("ICC_AP1R", "_EL1", 4, lambda n: (3, 0, 12, 9, n)),
+    ("PMEVCNTR", "_EL0", 31, lambda n: (3, 3, 14, 8 + n // 8, n % 8)),
+    ("PMEVTYPER", "_EL0", 31, lambda n: (3, 3, 14, 12 + n // 8, n % 8)),
+)
+
+
+if TYPE_CHECKING:
+    BY_NAME: Dict[str, Enc]
+    BY_ENCODING: Dict[Enc, str]
+_tables: Dict[str, dict] = {}
+
+
+def _built() -> Dict[str, dict]:
+    """BY_NAME and BY_ENCODING, built on first use: the registers ``pyvmm run``
+    names before its first KVM_RUN are read from the text alone (start-up time)."""
+    if not _tables:
+        by_name = _build()
+        by_encoding: Dict[Enc, str] = {}
+        for name, enc in by_name.items():
+            if enc in by_encoding:
+                raise AssertionError(f"sysreg table: {name} and {by_encoding[enc]} share {enc}")
+            by_encoding[enc] = name
+        _tables.update(BY_NAME=by_name, BY_ENCODING=by_encoding)
+    return _tables
+
+
+def __getattr__(attr: str) -> dict:
+    if attr in ("BY_NAME", "BY_ENCODING"):
+        return _built()[attr]
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def _listed(upper: str) -> Optional[Enc]:
+    """A register's encoding from its line of the table's text or its family, without the tables."""
+    start = _TABLE.find(f"\n{upper} ")
+    if start < 0:
+        for prefix, suffix, count, enc in _FAMILIES:
+            number = upper[len(prefix):-len(suffix)]
+            if upper.startswith(prefix) and upper.endswith(suffix) and number.isdigit() and int(number) < count \
+                    and str(int(number)) == number:
+                return enc(int(number))
+        return None
+    nums = _TABLE[start + len(upper) + 2:_TABLE.index("\n", start + 1)].split()
+    return tuple(int(n) for n in nums)  # type: ignore[return-value]
 
 
 def is_id_space(enc: Enc) -> bool:
@@ -278,7 +317,7 @@ def is_id_space(enc: Enc) -> bool:
 def name_of(enc: Enc) -> str:
     """Architectural name, ``ID_UNALLOCATED_C<m>_<op2>`` for reserved ID
     registers, or the generic ``S<op0>_<op1>_C<n>_C<m>_<op2>`` form."""
-    name = BY_ENCODING.get(enc)
+    name = _built()["BY_ENCODING"].get(enc)
     if name:
         return name
     op0, op1, crn, crm, op2 = enc
@@ -290,8 +329,9 @@ def name_of(enc: Enc) -> str:
 def encoding_of(name: str) -> Enc:
     """Inverse of :func:`name_of` (accepts all three forms)."""
     upper = name.upper()
-    if upper in BY_NAME:
-        return BY_NAME[upper]
+    enc = _tables["BY_NAME"].get(upper) if _tables else _listed(upper)
+    if enc is not None:
+        return enc
     import re  # only for the generic forms: the names regs.py resolves at import need no re
 
     m = re.fullmatch(r"ID_UNALLOCATED_C([1-7])_([0-7])", upper)

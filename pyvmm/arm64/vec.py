@@ -7,7 +7,9 @@ A VQ is 128 bits; a VLS register holds the set of VQs a vCPU offers.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Iterable, Optional, Tuple
 
 from .._record import record, replace
 from ..errors import UsageProblem

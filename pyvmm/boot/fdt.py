@@ -20,7 +20,10 @@ writes (tests/host/test_fdt.py compares the two where pylibfdt is installed).
 from __future__ import annotations
 
 import struct
-from typing import List, Optional, Sequence, Tuple, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import List, Optional, Sequence, Tuple, Union
 
 from .._record import field, record
 from ..errors import UsageProblem
@@ -34,7 +37,8 @@ PHANDLE_APB_CLOCK = 2
 GIC_SPI, GIC_PPI = 0, 1
 IRQ_TYPE_EDGE_RISING, IRQ_TYPE_LEVEL_HIGH = 1, 4
 
-PropValue = Union[None, str, List[str], bytes, int, Tuple[int, ...]]
+if TYPE_CHECKING:
+    PropValue = Union[None, str, List[str], bytes, int, Tuple[int, ...]]
 
 
 def cells(*values: int) -> bytes:

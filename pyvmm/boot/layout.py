@@ -31,7 +31,9 @@ kernel and is entered there with the MMU off; the DTB is in the top 2 MiB.
 """
 from __future__ import annotations
 
-from typing import Optional
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Optional
 
 from .._record import record
 from ..errors import UsageProblem

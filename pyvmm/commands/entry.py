@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, NoReturn, Optional, Sequence
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, NoReturn, Optional, Sequence
 
 
 def fail(error: BaseException, debug: bool) -> NoReturn:

@@ -12,7 +12,9 @@ is click's own.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 if TYPE_CHECKING:
     import click
@@ -51,7 +53,8 @@ class Argument:
         self.required = required
 
 
-Param = Union[Option, Argument]
+if TYPE_CHECKING:
+    Param = Union[Option, Argument]
 
 
 def parse(params: Sequence[Param], args: Sequence[str]) -> Optional[Dict[str, Any]]:

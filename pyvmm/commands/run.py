@@ -3,9 +3,15 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Dict, List, Optional, Tuple
+
+    import signal
+else:
+    import _signal as signal  # signal's C core: the same calls with int numbers, without enum (start-up time)
 
 from .. import console_out as console_out_lib
 from .. import machine as machine_lib

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import Callable, Dict, List, Optional, Protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Protocol
 
 from .._record import record
 from ..errors import PyvmmError
 
 
-class MmioDevice(Protocol):
-    def read(self, offset: int, length: int) -> bytes: ...
+if TYPE_CHECKING:
+    class MmioDevice(Protocol):
+        def read(self, offset: int, length: int) -> bytes: ...
 
-    def write(self, offset: int, data: bytes) -> None: ...
+        def write(self, offset: int, data: bytes) -> None: ...
 
 
 class BusOverlap(PyvmmError):

@@ -13,7 +13,10 @@ from __future__ import annotations
 import os
 import select
 import threading
-from typing import Callable, Dict, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Optional
 
 
 def eventfd() -> int:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Callable, Deque, Dict
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Deque, Dict
 
 from ..boot import fdt
 from .state import StateReader, b64, restore_line

@@ -9,8 +9,13 @@ reader knows is refused; all before anything is taken. A refusal is a
 from __future__ import annotations
 
 import builtins
-import binascii
-from typing import Any, Dict, Iterable, List, Literal, Optional, Union, overload
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Dict, Iterable, List, Literal, Optional, Union, overload
+else:
+    def overload(method):  # typing.overload's run-time effect: none (the last definition stands)
+        return method
 
 from ..errors import UsageProblem
 
@@ -107,6 +112,7 @@ class StateReader:
         if not isinstance(value, str):
             raise self.fail(f"{key!r} must be base64 text, not {_shown(value)}")
         import base64
+        import binascii
 
         try:
             data = base64.b64decode(value.encode("ascii"), validate=True)

@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, List, Optional, Tuple
 
 from .._ffi import const, ffi
 from ..errors import KvmError

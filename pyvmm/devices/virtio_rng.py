@@ -4,7 +4,10 @@ binds it as hw_random "virtio_rng.0" (/dev/hwrng)."""
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Dict
 
 from .state import StateReader
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend

@@ -20,7 +20,10 @@ libatomic) the feature is not offered (:func:`event_idx_offer`).
 from __future__ import annotations
 
 import struct
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .._ffi import ffi
 from .._record import field, record
@@ -92,7 +95,8 @@ class VirtqueueError(GuestError):
     """The driver broke the virtqueue rules; the device must be reset."""
 
 
-Segment = Tuple[int, int]  # (guest physical address, length)
+if TYPE_CHECKING:
+    Segment = Tuple[int, int]  # (guest physical address, length)
 
 
 @record

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import mmap
 import threading
-from typing import Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Optional
 
 from .._ffi import ffi
 from ..errors import GuestError

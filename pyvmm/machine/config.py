@@ -6,7 +6,10 @@ from __future__ import annotations
 import enum
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, List, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 from .._record import field, record
 from ..boot import image, layout

@@ -7,7 +7,10 @@ import os
 import select
 import threading
 import time
-from typing import Callable, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Optional
 
 
 

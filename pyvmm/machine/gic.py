@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .._ffi import const, ffi
 from ..boot import fdt, layout

@@ -3,7 +3,9 @@ saved banks, CPU interface sysregs and the attr encoders (GICv3 architecture
 specification, chapter 12; Documentation/virt/kvm/devices/arm-vgic-v3.rst)."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Dict, Optional, Tuple
 
 from .._ffi import const
 from ..arm64 import regs, sysregs

@@ -16,10 +16,15 @@ left installed: a second machine, or one in another thread, needs it too.
 """
 from __future__ import annotations
 
-import signal
 import threading
 
 from .._ffi import ffi, libc
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    import signal
+else:
+    import _signal as signal  # signal's C core: the same calls with int numbers, without enum (start-up time)
 
 KICK_SIGNAL = signal.SIGUSR1
 _SIG_DFL, _SIG_IGN = 0, 1

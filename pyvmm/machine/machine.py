@@ -16,11 +16,17 @@ returns EINTR wherever it is.
 from __future__ import annotations
 
 import functools
-import signal
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple, TypeVar
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+    import signal
+else:
+    import _signal as signal  # signal's C core: the same calls with int numbers, without enum (start-up time)
 
 from .._record import replace
 from ..arm64 import regs
@@ -55,8 +61,9 @@ if TYPE_CHECKING:
     from ..vcpu import Vcpu
     from ..vm import Vm
 
-T = TypeVar("T")
-B = TypeVar("B", bound=VirtioBackend)
+if TYPE_CHECKING:
+    T = TypeVar("T")
+    B = TypeVar("B", bound=VirtioBackend)
 
 
 def built(part: Optional[T], what: str) -> T:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Optional, Tuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, Tuple
 
 from ..errors import UsageProblem
 from .config import RESET_REASON, ExitStatus, MachineConfig, Outcome, Payload, prepare

@@ -5,14 +5,18 @@ from __future__ import annotations
 import errno
 import time
 from collections import Counter
-from typing import Optional, Tuple, Union
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Optional, Tuple, Union
 
 from .. import exits
 from .._ffi import const, ffi
 from ..errors import KvmError, PyvmmError, UsageProblem
 from .config import RESET_REASON, ExitStatus
 
-Verdict = Tuple[ExitStatus, str]
+if TYPE_CHECKING:
+    Verdict = Tuple[ExitStatus, str]
 # handle_exit's answer for a signal (KVM_EXIT_INTR): the vCPU may park here
 # (Machine.pause); KVM_RUN with immediate_exit has completed any MMIO access.
 PAUSE_POINT = "pause point"

@@ -35,7 +35,10 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Iterable, List, Optional
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Iterable, List, Optional
 
 from .._ffi import const
 from ..devices.io_thread import IoThread, eventfd

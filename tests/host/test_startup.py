@@ -1,7 +1,8 @@
 """Start-up: each command loads only what it needs (issue 13, item 5). Checked
 in a fresh interpreter per case, by which modules end up in ``sys.modules``:
 the CLI alone loads no command; ``pyvmm run`` loads neither the snapshot,
-control, abi-check nor network modules, nor the test-only libraries. (How
+control, abi-check nor network modules, nor the test-only libraries, nor
+``typing`` and ``re``. (How
 long start-up takes is measured by bench/startup.py, not here.)"""
 import json
 import os
@@ -29,23 +30,56 @@ def under(mods, *prefixes):
 TEST_ONLY = ("hypothesis", "pytest", "png", "libfdt")
 
 
-def test_run_starts_without_click_or_dataclasses(tmp_path):
-    # `pyvmm run` as the console script and `python -m pyvmm` start it, up to opening KVM (a
-    # node that does not exist here: the run ends there, on any host, after loading the machine)
+def run_until_kvm(tmp_path, *python_flags, path=ROOT):
+    """The words a fresh interpreter prints at exit (``sysregs tables built`` and the sorted
+    ``sys.modules``) after ``pyvmm run`` as the console script and ``python -m pyvmm`` start
+    it, up to opening KVM (a node that does not exist here: the run ends there, on any host,
+    after loading the machine)."""
     from support.image import make_image
 
     k = tmp_path / "Image"
     k.write_bytes(make_image(image_size=8 << 20, body=8192))
     code = ("import atexit, sys\n"
-            "atexit.register(lambda: print('\\n'.join(sorted(sys.modules))))\n"
+            "from pyvmm.arm64 import sysregs\n"
+            "atexit.register(lambda: print(bool(sysregs._tables), *sorted(sys.modules)))\n"
             "from pyvmm.commands.entry import main\n"
             f"main(['run', '-k', {str(k)!r}, '--kvm', {str(tmp_path / 'no-kvm')!r}])\n")
-    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    r = subprocess.run([sys.executable, *python_flags, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, env=dict(os.environ, PYTHONPATH=path), cwd=ROOT, timeout=120)
     assert r.returncode == 1 and r.stderr.startswith("pyvmm: error: "), r.stderr
-    mods = set(r.stdout.split()) - loaded_after("")  # what run loads beyond the interpreter's own start-up
+    return r.stdout.split()
+
+
+def test_run_starts_without_click_or_dataclasses(tmp_path):
+    _, *loaded = run_until_kvm(tmp_path)
+    mods = set(loaded) - loaded_after("")  # what run loads beyond the interpreter's own start-up
     assert {"pyvmm.machine.machine", "pyvmm.api", "pyvmm.commands.run"} <= mods  # the check below means something
     assert under(mods, "click", "dataclasses", "inspect", "re", "ast", "pyvmm.cli", *TEST_ONLY) == []
+
+
+def test_run_path_loads_no_typing_regex_or_sysreg_table(tmp_path):
+    # the same, in `python -S` (no site: .pth files of the host's site-packages may load typing
+    # themselves; site-packages stays on the path for cffi). Each module costs start-up time in
+    # the emulated test machine (issue 13, item 5).
+    import site
+
+    built, *mods = run_until_kvm(tmp_path, "-S", path=os.pathsep.join([ROOT, *site.getsitepackages()]))
+    assert "pyvmm.machine.machine" in mods and "pyvmm.arm64.sysregs" in mods  # the checks below mean something
+    assert under(mods, "typing", "re", "contextlib", "warnings", "collections.abc", "signal", "binascii",
+                 "pyvmm.arm64.errno_explain") == []
+    assert built == "False"  # the sysreg tables are built on first use, not by the names resolved at import
+
+
+def test_a_caught_kvm_error_loads_no_explanations():
+    # the SME probe catches VCPU_INIT's ENOENT on kernels without SME, and looks only at the errno
+    code = ("import errno, sys\nfrom pyvmm._fd import KvmFd\n"
+            "e = KvmFd(-1).error('KVM_ARM_VCPU_INIT', errno.ENOENT)\n"
+            "print(e.errno == errno.ENOENT, 'pyvmm.arm64.errno_explain' in sys.modules)\n"
+            "e = KvmFd(-1).error('KVM_GET_ONE_REG', errno.EBUSY, 'ZA[0]')\n"
+            "print('SVCR.ZA = 0' in str(e), 'pyvmm.arm64.errno_explain' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    assert r.stdout.split() == ["True", "False", "True", "True"]
 
 
 @pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"],
