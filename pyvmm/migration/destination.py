@@ -168,37 +168,42 @@ class Incoming:
 
     def _receive(self, m: Machine) -> None:
         assert self.first is not None
+        assert self.conn is not None
         slot_pages = {r.slot: r.size // self.page for r in m.mem.regions if not r.readonly}
-        regions = {r.slot: r for r in m.mem.regions}
-        page = self.page
-        while True:
-            f = self._frame((stream.PAGES, stream.STATE))
-            t0 = time.monotonic()
-            if f.type == stream.PAGES:
-                slot, indices, data = stream.decode_pages(f.payload, slot_pages, page)
-                mm = regions[slot].mm
-                if indices[-1] - indices[0] + 1 == len(indices):  # a run of pages: one copy
-                    mm[indices[0] * page:(indices[-1] + 1) * page] = data
-                else:
-                    for k, i in enumerate(indices):
-                        mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
-                self.pages_received += len(indices)
-                if self.progress is not None:
-                    self.progress(self.pages_received)
-                continue
-            final = fmt.decode(f.payload, "migration state")
-            t1 = time.monotonic()
-            schema.check(final)
-            why = same_machine(self.first, final)
-            if why:
-                raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
-            t2 = time.monotonic()
-            machine_snapshot.load_state(m, final, "hide", self.plans, timing=self.timing)
-            t3 = time.monotonic()
-            machine_snapshot.finish_restore(m)
-            self.timing.update(decode=_ms(t0, t1), check=_ms(t1, t2), load=_ms(t2, t3),
-                               finish=_ms(t3, time.monotonic()))
-            return
+        views = {r.slot: memoryview(r.mm) for r in m.mem.regions if not r.readonly}
+        page, conn = self.page, self.conn
+        try:
+            while True:
+                ftype, length = stream.parse_header(self._recv(stream.FRAME_HEADER_SIZE), page,
+                                                    (stream.PAGES, stream.STATE))
+                if ftype == stream.PAGES:
+                    # Received straight into guest RAM, its head checked first (stream.read_pages_into).
+                    _, indices = stream.read_pages_into(self._recv, conn.recv_into, length, slot_pages, page,
+                                                        views.__getitem__)
+                    self.pages_received += len(indices)
+                    if self.progress is not None:
+                        self.progress(self.pages_received)
+                    continue
+                payload = bytes(self._recv(length))
+                if ftype == stream.ABORT:
+                    raise PeerError(f"the source gave up: {stream.reason(payload)}")
+                break
+        finally:
+            for v in views.values():
+                v.release()  # the region's mmap can be closed (a view left would keep it from closing)
+        t0 = time.monotonic()
+        final = fmt.decode(payload, "migration state")
+        t1 = time.monotonic()
+        schema.check(final)
+        why = same_machine(self.first, final)
+        if why:
+            raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
+        t2 = time.monotonic()
+        machine_snapshot.load_state(m, final, "hide", self.plans, timing=self.timing)
+        t3 = time.monotonic()
+        machine_snapshot.finish_restore(m)
+        self.timing.update(decode=_ms(t0, t1), check=_ms(t1, t2), load=_ms(t2, t3),
+                           finish=_ms(t3, time.monotonic()))
 
     def handover(self, resume: Callable[[], None]) -> None:
         """READY, wait for GO, ``resume()`` the vCPUs, RUNNING."""
