@@ -184,15 +184,28 @@ class VgicV3:
         try:
             self._write_iidr(state["dist"]["GICD_IIDR"])
             self._write_dist_config(state, {}, written)
-            known: Dict[Tuple[int, int], int] = {}
-            self._io.record = known
-            try:
-                self._save(mpidrs)
-            finally:
-                self._io.record = None
         except KvmError as e:
             raise _busy_or(e, "restore") from None
+        self.learn_current(mpidrs)
         self._preset = written
+
+    def learn_current(self, mpidrs: List[int]) -> None:
+        """Read every register the next :meth:`restore` writes (as
+        :meth:`save` reads it), so that it skips a write of the value a
+        register holds (a set/clear pair when its set register holds it):
+        exact as long as nothing changes this vGIC in between (no vCPU runs,
+        no interrupt line is driven). A live migration's destination that
+        has restored the state it checked learns it so, and the pause then
+        writes only what the guest changed since."""
+        mpidrs = self._check_mpidrs(mpidrs, "restore")
+        known: Dict[Tuple[int, int], int] = {}
+        self._io.record = known
+        try:
+            self._save(mpidrs)
+        except KvmError as e:
+            raise _busy_or(e, "restore") from None
+        finally:
+            self._io.record = None
         self._known = known
 
     def _write_dist_config(self, state: Dict, preset: Dict[int, int], written: Dict[int, int]) -> None:

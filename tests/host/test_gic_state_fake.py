@@ -189,6 +189,27 @@ def test_preset_config_then_restore_writes_only_the_changed_configuration():
     assert (DIST, gic_regs.GICD_IROUTER + 8 * 36, first["dist"]["IROUTER"][4] & 0xFFFFFFFF) in dev.writes()
 
 
+def test_a_restored_vgic_that_learned_its_registers_writes_only_what_changed():
+    src, _ = _gic()
+    first = json.loads(json.dumps(src.save(MPIDRS)))
+    final = json.loads(json.dumps(first))
+    final["dist"]["IROUTER"][3] = 1
+    final["dist"]["ISENABLER"][0] ^= 1 << 3
+    dst, dev = _gic()
+    dst.restore(json.loads(json.dumps(first)), MPIDRS)
+    dev.log.clear()
+    dst.learn_current(MPIDRS)
+    assert dev.writes() == []  # reads only
+    dst.restore(final, MPIDRS)
+    w = dev.writes()
+    enable = [x for x in w if x[0] == DIST and x[1] in (gic_regs.GICD_ISENABLER + 4, gic_regs.GICD_ICENABLER + 4)]
+    assert len(enable) == 2 and (DIST, gic_regs.GICD_IROUTER + 8 * 35, 1) in w
+    # the route (the halves that differ) and the enable pair; nothing else differs
+    assert {a for _g, a, _v in w} <= {gic_regs.GICD_IROUTER + 8 * 35, gic_regs.GICD_IROUTER + 8 * 35 + 4,
+                                      gic_regs.GICD_ISENABLER + 4, gic_regs.GICD_ICENABLER + 4}, w
+    assert dst.save(MPIDRS) == final
+
+
 def _refusal(mutate, nr_irqs=128, ncpus=2, mpidrs=MPIDRS):
     src, _ = _gic()
     state = json.loads(json.dumps(src.save(MPIDRS)))
