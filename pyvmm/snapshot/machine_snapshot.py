@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from .._record import record
-from typing import Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from .. import hostinfo
 from ..boot import layout
@@ -119,8 +119,10 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
           cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
           timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
     t0 = time.monotonic()
-    states = [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in zip(m.vcpus, m.vcpu_features)]
+    states = _save_vcpus(m, cache)
     t1 = time.monotonic()
+    # After every vCPU read has ended: KVM answers a vGIC access made while
+    # another ioctl holds a vCPU with EBUSY.
     gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
     t2 = time.monotonic()
     devices = {"uart": built(m.uart, "UART").save_state(),
@@ -139,6 +141,35 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     })
     # Sealed with this user's key: restore then trusts the host resources it names.
     return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
+
+
+def _save_vcpus(m: Machine, cache: Optional[vcpu_state.SaveCache]) -> List[vcpu_state.VcpuState]:
+    """Each vCPU's state, the vCPUs read in parallel (a thread for each one
+    after the first, joined before this returns: their ioctls run without
+    the interpreter lock)."""
+    pairs = list(zip(m.vcpus, m.vcpu_features))
+    if len(pairs) < 2:
+        return [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in pairs]
+    out: List[Any] = [None] * len(pairs)
+
+    def one(k: int) -> None:
+        try:
+            out[k] = vcpu_state.save(pairs[k][0], pairs[k][1], m.sme_bit, cache)
+        except BaseException as e:  # noqa: BLE001 (raised below, in the caller's thread)
+            out[k] = e
+    threads = [threading.Thread(target=one, args=(k,), name=f"pyvmm-save-vcpu{k}", daemon=True)
+               for k in range(1, len(pairs))]
+    for t in threads:
+        t.start()
+    try:
+        one(0)
+    finally:
+        for t in threads:
+            t.join()
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return out
 
 
 @record
