@@ -11,18 +11,24 @@ once per VMM, both hosts on the same machine over a unix socket:
 
   pyvmm  ``pyvmm run ... --control SOCK`` and ``pyvmm restore --incoming
          unix:PATH``; once a tick is seen, ``pyvmm migrate SOCK unix:PATH
-         --json``: its report gives downtime and total time (the VMM's own
-         figures), and the command's wall time includes the CLI's start-up.
+         --json``: its report gives ``sent_ms`` (the guest's pause until the
+         source sent everything), ``downtime_ms`` (the pause until the
+         destination said it runs the guest) and total time (the VMM's own
+         figures); the command's wall time includes the CLI's start-up.
   QEMU   ``qemu-system-aarch64 -accel kvm ... -qmp`` and the same command plus
          ``-incoming unix:PATH``; QMP ``migrate`` until query-migrate says
-         completed: its ``downtime`` and ``total-time``. Both VMMs at their
-         defaults (300 ms maximum downtime, no bandwidth cap: QEMU's
-         max-bandwidth is raised to 100 GiB/s, pyvmm has none).
+         completed: its ``downtime`` (which ends when the source has sent
+         everything: compared with pyvmm's ``sent_ms``) and ``total-time``;
+         the source's STOP event to the destination's RESUME event is its
+         pause until running. Both VMMs at their defaults (300 ms maximum
+         downtime, no bandwidth cap: QEMU's max-bandwidth is raised to
+         100 GiB/s, pyvmm has none).
 
 For both, the guest's own view is measured too: the gap between the last
 tick line on the source's console and the first one on the destination's
-(its ``N`` must follow on, no tick lost or repeated), which counts every
-stop whichever VMM reports it.
+(its ``N`` must follow on, no tick lost or repeated; one line cut by the
+hand-over and lost is reported on stderr and that round's gap not
+counted), which counts every stop whichever VMM reports it.
 
 Prints medians, the ratios pyvmm/QEMU and issue 13's targets (downtime <=
 QEMU's, total migration time <= 1.0x). Exit status 0 when everything ran (a
@@ -66,8 +72,17 @@ def workload(mib):
     return "quiet pyvmm.cmd=" + base64.b64encode(s.encode()).decode()
 
 
-def guest_gap(src: Vmm, dst: Vmm, what: str) -> float:
-    """Seconds between the source's last tick and the destination's first, checking N follows on."""
+def guest_gap(src: Vmm, dst: Vmm, what: str, may_lose_a_line: bool = False):
+    """Seconds between the source's last tick and the destination's first,
+    checking N follows on. ``may_lose_a_line``: a tick that follows on after
+    one missing line (the line cut by the hand-over, lost: seen with QEMU,
+    and with pyvmm in two runs of 2026-12-04, not understood yet) is no
+    failure, but it is reported and the gap is not counted (None)."""
+    if src.p.poll() is not None:
+        # The source has exited (pyvmm): its console read to the end first, so
+        # its last tick and a line cut at the hand-over are seen (a loaded host
+        # can leave the reader behind the exit).
+        src.console.join(30)
     if not src.console.ticks:
         raise BenchError(f"{what}: the source printed no tick")
     last_n, last_t = src.console.ticks[-1]
@@ -75,6 +90,12 @@ def guest_gap(src: Vmm, dst: Vmm, what: str) -> float:
     joined = dst.console.joined_tick(src.console)
     if joined is not None and joined[0] == last_n + 1 and n == last_n + 2:
         n, t = joined  # a tick line cut by the hand-over: begun on the source, ended here
+    if may_lose_a_line and n == last_n + 2:
+        head = [line for line, _t in dst.console.head[:2]]
+        print(f"bench: {what}: tick {last_n + 1} was lost by the console in the hand-over (source's unterminated "
+              f"rest {src.console.partial!r}, destination's first lines {head!r}); this round's guest gap is not "
+              "counted", file=sys.stderr, flush=True)
+        return None
     if n != last_n + 1:
         raise BenchError(f"{what}: the destination's first tick is {n}, the source's last was {last_n}")
     return t - last_t
@@ -111,12 +132,12 @@ def round_pyvmm(k, i, mib, tmp):
             src.p.wait(60)
         except Exception:
             raise BenchError(f"pyvmm migrate exited 0 but the source did not end within 60 s: {src.why()}") from None
-        gap = guest_gap(src, dst, f"pyvmm {mib} MiB")
+        gap = guest_gap(src, dst, f"pyvmm {mib} MiB", may_lose_a_line=True)
         print(f"bench: pyvmm downtime parts (ms): {json.dumps(rep.get('downtime_parts'))}", file=sys.stderr, flush=True)
         print(f"bench: pyvmm destination: {timing_line(dst)}", file=sys.stderr, flush=True)
         print(f"bench: pyvmm phases (ms): {json.dumps(rep.get('phases'))}", file=sys.stderr, flush=True)
-        return {"downtime": rep["downtime_ms"] / 1000, "total": rep["total_ms"] / 1000, "wall": wall,
-                "rounds": rep["rounds"], "bytes": rep["bytes"], "gap": gap}
+        return {"sent": rep["sent_ms"] / 1000, "running": rep["downtime_ms"] / 1000, "total": rep["total_ms"] / 1000,
+                "wall": wall, "rounds": rep["rounds"], "bytes": rep["bytes"], "gap": gap}
     finally:
         for v in (src, dst):
             if v:
@@ -126,7 +147,7 @@ def round_pyvmm(k, i, mib, tmp):
 def round_qemu(k, i, mib, tmp):
     qs, qd, inc = (os.path.join(tmp, n) for n in ("qemu-src.qmp", "qemu-dst.qmp", "qemu.in"))
     src = dst = None
-    qmp = None
+    qmp = dqmp = None
     try:
         cmd = qemu_cmd(k, i, mib, qs)
         at = cmd.index("-append") + 1
@@ -136,7 +157,7 @@ def round_qemu(k, i, mib, tmp):
         dcmd = qemu_cmd(k, i, mib, qd) + ["-incoming", f"unix:{inc}"]
         dcmd[at] = cmd[at]
         dst = Vmm("qemu-incoming", dcmd, tmp)
-        Qmp(qd, dst).close()  # listening once its QMP answers
+        dqmp = Qmp(qd, dst)  # listening once its QMP answers; kept for its RESUME event
         qmp = Qmp(qs, src)
         qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 100 << 30, "downtime-limit": 300})
         t0 = time.monotonic()
@@ -144,12 +165,23 @@ def round_qemu(k, i, mib, tmp):
         st = migration_completed(qmp, t0, "QEMU migrate")
         wall = time.monotonic() - t0
         ram = st.get("ram", {})
-        gap = guest_gap(src, dst, f"QEMU {mib} MiB")
-        return {"downtime": st["downtime"] / 1000, "total": st["total-time"] / 1000, "wall": wall,
+        gap = guest_gap(src, dst, f"QEMU {mib} MiB", may_lose_a_line=True)
+        # Pause until running: the source's STOP event to the destination's RESUME (both
+        # stamped by the same host's wall clock).
+        while dqmp.cmd("query-status").get("status") != "running" and time.monotonic() - t0 < STEP_TIMEOUT:
+            time.sleep(0.05)
+        dqmp.cmd("query-status")
+        stopped, resumed = qmp.event_time("STOP"), dqmp.event_time("RESUME")
+        running = resumed - stopped if stopped is not None and resumed is not None else None
+        if running is None:
+            print("bench: QEMU: no STOP/RESUME event pair seen; pause-until-running not counted", file=sys.stderr,
+                  flush=True)
+        return {"sent": st["downtime"] / 1000, "running": running, "total": st["total-time"] / 1000, "wall": wall,
                 "rounds": ram.get("dirty-sync-count"), "bytes": ram.get("transferred"), "gap": gap}
     finally:
-        if qmp:
-            qmp.close()
+        for q in (qmp, dqmp):
+            if q:
+                q.close()
         for v in (src, dst):
             if v:
                 v.kill()
@@ -159,18 +191,23 @@ def report(results, mib, rounds):
     print(f"\n## Live migration: pyvmm vs QEMU ({rounds} rounds each, medians; {mib} MiB guest, 1 vCPU, "
           "unix socket, same test machine)\n")
     print(f"Guest: fills {mib // 4} MiB of tmpfs, then rewrites 1 MiB of a {WINDOW_MIB} MiB file and prints "
-          "`tick N` every 0.2 s.\nDowntime and total time as each VMM reports them (pyvmm migrate --json; "
-          "QEMU query-migrate); guest gap = last tick on the source to first tick on the destination.\n")
+          "`tick N` every 0.2 s.\nDowntime = the guest's pause on the source until the source has sent "
+          "everything: pyvmm's sent_ms, QEMU's query-migrate downtime (which ends there). Pause until running = "
+          "until the destination runs the guest: pyvmm's downtime_ms (RUNNING received), QEMU's source STOP to "
+          "destination RESUME event. Total time as each VMM reports it. Guest gap = last tick on the source to "
+          "first tick on the destination (a round whose cut tick line was lost is not counted).\n")
     print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
     print("|---|---|---|---|---|")
-    rows = (("downtime (reported)", "downtime", TARGET_DOWNTIME), ("total migration time (reported)", "total", TARGET_TOTAL),
+    rows = (("downtime: pause until all sent (reported)", "sent", TARGET_DOWNTIME),
+            ("pause until running on the destination", "running", None),
+            ("total migration time (reported)", "total", TARGET_TOTAL),
             ("guest gap between ticks", "gap", None), ("wall time of the migrate command / QMP migrate", "wall", None),
             ("rounds (pyvmm) / dirty syncs (QEMU)", "rounds", None), ("bytes sent", "bytes", None))
     for label, key, limit in rows:
         p = median([r[key] for r in results.get("pyvmm", [])])
         q = median([r[key] for r in results.get("qemu", [])])
         ratio = p / q if p is not None and q else None
-        unit = " s" if key in ("downtime", "total", "gap", "wall") else ""
+        unit = " s" if key in ("sent", "running", "total", "gap", "wall") else ""
         show = (lambda x: "n/a" if x is None else (f"{x:.3f}{unit}" if unit else f"{x:,.0f}"))
         verdict = "" if limit is None or ratio is None else f"<= {limit} ({'met' if ratio <= limit else 'MISSED'})"
         print(f"| {label} | {show(p)} | {show(q)} | {'n/a' if ratio is None else f'{ratio:.2f}'} | {verdict} |")
@@ -201,9 +238,10 @@ def main(argv):
             for name in vmms:
                 r = (round_pyvmm if name == "pyvmm" else round_qemu)(k, i, args.mem, tmp)
                 results[name].append(r)
-                print(f"bench: round {n + 1}/{args.rounds} {name}: downtime {r['downtime']:.3f} s, total "
-                      f"{r['total']:.2f} s, guest gap {r['gap']:.2f} s, {r['rounds']} rounds, "
-                      f"{(r['bytes'] or 0) / (1 << 20):.1f} MiB", file=sys.stderr, flush=True)
+                show = (lambda x, d=3: "n/a" if x is None else f"{x:.{d}f} s")
+                print(f"bench: round {n + 1}/{args.rounds} {name}: downtime (all sent) {show(r['sent'])}, pause until "
+                      f"running {show(r['running'])}, total {show(r['total'], 2)}, guest gap {show(r['gap'], 2)}, "
+                      f"{r['rounds']} rounds, {(r['bytes'] or 0) / (1 << 20):.1f} MiB", file=sys.stderr, flush=True)
         report(results, args.mem, args.rounds)
 
     return guarded(PROG, "pyvmm-bench-migration-", body)

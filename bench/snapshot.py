@@ -256,7 +256,8 @@ def snapshot_startup(tmp):
 # -- QMP -------------------------------------------------------------------
 
 class Qmp:
-    """A minimal QMP client over a unix socket (one command at a time; events are skipped)."""
+    """A minimal QMP client over a unix socket (one command at a time; the
+    events that arrive meanwhile are kept in ``events``)."""
 
     def __init__(self, path, vmm, timeout=STEP_TIMEOUT):
         try:
@@ -267,6 +268,7 @@ class Qmp:
                              else f"QMP socket {path} not up within 60 s: {vmm.why()}") from None
         s.settimeout(timeout)
         self.s, self.f, self.vmm = s, s.makefile("rb"), vmm
+        self.events = []
         greeting = self._read("greeting")
         if "QMP" not in greeting:
             raise BenchError(f"QMP: unexpected greeting {greeting!r}")
@@ -292,6 +294,15 @@ class Qmp:
                 return r["return"]
             if "error" in r:
                 raise BenchError(f"QMP {name}: {r['error'].get('desc', r['error'])}")
+            if "event" in r:
+                self.events.append(r)
+
+    def event_time(self, name):
+        """The wall-clock time (s) of the first ``name`` event seen, or None."""
+        for e in self.events:
+            if e.get("event") == name and isinstance(e.get("timestamp"), dict):
+                return e["timestamp"]["seconds"] + e["timestamp"]["microseconds"] / 1e6
+        return None
 
     def close(self):
         self.f.close()

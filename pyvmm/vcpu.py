@@ -130,11 +130,17 @@ class Vcpu(DeviceAttrs, KvmFd):
         self.ioctl("KVM_GET_VCPU_EVENTS", ev)
         return bytes(ffi.buffer(ev))
 
-    def set_vcpu_events(self, raw: bytes) -> None:
+    def set_vcpu_events(self, raw: bytes, inject: bool = True) -> None:
+        """KVM_SET_VCPU_EVENTS; without ``inject``, a pending SError or
+        external data abort in ``raw`` is not made pending (the rest is
+        checked by KVM as it is)."""
         ev = ffi.new("struct kvm_vcpu_events *")
         if len(raw) != ffi.sizeof(ev[0]):
             raise UsageProblem(f"kvm_vcpu_events is {ffi.sizeof(ev[0])} bytes, got {len(raw)}")
         ffi.memmove(ev, raw, len(raw))
+        if not inject:
+            ev.exception.serror_pending = ev.exception.serror_has_esr = ev.exception.ext_dabt_pending = 0
+            ev.exception.serror_esr = 0
         self.ioctl("KVM_SET_VCPU_EVENTS", ev)
 
     def close(self) -> None:

@@ -139,6 +139,8 @@ def sysreg_named(name: str) -> int:
 # clock policy moves (KVM exposes them as ONE_REG sysregs; writing one sets the
 # VM's counter offset).
 GUEST_COUNTERS = (sysreg_named("CNTVCT_EL0"), sysreg_named("CNTPCT_EL0"))
+# The guest's timers' control registers (virtual, physical): 0 disables a timer.
+TIMER_CTLS = (sysreg_named("CNTV_CTL_EL0"), sysreg_named("CNTP_CTL_EL0"))
 
 
 def fw(n: int) -> int:

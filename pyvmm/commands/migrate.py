@@ -38,7 +38,7 @@ class _Line:
               metavar="MS", help="Stop copying while the guest runs once the rest would take at most this long.")
 @click.option("--bandwidth", type=click.IntRange(1, 1 << 20), default=None, metavar="MiB/s",
               help="Send at most this many MiB per second [default: as fast as the connection goes].")
-@click.option("--json", "as_json", is_flag=True, help="Print downtime_ms, total_ms, rounds and bytes as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print downtime_ms, sent_ms, total_ms, rounds and bytes as JSON.")
 def migrate(socket_path, dest, max_downtime, bandwidth, as_json):
     """Live-migrate the VM listening on SOCKET to DEST, where
     pyvmm restore --incoming DEST waits: unix:PATH or tcp:HOST:PORT.
@@ -73,10 +73,10 @@ def migrate(socket_path, dest, max_downtime, bandwidth, as_json):
     finally:
         line.close()
     if as_json:
-        click.echo(json.dumps({k: reply[k] for k in ("dest", "downtime_ms", "total_ms", "rounds", "bytes", "pages",
+        click.echo(json.dumps({k: reply[k] for k in ("dest", "downtime_ms", "sent_ms", "total_ms", "rounds", "bytes", "pages",
                                                      "dirty_log", "collect_ms", "downtime_parts", "phases")},
                               sort_keys=True))
     else:
         click.echo(f"pyvmm: migrated to {reply['dest']} in {reply['total_ms'] / 1000:.2f} s "
                    f"({reply['rounds']} rounds, {reply['bytes'] / (1 << 20):.1f} MiB), "
-                   f"guest paused {reply['downtime_ms']:.0f} ms")
+                   f"guest paused {reply['downtime_ms']:.0f} ms (all sent after {reply['sent_ms']:.0f} ms)")

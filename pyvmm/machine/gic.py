@@ -25,6 +25,7 @@ from ..boot import fdt, layout
 from ..devices.state import StateReader
 from ..errors import HostUnsupported, KvmError, UsageProblem
 from .gic_regs import (CPU_SYSREGS_FIXED, DIST_BANKS, DIST_BANK_BY_NAME, GICD_CTLR, GICD_IIDR, GICD_IROUTER,
+                       GICD_TYPER, GICD_TYPER_A3V,
                        GICR_CTLR, GICR_PENDBASER, GICR_PROPBASER, GICR_TYPER, GICR_TYPER_PLPIS,
                        GRP_CPU_SYSREGS, GRP_DIST, GRP_LEVEL_INFO, GRP_REDIST, NR_IRQS, REDIST_BANKS,
                        REDIST_BANK_BY_NAME, STATE_FORMAT, apr_count, dist_attr, line_level_attr,
@@ -89,6 +90,13 @@ class VgicV3:
         :meth:`preset_config`), so that the restore under way skips its write."""
         known = self._known
         return known is not None and known.get((group, attr)) == value
+
+    def _aff3(self) -> bool:
+        """GICD_TYPER.A3V (read once): whether GICD_IROUTER<n>'s upper half holds anything."""
+        a3v = self.__dict__.get("_a3v")
+        if a3v is None:
+            a3v = self._a3v = bool(self.read_dist(GICD_TYPER) & GICD_TYPER_A3V)
+        return a3v
 
     @property
     def _io(self) -> "AttrIo32":
@@ -187,15 +195,28 @@ class VgicV3:
         try:
             self._write_iidr(state["dist"]["GICD_IIDR"])
             self._write_dist_config(state, {}, written)
-            known: Dict[Tuple[int, int], int] = {}
-            self._io.record = known
-            try:
-                self._save(mpidrs)
-            finally:
-                self._io.record = None
         except KvmError as e:
             raise _busy_or(e, "restore") from None
+        self.learn_current(mpidrs)
         self._preset = written
+
+    def learn_current(self, mpidrs: List[int]) -> None:
+        """Read every register the next :meth:`restore` writes (as
+        :meth:`save` reads it), so that it skips a write of the value a
+        register holds (a set/clear pair when its set register holds it):
+        exact as long as nothing changes this vGIC in between (no vCPU runs,
+        no interrupt line is driven). A live migration's destination that
+        has restored the state it checked learns it so, and the pause then
+        writes only what the guest changed since."""
+        mpidrs = self._check_mpidrs(mpidrs, "restore")
+        known: Dict[Tuple[int, int], int] = {}
+        self._io.record = known
+        try:
+            self._save(mpidrs)
+        except KvmError as e:
+            raise _busy_or(e, "restore") from None
+        finally:
+            self._io.record = None
         self._known = known
 
     def _write_dist_config(self, state: Dict, preset: Dict[int, int], written: Dict[int, int]) -> None:
@@ -210,9 +231,11 @@ class VgicV3:
             written[offset] = value
         for name in ("IGROUPR",):
             self._write_dist_bank(name, dist[name], nr, put)
+        aff3 = self._aff3()
         for intid, route in zip(range(32, nr), dist["IROUTER"]):
             put(GICD_IROUTER + 8 * intid, route & 0xFFFFFFFF)
-            put(GICD_IROUTER + 8 * intid + 4, route >> 32)
+            if aff3 or route >> 32:  # without Aff3 a zero upper half is what the vGIC holds
+                put(GICD_IROUTER + 8 * intid + 4, route >> 32)
         for name in ("ICFGR", "IPRIORITYR", "IGRPMODR"):
             self._write_dist_bank(name, dist[name], nr, put)
 
@@ -239,10 +262,16 @@ class VgicV3:
         dist: Dict[str, Any] = {"GICD_CTLR": self.read_dist(GICD_CTLR), "GICD_IIDR": self.read_dist(GICD_IIDR)}
         for name, set_off, _clear, bpi in DIST_BANKS:
             dist[name] = self._io.get_many(GRP_DIST, [dist_attr(set_off + 4 * k) for k in spi_words(nr, bpi)])
-        # 64-bit registers go through this interface as two 32-bit halves.
-        halves = self._io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid + h)
-                                              for intid in range(32, nr) for h in (0, 4)])
-        dist["IROUTER"] = [lo | (hi << 32) for lo, hi in zip(halves[::2], halves[1::2])]
+        # 64-bit registers go through this interface as two 32-bit halves; a
+        # route's upper half (Aff3) only where the vGIC has Aff3 (GICD_TYPER.A3V,
+        # which KVM's lacks: the half is RAZ/WI there, so the value is the same).
+        if self._aff3():
+            halves = self._io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid + h)
+                                                  for intid in range(32, nr) for h in (0, 4)])
+            dist["IROUTER"] = [lo | (hi << 32) for lo, hi in zip(halves[::2], halves[1::2])]
+        else:
+            dist["IROUTER"] = self._io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid)
+                                                           for intid in range(32, nr)])
         # SPI line levels are global; KVM only needs a valid vCPU in the attr.
         line_level = [self.read_line_level(mpidrs[0], intid) for intid in range(32, nr, 32)]
         redist, cpu = [], []

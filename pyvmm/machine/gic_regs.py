@@ -19,6 +19,7 @@ NR_IRQS = 128  # 32 private + 96 SPIs: UART (SPI 1) and 32 virtio slots (SPI 16.
 # private interrupts live in each redistributor's SGI frame).
 GICD_CTLR = 0x0000
 GICD_TYPER = 0x0004
+GICD_TYPER_A3V = 1 << 24  # affinity level 3 supported (else GICD_IROUTER<n>'s upper half is RAZ/WI)
 GICD_IIDR = 0x0008
 GICD_IGROUPR = 0x0080
 GICD_ISENABLER = 0x0100

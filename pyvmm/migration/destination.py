@@ -5,13 +5,13 @@ listening), reads its preamble and its STATE_CHECK (a snapshot without
 memory), and refuses, with restore's own reasons, what this host cannot run
 (:func:`pyvmm.snapshot.machine_snapshot.check`: vector lengths, SME, GIC,
 CNTFRQ, PMU/pointer authentication, disks). :meth:`Incoming.build` is the
-session's first build: a scratch machine is built from that state (vCPU ID
-registers and vector lengths go through KVM, so a CPU this host cannot
-present is refused too) and thrown away, the real VM and its RAM are
-created, and ACCEPT is sent; then pages are written into guest RAM as they
-come, and the final STATE builds the vCPUs, vGIC and devices in one pass,
-as a snapshot restore does. :meth:`Incoming.handover` answers READY, waits
-for GO, lets the vCPUs run and answers RUNNING.
+session's first build: the machine that will run the guest is built from
+that state and the state loaded into it (vCPU ID registers, vector lengths,
+vGIC and vCPU registers go through KVM, so a CPU this host cannot present is
+refused too; no pending SError is injected), and ACCEPT is sent; then pages
+are received straight into guest RAM, and the final STATE writes only what
+differs from the state loaded. :meth:`Incoming.handover` answers READY,
+waits for GO, lets the vCPUs run and answers RUNNING.
 
 Whatever fails before GO (a refusal, a malformed frame, a source that dies
 or goes silent) raises with the reason; the caller discards the machine.
@@ -128,27 +128,19 @@ class Incoming:
         """The session's first build (see the module docstring)."""
         assert self.first is not None and self.conn is not None
         try:
-            # The whole machine is built once from the state to check, in a
-            # scratch VM (its RAM is mapped, never touched): KVM refuses here
-            # what it would refuse at the end. The real machine gets its VM and
-            # RAM now and its vCPUs, vGIC and devices from the final state in
-            # one pass, exactly as a snapshot restore builds them.
-            scratch = Machine(m.kvm, m.config, None, lambda data: None)
-            try:
-                machine_snapshot.build_from(scratch, self.first, "hide")
-            finally:
-                scratch.close()
+            # The machine that will run the guest is built once, now, and the
+            # state to check loaded into it (KVM refuses here what it would
+            # refuse at the end); the pause then writes only what changed.
             m.hide_pauses = True
             m.create_vm()
             for r in m.mem.regions:
                 if r.size % self.page:
                     raise MigrationRefused(f"guest RAM of {r.size} bytes is not a whole number of "
                                            f"{self.page}-byte migration pages")
-            # What does not change while the guest runs is built now, so the
-            # pause only writes the final state: vCPUs created, initialised,
-            # their ID registers written and vector lengths finalised; the
-            # vGIC and the devices created, the vGIC's routing and interrupt
-            # configuration written, the vCPUs' register blob layouts made.
+            # vCPUs created, initialised, their ID registers written and vector
+            # lengths finalised; the vGIC and the devices created; then the
+            # whole state to check loaded, and every vGIC and vCPU register
+            # read back (machine_snapshot.prepare_load).
             self.plans = machine_snapshot.build_fixed(m, self.first, vm_created=True)
             machine_snapshot.prepare_load(m, self.first, self.plans)
         except PyvmmError as e:
@@ -168,37 +160,42 @@ class Incoming:
 
     def _receive(self, m: Machine) -> None:
         assert self.first is not None
+        assert self.conn is not None
         slot_pages = {r.slot: r.size // self.page for r in m.mem.regions if not r.readonly}
-        regions = {r.slot: r for r in m.mem.regions}
-        page = self.page
-        while True:
-            f = self._frame((stream.PAGES, stream.STATE))
-            t0 = time.monotonic()
-            if f.type == stream.PAGES:
-                slot, indices, data = stream.decode_pages(f.payload, slot_pages, page)
-                mm = regions[slot].mm
-                if indices[-1] - indices[0] + 1 == len(indices):  # a run of pages: one copy
-                    mm[indices[0] * page:(indices[-1] + 1) * page] = data
-                else:
-                    for k, i in enumerate(indices):
-                        mm[i * page:(i + 1) * page] = data[k * page:(k + 1) * page]
-                self.pages_received += len(indices)
-                if self.progress is not None:
-                    self.progress(self.pages_received)
-                continue
-            final = fmt.decode(f.payload, "migration state")
-            t1 = time.monotonic()
-            schema.check(final)
-            why = same_machine(self.first, final)
-            if why:
-                raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
-            t2 = time.monotonic()
-            machine_snapshot.load_state(m, final, "hide", self.plans, timing=self.timing)
-            t3 = time.monotonic()
-            machine_snapshot.finish_restore(m)
-            self.timing.update(decode=_ms(t0, t1), check=_ms(t1, t2), load=_ms(t2, t3),
-                               finish=_ms(t3, time.monotonic()))
-            return
+        views = {r.slot: memoryview(r.mm) for r in m.mem.regions if not r.readonly}
+        page, conn = self.page, self.conn
+        try:
+            while True:
+                ftype, length = stream.parse_header(self._recv(stream.FRAME_HEADER_SIZE), page,
+                                                    (stream.PAGES, stream.STATE))
+                if ftype == stream.PAGES:
+                    # Received straight into guest RAM, its head checked first (stream.read_pages_into).
+                    _, indices = stream.read_pages_into(self._recv, conn.recv_into, length, slot_pages, page,
+                                                        views.__getitem__)
+                    self.pages_received += len(indices)
+                    if self.progress is not None:
+                        self.progress(self.pages_received)
+                    continue
+                payload = bytes(self._recv(length))
+                if ftype == stream.ABORT:
+                    raise PeerError(f"the source gave up: {stream.reason(payload)}")
+                break
+        finally:
+            for v in views.values():
+                v.release()  # the region's mmap can be closed (a view left would keep it from closing)
+        t0 = time.monotonic()
+        final = fmt.decode(payload, "migration state")
+        t1 = time.monotonic()
+        schema.check(final)
+        why = same_machine(self.first, final)
+        if why:
+            raise stream.StreamError(f"the final migration state is not the machine checked: {why}")
+        t2 = time.monotonic()
+        machine_snapshot.load_state(m, final, "hide", self.plans, timing=self.timing)
+        t3 = time.monotonic()
+        machine_snapshot.finish_restore(m)
+        self.timing.update(decode=_ms(t0, t1), check=_ms(t1, t2), load=_ms(t2, t3),
+                           finish=_ms(t3, time.monotonic()))
 
     def handover(self, resume: Callable[[], None]) -> None:
         """READY, wait for GO, ``resume()`` the vCPUs, RUNNING."""

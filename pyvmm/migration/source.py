@@ -62,8 +62,9 @@ class MigrationReport:
     rounds: int
     bytes: int
     pages: int
-    downtime_ms: float
+    downtime_ms: float  # from the guest's pause here until the destination said RUNNING
     total_ms: float
+    sent_ms: float  # from the guest's pause here until everything was sent (QEMU's "downtime" ends there)
     dirty_log: str  # "get+clear" (manual protection) or "get"
     collect_ms: float  # the slowest dirty-log collection (GET, CLEAR, bitmap scan)
     downtime_parts: Dict[str, float]  # where the downtime went, ms (last_pages: a count)
@@ -152,18 +153,24 @@ class _Sender:
 
 
 class _LastPages:
-    """The pause's last dirty pages, sent by a thread; :meth:`finish` waits
-    for it and raises what it raised."""
+    """The pause's last dirty pages, looked up and sent by a thread: the
+    pages of the last round's collection (``dirty``) and the dirty log's
+    last look (without write-protecting again: the log is stopped before
+    the guest could run here again). :meth:`finish` waits for it and
+    raises what it raised; ``pages`` is what it sent."""
 
-    def __init__(self, snd: _Sender, pages: Dict[int, List[int]]):
+    def __init__(self, snd: _Sender, log: DirtyLog, dirty: Dict[int, List[int]]):
         self.done_at = 0.0
+        self.pages: Dict[int, List[int]] = {}
         self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(snd, pages), name="pyvmm-migrate-last", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(snd, log, dirty), name="pyvmm-migrate-last",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self, snd: _Sender, pages: Dict[int, List[int]]) -> None:
+    def _run(self, snd: _Sender, log: DirtyLog, dirty: Dict[int, List[int]]) -> None:
         try:
-            for slot, indices in pages.items():
+            self.pages = merge(dirty, log.collect(protect=False))
+            for slot, indices in self.pages.items():
                 snd.send_pages(slot, indices)
         except BaseException as e:  # noqa: BLE001 (handed to the caller by finish)
             self._error = e
@@ -281,19 +288,19 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
             t_paused = time.monotonic()
-            # The last pages go from a thread while the state is read here
-            # (guest memory no longer changes; the ioctls and the socket
-            # both run without the interpreter lock), and the destination
-            # writes them meanwhile.
-            last = merge(dirty, log.collect(protect=False))  # the log is stopped before the guest runs here again
+            # The last pages are looked up and sent by a thread while the
+            # state is read here (guest memory no longer changes; the
+            # ioctls and the socket both run without the interpreter lock),
+            # and the destination writes them meanwhile.
             rounds += 1
-            sending = _LastPages(snd, last)
+            sending = _LastPages(snd, log, dirty)
             read_parts: Dict[str, float] = {}
             try:
                 final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
             finally:
                 t_read = time.monotonic()
                 sending.finish()
+            last = sending.pages
             t_pages = sending.done_at
             final_state = fmt.encode(final)
             t_state = time.monotonic()
@@ -313,6 +320,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # The caller ends this VMM (ExitStatus.POWEROFF) once it has told its client.
         return MigrationReport(str(dest), rounds, conn.sent, snd.pages_sent,
                                round((t_end - t_pause) * 1000, 1), round((t_end - t_start) * 1000, 1),
+                               ms(t_pause, t_sent),
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
                                {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
                                 "last_pages": sum(len(p) for p in last.values()),

@@ -182,21 +182,23 @@ def frame_header(ftype: int, length: int) -> bytes:
     return _FRAME.pack(ftype, b"\0\0\0", length)
 
 
-def decode_pages(payload: bytes, slot_pages: Dict[int, int], page_size: int) -> Tuple[int, List[int], memoryview]:
-    """(slot, page indices, their contents as one view) of a PAGES payload,
-    every field checked against ``slot_pages`` (slot -> its page count)."""
-    if len(payload) < _PAGES.size:
-        raise StreamError(f"pages frame of {len(payload)} bytes is shorter than its header")
-    slot, count = _PAGES.unpack_from(payload)
+def _check_pages_head(head: bytes, length: int, slot_pages: Dict[int, int], page_size: int) -> Tuple[int, int]:
+    """(slot, count) of a PAGES payload of ``length`` bytes starting with ``head``, checked."""
+    if length < _PAGES.size:
+        raise StreamError(f"pages frame of {length} bytes is shorter than its header")
+    slot, count = _PAGES.unpack_from(head)
     if slot not in slot_pages:
         raise StreamError(f"pages frame for slot {slot}, which guest RAM does not have")
     if not 1 <= count <= MAX_PAGES_PER_FRAME:
         raise StreamError(f"pages frame with {count} pages, not 1..{MAX_PAGES_PER_FRAME}")
     want = _PAGES.size + count * (4 + page_size)
-    if len(payload) != want:
-        raise StreamError(f"pages frame of {len(payload)} bytes, {count} pages make {want}")
-    indices = list(struct.unpack_from(f"<{count}I", payload, _PAGES.size))
-    npages = slot_pages[slot]
+    if length != want:
+        raise StreamError(f"pages frame of {length} bytes, {count} pages make {want}")
+    return slot, count
+
+
+def _check_indices(data, count: int, slot: int, npages: int) -> List[int]:
+    indices = list(struct.unpack_from(f"<{count}I", data))
     prev = -1
     for i in indices:
         if i >= npages:
@@ -204,8 +206,49 @@ def decode_pages(payload: bytes, slot_pages: Dict[int, int], page_size: int) -> 
         if i <= prev:
             raise StreamError(f"pages frame indices are not strictly increasing ({prev} then {i})")
         prev = i
-    data = memoryview(payload)[_PAGES.size + 4 * count:]
-    return slot, indices, data
+    return indices
+
+
+def decode_pages(payload: bytes, slot_pages: Dict[int, int], page_size: int) -> Tuple[int, List[int], memoryview]:
+    """(slot, page indices, their contents as one view) of a PAGES payload,
+    every field checked against ``slot_pages`` (slot -> its page count)."""
+    slot, count = _check_pages_head(payload, len(payload), slot_pages, page_size)
+    view = memoryview(payload)
+    indices = _check_indices(view[_PAGES.size:_PAGES.size + 4 * count], count, slot, slot_pages[slot])
+    return slot, indices, view[_PAGES.size + 4 * count:]
+
+
+def runs(indices: List[int]) -> List[Tuple[int, int, int]]:
+    """(position in ``indices``, first page, page count) of each run of
+    consecutive pages in the strictly increasing ``indices``."""
+    out: List[Tuple[int, int, int]] = []
+    start = 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1:
+            out.append((start, indices[start], k - start))
+            start = k
+    return out
+
+
+def read_pages_into(recv_exact: Callable[[int], bytes], recv_into: Callable[[memoryview], None], length: int,
+                    slot_pages: Dict[int, int], page_size: int,
+                    memory: Callable[[int], memoryview]) -> Tuple[int, List[int]]:
+    """Read the payload (``length`` bytes, its frame header read and checked)
+    of a PAGES frame with its contents received straight into
+    ``memory(slot)`` (the slot's writable view), one ``recv_into`` per run
+    of consecutive pages: (slot, page indices). The slot, count, length and
+    every index are checked, as by :func:`decode_pages`, before a byte of
+    the contents is read."""
+    if length < _PAGES.size:
+        raise StreamError(f"pages frame of {length} bytes is shorter than its header")
+    slot, count = _check_pages_head(recv_exact(_PAGES.size), length, slot_pages, page_size)
+    indices = _check_indices(recv_exact(4 * count), count, slot, slot_pages[slot])
+    mem = memory(slot)
+    if len(mem) < slot_pages[slot] * page_size:
+        raise ValueError(f"slot {slot}'s memory view is shorter than its {slot_pages[slot]} pages")
+    for _, first, n in runs(indices):
+        recv_into(mem[first * page_size:(first + n) * page_size])
+    return slot, indices
 
 
 def batches(indices: List[int], size: int = MAX_PAGES_PER_FRAME):

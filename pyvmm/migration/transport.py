@@ -100,7 +100,13 @@ class Conn:
     def recv_exact(self, n: int, timeout: Optional[float] = None) -> bytes:
         """Exactly ``n`` bytes (a bytearray: a page frame is not copied again)."""
         buf = bytearray(n)
-        view = memoryview(buf)
+        self.recv_into(memoryview(buf), timeout)
+        # The bytearray itself: stream.read_frame makes bytes of every frame but a page frame's
+        return cast(bytes, buf)
+
+    def recv_into(self, view: memoryview, timeout: Optional[float] = None) -> None:
+        """Fill ``view`` (e.g. guest RAM) with exactly ``len(view)`` received bytes."""
+        n = len(view)
         got = 0
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while got < n:
@@ -118,8 +124,6 @@ class Conn:
                 raise PeerError("the peer closed the connection")
             got += k
         self.received += n
-        # The bytearray itself: stream.read_frame makes bytes of every frame but a page frame's
-        return cast(bytes, buf)
 
     def drain(self, seconds: float) -> None:
         """Stop sending and discard what the peer still sends, until it

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from .._record import record
-from typing import Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from .. import hostinfo
 from ..boot import layout
@@ -119,8 +119,10 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
           cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
           timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
     t0 = time.monotonic()
-    states = [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in zip(m.vcpus, m.vcpu_features)]
+    states = _save_vcpus(m, cache)
     t1 = time.monotonic()
+    # After every vCPU read has ended: KVM answers a vGIC access made while
+    # another ioctl holds a vCPU with EBUSY.
     gic = built(m.gic, "vGIC").save([mpidr_of(v) for v in m.vcpus])
     t2 = time.monotonic()
     devices = {"uart": built(m.uart, "UART").save_state(),
@@ -139,6 +141,35 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     })
     # Sealed with this user's key: restore then trusts the host resources it names.
     return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
+
+
+def _save_vcpus(m: Machine, cache: Optional[vcpu_state.SaveCache]) -> List[vcpu_state.VcpuState]:
+    """Each vCPU's state, the vCPUs read in parallel (a thread for each one
+    after the first, joined before this returns: their ioctls run without
+    the interpreter lock)."""
+    pairs = list(zip(m.vcpus, m.vcpu_features))
+    if len(pairs) < 2:
+        return [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in pairs]
+    out: List[Any] = [None] * len(pairs)
+
+    def one(k: int) -> None:
+        try:
+            out[k] = vcpu_state.save(pairs[k][0], pairs[k][1], m.sme_bit, cache)
+        except BaseException as e:  # noqa: BLE001 (raised below, in the caller's thread)
+            out[k] = e
+    threads = [threading.Thread(target=one, args=(k,), name=f"pyvmm-save-vcpu{k}", daemon=True)
+               for k in range(1, len(pairs))]
+    for t in threads:
+        t.start()
+    try:
+        one(0)
+    finally:
+        for t in threads:
+            t.join()
+    for r in out:
+        if isinstance(r, BaseException):
+            raise r
+    return out
 
 
 @record
@@ -357,16 +388,23 @@ def build_fixed(m: Machine, snap: fmt.Snapshot, vm_created: bool = False,
 
 def prepare_load(m: Machine, snap: fmt.Snapshot, plans: List[vcpu_state.WritePlan]) -> None:
     """On a machine :func:`build_fixed` built from ``snap`` (``plans``, its
-    result), what makes :func:`load_state` of a later state of the same
-    machine shorter (a live migration's destination, while memory is
-    copied): the vGIC configuration (groups, routes, trigger, priorities)
-    written ahead (:meth:`pyvmm.machine.gic.VgicV3.preset_config`: only what
-    changed of it is written again), each vCPU's register blob layout made
-    and the present values of its registers read
-    (:meth:`pyvmm.snapshot.vcpu_state.WritePlan.read_current`: the vCPUs
+    result): the check that this host runs it, and what makes
+    :func:`load_state` of a later state of the same machine shorter (a live
+    migration's destination, while memory is copied). ``snap``'s state is
+    loaded into the machine (vGIC, vCPU registers, events without a pending
+    SError or abort made pending, MP state, devices): KVM refuses here what
+    it would refuse at the end. Then the vCPUs' timers are disabled (their
+    lines low, as on fresh vCPUs, which :func:`load_state` assumes: see
+    :func:`_without_timer_levels`), every vGIC register is read
+    (:meth:`pyvmm.machine.gic.VgicV3.learn_current`) and so are the present
+    values of each vCPU's registers, its blob layout made
+    (:meth:`pyvmm.snapshot.vcpu_state.WritePlan.read_current`): the vCPUs
     must not run before :func:`load_state`, which then writes only the
-    registers whose value differs)."""
-    built(m.gic, "vGIC").preset_config(snap.manifest["machine"]["gic"]["state"], [mpidr_of(v) for v in m.vcpus])
+    registers whose value differs."""
+    load_state(m, snap, "hide", plans, inject=False)
+    for v, plan in zip(m.vcpus, plans):
+        plan.timers_off(v)
+    built(m.gic, "vGIC").learn_current([mpidr_of(v) for v in m.vcpus])
     for plan in plans:
         plan.make_layout()
         plan.read_current()
@@ -374,7 +412,7 @@ def prepare_load(m: Machine, snap: fmt.Snapshot, plans: List[vcpu_state.WritePla
 
 def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_state.WritePlan],
                states: Optional[List[vcpu_state.VcpuState]] = None, write_fixed: bool = False,
-               timing: Optional[Dict[str, float]] = None) -> Dict:
+               timing: Optional[Dict[str, float]] = None, inject: bool = True) -> Dict:
     """The second half of :func:`build_from` on a machine :func:`build_fixed`
     built (from ``snap`` or, in a live migration, from an earlier state of
     the same machine): vGIC state, the vCPUs' other registers (SVCR first),
@@ -382,7 +420,8 @@ def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_stat
     state whose vCPUs need other ID registers, vector lengths or features
     than the ones built. Returns the snapshot's RAM region entry.
     ``timing``: filled with the milliseconds of its parts and the number
-    of vCPU registers written."""
+    of vCPU registers written. Without ``inject``, no pending SError or
+    abort of the vCPU events is made pending (:func:`prepare_load`)."""
     vcpu_state.check_clock(clock)
     t0 = time.monotonic()
     machine = snap.manifest["machine"]
@@ -409,7 +448,7 @@ def load_state(m: Machine, snap: fmt.Snapshot, clock: str, plans: List[vcpu_stat
     for v, st, plan in zip(m.vcpus, states, plans):
         if write_fixed:  # build_fixed left them (a snapshot restore)
             plan.write_fixed(v, st)
-        plan.write_rest(v, st, clock=clock, cntfrq=cntfrq)
+        plan.write_rest(v, st, clock=clock, cntfrq=cntfrq, inject=inject)
     t3 = time.monotonic()
     _load_devices(m, machine["devices"])
     if timing is not None:

@@ -330,8 +330,11 @@ class WritePlan:
             vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)
         return len(self.id_ids)
 
-    def write_rest(self, vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = None) -> int:
-        """Every other register through one prepared batch, then vCPU events and MP state."""
+    def write_rest(self, vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = None,
+                   inject: bool = True) -> int:
+        """Every other register through one prepared batch, then vCPU events
+        (without ``inject``: no pending SError or abort made pending, see
+        :meth:`pyvmm.vcpu.Vcpu.set_vcpu_events`) and MP state."""
         check_clock(clock)
         if not self.fits(state):
             raise ValueError("the vCPU state does not fit this write plan")
@@ -357,9 +360,18 @@ class WritePlan:
             self._batch.set_all(data)
             self.written = len(data)
         if state.events:
-            vcpu.set_vcpu_events(state.events)
+            vcpu.set_vcpu_events(state.events, inject)
         vcpu.set_mp_state(state.mp_state)
         return len(self.rest_ids)
+
+    def timers_off(self, vcpu) -> None:
+        """Disable the vCPU's timers (their control registers among the ones
+        this plan writes): a timer's interrupt line is then low, as on a
+        fresh vCPU, which is what a later load of a state into it assumes
+        (:func:`pyvmm.snapshot.machine_snapshot.load_state`)."""
+        for reg_id in regs.TIMER_CTLS:
+            if reg_id in self.rest_ids:
+                vcpu.set_one_reg(reg_id, bytes(8))
 
 
 def _write_id_register(vcpu, reg_id: int, value: bytes) -> None:

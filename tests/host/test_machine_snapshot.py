@@ -121,3 +121,27 @@ def test_vhost_planes_are_stopped_around_the_save_and_fs_is_refused():
     m.virtio.append(SimpleNamespace(backend=VirtioFs(FakePlane(0), "t")))
     with pytest.raises(UsageProblem, match="cannot snapshot this machine: virtio-fs"):
         ms.check_snapshottable(m)
+
+
+def test_vcpus_are_read_in_parallel_in_index_order_and_a_failure_is_raised_after_all_ended(monkeypatch):
+    import threading
+    import types
+
+    barrier = threading.Barrier(3, timeout=10)  # all three reads at once, or the barrier breaks
+    names = {}
+
+    def save(v, feats, sme_bit, cache):  # a fake of vcpu_state.save: pure logic
+        names[v] = threading.current_thread().name
+        barrier.wait()
+        if v == "bad":
+            raise UsageProblem("vcpu read failed")
+        return f"state of {v}"
+    monkeypatch.setattr(ms.vcpu_state, "save", save)
+    m = types.SimpleNamespace(vcpus=["a", "b", "c"], vcpu_features=[[], [], []], sme_bit=None)
+    assert ms._save_vcpus(m, {}) == ["state of a", "state of b", "state of c"]
+    assert len(set(names.values())) == 3
+    m.vcpus = ["a", "bad", "c"]
+    before = threading.active_count()
+    with pytest.raises(UsageProblem, match="vcpu read failed"):
+        ms._save_vcpus(m, {})
+    assert threading.active_count() == before

@@ -132,6 +132,8 @@ def test_a_migration_copies_memory_and_guest_writes_made_meanwhile(tmp_path, fak
     assert m.paused and ("finish", ExitStatus.POWEROFF) not in m.events  # the caller ends the VM
     assert any("phase" in p for p in seen)
     assert report.dirty_log == "get+clear"
+    assert 0 < report.sent_ms <= report.downtime_ms  # everything sent before the destination ran it
+    assert report.downtime_parts["last_pages"] >= 0
 
 
 def _expect_failure(tmp_path, m, script, match):

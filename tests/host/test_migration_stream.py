@@ -117,7 +117,7 @@ def test_pages_round_trip():
         stream.encode_pages(0, [1, 5], [b"a" * PAGE, b"b"], PAGE)
 
 
-@pytest.mark.parametrize("payload, why", [
+BAD_PAGE_FRAMES = [
     (b"\0" * 7, "shorter than its header"),
     (_pages(1, [0]), "slot 1, which guest RAM does not have"),
     (struct.pack("<II", 0, 0), "with 0 pages"),
@@ -129,10 +129,47 @@ def test_pages_round_trip():
     (_pages(0, [1])[:-1], "bytes, 1 pages make"),
     (_pages(0, [1]) + b"x", "bytes, 1 pages make"),
     (struct.pack("<II", 0, 2) + struct.pack("<I", 1), "bytes, 2 pages make"),
-])
+]
+
+
+@pytest.mark.parametrize("payload, why", BAD_PAGE_FRAMES)
 def test_bad_page_frames_are_refused(payload, why):
     with pytest.raises(stream.StreamError, match=why):
         stream.decode_pages(payload, SLOTS, PAGE)
+
+
+def _read_into(payload, pages=SLOTS[0]):
+    """read_pages_into over ``payload`` into a bytearray of ``pages`` pages: (result, memory, the receives)."""
+    mem = bytearray(pages * PAGE)
+    r = reader(payload)
+    received = []
+
+    def recv_into(view):
+        received.append(len(view))
+        view[:] = r(len(view))
+    out = stream.read_pages_into(r, recv_into, len(payload), {0: pages}, PAGE, lambda slot: memoryview(mem))
+    return out, mem, received
+
+
+def test_pages_are_received_straight_into_memory_one_receive_per_run():
+    payload = stream.encode_pages(0, [1, 2, 3, 7, 99], [bytes([c]) * PAGE for c in b"abcde"], PAGE)
+    (slot, idx), mem, received = _read_into(payload)
+    assert (slot, idx) == (0, [1, 2, 3, 7, 99])
+    assert received == [3 * PAGE, PAGE, PAGE]
+    assert mem[PAGE:4 * PAGE] == b"a" * PAGE + b"b" * PAGE + b"c" * PAGE
+    assert mem[7 * PAGE:8 * PAGE] == b"d" * PAGE and mem[99 * PAGE:] == b"e" * PAGE
+    assert mem[:PAGE] == bytes(PAGE) and mem[4 * PAGE:7 * PAGE] == bytes(3 * PAGE)
+    assert stream.runs([0, 1, 5, 6, 7, 9]) == [(0, 0, 2), (2, 5, 3), (5, 9, 1)]
+
+
+@pytest.mark.parametrize("payload, why", BAD_PAGE_FRAMES)
+def test_bad_page_frames_received_into_memory_are_refused_before_any_content(payload, why):
+    mem = bytearray(SLOTS[0] * PAGE)
+    r = reader(payload)
+    written = []
+    with pytest.raises(stream.StreamError, match=why):
+        stream.read_pages_into(r, written.append, len(payload), SLOTS, PAGE, lambda slot: memoryview(mem))
+    assert written == [] and mem == bytes(len(mem))
 
 
 @settings(max_examples=300, deadline=None)

@@ -25,8 +25,8 @@ class RecordingVcpu:
     def arm_vcpu_finalize(self, what):
         self.log.append(("finalize",))
 
-    def set_vcpu_events(self, events):
-        self.log.append(("events", events))
+    def set_vcpu_events(self, events, inject=True):
+        self.log.append(("events", events) if inject else ("events-no-injection", events))
 
     def set_mp_state(self, state):
         self.log.append(("mp", state))
@@ -146,3 +146,20 @@ def test_a_changed_svcr_or_an_unreadable_register_writes_everything():
         assert plan.read_current() == (not unreadable)
         plan.write_rest(v, st)
         assert [i for i, _ in _sets(v)] == plan.rest_ids and plan.written == len(plan.rest_ids)
+
+
+def test_a_check_load_injects_no_event_and_timers_off_disables_only_the_timers_it_has():
+    st = _state()
+    v = RecordingVcpu()
+    plan = vcpu_state.WritePlan(v, st, sme_bit=10)
+    plan.write_rest(v, st, inject=False)
+    assert v.log[-2:] == [("events-no-injection", b"e"), ("mp", 0)]
+    v.log.clear()
+    plan.timers_off(v)
+    assert v.log == []  # this state has no timer registers
+    values = dict(st.registers)
+    values[regs.TIMER_CTLS[0]] = (5).to_bytes(8, "little")  # CNTV_CTL_EL0: enabled, firing
+    timed = vcpu_state.VcpuState(0, [2, 4, 10], [1], [1, 2], 0, list(values.items()), mp_state=0, events=b"e")
+    plan = vcpu_state.WritePlan(v, timed, sme_bit=10)
+    plan.timers_off(v)
+    assert v.log == [("set", regs.TIMER_CTLS[0], bytes(8))]

@@ -174,6 +174,7 @@ def test_failed_migrations_leave_the_guest_running_then_it_moves_over_unix(tmp_p
     assert r.returncode == 0, (r.stdout, r.stderr)
     report = json.loads(r.stdout)
     assert report["rounds"] >= 2 and report["bytes"] > 1 << 20 and report["downtime_ms"] > 0, report
+    assert 0 < report["sent_ms"] <= report["downtime_ms"], report
     print(f"unix migration: {report} ({took:.1f} s with the CLI); dirty ring offered: {ring_offer()}")
     src.wait_exit(120)
     assert src.p.returncode == 0

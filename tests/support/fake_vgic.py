@@ -10,6 +10,7 @@ from pyvmm.machine import gic_regs
 
 SYSREGS = const("KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS")
 NR_IRQS_GRP = const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS")
+DIST = const("KVM_DEV_ARM_VGIC_GRP_DIST_REGS")
 PRI5 = 4 << 8  # ICC_CTLR_EL1.PRIbits = 5 priority bits - 1
 
 
@@ -17,16 +18,25 @@ class FakeVgicDevice:
     """Records every get/set; a set stores the value, a get returns the last
     value stored under (group, attr) or a distinct seed derived from it."""
 
-    def __init__(self, icc_ctlr=PRI5):
+    def __init__(self, icc_ctlr=PRI5, a3v=False):
         self.nr_irqs = None  # set by VgicV3.__init__ (GRP_NR_IRQS)
         self.icc_ctlr = icc_ctlr
+        self.a3v = a3v  # GICD_TYPER.A3V; KVM's vGIC has it clear: IROUTER upper halves RAZ/WI
         self.busy = False
         self.values = {}
         self.log = []  # ("get"|"set", group, attr, value)
 
+    def _upper_route(self, group, attr):
+        return (group == DIST and not self.a3v and gic_regs.GICD_IROUTER <= attr < gic_regs.GICD_IROUTER + 0x2000
+                and attr % 8 == 4)
+
     def _seed(self, group, attr):
         if group == SYSREGS and attr & 0xFFFF == gic_regs.sysreg_instr("ICC_CTLR_EL1"):
             return self.icc_ctlr
+        if group == DIST and attr == gic_regs.GICD_TYPER:
+            return (gic_regs.GICD_TYPER_A3V if self.a3v else 0) | 0x3  # (A3V, ITLinesNumber for 128 INTIDs)
+        if self._upper_route(group, attr):
+            return 0
         return (group * 0x9E3779B1 + attr * 0x85EBCA77) & 0xFFFFFFFF
 
     def set_device_attr(self, group, attr, value=None, ctype="uint64_t"):
@@ -35,7 +45,8 @@ class FakeVgicDevice:
         if group == NR_IRQS_GRP:
             self.nr_irqs = value
         self.log.append(("set", group, attr, value))
-        self.values[(group, attr)] = value
+        if not self._upper_route(group, attr):  # write-ignored there
+            self.values[(group, attr)] = value
 
     def get_device_attr(self, group, attr, ctype="uint64_t"):
         if group == NR_IRQS_GRP:
