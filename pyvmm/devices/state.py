@@ -211,6 +211,15 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one too large for a float
+    (``1e999``, which Python would read as infinity) is refused like NaN."""
+    value = float(text)
+    if value - value != 0.0:  # inf - inf is nan; finite - itself is 0
+        raise ValueError(f"{text} does not fit a 64-bit float")
+    return value
+
+
 def loads(data: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """JSON from outside (a snapshot manifest, a state file): UTF-8, at most
     ``max_depth`` levels of nesting, no NaN/Infinity; UsageProblem naming
@@ -225,7 +234,7 @@ def loads(data: bytes, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     try:
         import json  # here, not at the top: pyvmm run reads no JSON (start-up time)
 
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except ValueError as e:
         raise UsageProblem(f"{what} is not JSON ({e})") from None
 

@@ -49,6 +49,7 @@ def test_property_vector_state(doc):
     (b"\xff\xfe{}", "vector state is not UTF-8 text (byte 0)"),
     (b"[" * 100_000, "vector state is nested deeper than 32 levels"),
     (b'{"format": "pyvmm-vecstate", "version": NaN}', "vector state is not JSON (NaN is not a JSON number"),
+    (b'{"format": "pyvmm-vecstate", "version": 1000e306}', "vector state is not JSON (1000e306 does not fit"),
 ])
 def test_restore_plan_state_file_refusals(tmp_path, content, message):
     """Issue 14 #5: `restore-plan --state vm.snap` ended in internal error: UnicodeDecodeError."""
