@@ -33,9 +33,10 @@ def env():
 
 def guest_in_test_machine(script: str, argv=(), prog: str = "bench"):
     """(Image, initramfs) on an arm64 host with /dev/kvm, once the checkout's
-    bytecode is compiled (as an installed pyvmm would have it: the test
-    machine runs with PYTHONDONTWRITEBYTECODE=1, which would recompile every
-    start). Anywhere else ``script`` (bench/NAME.py) runs again, with
+    bytecode is compiled (as an installed pyvmm would have it, so no timed
+    start compiles; the test machine keeps .pyc files under
+    PYTHONPYCACHEPREFIX=/tmp/pycache, and a PYTHONDONTWRITEBYTECODE from the
+    caller is dropped by env()). Anywhere else ``script`` (bench/NAME.py) runs again, with
     ``argv``, inside ci/qemu-aarch64/run, and this does not return."""
     if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
         run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
