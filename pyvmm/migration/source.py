@@ -6,8 +6,10 @@ control socket's ``migrate`` request) while its guest keeps running.
 2. Connect, send the preamble and the machine's state without memory
    (STATE_CHECK: read in a pause as short as a snapshot's without the
    memory); the destination runs restore's checks and builds the machine,
-   then answers ACCEPT or REFUSE. Nothing was stopped yet.
-3. Dirty logging on; round 0 sends every non-zero page, each later round
+   then answers ACCEPT or REFUSE. Nothing was stopped yet. Meanwhile dirty
+   logging is on and round 1's zero-page search runs ahead
+   (:func:`nonzero_chunks`).
+3. Round 1 sends every non-zero page, each later round
    the pages written during the previous one, while the guest runs, until
    what is left would take at most ``max_downtime`` at the measured rate
    and is small or no longer shrinks (:func:`stop_copying`), or MAX_ROUNDS
@@ -26,11 +28,12 @@ missing RUNNING then ends this VMM too, with an error saying so.
 """
 from __future__ import annotations
 
+import itertools
 import mmap
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from ..dirty_log import DirtyLog, merge
 from ..errors import PyvmmError, UsageProblem
@@ -68,7 +71,9 @@ class MigrationReport:
     dirty_log: str  # "get+clear" (manual protection) or "get"
     collect_ms: float  # the slowest dirty-log collection (GET, CLEAR, bitmap scan)
     downtime_parts: Dict[str, float]  # where the downtime went, ms (last_pages: a count)
-    phases: Dict[str, float]  # where the total time went, ms: check (to ACCEPT), round 1, later rounds, pause
+    # where the total time went, ms: check (to ACCEPT; of it check_sent until STATE_CHECK was sent and
+    # scan_ahead the zero-page search done meanwhile, scan_ahead_pages: a count), round 1, later rounds, pause
+    phases: Dict[str, float]
 
 
 def ms(t0: float, t1: float) -> float:
@@ -119,37 +124,54 @@ class _Sender:
 
     def send_pages(self, slot: int, indices: List[int]) -> None:
         r, page = self.m.mem.regions[slot], self.page
-        for batch in stream.batches(indices):
-            if batch[-1] - batch[0] + 1 == len(batch):  # a run of pages: one slice
-                contents = r.mm[batch[0] * page:(batch[-1] + 1) * page]
-            else:
-                contents = b"".join([r.mm[i * page:(i + 1) * page] for i in batch])
-            self.send_page_frame(slot, batch, contents)
+        with memoryview(r.mm) as ram:
+            for batch in stream.batches(indices):
+                if batch[-1] - batch[0] + 1 == len(batch):  # a run of pages: sent from guest RAM, not copied
+                    contents: Any = ram[batch[0] * page:(batch[-1] + 1) * page]
+                else:
+                    contents = b"".join([ram[i * page:(i + 1) * page] for i in batch])
+                self.send_page_frame(slot, batch, contents)
 
-    def send_all_nonzero(self, progress: Callable[[int, int], None]) -> None:
-        page = self.page
-        zero, zp = bytes(page * _ZERO_CHUNK), bytes(page)
-        total = sum(r.size // page for r in self.m.mem.regions if not r.readonly)
+    def send_round1(self, chunks: Iterable[Tuple[Any, int, int, Optional[List[int]]]],
+                    progress: Callable[[int, int], None]) -> None:
+        """Round 1: the non-zero pages of :func:`nonzero_chunks`, their
+        contents read now (a page written since the search is in the dirty
+        log: the contents sent are at least as new as the log's start)."""
+        total = sum(r.size // self.page for r in self.m.mem.regions if not r.readonly)
         done = 0
-        for r in self.m.mem.regions:
-            if r.readonly:
+        for r, first, n, nonzero in chunks:
+            if nonzero is None:
+                self.send_pages(r.slot, list(range(first, first + n)))
+            elif nonzero:
+                self.send_pages(r.slot, [first + k for k in nonzero])
+            done += n
+            progress(done, total)
+
+
+def nonzero_chunks(regions, page: int) -> Iterator[Tuple[Any, int, int, Optional[List[int]]]]:
+    """Round 1's search for non-zero pages, run by run of ``_ZERO_CHUNK``
+    pages of writable guest RAM: (region, first page, pages in the run, the
+    offsets of its non-zero pages, None: all of them). Exact only while the
+    dirty log is on (a page found zero and written later is in it). A run
+    without a page's worth of zero bytes anywhere in it (one search in guest
+    RAM, nothing copied) has no zero page; only the others are copied and
+    compared, the whole run first, then page by page."""
+    zero, zp = bytes(page * _ZERO_CHUNK), bytes(page)
+    for r in regions:
+        if r.readonly:
+            continue
+        npages = r.size // page
+        for first in range(0, npages, _ZERO_CHUNK):
+            n = min(_ZERO_CHUNK, npages - first)
+            start, end = first * page, (first + n) * page
+            if r.mm.find(zp, start, end) < 0:
+                yield r, first, n, None
                 continue
-            npages = r.size // page
-            for first in range(0, npages, _ZERO_CHUNK):
-                n = min(_ZERO_CHUNK, npages - first)
-                chunk = r.mm[first * page:(first + n) * page]
-                if chunk != zero[:len(chunk)]:
-                    # the chunk read once: its non-zero pages go from it (each
-                    # page looked at only when a page's worth of zeros is in it)
-                    if chunk.find(zp) < 0:
-                        nonzero = list(range(n))
-                    else:
-                        nonzero = [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
-                    contents = chunk if len(nonzero) == n else \
-                        b"".join([chunk[k * page:(k + 1) * page] for k in nonzero])
-                    self.send_page_frame(r.slot, [first + k for k in nonzero], contents)
-                done += n
-                progress(done, total)
+            chunk = r.mm[start:end]
+            if chunk == (zero if n == _ZERO_CHUNK else bytes(end - start)):
+                yield r, first, n, []
+            else:
+                yield r, first, n, [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
 
 
 class _LastPages:
@@ -244,19 +266,32 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             if not was_paused:
                 m.resume()
         snd.send_frame(stream.STATE_CHECK, check_state)
+        t_check_sent = time.monotonic()
+        # While the destination checks and builds: dirty logging on, then
+        # round 1's search for non-zero pages runs ahead until the answer
+        # comes (a page found zero and written later is in the dirty log).
+        log.start()
+        scan = nonzero_chunks(m.mem.regions, page)
+        ahead: List[Tuple[Any, int, int, Optional[List[int]]]] = []
+        if not conn.readable():
+            for chunk in scan:
+                ahead.append(chunk)
+                if conn.readable():
+                    break
+        t_scanned = time.monotonic()
         answer = _expect(conn, page, (stream.ACCEPT, stream.REFUSE), BUILD_TIMEOUT)
         if answer.type == stream.REFUSE:
             raise MigrationError(f"the destination refused: {stream.reason(answer.payload)}")
         t_accept = time.monotonic()
 
         # Pre-copy while the guest runs.
-        log.start()
         rounds = 1
         tell(phase="copying", round=1, pages_left=sum(r.size // page for r in m.mem.regions), rate_mib=0.0)
         t_round = time.monotonic()
         sent_before = conn.sent
-        snd.send_all_nonzero(lambda done, total: tell(round=1, pages_left=total - done, rate_mib=0.0)
-                             if done % 4096 == 0 or done == total else None)
+        snd.send_round1(itertools.chain(ahead, scan),
+                        lambda done, total: tell(round=1, pages_left=total - done, rate_mib=0.0)
+                        if done % 4096 == 0 or done == total else None)
         t_first = time.monotonic()
         rate = (conn.sent - sent_before) / max(t_first - t_round, 1e-3)  # bytes/s
         dirty = log.collect()
@@ -329,7 +364,9 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                                 "after_pages": ms(t_pages, t_state),
                                 "send": ms(t_state, t_sent),
                                 "destination_load": ms(t_sent, t_ready), "handover": ms(t_ready, t_end)},
-                               {"check": ms(t_start, t_accept), "round1": ms(t_accept, t_first),
+                               {"check": ms(t_start, t_accept), "check_sent": ms(t_start, t_check_sent),
+                                "scan_ahead": ms(t_check_sent, t_scanned),
+                                "scan_ahead_pages": sum(c[2] for c in ahead), "round1": ms(t_accept, t_first),
                                 "later_rounds": ms(t_first, t_pause), "pause": ms(t_pause, t_end)})
     except BaseException as e:
         if not handed_over:

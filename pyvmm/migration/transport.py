@@ -6,6 +6,7 @@ writing is a failure, not a hang)."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from typing import NamedTuple, Optional, Sequence, Tuple, Union, cast
@@ -96,6 +97,14 @@ class Conn:
         except OSError as e:
             raise PeerError(f"the connection broke ({e.strerror or e})") from None
         self.sent += total
+
+    def readable(self) -> bool:
+        """Whether the peer has sent something (or closed) not read yet: a
+        receive would not wait."""
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True  # the receive says what is wrong
 
     def recv_exact(self, n: int, timeout: Optional[float] = None) -> bytes:
         """Exactly ``n`` bytes (a bytearray: a page frame is not copied again)."""

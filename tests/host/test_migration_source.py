@@ -136,6 +136,54 @@ def test_a_migration_copies_memory_and_guest_writes_made_meanwhile(tmp_path, fak
     assert report.downtime_parts["last_pages"] >= 0
 
 
+def test_pages_written_after_the_zero_page_search_ahead_still_arrive(tmp_path, fake_take, monkeypatch):
+    # Round 1's search for non-zero pages runs while the destination builds
+    # (before ACCEPT). A page it found zero and that is written before the
+    # answer, and one it found non-zero and that is zeroed then, must reach
+    # the destination as they are: through the dirty log, on before the search.
+    searched = threading.Event()
+    search = source.nonzero_chunks
+
+    def nonzero_chunks(regions, page):
+        yield from search(regions, page)
+        searched.set()
+    monkeypatch.setattr(source, "nonzero_chunks", nonzero_chunks)
+    m = FakeSourceMachine()
+
+    def script(name, d):
+        if name == "state-check":
+            assert searched.wait(10)  # the source has judged every page: the guest writes now
+            m.guest_write(200, b"a page the search found zero")
+            m.guest_write(3, bytes(100))  # page 3 held data: all zero now
+        return happy(name, d)
+    d = Destination(tmp_path / "in.sock", m, script)
+    d.start()
+    report = source.migrate(m, f"unix:{tmp_path}/in.sock", max_downtime_ms=1e-6)
+    d.join(10)
+    assert d.error is None
+    assert report.phases["scan_ahead_pages"] == PAGES
+    assert d.memory[200 * PAGE:200 * PAGE + 28] == b"a page the search found zero"
+    assert d.memory[3 * PAGE:4 * PAGE] == bytes(PAGE)
+    assert bytes(d.memory) == bytes(m.mem.regions[0].mm)
+
+
+def test_the_zero_page_search_finds_exactly_the_non_zero_pages():
+    mem = GuestMemory()
+    mem.add(0x4000_0000, 600 * PAGE)  # runs of 256, 256 and 88 pages
+    r = mem.regions[0]
+    for i in (0, 5, 255, 300, 599):
+        r.mm[i * PAGE + PAGE - 1] = 1  # the last byte only
+    r.mm[256 * PAGE:512 * PAGE] = b"\x07" * (256 * PAGE)  # a run with no zero page at all
+    r.mm[400 * PAGE:400 * PAGE + PAGE // 2] = bytes(PAGE // 2)  # half a page of zeros at a page's start...
+    r.mm[399 * PAGE + PAGE // 2:399 * PAGE + PAGE] = bytes(PAGE // 2)  # ...and half at the previous one's end
+    runs = [(first, n, nz) for _r, first, n, nz in source.nonzero_chunks(mem.regions, PAGE)]
+    assert runs[0] == (0, 256, [0, 5, 255])
+    assert runs[1] == (256, 256, list(range(256)))  # the zero run across pages 399/400 is no zero page
+    assert runs[2] == (512, 88, [599 - 512])
+    mem.add(0x8000_0000, 256 * PAGE)
+    assert [c[3] for c in source.nonzero_chunks(mem.regions[1:], PAGE)] == [[]]  # all zero
+
+
 def _expect_failure(tmp_path, m, script, match):
     d = Destination(tmp_path / "in.sock", m, script)
     d.start()
