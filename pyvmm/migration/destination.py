@@ -72,7 +72,9 @@ class Incoming:
         self.first_pending = True  # no ACCEPT sent yet: a refusal is REFUSE, later an ABORT
         self.plans: List[vcpu_state.WritePlan] = []  # the vCPUs built from the first state
         self.cancelled = False
-        self.timing: Dict[str, float] = {}  # ms: where the destination's part of the pause went
+        # ms: where the destination's part went (first_*: before ACCEPT: the check, VM and RAM, vCPUs
+        # and devices built, the first state loaded; the others: the pause)
+        self.timing: Dict[str, float] = {}
 
     def __str__(self) -> str:
         return str(self.dest)
@@ -115,6 +117,7 @@ class Incoming:
         resources chosen as restore chooses them (``host``: a
         :class:`pyvmm.snapshot.trust.HostChoice`)."""
         f = self._frame((stream.STATE_CHECK,))
+        t0 = time.monotonic()
         try:
             snap = fmt.decode(f.payload, "migration state")
             config = machine_snapshot.check(kvm, snap, host)
@@ -122,6 +125,7 @@ class Incoming:
             self.refuse(str(e))
             raise
         self.first = snap
+        self.timing.update(first_check=_ms(t0, time.monotonic()))
         return config
 
     def build(self, m: Machine) -> None:
@@ -131,6 +135,7 @@ class Incoming:
             # The machine that will run the guest is built once, now, and the
             # state to check loaded into it (KVM refuses here what it would
             # refuse at the end); the pause then writes only what changed.
+            t0 = time.monotonic()
             m.hide_pauses = True
             m.create_vm()
             for r in m.mem.regions:
@@ -141,8 +146,11 @@ class Incoming:
             # lengths finalised; the vGIC and the devices created; then the
             # whole state to check loaded, and every vGIC and vCPU register
             # read back (machine_snapshot.prepare_load).
+            t1 = time.monotonic()
             self.plans = machine_snapshot.build_fixed(m, self.first, vm_created=True)
+            t2 = time.monotonic()
             machine_snapshot.prepare_load(m, self.first, self.plans)
+            self.timing.update(first_vm=_ms(t0, t1), first_build=_ms(t1, t2), first_load=_ms(t2, time.monotonic()))
         except PyvmmError as e:
             self.refuse(str(e))
             raise
