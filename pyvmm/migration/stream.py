@@ -199,6 +199,10 @@ def _check_pages_head(head: bytes, length: int, slot_pages: Dict[int, int], page
 
 def _check_indices(data, count: int, slot: int, npages: int) -> List[int]:
     indices = list(struct.unpack_from(f"<{count}I", data))
+    first, last = indices[0], indices[-1]
+    # One run of consecutive pages (round 1's frames): compared as a whole, not page by page.
+    if last < npages and last - first == count - 1 and indices == list(range(first, last + 1)):
+        return indices
     prev = -1
     for i in indices:
         if i >= npages:
@@ -221,6 +225,8 @@ def decode_pages(payload: bytes, slot_pages: Dict[int, int], page_size: int) -> 
 def runs(indices: List[int]) -> List[Tuple[int, int, int]]:
     """(position in ``indices``, first page, page count) of each run of
     consecutive pages in the strictly increasing ``indices``."""
+    if indices and indices[-1] - indices[0] == len(indices) - 1:  # strictly increasing: one run
+        return [(0, indices[0], len(indices))]
     out: List[Tuple[int, int, int]] = []
     start = 0
     for k in range(1, len(indices) + 1):

@@ -126,6 +126,10 @@ BAD_PAGE_FRAMES = [
     (_pages(0, [0xFFFFFFFF]), "page 4294967295"),
     (_pages(0, [3, 3]), "not strictly increasing"),
     (_pages(0, [5, 2]), "not strictly increasing"),
+    # shaped like one run of consecutive pages (last - first = count - 1), which they are not or which overruns
+    (_pages(0, [98, 99, 100]), "page 100 of slot 0, which has 100 pages"),
+    (_pages(0, [5, 5, 7]), r"not strictly increasing \(5 then 5\)"),
+    (_pages(0, [6, 5, 7]), r"not strictly increasing \(6 then 5\)"),
     (_pages(0, [1])[:-1], "bytes, 1 pages make"),
     (_pages(0, [1]) + b"x", "bytes, 1 pages make"),
     (struct.pack("<II", 0, 2) + struct.pack("<I", 1), "bytes, 2 pages make"),
@@ -160,6 +164,9 @@ def test_pages_are_received_straight_into_memory_one_receive_per_run():
     assert mem[7 * PAGE:8 * PAGE] == b"d" * PAGE and mem[99 * PAGE:] == b"e" * PAGE
     assert mem[:PAGE] == bytes(PAGE) and mem[4 * PAGE:7 * PAGE] == bytes(3 * PAGE)
     assert stream.runs([0, 1, 5, 6, 7, 9]) == [(0, 0, 2), (2, 5, 3), (5, 9, 1)]
+    assert stream.runs([4, 5, 6]) == [(0, 4, 3)] and stream.runs([4]) == [(0, 4, 1)] and stream.runs([]) == []
+    (slot, idx), _mem, received = _read_into(stream.encode_pages(0, [96, 97, 98, 99], [bytes(PAGE)] * 4, PAGE))
+    assert idx == [96, 97, 98, 99] and received == [4 * PAGE]
 
 
 @pytest.mark.parametrize("payload, why", BAD_PAGE_FRAMES)
