@@ -30,10 +30,11 @@ from __future__ import annotations
 
 import itertools
 import mmap
+import operator
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ..dirty_log import DirtyLog, merge
 from ..errors import PyvmmError, UsageProblem
@@ -115,22 +116,21 @@ class _Sender:
         if ahead > 0:
             time.sleep(ahead)
 
-    def send_page_frame(self, slot: int, indices: List[int], contents: bytes) -> None:
-        """One PAGES frame, its head and the contents sent as they are (not joined)."""
-        head = stream.pages_head(slot, indices, len(contents), self.page)
-        self.conn.send_parts((stream.frame_header(stream.PAGES, len(head) + len(contents)) + head, contents))
-        self._throttle(len(head) + len(contents))
+    def send_page_frame(self, slot: int, indices: List[int], contents: Sequence[Any]) -> None:
+        """One PAGES frame, its head and the contents (buffers, together the
+        pages in order) sent as they are, not joined."""
+        size = sum(len(c) for c in contents)
+        head = stream.pages_head(slot, indices, size, self.page)
+        self.conn.send_parts((stream.frame_header(stream.PAGES, len(head) + size) + head, *contents))
+        self._throttle(len(head) + size)
         self.pages_sent += len(indices)
 
     def send_pages(self, slot: int, indices: List[int]) -> None:
         r, page = self.m.mem.regions[slot], self.page
-        with memoryview(r.mm) as ram:
+        with memoryview(r.mm) as ram:  # each run of pages sent from guest RAM, not copied
             for batch in stream.batches(indices):
-                if batch[-1] - batch[0] + 1 == len(batch):  # a run of pages: sent from guest RAM, not copied
-                    contents: Any = ram[batch[0] * page:(batch[-1] + 1) * page]
-                else:
-                    contents = b"".join([ram[i * page:(i + 1) * page] for i in batch])
-                self.send_page_frame(slot, batch, contents)
+                self.send_page_frame(slot, batch, [ram[first * page:(first + n) * page]
+                                                   for _, first, n in stream.runs(batch)])
 
     def send_round1(self, chunks: Iterable[Tuple[Any, int, int, Optional[List[int]]]],
                     progress: Callable[[int, int], None]) -> None:
@@ -155,7 +155,8 @@ def nonzero_chunks(regions, page: int) -> Iterator[Tuple[Any, int, int, Optional
     dirty log is on (a page found zero and written later is in it). A run
     without a page's worth of zero bytes anywhere in it (one search in guest
     RAM, nothing copied) has no zero page; only the others are copied and
-    compared, the whole run first, then page by page."""
+    compared, the whole run first, then page by page (the loop over the
+    pages in C: ``map`` of ``bytes.startswith`` at each page's offset)."""
     zero, zp = bytes(page * _ZERO_CHUNK), bytes(page)
     for r in regions:
         if r.readonly:
@@ -171,7 +172,8 @@ def nonzero_chunks(regions, page: int) -> Iterator[Tuple[Any, int, int, Optional
             if chunk == (zero if n == _ZERO_CHUNK else bytes(end - start)):
                 yield r, first, n, []
             else:
-                yield r, first, n, [k for k in range(n) if chunk[k * page:(k + 1) * page] != zp]
+                zero_pages = map(chunk.startswith, itertools.repeat(zp, n), range(0, n * page, page))
+                yield r, first, n, list(itertools.compress(range(n), map(operator.not_, zero_pages)))
 
 
 class _LastPages:

@@ -10,6 +10,8 @@ import threading
 import types
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyvmm.machine import ExitStatus
 from pyvmm.memory import GuestMemory
@@ -182,6 +184,27 @@ def test_the_zero_page_search_finds_exactly_the_non_zero_pages():
     assert runs[2] == (512, 88, [599 - 512])
     mem.add(0x8000_0000, 256 * PAGE)
     assert [c[3] for c in source.nonzero_chunks(mem.regions[1:], PAGE)] == [[]]  # all zero
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(["zero", "byte", "full", "half-zero"]), min_size=1, max_size=300))
+def test_the_zero_page_search_agrees_with_a_page_by_page_comparison(kinds):
+    mem = GuestMemory()
+    mem.add(0x4000_0000, len(kinds) * PAGE)
+    r = mem.regions[0]
+    for i, kind in enumerate(kinds):
+        at = i * PAGE
+        if kind == "byte":
+            r.mm[at + (i * 37) % PAGE] = 1
+        elif kind == "full":
+            r.mm[at:at + PAGE] = b"\xff" * PAGE
+        elif kind == "half-zero":  # zero runs that cross page boundaries, but no zero page
+            r.mm[at + PAGE // 2] = 2
+    want = [i for i, kind in enumerate(kinds) if kind != "zero"]
+    got = [first + k for _r, first, n, nz in source.nonzero_chunks(mem.regions, PAGE)
+           for k in (range(n) if nz is None else nz)]
+    assert got == want
+    mem.close()
 
 
 def _expect_failure(tmp_path, m, script, match):
