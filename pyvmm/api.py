@@ -425,6 +425,29 @@ def restore(path: str, *, clock: str = "hide", paused: bool = False, output: Opt
     return started
 
 
+def _probed_early(kvm_path: str) -> Any:
+    """/dev/kvm opened, and the host facts the check and the build probe
+    (CNTFRQ, the SME bit) probed through it, while no migration source has
+    come yet (each probe creates a scratch VM); None when that fails: then
+    it is done again after the source came, which reports why to it."""
+    from . import guest_features, hostinfo
+    from .kvm import open_kvm
+
+    try:
+        kvm = open_kvm(kvm_path)
+    except PyvmmError:
+        return None
+    try:
+        hostinfo.cntfrq(kvm)
+        guest_features.offered(kvm)
+    except PyvmmError:
+        pass  # the same probe fails again when needed, with its reason
+    except BaseException:
+        kvm.close()
+        raise
+    return kvm
+
+
 def incoming(dest: Any, *, output: Optional[Output] = None, on_reboot: Optional[str] = None,
              kvm_path: str = DEFAULT_PATH, console_input: Optional[int] = None, escape: bool = False,
              on_ready: Optional[Callable[[Machine], None]] = None, trace_mmio: bool = False,
@@ -448,8 +471,10 @@ def incoming(dest: Any, *, output: Optional[Output] = None, on_reboot: Optional[
     kvm = None
     try:
         if inc.conn is None:
+            kvm = _probed_early(kvm_path)
             inc.accept(accept_timeout)
-        kvm = open_kvm(kvm_path)
+        if kvm is None:
+            kvm = open_kvm(kvm_path)
         config = inc.receive_check(kvm, host)
         config.trace_mmio = trace_mmio
         if on_reboot:

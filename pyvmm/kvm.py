@@ -5,7 +5,7 @@ import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Any, Dict, Optional
 
 from ._fd import KvmFd
 from ._ffi import const
@@ -37,6 +37,9 @@ class Kvm(KvmFd):
             raise HostUnsupported(f"cannot open {path}: {e.strerror}", _ELSEWHERE) from None
         super().__init__(fd)
         self.path = path
+        # Host facts probed through this handle (sme.discover): the module
+        # behind an open /dev/kvm cannot change, so they hold while it is open.
+        self.probed: Dict[Any, Any] = {}
         version = self.get_api_version()
         if version != const("KVM_API_VERSION"):
             self.close()

@@ -85,9 +85,21 @@ def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
     """Find the SME feature bit by probing (ABI page §2): the bit for which
     VCPU_INIT succeeds *and* reading SME_VLS succeeds. An unknown bit fails
     init with ENOENT; a bit meaning something else passes init but the
-    SME_VLS read fails with ENOENT."""
+    SME_VLS read fails with ENOENT. Probed once per :class:`pyvmm.kvm.Kvm`
+    handle (its ``probed``), for each override."""
     if bit_override is None:
         bit_override = _env_int(ENV_BIT)
+    probed = getattr(kvm, "probed", None)
+    key = ("sme", bit_override, os.environ.get(ENV_CAP))
+    if probed is not None and key in probed:
+        return probed[key]
+    found = _discover(kvm, bit_override)
+    if probed is not None:
+        probed[key] = found
+    return found
+
+
+def _discover(kvm, bit_override: Optional[int]) -> SmeDiscovery:
     candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
     how = "override" if bit_override is not None else "probed"
     reasons = []

@@ -101,3 +101,16 @@ def test_slice_checked_before_row_is_caught():
     # every SVL below the largest (256 bits with SVLs 128 and 256) and the access table at the largest
     assert failed and all(r.endswith(".ZA_row_svl_slice1") or r in ("5.svl128", "5.svl256") for r in failed)
     assert {"5.svl128", "5.svl256"} <= failed
+
+
+def test_the_sme_bit_is_probed_once_per_kvm_handle_that_keeps_what_it_probed():
+    from pyvmm import sme
+
+    kvm = FakeKvm()
+    kvm.probed = {}  # as pyvmm.kvm.Kvm's
+    first = sme.discover(kvm)
+    probes = kvm.ioctls
+    assert first.bit == SME_BIT and probes > 0
+    assert sme.discover(kvm) is first and kvm.ioctls == probes  # no scratch VM the second time
+    other = FakeKvm(sme=False)  # a handle without "probed" (the fakes elsewhere) probes every time
+    assert not sme.discover(other).present and not sme.discover(other).present
