@@ -238,13 +238,15 @@ def runs(indices: List[int]) -> List[Tuple[int, int, int]]:
 
 def read_pages_into(recv_exact: Callable[[int], bytes], recv_into: Callable[[memoryview], None], length: int,
                     slot_pages: Dict[int, int], page_size: int,
-                    memory: Callable[[int], memoryview]) -> Tuple[int, List[int]]:
+                    memory: Callable[[int], memoryview],
+                    before: Optional[Callable[[int, int, int], None]] = None) -> Tuple[int, List[int]]:
     """Read the payload (``length`` bytes, its frame header read and checked)
     of a PAGES frame with its contents received straight into
     ``memory(slot)`` (the slot's writable view), one ``recv_into`` per run
     of consecutive pages: (slot, page indices). The slot, count, length and
     every index are checked, as by :func:`decode_pages`, before a byte of
-    the contents is read."""
+    the contents is read. ``before(slot, first page, count)`` is called
+    before each run is received (e.g. to allocate its pages at once)."""
     if length < _PAGES.size:
         raise StreamError(f"pages frame of {length} bytes is shorter than its header")
     slot, count = _check_pages_head(recv_exact(_PAGES.size), length, slot_pages, page_size)
@@ -253,6 +255,8 @@ def read_pages_into(recv_exact: Callable[[int], bytes], recv_into: Callable[[mem
     if len(mem) < slot_pages[slot] * page_size:
         raise ValueError(f"slot {slot}'s memory view is shorter than its {slot_pages[slot]} pages")
     for _, first, n in runs(indices):
+        if before is not None:
+            before(slot, first, n)
         recv_into(mem[first * page_size:(first + n) * page_size])
     return slot, indices
 

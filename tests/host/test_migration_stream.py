@@ -334,3 +334,17 @@ def test_incoming_with_another_protocol_is_refused(tmp_path):
         inc.accept(5)
     inc.close()
     client.close()
+
+
+def test_before_hears_each_run_before_it_is_received():
+    payload = stream.encode_pages(0, [1, 2, 3, 7], [bytes([c]) * PAGE for c in b"abcd"], PAGE)
+    mem = bytearray(SLOTS[0] * PAGE)
+    r = reader(payload)
+    events = []
+
+    def recv_into(view):
+        events.append(("recv", len(view)))
+        view[:] = r(len(view))
+    stream.read_pages_into(r, recv_into, len(payload), {0: SLOTS[0]}, PAGE, lambda slot: memoryview(mem),
+                           lambda slot, first, n: events.append(("before", slot, first, n)))
+    assert events == [("before", 0, 1, 3), ("recv", 3 * PAGE), ("before", 0, 7, 1), ("recv", PAGE)]
