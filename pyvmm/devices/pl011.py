@@ -8,12 +8,14 @@ interrupts are raised while it is non-empty.
 """
 from __future__ import annotations
 
-import collections
 import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
+    from collections import deque
     from typing import Callable, Deque, Dict
+else:
+    from _collections import deque  # collections' C core, as threading takes it (start-up time: no collections)
 
 from ..boot import fdt
 from .state import StateReader, b64, restore_line
@@ -46,7 +48,7 @@ class Pl011:
         self._raise_irq = raise_irq
         self._output = output
         self._lock = threading.Lock()
-        self._rx: Deque[int] = collections.deque()
+        self._rx: Deque[int] = deque()
         self.tx_bytes = 0
         self.reset()
 
@@ -175,7 +177,7 @@ class Pl011:
             was_high = self._level
             self.regs, self.ris, self._level = regs, ris, level
             self._tx_since_full, self.tx_bytes = tx_since_full, tx_bytes
-            self._rx = collections.deque(rx)
+            self._rx = deque(rx)
             restore_line(self._raise_irq, was_high, level)
 
 

@@ -155,3 +155,64 @@ def test_restore_loads_no_thread_pool_or_random_before_the_guest_runs():
     assert "pyvmm.snapshot.ram_image" in mods
     assert under(mods, "concurrent", "logging", "secrets", "random", "pyvmm.commands.snapshot",
                  "pyvmm.abi_check", *TEST_ONLY) == []
+
+
+def test_run_path_loads_no_enum_functools_or_collections(tmp_path):
+    # ExitStatus (an IntEnum) loads when a run ends; exits are counted in dicts (a Counter only in the
+    # Outcome); the records are tuples without namedtuple: enum, and the functools and collections it
+    # loads, cost ~0.2 s in the emulated test machine (issue 13, item 5). What the interpreter's own
+    # threading loads is not pyvmm's doing (3.11's loads functools and collections, 3.13's neither).
+    import site
+
+    path = os.pathsep.join([ROOT, *site.getsitepackages()])
+    built, *mods = run_until_kvm(tmp_path, "-S", path=path)
+    assert "pyvmm.machine.vcpu_loop" in mods and "pyvmm.api" in mods  # the check below means something
+    out = subprocess.run([sys.executable, "-S", "-c", "import sys, threading; print(*sys.modules)"],
+                         stdout=subprocess.PIPE, text=True, check=True, timeout=120).stdout
+    own = set(out.split())
+    assert under(set(mods) - own, "enum", "functools", "collections", "operator", "keyword", "reprlib", "heapq",
+                 "pyvmm.machine.exit_status") == []
+
+
+def test_exit_status_is_one_class_wherever_it_is_named():
+    code = ("import sys\nimport pyvmm, pyvmm.api, pyvmm.machine, pyvmm.machine.config as c\n"
+            "loaded = 'pyvmm.machine.exit_status' in sys.modules\n"
+            "from pyvmm.machine import ExitStatus\n"
+            "print(loaded, ExitStatus is pyvmm.api.ExitStatus is pyvmm.ExitStatus is c.ExitStatus, "
+            "int(ExitStatus.TERMINATED), isinstance(ExitStatus.CRASH, int), c.Outcome(ExitStatus.CRASH, 'x').exits)\n")
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    assert r.stdout.split() == ["False", "True", "143", "True", "Counter()"]
+
+
+def test_the_installed_command_is_bin_pyvmm_and_loads_no_regex(tmp_path):
+    # pip writes a wrapper that imports re for a [project.scripts] entry point; pyvmm ships
+    # bin/pyvmm instead (pyproject.toml script-files), which pip installs with its #!python line
+    # made the environment's interpreter
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        pyproject = f.read()
+    assert "\n[project.scripts]" not in pyproject and 'script-files = ["bin/pyvmm"]' in pyproject
+    script = os.path.join(ROOT, "bin", "pyvmm")
+    with open(script) as f:
+        assert f.readline() == "#!python\n"
+    assert os.access(script, os.X_OK)
+    from support.image import make_image
+
+    k = tmp_path / "Image"
+    k.write_bytes(make_image(image_size=8 << 20, body=8192))
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(*sorted(sys.modules)))\n"
+            f"sys.argv = [{script!r}, 'run', '-k', {str(k)!r}, '--kvm', {str(tmp_path / 'no-kvm')!r}]\n"
+            f"exec(compile(open({script!r}).read(), {script!r}, 'exec'), {{'__name__': '__main__'}})\n")
+    import site
+
+    path = os.pathsep.join([ROOT, *site.getsitepackages()])  # -S: site's .pth files may load re themselves
+    r = subprocess.run([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, PYTHONPATH=path), cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("pyvmm: error: "), r.stderr
+    mods = set(r.stdout.split())
+    assert "pyvmm.machine.machine" in mods  # the check below means something
+    assert under(mods, "re", "runpy", "click", *TEST_ONLY) == []
+    r = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=str(tmp_path), timeout=120)
+    assert r.stdout.startswith("pyvmm, version ")
