@@ -18,7 +18,6 @@ else:
     from _collections import deque  # collections' C core, as threading takes it (start-up time: no collections)
 
 from ..boot import fdt
-from .state import StateReader, b64, restore_line
 
 DR, RSR_ECR, FR, ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, RIS, MIS, ICR, DMACR = (
     0x000, 0x004, 0x018, 0x020, 0x024, 0x028, 0x02C, 0x030, 0x034, 0x038, 0x03C, 0x040, 0x044, 0x048)
@@ -153,6 +152,8 @@ class Pl011:
     def save_state(self) -> Dict:
         """Registers by name, RIS, the interrupt line level, the TX burst
         counter and the received bytes the guest has not read yet."""
+        from .state import b64  # snapshot modules load when a state is taken (start-up time)
+
         with self._lock:
             return {"regs": {name: self.regs[off] for name, off in _STATE_REGS.items()},
                     "ris": self.ris, "level": self._level, "tx_since_full": self._tx_since_full,
@@ -161,6 +162,8 @@ class Pl011:
     def load_state(self, state: Dict) -> None:
         """Take a state from :meth:`save_state` (into a fresh device). A high
         line is raised once, so the interrupt controller matches."""
+        from .state import StateReader, restore_line
+
         r = StateReader("pl011", state, ("regs", "ris", "level", "tx_since_full", "rx", "tx_bytes"))
         saved = StateReader("pl011 regs", r.dict("regs"), _STATE_REGS)
         regs = {off: saved.int(name, 0, INT_ALL if off == IMSC else 0xFFFF) for name, off in _STATE_REGS.items()}
