@@ -23,6 +23,13 @@ def loaded_after(code: str):
     return set(json.loads(out.splitlines()[-1]))
 
 
+def words_printed_by(code: str):
+    """The words a fresh interpreter prints running ``code`` (with the checkout on its path)."""
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    return r.stdout.split()
+
+
 def under(mods, *prefixes):
     return sorted(m for m in mods if any(m == p or m.startswith(p + ".") for p in prefixes))
 
@@ -77,9 +84,7 @@ def test_a_caught_kvm_error_loads_no_explanations():
             "print(e.errno == errno.ENOENT, 'pyvmm.arm64.errno_explain' in sys.modules)\n"
             "e = KvmFd(-1).error('KVM_GET_ONE_REG', errno.EBUSY, 'ZA[0]')\n"
             "print('SVCR.ZA = 0' in str(e), 'pyvmm.arm64.errno_explain' in sys.modules)\n")
-    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
-    assert r.stdout.split() == ["True", "False", "True", "True"]
+    assert words_printed_by(code) == ["True", "False", "True", "True"]
 
 
 @pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"],
@@ -180,9 +185,7 @@ def test_exit_status_is_one_class_wherever_it_is_named():
             "from pyvmm.machine import ExitStatus\n"
             "print(loaded, ExitStatus is pyvmm.api.ExitStatus is pyvmm.ExitStatus is c.ExitStatus, "
             "int(ExitStatus.TERMINATED), isinstance(ExitStatus.CRASH, int), c.Outcome(ExitStatus.CRASH, 'x').exits)\n")
-    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
-    assert r.stdout.split() == ["False", "True", "143", "True", "Counter()"]
+    assert words_printed_by(code) == ["False", "True", "143", "True", "Counter()"]
 
 
 def test_the_installed_command_is_bin_pyvmm_and_loads_no_regex(tmp_path):
