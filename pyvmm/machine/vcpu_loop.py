@@ -11,7 +11,6 @@ if TYPE_CHECKING:
 
     from .exit_status import ExitStatus
 
-from .. import exits
 from .._ffi import const, ffi
 from ..errors import KvmError, PyvmmError, UsageProblem
 from .config import RESET_REASON
@@ -69,6 +68,8 @@ def handle_exit(run, bus, index: int, counts: Dict[str, int]) -> Union[None, str
     if reason == _EXIT_INTR:
         counts["intr"] = counts.get("intr", 0) + 1
         return PAUSE_POINT
+    from .. import exits  # loaded at the first exit other than MMIO and signals, not to boot (start-up time)
+
     ex = exits.decode(run)
     if type(ex) is exits.SystemEventExit:
         counts["system_event"] = counts.get("system_event", 0) + 1
@@ -97,6 +98,8 @@ def run_failure(e: BaseException, index: int) -> Verdict:
 
 def describe(ex) -> str:
     """One line for an exit pyvmm cannot continue from."""
+    from .. import exits
+
     if isinstance(ex, exits.FailEntryExit):
         return f"KVM could not enter the guest (FAIL_ENTRY, reason {ex.reason:#x})"
     if isinstance(ex, exits.InternalErrorExit):
