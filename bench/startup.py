@@ -12,11 +12,14 @@ its console). Also timed: ``import pyvmm.cli`` and ``pyvmm --help`` to exit.
 Every process runs once untimed first (bytecode compiled, files in the page
 cache), then RUNS times; the medians are printed as a Markdown table.
 
-The checkout is a virtio-fs mount in the test machine, where each file lookup
-costs milliseconds; the rows marked "installed" time the same two processes
-with pyvmm as installed: a venv on the test machine's /tmp (``--without-pip
---system-site-packages``, for cffi) holding a compiled copy of ``pyvmm/``,
-run from /tmp with no PYTHONPATH, against that venv's bare interpreter.
+The checkout rows run ``python3 -m pyvmm`` from the checkout, a virtio-fs
+mount in the test machine, where each file lookup costs milliseconds. The
+rows marked "installed" time pyvmm as users run it: the ``pyvmm`` command in
+a venv on the test machine's /tmp (``--without-pip --system-site-packages``,
+for cffi) holding a compiled copy of ``pyvmm/`` and ``bin/pyvmm`` installed as
+pip installs it (its ``#!python`` line pointed at the venv's interpreter; pip
+itself is not in the test machine), run from /tmp with no PYTHONPATH, against
+that venv's bare interpreter.
 
 Run: python3 bench/startup.py  (on a non-arm64 host it re-runs itself inside
 ci/qemu-aarch64/run; build the guest first with guests/linux/build).
@@ -55,9 +58,9 @@ def wall(cmd) -> float:
     return time.monotonic() - t0
 
 
-def pyvmm_first_run(k: str, i: str, python: str = sys.executable, environ=None, cwd: str = CHECKOUT) -> float:
-    """Seconds from spawn to pyvmm's first KVM_RUN."""
-    cmd = [python, "-m", "pyvmm", "run", "--debug", "-k", k, "-i", i, "-m", MEM, "-c", "1"]
+def pyvmm_first_run(k: str, i: str, pyvmm=(sys.executable, "-m", "pyvmm"), environ=None, cwd: str = CHECKOUT) -> float:
+    """Seconds from spawn to pyvmm's first KVM_RUN (``pyvmm``: the command that is pyvmm)."""
+    cmd = [*pyvmm, "run", "--debug", "-k", k, "-i", i, "-m", MEM, "-c", "1"]
     t0 = time.monotonic_ns()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env=environ or env(), cwd=cwd)
@@ -76,8 +79,10 @@ def pyvmm_first_run(k: str, i: str, python: str = sys.executable, environ=None, 
     return float(m.group(1)) - t0 / 1e9
 
 
-def installed(root: str) -> str:
-    """The python of a venv made in ``root`` with a compiled copy of the checkout's pyvmm/ in it."""
+def installed(root: str):
+    """(python, the pyvmm command) of a venv made in ``root`` with a compiled copy of the
+    checkout's pyvmm/ in it and bin/pyvmm installed as pip installs a script: its ``#!python``
+    line made the venv's interpreter."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", root], check=True)
     python = os.path.join(root, "bin", "python3")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -85,7 +90,15 @@ def installed(root: str) -> str:
     shutil.copytree(os.path.join(CHECKOUT, "pyvmm"), os.path.join(purelib, "pyvmm"),
                     ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([python, "-m", "compileall", "-q", os.path.join(purelib, "pyvmm")], check=True, env=installed_env())
-    return python
+    with open(os.path.join(CHECKOUT, "bin", "pyvmm")) as f:
+        first, rest = f.read().split("\n", 1)
+    if first != "#!python":
+        raise SystemExit(f"bench: bin/pyvmm starts with {first!r}, not #!python (what pip rewrites)")
+    command = os.path.join(root, "bin", "pyvmm")
+    with open(command, "w") as f:
+        f.write(f"#!{python}\n{rest}")
+    os.chmod(command, 0o755)
+    return python, command
 
 
 def installed_env():
@@ -104,16 +117,17 @@ def main():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def measure(k: str, i: str, venv_python: str, venv_cwd: str):
+def measure(k: str, i: str, venv, venv_cwd: str):
+    venv_python, venv_pyvmm = venv
     probes = {
         "python3 -c (bare interpreter to user code)": bare_python,
-        "pyvmm run to first KVM_RUN": lambda: pyvmm_first_run(k, i),
+        "python3 -m pyvmm run (checkout) to first KVM_RUN": lambda: pyvmm_first_run(k, i),
         "python3 -c 'import pyvmm.cli' to exit": lambda: wall([sys.executable, "-c", "import pyvmm.cli"]),
         "python3 -c pass to exit": lambda: wall([sys.executable, "-c", "pass"]),
-        "pyvmm --help to exit": lambda: wall([sys.executable, "-m", "pyvmm", "--help"]),
+        "python3 -m pyvmm --help (checkout) to exit": lambda: wall([sys.executable, "-m", "pyvmm", "--help"]),
         "installed: venv python3 -c (bare interpreter to user code)": lambda: bare_python(venv_python, installed_env()),
-        "installed: pyvmm run to first KVM_RUN": lambda: pyvmm_first_run(k, i, venv_python, installed_env(),
-                                                                          venv_cwd),
+        "installed: pyvmm run (the venv's bin/pyvmm) to first KVM_RUN": lambda: pyvmm_first_run(
+            k, i, (venv_pyvmm,), installed_env(), venv_cwd),
     }
     times = {name: [] for name in probes}
     for n in range(RUNS + 1):
@@ -134,8 +148,8 @@ def measure(k: str, i: str, venv_python: str, venv_cwd: str):
         base = med[("installed: venv " if venv else "") + "python3 -c (bare interpreter to user code)"]
         target = "<= 2" if "pyvmm run" in name else ""
         print(f"| {name} | {t:.3f} | {t / base:.2f} | {target} |")
-    print("\n(installed: a venv on the test machine's /tmp with a compiled copy of pyvmm/, against that venv's "
-          "bare interpreter; the other rows run the checkout, a virtio-fs mount)")
+    print("\n(installed: the pyvmm command of a venv on the test machine's /tmp with a compiled copy of pyvmm/ "
+          "and bin/pyvmm, against that venv's bare interpreter; the other rows run the checkout, a virtio-fs mount)")
 
 
 if __name__ == "__main__":

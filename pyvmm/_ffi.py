@@ -8,15 +8,18 @@ else imports ``ffi`` and ``libc()`` from here.
 """
 from __future__ import annotations
 
-import functools
-
 from ._kvm_ffi import ffi
 
+_libc = None
 
-@functools.lru_cache(maxsize=None)
+
 def libc():
-    """The C library (for ioctl) with the header's constants, opened on first use."""
-    return ffi.dlopen(None)
+    """The C library (for ioctl) with the header's constants, opened on first use
+    (cached here: ``functools.lru_cache`` would load functools, start-up time)."""
+    global _libc
+    if _libc is None:
+        _libc = ffi.dlopen(None)  # two threads racing here both get the same library
+    return _libc
 
 
 def const(name: str) -> int:

@@ -10,11 +10,14 @@ as :func:`dataclasses.dataclass` would (and calls ``__post_init__`` if the class
 instances read-only and hashable. :func:`replace` is
 :func:`dataclasses.replace` for these classes. Type checkers treat
 :func:`record` as a dataclass decorator (PEP 681). Fields are the class's
-own annotations: records do not inherit fields.
+own annotations: records do not inherit fields. :func:`tuple_record` is the
+subset of :func:`collections.namedtuple` pyvmm uses, without loading
+:mod:`collections` (and the :mod:`functools`, :mod:`operator` and others it loads).
 """
 from __future__ import annotations
 
 import sys
+from _operator import itemgetter  # operator's C core (always built in): no operator module
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -145,3 +148,40 @@ def replace(obj: T, **changes: Any) -> T:
         raise TypeError(f"{type(obj).__name__} has no field {sorted(unknown)[0]!r}")
     values.update(changes)
     return type(obj)(**values)
+
+
+def tuple_record(typename: str, field_names: str, defaults: Tuple[Any, ...] = (), module: str = __name__) -> Any:
+    """A tuple subclass with named fields, as ``collections.namedtuple(typename,
+    field_names, defaults=defaults)`` makes (positional or keyword arguments, the
+    last ``len(defaults)`` fields optional, read-only attributes, ``_fields``, the
+    same repr), built without :func:`exec` and without loading :mod:`collections`."""
+    fields = tuple(field_names.split())
+    first_default = len(fields) - len(defaults)
+
+    def __new__(cls: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > len(fields):
+            raise TypeError(f"{typename}() takes {len(fields)} arguments but {len(args)} were given")
+        values = list(args)
+        for i in range(len(args), len(fields)):
+            name = fields[i]
+            if name in kwargs:
+                values.append(kwargs.pop(name))
+            elif i >= first_default:
+                values.append(defaults[i - first_default])
+            else:
+                raise TypeError(f"{typename}() missing required argument {name!r}")
+        if kwargs:
+            raise TypeError(f"{typename}() got an unexpected or repeated argument {sorted(kwargs)[0]!r}")
+        return tuple.__new__(cls, values)
+
+    def __repr__(self: Any) -> str:
+        return f"{typename}(" + ", ".join(f"{n}={v!r}" for n, v in zip(fields, self)) + ")"
+
+    def __getnewargs__(self: Any) -> Tuple[Any, ...]:
+        return tuple(self)
+
+    namespace: Dict[str, Any] = {"__slots__": (), "__module__": module, "_fields": fields, "__new__": __new__,
+                                 "__repr__": __repr__, "__getnewargs__": __getnewargs__}
+    for i, name in enumerate(fields):
+        namespace[name] = property(itemgetter(i), doc=f"Alias for field number {i}")
+    return type(typename, (tuple,), namespace)

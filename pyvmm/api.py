@@ -33,10 +33,11 @@ if TYPE_CHECKING:
 from .arm64 import regs
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, SnapshotError, UsageProblem
 from .kvm import DEFAULT_PATH
-from .machine import DiskSpec, ExitStatus, Machine, MachineConfig, Outcome
+from .machine import DiskSpec, Machine, MachineConfig, Outcome
 from .machine.session import Session
 
-if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs neither
+if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs none of them
+    from .machine.exit_status import ExitStatus
     from .snapshot.machine_snapshot import SaveReport
     from .vecstate import SavedVecState, VecState
 
@@ -48,11 +49,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """:class:`SaveReport` (from the snapshot modules) and :class:`SavedVecState`
-    (from :mod:`pyvmm.vecstate`), loaded on first use (PEP 562)."""
+    """:class:`SaveReport` (from the snapshot modules), :class:`ExitStatus` (its :mod:`enum`
+    is not needed before a guest runs) and :class:`SavedVecState` (from :mod:`pyvmm.vecstate`),
+    loaded on first use (PEP 562)."""
     value: Any
     if name == "SaveReport":
         from .snapshot import machine_snapshot as module
+    elif name == "ExitStatus":
+        from .machine import exit_status as module  # type: ignore[no-redef]
     elif name == "SavedVecState":
         from . import vecstate as module  # type: ignore[no-redef]
     else:
@@ -176,10 +180,14 @@ class VirtualMachine:
         with self._lock:
             self._current().resume()
 
-    def stop(self, status: ExitStatus = ExitStatus.POWEROFF, reason: str = "stopped through the library") -> None:
-        """End the guest (as if it powered off, unless another ``status`` is
-        given); :meth:`wait` then returns its :class:`Outcome`. Safe from any
+    def stop(self, status: Optional[ExitStatus] = None, reason: str = "stopped through the library") -> None:
+        """End the guest (as if it powered off, ``ExitStatus.POWEROFF``, unless another
+        ``status`` is given); :meth:`wait` then returns its :class:`Outcome`. Safe from any
         thread and from a signal handler; no effect once it has ended."""
+        if status is None:
+            from .machine.exit_status import ExitStatus  # loaded when needed (start-up time)
+
+            status = ExitStatus.POWEROFF
         self._session.stop(status, reason)
 
     def wait(self, timeout: Optional[float] = None) -> Optional[Outcome]:
@@ -223,6 +231,8 @@ class VirtualMachine:
         with self._lock:
             m = self._current()
             report = source.migrate(m, dest, max_downtime_ms, bandwidth_mib, progress)
+            from .machine.exit_status import ExitStatus
+
             m.finish(ExitStatus.POWEROFF, f"migrated to {report.dest}")
             return report
 
@@ -293,7 +303,7 @@ class VirtualMachine:
         if self._thread.is_alive():
             # Parked vCPUs leave at once (the machine is done); the lock is not
             # held while waiting: a reset's on_ready takes it.
-            self.stop(ExitStatus.POWEROFF, "closed through the library")
+            self.stop(None, "closed through the library")
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise GuestError(f"the machine did not stop within {timeout:.0f} s")

@@ -12,9 +12,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from collections import namedtuple
-
 from ._ffi import ffi
+from ._record import tuple_record
 
 _IOC_NONE, _IOC_WRITE, _IOC_READ = 0, 1, 2
 KVMIO = 0xAE
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
         number: int
         argtype: Optional[str]  # C type of the argument, None for _IO
 else:  # the same class without importing typing (start-up time)
-    Request = namedtuple("Request", "name number argtype")
+    Request = tuple_record("Request", "name number argtype", module=__name__)
 
 
 # Each entry is (name, direction, nr, argument type, ioctl type); its number

@@ -9,7 +9,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Iterable, List, Optional, Sequence
 
-from . import exits
 from .arm64 import regs
 from .arm64.vec import KVM_ARM_VCPU_VEC
 from ._fd import KvmFd
@@ -101,6 +100,8 @@ class Vcpu(DeviceAttrs, KvmFd):
     def run(self):
         """KVM_RUN, then the decoded exit. A signal (EINTR) is an
         :class:`pyvmm.exits.InterruptedExit`, not an exception."""
+        from . import exits  # the decoder loads when first used, not to boot (start-up time)
+
         try:
             self.ioctl("KVM_RUN")
         except KvmError as e:
@@ -110,6 +111,8 @@ class Vcpu(DeviceAttrs, KvmFd):
         return exits.decode(self.run_struct)
 
     def complete_mmio_read(self, value: bytes) -> None:
+        from . import exits
+
         exits.complete_mmio_read(self.run_struct, value)
 
     def set_immediate_exit(self, on: bool) -> None:

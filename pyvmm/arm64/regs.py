@@ -16,8 +16,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Dict, NamedTuple, Optional, Tuple
 
-from collections import namedtuple
-
+from .._record import tuple_record
 from . import sysregs
 
 KVM_REG_ARM64 = 0x6000000000000000
@@ -221,7 +220,8 @@ if TYPE_CHECKING:
         encoding: Optional[Tuple[int, int, int, int, int]] = None
         known: bool = True
 else:  # the same class without importing typing (start-up time)
-    Decoded = namedtuple("Decoded", "kind name size index slice encoding known", defaults=(None, None, None, True))
+    Decoded = tuple_record("Decoded", "kind name size index slice encoding known", defaults=(None, None, None, True),
+                           module=__name__)
 Decoded.__doc__ = """What an id means. ``kind`` is one of core, sysreg, demux, fw,
 fw_feat_bmap, sve_z, sve_p, sve_ffr, sve_vls, sme_za, sme_zt, sme_vls,
 unknown. ``index`` is the register number (Z3 -> 3, ZA row 12 -> 12, core

@@ -1,7 +1,6 @@
 """``pyvmm run``: boot an arm64 Linux kernel (or a bare-metal binary) in a VM."""
 from __future__ import annotations
 
-import functools
 import os
 import sys
 
@@ -166,7 +165,7 @@ def execute(values: Dict[str, Any]) -> int:
     console_out_lib.parse(console_out)
     from ..api import start
 
-    return run_on_console(functools.partial(start, config), debug, control=values["control"],
+    return run_on_console(lambda **kw: start(config, **kw), debug, control=values["control"],
                           console_out=console_out)
 
 

@@ -48,7 +48,7 @@ class MmioBus:
         self._bases: List[int] = []
         self._lock = threading.Lock()
         self.unhandled = 0  # accesses that hit no device
-        self.trace = None  # a Counter of (device, offset, r/w) when tracing (--debug)
+        self.trace = None  # a dict counting (device, offset, r/w) when tracing (--debug)
         # guest physical address -> the 4-byte read of a device's fast_reads()
         self.fast_reads: Dict[int, Callable[[], bytes]] = {}
 
@@ -86,7 +86,8 @@ class MmioBus:
             self.unhandled += 1
             return bytes(length)
         if self.trace is not None:
-            self.trace[(m.name, addr - m.base, "r")] += 1
+            key = (m.name, addr - m.base, "r")
+            self.trace[key] = self.trace.get(key, 0) + 1
         data = m.device.read(addr - m.base, length)
         return bytes(data[:length]).ljust(length, b"\0")
 
@@ -96,7 +97,8 @@ class MmioBus:
             self.unhandled += 1
             return
         if self.trace is not None:
-            self.trace[(m.name, addr - m.base, "w")] += 1
+            key = (m.name, addr - m.base, "w")
+            self.trace[key] = self.trace.get(key, 0) + 1
         m.device.write(addr - m.base, data)
 
     def mappings(self) -> List[Mapping]:

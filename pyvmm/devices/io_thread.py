@@ -16,7 +16,7 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Optional
+    from typing import Any, Callable, Dict, Optional
 
 
 def eventfd() -> int:
@@ -30,6 +30,12 @@ def drain(fd: int) -> int:
         return os.eventfd_read(fd)
     except BlockingIOError:
         return 0
+
+
+def bound(call: Callable[[Any], None], arg: Any) -> Callable[[], None]:
+    """A handler taking no arguments that calls ``call(arg)`` (``functools.partial`` without
+    loading functools, start-up time)."""
+    return lambda: call(arg)
 
 
 class IoThread:

@@ -8,15 +8,16 @@ interrupts are raised while it is non-empty.
 """
 from __future__ import annotations
 
-import collections
 import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
+    from collections import deque
     from typing import Callable, Deque, Dict
+else:
+    from _collections import deque  # collections' C core, as threading takes it (start-up time: no collections)
 
 from ..boot import fdt
-from .state import StateReader, b64, restore_line
 
 DR, RSR_ECR, FR, ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, RIS, MIS, ICR, DMACR = (
     0x000, 0x004, 0x018, 0x020, 0x024, 0x028, 0x02C, 0x030, 0x034, 0x038, 0x03C, 0x040, 0x044, 0x048)
@@ -46,7 +47,7 @@ class Pl011:
         self._raise_irq = raise_irq
         self._output = output
         self._lock = threading.Lock()
-        self._rx: Deque[int] = collections.deque()
+        self._rx: Deque[int] = deque()
         self.tx_bytes = 0
         self.reset()
 
@@ -151,6 +152,8 @@ class Pl011:
     def save_state(self) -> Dict:
         """Registers by name, RIS, the interrupt line level, the TX burst
         counter and the received bytes the guest has not read yet."""
+        from .state import b64  # snapshot modules load when a state is taken (start-up time)
+
         with self._lock:
             return {"regs": {name: self.regs[off] for name, off in _STATE_REGS.items()},
                     "ris": self.ris, "level": self._level, "tx_since_full": self._tx_since_full,
@@ -159,6 +162,8 @@ class Pl011:
     def load_state(self, state: Dict) -> None:
         """Take a state from :meth:`save_state` (into a fresh device). A high
         line is raised once, so the interrupt controller matches."""
+        from .state import StateReader, restore_line
+
         r = StateReader("pl011", state, ("regs", "ris", "level", "tx_since_full", "rx", "tx_bytes"))
         saved = StateReader("pl011 regs", r.dict("regs"), _STATE_REGS)
         regs = {off: saved.int(name, 0, INT_ALL if off == IMSC else 0xFFFF) for name, off in _STATE_REGS.items()}
@@ -175,7 +180,7 @@ class Pl011:
             was_high = self._level
             self.regs, self.ris, self._level = regs, ris, level
             self._tx_since_full, self.tx_bytes = tx_since_full, tx_bytes
-            self._rx = collections.deque(rx)
+            self._rx = deque(rx)
             restore_line(self._raise_irq, was_high, level)
 
 

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 from ..boot import fdt
 from ..memory import GuestMemoryError
-from .state import StateReader, restore_line
 from . import virtqueue
 from .virtqueue import VIRTIO_RING_F_EVENT_IDX, Virtqueue, VirtqueueError
 
@@ -90,6 +89,8 @@ def saved_trigger(state) -> str:
     version-1 state, else its "trigger" field. UsageProblem for a state
     that is no JSON object, too new, or names another trigger; the rest is
     checked by :meth:`VirtioMmio.load_state`."""
+    from .state import StateReader  # snapshot modules load when a state is read (start-up time)
+
     fields = {k: state[k] for k in ("version", "trigger") if k in state} if isinstance(state, dict) else state
     r = StateReader("virtio-mmio", fields, (), ("trigger",), version=STATE_VERSION)
     if r.version < 2:
@@ -160,6 +161,8 @@ class VirtioBackend:
 
     def load_state(self, state: Dict) -> None:
         """Take a state from :meth:`save_state`; UsageProblem if it does not fit."""
+        from .state import StateReader
+
         StateReader(f"virtio device {self.device_id}", state, ())
 
 
@@ -511,6 +514,8 @@ class VirtioMmio:
         controller (restored first) matches. The state's trigger type must
         be this transport's (a machine is built with the one its snapshot
         names: :func:`saved_trigger`)."""
+        from .state import StateReader, restore_line
+
         what = f"virtio-mmio@{self.base:#x}"
         r = StateReader(what, state, self._STATE_KEYS, ("trigger",), version=STATE_VERSION)
         trigger = saved_trigger(state)

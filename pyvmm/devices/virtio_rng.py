@@ -9,7 +9,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up
 if TYPE_CHECKING:
     from typing import Callable, Dict
 
-from .state import StateReader
 from .virtio_mmio import VIRTIO_F_VERSION_1, VirtioBackend
 from .virtqueue import write_segments
 
@@ -42,5 +41,7 @@ class VirtioRng(VirtioBackend):
         return {"bytes_given": self.bytes_given}
 
     def load_state(self, state: Dict) -> None:
+        from .state import StateReader  # loaded to read a state, not to run (start-up time)
+
         r = StateReader("virtio-rng", state, ("bytes_given",))
         self.bytes_given = r.int("bytes_given", 0, (1 << 63) - 1)

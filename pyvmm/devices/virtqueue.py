@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 from .._ffi import ffi
 from .._record import field, record
 from ..errors import GuestError
-from .state import StateReader
 
 VIRTQ_DESC_F_NEXT = 1
 VIRTQ_DESC_F_WRITE = 2
@@ -220,6 +219,8 @@ class Virtqueue:
         the maximum size must be this queue's, and a ready queue's geometry
         must pass :meth:`activate`'s checks against this guest RAM, so a
         damaged snapshot cannot point the rings outside it."""
+        from .state import StateReader  # loaded to read a state, not to run (start-up time)
+
         r = StateReader(what, state, self._STATE_KEYS)
         max_size = r.int("max_size", 1, MAX_QUEUE_SIZE)
         if max_size != self.max_size:

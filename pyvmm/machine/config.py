@@ -3,13 +3,14 @@ options (:class:`MachineConfig`), the payload in RAM (:class:`Payload`), and the
 outcome values a run ends with (:class:`ExitStatus`, :class:`Outcome`)."""
 from __future__ import annotations
 
-import enum
 import os
-from collections import Counter
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import List, Optional
+    from collections import Counter
+    from typing import Any, Dict, List, Optional
+
+    from .exit_status import ExitStatus
 
 from .._record import field, record
 from ..boot import image, layout
@@ -20,17 +21,24 @@ if TYPE_CHECKING:  # annotations only: devspec loads when --net/--vsock/--fs are
     from .devspec import FsSpec, NetSpec, VsockSpec
 
 
-class ExitStatus(enum.IntEnum):
-    """How a guest's run ended, as the exit status ``pyvmm run`` and
-    ``pyvmm restore`` give (the README's exit-status table)."""
+def __getattr__(name: str) -> Any:
+    """:class:`ExitStatus` (:mod:`pyvmm.machine.exit_status`), loaded on first use (PEP 562):
+    its :mod:`enum` is not needed before a guest runs (start-up time)."""
+    if name != "ExitStatus":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .exit_status import ExitStatus
 
-    POWEROFF = 0     # the guest powered off (PSCI SYSTEM_OFF)
-    ERROR = 1        # pyvmm failed at run time
-    USAGE = 2        # bad options or input files
-    RESET = 3        # the guest asked for a reset and on_reboot is "exit"
-    CRASH = 4        # KVM crash event, failed entry, an exit pyvmm cannot continue from
-    INTERRUPTED = 130  # SIGINT (Ctrl-C) or the console escape (Ctrl-A x)
-    TERMINATED = 143   # SIGTERM
+    globals()[name] = ExitStatus
+    return ExitStatus
+
+
+def counter(counts: Optional[Dict[Any, int]] = None) -> Counter:
+    """A :class:`collections.Counter` of ``counts``, as :class:`Outcome` holds them. The machine
+    counts in plain dicts while it runs: collections (and functools, which it loads) are
+    loaded here, once a run has ended (start-up time)."""
+    from collections import Counter
+
+    return Counter(counts or {})
 
 
 RESET_REASON = "the guest asked for a reset"
@@ -93,7 +101,7 @@ class Outcome:
     status: ExitStatus
     reason: str
     resets: int = 0
-    exits: Counter = field(default_factory=Counter)
+    exits: Counter = field(default_factory=counter)
     seconds: float = 0.0
     console_bytes: int = 0
     build_seconds: float = 0.0

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 
 from .._ffi import const, ffi
 from ..boot import fdt, layout
-from ..devices.state import StateReader
 from ..errors import HostUnsupported, KvmError, UsageProblem
 from .gic_regs import (CPU_SYSREGS_FIXED, DIST_BANKS, DIST_BANK_BY_NAME, GICD_CTLR, GICD_IIDR, GICD_IROUTER,
                        GICD_TYPER, GICD_TYPER_A3V,
@@ -463,6 +462,8 @@ def validate_state(state: Any, nr_irqs: int, mpidrs: Sequence[int]) -> None:
     ``nr_irqs`` interrupts and vCPUs with these MPIDRs (by affinity). Read with
     the one :class:`~pyvmm.devices.state.StateReader` strictness; the
     section's version is the ``/N`` of its ``format``."""
+    from ..devices.state import StateReader  # loaded to read a state, not to run (start-up time)
+
     r = StateReader("vGIC", state, _TOP_KEYS)
     if r.str("format") != STATE_FORMAT:
         raise r.fail(f"format is {state['format']!r}, expected {STATE_FORMAT!r}")

@@ -15,14 +15,14 @@ returns EINTR wherever it is.
 """
 from __future__ import annotations
 
-import functools
 import threading
 import time
-from collections import Counter
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
     from typing import Callable, Dict, List, Optional, Tuple, TypeVar
+
+    from .exit_status import ExitStatus
 
     import signal
 else:
@@ -33,7 +33,7 @@ from ..arm64 import regs
 from .._ffi import const
 from ..boot import fdt, layout
 from ..devices.bus import MmioBus
-from ..devices.io_thread import IoThread
+from ..devices.io_thread import IoThread, bound
 from ..devices.pl011 import DR as PL011_DR, SIZE as PL011_SIZE, Pl011
 from ..devices.virtio_rng import VirtioRng
 from ..devices.virtio_mmio import SIZE as VIRTIO_SIZE, TRIGGER_EDGE, VirtioBackend, VirtioMmio
@@ -44,7 +44,7 @@ from .. import guest_features
 from ..sme import configure_vcpu
 from ..vcpu import mpidr_of
 from .coalesced import CoalescedRing
-from .config import ExitStatus, MachineConfig, Outcome, Payload, full_cmdline
+from .config import MachineConfig, Outcome, Payload, counter, full_cmdline
 from .console import OutputBuffer
 from .gic import VgicV3
 from .gic_regs import spi_irq_line
@@ -112,7 +112,7 @@ class Machine:
         self.done = threading.Event()
         self._outcome_lock = threading.Lock()
         self._outcome: Optional[Outcome] = None
-        self.exits: Counter = Counter()
+        self.exits: Dict[str, int] = {}  # by kind; a Counter in the Outcome (collections loads after the run)
         # CLOCK_MONOTONIC ns when a vCPU first entered KVM_RUN (start-up benchmark, bench/startup.py)
         self.first_run_ns: Optional[int] = None
         self.coalesced: Optional[CoalescedRing] = None
@@ -286,7 +286,7 @@ class Machine:
 
             fs = self._own(VirtioFs.open(f.tag, f.dir, f.socket, daemon=self._daemons.pop(f.tag, None)))
             self._add_virtio(slot, fs, f"virtio-fs tag={f.tag}")
-            self.io.watch_hangup(fs.plane.fd, functools.partial(self._daemon_gone, fs))
+            self.io.watch_hangup(fs.plane.fd, bound(self._daemon_gone, fs))
             slot += 1
         if c.rng:
             self._add_virtio(slot, VirtioRng(), "virtio-rng")
@@ -344,6 +344,8 @@ class Machine:
     def _links_changed(self) -> None:
         gone = built(self.links, "link watch").gone()
         if gone:
+            from .exit_status import ExitStatus
+
             self.finish(ExitStatus.ERROR, f"virtio-net tap={gone[0]}: the tap interface was deleted on the host; "
                                           "the guest was stopped")
 
@@ -354,9 +356,13 @@ class Machine:
             status, words = fs.daemon.exited(), fs.daemon.last_words()
             why = f" (virtiofsd {'exited with status ' + str(status) if status is not None else 'closed it'}" \
                   f"{': ' + words if words else ''})"
+        from .exit_status import ExitStatus
+
         self.finish(ExitStatus.ERROR, f"virtio-fs tag={fs.tag}: the vhost-user daemon closed its socket{why}")
 
     def _io_failed(self, e: BaseException) -> None:
+        from .exit_status import ExitStatus
+
         status = ExitStatus.USAGE if isinstance(e, UsageProblem) else ExitStatus.ERROR
         what = str(e) if isinstance(e, PyvmmError) else f"internal error: {type(e).__name__}: {e}"
         self.finish(status, f"virtio I/O thread: {what}")
@@ -484,10 +490,11 @@ class Machine:
             self._pause_cv.notify_all()
         self._kick()
 
-    def record_exits(self, counts: Counter) -> None:
+    def record_exits(self, counts: Dict[str, int]) -> None:
         """Add a vCPU thread's exit counts to :attr:`exits` (safe from any thread)."""
         with self._outcome_lock:
-            self.exits.update(counts)
+            for kind, n in counts.items():
+                self.exits[kind] = self.exits.get(kind, 0) + n
 
     def _kick(self) -> None:
         for v in self.vcpus:
@@ -535,7 +542,7 @@ class Machine:
             ring.drain()
             self.exits["coalesced"] = ring.entries
         out = built(self._outcome, "outcome")  # finish() recorded one before done was set
-        out.exits = self.exits
+        out.exits = counter(self.exits)
         out.seconds = time.monotonic() - t0
         out.console_bytes = built(self.uart, "UART").tx_bytes + (self.console.tx_bytes if self.console else 0)
         out.regpage = "on" if self.regpages is not None else f"off: {self.regpage_off}"

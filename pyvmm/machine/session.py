@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional, Tuple
 
+    from .exit_status import ExitStatus
+
 from ..errors import UsageProblem
-from .config import RESET_REASON, ExitStatus, MachineConfig, Outcome, Payload, prepare
+from .config import RESET_REASON, MachineConfig, Outcome, Payload, counter, prepare
 from .console import ConsoleInput
 from .machine import Machine
 
@@ -41,7 +42,7 @@ class Session:
         self.start_paused = start_paused
         self.kvm = kvm
         self.console_in = ConsoleInput(input_fd, escape)
-        self.console_in.on_escape = lambda: self.stop(ExitStatus.INTERRUPTED, "stopped from the console (Ctrl-A x)")
+        self.console_in.on_escape = self._escaped
         self._lock = threading.RLock()  # re-entered by a signal handler calling stop()
         self._current: Optional[Machine] = None
         self._stop_request: Optional[Tuple[ExitStatus, str]] = None
@@ -50,6 +51,11 @@ class Session:
     def current(self) -> Optional[Machine]:
         """The machine running now (None while one is being built, and after the end)."""
         return self._current
+
+    def _escaped(self) -> None:
+        from .exit_status import ExitStatus  # loaded once needed (start-up time)
+
+        self.stop(ExitStatus.INTERRUPTED, "stopped from the console (Ctrl-A x)")
 
     def stop(self, status: ExitStatus, reason: str) -> None:
         """End the session with ``status``: the running machine stops, and a
@@ -86,7 +92,7 @@ class Session:
                 try:
                     t_build = time.monotonic()
                     if config.trace_mmio:
-                        m.bus.trace = Counter()
+                        m.bus.trace = {}
                     if self.first_build is not None and resets == 0:
                         self.first_build(m)
                     else:
@@ -109,6 +115,8 @@ class Session:
                     self._set_current(None)
                     m.close()
                 stop = self._stop_request
+                from .exit_status import ExitStatus  # loaded once a machine has ended (start-up time)
+
                 if stop is not None and outcome.status == ExitStatus.RESET:
                     # stopped while the guest was resetting: the stop is the answer
                     outcome.status, outcome.reason = stop
@@ -128,7 +136,7 @@ class Session:
                 outcome.resets = resets
                 outcome.build_seconds = t_build
                 outcome.first_run_ns = first_run_ns
-                outcome.mmio_trace = m.bus.trace
+                outcome.mmio_trace = None if m.bus.trace is None else counter(m.bus.trace)
                 return outcome
         finally:
             self.console_in.stop()

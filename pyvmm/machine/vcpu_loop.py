@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import errno
 import time
-from collections import Counter
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Optional, Tuple, Union
+    from typing import Dict, Optional, Tuple, Union
 
-from .. import exits
+    from .exit_status import ExitStatus
+
 from .._ffi import const, ffi
 from ..errors import KvmError, PyvmmError, UsageProblem
-from .config import RESET_REASON, ExitStatus
+from .config import RESET_REASON
 
 if TYPE_CHECKING:
     Verdict = Tuple[ExitStatus, str]
@@ -23,17 +23,26 @@ PAUSE_POINT = "pause point"
 
 _EXIT_MMIO = const("KVM_EXIT_MMIO")
 _EXIT_INTR = const("KVM_EXIT_INTR")
-_SYSTEM_EVENTS = {
-    const("KVM_SYSTEM_EVENT_SHUTDOWN"): (ExitStatus.POWEROFF, "the guest powered off"),
-    const("KVM_SYSTEM_EVENT_RESET"): (ExitStatus.RESET, RESET_REASON),
-    const("KVM_SYSTEM_EVENT_CRASH"): (ExitStatus.CRASH, "the guest crashed (KVM crash event)"),
-}
+
+
+def _system_event(kind: int) -> Optional[Verdict]:
+    """The verdict for a KVM_SYSTEM_EVENT of type ``kind`` (None: run on). ExitStatus (enum) is
+    loaded here, when the guest powers off, resets or crashes, not before it runs (start-up time)."""
+    from .exit_status import ExitStatus
+
+    return {
+        const("KVM_SYSTEM_EVENT_SHUTDOWN"): (ExitStatus.POWEROFF, "the guest powered off"),
+        const("KVM_SYSTEM_EVENT_RESET"): (ExitStatus.RESET, RESET_REASON),
+        const("KVM_SYSTEM_EVENT_CRASH"): (ExitStatus.CRASH, "the guest crashed (KVM crash event)"),
+    }.get(kind)
+
+
 # KVM_RUN errnos that mean the guest did something KVM cannot continue from
 # (e.g. ENOSYS: a data abort outside RAM and devices without a valid syndrome).
 _GUEST_STUCK = (errno.ENOSYS, errno.EFAULT, errno.ENOEXEC)
 
 
-def handle_exit(run, bus, index: int, counts: Counter) -> Union[None, str, Verdict]:
+def handle_exit(run, bus, index: int, counts: Dict[str, int]) -> Union[None, str, Verdict]:
     """What the exit in ``run`` (a ``struct kvm_run *``) means for vCPU
     ``index``: None to run again (an MMIO access, dispatched to ``bus`` and
     completed in ``run``, or a WAKEUP/SUSPEND event, which only capabilities
@@ -41,7 +50,7 @@ def handle_exit(run, bus, index: int, counts: Counter) -> Union[None, str, Verdi
     (status, reason) that ends the machine. Counts the exit in ``counts``."""
     reason = run.exit_reason
     if reason == _EXIT_MMIO:
-        counts["mmio"] += 1
+        counts["mmio"] = counts.get("mmio", 0) + 1
         mmio = run.mmio
         n = mmio.len
         if n > 8:  # kvm_run's mmio.data holds 8 bytes; never trust more (as exits.decode)
@@ -57,19 +66,26 @@ def handle_exit(run, bus, index: int, counts: Counter) -> Union[None, str, Verdi
             ffi.memmove(mmio.data, bus.read(addr, n), n)
         return None
     if reason == _EXIT_INTR:
-        counts["intr"] += 1
+        counts["intr"] = counts.get("intr", 0) + 1
         return PAUSE_POINT
+    from .. import exits  # loaded at the first exit other than MMIO and signals, not to boot (start-up time)
+
     ex = exits.decode(run)
     if type(ex) is exits.SystemEventExit:
-        counts["system_event"] += 1
-        return _SYSTEM_EVENTS.get(ex.type)
-    counts[type(ex).__name__] += 1
+        counts["system_event"] = counts.get("system_event", 0) + 1
+        return _system_event(ex.type)
+    kind = type(ex).__name__
+    counts[kind] = counts.get(kind, 0) + 1
+    from .exit_status import ExitStatus
+
     return ExitStatus.CRASH, f"vcpu{index}: {describe(ex)}"
 
 
 def run_failure(e: BaseException, index: int) -> Verdict:
     """The (status, reason) a vCPU thread ends the machine with when ``e``
     escaped its loop: the KVM_RUN errno mapping, usage errors, pyvmm bugs."""
+    from .exit_status import ExitStatus
+
     if isinstance(e, KvmError):
         if e.ioctl == "KVM_RUN" and e.errno in _GUEST_STUCK:
             return ExitStatus.CRASH, (f"vcpu{index}: the guest did something KVM cannot "
@@ -82,6 +98,8 @@ def run_failure(e: BaseException, index: int) -> Verdict:
 
 def describe(ex) -> str:
     """One line for an exit pyvmm cannot continue from."""
+    from .. import exits
+
     if isinstance(ex, exits.FailEntryExit):
         return f"KVM could not enter the guest (FAIL_ENTRY, reason {ex.reason:#x})"
     if isinstance(ex, exits.InternalErrorExit):
@@ -99,7 +117,7 @@ def run_vcpu(machine, vcpu) -> None:
     layer) until ``machine`` is done, the coalesced ring drained before each
     exit is handled (earlier writes first), parking at pause points while
     ``machine`` is paused. Ends the machine on a verdict or a failure."""
-    counts: Counter = Counter()
+    counts: Dict[str, int] = {}  # a dict, not a Counter: collections loads after the run
     run, bus, index = vcpu.run_struct, machine.bus, vcpu.index
     kvm_run = vcpu.prepare_run()
     ring = machine.coalesced
@@ -113,7 +131,7 @@ def run_vcpu(machine, vcpu) -> None:
             except KvmError as e:
                 if e.errno != errno.EINTR:
                     raise
-                counts["intr"] += 1
+                counts["intr"] = counts.get("intr", 0) + 1
                 verdict: Union[None, str, Verdict] = PAUSE_POINT
             else:
                 if ring is not None and ring.pending():

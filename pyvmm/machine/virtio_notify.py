@@ -33,7 +33,6 @@ ended the interrupt (seen: a vsock stream stalled for good).
 """
 from __future__ import annotations
 
-import functools
 import os
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
     from typing import Iterable, List, Optional
 
 from .._ffi import const
-from ..devices.io_thread import IoThread, eventfd
+from ..devices.io_thread import IoThread, bound, eventfd
 from ..devices.virtio_mmio import INT_USED_BUFFER, R_INTERRUPT_ACK, R_QUEUE_NOTIFY, VirtioMmio
 
 if TYPE_CHECKING:
@@ -117,7 +116,7 @@ class Notifiers:
         in Python; a vhost plane reads the others itself) and, level-triggered,
         the interrupt's resample requests and the plane's call."""
         for i in queues:
-            io.add(self.kicks[i], functools.partial(transport.notify, i))
+            io.add(self.kicks[i], bound(transport.notify, i))
         if not self.edge:
             io.add(self.resample, transport.resample)
             if transport.backend.kernel_queues:

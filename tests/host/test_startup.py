@@ -23,6 +23,13 @@ def loaded_after(code: str):
     return set(json.loads(out.splitlines()[-1]))
 
 
+def words_printed_by(code: str):
+    """The words a fresh interpreter prints running ``code`` (with the checkout on its path)."""
+    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
+    return r.stdout.split()
+
+
 def under(mods, *prefixes):
     return sorted(m for m in mods if any(m == p or m.startswith(p + ".") for p in prefixes))
 
@@ -77,9 +84,7 @@ def test_a_caught_kvm_error_loads_no_explanations():
             "print(e.errno == errno.ENOENT, 'pyvmm.arm64.errno_explain' in sys.modules)\n"
             "e = KvmFd(-1).error('KVM_GET_ONE_REG', errno.EBUSY, 'ZA[0]')\n"
             "print('SVCR.ZA = 0' in str(e), 'pyvmm.arm64.errno_explain' in sys.modules)\n")
-    r = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, check=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=ROOT, timeout=120)
-    assert r.stdout.split() == ["True", "False", "True", "True"]
+    assert words_printed_by(code) == ["True", "False", "True", "True"]
 
 
 @pytest.mark.parametrize("args", [["restore", "/nonexistent/vm.snap"], ["snapshot", "/nonexistent/vm.sock", "x.snap"],
@@ -112,7 +117,7 @@ def test_run_loads_no_snapshot_control_or_network_module():
                  "pyvmm.devices.virtio_net", "pyvmm.devices.virtio_fs", "pyvmm.devices.virtio_vsock",
                  "pyvmm.commands.snapshot", "pyvmm.commands.restore", "pyvmm.commands.inspect",
                  "pyvmm.vecstate", "pyvmm.net", "pyvmm.unix_socket", "hashlib", "hmac", "socket", "base64",
-                 *TEST_ONLY) == []
+                 "pyvmm.devices.state", *TEST_ONLY) == []  # state: read when a snapshot is, not to boot
     # devices and option parsers of devices not configured (no --disk, --console virtio, --net, --fs, --vsock)
     assert under(mods, "pyvmm.machine.devspec", "pyvmm.devices.virtio_blk", "pyvmm.devices.virtio_console") == []
 
@@ -155,3 +160,62 @@ def test_restore_loads_no_thread_pool_or_random_before_the_guest_runs():
     assert "pyvmm.snapshot.ram_image" in mods
     assert under(mods, "concurrent", "logging", "secrets", "random", "pyvmm.commands.snapshot",
                  "pyvmm.abi_check", *TEST_ONLY) == []
+
+
+def test_run_path_loads_no_enum_functools_or_collections(tmp_path):
+    # ExitStatus (an IntEnum) loads when a run ends; exits are counted in dicts (a Counter only in the
+    # Outcome); the records are tuples without namedtuple: enum, and the functools and collections it
+    # loads, cost ~0.2 s in the emulated test machine (issue 13, item 5). What the interpreter's own
+    # threading loads is not pyvmm's doing (3.11's loads functools and collections, 3.13's neither).
+    import site
+
+    path = os.pathsep.join([ROOT, *site.getsitepackages()])
+    built, *mods = run_until_kvm(tmp_path, "-S", path=path)
+    assert "pyvmm.machine.vcpu_loop" in mods and "pyvmm.api" in mods  # the check below means something
+    out = subprocess.run([sys.executable, "-S", "-c", "import sys, threading; print(*sys.modules)"],
+                         stdout=subprocess.PIPE, text=True, check=True, timeout=120).stdout
+    own = set(out.split())
+    assert under(set(mods) - own, "enum", "functools", "collections", "operator", "keyword", "reprlib", "heapq",
+                 "pyvmm.machine.exit_status", "pyvmm.exits") == []  # exits: decoded at the first non-MMIO exit
+
+
+def test_exit_status_is_one_class_wherever_it_is_named():
+    code = ("import sys\nimport pyvmm, pyvmm.api, pyvmm.machine, pyvmm.machine.config as c\n"
+            "loaded = 'pyvmm.machine.exit_status' in sys.modules\n"
+            "from pyvmm.machine import ExitStatus\n"
+            "print(loaded, ExitStatus is pyvmm.api.ExitStatus is pyvmm.ExitStatus is c.ExitStatus, "
+            "int(ExitStatus.TERMINATED), isinstance(ExitStatus.CRASH, int), c.Outcome(ExitStatus.CRASH, 'x').exits)\n")
+    assert words_printed_by(code) == ["False", "True", "143", "True", "Counter()"]
+
+
+def test_the_installed_command_is_bin_pyvmm_and_loads_no_regex(tmp_path):
+    # pip writes a wrapper that imports re for a [project.scripts] entry point; pyvmm ships
+    # bin/pyvmm instead (pyproject.toml script-files), which pip installs with its #!python line
+    # made the environment's interpreter
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        pyproject = f.read()
+    assert "\n[project.scripts]" not in pyproject and 'script-files = ["bin/pyvmm"]' in pyproject
+    script = os.path.join(ROOT, "bin", "pyvmm")
+    with open(script) as f:
+        assert f.readline() == "#!python\n"
+    assert os.access(script, os.X_OK)
+    from support.image import make_image
+
+    k = tmp_path / "Image"
+    k.write_bytes(make_image(image_size=8 << 20, body=8192))
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print(*sorted(sys.modules)))\n"
+            f"sys.argv = [{script!r}, 'run', '-k', {str(k)!r}, '--kvm', {str(tmp_path / 'no-kvm')!r}]\n"
+            f"exec(compile(open({script!r}).read(), {script!r}, 'exec'), {{'__name__': '__main__'}})\n")
+    import site
+
+    path = os.pathsep.join([ROOT, *site.getsitepackages()])  # -S: site's .pth files may load re themselves
+    r = subprocess.run([sys.executable, "-S", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, PYTHONPATH=path), cwd=str(tmp_path), timeout=120)
+    assert r.returncode == 1 and r.stderr.startswith("pyvmm: error: "), r.stderr
+    mods = set(r.stdout.split())
+    assert "pyvmm.machine.machine" in mods  # the check below means something
+    assert under(mods, "re", "runpy", "click", *TEST_ONLY) == []
+    r = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE, text=True, check=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT), cwd=str(tmp_path), timeout=120)
+    assert r.stdout.startswith("pyvmm, version ")
