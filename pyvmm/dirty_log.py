@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import mmap
 import time
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ._ffi import const
 from .errors import KvmError
@@ -94,9 +94,12 @@ class DirtyLog:
     :class:`pyvmm.memory.GuestMemory` registered in ``vm``, a
     :class:`pyvmm.vm.Vm`)."""
 
-    def __init__(self, vm, mem):
+    def __init__(self, vm, mem, extra: Sequence = ()):
         self.vm = vm
         self.mem = mem
+        # other writers' logs (start(), collect() -> {slot: pages}, stop()):
+        # the vhost back ends' (pyvmm/vhost/dirty.py)
+        self.extra = list(extra)
         self.manual = False  # KVM_CLEAR_DIRTY_LOG in use
         self.active = False
         self._bitmaps: Dict[int, bytearray] = {}
@@ -125,6 +128,15 @@ class DirtyLog:
                                                const("KVM_MEM_LOG_DIRTY_PAGES"))
                 done.append(r)
                 self._bitmaps[r.slot] = bytearray(bitmap_bytes(r.size // PAGE))
+            started = []
+            try:
+                for e in self.extra:
+                    e.start()
+                    started.append(e)
+            except BaseException:
+                for e in started:
+                    e.stop()
+                raise
         except BaseException:
             for r in done:
                 self._unlog(r)
@@ -152,7 +164,7 @@ class DirtyLog:
                 self.vm.clear_dirty_log(r.slot, 0, npages, bm)
             if pages:
                 found[r.slot] = pages
-        out = merge(found, self.mem.take_written())
+        out = merge(found, self.mem.take_written(), *[e.collect() for e in self.extra])
         self.slowest_ms = max(self.slowest_ms, (time.monotonic() - t0) * 1000)
         return out
 
@@ -166,6 +178,11 @@ class DirtyLog:
         self.active = False
         self.mem.track_writes(False)
         first: Optional[BaseException] = None
+        for e in self.extra:
+            try:
+                e.stop()
+            except OSError as err:
+                first = first or err
         for r in self._slots():
             try:
                 self._unlog(r)

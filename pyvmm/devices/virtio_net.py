@@ -99,6 +99,7 @@ class VirtioNet(VhostBackend):
     num_queues = 2
     queue_max = 256
     served_queues = (RX, TX)
+    unlogged = ""  # vhost-net logs the receive buffers it fills and both used rings
 
     def __init__(self, tap, plane, mac: Optional[bytes] = None):
         super().__init__(plane, plane.get_features())

@@ -26,7 +26,7 @@ from ..errors import PyvmmError
 from ..machine import Machine, MachineConfig
 from ..snapshot import format as fmt
 from ..snapshot import machine_snapshot, schema, vcpu_state
-from . import stream
+from . import stream, taps
 from .transport import Conn, Listener, PeerError, parse
 
 IO_TIMEOUT = 60.0
@@ -143,6 +143,7 @@ class Incoming:
             # read back (machine_snapshot.prepare_load).
             self.plans = machine_snapshot.build_fixed(m, self.first, vm_created=True)
             machine_snapshot.prepare_load(m, self.first, self.plans)
+            standby = taps.standby(m)  # the source's taps stay the source's until the state is here
         except PyvmmError as e:
             self.refuse(str(e))
             raise
@@ -150,6 +151,7 @@ class Incoming:
         self.first_pending = False
         try:
             self._receive(m)
+            taps.take_over(standby)
         except PeerError as e:
             if self.cancelled:
                 raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None
