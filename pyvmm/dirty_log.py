@@ -1,10 +1,11 @@
 """Dirty page tracking: which pages of guest RAM changed since the last look.
 
-Two writers change guest RAM while a guest runs: the guest itself (its
-stores go straight to the mapping; KVM logs them) and pyvmm's device
+Three writers change guest RAM while a guest runs: the guest itself (its
+stores go straight to the mapping; KVM logs them), pyvmm's device
 models (virtqueue buffers and used rings written through
-:meth:`pyvmm.memory.GuestMemory.write`, which records them). A
-:class:`DirtyLog` merges both:
+:meth:`pyvmm.memory.GuestMemory.write`, which records them) and vhost back
+ends (their own logs, pyvmm/vhost/dirty.py, given as ``extra``). A
+:class:`DirtyLog` merges them:
 
     log = DirtyLog(vm, mem)
     log.start()               # KVM_MEM_LOG_DIRTY_PAGES on every writable slot
