@@ -49,6 +49,16 @@ def tun_flags(name: str) -> int:
         return 0
 
 
+def enabled_queues(name: str) -> int:
+    """How many queues of the tap are attached and enabled: the tap sets its
+    real transmit queue count to that (tun_set_real_num_queues), which sysfs
+    shows as queues/tx-N (at least one)."""
+    try:
+        return sum(1 for q in os.listdir(os.path.join(SYS_NET, name, "queues")) if q.startswith("tx-"))
+    except OSError:
+        return 0
+
+
 def is_tap(name: str) -> bool:
     """The interface is a tun/tap device in tap mode (tun_flags has IFF_TAP)."""
     return bool(tun_flags(name) & const("IFF_TAP"))
@@ -67,7 +77,10 @@ class Tap(KvmFd):
         self.target = f"tap {name}"
 
     @classmethod
-    def open(cls, name: str) -> "Tap":
+    def open(cls, name: str, shared: bool = False) -> "Tap":
+        """Attach to tap ``name`` (created if missing). A multi-queue tap
+        whose queue another process holds is refused unless ``shared`` (a
+        live migration's destination on the source's host)."""
         check_name(name)
         existed = interface_exists(name)
         if existed and not is_tap(name):
@@ -89,6 +102,10 @@ class Tap(KvmFd):
         try:
             tap.tunsetiff(const("IFF_TAP") | const("IFF_NO_PI") | const("IFF_VNET_HDR") | mq)
             tap.multi_queue = bool(mq)
+            if mq and existed and not shared and enabled_queues(name) > 1:
+                tap.close()
+                raise HostUnsupported(f"tap={name}: the tap is in use by another process",
+                                      "give this VM a tap of its own")
             tap.tunsetvnethdrsz(VNET_HDR_LEN)
         except OSError as e:
             tap.close()
@@ -99,8 +116,8 @@ class Tap(KvmFd):
                     f"ip tuntap add {name} mode tap user $USER") from None
             if e.errno == errno.EBUSY:
                 raise HostUnsupported(f"tap={name}: the tap is in use by another process",
-                                      "for a migration on one host make it multi-queue: "
-                                      f"ip tuntap add {name} mode tap multi_queue") from None
+                                      "give this VM a tap of its own (a migration on one host needs a multi-queue "
+                                      f"tap: ip tuntap add {name} mode tap multi_queue)") from None
             raise
         return tap
 

@@ -296,3 +296,15 @@ def test_a_real_bitmap_is_page_aligned_memory_of_this_process_seen_through_its_a
         assert not any(b.view())
     finally:
         b.close()
+
+
+def test_a_taps_enabled_queues_are_counted_from_sysfs(tmp_path, monkeypatch):
+    from pyvmm.net import tap
+
+    q = tmp_path / "pv0" / "queues"
+    q.mkdir(parents=True)
+    for name in ("rx-0", "tx-0", "rx-1", "tx-1"):
+        (q / name).mkdir()
+    monkeypatch.setattr(tap, "SYS_NET", str(tmp_path))
+    assert tap.enabled_queues("pv0") == 2
+    assert tap.enabled_queues("gone") == 0

@@ -75,6 +75,7 @@ def more_oks(vm: Running, n=2, after=0, timeout=300):
     return max(oks(vm))
 
 
+@pytest.mark.timeout(1200)  # one boot, two snapshots, three migrations under TCG
 def test_a_vhost_net_guest_snapshots_incrementally_survives_failed_moves_then_moves(tmp_path):
     Server.stop = False
     httpd = http.server.ThreadingHTTPServer(("0.0.0.0", PORT), Server)
@@ -99,6 +100,11 @@ def test_a_vhost_net_guest_snapshots_incrementally_survives_failed_moves_then_mo
         assert r.returncode == 0, r.stderr
         assert inc.stat().st_size < full.stat().st_size
         more_oks(src)
+
+        # The tap is multi-queue (a destination on this host shares it), yet another VM cannot take it.
+        r = pyvmm("run", "-k", kernel, "-i", initrd, "-m", "64M", "--net", f"tap={TAP}", timeout=120)
+        err = r.stderr.decode()
+        assert r.returncode == 1 and "in use by another process" in err and err.count("\n") == 1, err
 
         # 2. A destination that refuses: the source's guest fetches on.
         in1 = tmp_path / "in1.sock"
