@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import mmap
 import time
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ._ffi import const
 from .errors import KvmError
@@ -79,6 +79,17 @@ def pages_bitmap(pages: Iterable[int], npages: int) -> bytearray:
             raise ValueError(f"page {p} is outside the slot's {npages} pages")
         bm[p >> 3] |= 1 << (p & 7)
     return bm
+
+
+def each(items: Iterable, fn: Callable) -> Optional[OSError]:
+    """``fn(item)`` for every item, even after one failed: the first OSError, or None."""
+    first: Optional[OSError] = None
+    for item in items:
+        try:
+            fn(item)
+        except OSError as e:
+            first = first or e
+    return first
 
 
 def merge(*parts: Mapping[int, Iterable[int]]) -> Dict[int, List[int]]:
@@ -178,17 +189,8 @@ class DirtyLog:
             return
         self.active = False
         self.mem.track_writes(False)
-        first: Optional[BaseException] = None
-        for e in self.extra:
-            try:
-                e.stop()
-            except OSError as err:
-                first = first or err
-        for r in self._slots():
-            try:
-                self._unlog(r)
-            except KvmError as e:
-                first = first or e
+        first = each(self.extra, lambda e: e.stop())
+        first = each(self._slots(), self._unlog) or first
         self._bitmaps = {}
         if first is not None:
             raise first

@@ -34,10 +34,10 @@ The bitmap-to-slot translation (:func:`slot_pages`) and the swap are pure
 from __future__ import annotations
 
 import mmap
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Sequence, Tuple
 
 from .._ffi import ffi
-from ..dirty_log import bitmap_pages
+from ..dirty_log import bitmap_pages, each
 
 VHOST_PAGE = 0x1000  # VHOST_PAGE_SIZE: what one bit of the log covers
 MAX_LOG_BYTES = 1 << 30  # a bitmap for guest RAM ending below 32 TiB
@@ -158,12 +158,7 @@ class VhostLog:
         if not self.active:
             return
         self.active = False
-        first: Optional[BaseException] = None
-        for t in self.targets:
-            try:
-                t.log_stop()
-            except OSError as e:
-                first = first or e
+        first = each(self.targets, lambda t: t.log_stop())
         if first is not None:
             # A back end may still log: its bitmaps stay mapped (freed, the
             # addresses could be reused by other memory of this process).

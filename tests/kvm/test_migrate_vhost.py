@@ -10,7 +10,6 @@ the destination takes the source's tap as a second queue
 (pyvmm/migration/taps.py). Needs root in the test machine (taps, vhost)."""
 import hashlib
 import http.server
-import json
 import os
 import re
 import signal
@@ -21,7 +20,7 @@ import pytest
 
 from support.run_support import Running, guest_files, pyvmm
 from test_data_planes import GUEST_IP, HOST_IP, _ip, _wait_for_interface, script
-from test_migrate import wait_path, wait_running
+from test_migrate import move, wait_path, wait_running
 from test_snapshot_linux import BAD
 
 pytestmark = pytest.mark.kvm
@@ -138,12 +137,7 @@ def test_a_vhost_net_guest_snapshots_incrementally_survives_failed_moves_then_mo
         in3, sock2 = tmp_path / "in3.sock", tmp_path / "dst.sock"
         dst = Running(["restore", "--incoming", f"unix:{in3}", "--control", sock2])
         wait_path(in3)
-        r = pyvmm("migrate", sock, f"unix:{in3}", "--json", timeout=600)
-        assert r.returncode == 0, (r.stdout, r.stderr)
-        report = json.loads(r.stdout)
-        print(f"vhost-net migration: {report}")
-        src.wait_exit(120)
-        assert src.p.returncode == 0
+        move(src, sock, f"unix:{in3}", "vhost-net")
         wait_running(sock2)
         more_oks(dst, 3, after=max(oks(src)))
         Server.stop = True
