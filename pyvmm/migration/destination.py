@@ -132,7 +132,7 @@ class Incoming:
             # state to check loaded into it (KVM refuses here what it would
             # refuse at the end); the pause then writes only what changed.
             m.hide_pauses = True
-            m.share_taps = True  # the source's taps, on this host (pyvmm/migration/taps.py)
+            m.share_taps = taps.same_host(self.conn.sock)  # the source's taps (pyvmm/migration/taps.py)
             m.create_vm()
             for r in m.mem.regions:
                 if r.size % self.page:

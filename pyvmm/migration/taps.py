@@ -10,10 +10,26 @@ the whole state has arrived, just before READY: from then on the source's
 guest is paused and its vhost plane stopped, and what reaches its queue
 until it exits is lost, as on a cable pulled and plugged in elsewhere.
 A destination that fails closes its queue; the source's carries on.
+Only a source on this host (:func:`same_host`) has its taps shared.
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
 from typing import List
+
+
+def same_host(sock: socket.socket) -> bool:
+    """Whether the source connected from this host (a unix socket, or TCP
+    from a loopback address): only then may its taps be shared. A source
+    elsewhere leaves no tap here, so a tap of that name in use belongs to
+    another VM and is refused."""
+    if sock.family == socket.AF_UNIX:
+        return True
+    try:
+        return ipaddress.ip_address(sock.getpeername()[0]).is_loopback
+    except (OSError, ValueError):
+        return False
 
 
 def standby(m) -> List:

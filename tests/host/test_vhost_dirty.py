@@ -308,3 +308,27 @@ def test_a_taps_enabled_queues_are_counted_from_sysfs(tmp_path, monkeypatch):
     monkeypatch.setattr(tap, "SYS_NET", str(tmp_path))
     assert tap.enabled_queues("pv0") == 2
     assert tap.enabled_queues("gone") == 0
+
+
+def test_only_a_source_on_this_host_has_its_taps_shared():
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        assert taps.same_host(a)
+    finally:
+        a.close()
+        b.close()
+    server = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(server.getsockname())
+    s, _ = server.accept()
+    try:
+        assert taps.same_host(s)
+    finally:
+        for x in (c, s, server):
+            x.close()
+    lone = socket.socket()  # not connected: no peer, so not shared
+    try:
+        assert not taps.same_host(lone)
+    finally:
+        lone.close()
