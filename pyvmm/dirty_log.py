@@ -1,10 +1,11 @@
 """Dirty page tracking: which pages of guest RAM changed since the last look.
 
-Two writers change guest RAM while a guest runs: the guest itself (its
-stores go straight to the mapping; KVM logs them) and pyvmm's device
+Three writers change guest RAM while a guest runs: the guest itself (its
+stores go straight to the mapping; KVM logs them), pyvmm's device
 models (virtqueue buffers and used rings written through
-:meth:`pyvmm.memory.GuestMemory.write`, which records them). A
-:class:`DirtyLog` merges both:
+:meth:`pyvmm.memory.GuestMemory.write`, which records them) and vhost back
+ends (their own logs, pyvmm/vhost/dirty.py, given as ``extra``). A
+:class:`DirtyLog` merges them:
 
     log = DirtyLog(vm, mem)
     log.start()               # KVM_MEM_LOG_DIRTY_PAGES on every writable slot
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import mmap
 import time
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from ._ffi import const
 from .errors import KvmError
@@ -80,6 +81,17 @@ def pages_bitmap(pages: Iterable[int], npages: int) -> bytearray:
     return bm
 
 
+def each(items: Iterable, fn: Callable) -> Optional[OSError]:
+    """``fn(item)`` for every item, even after one failed: the first OSError, or None."""
+    first: Optional[OSError] = None
+    for item in items:
+        try:
+            fn(item)
+        except OSError as e:
+            first = first or e
+    return first
+
+
 def merge(*parts: Mapping[int, Iterable[int]]) -> Dict[int, List[int]]:
     """Per-slot union of page index collections, each list sorted."""
     out: Dict[int, set] = {}
@@ -94,9 +106,12 @@ class DirtyLog:
     :class:`pyvmm.memory.GuestMemory` registered in ``vm``, a
     :class:`pyvmm.vm.Vm`)."""
 
-    def __init__(self, vm, mem):
+    def __init__(self, vm, mem, extra: Sequence = ()):
         self.vm = vm
         self.mem = mem
+        # other writers' logs (start(), collect() -> {slot: pages}, stop()):
+        # the vhost back ends' (pyvmm/vhost/dirty.py)
+        self.extra = list(extra)
         self.manual = False  # KVM_CLEAR_DIRTY_LOG in use
         self.active = False
         self._bitmaps: Dict[int, bytearray] = {}
@@ -125,6 +140,15 @@ class DirtyLog:
                                                const("KVM_MEM_LOG_DIRTY_PAGES"))
                 done.append(r)
                 self._bitmaps[r.slot] = bytearray(bitmap_bytes(r.size // PAGE))
+            started = []
+            try:
+                for e in self.extra:
+                    e.start()
+                    started.append(e)
+            except BaseException:
+                for e in started:
+                    e.stop()
+                raise
         except BaseException:
             for r in done:
                 self._unlog(r)
@@ -152,7 +176,7 @@ class DirtyLog:
                 self.vm.clear_dirty_log(r.slot, 0, npages, bm)
             if pages:
                 found[r.slot] = pages
-        out = merge(found, self.mem.take_written())
+        out = merge(found, self.mem.take_written(), *[e.collect() for e in self.extra])
         self.slowest_ms = max(self.slowest_ms, (time.monotonic() - t0) * 1000)
         return out
 
@@ -165,12 +189,8 @@ class DirtyLog:
             return
         self.active = False
         self.mem.track_writes(False)
-        first: Optional[BaseException] = None
-        for r in self._slots():
-            try:
-                self._unlog(r)
-            except KvmError as e:
-                first = first or e
+        first = each(self.extra, lambda e: e.stop())
+        first = each(self._slots(), self._unlog) or first
         self._bitmaps = {}
         if first is not None:
             raise first

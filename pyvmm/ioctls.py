@@ -99,6 +99,7 @@ _TABLE: List[_Spec] = [
     _IO("VHOST_SET_OWNER", 0x01, VHOST_VIRTIO),
     _IO("VHOST_RESET_OWNER", 0x02, VHOST_VIRTIO),
     _IOW("VHOST_SET_MEM_TABLE", 0x03, "struct vhost_memory", VHOST_VIRTIO),
+    _IOW("VHOST_SET_LOG_BASE", 0x04, "uint64_t", VHOST_VIRTIO),
     _IOW("VHOST_SET_VRING_NUM", 0x10, "struct vhost_vring_state", VHOST_VIRTIO),
     _IOW("VHOST_SET_VRING_ADDR", 0x11, "struct vhost_vring_addr", VHOST_VIRTIO),
     _IOW("VHOST_SET_VRING_BASE", 0x12, "struct vhost_vring_state", VHOST_VIRTIO),
@@ -115,6 +116,7 @@ _TABLE: List[_Spec] = [
     _IOR("TUNGETFEATURES", 207, "unsigned int", TUN_TYPE),
     _IOW("TUNSETOFFLOAD", 208, "unsigned int", TUN_TYPE),
     _IOW("TUNSETVNETHDRSZ", 216, "int", TUN_TYPE),
+    _IOW("TUNSETQUEUE", 217, "int", TUN_TYPE),  # takes a struct ifreq too
 ]
 
 _SPECS: Dict[str, _Spec] = {spec[0]: spec for spec in _TABLE}

@@ -20,7 +20,9 @@ get_vring_base (pyvmm.vhost.base.VhostFd, pyvmm.vhost.user.VhostUser).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
+
+from ..vhost.base import VHOST_F_LOG_ALL
 
 from .io_thread import drain
 from .virtqueue import DESC_SIZE, VIRTIO_RING_F_EVENT_IDX
@@ -36,6 +38,9 @@ RING_FEATURES = VIRTIO_RING_F_INDIRECT_DESC | VIRTIO_RING_F_EVENT_IDX | VIRTIO_F
 class VhostBackend(VirtioBackend):
     kernel_queues = True
     served_queues: Sequence[int] = (0, 1)  # the queues the plane serves
+    # Why the plane's dirty log (pyvmm/vhost/dirty.py) misses some of its
+    # writes to guest RAM; "" (vhost-net): it logs them all.
+    unlogged = "its writes to guest memory are not in a dirty log pyvmm can read"
 
     def __init__(self, plane, plane_features: int):
         self.plane = plane
@@ -45,6 +50,8 @@ class VhostBackend(VirtioBackend):
         self.direct = True  # self.call is the interrupt's irqfd (edge-triggered)
         self.running = False
         self.started: List[int] = []  # the queues handed to the plane
+        self.log_address: Optional[int] = None  # the dirty log's bitmap while logging
+        self.held = False  # stopped by a migration's pause until it ends (pyvmm/snapshot/vhost_log.py)
 
     def attach_eventfds(self, kicks: List[int], call: int, direct: bool = True) -> None:
         self.kicks, self.call, self.direct = kicks, call, direct
@@ -55,7 +62,9 @@ class VhostBackend(VirtioBackend):
 
     def activate(self, transport) -> None:
         p, mem = self.plane, transport.mem
-        p.set_features(self.plane_feature_bits(transport.driver_features))
+        if self.log_address is not None:  # a driver (re)starting while the log is on
+            p.set_log_base(self.log_address)
+        p.set_features(self._features(transport))
         p.set_mem_table([(r.gpa, r.size, r.host_address(), r.fd) for r in mem.regions])
         self.started = []
         for i in self.served_queues:
@@ -65,13 +74,48 @@ class VhostBackend(VirtioBackend):
             self.started.append(i)
             p.set_vring_num(i, q.size)
             p.set_vring_base(i, q.last_avail)
-            p.set_vring_addr(i, mem.host_address(q.desc_addr, DESC_SIZE * q.size),
-                             mem.host_address(q.avail_addr, 6 + 2 * q.size),
-                             mem.host_address(q.used_addr, 6 + 8 * q.size))
+            self._set_ring(transport, i)
             p.set_vring_kick(i, self.kicks[i])
             p.set_vring_call(i, self.call)
         self.start(transport)
         self.running = True
+
+    def _features(self, transport) -> int:
+        bits = self.plane_feature_bits(transport.driver_features)
+        return bits | (1 << VHOST_F_LOG_ALL) if self.log_address is not None else bits
+
+    def _set_ring(self, transport, i: int) -> None:
+        """Ring ``i``'s addresses; while logging, its used ring logged at its guest address."""
+        q, mem = transport.queues[i], transport.mem
+        addrs = (mem.host_address(q.desc_addr, DESC_SIZE * q.size), mem.host_address(q.avail_addr, 6 + 2 * q.size),
+                 mem.host_address(q.used_addr, 6 + 8 * q.size))
+        if self.log_address is None:
+            self.plane.set_vring_addr(i, *addrs)
+        else:
+            self.plane.set_vring_addr(i, *addrs, q.used_addr)
+
+    # -- vhost's dirty log (pyvmm/vhost/dirty.py), with the transport's lock held ----------
+    def log_start(self, transport, address: int) -> None:
+        """Log every write to guest RAM into the bitmap at ``address``: its
+        base first (VHOST_F_LOG_ALL is refused before the base covers guest
+        RAM), then the rings' used-ring logging, then the feature bit."""
+        self.plane.set_log_base(address)
+        self.log_address = address
+        if self.running:
+            for i in self.started:
+                self._set_ring(transport, i)
+            self.plane.set_features(self._features(transport))
+
+    def log_to(self, address: int) -> None:
+        self.plane.set_log_base(address)
+        self.log_address = address
+
+    def log_stop(self, transport) -> None:
+        self.log_address = None
+        if self.running:
+            self.plane.set_features(self._features(transport))
+            for i in self.started:
+                self._set_ring(transport, i)
 
     def reset(self) -> None:
         if self.running:

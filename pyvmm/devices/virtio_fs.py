@@ -25,6 +25,7 @@ class VirtioFs(VhostBackend):
     queue_max = 1024
     served_queues = (HIPRIO, REQUEST)
     snapshot_refusal = "virtio-fs state lives in its vhost-user daemon and cannot be saved"
+    unlogged = "its vhost-user daemon (virtiofsd) writes guest memory outside any dirty log pyvmm reads"
 
     def __init__(self, plane, tag: str, daemon=None):
         super().__init__(plane, plane.get_features())

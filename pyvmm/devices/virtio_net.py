@@ -99,6 +99,7 @@ class VirtioNet(VhostBackend):
     num_queues = 2
     queue_max = 256
     served_queues = (RX, TX)
+    unlogged = ""  # vhost-net logs the receive buffers it fills and both used rings
 
     def __init__(self, tap, plane, mac: Optional[bytes] = None):
         super().__init__(plane, plane.get_features())
@@ -107,12 +108,13 @@ class VirtioNet(VhostBackend):
         self.features = (F_MAC | F_STATUS | OFFLOADS | (self.plane_features & (F_MRG_RXBUF | RING_FEATURES)))
 
     @classmethod
-    def open(cls, tap_name: str, mac: Optional[str] = None) -> "VirtioNet":
-        """On tap ``tap_name`` (created if missing) with vhost-net."""
+    def open(cls, tap_name: str, mac: Optional[str] = None, shared: bool = False) -> "VirtioNet":
+        """On tap ``tap_name`` (created if missing) with vhost-net; ``shared``:
+        see :meth:`pyvmm.net.tap.Tap.open`."""
         from ..net.tap import Tap
         from ..vhost.net import VhostNet
 
-        tap = Tap.open(tap_name)
+        tap = Tap.open(tap_name, shared)
         try:
             plane = VhostNet.open()
         except BaseException:
@@ -181,10 +183,11 @@ class VirtioNetPython(VirtioBackend):
         self.rx_packets = self.tx_packets = self.dropped = 0
 
     @classmethod
-    def open(cls, tap_name: str, mac: Optional[str] = None, io: Optional[IoThread] = None) -> "VirtioNetPython":
+    def open(cls, tap_name: str, mac: Optional[str] = None, io: Optional[IoThread] = None,
+             shared: bool = False) -> "VirtioNetPython":
         from ..net.tap import Tap
 
-        tap = Tap.open(tap_name)
+        tap = Tap.open(tap_name, shared)
         try:
             tap.tunsetoffload(0)
             return cls(tap, parse_mac(mac) if mac else None, io)

@@ -41,6 +41,8 @@ class VirtioVsock(VhostBackend):
     num_queues = 3
     queue_max = 256
     served_queues = (RX, TX)
+    unlogged = ("vhost-vsock does not put the packets it writes into guest memory in its dirty log "
+                "(only its used rings; drivers/vhost/vsock.c)")
 
     def __init__(self, plane, cid: int):
         check_cid(cid)

@@ -129,6 +129,10 @@ class Machine:
         # run on while paused (pyvmm restore --clock keep).
         self.hide_pauses = True
         self._frozen_counters: Optional[List[int]] = None
+        # A live migration's destination on this host attaches to the taps
+        # the source still holds (pyvmm/migration/taps.py); otherwise a tap
+        # another process uses is refused.
+        self.share_taps = False
         # Held by host-side input into devices (console) and by whoever saves
         # the machine, so a snapshot never sees a half-delivered input.
         self.io_lock = threading.RLock()
@@ -270,9 +274,9 @@ class Machine:
                 c.nets[k] = n = replace(n, mac=format_mac(random_mac()))
             net: VirtioBackend
             if n.vhost:
-                net = VirtioNet.open(n.tap, n.mac)
+                net = VirtioNet.open(n.tap, n.mac, shared=self.share_taps)
             else:
-                net = VirtioNetPython.open(n.tap, n.mac, self.io)
+                net = VirtioNetPython.open(n.tap, n.mac, self.io, shared=self.share_taps)
             self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
             self._watch_link(n.tap)
             slot += 1

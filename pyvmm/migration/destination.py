@@ -27,7 +27,7 @@ from ..machine import Machine, MachineConfig
 from ..memory import populate_mapping
 from ..snapshot import format as fmt
 from ..snapshot import machine_snapshot, schema, vcpu_state
-from . import stream
+from . import stream, taps
 from .transport import Conn, Listener, PeerError, parse
 
 IO_TIMEOUT = 60.0
@@ -138,6 +138,7 @@ class Incoming:
             # refuse at the end); the pause then writes only what changed.
             t0 = time.monotonic()
             m.hide_pauses = True
+            m.share_taps = taps.same_host(self.conn.sock)  # the source's taps (pyvmm/migration/taps.py)
             m.create_vm()
             for r in m.mem.regions:
                 if r.size % self.page:
@@ -152,6 +153,7 @@ class Incoming:
             t2 = time.monotonic()
             machine_snapshot.prepare_load(m, self.first, self.plans)
             self.timing.update(first_vm=_ms(t0, t1), first_build=_ms(t1, t2), first_load=_ms(t2, time.monotonic()))
+            standby = taps.standby(m)  # the source's taps stay the source's until the state is here
         except PyvmmError as e:
             self.refuse(str(e))
             raise
@@ -159,6 +161,7 @@ class Incoming:
         self.first_pending = False
         try:
             self._receive(m)
+            taps.take_over(standby)
         except PeerError as e:
             if self.cancelled:
                 raise PeerError("migration abandoned (interrupted); the guest runs on at the source") from None

@@ -1,8 +1,10 @@
 """The sending side of a live migration: runs in the source VMM (the
 control socket's ``migrate`` request) while its guest keeps running.
 
-1. Refuse what cannot move (vhost data planes: their writes to guest RAM
-   are not in the dirty log; a device whose state cannot be saved).
+1. Refuse what cannot move (vhost data planes that do not log all their
+   writes to guest RAM: vhost-vsock, virtio-fs; a device whose state
+   cannot be saved). vhost-net's writes are in its own dirty log, merged
+   with KVM's (pyvmm/snapshot/vhost_log.py).
 2. Connect, send the preamble and the machine's state without memory
    (STATE_CHECK: read in a pause as short as a snapshot's without the
    memory); the destination runs restore's checks and builds the machine,
@@ -14,15 +16,17 @@ control socket's ``migrate`` request) while its guest keeps running.
    what is left would take at most ``max_downtime`` at the measured rate
    and is small or no longer shrinks (:func:`stop_copying`), or MAX_ROUNDS
    rounds.
-4. Pause; under the I/O lock, the last dirty pages and the final state
+4. Pause; the vhost planes stopped (and held so until the end: a paused
+   guest's receive ring can still be filled); under the I/O lock, the last
+   dirty pages and the final state
    (STATE); the destination loads it and answers READY (built, paused).
 5. GO: from here the destination owns the guest. It answers RUNNING once
    its vCPUs run; then the caller ends this VMM (ExitStatus.POWEROFF,
    pyvmm run exits 0).
 
 Any failure before GO (refusal, a peer that dies, closes or stops
-answering, a malformed answer) stops the dirty log and resumes the guest
-here as it was, and raises :class:`MigrationError` with the reason. After
+answering, a malformed answer) stops the dirty log, restarts the vhost
+planes and resumes the guest here as it was, and raises :class:`MigrationError` with the reason. After
 GO the source never resumes (two copies of one guest must never run); a
 missing RUNNING then ends this VMM too, with an error saying so.
 """
@@ -41,7 +45,7 @@ from ..errors import PyvmmError, UsageProblem
 from ..machine import ExitStatus, Machine
 from ..snapshot import chain
 from ..snapshot import format as fmt
-from ..snapshot import machine_snapshot
+from ..snapshot import machine_snapshot, vhost_log
 from . import stream
 from .transport import Conn, PeerError, connect, parse
 
@@ -251,7 +255,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
     t_start = time.monotonic()
     was_paused = m.paused
     conn = connect(dest, io_timeout)
-    log = DirtyLog(m.vm, m.mem)
+    log = vhost_log.dirty_log(m)
+    held: vhost_log.Held = []  # the vhost planes stopped at the pause
     paused_here = False
     handed_over = False
     save_cache: dict = {}  # the vCPUs' prepared register reads, kept for the final state
@@ -324,6 +329,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # Under the I/O lock until the hand-over: no device model changes
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
+            held = vhost_log.stop_planes(m)  # before the last look at the dirty log
             t_paused = time.monotonic()
             # The last pages are looked up and sent by a thread while the
             # state is read here (guest memory no longer changes; the
@@ -380,8 +386,11 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             try:
                 log.stop()
             finally:
-                if paused_here:
-                    m.resume()
+                try:
+                    vhost_log.restart_planes(held)
+                finally:
+                    if paused_here:
+                        m.resume()
         if isinstance(e, PeerError):
             raise MigrationError(f"migration to {dest} failed: {e.message}") from None
         if isinstance(e, stream.StreamError):

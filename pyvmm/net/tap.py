@@ -34,13 +34,34 @@ def interface_exists(name: str) -> bool:
     return os.path.exists(os.path.join(SYS_NET, name))
 
 
-def is_tap(name: str) -> bool:
-    """The interface is a tun/tap device in tap mode (tun_flags has IFF_TAP)."""
+# include/uapi/linux/if_tun.h (not in the cffi definitions: plain numbers)
+IFF_MULTI_QUEUE = 0x0100
+IFF_ATTACH_QUEUE = 0x0200
+IFF_DETACH_QUEUE = 0x0400
+
+
+def tun_flags(name: str) -> int:
+    """The interface's tun_flags (0: not a tun/tap device, or gone)."""
     try:
         with open(os.path.join(SYS_NET, name, "tun_flags")) as f:
-            return bool(int(f.read().strip(), 16) & const("IFF_TAP"))
+            return int(f.read().strip(), 16)
     except (OSError, ValueError):
-        return False
+        return 0
+
+
+def enabled_queues(name: str) -> int:
+    """How many queues of the tap are attached and enabled: the tap sets its
+    real transmit queue count to that (tun_set_real_num_queues), which sysfs
+    shows as queues/tx-N (at least one)."""
+    try:
+        return sum(1 for q in os.listdir(os.path.join(SYS_NET, name, "queues")) if q.startswith("tx-"))
+    except OSError:
+        return 0
+
+
+def is_tap(name: str) -> bool:
+    """The interface is a tun/tap device in tap mode (tun_flags has IFF_TAP)."""
+    return bool(tun_flags(name) & const("IFF_TAP"))
 
 
 class Tap(KvmFd):
@@ -52,10 +73,14 @@ class Tap(KvmFd):
         super().__init__(fd)
         self.name = name
         self.created = created
+        self.multi_queue = False
         self.target = f"tap {name}"
 
     @classmethod
-    def open(cls, name: str) -> "Tap":
+    def open(cls, name: str, shared: bool = False) -> "Tap":
+        """Attach to tap ``name`` (created if missing). A multi-queue tap
+        whose queue another process holds is refused unless ``shared`` (a
+        live migration's destination on the source's host)."""
         check_name(name)
         existed = interface_exists(name)
         if existed and not is_tap(name):
@@ -69,8 +94,18 @@ class Tap(KvmFd):
         except PermissionError:
             raise HostUnsupported(f"tap={name}: no permission to open {TUN_PATH}") from None
         tap = cls(fd, name, not existed)
+        # A tap pyvmm creates is multi-queue: a live migration's destination
+        # on this host attaches a second queue to it while the source still
+        # holds its own (docs/migration.md). An existing tap is opened as it
+        # was made (TUNSETIFF refuses the other kind).
+        mq = IFF_MULTI_QUEUE if not existed or tun_flags(name) & IFF_MULTI_QUEUE else 0
         try:
-            tap.tunsetiff(const("IFF_TAP") | const("IFF_NO_PI") | const("IFF_VNET_HDR"))
+            tap.tunsetiff(const("IFF_TAP") | const("IFF_NO_PI") | const("IFF_VNET_HDR") | mq)
+            tap.multi_queue = bool(mq)
+            if mq and existed and not shared and enabled_queues(name) > 1:
+                tap.close()
+                raise HostUnsupported(f"tap={name}: the tap is in use by another process",
+                                      "give this VM a tap of its own")
             tap.tunsetvnethdrsz(VNET_HDR_LEN)
         except OSError as e:
             tap.close()
@@ -80,7 +115,9 @@ class Tap(KvmFd):
                     "run as root (CAP_NET_ADMIN), or create it for this user first: "
                     f"ip tuntap add {name} mode tap user $USER") from None
             if e.errno == errno.EBUSY:
-                raise HostUnsupported(f"tap={name}: the tap is in use by another process") from None
+                raise HostUnsupported(f"tap={name}: the tap is in use by another process",
+                                      "give this VM a tap of its own (a migration on one host needs a multi-queue "
+                                      f"tap: ip tuntap add {name} mode tap multi_queue)") from None
             raise
         return tap
 
@@ -91,6 +128,13 @@ class Tap(KvmFd):
         ffi.memmove(ifr, name, len(name))
         ffi.cast("short *", ifr + IFNAMSIZ)[0] = flags
         self.ioctl("TUNSETIFF", ifr)
+
+    def tunsetqueue(self, enable: bool) -> None:
+        """Enable (IFF_ATTACH_QUEUE) or disable (IFF_DETACH_QUEUE) this fd's
+        queue of a multi-queue tap: a disabled queue is given no packets."""
+        ifr = ffi.new("char[40]")
+        ffi.cast("short *", ifr + IFNAMSIZ)[0] = IFF_ATTACH_QUEUE if enable else IFF_DETACH_QUEUE
+        self.ioctl("TUNSETQUEUE", ifr)
 
     def tunsetvnethdrsz(self, size: int) -> None:
         self.ioctl("TUNSETVNETHDRSZ", ffi.new("int *", size))

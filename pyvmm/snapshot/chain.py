@@ -17,7 +17,8 @@ file that holds it (:class:`pyvmm.snapshot.ram_image.ChainedRam`).
 Writing: a running machine keeps dirty logging on after its first snapshot
 (a :class:`Tracker` among the machine's owned resources, so it ends with
 the machine): KVM's log of the guest's stores merged with the pages
-pyvmm's device models wrote (:class:`pyvmm.dirty_log.DirtyLog`), collected
+pyvmm's device models wrote (:class:`pyvmm.dirty_log.DirtyLog`) and the
+vhost-net planes logged (pyvmm/snapshot/vhost_log.py), collected
 while the machine is paused for each snapshot. The log is relative to the
 last snapshot this machine wrote, so ``--since`` must name exactly that
 file (:func:`link_to`, :func:`check_base`); anything else is refused
@@ -31,10 +32,10 @@ import stat
 from .._record import record
 from typing import Dict, List, Optional, Set
 
-from ..dirty_log import DirtyLog, merge
+from ..dirty_log import merge
 from ..errors import PyvmmError, SnapshotError, UsageProblem
 from . import format as fmt
-from . import ram_image
+from . import ram_image, vhost_log
 
 MAX_CHAIN = fmt.MAX_CHAIN
 
@@ -154,7 +155,7 @@ class Tracker:
     its owned resources (closed with it)."""
 
     def __init__(self, m):
-        self.log = DirtyLog(m.vm, m.mem)
+        self.log = vhost_log.dirty_log(m)
         self.lineage = os.urandom(16).hex()
         self.head: Optional[str] = None  # the head SHA-256 of the last snapshot written
         self.path: Optional[str] = None  # and its path
@@ -185,11 +186,7 @@ def tracker_of(m) -> Optional[Tracker]:
 
 def untracked(m) -> Optional[str]:
     """Why pyvmm cannot see every write to machine ``m``'s RAM, or None."""
-    for t in m.virtio:
-        if t.backend.kernel_queues:
-            return (f"its {type(t.backend).__name__} at {t.base:#x} runs on a vhost data plane, whose writes to "
-                    "guest memory pyvmm does not track")
-    return None
+    return vhost_log.untracked(m)
 
 
 def forget(m) -> None:

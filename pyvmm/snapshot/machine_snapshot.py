@@ -70,7 +70,7 @@ def _planes_stopped(m: Machine) -> Iterator[None]:
     try:
         for t in m.virtio:
             b = t.backend
-            if isinstance(b, VhostBackend) and b.running:
+            if isinstance(b, VhostBackend) and b.running and not b.held:  # held: stopped already
                 b.pause(t)
                 stopped.append((b, t))
         yield

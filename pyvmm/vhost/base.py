@@ -11,6 +11,9 @@ from .._fd import KvmFd
 from .._ffi import ffi
 from ..errors import HostUnsupported
 
+VHOST_VRING_F_LOG = 0  # include/uapi/linux/vhost_types.h: a bit number of vhost_vring_addr.flags
+VHOST_F_LOG_ALL = 26  # the feature bit that turns the dirty log on
+
 
 def open_node(path: str, what: str, module: str, alternative: str) -> int:
     """Open a vhost device node, or HostUnsupported saying what to do."""
@@ -85,12 +88,21 @@ class VhostFd(KvmFd):
     def get_vring_base(self, index: int) -> int:
         return self._state("VHOST_GET_VRING_BASE", index)
 
-    def set_vring_addr(self, index: int, desc: int, avail: int, used: int, flags: int = 0) -> None:
-        """Ring addresses in this process (vhost translates them, not guest addresses)."""
+    def set_vring_addr(self, index: int, desc: int, avail: int, used: int, log_used: int = -1) -> None:
+        """Ring addresses in this process (vhost translates them, not guest
+        addresses). ``log_used``: the used ring's guest physical address,
+        whose writes vhost then logs (flag VHOST_VRING_F_LOG); -1: not logged."""
         a = ffi.new("struct vhost_vring_addr *")
-        a.index, a.flags = index, flags
-        a.desc_user_addr, a.avail_user_addr, a.used_user_addr, a.log_guest_addr = desc, avail, used, 0
+        a.index, a.flags = index, (1 << VHOST_VRING_F_LOG) if log_used >= 0 else 0
+        a.desc_user_addr, a.avail_user_addr, a.used_user_addr = desc, avail, used
+        a.log_guest_addr = max(log_used, 0)
         self.ioctl("VHOST_SET_VRING_ADDR", a)
+
+    def set_log_base(self, address: int) -> None:
+        """The dirty bitmap vhost logs its writes to guest RAM in (one bit per
+        4 KiB of guest physical address, pyvmm/vhost/dirty.py), at
+        ``address`` in this process."""
+        self.ioctl("VHOST_SET_LOG_BASE", ffi.new("uint64_t *", address))
 
     def _file(self, name: str, index: int, fd: int) -> None:
         f = ffi.new("struct vhost_vring_file *")

@@ -126,6 +126,18 @@ def boot(tmp_path, name="src", last=LAST):
     return vm, sock
 
 
+def move(src: Running, sock, dest: str, what: str, *args) -> dict:
+    """``pyvmm migrate`` the guest of ``src`` (control socket ``sock``) to
+    ``dest``; its JSON report once the source has ended with status 0."""
+    r = pyvmm("migrate", sock, dest, "--json", *args, timeout=600)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    report = json.loads(r.stdout)
+    print(f"{what} migration: {report}")
+    src.wait_exit(120)
+    assert src.p.returncode == 0
+    return report
+
+
 def assert_still_counting(vm: Running, timeout=120, after=0):
     """Two more counts on ``vm``'s console after its last one (or after
     ``after``, the source's last, for a destination that printed nothing yet)."""
@@ -196,12 +208,7 @@ def test_moves_over_tcp_then_a_source_killed_mid_migration_leaves_the_destinatio
     sock2 = tmp_path / "dst.sock"
     dst = Running(["restore", "--incoming", f"tcp:{port}", "--control", sock2])
     wait_stderr_line(dst, b"waiting for a migration on tcp:127.0.0.1:")
-    r = pyvmm("migrate", sock, f"tcp:127.0.0.1:{port}", "--json", "--max-downtime", "200", timeout=600)
-    assert r.returncode == 0, (r.stdout, r.stderr)
-    report = json.loads(r.stdout)
-    print(f"tcp migration: {report}")
-    src.wait_exit(120)
-    assert src.p.returncode == 0
+    move(src, sock, f"tcp:127.0.0.1:{port}", "tcp", "--max-downtime", "200")
     wait_running(sock2)
     try:
         assert_still_counting(dst, after=latest(src))
