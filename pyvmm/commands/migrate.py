@@ -52,7 +52,8 @@ def migrate(socket_path, dest, max_downtime, bandwidth, as_json):
 
     If anything fails (refused, the destination dies or stops answering,
     the connection drops) the guest keeps running here and this command
-    exits 1 with the reason. Guests with vhost devices are refused.
+    exits 1 with the reason. Guests with vhost-vsock or virtio-fs are refused
+    (vhost-net moves, with vhost's own dirty log).
 
     \b
     Examples:
