@@ -109,7 +109,7 @@ class GuestMemory:
                 owner.close()
                 raise HostUnsupported(f"cannot map {size >> 20} MiB of shared guest RAM: {e.strerror or e}",
                                       "give the guest less memory (-m)") from None
-            if huge_ram_wanted():
+            if huge_ram_wanted() and collapse_fits(size, _mem_available()):
                 _collapse(owner, offset, size, fd)
         # the buffer holds a view of owner: owner cannot be unmapped under it
         mm = ffi.buffer(ffi.from_buffer("char[]", memoryview(owner)[offset:offset + size]))
@@ -244,6 +244,26 @@ class GuestMemory:
                     pass
             if r.fd >= 0:
                 os.close(r.fd)
+
+
+def _mem_available() -> Optional[int]:
+    """The host's MemAvailable in bytes (None: unknown)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def collapse_fits(size: int, available: Optional[int]) -> bool:
+    """Whether ``size`` bytes of shared RAM are collapsed (allocated) up
+    front: only while they are at most half of the host's available memory,
+    so a large guest never makes its host reclaim or kill for RAM the guest
+    may never touch (it stays in 4 KiB pages, allocated on demand)."""
+    return available is not None and size <= available // 2
 
 
 def _collapse(owner: mmap.mmap, offset: int, size: int, fd: int) -> None:

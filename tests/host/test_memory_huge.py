@@ -7,7 +7,7 @@ import platform
 
 import pytest
 
-from pyvmm.memory import HUGE, HUGE_ENV, GuestMemory
+from pyvmm.memory import HUGE, HUGE_ENV, GuestMemory, collapse_fits
 
 BASE = 0x4000_0000
 MiB = 1 << 20
@@ -86,3 +86,11 @@ def test_close_with_a_view_still_held_keeps_its_memory_mapped():
     assert mem.regions == []
     assert bytes(view[100:104]) == b"held"
     view.release()
+
+
+def test_collapse_only_while_ram_is_at_most_half_of_available_memory():
+    """Pure logic (no mapping): the up-front allocation's limit."""
+    assert collapse_fits(256 * MiB, 512 * MiB)
+    assert not collapse_fits(256 * MiB + 4096, 512 * MiB)
+    assert not collapse_fits(8 << 30, 4 << 30)
+    assert not collapse_fits(2 * MiB, None)  # MemAvailable unknown: leave it on demand
