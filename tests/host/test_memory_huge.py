@@ -50,7 +50,9 @@ def test_ram_starts_on_a_2mib_boundary_and_round_trips(shared):
     assert r.mm[6 * MiB:6 * MiB + 9] == b"last page"
     if shared:
         assert os.pread(r.fd, 9, 6 * MiB) == b"last page"  # the daemon's view of the same memory
+    owner = r.owner
     mem.close()
+    assert owner.closed  # unmapped at once when nothing else holds a view
 
 
 def test_shared_ram_is_collapsed_into_2mib_pages(monkeypatch):
