@@ -21,6 +21,10 @@ kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
       "pyvmm-guest: init" line (after it loaded its modules, so the devices
       are probed), QEMU with virtio-rng-pci beside the same devices; QEMU's
       clock starts before its virtiofsd does (pyvmm starts its own).
+      The guest also prints its own clock (/proc/uptime) right after init's
+      line: the guest's share of the boot. PYVMM_BENCH_HUGE_AB=1 adds a third
+      VMM to each round of this row, pyvmm with PYVMM_HUGE_RAM=0 (guest RAM
+      in 4 KiB pages, pyvmm/memory.py), shown as the row's "pyvmm 4k" line.
 
 Noise (a loaded 2-core host moves single runs by 2x): each row boots each
 VMM RUNS times (PYVMM_BENCH_RUNS, default 3), pyvmm and QEMU interleaved
@@ -405,28 +409,42 @@ def bench_fs(k, i, tmp, share, r):
         log(f"{vmm} fs run {n + 1}: {v}")
 
 
+HUGE_AB = os.environ.get("PYVMM_BENCH_HUGE_AB") == "1"
+
+
 def bench_boot(k, i, tmp, share, r):
     metric = "boot to init with net, vsock, fs, rng"
-    for n, vmm in rounds():
-        devs = [("net", {"tap": tap_for(vmm)}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}),
+    order = [(n, vmm) for n, vmm in rounds()]
+    if HUGE_AB:  # pyvmm with 4 KiB guest RAM right after pyvmm in every round
+        order = [x for n, vmm in order for x in ([(n, vmm), (n, "pyvmm 4k")] if vmm == "pyvmm" else [(n, vmm)])]
+    for n, vmm in order:
+        devs = [("net", {"tap": tap_for(vmm.split()[0])}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}),
                 ("rng", {})]
 
         def one():
             # from before QEMU's virtiofsd starts: pyvmm's time includes starting its own
             t_before = time.monotonic()
-            cmd, daemons = command_for(vmm, k, i, "quiet " + script("true\n"), devs, tmp)
+            cmd, daemons = command_for(vmm.split()[0], k, i,
+                                       "quiet " + script("echo \"uptime=$(cut -d' ' -f1 /proc/uptime)\"\n"),
+                                       devs, tmp)
+            e = env()
+            if vmm == "pyvmm 4k":
+                e["PYVMM_HUGE_RAM"] = "0"
             try:
-                w = Watched(cmd, env()).wait()
+                w = Watched(cmd, e).wait()
             except SystemExit as e:
                 raise RunFailed(str(e)) from None
             finally:
                 stop(daemons)
             if INIT_MARKER not in w.seen:
                 raise RunFailed("no init line")
+            up = re.search(rb"uptime=([0-9.]+)", w.out)
+            if up:
+                r.add(vmm, "guest clock at init", float(up.group(1)))
             return w.seen[INIT_MARKER] + (w.t0 - t_before)
         v = r.attempt(vmm, metric, n, one)
         r.add(vmm, metric, v)
-        log(f"{vmm} boot run {n + 1}: {v} s")
+        log(f"{vmm} boot run {n + 1}: {v} s, guest clock {r.values.get((vmm, 'guest clock at init'), ['?'])[-1]} s")
 
 
 def selected(metric, only):
@@ -474,6 +492,15 @@ def report(r, only):
         verdict = "" if target is None else target if ratio is None or met(ratio, target) else f"{target} (not met)"
         print(f"| {metric} | {fa} | {fb} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
               f"{verdict or 'for comparison'} |")
+        if metric == ROWS[-1][0]:
+            extra = [("guest clock at init", "pyvmm", "qemu", "for comparison")]
+            if HUGE_AB:
+                extra += [(metric, "pyvmm", "pyvmm 4k", "A/B: PYVMM_HUGE_RAM=1 / 0"),
+                          ("guest clock at init", "pyvmm", "pyvmm 4k", "A/B: PYVMM_HUGE_RAM=1 / 0")]
+            for m, x, y, note in extra:
+                (a, na), (b, nb) = r.median(x, m), r.median(y, m)
+                if a and b:
+                    print(f"| {m} ({x} vs {y}) | {a:,.2f} s ({na}) | {b:,.2f} s ({nb}) | {a / b:.2f} | {note} |")
 
 
 def main():

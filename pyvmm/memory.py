@@ -2,6 +2,13 @@
 private memory, or (``shared``) a memfd mapped MAP_SHARED, whose fd a
 vhost-user daemon can map to reach the guest's buffers itself.
 
+Guest RAM starts on a 2 MiB boundary of this process's address space (the
+stage-2 block size of a 4 KiB-granule host), so KVM can map it 2 MiB at a
+time wherever the host backs it with a huge page: anonymous RAM on a host
+whose transparent huge pages are on, and shared RAM because pyvmm collapses
+the memfd into 2 MiB pages up front (MADV_COLLAPSE, :meth:`GuestMemory.add`;
+``PYVMM_HUGE_RAM=0`` leaves it in 4 KiB pages faulted in on demand).
+
 Every access from device models goes through :meth:`GuestMemory.read` /
 :meth:`GuestMemory.write`, which check the whole range against guest RAM, so
 a guest-supplied address or length can never reach host memory outside it.
@@ -20,7 +27,7 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Dict, List, Optional, Set
+    from typing import Any, Dict, List, Optional, Set
 
 from ._record import record
 from ._ffi import ffi, libc
@@ -29,18 +36,29 @@ from .errors import GuestError, HostUnsupported, UsageProblem
 
 MAP_FIXED = 0x10  # <sys/mman.h>, the same on arm64 and x86-64 (Python's mmap module has no name for it)
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # <linux/mman.h> (Python 3.13 lacks the name)
+_MADV_COLLAPSE = 25  # <linux/mman.h>, Linux 6.1+
+HUGE = 2 << 20  # the stage-2 block (and transparent huge page) size with 4 KiB pages
+HUGE_ENV = "PYVMM_HUGE_RAM"
+
+
+def huge_ram_wanted() -> bool:
+    """Whether shared guest RAM is collapsed into huge pages up front
+    (``PYVMM_HUGE_RAM=0``: no)."""
+    return os.environ.get(HUGE_ENV, "1") != "0"
 
 
 class GuestMemoryError(GuestError):
     """A guest-supplied address range is not (entirely) guest RAM."""
 
 
-def populate_mapping(mm: mmap.mmap, start: int, length: int) -> None:
-    """MADV_POPULATE_WRITE of ``mm``'s page-aligned range start+length: its
-    pages allocated writable in one call (Linux 5.14+; best effort, an older
-    kernel leaves them to be faulted in)."""
+def populate_mapping(r: "Region", start: int, length: int) -> None:
+    """MADV_POPULATE_WRITE of region ``r``'s page-aligned range start+length
+    (offsets in the region): its pages allocated writable in one call (Linux
+    5.14+; best effort, an older kernel leaves them to be faulted in)."""
+    if r.owner is None:
+        return
     try:
-        mm.madvise(_MADV_POPULATE_WRITE, start, length)
+        r.owner.madvise(_MADV_POPULATE_WRITE, r.offset + start, length)
     except OSError:
         pass
 
@@ -50,9 +68,11 @@ class Region:
     slot: int
     gpa: int
     size: int
-    mm: mmap.mmap
+    mm: Any  # the RAM as a buffer (cffi): slices are bytes, slice assignment writes, len is size
     fd: int = -1  # the memfd of shared RAM, -1 for anonymous memory
     readonly: bool = False
+    owner: Optional[mmap.mmap] = None  # the mapping mm lies in (2 MiB more than size, to align it)
+    offset: int = 0  # where mm starts in owner
 
     @property
     def end(self) -> int:
@@ -76,23 +96,36 @@ class GuestMemory:
             if gpa < r.end and r.gpa < gpa + size:
                 raise UsageProblem(f"guest RAM at {gpa:#x} overlaps the region at {r.gpa:#x}")
         fd = -1
+        try:
+            # anonymous, private, 2 MiB more than the RAM: RAM starts at its
+            # first 2 MiB boundary; the rest is never touched (costs nothing)
+            owner = mmap.mmap(-1, size + HUGE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        except (OSError, OverflowError) as e:
+            raise HostUnsupported(f"cannot map {size >> 20} MiB of guest RAM: "
+                                  f"{getattr(e, 'strerror', None) or e}",
+                                  "give the guest less memory (-m)") from None
+        start = int(ffi.cast("uintptr_t", ffi.from_buffer(owner)))
+        offset = -start % HUGE
         if shared:
-            fd = os.memfd_create(f"pyvmm-ram-{gpa:x}", os.MFD_CLOEXEC)
             try:
+                fd = os.memfd_create(f"pyvmm-ram-{gpa:x}", os.MFD_CLOEXEC)
                 os.ftruncate(fd, size)
-                mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError:
-                os.close(fd)
-                raise
-        else:
-            try:
-                mm = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                               mmap.PROT_READ | mmap.PROT_WRITE)
-            except (OSError, OverflowError) as e:
-                raise HostUnsupported(f"cannot map {size >> 20} MiB of guest RAM: "
-                                      f"{getattr(e, 'strerror', None) or e}",
+                got = libc().mmap(ffi.cast("void *", start + offset), size, mmap.PROT_READ | mmap.PROT_WRITE,
+                                  mmap.MAP_SHARED | MAP_FIXED, fd, 0)
+                if int(ffi.cast("uintptr_t", got)) != start + offset:
+                    raise OSError(ffi.errno, os.strerror(ffi.errno))
+            except OSError as e:
+                if fd >= 0:
+                    os.close(fd)
+                owner.close()
+                raise HostUnsupported(f"cannot map {size >> 20} MiB of shared guest RAM: {e.strerror or e}",
                                       "give the guest less memory (-m)") from None
-        region = Region(len(self.regions), gpa, size, mm, fd, readonly)
+            if huge_ram_wanted() and collapse_fits(size, _mem_available()):
+                _collapse(owner, offset, size, fd)
+        # the buffer holds a view of owner: owner cannot be unmapped under it
+        mm = ffi.buffer(ffi.from_buffer("char[]", memoryview(owner)[offset:offset + size]))
+        region = Region(len(self.regions), gpa, size, mm, fd, readonly, owner, offset)
         if vm is not None:
             vm.set_user_memory_region(region.slot, gpa, size, region.host_address(),
                                       2 if readonly else 0)
@@ -167,7 +200,7 @@ class GuestMemory:
             raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
         start = (gpa - r.gpa) & ~(mmap.PAGESIZE - 1)
         end = min(gpa - r.gpa + length + mmap.PAGESIZE - 1, r.size) & ~(mmap.PAGESIZE - 1)
-        populate_mapping(r.mm, start, end - start)
+        populate_mapping(r, start, end - start)
 
     def view(self, gpa: int, length: int) -> memoryview:
         """A writable view of guest range gpa+length (in one region), for
@@ -208,12 +241,54 @@ class GuestMemory:
         return taken
 
     def close(self) -> None:
-        for r in self.regions:
-            try:
-                r.mm.close()
-            except BufferError:
-                pass
+        regions, self.regions, self._last = self.regions, [], None
+        for r in regions:
+            owner, r.mm, r.owner = r.owner, None, None
+            if owner is not None:
+                try:
+                    owner.close()
+                except BufferError:  # a view of it is still in use: unmapped when the last one goes
+                    pass
             if r.fd >= 0:
                 os.close(r.fd)
-        self.regions = []
-        self._last = None
+
+
+def _mem_available() -> Optional[int]:
+    """The host's MemAvailable in bytes (None: unknown)."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def collapse_fits(size: int, available: Optional[int]) -> bool:
+    """Whether ``size`` bytes of shared RAM are collapsed (allocated) up
+    front: only while they are at most half of the host's available memory,
+    so a large guest never makes its host reclaim or kill for RAM the guest
+    may never touch (it stays in 4 KiB pages, allocated on demand)."""
+    return available is not None and size <= available // 2
+
+
+def _collapse(owner: mmap.mmap, offset: int, size: int, fd: int) -> None:
+    """Back the shared RAM (memfd ``fd``, mapped 2 MiB aligned at ``offset``
+    in ``owner``) with 2 MiB pages now, so KVM maps it in 2 MiB stage-2
+    blocks: shmem gets huge pages only where the host's
+    shmem_enabled allows them (Debian: never), but MADV_COLLAPSE ignores
+    that setting. It collapses only 2 MiB ranges with a page in them, so one
+    byte is written per range first. Costs: all of the guest's RAM is
+    allocated (and zeroed) here instead of when the guest first touches it.
+    Best effort: a kernel without MADV_COLLAPSE, or one short of huge pages,
+    leaves (some of) it in 4 KiB pages."""
+    whole = size - size % HUGE
+    if not whole:
+        return
+    try:
+        for off in range(0, whole, HUGE):
+            os.pwrite(fd, b"\0", off)
+        owner.madvise(_MADV_COLLAPSE, offset, whole)
+    except OSError:
+        pass

@@ -166,10 +166,13 @@ def nonzero_chunks(regions, page: int) -> Iterator[Tuple[Any, int, int, Optional
         if r.readonly:
             continue
         npages = r.size // page
+        # searched in the mapping the RAM lies in (an mmap: find runs in C on
+        # guest RAM itself); a region without one (test fakes) as a copy
+        ram, base = (r.owner, r.offset) if r.owner is not None else (bytes(r.mm), 0)
         for first in range(0, npages, _ZERO_CHUNK):
             n = min(_ZERO_CHUNK, npages - first)
             start, end = first * page, (first + n) * page
-            if r.mm.find(zp, start, end) < 0:
+            if ram.find(zp, base + start, base + end) < 0:
                 yield r, first, n, None
                 continue
             chunk = r.mm[start:end]

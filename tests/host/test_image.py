@@ -175,13 +175,16 @@ def test_the_kernel_is_mapped_copy_on_write_or_read_into_shared_ram(tmp_path):
     mem.close()
 
 
-def test_populate_allocates_shared_ram_up_front_and_keeps_its_contents():
-    """GuestMemory.populate (before the kernel is read into shared RAM): the
-    memfd's pages exist afterwards (MADV_POPULATE_WRITE, Linux 5.14+), what they held is
-    unchanged, and a range outside RAM is refused."""
+def test_populate_allocates_shared_ram_up_front_and_keeps_its_contents(monkeypatch):
+    """GuestMemory.populate (before the kernel is read into shared RAM left
+    in 4 KiB pages, PYVMM_HUGE_RAM=0): the memfd's pages exist afterwards
+    (MADV_POPULATE_WRITE, Linux 5.14+), what they held is unchanged, and a
+    range outside RAM is refused."""
     import os
 
-    from pyvmm.memory import GuestMemory, GuestMemoryError
+    from pyvmm.memory import HUGE_ENV, GuestMemory, GuestMemoryError
+
+    monkeypatch.setenv(HUGE_ENV, "0")
 
     mem = GuestMemory()
     r = mem.add(layout.RAM_BASE, 16 << 20, shared=True)

@@ -174,7 +174,7 @@ def test_the_zero_page_search_finds_exactly_the_non_zero_pages():
     mem.add(0x4000_0000, 600 * PAGE)  # runs of 256, 256 and 88 pages
     r = mem.regions[0]
     for i in (0, 5, 255, 300, 599):
-        r.mm[i * PAGE + PAGE - 1] = 1  # the last byte only
+        r.mm[i * PAGE + PAGE - 1] = b"\x01"  # the last byte only
     r.mm[256 * PAGE:512 * PAGE] = b"\x07" * (256 * PAGE)  # a run with no zero page at all
     r.mm[400 * PAGE:400 * PAGE + PAGE // 2] = bytes(PAGE // 2)  # half a page of zeros at a page's start...
     r.mm[399 * PAGE + PAGE // 2:399 * PAGE + PAGE] = bytes(PAGE // 2)  # ...and half at the previous one's end
@@ -195,11 +195,11 @@ def test_the_zero_page_search_agrees_with_a_page_by_page_comparison(kinds):
     for i, kind in enumerate(kinds):
         at = i * PAGE
         if kind == "byte":
-            r.mm[at + (i * 37) % PAGE] = 1
+            r.mm[at + (i * 37) % PAGE] = b"\x01"
         elif kind == "full":
             r.mm[at:at + PAGE] = b"\xff" * PAGE
         elif kind == "half-zero":  # zero runs that cross page boundaries, but no zero page
-            r.mm[at + PAGE // 2] = 2
+            r.mm[at + PAGE // 2] = b"\x02"
     want = [i for i, kind in enumerate(kinds) if kind != "zero"]
     got = [first + k for _r, first, n, nz in source.nonzero_chunks(mem.regions, PAGE)
            for k in (range(n) if nz is None else nz)]

@@ -295,8 +295,9 @@ def _incoming_with(tmp_path, data: bytes):
 class _Ram:
     def __init__(self, pages):
         import mmap as _mmap
+        mm = _mmap.mmap(-1, pages * PAGE)  # a fake Region: its RAM is all of its mapping
         self.regions = [type("R", (), {"slot": 0, "size": pages * PAGE, "readonly": False,
-                                       "mm": _mmap.mmap(-1, pages * PAGE)})()]
+                                       "mm": mm, "owner": mm, "offset": 0})()]
 
 
 def test_incoming_pages_land_in_guest_ram_and_a_bad_index_stops_everything_after(tmp_path):

@@ -267,7 +267,23 @@ def test_files_both_ways_through_virtio_fs(tmp_path):
     assert not [d for d in os.listdir("/tmp") if d.startswith("pyvmm-fs-")]  # its socket directory is gone
 
 
+def _shmem_pmd_kib(pid: int, name: str) -> int:
+    """ShmemPmdMapped (KiB) of process ``pid``'s mapping of the memfd ``name``."""
+    found = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                found = f"/memfd:{name}" in line
+            elif found and parts[0] == "ShmemPmdMapped:":
+                return int(parts[1])
+    raise AssertionError(f"pyvmm has no mapping of memfd {name}")
+
+
 def test_virtiofsd_dying_stops_the_guest_with_one_line(tmp_path):
+    """(And, while the guest runs: its RAM, a memfd shared with virtiofsd,
+    is mapped in 2 MiB pages in pyvmm, so KVM can map it in 2 MiB stage-2
+    blocks; pyvmm/memory.py.)"""
     share = tmp_path / "share"
     share.mkdir()
     kernel, initrd = guest_files()
@@ -275,6 +291,7 @@ def test_virtiofsd_dying_stops_the_guest_with_one_line(tmp_path):
                   "quiet " + script("mkdir -p /mnt; mount -t virtiofs s /mnt; echo mounted; sleep 600\n"),
                   "--fs", f"tag=s,dir={share}"])
     vm.wait_for(b"mounted", timeout=300)
+    assert _shmem_pmd_kib(vm.p.pid, "pyvmm-ram-40000000") == 256 << 10
     daemons = subprocess.run(["pgrep", "-f", f"shared-dir={share}"], capture_output=True, text=True).stdout.split()
     assert daemons
     os.kill(int(daemons[0]), signal.SIGKILL)
