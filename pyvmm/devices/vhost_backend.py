@@ -99,8 +99,7 @@ class VhostBackend(VirtioBackend):
         """Log every write to guest RAM into the bitmap at ``address``: its
         base first (VHOST_F_LOG_ALL is refused before the base covers guest
         RAM), then the rings' used-ring logging, then the feature bit."""
-        self.plane.set_log_base(address)
-        self.log_address = address
+        self.log_to(address)
         if self.running:
             for i in self.started:
                 self._set_ring(transport, i)

@@ -25,13 +25,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from .. import hostinfo
 from ..boot import layout
-from ..devices.vhost_backend import VhostBackend
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import ExitStatus, Machine, MachineConfig, check_disks, devspec
 from ..machine.machine import built
 from ..vcpu import mpidr_of
 from . import format as fmt
-from . import chain, schema, trust, vcpu_state
+from . import chain, schema, trust, vcpu_state, vhost_log
 from .manifest import check_cntfrq, empty_ram, header, pack_ram, unpack_ram, vcpu_states
 
 KIND = "machine"
@@ -66,17 +65,11 @@ def _planes_stopped(m: Machine) -> Iterator[None]:
     machine is saved (their rings' next available indices read back into
     the transports' queues; guest RAM no longer changes under the save) and
     started again afterwards."""
-    stopped = []
+    held = vhost_log.stop_planes(m)  # not those a migration holds stopped already
     try:
-        for t in m.virtio:
-            b = t.backend
-            if isinstance(b, VhostBackend) and b.running and not b.held:  # held: stopped already
-                b.pause(t)
-                stopped.append((b, t))
         yield
     finally:
-        for b, t in stopped:
-            b.unpause(t)
+        vhost_log.restart_planes(held)
 
 
 def check_snapshottable(m: Machine) -> None:

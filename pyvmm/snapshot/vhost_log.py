@@ -58,11 +58,12 @@ Held = List[Tuple[VhostBackend, object]]
 
 
 def stop_planes(m) -> Held:
-    """Stop every running vhost plane of the paused machine ``m`` (their
-    rings' next indices read back, as a snapshot does) and keep them
-    stopped (a snapshot taken meanwhile leaves them so) until
-    :func:`restart_planes`. A migration does this before its last dirty
-    look: a paused guest's receive ring can still be filled by vhost."""
+    """Stop every running vhost plane of the paused machine ``m`` that is
+    not held stopped already (their rings' next indices read back) and
+    hold them so until :func:`restart_planes`. A snapshot does this while
+    it saves the machine; a migration before its last dirty look (a paused
+    guest's receive ring can still be filled by vhost), until it ends: a
+    snapshot taken meanwhile leaves its planes stopped."""
     held: Held = []
     try:
         for t in m.virtio:

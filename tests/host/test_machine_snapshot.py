@@ -103,6 +103,7 @@ def test_config_round_trip_with_data_planes_and_old_snapshots():
 
 
 def test_vhost_planes_are_stopped_around_the_save_and_fs_is_refused():
+    import threading
     from types import SimpleNamespace
 
     from pyvmm.devices.virtio_fs import VirtioFs
@@ -113,7 +114,7 @@ def test_vhost_planes_are_stopped_around_the_save_and_fs_is_refused():
     vs = VirtioVsock(plane, 5)
     vs.running, vs.started = True, [0, 1]
     queues = [SimpleNamespace(last_avail=0) for _ in range(3)]
-    t = SimpleNamespace(backend=vs, queues=queues, driver_features=0)
+    t = SimpleNamespace(backend=vs, queues=queues, driver_features=0, lock=threading.RLock())  # as VirtioMmio's
     m = SimpleNamespace(virtio=[t])
     with ms._planes_stopped(m):
         assert plane.calls[1:] == [("set_running", False), ("get_vring_base", 0), ("get_vring_base", 1)]
