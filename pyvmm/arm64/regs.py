@@ -146,6 +146,9 @@ def fw(n: int) -> int:
     return _make(SIZE_U64, COPROC_FW, n & 0xFFFF)
 
 
+FW_PSCI_VERSION = 0x6030000000140000  # fw(0), KVM_REG_ARM_PSCI_VERSION
+
+
 def fw_feat_bmap(n: int) -> int:
     return _make(SIZE_U64, COPROC_FW_FEAT_BMAP, n & 0xFFFF)
 

@@ -239,6 +239,7 @@ class VgicV3:
             self._write_dist_bank(name, dist[name], nr, put)
 
     def _write_iidr(self, iidr: int) -> None:
+        self.__dict__.get("_fixed_values", {}).pop((GRP_DIST, dist_attr(GICD_IIDR)), None)  # read again
         try:
             self.write_dist(GICD_IIDR, iidr)
         except KvmError as e:
@@ -256,39 +257,56 @@ class VgicV3:
                 raise UsageProblem(f"vGIC {what}: MPIDR of vCPU {i} is not a 64-bit integer: {m!r}")
         return mpidrs
 
+    def _fixed(self, group: int, attr: int) -> int:
+        """A register neither the guest nor a restore's other writes change
+        once the vGIC is initialised (GRP_NR_IRQS, GICD_IIDR, GICR_TYPER):
+        read the first time, then known (still recorded for
+        :meth:`learn_current`). A live migration's final save in the pause
+        so reads only what the guest can change."""
+        known = self.__dict__.setdefault("_fixed_values", {})
+        value = known.get((group, attr))
+        if value is None:
+            value = known[(group, attr)] = (self.nr_irqs() if group == const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS")
+                                            else self._io.get(group, attr))
+        return self._io.note(group, attr, value)
+
     def _save(self, mpidrs: List[int]) -> Dict:
-        nr = self.nr_irqs()
-        dist: Dict[str, Any] = {"GICD_CTLR": self.read_dist(GICD_CTLR), "GICD_IIDR": self.read_dist(GICD_IIDR)}
+        io = self._io
+        nr = self._fixed(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0)
+        ctlr = io.get(GRP_DIST, dist_attr(GICD_CTLR))
+        dist: Dict[str, Any] = {"GICD_CTLR": ctlr, "GICD_IIDR": self._fixed(GRP_DIST, dist_attr(GICD_IIDR))}
         for name, set_off, _clear, bpi in DIST_BANKS:
-            dist[name] = self._io.get_many(GRP_DIST, [dist_attr(set_off + 4 * k) for k in spi_words(nr, bpi)])
+            dist[name] = io.get_many(GRP_DIST, [dist_attr(set_off + 4 * k) for k in spi_words(nr, bpi)])
         # 64-bit registers go through this interface as two 32-bit halves; a
         # route's upper half (Aff3) only where the vGIC has Aff3 (GICD_TYPER.A3V,
         # which KVM's lacks: the half is RAZ/WI there, so the value is the same).
         if self._aff3():
-            halves = self._io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid + h)
-                                                  for intid in range(32, nr) for h in (0, 4)])
+            halves = io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid + h)
+                                            for intid in range(32, nr) for h in (0, 4)])
             dist["IROUTER"] = [lo | (hi << 32) for lo, hi in zip(halves[::2], halves[1::2])]
         else:
-            dist["IROUTER"] = self._io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid)
-                                                           for intid in range(32, nr)])
+            dist["IROUTER"] = io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid) for intid in range(32, nr)])
         # SPI line levels are global; KVM only needs a valid vCPU in the attr.
-        line_level = [self.read_line_level(mpidrs[0], intid) for intid in range(32, nr, 32)]
+        line_level = io.get_many(GRP_LEVEL_INFO, [line_level_attr(mpidrs[0], intid) for intid in range(32, nr, 32)])
         redist, cpu = [], []
         for m in mpidrs:
-            r: Dict[str, Any] = {"GICR_CTLR": self.read_redist(m, GICR_CTLR)}
+            r: Dict[str, Any] = {"GICR_CTLR": io.get(GRP_REDIST, redist_attr(m, GICR_CTLR))}
             # PROPBASER/PENDBASER only mean something with LPIs (an ITS);
             # without, KVM ignores GICR_CTLR.EnableLPIs and nothing reads them.
-            if self._read_redist64(m, GICR_TYPER) & GICR_TYPER_PLPIS:
+            if self._fixed(GRP_REDIST, redist_attr(m, GICR_TYPER)) & GICR_TYPER_PLPIS:
                 r["GICR_PROPBASER"] = self._read_redist64(m, GICR_PROPBASER)
                 r["GICR_PENDBASER"] = self._read_redist64(m, GICR_PENDBASER)
             for name, set_off, _clear, nwords in REDIST_BANKS:
-                r[name] = [self.read_redist(m, set_off + 4 * k) for k in range(nwords)]
-            r["LINE_LEVEL"] = self.read_line_level(m, 0)  # PPIs (SGI bits RAZ)
+                words = io.get_many(GRP_REDIST, [redist_attr(m, set_off + 4 * k) for k in range(nwords)])
+                r[name] = words
+            r["LINE_LEVEL"] = io.get(GRP_LEVEL_INFO, line_level_attr(m, 0))  # PPIs (SGI bits RAZ)
             redist.append(r)
-            c: Dict[str, Any] = {name: self.read_cpu_sysreg(m, name) for name in CPU_SYSREGS_FIXED}
+            c: Dict[str, Any] = dict(zip(CPU_SYSREGS_FIXED, io.get_many64(
+                GRP_CPU_SYSREGS, [sysreg_attr(m, name) for name in CPU_SYSREGS_FIXED])))
             n_apr = apr_count(c["ICC_CTLR_EL1"])
-            c["ICC_AP0R"] = [self.read_cpu_sysreg(m, f"ICC_AP0R{i}_EL1") for i in range(n_apr)]
-            c["ICC_AP1R"] = [self.read_cpu_sysreg(m, f"ICC_AP1R{i}_EL1") for i in range(n_apr)]
+            aprs = io.get_many64(GRP_CPU_SYSREGS, [sysreg_attr(m, f"ICC_AP{g}R{i}_EL1")
+                                                   for g in (0, 1) for i in range(n_apr)])
+            c["ICC_AP0R"], c["ICC_AP1R"] = aprs[:n_apr], aprs[n_apr:]
             cpu.append(c)
         return {"format": STATE_FORMAT, "nr_irqs": nr, "nr_vcpus": len(mpidrs), "mpidrs": mpidrs,
                 "dist": dist, "line_level": line_level, "redist": redist, "cpu": cpu}
@@ -397,18 +415,24 @@ class VgicV3:
 
 
 class AttrIo32:
-    """32-bit KVM_{GET,SET}_DEVICE_ATTR on one device with the requests
-    prepared and one attribute struct and value reused (under a lock): a
+    """KVM_{GET,SET}_DEVICE_ATTR on one device with the requests prepared
+    (:meth:`pyvmm._fd.KvmFd.prepare_raw`: the ioctl called straight from the
+    loops here) and one attribute struct and value reused (under a lock): a
     whole vGIC save or restore is hundreds of accesses, and building both
     per access cost more than the ioctl under emulation (a live migration
-    does one of each while the guest is stopped)."""
+    does one of each while the guest is stopped). Values are 32 bits but for
+    :meth:`get_many64` (the CPU interface's system registers)."""
 
     def __init__(self, device):
-        self._get = device.prepare("KVM_GET_DEVICE_ATTR")
-        self._set = device.prepare("KVM_SET_DEVICE_ATTR")
+        self._device = device
+        self._get = device.prepare_raw("KVM_GET_DEVICE_ATTR")
+        self._set = device.prepare_raw("KVM_SET_DEVICE_ATTR")
         self._value = ffi.new("uint32_t *")
         self._attr = ffi.new("struct kvm_device_attr *")
         self._attr.addr = int(ffi.cast("uintptr_t", self._value))
+        self._value64 = ffi.new("uint64_t *")
+        self._attr64 = ffi.new("struct kvm_device_attr *")
+        self._attr64.addr = int(ffi.cast("uintptr_t", self._value64))
         self._lock = threading.Lock()
         self.record: Optional[Dict[Tuple[int, int], int]] = None  # when set, every value read lands here
 
@@ -419,30 +443,38 @@ class AttrIo32:
         return value
 
     def get_many(self, group: int, attrs: Sequence[int]) -> List[int]:
-        """:meth:`get` of each of ``attrs`` (one lock hold, no per-access call chain)."""
-        out = []
+        """:meth:`get` of each of ``attrs`` (one lock hold, no Python call between the loop and the kernel)."""
+        return self._get_many(group, attrs, self._attr, self._value)
+
+    def get_many64(self, group: int, attrs: Sequence[int]) -> List[int]:
+        """:meth:`get_many` of 64-bit values."""
+        return self._get_many(group, attrs, self._attr64, self._value64)
+
+    def _get_many(self, group: int, attrs: Sequence[int], a, value) -> List[int]:
+        out: List[int] = []
+        append = out.append
         with self._lock:
-            a, issue, value = self._attr, self._get, self._value
+            call, fd, number = self._get
             a.group = group
             for attr in attrs:
                 a.attr = attr
-                issue(a)
-                out.append(int(value[0]))
+                if call(fd, number, a) < 0:
+                    raise self._device.error("KVM_GET_DEVICE_ATTR", ffi.errno)
+                append(value[0])
         if self.record is not None:
             self.record.update(((group, attr), v) for attr, v in zip(attrs, out))
         return out
 
     def get(self, group: int, attr: int) -> int:
-        with self._lock:
-            self._attr.group, self._attr.attr = group, attr
-            self._get(self._attr)
-            return self.note(group, attr, int(self._value[0]))
+        return self.get_many(group, (attr,))[0]
 
     def set(self, group: int, attr: int, value: int) -> None:
         with self._lock:
+            call, fd, number = self._set
             self._attr.group, self._attr.attr = group, attr
             self._value[0] = value
-            self._set(self._attr)
+            if call(fd, number, self._attr) < 0:
+                raise self._device.error("KVM_SET_DEVICE_ATTR", ffi.errno)
 
 
 def _busy_or(e: KvmError, what: str) -> Exception:

@@ -28,6 +28,7 @@ from ..memory import populate_mapping
 from ..snapshot import format as fmt
 from ..snapshot import machine_snapshot, schema, vcpu_state
 from . import stream, taps
+from .gc_hold import CollectorHold
 from .transport import Conn, Listener, PeerError, parse
 
 IO_TIMEOUT = 60.0
@@ -76,6 +77,7 @@ class Incoming:
         # ms: where the destination's part went (first_*: before ACCEPT: the check, VM and RAM, vCPUs
         # and devices built, the first state loaded; the others: the pause)
         self.timing: Dict[str, float] = {}
+        self._gc: Optional[CollectorHold] = None  # from ACCEPT until the guest runs here (pyvmm/migration/gc_hold.py)
 
     def __str__(self) -> str:
         return str(self.dest)
@@ -159,6 +161,9 @@ class Incoming:
             raise
         self.conn.send(stream.frame(stream.ACCEPT))
         self.first_pending = False
+        # No cyclic collection in the source's pause: it would come at a
+        # random moment of the last pages, the decode or the load.
+        self._gc = CollectorHold()
         try:
             self._receive(m)
             taps.take_over(standby)
@@ -235,6 +240,12 @@ class Incoming:
         except PeerError:
             pass  # the guest runs here now; the source learns it or stops on its own
         self.timing.update(wait_go=_ms(t0, t1), resume=_ms(t1, t2))
+        self._release_gc()
+
+    def _release_gc(self) -> None:
+        if self._gc is not None:
+            self._gc.release()
+            self._gc = None
 
     def cancel(self) -> None:
         """Abandon the migration from another thread or a signal handler:
@@ -249,6 +260,7 @@ class Incoming:
                 pass
 
     def close(self) -> None:
+        self._release_gc()
         if self.listener is not None:
             self.listener.close()
             self.listener = None

@@ -47,6 +47,7 @@ from ..snapshot import chain
 from ..snapshot import format as fmt
 from ..snapshot import machine_snapshot, vhost_log
 from . import stream
+from .gc_hold import CollectorHold
 from .transport import Conn, PeerError, connect, parse
 
 MAX_ROUNDS = 30
@@ -263,6 +264,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
     paused_here = False
     handed_over = False
     save_cache: dict = {}  # the vCPUs' prepared register reads, kept for the final state
+    gc_hold: Optional[CollectorHold] = None
     try:
         snd = _Sender(m, conn, page, bandwidth_mib * (1 << 20) if bandwidth_mib else None)
         conn.send(stream.preamble(page))
@@ -323,8 +325,10 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                 rate = (conn.sent - sent_before) / spent
             dirty = log.collect()
 
-        # Stop and copy.
+        # Stop and copy, without a cyclic garbage collection in the pause
+        # (pyvmm/migration/gc_hold.py).
         tell(phase="stopping", round=rounds + 1)
+        gc_hold = CollectorHold()
         t_pause = time.monotonic()
         if not was_paused:
             m.pause()
@@ -400,5 +404,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             raise MigrationError(f"migration to {dest} failed: the destination sent a bad message ({e})") from None
         raise
     finally:
+        if gc_hold is not None:
+            gc_hold.release()
         conn.close()
 

@@ -104,17 +104,28 @@ class BlobLayout:
         return list(zip(self.ids, self._values.unpack(blob)))
 
 
-SaveCache = Dict[Tuple[int, Tuple[int, ...]], Any]
+SaveCache = Dict[Tuple[Any, ...], Any]
 
 
 def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Optional[SaveCache] = None) -> VcpuState:
     """The vCPU's state (it must be stopped). Every register is read through
     one prepared batch. ``cache`` (a dict the caller keeps across saves of
-    the same vCPUs, e.g. a live migration's two) keeps, per register list,
-    the values of the registers only userspace can change (:func:`fixed_by_userspace`:
-    ID registers, vector-length sets), read by the first
-    save, and a batch for the others: a later save reads only those."""
-    ids = vcpu.get_reg_list()
+    the same vCPUs, e.g. a live migration's two) keeps the register list
+    (``KVM_GET_REG_LIST``) and, per list, the values of the registers only
+    userspace can change (:func:`fixed_by_userspace`: ID registers,
+    vector-length sets), read by the first save, and a batch for the
+    others: a later save reads only those. The list depends on nothing the
+    guest can change but SVCR (docs/kvm-sme-abi.md §5-6: it follows the
+    *current* SVCR; features and vector lengths are fixed once finalised),
+    so it is kept per SVCR, read first on an SME vCPU."""
+    has_sme = sme_bit is not None and sme_bit in features
+    svcr = vcpu.get_reg(regs.SVCR) if has_sme else 0
+    list_key = ("reg_list", vcpu.index, svcr)
+    ids = cache.get(list_key) if cache is not None else None
+    if ids is None:
+        ids = vcpu.get_reg_list()
+        if cache is not None:
+            cache[list_key] = ids
     key = (vcpu.index, tuple(ids))
     entry = cache.get(key) if cache is not None else None
     if entry is None:
@@ -137,9 +148,6 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Option
             sme_vls = regs.vls_decode(value)
         else:
             values.append((reg_id, value))
-    svcr = 0
-    if sme_bit is not None and sme_bit in features:
-        svcr = vcpu.get_reg(regs.SVCR)
     return VcpuState(vcpu.index, list(features), sve_vls, sme_vls, svcr, values,
                      vcpu.get_mp_state(), vcpu.get_vcpu_events(), time.time_ns())
 
@@ -147,10 +155,17 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Option
 def fixed_by_userspace(reg_id: int) -> bool:
     """Whether only userspace (KVM_SET_ONE_REG) can change the register, never
     the guest: the ID registers (the guest's writes to them trap as
-    undefined) and the SVE/SME vector-length sets (fixed at finalisation,
-    ABI page §4). Read once, they keep their value while the guest runs.
-    (Not the firmware registers: older kernels let the guest switch its
-    SSBD mitigation, SMCCC_ARCH_WORKAROUND_2, with a hypercall.)"""
+    undefined), the SVE/SME vector-length sets (fixed at finalisation,
+    ABI page §4), the CCSIDR values KVM presents (the demultiplexed ids: the
+    guest selects one with CSSELR and reads it), the PSCI version and the
+    hypercall bitmaps (KVM_REG_ARM_STD_BMAP and its kin: set by userspace
+    before the first KVM_RUN, EBUSY after). Read once, they keep their value
+    while the guest runs. (Not the other firmware registers: older kernels
+    let the guest switch its SSBD mitigation, SMCCC_ARCH_WORKAROUND_2, with a
+    hypercall.)"""
+    coproc = regs.coproc_of(reg_id)
+    if coproc in (regs.COPROC_DEMUX, regs.COPROC_FW_FEAT_BMAP) or reg_id == regs.FW_PSCI_VERSION:
+        return True
     return reg_id in (regs.SVE_VLS, regs.SME_VLS) or _is_id_register(reg_id)
 
 

@@ -130,6 +130,7 @@ class FakeVcpu:
 
     # The real fd layer's prepared path, over the fake libc (fake_syscalls).
     prepare = _fd.KvmFd.prepare
+    prepare_raw = _fd.KvmFd.prepare_raw
 
     # -- KVM_RUN, for run-loop tests --
     def play(self, script):

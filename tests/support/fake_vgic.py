@@ -72,6 +72,30 @@ class FakeVgicDevice:
             return 0
         return issue
 
+    def prepare_raw(self, name):
+        """The fd layer's raw prepared request (pyvmm._fd.KvmFd.prepare_raw)
+        on this fake: ``call(fd, number, attr)``, 0 or -1 with ``ffi.errno``
+        set; the value is 32 or 64 bits as the vGIC's accessors pass it
+        (CPU_SYSREGS: 64)."""
+        from pyvmm._ffi import ffi
+
+        def call(_fd, _number, a):
+            ctype = "uint64_t" if int(a.group) == SYSREGS else "uint32_t"
+            value = ffi.cast(ctype + " *", a.addr)
+            try:
+                if name == "KVM_GET_DEVICE_ATTR":
+                    value[0] = self.get_device_attr(int(a.group), int(a.attr), ctype)
+                else:
+                    self.set_device_attr(int(a.group), int(a.attr), int(value[0]), ctype)
+            except KvmError as e:
+                ffi.errno = e.errno
+                return -1
+            return 0
+        return call, -1, name
+
+    def error(self, name, err, reg=None):
+        return KvmError(err, name, "vgic-v3", reg)
+
     def writes(self):
         return [(g, a, v) for op, g, a, v in self.log if op == "set" and g != NR_IRQS_GRP
                 and g != const("KVM_DEV_ARM_VGIC_GRP_ADDR")]
