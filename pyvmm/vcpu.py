@@ -62,9 +62,9 @@ class Vcpu(DeviceAttrs, KvmFd):
         one.id, one.addr = reg_id, int(ffi.cast("uintptr_t", buf))
         self.ioctl("KVM_SET_ONE_REG", one, reg=regs.name(reg_id))
 
-    def one_reg_batch(self, ids) -> "OneRegBatch":
+    def one_reg_batch(self, ids, framed: bool = False) -> "OneRegBatch":
         """KVM_GET/SET_ONE_REG for a fixed list of ids, prepared once."""
-        return OneRegBatch(self, ids)
+        return OneRegBatch(self, ids, framed)
 
     def get_reg(self, reg_id: int) -> int:
         """A register as an unsigned little-endian integer."""
@@ -164,18 +164,31 @@ class OneRegBatch:
     (bench/sme_state.py): a per-register trip through ``KvmFd.ioctl`` (request
     lookup, argument cast) cost five times the ioctl itself under emulation.
     Failures are the vCPU's own KvmError (register name, explainer hint).
+
+    ``framed``: each register's value follows its id (8 bytes, little
+    endian) in the buffer, the layout of a snapshot's register blob
+    (docs/snapshot-format.md), which :meth:`framed_bytes` returns whole:
+    a save then needs no per-register Python work at all (:meth:`read`,
+    also of some registers only, the others keeping the values last read).
+    A framed batch only reads.
     """
 
-    def __init__(self, vcpu: Vcpu, ids: Sequence[int]):
+    def __init__(self, vcpu: Vcpu, ids: Sequence[int], framed: bool = False):
         self.vcpu = vcpu
         self.ids = list(ids)
+        self.framed = framed
         self._names: Optional[List[str]] = None
         self.sizes = [regs.size_of(i) for i in self.ids]
-        self.offsets = list(itertools.accumulate([0] + self.sizes[:-1])) if self.ids else []
-        self.total = sum(self.sizes)
+        head = 8 if framed else 0
+        self.offsets = [off + head * (k + 1) for k, off in
+                        enumerate(itertools.accumulate([0] + self.sizes[:-1]))] if self.ids else []
+        self.total = sum(self.sizes) + head * len(self.ids)
         # One contiguous buffer: a register's bytes sit at its offset, so the
         # data goes in and out with one copy for the whole batch.
         self.buf = ffi.new("char[]", max(self.total, 1))
+        if framed:
+            for i, off in zip(self.ids, self.offsets):
+                ffi.memmove(self.buf + off - 8, i.to_bytes(8, "little"), 8)
         base = int(ffi.cast("uintptr_t", self.buf))
         self.ones = []
         for i, off in zip(self.ids, self.offsets):
@@ -209,6 +222,16 @@ class OneRegBatch:
     def _fail(self, name: str, k: int) -> None:
         raise self.vcpu.error(name, ffi.errno, regs.name(self.ids[k]))
 
+    def read(self, only: Optional[Sequence[int]] = None) -> None:
+        """Read every register (or those at the positions ``only``) into the buffer."""
+        self._call_all("KVM_GET_ONE_REG", only)
+
+    def framed_bytes(self) -> bytes:
+        """A framed batch's buffer: each id and the value last read."""
+        if not self.framed:
+            raise ValueError("not a framed batch")
+        return ffi.buffer(self.buf, self.total)[:]
+
     def get_all(self, lengths: Sequence[int]) -> List[bytes]:
         """Read every register; return the first ``lengths[k]`` bytes of each."""
         self._call_all("KVM_GET_ONE_REG")
@@ -217,6 +240,8 @@ class OneRegBatch:
 
     def set_all(self, values: Sequence[bytes]) -> None:
         """Write every register; shorter values are padded with zeros."""
+        if self.framed:
+            raise ValueError("a framed batch only reads")
         if list(map(len, values)) == self.sizes:  # each value exactly its register's size
             blob = b"".join(values)
         else:

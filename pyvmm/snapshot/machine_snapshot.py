@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from .._record import record
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .. import hostinfo
 from ..boot import layout
@@ -112,7 +112,8 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
           cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
           timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
     t0 = time.monotonic()
-    states = _save_vcpus(m, cache)
+    saved = _save_vcpus(m, cache)
+    states = [s for s, _ in saved]
     t1 = time.monotonic()
     # After every vCPU read has ended: KVM answers a vGIC access made while
     # another ioctl holds a vCPU with EBUSY.
@@ -124,7 +125,7 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     if timing is not None:
         timing.update(vcpus=_ms(t0, t1), vgic=_ms(t1, t2), devices=_ms(t2, time.monotonic()))
     blobs, regions = pack_ram(m.mem, progress) if memory else empty_ram(m.mem)
-    blobs.update({f"vcpu{s.index}.regs": s.registers_blob() for s in states})
+    blobs.update({f"vcpu{s.index}.regs": blob for s, blob in saved})
     manifest = header(KIND)
     manifest.update({
         "machine": {"cntfrq": hostinfo.cntfrq(m.kvm), "gic": {"model": GIC_MODEL, "state": gic},
@@ -136,18 +137,18 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
 
 
-def _save_vcpus(m: Machine, cache: Optional[vcpu_state.SaveCache]) -> List[vcpu_state.VcpuState]:
-    """Each vCPU's state, the vCPUs read in parallel (a thread for each one
-    after the first, joined before this returns: their ioctls run without
-    the interpreter lock)."""
+def _save_vcpus(m: Machine, cache: Optional[vcpu_state.SaveCache]) -> List[Tuple[vcpu_state.VcpuState, bytes]]:
+    """Each vCPU's state and register blob, the vCPUs read in parallel (a
+    thread for each one after the first, joined before this returns: their
+    ioctls run without the interpreter lock)."""
     pairs = list(zip(m.vcpus, m.vcpu_features))
     if len(pairs) < 2:
-        return [vcpu_state.save(v, feats, m.sme_bit, cache) for v, feats in pairs]
+        return [vcpu_state.save_with_blob(v, feats, m.sme_bit, cache) for v, feats in pairs]
     out: List[Any] = [None] * len(pairs)
 
     def one(k: int) -> None:
         try:
-            out[k] = vcpu_state.save(pairs[k][0], pairs[k][1], m.sme_bit, cache)
+            out[k] = vcpu_state.save_with_blob(pairs[k][0], pairs[k][1], m.sme_bit, cache)
         except BaseException as e:  # noqa: BLE001 (raised below, in the caller's thread)
             out[k] = e
     threads = [threading.Thread(target=one, args=(k,), name=f"pyvmm-save-vcpu{k}", daemon=True)

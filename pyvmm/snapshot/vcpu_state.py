@@ -97,6 +97,10 @@ class BlobLayout:
         self._ids = struct.Struct("<" + "".join(f"Q{n}x" for n in sizes))
         self._values = struct.Struct("<" + "".join(f"8x{n}s" for n in sizes))
 
+    def pairs(self, blob: Union[bytes, memoryview]) -> List[Tuple[int, bytes]]:
+        """The (id, value) pairs of a blob known to be of this layout (no check)."""
+        return list(zip(self.ids, self._values.unpack(blob)))
+
     def decode(self, blob: Union[bytes, memoryview]) -> Optional[List[Tuple[int, bytes]]]:
         """The (id, value) pairs of ``blob``, or None when it is not of this layout."""
         if len(blob) != self._ids.size or self._ids.unpack(blob) != self.ids:
@@ -108,16 +112,24 @@ SaveCache = Dict[Tuple[Any, ...], Any]
 
 
 def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Optional[SaveCache] = None) -> VcpuState:
-    """The vCPU's state (it must be stopped). Every register is read through
-    one prepared batch. ``cache`` (a dict the caller keeps across saves of
-    the same vCPUs, e.g. a live migration's two) keeps the register list
-    (``KVM_GET_REG_LIST``) and, per list, the values of the registers only
-    userspace can change (:func:`fixed_by_userspace`: ID registers,
-    vector-length sets), read by the first save, and a batch for the
-    others: a later save reads only those. The list depends on nothing the
-    guest can change but SVCR (docs/kvm-sme-abi.md §5-6: it follows the
-    *current* SVCR; features and vector lengths are fixed once finalised),
-    so it is kept per SVCR, read first on an SME vCPU."""
+    """The vCPU's state (it must be stopped); see :func:`save_with_blob`."""
+    return save_with_blob(vcpu, features, sme_bit, cache)[0]
+
+
+def save_with_blob(vcpu, features: List[int], sme_bit: Optional[int] = None,
+                   cache: Optional[SaveCache] = None) -> Tuple[VcpuState, bytes]:
+    """The vCPU's state (it must be stopped) and its register blob
+    (:meth:`VcpuState.registers_blob`, read as it is: :class:`_Reader`).
+    Every register is read through one prepared batch. ``cache`` (a dict
+    the caller keeps across saves of the same vCPUs, e.g. a live
+    migration's two) keeps the register list (``KVM_GET_REG_LIST``) and,
+    per list, the batch with the values of the registers only userspace
+    can change (:func:`fixed_by_userspace`: ID registers, vector-length
+    sets), read by the first save: a later save reads only the others. The
+    list depends on nothing the guest can change but SVCR
+    (docs/kvm-sme-abi.md §5-6: it follows the *current* SVCR; features and
+    vector lengths are fixed once finalised), so it is kept per SVCR, read
+    first on an SME vCPU."""
     has_sme = sme_bit is not None and sme_bit in features
     svcr = vcpu.get_reg(regs.SVCR) if has_sme else 0
     list_key = ("reg_list", vcpu.index, svcr)
@@ -127,29 +139,40 @@ def save(vcpu, features: List[int], sme_bit: Optional[int] = None, cache: Option
         if cache is not None:
             cache[list_key] = ids
     key = (vcpu.index, tuple(ids))
-    entry = cache.get(key) if cache is not None else None
-    if entry is None:
-        batch = vcpu.one_reg_batch(ids)
-        raw = batch.get_all(batch.sizes)
+    reader = cache.get(key) if cache is not None else None
+    if reader is None:
+        reader = _Reader(vcpu, ids)
         if cache is not None:
-            live = [k for k, i in enumerate(ids) if not fixed_by_userspace(i)]
-            cache[key] = (vcpu.one_reg_batch([ids[k] for k in live]), live, list(raw))
+            cache[key] = reader
     else:
-        batch, live, raw = entry
-        raw = list(raw)
-        for k, value in zip(live, batch.get_all(batch.sizes)):
-            raw[k] = value
-    values = []
-    sve_vls = sme_vls = None
-    for reg_id, value in zip(ids, raw):
-        if reg_id == regs.SVE_VLS:
-            sve_vls = regs.vls_decode(value)
-        elif reg_id == regs.SME_VLS:
-            sme_vls = regs.vls_decode(value)
-        else:
-            values.append((reg_id, value))
-    return VcpuState(vcpu.index, list(features), sve_vls, sme_vls, svcr, values,
-                     vcpu.get_mp_state(), vcpu.get_vcpu_events(), time.time_ns())
+        reader.read_live()
+    blob = reader.batch.framed_bytes()
+    state = VcpuState(vcpu.index, list(features), reader.sve_vls, reader.sme_vls, svcr, reader.layout.pairs(blob),
+                      vcpu.get_mp_state(), vcpu.get_vcpu_events(), time.time_ns())
+    return state, blob
+
+
+class _Reader:
+    """One vCPU's registers of one register list, read into a framed batch
+    (:class:`pyvmm.vcpu.OneRegBatch`: the buffer is the register blob): all
+    of them now, by :meth:`read_live` those the guest can change. The
+    vector-length sets are kept apart (decoded, not in the blob)."""
+
+    def __init__(self, vcpu, ids: Sequence[int]):
+        self.sve_vls = self.sme_vls = None
+        for reg_id in ids:
+            if reg_id == regs.SVE_VLS:
+                self.sve_vls = regs.vls_decode(vcpu.get_one_reg(reg_id))
+            elif reg_id == regs.SME_VLS:
+                self.sme_vls = regs.vls_decode(vcpu.get_one_reg(reg_id))
+        blob_ids = [i for i in ids if i not in (regs.SVE_VLS, regs.SME_VLS)]
+        self.layout = BlobLayout(blob_ids)
+        self.batch = vcpu.one_reg_batch(blob_ids, framed=True)
+        self.batch.read()
+        self.live = [k for k, i in enumerate(blob_ids) if not fixed_by_userspace(i)]
+
+    def read_live(self) -> None:
+        self.batch.read(self.live)
 
 
 def fixed_by_userspace(reg_id: int) -> bool:

@@ -131,13 +131,13 @@ def test_vcpus_are_read_in_parallel_in_index_order_and_a_failure_is_raised_after
     barrier = threading.Barrier(3, timeout=10)  # all three reads at once, or the barrier breaks
     names = {}
 
-    def save(v, feats, sme_bit, cache):  # a fake of vcpu_state.save: pure logic
+    def save(v, feats, sme_bit, cache):  # a fake of vcpu_state.save_with_blob: pure logic
         names[v] = threading.current_thread().name
         barrier.wait()
         if v == "bad":
             raise UsageProblem("vcpu read failed")
         return f"state of {v}"
-    monkeypatch.setattr(ms.vcpu_state, "save", save)
+    monkeypatch.setattr(ms.vcpu_state, "save_with_blob", save)
     m = types.SimpleNamespace(vcpus=["a", "b", "c"], vcpu_features=[[], [], []], sme_bit=None)
     assert ms._save_vcpus(m, {}) == ["state of a", "state of b", "state of c"]
     assert len(set(names.values())) == 3

@@ -70,3 +70,15 @@ def test_fixed_by_userspace(reg_id, fixed):
 def test_psci_version_id():
     assert regs.FW_PSCI_VERSION == regs.fw(0) == 0x6030000000140000
     assert regs.name(regs.FW_PSCI_VERSION) == "PSCI_VERSION"
+
+
+def test_the_blob_read_as_it_is_equals_the_state_s_own():
+    v, _ = _vcpu()
+    cache = {}
+    for svcr in (0, 2, 3):
+        v.set_reg(regs.SVCR, svcr)
+        v.set_reg(regs.core("FPCR"), 0x100 + svcr)
+        state, blob = vcpu_state.save_with_blob(v, FEATURES, SME_BIT, cache)
+        assert blob == state.registers_blob()
+        assert regs.SVE_VLS not in state.register_map() and state.sve_vls and state.sme_vls
+        assert vcpu_state.VcpuState.from_json(state.to_json(), blob).registers == state.registers

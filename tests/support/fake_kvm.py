@@ -123,10 +123,10 @@ class FakeVcpu:
         self.ran = False
         self._reset_state()
 
-    def one_reg_batch(self, ids):
+    def one_reg_batch(self, ids, framed=False):
         from pyvmm.vcpu import OneRegBatch
 
-        return OneRegBatch(self, ids)
+        return OneRegBatch(self, ids, framed)
 
     # The real fd layer's prepared path, over the fake libc (fake_syscalls).
     prepare = _fd.KvmFd.prepare
