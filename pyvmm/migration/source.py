@@ -15,7 +15,7 @@ control socket's ``migrate`` request) while its guest keeps running.
    the pages written during the previous one, while the guest runs, until
    what is left would take at most ``max_downtime`` at the measured rate
    and is small or no longer shrinks (:func:`stop_copying`), or MAX_ROUNDS
-   rounds.
+   rounds; that rest is sent too, still while the guest runs.
 4. Pause; the vhost planes stopped (and held so until the end: a paused
    guest's receive ring can still be filled); under the I/O lock, the last
    dirty pages and the final state
@@ -324,6 +324,15 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             if conn.sent - sent_before > (1 << 20) and spent > 0:
                 rate = (conn.sent - sent_before) / spent
             dirty = log.collect()
+        if not was_paused and dirty:
+            # The rest goes now, while the guest runs, and the pause sends
+            # only what the guest writes meanwhile: fewer pages than the rest
+            # whenever the copy outruns the guest's writes (which is when
+            # pre-copy converges at all), and a shorter pause.
+            rounds += 1
+            for slot, pages in dirty.items():
+                snd.send_pages(slot, pages)
+            dirty = {}
 
         # Stop and copy, without a cyclic garbage collection in the pause
         # (pyvmm/migration/gc_hold.py).

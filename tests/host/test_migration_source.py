@@ -138,6 +138,39 @@ def test_a_migration_copies_memory_and_guest_writes_made_meanwhile(tmp_path, fak
     assert report.downtime_parts["last_pages"] >= 0
 
 
+def test_the_rest_goes_before_the_pause_which_sends_only_later_writes(tmp_path, fake_take, monkeypatch):
+    # Pre-copy stops with a small rest (pages 0 and 200, written in round 1):
+    # it is sent while the guest still runs; a write made meanwhile (page 5)
+    # is all the pause sends.
+    m = FakeSourceMachine()
+    sent = []  # (pages, paused) of each send
+    send_pages = source._Sender.send_pages
+
+    def recording(self, slot, indices):
+        sent.append((list(indices), m.paused))
+        if indices == [0, 200] and not m.paused:
+            m.guest_write(5, b"written while the rest was sent")
+        send_pages(self, slot, indices)
+    monkeypatch.setattr(source._Sender, "send_pages", recording)
+
+    wrote = []
+
+    def progress(info):
+        if info.get("round") == 1 and "phase" not in info and not wrote:
+            wrote.append(True)
+            m.guest_write(0, b"written in round 1")
+            m.guest_write(200, b"a zero page written in round 1")
+    d = Destination(tmp_path / "in.sock", m, happy)
+    d.start()
+    report = source.migrate(m, f"unix:{tmp_path}/in.sock", max_downtime_ms=1e6, progress=progress)
+    d.join(10)
+    assert d.error is None
+    assert bytes(d.memory) == bytes(m.mem.regions[0].mm)
+    assert ([0, 200], False) in sent
+    assert [pages for pages, paused in sent if paused] == [[5]]
+    assert report.downtime_parts["last_pages"] == 1
+
+
 def test_pages_written_after_the_zero_page_search_ahead_still_arrive(tmp_path, fake_take, monkeypatch):
     # Round 1's search for non-zero pages runs while the destination builds
     # (before ACCEPT). A page it found zero and that is written before the
