@@ -270,43 +270,63 @@ class VgicV3:
                                             else self._io.get(group, attr))
         return self._io.note(group, attr, value)
 
-    def _save(self, mpidrs: List[int]) -> Dict:
-        io = self._io
-        nr = self._fixed(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0)
-        ctlr = io.get(GRP_DIST, dist_attr(GICD_CTLR))
-        dist: Dict[str, Any] = {"GICD_CTLR": ctlr, "GICD_IIDR": self._fixed(GRP_DIST, dist_attr(GICD_IIDR))}
-        for name, set_off, _clear, bpi in DIST_BANKS:
-            dist[name] = io.get_many(GRP_DIST, [dist_attr(set_off + 4 * k) for k in spi_words(nr, bpi)])
+    def _save_plan(self, nr: int, mpidrs: List[int]) -> Tuple:
+        """The attrs :meth:`_save` reads, computed once for these NR_IRQS
+        and MPIDRs (building them cost about as much as a tenth of the
+        ioctls under emulation)."""
+        key = (nr, tuple(mpidrs))
+        plan = self.__dict__.get("_plan")
+        if plan is not None and plan[0] == key:
+            return plan
+        banks = [(name, [dist_attr(set_off + 4 * k) for k in spi_words(nr, bpi)])
+                 for name, set_off, _clear, bpi in DIST_BANKS]
         # 64-bit registers go through this interface as two 32-bit halves; a
         # route's upper half (Aff3) only where the vGIC has Aff3 (GICD_TYPER.A3V,
         # which KVM's lacks: the half is RAZ/WI there, so the value is the same).
-        if self._aff3():
-            halves = io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid + h)
-                                            for intid in range(32, nr) for h in (0, 4)])
+        aff3 = self._aff3()
+        routes = [dist_attr(GICD_IROUTER + 8 * intid + h) for intid in range(32, nr) for h in ((0, 4) if aff3 else (0,))]
+        # SPI line levels are global; KVM only needs a valid vCPU in the attr.
+        levels = [line_level_attr(mpidrs[0], intid) for intid in range(32, nr, 32)]
+        cpus = []
+        for m in mpidrs:
+            aprs = {n: [sysreg_attr(m, f"ICC_AP{g}R{i}_EL1") for g in (0, 1) for i in range(n)] for n in (1, 2, 4)}
+            cpus.append((m, redist_attr(m, GICR_CTLR), redist_attr(m, GICR_TYPER),
+                         [(name, [redist_attr(m, set_off + 4 * k) for k in range(nwords)])
+                          for name, set_off, _clear, nwords in REDIST_BANKS],
+                         line_level_attr(m, 0), [sysreg_attr(m, name) for name in CPU_SYSREGS_FIXED], aprs))
+        plan = self._plan = (key, banks, aff3, routes, levels, cpus)
+        return plan
+
+    def _save(self, mpidrs: List[int]) -> Dict:
+        io = self._io
+        nr = self._fixed(const("KVM_DEV_ARM_VGIC_GRP_NR_IRQS"), 0)
+        _key, banks, aff3, routes, levels, cpus = self._save_plan(nr, mpidrs)
+        dist: Dict[str, Any] = {"GICD_CTLR": io.get(GRP_DIST, dist_attr(GICD_CTLR)),
+                                "GICD_IIDR": self._fixed(GRP_DIST, dist_attr(GICD_IIDR))}
+        for name, attrs in banks:
+            dist[name] = io.get_many(GRP_DIST, attrs)
+        if aff3:
+            halves = io.get_many(GRP_DIST, routes)
             dist["IROUTER"] = [lo | (hi << 32) for lo, hi in zip(halves[::2], halves[1::2])]
         else:
-            dist["IROUTER"] = io.get_many(GRP_DIST, [dist_attr(GICD_IROUTER + 8 * intid) for intid in range(32, nr)])
-        # SPI line levels are global; KVM only needs a valid vCPU in the attr.
-        line_level = io.get_many(GRP_LEVEL_INFO, [line_level_attr(mpidrs[0], intid) for intid in range(32, nr, 32)])
+            dist["IROUTER"] = io.get_many(GRP_DIST, routes)
+        line_level = io.get_many(GRP_LEVEL_INFO, levels)
         redist, cpu = [], []
-        for m in mpidrs:
-            r: Dict[str, Any] = {"GICR_CTLR": io.get(GRP_REDIST, redist_attr(m, GICR_CTLR))}
+        for m, ctlr, typer, redist_banks, ppi_levels, sysreg_attrs, aprs in cpus:
+            r: Dict[str, Any] = {"GICR_CTLR": io.get(GRP_REDIST, ctlr)}
             # PROPBASER/PENDBASER only mean something with LPIs (an ITS);
             # without, KVM ignores GICR_CTLR.EnableLPIs and nothing reads them.
-            if self._fixed(GRP_REDIST, redist_attr(m, GICR_TYPER)) & GICR_TYPER_PLPIS:
+            if self._fixed(GRP_REDIST, typer) & GICR_TYPER_PLPIS:
                 r["GICR_PROPBASER"] = self._read_redist64(m, GICR_PROPBASER)
                 r["GICR_PENDBASER"] = self._read_redist64(m, GICR_PENDBASER)
-            for name, set_off, _clear, nwords in REDIST_BANKS:
-                words = io.get_many(GRP_REDIST, [redist_attr(m, set_off + 4 * k) for k in range(nwords)])
-                r[name] = words
-            r["LINE_LEVEL"] = io.get(GRP_LEVEL_INFO, line_level_attr(m, 0))  # PPIs (SGI bits RAZ)
+            for name, attrs in redist_banks:
+                r[name] = io.get_many(GRP_REDIST, attrs)
+            r["LINE_LEVEL"] = io.get(GRP_LEVEL_INFO, ppi_levels)  # PPIs (SGI bits RAZ)
             redist.append(r)
-            c: Dict[str, Any] = dict(zip(CPU_SYSREGS_FIXED, io.get_many64(
-                GRP_CPU_SYSREGS, [sysreg_attr(m, name) for name in CPU_SYSREGS_FIXED])))
+            c: Dict[str, Any] = dict(zip(CPU_SYSREGS_FIXED, io.get_many64(GRP_CPU_SYSREGS, sysreg_attrs)))
             n_apr = apr_count(c["ICC_CTLR_EL1"])
-            aprs = io.get_many64(GRP_CPU_SYSREGS, [sysreg_attr(m, f"ICC_AP{g}R{i}_EL1")
-                                                   for g in (0, 1) for i in range(n_apr)])
-            c["ICC_AP0R"], c["ICC_AP1R"] = aprs[:n_apr], aprs[n_apr:]
+            values = io.get_many64(GRP_CPU_SYSREGS, aprs[n_apr])
+            c["ICC_AP0R"], c["ICC_AP1R"] = values[:n_apr], values[n_apr:]
             cpu.append(c)
         return {"format": STATE_FORMAT, "nr_irqs": nr, "nr_vcpus": len(mpidrs), "mpidrs": mpidrs,
                 "dist": dist, "line_level": line_level, "redist": redist, "cpu": cpu}
