@@ -38,6 +38,7 @@ class VgicV3:
         # (attr group, attr) -> the value a fresh vGIC holds, read by
         # preset_config() for the next restore (None: everything is written)
         self._known: Optional[Dict[Tuple[int, int], int]] = None
+        self._known_state: Optional[Dict] = None  # the same, as the state dict save() makes of it
         try:
             self.device = vm.create_device(const("KVM_DEV_TYPE_ARM_VGIC_V3"))
         except KvmError as e:
@@ -211,17 +212,21 @@ class VgicV3:
         known: Dict[Tuple[int, int], int] = {}
         self._io.record = known
         try:
-            self._save(mpidrs)
+            state = self._save(mpidrs)
         except KvmError as e:
             raise _busy_or(e, "restore") from None
         finally:
             self._io.record = None
         self._known = known
+        self._known_state = state
 
-    def _write_dist_config(self, state: Dict, preset: Dict[int, int], written: Dict[int, int]) -> None:
+    def _write_dist_config(self, state: Dict, preset: Dict[int, int], written: Dict[int, int],
+                           known: Optional[Dict] = None) -> None:
         """Groups, routes, then trigger configuration, priorities and group
         modifiers (restore order step 2), skipping an offset whose value
-        ``preset`` holds; each value is recorded in ``written``."""
+        ``preset`` holds; each value is recorded in ``written`` (not those of
+        a bank or the routes equal to ``known``'s, the distributor as
+        learn_current() read it: skipped whole)."""
         dist, nr = state["dist"], state["nr_irqs"]
 
         def put(offset: int, value: int) -> None:
@@ -229,14 +234,17 @@ class VgicV3:
                 self.write_dist(offset, value)
             written[offset] = value
         for name in ("IGROUPR",):
-            self._write_dist_bank(name, dist[name], nr, put)
+            if known is None or known[name] != dist[name]:
+                self._write_dist_bank(name, dist[name], nr, put)
         aff3 = self._aff3()
-        for intid, route in zip(range(32, nr), dist["IROUTER"]):
-            put(GICD_IROUTER + 8 * intid, route & 0xFFFFFFFF)
-            if aff3 or route >> 32:  # without Aff3 a zero upper half is what the vGIC holds
-                put(GICD_IROUTER + 8 * intid + 4, route >> 32)
+        if known is None or known["IROUTER"] != dist["IROUTER"]:
+            for intid, route in zip(range(32, nr), dist["IROUTER"]):
+                put(GICD_IROUTER + 8 * intid, route & 0xFFFFFFFF)
+                if aff3 or route >> 32:  # without Aff3 a zero upper half is what the vGIC holds
+                    put(GICD_IROUTER + 8 * intid + 4, route >> 32)
         for name in ("ICFGR", "IPRIORITYR", "IGRPMODR"):
-            self._write_dist_bank(name, dist[name], nr, put)
+            if known is None or known[name] != dist[name]:
+                self._write_dist_bank(name, dist[name], nr, put)
 
     def _write_iidr(self, iidr: int) -> None:
         self.__dict__.get("_fixed_values", {}).pop((GRP_DIST, dist_attr(GICD_IIDR)), None)  # read again
@@ -367,17 +375,33 @@ class VgicV3:
         # (A preset_config() before wrote step 2's distributor registers and
         # read every register: a write of the value a register holds is skipped.)
         preset, self._preset = self._preset, {}
+        known, self._known_state = self._known_state, None
+        if known is not None and (known["nr_irqs"], len(known["redist"])) != (state["nr_irqs"], len(state["redist"])):
+            known = None
         try:
-            self._restore_steps(state, mpidrs, preset)
+            self._restore_steps(state, mpidrs, preset, known)
         finally:
             self._known = None  # good for one restore
 
-    def _restore_steps(self, state: Dict, mpidrs: List[int], preset: Dict[int, int]) -> None:
+    def _restore_steps(self, state: Dict, mpidrs: List[int], preset: Dict[int, int],
+                       known: Optional[Dict] = None) -> None:
+        # ``known``: the state learn_current() read (what every register holds):
+        # a part equal to it is skipped whole, as each of its writes would be
+        # (_holds), without looking at its registers one by one.
+        def held(part: Any, *path: Any) -> bool:
+            if known is None:
+                return False
+            k: Any = known
+            for p in path:
+                k = k[p]
+            return k == part
         dist, nr = state["dist"], state["nr_irqs"]
         self._write_iidr(dist["GICD_IIDR"])
         self.write_dist(GICD_CTLR, dist["GICD_CTLR"])  # step 7, see above
         for i, m in enumerate(mpidrs):
             r = state["redist"][i]
+            if held(r, "redist", i):
+                continue
             if "GICR_PROPBASER" in r:
                 self._write_redist64(m, GICR_PROPBASER, r["GICR_PROPBASER"])
                 self._write_redist64(m, GICR_PENDBASER, r["GICR_PENDBASER"])
@@ -388,14 +412,19 @@ class VgicV3:
             self._write_redist_bank(m, "ISPENDR0", r["ISPENDR0"])
             self._write_redist_bank(m, "ISACTIVER0", r["ISACTIVER0"])
             self.write_redist(m, GICR_CTLR, r["GICR_CTLR"])
-        self._write_dist_config(state, preset, {})
-        self._write_dist_bank("ISENABLER", dist["ISENABLER"], nr)
-        for intid, word in zip(range(32, nr, 32), state["line_level"]):
-            self.write_line_level(mpidrs[0], intid, word)
+        self._write_dist_config(state, preset, {}, None if known is None else known["dist"])
+        if not held(dist["ISENABLER"], "dist", "ISENABLER"):
+            self._write_dist_bank("ISENABLER", dist["ISENABLER"], nr)
+        if not held(state["line_level"], "line_level"):
+            for intid, word in zip(range(32, nr, 32), state["line_level"]):
+                self.write_line_level(mpidrs[0], intid, word)
         for name in ("ISPENDR", "ISACTIVER"):
-            self._write_dist_bank(name, dist[name], nr)
+            if not held(dist[name], "dist", name):
+                self._write_dist_bank(name, dist[name], nr)
         for i, m in enumerate(mpidrs):
             c = state["cpu"][i]
+            if held(c, "cpu", i):
+                continue
             self.write_cpu_sysreg(m, "ICC_SRE_EL1", c["ICC_SRE_EL1"])
             try:
                 self.write_cpu_sysreg(m, "ICC_CTLR_EL1", c["ICC_CTLR_EL1"])

@@ -210,6 +210,32 @@ def test_a_restored_vgic_that_learned_its_registers_writes_only_what_changed():
     assert dst.save(MPIDRS) == final
 
 
+def test_a_learned_restore_skips_unchanged_parts_whole_and_writes_a_change_in_any_part():
+    # learn_current()'s state lets restore skip a redistributor, a CPU
+    # interface or a distributor bank equal to it whole: a change in one
+    # of them (here vCPU 1's ICC_PMR_EL1, vCPU 0's SGI enables and the SPI
+    # line levels) is still written, and only it.
+    src, _ = _gic()
+    first = json.loads(json.dumps(src.save(MPIDRS)))
+    final = json.loads(json.dumps(first))
+    final["cpu"][1]["ICC_PMR_EL1"] ^= 0x80
+    final["redist"][0]["ISENABLER0"][0] ^= 1 << 2
+    final["line_level"][1] ^= 1 << 4
+    dst, dev = _gic()
+    dst.restore(json.loads(json.dumps(first)), MPIDRS)
+    dst.learn_current(MPIDRS)
+    dev.log.clear()
+    dst.restore(final, MPIDRS)
+    w = dev.writes()
+    assert (SYSREGS, gic_regs.sysreg_attr(MPIDRS[1], "ICC_PMR_EL1"), final["cpu"][1]["ICC_PMR_EL1"]) in w
+    assert {(g, a) for g, a, _v in w} == {
+        (SYSREGS, gic_regs.sysreg_attr(MPIDRS[1], "ICC_PMR_EL1")),
+        (REDIST, gic_regs.redist_attr(MPIDRS[0], gic_regs.GICR_ISENABLER0)),
+        (REDIST, gic_regs.redist_attr(MPIDRS[0], gic_regs.GICR_ICENABLER0)),
+        (LEVEL, gic_regs.line_level_attr(MPIDRS[0], 64))}, w
+    assert dst.save(MPIDRS) == final
+
+
 def _route_accesses(dev, op):
     return [a for o, g, a, _v in dev.log if o == op and g == DIST
             and gic_regs.GICD_IROUTER <= a < gic_regs.GICD_IROUTER + 0x2000]
