@@ -296,6 +296,17 @@ def write(vcpu, state: VcpuState, clock: str = "hide", cntfrq: Optional[int] = N
 
 
 _ID = operator.itemgetter(0)
+_VALUE = operator.itemgetter(1)
+
+
+def _picker(positions: Sequence[int]):
+    """values -> [values[p] for p in positions], in C (operator.itemgetter)."""
+    if not positions:
+        return lambda values: []
+    get = operator.itemgetter(*positions)
+    if len(positions) == 1:
+        return lambda values: [get(values)]
+    return lambda values: list(get(values))
 
 
 class WritePlan:
@@ -316,6 +327,12 @@ class WritePlan:
         self.rest_ids = [i for reason, ids in steps[1:] if reason != "finalize" for i in ids]
         self.index = state.index
         self.register_ids = tuple(map(_ID, state.registers))
+        # where each register this plan writes or compares sits in a state
+        # that fits it: its values are picked in C, not looked up one by one
+        at = {i: k for k, i in enumerate(self.register_ids)}
+        self._pick_rest = _picker([at[i] for i in self.rest_ids])
+        self._pick_ids = _picker([at[i] for i in self.id_ids])
+        self._mpidr_at = at.get(regs.MPIDR_EL1)
         self._layout: Optional[BlobLayout] = None
         self.svcr = state.svcr
         self.fixed = self.fixed_key(state)
@@ -352,9 +369,13 @@ class WritePlan:
 
     def fixed_key(self, state: VcpuState) -> Tuple:
         """What the fixed half depends on: features, vector lengths, the ID registers and MPIDR."""
-        values = state.register_map()
-        return (tuple(state.features), tuple(state.sve_vls or ()), tuple(state.sme_vls or ()),
-                tuple(values.get(i) for i in self.id_ids), values.get(regs.MPIDR_EL1))
+        head = (tuple(state.features), tuple(state.sve_vls or ()), tuple(state.sme_vls or ()))
+        if tuple(map(_ID, state.registers)) == self.register_ids:
+            values = list(map(_VALUE, state.registers))
+            return head + (tuple(self._pick_ids(values)),
+                           None if self._mpidr_at is None else values[self._mpidr_at])
+        by_id = state.register_map()
+        return head + (tuple(by_id.get(i) for i in self.id_ids), by_id.get(regs.MPIDR_EL1))
 
     def fits(self, state: VcpuState) -> bool:
         """``state`` has this plan's register set and SVCR (so the same order)."""
@@ -376,8 +397,7 @@ class WritePlan:
         check_clock(clock)
         if not self.fits(state):
             raise ValueError("the vCPU state does not fit this write plan")
-        values = state.register_map()
-        data = [values[i] for i in self.rest_ids]
+        data = self._pick_rest(list(map(_VALUE, state.registers)))  # fits(): the register set is this plan's
         if list(map(len, data)) != self._batch.sizes:
             for k, (value, size) in enumerate(zip(data, self._batch.sizes)):
                 if len(value) != size:
