@@ -356,12 +356,13 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             read_parts: Dict[str, float] = {}
             try:
                 final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
-            finally:
                 t_read = time.monotonic()
+                final_state = fmt.encode(final)  # while the last pages may still be going out
+                t_encoded = time.monotonic()
+            finally:
                 sending.finish()
             last = sending.pages
             t_pages = sending.done_at
-            final_state = fmt.encode(final)
             t_state = time.monotonic()
             snd.send_frame(stream.STATE, final_state)
             t_sent = time.monotonic()
@@ -383,7 +384,7 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
                                {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
                                 "last_pages": sum(len(p) for p in last.values()),
-                                "state": ms(t_paused, t_read), "state_encode": ms(t_read, t_state),
+                                "state": ms(t_paused, t_read), "state_encode": ms(t_read, t_encoded),
                                 **{f"state_{k}": v for k, v in read_parts.items()},
                                 "after_pages": ms(t_pages, t_state),
                                 "send": ms(t_state, t_sent),
