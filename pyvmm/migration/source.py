@@ -55,7 +55,6 @@ DEFAULT_MAX_DOWNTIME_MS = 300
 IO_TIMEOUT = 30.0
 BUILD_TIMEOUT = 300.0  # the destination builds the machine before it accepts
 SMALL_REST = 64  # pages: a rest this small goes in the pause without another round
-SYNC_PAGES = 64  # the pause's last pages sent at once, not by a thread beside the state read, up to this many
 SHRINK = 0.75  # another round is worth it while the rest is at most this share of the last round's pages
 _ZERO_CHUNK = stream.MAX_PAGES_PER_FRAME  # pages compared at once in round 1 (and sent in one frame)
 
@@ -186,46 +185,31 @@ def nonzero_chunks(regions, page: int) -> Iterator[Tuple[Any, int, int, Optional
 
 
 class _LastPages:
-    """The pause's last dirty pages: the pages of the last round's
-    collection (``dirty``) and the dirty log's last look (without
-    write-protecting again: the log is stopped before the guest could run
-    here again), looked up at once. At most ``SYNC_PAGES`` of them (the
-    usual case: the rest pre-copy stopped with went out before the pause)
-    are sent at once too; more are sent by a thread while the state is
-    read (the ioctls and the socket both run without the interpreter lock).
-    A thread for a few pages cost more than it saved: in the test machine
-    it and the state read slowed each other down, the lock passing between
-    them at every ioctl. :meth:`finish` waits for the thread and raises
-    what it raised; ``pages`` is what was sent, ``looked_at`` when the last
-    look ended."""
+    """The pause's last dirty pages, looked up and sent by a thread: the
+    pages of the last round's collection (``dirty``) and the dirty log's
+    last look (without write-protecting again: the log is stopped before
+    the guest could run here again). :meth:`finish` waits for it and
+    raises what it raised; ``pages`` is what it sent."""
 
     def __init__(self, snd: _Sender, log: DirtyLog, dirty: Dict[int, List[int]]):
         self.done_at = 0.0
+        self.pages: Dict[int, List[int]] = {}
         self._error: Optional[BaseException] = None
-        self._thread: Optional[threading.Thread] = None
-        self.pages: Dict[int, List[int]] = merge(dirty, log.collect(protect=False))
-        self.looked_at = time.monotonic()
-        if sum(len(p) for p in self.pages.values()) <= SYNC_PAGES:
-            self._send(snd)
-        else:
-            self._thread = threading.Thread(target=self._run, args=(snd,), name="pyvmm-migrate-last", daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=self._run, args=(snd, log, dirty), name="pyvmm-migrate-last",
+                                        daemon=True)
+        self._thread.start()
 
-    def _send(self, snd: _Sender) -> None:
-        for slot, indices in self.pages.items():
-            snd.send_pages(slot, indices)
-        self.done_at = time.monotonic()
-
-    def _run(self, snd: _Sender) -> None:
+    def _run(self, snd: _Sender, log: DirtyLog, dirty: Dict[int, List[int]]) -> None:
         try:
-            self._send(snd)
+            self.pages = merge(dirty, log.collect(protect=False))
+            for slot, indices in self.pages.items():
+                snd.send_pages(slot, indices)
         except BaseException as e:  # noqa: BLE001 (handed to the caller by finish)
             self._error = e
-            self.done_at = time.monotonic()
+        self.done_at = time.monotonic()
 
     def finish(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
+        self._thread.join()
         if self._error is not None:
             raise self._error
 
@@ -400,7 +384,6 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
                                "get+clear" if log.manual else "get", round(log.slowest_ms, 2),
                                {"pause": ms(t_pause, t_paused), "send_last_pages": ms(t_paused, t_pages),
                                 "last_pages": sum(len(p) for p in last.values()),
-                                "last_look": ms(t_paused, sending.looked_at),
                                 "state": ms(t_paused, t_read), "state_encode": ms(t_read, t_encoded),
                                 **{f"state_{k}": v for k, v in read_parts.items()},
                                 "after_pages": ms(t_pages, t_state),
