@@ -93,7 +93,7 @@ def take(m: Machine, progress: Progress = None, memory: bool = True,
     ``sealed``, the snapshot carries no seal (a live migration's final state:
     the destination trusts only the state it checked first, and refuses a
     final one whose configuration differs). ``timing``: filled with the
-    milliseconds the vCPUs, the vGIC and the devices took."""
+    milliseconds the vCPUs, the vGIC, the devices and the manifest took."""
     with quiet(m):
         return _take(m, progress, memory, cache, sealed, timing)
 
@@ -122,8 +122,7 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     devices = {"uart": built(m.uart, "UART").save_state(),
                "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                           for t in m.virtio]}
-    if timing is not None:
-        timing.update(vcpus=_ms(t0, t1), vgic=_ms(t1, t2), devices=_ms(t2, time.monotonic()))
+    t3 = time.monotonic()
     blobs, regions = pack_ram(m.mem, progress) if memory else empty_ram(m.mem)
     blobs.update({f"vcpu{s.index}.regs": blob for s, blob in saved})
     manifest = header(KIND)
@@ -134,7 +133,10 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
         "vcpus": [s.to_json() for s in states],
     })
     # Sealed with this user's key: restore then trusts the host resources it names.
-    return fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
+    snap = fmt.Snapshot(manifest, blobs, seal=trust.sealer() if sealed else None)
+    if timing is not None:
+        timing.update(vcpus=_ms(t0, t1), vgic=_ms(t1, t2), devices=_ms(t2, t3), manifest=_ms(t3, time.monotonic()))
+    return snap
 
 
 def _save_vcpus(m: Machine, cache: Optional[vcpu_state.SaveCache]) -> List[Tuple[vcpu_state.VcpuState, bytes]]:
