@@ -46,9 +46,9 @@ def migrate(socket_path, dest, max_downtime, bandwidth, as_json):
     The destination first checks that its host can run the guest (vector
     lengths, SME, GIC, ID registers, CNTFRQ: restore's checks); then memory
     is copied while the guest runs, round after round of the pages it
-    wrote, until the rest fits --max-downtime; the guest is paused, the
-    last pages and its vCPU, vGIC and device state are sent, and it runs
-    on at the destination. The source VM then ends (its pyvmm run exits 0).
+    wrote, until the rest fits --max-downtime; that rest is sent too, then
+    the guest is paused, the pages it wrote meanwhile and its vCPU, vGIC
+    and device state are sent, and it runs on at the destination. The source VM then ends (its pyvmm run exits 0).
 
     If anything fails (refused, the destination dies or stops answering,
     the connection drops) the guest keeps running here and this command
