@@ -221,11 +221,12 @@ def test_the_installed_command_is_bin_pyvmm_and_loads_no_regex(tmp_path):
     assert r.stdout.startswith("pyvmm, version ")
 
 
-def test_run_reads_the_kernel_header_and_initrd_once(tmp_path):
-    # pyvmm run prepares the payload (usage errors before touching the terminal) and hands it to
-    # the session, which then does not read the files again (start-up time: the test machine's
-    # guest files are on virtio-fs). Shown by deleting the initrd between the two: a session given
-    # the payload gets as far as opening KVM, one without it stops at the missing initrd.
+def test_run_prepares_the_payload_once(tmp_path):
+    # pyvmm run prepares the payload (usage errors before touching the terminal: the kernel's
+    # header read, the initrd opened) and hands it to the session, which then does not open the
+    # files again (start-up time: the test machine's guest files are on virtio-fs). Shown by
+    # deleting them between the two: a session given the payload gets as far as opening KVM, one
+    # without it stops at the missing files.
     from support.image import make_image
 
     from pyvmm.errors import HostUnsupported, UsageProblem
@@ -236,7 +237,8 @@ def test_run_reads_the_kernel_header_and_initrd_once(tmp_path):
     i.write_bytes(b"\x07" * 4096)
     config = MachineConfig(kernel=str(k), initrd=str(i), mem=64 << 20, kvm_path=str(tmp_path / "no-kvm"))
     payload = prepare(config)
-    assert payload.initrd == b"\x07" * 4096
+    assert payload.initrd_size == 4096
+    k.unlink()
     i.unlink()
     with pytest.raises(HostUnsupported):
         Session(config, lambda data: None, payload=payload).run()
