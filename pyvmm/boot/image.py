@@ -18,7 +18,7 @@ truncated Image.
 from __future__ import annotations
 
 import os
-import struct
+import _struct as struct  # struct's C core, without the struct module (start-up time)
 
 from .._record import record
 from ..errors import UsageProblem
