@@ -16,12 +16,11 @@ subset of :func:`collections.namedtuple` pyvmm uses, without loading
 """
 from __future__ import annotations
 
-import sys
 from _operator import itemgetter  # operator's C core (always built in): no operator module
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, Tuple, TypeVar
+    from typing import Any, Callable, Dict, List, Tuple, TypeVar
 
 if TYPE_CHECKING:
     from typing import dataclass_transform
@@ -70,33 +69,16 @@ def record(cls: Any = None, *, frozen: bool = False) -> Any:
     """The class decorator (``@record`` or ``@record(frozen=True)``)."""
     def wrap(cls: Any) -> Any:
         names: Tuple[str, ...] = tuple(cls.__dict__.get("__annotations__", {}))
-        env: Dict[str, Any] = {"_setattr": object.__setattr__}
-        params, lines = [], []
+        defaults: Dict[str, Any] = {}
         for n in names:
             default = cls.__dict__.get(n, _NO_DEFAULT)
-            if isinstance(default, _Factory):
-                env[f"_d_{n}"] = default
-                delattr(cls, n)
-                params.append(f"{n}=_d_{n}")
-                value = f"_d_{n}.make() if {n} is _d_{n} else {n}"
-            else:
-                if default is not _NO_DEFAULT:
-                    env[f"_d_{n}"] = default
-                    params.append(f"{n}=_d_{n}")
-                else:
-                    params.append(n)
-                value = n
-            lines.append(f"_setattr(self, {n!r}, {value})" if frozen else f"self.{n} = {value}")
-        if "__post_init__" in cls.__dict__:
-            lines.append("self.__post_init__()")
-        # made inside a function taking the defaults, so that __init__ sees them as closure
-        # variables and the class's module as its globals (its annotations resolve there)
-        src = (f"def make({', '.join(env)}):\n"
-               f"    def __init__(self, {', '.join(params)}):\n        " + ("\n        ".join(lines) or "pass") +
-               "\n    return __init__\n")
-        local: Dict[str, Any] = {}
-        exec(src, sys.modules[cls.__module__].__dict__, local)
-        init = local["make"](**env)
+            if default is not _NO_DEFAULT:
+                defaults[n] = default
+                if isinstance(default, _Factory):
+                    delattr(cls, n)
+            elif defaults:
+                raise TypeError(f"{cls.__qualname__}: field {n!r} without a default follows one with a default")
+        init = _make_init(cls.__qualname__, names, defaults, frozen, "__post_init__" in cls.__dict__)
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         init.__annotations__ = {n: cls.__annotations__[n] for n in names}
         init.__annotations__["return"] = None
@@ -115,6 +97,58 @@ def record(cls: Any = None, *, frozen: bool = False) -> Any:
         setattr(cls, "__match_args__", names)
         return cls
     return wrap if cls is None else wrap(cls)
+
+
+def _bind(what: str, names: Tuple[str, ...], required: int, default: Callable[[int], Any],
+          args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> List[Any]:
+    """The values of fields ``names`` from a call's ``args`` and ``kwargs``, as
+    Python binds them to a signature whose fields from index ``required`` on
+    have defaults (``default(i)``); TypeError, as Python words it, for a wrong call."""
+    given = len(args)
+    if given > len(names):
+        raise TypeError(f"{what}() takes {len(names)} arguments but {given} were given")
+    values = list(args)
+    used = 0
+    for i in range(given, len(names)):
+        n = names[i]
+        if n in kwargs:
+            values.append(kwargs[n])
+            used += 1
+        elif i >= required:
+            values.append(default(i))
+        else:
+            missing = [m for m in names[i:required] if m not in kwargs]
+            raise TypeError(f"{what}() missing {len(missing)} required argument{'s' if len(missing) > 1 else ''}: "
+                            + ", ".join(map(repr, missing)))
+    if used != len(kwargs):
+        extra = next(k for k in kwargs if k not in names[given:])
+        raise TypeError(f"{what}() got {'multiple values for' if extra in names else 'an unexpected keyword'} "
+                        f"argument {extra!r}")
+    return values
+
+
+def _make_init(qualname: str, names: Tuple[str, ...], defaults: Dict[str, Any], frozen: bool,
+               post_init: bool) -> Callable[..., None]:
+    """``__init__(self, *fields)`` for a record: the fields positionally or by
+    name, their defaults (a :func:`field` factory called per instance). One
+    closure, not code generated and compiled per class: compiling an
+    ``__init__`` for each record at import cost start-up time (issue 13, item 5)."""
+    what = f"{qualname}.__init__"
+    set_field = object.__setattr__ if frozen else setattr
+    required = len(names) - len(defaults)
+
+    def default(i: int) -> Any:
+        value = defaults[names[i]]
+        return value.make() if isinstance(value, _Factory) else value
+
+    def __init__(self, *args, **kwargs):
+        values = args if len(args) == len(names) and not kwargs else _bind(what, names, required, default, args,
+                                                                              kwargs)
+        for n, v in zip(names, values):
+            set_field(self, n, v)
+        if post_init:
+            self.__post_init__()
+    return __init__
 
 
 def _values(obj: Any) -> Tuple[Any, ...]:
@@ -159,20 +193,8 @@ def tuple_record(typename: str, field_names: str, defaults: Tuple[Any, ...] = ()
     first_default = len(fields) - len(defaults)
 
     def __new__(cls: Any, *args: Any, **kwargs: Any) -> Any:
-        if len(args) > len(fields):
-            raise TypeError(f"{typename}() takes {len(fields)} arguments but {len(args)} were given")
-        values = list(args)
-        for i in range(len(args), len(fields)):
-            name = fields[i]
-            if name in kwargs:
-                values.append(kwargs.pop(name))
-            elif i >= first_default:
-                values.append(defaults[i - first_default])
-            else:
-                raise TypeError(f"{typename}() missing required argument {name!r}")
-        if kwargs:
-            raise TypeError(f"{typename}() got an unexpected or repeated argument {sorted(kwargs)[0]!r}")
-        return tuple.__new__(cls, values)
+        return tuple.__new__(cls, _bind(typename, fields, first_default, lambda i: defaults[i - first_default],
+                                        args, kwargs))
 
     def __repr__(self: Any) -> str:
         return f"{typename}(" + ", ".join(f"{n}={v!r}" for n, v in zip(fields, self)) + ")"

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 from .arm64 import regs
 from .errors import GuestError, HostUnsupported, KvmError, PyvmmError, SnapshotError, UsageProblem
 from .kvm import DEFAULT_PATH
-from .machine import DiskSpec, Machine, MachineConfig, Outcome
+from .machine import DiskSpec, Machine, MachineConfig, Outcome, Payload
 from .machine.session import Session
 
 if TYPE_CHECKING:  # loaded on first use (__getattr__ below): booting a guest needs none of them
@@ -346,7 +346,7 @@ def _console(output: Optional[Output]):
 
 def start(config: MachineConfig, *, output: Optional[Output] = None, paused: bool = False,
          console_input: Optional[int] = None, escape: bool = False,
-         on_ready: Optional[Callable[[Machine], None]] = None) -> VirtualMachine:
+         on_ready: Optional[Callable[[Machine], None]] = None, payload: Optional[Payload] = None) -> VirtualMachine:
     """Boot the guest ``config`` describes (a kernel, or bare-metal
     ``firmware``) and return its :class:`VirtualMachine` once it is built and
     its vCPUs run (``paused``: wait, stopped, for :meth:`VirtualMachine.resume`).
@@ -358,11 +358,14 @@ def start(config: MachineConfig, *, output: Optional[Output] = None, paused: boo
     descriptor whose input goes to the guest's console (``escape``: Ctrl-A x
     stops the guest). ``on_ready(machine)``: called with each
     :class:`pyvmm.machine.Machine` before it runs (the first, and each one a
-    reset boots). Raises :class:`UsageProblem` for bad options or files and
+    reset boots). ``payload``: what :func:`pyvmm.machine.prepare` returned for
+    this ``config``, if the caller has it (its kernel header and initrd are
+    not read again; ``pyvmm run`` checks them before touching the terminal).
+    Raises :class:`UsageProblem` for bad options or files and
     :class:`HostUnsupported` or :class:`KvmError` for what the host cannot
     do; then nothing is left running."""
     out, kept = _console(output)
-    session = Session(config, out, console_input, escape, on_ready, start_paused=paused)
+    session = Session(config, out, console_input, escape, on_ready, start_paused=paused, payload=payload)
     return VirtualMachine(session, console=kept)._start()
 
 

@@ -19,7 +19,7 @@ writes (tests/host/test_fdt.py compares the two where pylibfdt is installed).
 """
 from __future__ import annotations
 
-import struct
+import _struct as struct  # struct's C core, without the struct module (start-up time)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:

@@ -17,7 +17,8 @@ truncated Image.
 """
 from __future__ import annotations
 
-import struct
+import os
+import _struct as struct  # struct's C core, without the struct module (start-up time)
 
 from .._record import record
 from ..errors import UsageProblem
@@ -137,11 +138,10 @@ def load_size(hdr: ImageHeader, file_size: int) -> int:
     return hdr.image_size if hdr.image_size else file_size
 
 
-def read_file(path: str, what: str, limit=None) -> bytes:
-    """The file's bytes (at most ``limit``), or ImageError saying why not."""
+def open_file(path: str, what: str, buffering: int = -1):
+    """The file opened for reading, or ImageError saying why not."""
     try:
-        with open(path, "rb") as f:
-            return f.read() if limit is None else f.read(limit)
+        return open(path, "rb", buffering=buffering)
     except FileNotFoundError:
         raise ImageError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
@@ -150,3 +150,19 @@ def read_file(path: str, what: str, limit=None) -> bytes:
         raise ImageError(f"{what} {path}: permission denied") from None
     except OSError as e:
         raise ImageError(f"{what} {path}: {e.strerror}") from None
+
+
+def read_file(path: str, what: str, limit=None) -> bytes:
+    """The file's bytes (at most ``limit``), or ImageError saying why not."""
+    with open_file(path, what) as f:
+        try:
+            return f.read() if limit is None else f.read(limit)
+        except OSError as e:
+            raise ImageError(f"{what} {path}: {e.strerror}") from None
+
+
+def file_size(path: str, what: str) -> int:
+    """The size of a file this process can open for reading (it is not read:
+    a loader maps or reads it later), or ImageError saying why not."""
+    with open_file(path, what) as f:
+        return os.fstat(f.fileno()).st_size

@@ -160,12 +160,12 @@ def execute(values: Dict[str, Any]) -> int:
         disks=[parse_disk(d) for d in values["disks"]], console=values["console"], rng=not values["no_rng"],
         nets=net_specs, vsock=vsock_spec, fss=fs_specs, on_reboot=values["on_reboot"],
         dump_dtb=values["dump_dtb"], kvm_path=values["kvm_path"], trace_mmio=debug)
-    machine_lib.prepare(config)  # usage errors before touching the terminal
+    payload = machine_lib.prepare(config)  # usage errors before touching the terminal; read once
     console_out = values["console_out"]
     console_out_lib.parse(console_out)
     from ..api import start
 
-    return run_on_console(lambda **kw: start(config, **kw), debug, control=values["control"],
+    return run_on_console(lambda **kw: start(config, payload=payload, **kw), debug, control=values["control"],
                           console_out=console_out)
 
 

@@ -19,7 +19,7 @@ libatomic) the feature is not offered (:func:`event_idx_offer`).
 """
 from __future__ import annotations
 
-import struct
+import _struct as struct  # struct's C core, without the struct module (start-up time)
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:

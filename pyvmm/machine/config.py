@@ -124,46 +124,60 @@ def full_cmdline(config: MachineConfig) -> str:
 
 @record
 class Payload:
-    """What goes into RAM, checked before any KVM object exists. The kernel is
-    not kept in memory (51 MB for Debian's Image): at load time its file is
-    mapped copy-on-write over guest RAM (the guest reads each page from the
-    page cache on first touch: start-up does not wait for the whole file),
-    or, where RAM cannot be mapped over (shared with a vhost-user daemon, or
-    not page aligned on this host), read straight into it."""
+    """What goes into RAM, checked before any KVM object exists. The kernel
+    and the initrd are not kept in memory (51 MB for Debian's Image): at load
+    time each file is mapped copy-on-write over guest RAM (the guest reads
+    each page from the page cache on first touch: start-up does not wait for
+    the whole file), or, where RAM cannot be mapped over (shared with a
+    vhost-user daemon, or not page aligned on this host), read straight into it."""
     data: Optional[bytes]  # firmware bytes; None for a kernel (read from kernel_path)
-    initrd: Optional[bytes]
     plan: layout.BootPlan
     firmware: bool
     kernel_path: Optional[str] = None
     kernel_size: int = 0
-
-    LOAD_CHUNK = 4 << 20
+    initrd_path: Optional[str] = None
+    initrd_size: int = 0
 
     def load_into(self, mem, addr: int) -> None:
+        """The kernel (or firmware) into ``mem`` at ``addr``."""
         if self.data is not None:
             mem.write(addr, self.data)
             return
         assert self.kernel_path is not None  # a kernel payload always has its path
-        with open(self.kernel_path, "rb", buffering=0) as f:
-            if os.fstat(f.fileno()).st_size != self.kernel_size:
-                raise UsageProblem(f"kernel {self.kernel_path} changed size while loading")
-            if mem.mappable(addr, self.kernel_size):
-                mem.map_file(addr, self.kernel_size, f.fileno(), 0)  # the mapping keeps the file
-                return
-            # read straight into guest RAM: one copy, no buffer in between, its
-            # pages allocated first in one call (a 4 KiB fault each otherwise).
-            # Measured in the test machine, Debian's Image into shared RAM from
-            # the checkout's virtio-fs: 7.8 and 14.8 s with it, 18.0 without
-            # and 21.2 with sendfile(2), one loaded run each: reading the file
-            # over virtio-fs dominates, so no gain is shown yet)
-            mem.populate(addr, self.kernel_size)
-            with mem.view(addr, self.kernel_size) as view:
-                done = 0
-                while done < self.kernel_size:
-                    n = f.readinto(view[done:done + self.LOAD_CHUNK])
-                    if not n:
-                        raise UsageProblem(f"kernel {self.kernel_path} shrank while loading")
-                    done += n
+        load_file(mem, addr, self.kernel_path, self.kernel_size, "kernel")
+
+    def load_initrd(self, mem, addr: int) -> None:
+        """The initrd (if there is one) into ``mem`` at ``addr``."""
+        if self.initrd_path is not None:
+            load_file(mem, addr, self.initrd_path, self.initrd_size, "initrd")
+
+
+LOAD_CHUNK = 4 << 20
+
+
+def load_file(mem, addr: int, path: str, size: int, what: str) -> None:
+    """The ``size`` bytes of the file at ``path`` (checked by :func:`prepare`)
+    into guest RAM at ``addr``: mapped copy-on-write where RAM allows it, else read."""
+    with image.open_file(path, what, buffering=0) as f:
+        if os.fstat(f.fileno()).st_size != size:
+            raise UsageProblem(f"{what} {path} changed size while loading")
+        if mem.mappable(addr, size):
+            mem.map_file(addr, size, f.fileno(), 0)  # the mapping keeps the file
+            return
+        # read straight into guest RAM: one copy, no buffer in between, its
+        # pages allocated first in one call (a 4 KiB fault each otherwise).
+        # Measured in the test machine, Debian's Image into shared RAM from
+        # the checkout's virtio-fs: 7.8 and 14.8 s with it, 18.0 without
+        # and 21.2 with sendfile(2), one loaded run each: reading the file
+        # over virtio-fs dominates, so no gain is shown yet)
+        mem.populate(addr, size)
+        with mem.view(addr, size) as view:
+            done = 0
+            while done < size:
+                n = f.readinto(view[done:done + LOAD_CHUNK])
+                if not n:
+                    raise UsageProblem(f"{what} {path} shrank while loading")
+                done += n
 
 
 def check_options(config: MachineConfig) -> None:
@@ -236,22 +250,24 @@ def prepare(config: MachineConfig) -> Payload:
     if bool(config.kernel) == bool(config.firmware):
         raise UsageProblem("give exactly one of --kernel IMAGE and --firmware BIN")
     check_disks(config.disks)
-    initrd = None
+    initrd_size = 0
     if config.initrd:
-        initrd = image.read_file(config.initrd, "initrd")
-        if not initrd:
+        # opened to check it, not read: the loader maps it (start-up time)
+        initrd_size = image.file_size(config.initrd, "initrd")
+        if not initrd_size:
             raise UsageProblem(f"initrd {config.initrd}: the file is empty")
+    has_initrd = bool(config.initrd)
+    initrd_path = config.initrd or None
     if config.firmware:
         data = image.read_file(config.firmware, "firmware")
         if not data:
             raise UsageProblem(f"firmware {config.firmware}: the file is empty")
-        plan = layout.plan(config.mem, len(data), 0, len(initrd or b""), initrd is not None, what="firmware")
-        return Payload(data, initrd, plan, True)
+        plan = layout.plan(config.mem, len(data), 0, initrd_size, has_initrd, what="firmware")
+        return Payload(data, plan, True, initrd_path=initrd_path, initrd_size=initrd_size)
     kernel = config.kernel
     assert kernel  # exactly one of kernel and firmware, checked above
     head = image.read_file(kernel, "kernel", image.HEAD_BYTES)
     size = os.path.getsize(kernel)
     hdr = image.parse_header(head, f"kernel {kernel}", file_size=size)
-    plan = layout.plan(config.mem, image.load_size(hdr, size), hdr.text_offset,
-                       len(initrd or b""), initrd is not None)
-    return Payload(None, initrd, plan, False, config.kernel, size)
+    plan = layout.plan(config.mem, image.load_size(hdr, size), hdr.text_offset, initrd_size, has_initrd)
+    return Payload(None, plan, False, config.kernel, size, initrd_path, initrd_size)

@@ -379,10 +379,10 @@ class Machine:
         payload = built(self.payload, "payload")
         p = payload.plan
         payload.load_into(self.mem, p.kernel_addr)
-        if payload.initrd is not None:
+        if payload.initrd_path is not None:
             initrd_addr = built(p.initrd_addr, "initrd address")  # planned whenever there is an initrd
-            self.mem.write(initrd_addr, payload.initrd)
-            self._initrd_range = (initrd_addr, initrd_addr + len(payload.initrd))
+            payload.load_initrd(self.mem, initrd_addr)
+            self._initrd_range = (initrd_addr, initrd_addr + payload.initrd_size)
 
     def load_payload(self) -> None:
         """The device tree into RAM (after load_images put the kernel and

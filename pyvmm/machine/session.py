@@ -29,13 +29,16 @@ class Session:
     the first machine's vCPUs wait for :meth:`Machine.resume`.
     ``on_ready(machine)`` is called for each machine before it runs.
     ``input_fd``: host console input (``escape``: Ctrl-A x stops the guest).
-    ``kvm``: an open :class:`pyvmm.kvm.Kvm` (else one is opened and closed here)."""
+    ``kvm``: an open :class:`pyvmm.kvm.Kvm` (else one is opened and closed here).
+    ``payload``: what :func:`prepare` returned for ``config``, when the caller
+    has it already (its files are not read again); else it is prepared here."""
 
     def __init__(self, config: MachineConfig, output: Callable[[bytes], None], input_fd: Optional[int] = None,
                  escape: bool = False, on_ready: Optional[Callable[[Machine], None]] = None,
                  first_build: Optional[Callable[[Machine], None]] = None, start_paused: bool = False,
-                 kvm: Any = None):
+                 kvm: Any = None, payload: Optional[Payload] = None):
         self.config = config
+        self.payload = payload
         self.output = output
         self.on_ready = on_ready
         self.first_build = first_build
@@ -80,7 +83,9 @@ class Session:
         from ..kvm import open_kvm
 
         config = self.config
-        payload: Optional[Payload] = prepare(config) if self.first_build is None else None
+        payload = self.payload
+        if payload is None and self.first_build is None:
+            payload = prepare(config)
         own_kvm = self.kvm is None
         kvm = open_kvm(config.kvm_path) if own_kvm else self.kvm
         resets = 0

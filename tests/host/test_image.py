@@ -175,6 +175,51 @@ def test_the_kernel_is_mapped_copy_on_write_or_read_into_shared_ram(tmp_path):
     mem.close()
 
 
+def test_the_initrd_is_checked_by_prepare_and_loaded_like_the_kernel(tmp_path):
+    """prepare opens the initrd (its errors before any VM) but does not read it:
+    the payload keeps its path and size, and Payload.load_initrd maps it over
+    anonymous RAM or reads it into shared RAM, as the kernel is (start-up time)."""
+    import random
+
+    from pyvmm.machine import MachineConfig
+    from pyvmm.machine.config import prepare
+    from pyvmm.memory import GuestMemory
+    from support.image import make_image
+
+    kernel, initrd = tmp_path / "Image", tmp_path / "initrd"
+    kernel.write_bytes(make_image())
+    data = random.Random(5).randbytes((1 << 20) + 77)
+    initrd.write_bytes(data)
+    config = MachineConfig(kernel=str(kernel), initrd=str(initrd), mem=64 << 20)
+    payload = prepare(config)
+    assert (payload.initrd_path, payload.initrd_size) == (str(initrd), len(data))
+    assert payload.plan.initrd_size == len(data)
+    addr = payload.plan.initrd_addr
+    for shared in (False, True):
+        mem = GuestMemory()
+        mem.add(layout.RAM_BASE, 64 << 20, shared=shared)
+        payload.load_initrd(mem, addr)
+        assert mem.read(addr, len(data)) == data
+        mem.write(addr, b"the guest frees it")
+        assert initrd.read_bytes() == data
+        mem.close()
+    initrd.unlink()
+    mem = GuestMemory()
+    mem.add(layout.RAM_BASE, 64 << 20)
+    with pytest.raises(UsageProblem, match="initrd .*: no such file"):  # e.g. when a reset boots it again
+        payload.load_initrd(mem, addr)
+    mem.close()
+    with pytest.raises(UsageProblem, match="initrd .*: no such file"):
+        prepare(config)
+    initrd.write_bytes(b"")
+    with pytest.raises(UsageProblem, match="initrd .*: the file is empty"):
+        prepare(config)
+    initrd.unlink()
+    initrd.mkdir()
+    with pytest.raises(UsageProblem, match="initrd .*: is a directory"):
+        prepare(config)
+
+
 def test_populate_allocates_shared_ram_up_front_and_keeps_its_contents(monkeypatch):
     """GuestMemory.populate (before the kernel is read into shared RAM left
     in 4 KiB pages, PYVMM_HUGE_RAM=0): the memfd's pages exist afterwards

@@ -73,7 +73,7 @@ def test_run_path_loads_no_typing_regex_or_sysreg_table(tmp_path):
     built, *mods = run_until_kvm(tmp_path, "-S", path=os.pathsep.join([ROOT, *site.getsitepackages()]))
     assert "pyvmm.machine.machine" in mods and "pyvmm.arm64.sysregs" in mods  # the checks below mean something
     assert under(mods, "typing", "re", "contextlib", "warnings", "collections.abc", "signal", "binascii",
-                 "pyvmm.arm64.errno_explain") == []
+                 "struct", "bisect", "pyvmm.arm64.errno_explain") == []  # struct, bisect: their C cores do
     assert built == "False"  # the sysreg tables are built on first use, not by the names resolved at import
 
 
@@ -219,3 +219,28 @@ def test_the_installed_command_is_bin_pyvmm_and_loads_no_regex(tmp_path):
     r = subprocess.run([sys.executable, script, "--version"], stdout=subprocess.PIPE, text=True, check=True,
                        env=dict(os.environ, PYTHONPATH=ROOT), cwd=str(tmp_path), timeout=120)
     assert r.stdout.startswith("pyvmm, version ")
+
+
+def test_run_prepares_the_payload_once(tmp_path):
+    # pyvmm run prepares the payload (usage errors before touching the terminal: the kernel's
+    # header read, the initrd opened) and hands it to the session, which then does not open the
+    # files again (start-up time: the test machine's guest files are on virtio-fs). Shown by
+    # deleting them between the two: a session given the payload gets as far as opening KVM, one
+    # without it stops at the missing files.
+    from support.image import make_image
+
+    from pyvmm.errors import HostUnsupported, UsageProblem
+    from pyvmm.machine import MachineConfig, Session, prepare
+
+    k, i = tmp_path / "Image", tmp_path / "initrd"
+    k.write_bytes(make_image(image_size=8 << 20, body=8192))
+    i.write_bytes(b"\x07" * 4096)
+    config = MachineConfig(kernel=str(k), initrd=str(i), mem=64 << 20, kvm_path=str(tmp_path / "no-kvm"))
+    payload = prepare(config)
+    assert payload.initrd_size == 4096
+    k.unlink()
+    i.unlink()
+    with pytest.raises(HostUnsupported):
+        Session(config, lambda data: None, payload=payload).run()
+    with pytest.raises(UsageProblem, match="initrd .*: no such file"):
+        Session(config, lambda data: None).run()
