@@ -103,7 +103,7 @@ class Vm(KvmFd):
         KVM holds) from ``entries``, each (gsi, type, flags, a, b, c, d):
         an irqchip route's (irqchip, pin, 0, 0) or an MSI route's
         (address_lo, address_hi, data, devid)."""
-        r = ffi.new("struct kvm_irq_routing *", len(entries))
+        r = ffi.new("struct kvm_irq_routing *", {"entries": len(entries)})  # the flexible array's length
         r.nr, r.flags = len(entries), 0
         for e, (gsi, kind, flags, a, b, c, d) in zip(r.entries, entries):
             e.gsi, e.type, e.flags = gsi, kind, flags

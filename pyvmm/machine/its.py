@@ -22,13 +22,15 @@ from ..errors import HostUnsupported, KvmError
 PHANDLE_ITS = 3  # beside fdt.PHANDLE_GIC and fdt.PHANDLE_APB_CLOCK
 
 # What the ITS path needs from KVM beyond the vGIC: irqfds, routing of GSIs
-# as MSIs, and MSIs that carry a device id (the ITS requires one).
-CAPS = ("KVM_CAP_IRQFD", "KVM_CAP_IOEVENTFD", "KVM_CAP_IRQ_ROUTING", "KVM_CAP_MSI_DEVID")
+# as MSIs, and (asked once the ITS exists: KVM answers it per VM, set when
+# an ITS is created) MSIs that carry a device id, which the ITS requires.
+CAPS = ("KVM_CAP_IRQFD", "KVM_CAP_IOEVENTFD", "KVM_CAP_IRQ_ROUTING")
+CAPS_WITH_ITS = ("KVM_CAP_MSI_DEVID",)
 
 
-def missing_caps(vm):
-    """The capabilities of :data:`CAPS` this VM's KVM does not offer."""
-    return [c for c in CAPS if vm.check_extension(const(c)) <= 0]
+def missing_caps(vm, caps=CAPS):
+    """The capabilities of ``caps`` this VM's KVM does not offer."""
+    return [c for c in caps if vm.check_extension(const(c)) <= 0]
 
 
 class VgicIts:
@@ -48,6 +50,10 @@ class VgicIts:
             self.device.set_device_attr(const("KVM_DEV_ARM_VGIC_GRP_ADDR"), const("KVM_VGIC_ITS_ADDR_TYPE"),
                                         layout.ITS_BASE)
             self.device.set_device_attr(const("KVM_DEV_ARM_VGIC_GRP_CTRL"), const("KVM_DEV_ARM_VGIC_CTRL_INIT"))
+            missing = missing_caps(vm, CAPS_WITH_ITS)
+            if missing:
+                raise HostUnsupported(f"PCI devices need {', '.join(missing)} with an ITS, which this host's KVM "
+                                      "does not offer", "use the default transport (virtio-mmio)")
         except BaseException:
             self.device.close()
             raise
