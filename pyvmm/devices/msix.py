@@ -64,7 +64,7 @@ class Msix:
         msix = self
 
         class _Cap(Capability):
-            def written(self, cfg, at: int) -> None:
+            def written(self, cfg, at: int, start: int, end: int) -> None:
                 msix.control_written(cfg.u(at + 2, 2))
 
         body = ((self.n - 1).to_bytes(2, "little") + (self.table_offset | self.bar).to_bytes(4, "little")

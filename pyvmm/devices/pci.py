@@ -34,8 +34,10 @@ BAR_MEM64 = 0b100  # memory BAR, 64-bit, not prefetchable
 
 class Capability:
     """A capability's bytes after its id and next pointer (``body``) and
-    the write mask of those bytes; ``written(cfg, at)`` runs after a write
-    touched the capability (``at``: its offset in config space)."""
+    the write mask of those bytes. ``written(cfg, at, start, end)`` runs
+    after a write to config bytes [start, end) touched the capability
+    (``at``: its offset in config space), ``before_read`` before a read of
+    them (a field whose value comes from elsewhere puts it in place)."""
 
     def __init__(self, cap_id: int, body: bytes, wmask: Optional[bytes] = None):
         self.cap_id = cap_id
@@ -44,8 +46,14 @@ class Capability:
         if len(self.wmask) != len(self.body):
             raise ValueError("a capability's write mask must be as long as its body")
 
-    def written(self, cfg: "PciFunction", at: int) -> None:
+    def written(self, cfg: "PciFunction", at: int, start: int, end: int) -> None:
         pass
+
+    def before_read(self, cfg: "PciFunction", at: int, start: int, end: int) -> None:
+        pass
+
+    def size(self) -> int:
+        return 2 + len(self.body)
 
 
 def _put(buf: bytearray, offset: int, value: int, size: int) -> None:
@@ -117,7 +125,11 @@ class PciFunction:
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length <= 0:
             return bytes(max(length, 0))
-        return bytes(self.cfg[offset:offset + length]).ljust(length, b"\0")
+        end = offset + length
+        for at, cap in self.caps:
+            if offset < at + cap.size() and at < end:
+                cap.before_read(self, at, offset, end)
+        return bytes(self.cfg[offset:end]).ljust(length, b"\0")
 
     def write(self, offset: int, data: bytes) -> None:
         if offset < 0 or offset >= CONFIG_SIZE:
@@ -127,8 +139,8 @@ class PciFunction:
             mask = self.wmask[i]
             self.cfg[i] = (self.cfg[i] & ~mask) | (data[i - offset] & mask)
         for at, cap in self.caps:
-            if offset < at + 2 + len(cap.body) and at < end:
-                cap.written(self, at)
+            if offset < at + cap.size() and at < end:
+                cap.written(self, at, offset, end)
         if offset < BAR1 + 4 and COMMAND < end:
             self._remap()
 

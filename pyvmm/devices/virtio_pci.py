@@ -13,7 +13,8 @@ point at (4.1.4) and the MSI-X table and PBA::
     0x4000  MSI-X table (one vector per queue + one for configuration changes)
     0x6000  MSI-X PBA
 
-The registers' meaning is the virtio-mmio transport's (feature words,
+A fifth vendor capability (VIRTIO_PCI_CAP_PCI_CFG) reaches BAR0 through
+configuration space. The registers' meaning is the virtio-mmio transport's (feature words,
 status, queue set-up, the error state), so :class:`VirtioPci` is a
 :class:`VirtioMmio` with other register offsets and another interrupt: each
 queue and the configuration change signal their MSI-X vector
@@ -50,7 +51,7 @@ COMMON_SIZE, ISR_SIZE, DEVICE_SIZE = 0x3C, 4, 0x1000
 NOTIFY_MULTIPLIER = 4
 
 CAP_VENDOR = 0x09
-CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE = 1, 2, 3, 4
+CFG_COMMON, CFG_NOTIFY, CFG_ISR, CFG_DEVICE, CFG_PCI = 1, 2, 3, 4, 5
 
 # Common configuration offsets (4.1.4.3)
 (C_DEVICE_FEATURE_SELECT, C_DEVICE_FEATURE, C_DRIVER_FEATURE_SELECT, C_DRIVER_FEATURE, C_CONFIG_MSIX_VECTOR,
@@ -75,6 +76,42 @@ def virtio_cap(cfg_type: int, offset: int, length: int, extra: bytes = b"") -> C
     return Capability(CAP_VENDOR, body)
 
 
+class PciCfgAccess(Capability):
+    """VIRTIO_PCI_CAP_PCI_CFG (4.1.4.9): BAR0 through configuration space.
+    The driver writes bar, offset and length (1, 2 or 4, offset aligned to
+    it), then writes pci_cfg_data to write that many bytes of BAR0 there,
+    or reads it to read them. Anything else (another BAR, another length,
+    outside BAR0) moves nothing; the data field then reads as last written."""
+
+    DATA = 2 + 14  # pci_cfg_data's offset in the capability
+
+    def __init__(self, transport: "VirtioPci"):
+        body = bytes((20, CFG_PCI, 0, 0, 0, 0)) + bytes(12)
+        wmask = bytes((0, 0, 0xFF, 0, 0, 0)) + b"\xff" * 12  # bar, offset, length, data
+        super().__init__(CAP_VENDOR, body, wmask)
+        self.transport = transport
+
+    def _target(self, cfg, at: int):
+        bar, offset, length = cfg.cfg[at + 4], cfg.u(at + 8, 4), cfg.u(at + 12, 4)
+        if bar != 0 or length not in (1, 2, 4) or offset % length or offset + length > BAR_SIZE:
+            return None
+        return offset, length
+
+    def written(self, cfg, at: int, start: int, end: int) -> None:
+        data = at + self.DATA
+        target = self._target(cfg, at)
+        if target is not None and start < data + 4 and data < end:
+            offset, length = target
+            self.transport.write(offset, bytes(cfg.cfg[data:data + length]))
+
+    def before_read(self, cfg, at: int, start: int, end: int) -> None:
+        data = at + self.DATA
+        target = self._target(cfg, at)
+        if target is not None and start < data + 4 and data < end:
+            offset, length = target
+            cfg.cfg[data:data + 4] = self.transport.read(offset, length).ljust(4, b"\0")
+
+
 def _put(buf: bytearray, offset: int, value: int, size: int) -> None:
     buf[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
@@ -94,6 +131,7 @@ class VirtioPci(VirtioMmio):
                            NOTIFY_MULTIPLIER.to_bytes(4, "little")),
                 virtio_cap(CFG_ISR, ISR, ISR_SIZE),
                 virtio_cap(CFG_DEVICE, DEVICE, DEVICE_SIZE),
+                PciCfgAccess(self),
                 self.msix.capability()]
         self.pci = PciFunction(VENDOR, DEVICE_BASE + backend.device_id, CLASS_CODES.get(backend.device_id, 0xFF0000),
                                REVISION, VENDOR, SUBSYSTEM_ID, BAR_SIZE, caps, on_bar)

@@ -104,9 +104,9 @@ def test_header_identifies_a_modern_virtio_net_function_with_a_capability_list()
 def test_capability_chain_has_the_four_virtio_structures_and_msix():
     t, _, _ = make()
     found = caps(t)
-    assert [c[1] for c in found] == [vp.CAP_VENDOR] * 4 + [msix_mod.CAP_ID]
+    assert [c[1] for c in found] == [vp.CAP_VENDOR] * 5 + [msix_mod.CAP_ID]
     virtio = {}
-    for at, _, raw in found[:4]:
+    for at, _, raw in found[:5]:
         cap_len, cfg_type, bar = raw[2], raw[3], raw[4]
         offset, length = int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
         assert bar == 0 and offset + length <= vp.BAR_SIZE
@@ -114,7 +114,8 @@ def test_capability_chain_has_the_four_virtio_structures_and_msix():
     assert virtio[vp.CFG_COMMON][1:3] == (vp.COMMON, 0x3C)
     assert virtio[vp.CFG_ISR][1] == vp.ISR and virtio[vp.CFG_DEVICE][1] == vp.DEVICE
     assert virtio[vp.CFG_NOTIFY][0] == 20 and int.from_bytes(virtio[vp.CFG_NOTIFY][3], "little") == 4
-    at = found[4][0]
+    assert virtio[vp.CFG_PCI][0] == 20
+    at = found[5][0]
     control = cfg(t, at + 2, 2)
     assert control & 0x7FF == 2  # 3 vectors: config + 2 queues
     assert cfg(t, at + 4, 4) == vp.MSIX_TABLE and cfg(t, at + 8, 4) == vp.MSIX_PBA  # BIR 0
@@ -138,6 +139,25 @@ def test_bar_sizing_protocol_and_decoding():
     assert moves[-1] == WINDOW + 0x10000 and cfg(t, pci.BAR0, 4) == WINDOW + 0x10004
     t.pci_write(pci.COMMAND, b"\0\0")
     assert moves[-1] is None
+
+
+def test_bar_through_the_pci_configuration_access_capability():
+    t, _, _ = make()
+    at = next(a for a, cap_id, raw in caps(t) if cap_id == vp.CAP_VENDOR and raw[3] == vp.CFG_PCI)
+    data = at + vp.PciCfgAccess.DATA
+    t.pci_write(at + 8, (vp.COMMON + vp.C_NUM_QUEUES).to_bytes(4, "little"))
+    t.pci_write(at + 12, (2).to_bytes(4, "little"))
+    assert cfg(t, data, 2) == 2  # num_queues, read through the window
+    t.pci_write(at + 8, (vp.COMMON + vp.C_QUEUE_SELECT).to_bytes(4, "little"))
+    t.pci_write(data, (1).to_bytes(2, "little"))
+    assert t.queue_sel == 1
+    t.pci_write(at + 12, (3).to_bytes(4, "little"))  # no such length: nothing moves
+    t.pci_write(data, (0).to_bytes(4, "little"))
+    assert t.queue_sel == 1
+    t.pci_write(at + 4, b"\x02")  # bar is one byte; only BAR0 exists
+    t.pci_write(at + 12, (2).to_bytes(4, "little"))
+    t.pci_write(data, (0).to_bytes(2, "little"))
+    assert t.queue_sel == 1
 
 
 def test_ecam_routes_by_device_and_absent_functions_read_all_ones():
