@@ -6,51 +6,26 @@ and with the I/O thread; /proc/interrupts shows the virtio vectors as
 ITS-MSI interrupts that fired; snapshot and migrate of that machine are
 refused with one line, and the guest runs on. Needs root in the test
 machine (taps, vhost)."""
-import http.server
 import os
 import re
-import socket
-import threading
 
 import pytest
 
 from support.run_support import Running, guest_files, pyvmm, wait_ready
-from test_data_planes import GUEST_IP, HOST_IP, Blob, _ip, _wait_for_interface, guest_value, script, sha
+from support.tcp_peer import TcpPeer
+from test_data_planes import GUEST_IP, HOST_IP, _ip, _wait_for_interface, check_tcp, guest_value, script
 
 pytestmark = pytest.mark.kvm
 
 
 @pytest.mark.parametrize("vhost", ["on", "off"])
 def test_tcp_both_ways_over_virtio_net_pci_with_msix(vhost, tmp_path):
-    size = 2 << 20
-    h2g = os.urandom(size)
-    Blob.data = h2g
-    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5212), Blob)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    lsock = socket.create_server(("0.0.0.0", 5211))
-    got = []
-
-    def receive():
-        c, _ = lsock.accept()
-        buf = bytearray()
-        while len(buf) < size:
-            chunk = c.recv(1 << 16)
-            if not chunk:
-                break
-            buf += chunk
-        got.append(bytes(buf))
-        c.close()
-    rx = threading.Thread(target=receive, daemon=True)
-    rx.start()
+    peer = TcpPeer(2 << 20, 5211, 5212)
     guest = (f'ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n'
              'echo "mac=$(cat /sys/class/net/eth0/address)"\n'
              'echo "driver=$(basename $(readlink -f /sys/class/net/eth0/device/../driver))"\n'
              'echo "bus=$(basename $(readlink -f /sys/class/net/eth0/device/..))"\n'
-             f'dd if=/dev/urandom of=/tmp/g2h bs=64k count={size >> 16} 2>/dev/null\n'
-             'echo "g2h=$(sha256sum /tmp/g2h | cut -c1-64)"\n'
-             f'i=0; until nc {HOST_IP} 5211 </tmp/g2h; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.5; done\n'
-             f'wget -q -O /tmp/h2g http://{HOST_IP}:5212/blob; echo "wget=$?"\n'
-             'echo "h2g=$(sha256sum /tmp/h2g | cut -c1-64)"\n'
+             + peer.guest_lines(HOST_IP) +
              'grep -i msi /proc/interrupts | sed "s/^/irq: /"\n'
              'echo net-done\n'
              'i=0; while [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done\n')
@@ -73,8 +48,7 @@ def test_tcp_both_ways_over_virtio_net_pci_with_msix(vhost, tmp_path):
         call(str(sock), {"cmd": "stop"})
         err = vm.finish(120)
     finally:
-        httpd.shutdown()
-        lsock.close()
+        peer.close()
         if vm.p.poll() is None:
             vm.p.kill()
     out = vm.out.decode(errors="replace")
@@ -82,17 +56,13 @@ def test_tcp_both_ways_over_virtio_net_pci_with_msix(vhost, tmp_path):
     assert guest_value(out, "mac") == "52:54:00:77:00:12"
     assert guest_value(out, "driver") == "virtio-pci", out[-3000:]
     assert guest_value(out, "bus") == "0000:00:00.0", out[-3000:]
-    rx.join(10)
-    assert got and len(got[0]) == size, (len(got[0]) if got else None, out[-1500:])
-    assert guest_value(out, "g2h") == sha(got[0])
-    assert guest_value(out, "wget") == "0"
-    assert guest_value(out, "h2g") == sha(h2g)
+    check_tcp(peer, out)
     # The virtio vectors are ITS-MSI interrupts (LPIs), and the queues' ones fired.
     irqs = [line for line in out.splitlines() if line.startswith("irq: ")]
     virtio = [line for line in irqs if "ITS" in line and "virtio0" in line]
     assert virtio, out[-3000:]
     counts = {re.search(r"virtio0-(\S+)", line).group(1): int(line.split()[2]) for line in virtio}
-    assert counts.get("input.0", 0) > 0 and counts.get("output.0", 0) >= 0, counts
+    assert "config" in counts and counts.get("input.0", 0) > 0, counts  # a vector per queue, and they fired
     # Refused, one line each, before anything was paused or written: the guest ran on.
     serr = snap.stderr.decode()
     assert snap.returncode != 0 and "cannot snapshot this machine" in serr and "PCI" in serr, serr
