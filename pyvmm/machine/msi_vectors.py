@@ -37,6 +37,7 @@ class MsiVectors:
     def __init__(self, vm, routes: GsiRoutes, n: int, devid: int = 0):
         self.vm, self.routes, self.devid = vm, routes, devid
         self.msix: Optional[Msix] = None
+        self.refused: Optional[str] = None  # the last vector change KVM refused
         self.fds: List[int] = []
         self.assigned = [False] * n
         try:
@@ -69,19 +70,24 @@ class MsiVectors:
         if msix is None or not 0 <= v < len(self.fds):
             return
         fd, gsi = self.fds[v], self.gsis[v]
-        if msix.may_deliver(v):
-            address, data, _ = msix.entry(v)
-            if self.routes.set_msi(gsi, address, data, self.devid):
-                self.routes.commit()
-            if not self.assigned[v]:
-                owed = drain(fd)
-                self.vm.irqfd(fd, gsi)
-                self.assigned[v] = True
-                if owed:
-                    os.eventfd_write(fd, 1)
-        elif self.assigned[v]:
-            self.vm.irqfd(fd, gsi, const("KVM_IRQFD_FLAG_DEASSIGN"))
-            self.assigned[v] = False
+        try:
+            if msix.may_deliver(v):
+                address, data, _ = msix.entry(v)
+                if self.routes.set_msi(gsi, address, data, self.devid):
+                    self.routes.commit()
+                if not self.assigned[v]:
+                    owed = drain(fd)
+                    self.vm.irqfd(fd, gsi)
+                    self.assigned[v] = True
+                    if owed:
+                        os.eventfd_write(fd, 1)
+            elif self.assigned[v]:
+                self.vm.irqfd(fd, gsi, const("KVM_IRQFD_FLAG_DEASSIGN"))
+                self.assigned[v] = False
+        except OSError as e:
+            # KVM refused the guest's message (a route or irqfd it will not
+            # take): the vector stays as it was, and the guest runs on.
+            self.refused = f"MSI-X vector {v}: {e}"
 
     def close(self) -> None:
         """Deassign the irqfds (while the VM is open) and close the eventfds."""

@@ -399,6 +399,12 @@ def test_vectors_follow_masks_and_deliver_what_they_owe_on_unmask():
         assert os.eventfd_read(vecs.fds[0]) == 1  # the owed message, signalled once after the irqfd
         m.write_table(12, (1).to_bytes(4, "little"))  # mask vector 0
         assert vm.irqfds[-1] == (vecs.fds[0], 96, const("KVM_IRQFD_FLAG_DEASSIGN"))
+
+        def refuse(entries):
+            raise OSError(22, "Invalid argument")
+        vm.set_gsi_routing = refuse  # KVM refusing a route the guest asked for: the guest runs on
+        m.write_table(16, entry(0xDEAD_0000, 1, False))
+        assert vecs.refused and "vector 1" in vecs.refused and not vecs.assigned[1]
     finally:
         vecs.close()
     assert vecs.fds == []
