@@ -35,7 +35,7 @@ Prints one table with MB/s (or seconds) per VMM and the ratio pyvmm/QEMU.
 A run that fails is reported and left out (the table says how many counted).
 PYVMM_BENCH_ONLY picks rows (console,tcp,vsock,fs,boot), PYVMM_BENCH_TCP_VHOST
 the TCP variants (on,off). PYVMM_BENCH_NET_TRANSPORT: pyvmm's virtio-net transport,
-mmio or pci (``--net ...,transport=``; default mmio); a list (pci,mmio) runs the
+mmio or pci (``--net ...,transport=``; default pci); a list (pci,mmio) runs the
 TCP rows with each, the first in the table's pyvmm column and the others right
 after it in every round, shown as A/B lines under the TCP rows.
 Run: python3 bench/data_planes.py  (re-runs itself in ci/qemu-aarch64/run on a
@@ -76,7 +76,8 @@ FS_MB = int(os.environ.get("PYVMM_BENCH_FS_MB", "256"))
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "3"))
 REPEAT = int(os.environ.get("PYVMM_BENCH_REPEAT", "3"))  # transfers per booted guest
 TCP_VHOST = os.environ.get("PYVMM_BENCH_TCP_VHOST", "on,off").split(",")
-NET_TRANSPORTS = os.environ.get("PYVMM_BENCH_NET_TRANSPORT", "mmio").split(",")
+# pci by default: like QEMU's virtio-net-pci, and ahead of mmio in the 2026-12-05 A/B runs (docs/benchmarks.md)
+NET_TRANSPORTS = os.environ.get("PYVMM_BENCH_NET_TRANSPORT", "pci").split(",")
 HOST_IP, GUEST_IP = "10.78.0.1", "10.78.0.2"
 VSOCK_PORT = 5123
 BUSYBOX = "/bin/busybox"
