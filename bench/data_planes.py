@@ -34,7 +34,10 @@ timed by the guest; a row's figure is the median of all its transfers.
 Prints one table with MB/s (or seconds) per VMM and the ratio pyvmm/QEMU.
 A run that fails is reported and left out (the table says how many counted).
 PYVMM_BENCH_ONLY picks rows (console,tcp,vsock,fs,boot), PYVMM_BENCH_TCP_VHOST
-the TCP variants (on,off).
+the TCP variants (on,off). PYVMM_BENCH_NET_TRANSPORT: pyvmm's virtio-net transport,
+mmio or pci (``--net ...,transport=``; default pci); a list (pci,mmio) runs the
+TCP rows with each, the first in the table's pyvmm column and the others right
+after it in every round, shown as A/B lines under the TCP rows.
 Run: python3 bench/data_planes.py  (re-runs itself in ci/qemu-aarch64/run on a
 non-arm64 host; needs root there for taps; build the guest first).
 """
@@ -73,6 +76,8 @@ FS_MB = int(os.environ.get("PYVMM_BENCH_FS_MB", "256"))
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "3"))
 REPEAT = int(os.environ.get("PYVMM_BENCH_REPEAT", "3"))  # transfers per booted guest
 TCP_VHOST = os.environ.get("PYVMM_BENCH_TCP_VHOST", "on,off").split(",")
+# pci by default: like QEMU's virtio-net-pci, and ahead of mmio in the 2026-12-05 A/B runs (docs/benchmarks.md)
+NET_TRANSPORTS = os.environ.get("PYVMM_BENCH_NET_TRANSPORT", "pci").split(",")
 HOST_IP, GUEST_IP = "10.78.0.1", "10.78.0.2"
 VSOCK_PORT = 5123
 BUSYBOX = "/bin/busybox"
@@ -182,7 +187,8 @@ def pyvmm_cmd(k, i, params, devices):
     args = [sys.executable, "-m", "pyvmm", "run", "-k", k, "-i", i, "-m", MEM, "-c", "1", "-p", params]
     for kind, spec in devices:
         if kind == "net":
-            args += ["--net", f"tap={spec['tap']},mac={MAC},vhost={spec.get('vhost', 'on')}"]
+            args += ["--net", f"tap={spec['tap']},mac={MAC},vhost={spec.get('vhost', 'on')},"
+                              f"transport={spec.get('transport', NET_TRANSPORTS[0])}"]
         elif kind == "vsock":
             args += ["--vsock", f"cid={spec['cid']}"]
         elif kind == "fs":
@@ -355,6 +361,15 @@ def bench_console(k, i, r):
         log(f"{vmm} console run {n + 1}: {[round(n_bytes / t) for t in times]} B/s")
 
 
+def tcp_rounds():
+    """rounds(), with pyvmm on each further PYVMM_BENCH_NET_TRANSPORT right after pyvmm."""
+    for n, vmm in rounds():
+        yield n, vmm
+        if vmm == "pyvmm":
+            for t in NET_TRANSPORTS[1:]:
+                yield n, f"pyvmm {t}"
+
+
 def bench_tcp(k, i, tmp, r):
     Blob.size = 0
     httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5302), Blob)
@@ -369,10 +384,13 @@ def bench_tcp(k, i, tmp, r):
                      f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
                      + repeated(("g2h", f"dd if=/dev/zero bs=64k count={mb * 16} 2>/dev/null | nc {HOST_IP} 5301"),
                                 ("h2g", f"wget -q -O /dev/null http://{HOST_IP}:5302/")))
-            for n, vmm in rounds():
-                tap = tap_for(vmm)
+            for n, vmm in tcp_rounds():
+                tap = tap_for(vmm.split()[0])
+                net = {"tap": tap, "vhost": vhost}
+                if vmm.startswith("pyvmm "):  # another transport's A/B line
+                    net["transport"] = vmm.split()[1]
                 out = r.attempt(vmm, f"tcp vhost={vhost}", n, lambda: run_guest(
-                    vmm, k, i, guest, [("net", {"tap": tap, "vhost": vhost})], tmp,
+                    vmm.split()[0], k, i, guest, [("net", net)], tmp,
                     setup=lambda: configure_tap(tap)))
                 v = values(out or "", "g2h", "h2g")
                 for d in ("g2h", "h2g"):
@@ -476,7 +494,7 @@ def report(r, only):
     print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} boots each, interleaved, "
           f"{REPEAT} transfers per boot (console, TCP, vsock), medians of all transfers; "
           f"{MEM} guest, 1 vCPU; TCP {NET_MB} MiB with vhost=on, {NET_OFF_MB} MiB with vhost=off; "
-          f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB)\n")
+          f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB; pyvmm's virtio-net on virtio-{NET_TRANSPORTS[0]})\n")
     print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
     print("|---|---|---|---|---|")
     for metric, unit, target in ROWS:
@@ -492,6 +510,14 @@ def report(r, only):
         verdict = "" if target is None else target if ratio is None or met(ratio, target) else f"{target} (not met)"
         print(f"| {metric} | {fa} | {fb} | {'n/a' if ratio is None else f'{ratio:.2f}'} | "
               f"{verdict or 'for comparison'} |")
+        if metric.startswith("tcp "):
+            for t in NET_TRANSPORTS[1:]:
+                (a, na), (b, nb) = r.median("pyvmm", metric), r.median(f"pyvmm {t}", metric)
+                (q, _) = r.median("qemu", metric)
+                if a and b:
+                    vs_qemu = f", {t} vs QEMU {b / q:.2f}" if q else ""
+                    print(f"| {metric} (transport {NET_TRANSPORTS[0]} vs {t}) | {a:,.2f} {unit} ({na}) | "
+                          f"{b:,.2f} {unit} ({nb}) | {a / b:.2f} | A/B{vs_qemu} |")
         if metric == ROWS[-1][0]:
             extra = [("guest clock at init", "pyvmm", "qemu", "for comparison")]
             if HUGE_AB:

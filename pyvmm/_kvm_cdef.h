@@ -164,6 +164,40 @@ struct kvm_ioeventfd {
     uint8_t pad[36];
 };
 
+/* GSI routing (KVM_SET_GSI_ROUTING, KVM_CAP_IRQ_ROUTING): virtio-pci's MSI-X
+ * vectors as MSIs through the vGIC ITS beside the SPIs' irqchip routes
+ * (pyvmm/machine/gsi_routes.py). The entry's union is declared with the two
+ * members pyvmm fills and its 32-byte pad (the UAPI's size). */
+struct kvm_irq_routing_irqchip {
+    uint32_t irqchip;
+    uint32_t pin;
+};
+
+struct kvm_irq_routing_msi {
+    uint32_t address_lo;
+    uint32_t address_hi;
+    uint32_t data;
+    uint32_t devid;
+};
+
+struct kvm_irq_routing_entry {
+    uint32_t gsi;
+    uint32_t type;
+    uint32_t flags;
+    uint32_t pad;
+    union {
+        struct kvm_irq_routing_irqchip irqchip;
+        struct kvm_irq_routing_msi msi;
+        uint32_t pad[8];
+    } u;
+};
+
+struct kvm_irq_routing {
+    uint32_t nr;
+    uint32_t flags;
+    struct kvm_irq_routing_entry entries[];
+};
+
 /* ---- constants (values from the 7.3 UAPI; checked by the probe) ---------- */
 #define KVMIO 0xAE
 #define KVM_API_VERSION 12
@@ -199,6 +233,7 @@ struct kvm_ioeventfd {
 #define KVM_CAP_USER_MEMORY 3
 #define KVM_CAP_NR_VCPUS 9
 #define KVM_CAP_NR_MEMSLOTS 10
+#define KVM_CAP_IRQ_ROUTING 25
 #define KVM_CAP_IRQFD 32
 #define KVM_CAP_IOEVENTFD 36
 #define KVM_CAP_VCPU_EVENTS 41
@@ -209,6 +244,7 @@ struct kvm_ioeventfd {
 #define KVM_CAP_DEVICE_CTRL 89
 #define KVM_CAP_ARM_EL1_32BIT 93
 #define KVM_CAP_ARM_PSCI_0_2 102
+#define KVM_CAP_MSI_DEVID 131
 #define KVM_CAP_CHECK_EXTENSION_VM 105
 #define KVM_CAP_ARM_PMU_V3 126
 #define KVM_CAP_VCPU_ATTRIBUTES 127
@@ -253,6 +289,7 @@ struct kvm_ioeventfd {
 #define KVM_VGIC_V3_ADDR_TYPE_DIST 2
 #define KVM_VGIC_V3_ADDR_TYPE_REDIST 3
 #define KVM_VGIC_V3_ADDR_TYPE_REDIST_REGION 5
+#define KVM_VGIC_ITS_ADDR_TYPE 4
 #define KVM_DEV_ARM_VGIC_GRP_ADDR 0
 #define KVM_DEV_ARM_VGIC_GRP_DIST_REGS 1
 #define KVM_DEV_ARM_VGIC_GRP_NR_IRQS 3
@@ -352,6 +389,9 @@ struct kvm_coalesced_mmio_ring {
 #define KVM_CAP_IRQFD_RESAMPLE 82
 #define KVM_IRQFD_FLAG_DEASSIGN 1
 #define KVM_IRQFD_FLAG_RESAMPLE 2
+#define KVM_IRQ_ROUTING_IRQCHIP 1
+#define KVM_IRQ_ROUTING_MSI 2
+#define KVM_MSI_VALID_DEVID 1
 #define KVM_IOEVENTFD_FLAG_DATAMATCH 1
 #define KVM_IOEVENTFD_FLAG_DEASSIGN 4
 

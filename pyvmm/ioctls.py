@@ -72,6 +72,7 @@ _TABLE: List[_Spec] = [
     _IOWR("KVM_CLEAR_DIRTY_LOG", 0xC0, "struct kvm_clear_dirty_log"),  # KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2
     _IOW("KVM_REGISTER_COALESCED_MMIO", 0x67, "struct kvm_coalesced_mmio_zone"),  # KVM_CAP_COALESCED_MMIO
     _IOW("KVM_IRQ_LINE", 0x61, "struct kvm_irq_level"),  # KVM_CAP_IRQCHIP
+    _IOW("KVM_SET_GSI_ROUTING", 0x6A, "struct kvm_irq_routing"),  # KVM_CAP_IRQ_ROUTING
     _IOW("KVM_IRQFD", 0x76, "struct kvm_irqfd"),  # KVM_CAP_IRQFD
     _IOW("KVM_IOEVENTFD", 0x79, "struct kvm_ioeventfd"),  # KVM_CAP_IOEVENTFD
     _IOW("KVM_ENABLE_CAP", 0xA3, "struct kvm_enable_cap"),  # KVM_CAP_ENABLE_CAP_VM

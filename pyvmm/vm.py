@@ -98,6 +98,21 @@ class Vm(KvmFd):
         a.fd, a.gsi, a.flags, a.resamplefd = fd, gsi, flags, resamplefd
         self.ioctl("KVM_IRQFD", a)
 
+    def set_gsi_routing(self, entries) -> None:
+        """KVM_SET_GSI_ROUTING: the whole routing table (it replaces the one
+        KVM holds) from ``entries``, each (gsi, type, flags, a, b, c, d):
+        an irqchip route's (irqchip, pin, 0, 0) or an MSI route's
+        (address_lo, address_hi, data, devid)."""
+        r = ffi.new("struct kvm_irq_routing *", {"entries": len(entries)})  # the flexible array's length
+        r.nr, r.flags = len(entries), 0
+        for e, (gsi, kind, flags, a, b, c, d) in zip(r.entries, entries):
+            e.gsi, e.type, e.flags = gsi, kind, flags
+            if kind == const("KVM_IRQ_ROUTING_MSI"):
+                e.u.msi.address_lo, e.u.msi.address_hi, e.u.msi.data, e.u.msi.devid = a, b, c, d
+            else:
+                e.u.irqchip.irqchip, e.u.irqchip.pin = a, b
+        self.ioctl("KVM_SET_GSI_ROUTING", r)
+
     def ioeventfd(self, addr: int, length: int, fd: int, datamatch: Optional[int] = None,
                   flags: int = 0) -> None:
         a = ffi.new("struct kvm_ioeventfd *")

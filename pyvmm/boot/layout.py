@@ -5,11 +5,14 @@
     0x0000_0000 +---------------------------+
                 |   (nothing)               |
     0x0800_0000 | GICv3 distributor  64 KiB |
+    0x0808_0000 | GICv3 ITS         128 KiB |  only with a PCI device (MSI-X)
     0x080A_0000 | GICv3 redistributors      |  128 KiB per vCPU (RD + SGI frames),
                 |                           |  room for 123 vCPUs
     0x0900_0000 | PL011 UART          4 KiB |  SPI 1   (INTID 33)
     0x0A00_0000 | virtio-mmio slot 0  512 B |  SPI 16  (INTID 48)
     0x0A00_0200 | virtio-mmio slot 1  512 B |  SPI 17  ... 32 slots
+    0x1000_0000 | PCI MMIO window (32-bit)  |  BARs, placed by the guest
+    0x3F00_0000 | PCI ECAM, bus 0     1 MiB |  only with a PCI device
     0x4000_0000 +---------------------------+
                 | RAM (--mem)               |  kernel at RAM base + text_offset;
                 |   ...                     |  initrd at RAM base + min(RAM/2, 128 MiB)
@@ -45,6 +48,17 @@ GICR_BASE = 0x080A_0000
 GICR_STRIDE = 0x2_0000  # RD_base + SGI_base frames, 64 KiB each (GICv3 arch. spec 12.10)
 GICR_REGION_SIZE = 0x00F6_0000
 MAX_VCPUS = GICR_REGION_SIZE // GICR_STRIDE  # 123
+
+# The vGIC ITS (two 64 KiB frames: control, then GITS_TRANSLATER's page),
+# where QEMU's virt machine has it; only a machine with a PCI device has one.
+ITS_BASE, ITS_SIZE = 0x0808_0000, 0x2_0000
+ITS_TRANSLATER = ITS_BASE + 0x1_0040  # GITS_TRANSLATER: the MSI doorbell (GICv3 arch. spec 12.19)
+
+# The generic PCIe host bridge (pci-host-ecam-generic): bus 0's ECAM config
+# space (1 MiB: 32 devices x 8 functions x 4 KiB) and a 32-bit window for
+# the BARs the guest assigns, below the ECAM and above the virtio-mmio slots.
+PCI_ECAM_BASE, PCI_ECAM_SIZE = 0x3F00_0000, 0x10_0000
+PCI_MMIO_BASE, PCI_MMIO_SIZE = 0x1000_0000, 0x2F00_0000
 
 UART_BASE, UART_SIZE, UART_SPI = 0x0900_0000, 0x1000, 1
 

@@ -106,9 +106,11 @@ PARAMS = (
            help="Where the console is: this terminal; a new pty (its name is printed); a unix "
                 "socket (mode 0600, one client at a time); or a log file (output only). Output "
                 "nobody reads on a pty or socket is dropped, never stalling the guest."),
-    Option("nets", "--net", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off]",
+    Option("nets", "--net", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off][,transport=mmio|pci]",
            help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
-                "packets moved by vhost-net (repeatable)."),
+                "packets moved by vhost-net (repeatable). transport=pci: a virtio-pci function with "
+                "MSI-X through the GICv3 ITS (no exit per interrupt; such a machine cannot be "
+                "snapshotted or migrated yet)."),
     Option("vsock", "--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more)."),
     Option("fss", "--fs", multiple=True, metavar="tag=TAG,dir=DIR|socket=PATH",
            help="virtio-fs with mount tag TAG: pyvmm runs virtiofsd for DIR, or connects to the "

@@ -13,7 +13,7 @@ import threading
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Callable, Dict, List, Optional, Protocol
+    from typing import Callable, Dict, List, Optional, Protocol, Tuple
 
 from .._record import record
 from ..errors import PyvmmError
@@ -44,8 +44,7 @@ class Mapping:
 
 class MmioBus:
     def __init__(self):
-        self._maps: List[Mapping] = []
-        self._bases: List[int] = []
+        self._table: Tuple[List[Mapping], List[int]] = ([], [])  # mappings and their bases, by base
         self._lock = threading.Lock()
         self.unhandled = 0  # accesses that hit no device
         self.trace = None  # a dict counting (device, offset, r/w) when tracing (--debug)
@@ -63,19 +62,39 @@ class MmioBus:
                                      f"{m.name} at {m.base:#x}-{m.end - 1:#x}")
             m = Mapping(base, size, device, name)
             i = bisect_right(self._bases, base)
-            self._maps.insert(i, m)
-            self._bases.insert(i, base)
+            # New lists, swapped in as one tuple: a vCPU thread looking up
+            # an address meanwhile (without the lock) sees the old or the new.
+            self._table = (self._maps[:i] + [m] + self._maps[i:], self._bases[:i] + [base] + self._bases[i:])
             fast = getattr(device, "fast_reads", None)
             for off, fn in (fast() if fast is not None else {}).items():
                 if 0 <= off <= size - 4:
                     self.fast_reads[base + off] = fn
         return m
 
+    def unregister(self, mapping: Mapping) -> None:
+        """Take ``mapping`` (from :meth:`register`) off the bus: a PCI BAR the guest moved."""
+        with self._lock:
+            keep = [m for m in self._maps if m is not mapping]
+            if len(keep) == len(self._maps):
+                return
+            for addr in [a for a in self.fast_reads if mapping.base <= a < mapping.end]:
+                del self.fast_reads[addr]
+            self._table = (keep, [m.base for m in keep])
+
+    @property
+    def _maps(self) -> List[Mapping]:
+        return self._table[0]
+
+    @property
+    def _bases(self) -> List[int]:
+        return self._table[1]
+
     def find(self, addr: int, length: int = 1) -> Optional[Mapping]:
-        i = bisect_right(self._bases, addr) - 1
+        maps, bases = self._table
+        i = bisect_right(bases, addr) - 1
         if i < 0:
             return None
-        m = self._maps[i]
+        m = maps[i]
         if addr + length <= m.end:
             return m
         return None

@@ -76,7 +76,7 @@ class VhostBackend(VirtioBackend):
             p.set_vring_base(i, q.last_avail)
             self._set_ring(transport, i)
             p.set_vring_kick(i, self.kicks[i])
-            p.set_vring_call(i, self.call)
+            p.set_vring_call(i, transport.queue_call(i, self.call))
         self.start(transport)
         self.running = True
 

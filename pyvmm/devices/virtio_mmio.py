@@ -327,6 +327,12 @@ class VirtioMmio:
         if done:
             self.signal_used(q)
 
+    def queue_call(self, index: int, call: int) -> int:
+        """The eventfd a vhost plane signals for queue ``index``, given the
+        device's ``call`` eventfd: that one (one interrupt for every queue;
+        virtio-pci gives each queue its MSI-X vector's)."""
+        return call
+
     def notify_all(self) -> None:
         """Serve every ready queue once: after a restore, a notify the guest
         made before the snapshot may never have been served."""

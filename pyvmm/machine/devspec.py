@@ -10,6 +10,7 @@ from .._record import record
 from ..errors import UsageProblem
 
 FS_TAG_MAX = 36  # virtio 1.2, 5.11.4: tag is a 36-byte field, NUL-padded
+NET_TRANSPORTS = ("mmio", "pci")  # virtio-mmio (the default), virtio-pci with MSI-X
 
 
 @record(frozen=True)
@@ -17,6 +18,7 @@ class NetSpec:
     tap: str
     mac: Optional[str] = None
     vhost: bool = True
+    transport: str = "mmio"  # or "pci": virtio-pci with MSI-X through the vGIC ITS
 
 
 @record(frozen=True)
@@ -49,7 +51,7 @@ def parse_net(text: str) -> NetSpec:
     from ..devices.virtio_net import parse_mac
     from ..net.tap import check_name
 
-    kv = _pairs("--net", text, ("tap", "mac", "vhost"))
+    kv = _pairs("--net", text, ("tap", "mac", "vhost", "transport"))
     if not kv.get("tap"):
         raise UsageProblem(f"--net {text}: tap=IFNAME is required")
     check_name(kv["tap"])
@@ -62,7 +64,10 @@ def parse_net(text: str) -> NetSpec:
     vhost = kv.get("vhost", "on")
     if vhost not in ("on", "off"):
         raise UsageProblem(f"--net {text}: vhost={vhost}: choose on or off")
-    return NetSpec(kv["tap"], mac.lower() if mac else None, vhost == "on")
+    transport = kv.get("transport", "mmio")
+    if transport not in NET_TRANSPORTS:
+        raise UsageProblem(f"--net {text}: transport={transport}: choose {' or '.join(NET_TRANSPORTS)}")
+    return NetSpec(kv["tap"], mac.lower() if mac else None, vhost == "on", transport)
 
 
 def parse_vsock(text: str) -> VsockSpec:

@@ -53,8 +53,10 @@ class VgicV3:
         """CTRL_INIT: after all vCPUs are created."""
         self.device.set_device_attr(const("KVM_DEV_ARM_VGIC_GRP_CTRL"), const("KVM_DEV_ARM_VGIC_CTRL_INIT"))
 
-    def dt_node(self) -> fdt.Node:
-        return (fdt.Node(f"intc@{layout.GICD_BASE:x}")
+    def dt_node(self, its: bool = False) -> fdt.Node:
+        """The GIC; ``its``: with the ITS (pyvmm/machine/its.py) as its child
+        (the parent then needs address cells and an identity ``ranges``)."""
+        node = (fdt.Node(f"intc@{layout.GICD_BASE:x}")
                 .prop("compatible", "arm,gic-v3")
                 .prop("#interrupt-cells", 3)
                 .prop("interrupt-controller")
@@ -62,6 +64,12 @@ class VgicV3:
                 .prop("reg", fdt.reg64((layout.GICD_BASE, layout.GICD_SIZE),
                                        (layout.GICR_BASE, layout.gicr_size(self.ncpus))))
                 .prop("phandle", fdt.PHANDLE_GIC))
+        if its:
+            from . import its as its_mod
+
+            node.prop("#address-cells", 2).prop("#size-cells", 2).prop("ranges")
+            node.children.append(its_mod.dt_node())
+        return node
 
     def close(self) -> None:
         self.device.close()

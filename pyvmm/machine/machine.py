@@ -56,7 +56,9 @@ if TYPE_CHECKING:
     from ..devices.virtio_blk import VirtioBlk
     from ..devices.virtio_console import VirtioConsole
     from ..devices.virtio_fs import VirtioFs
+    from ..devices.virtio_pci import VirtioPci
     from ..net.link_watch import LinkWatch
+    from .pci_devices import PciDevices
     from ..vhost.virtiofsd import Virtiofsd
     from ..vcpu import Vcpu
     from ..vm import Vm
@@ -157,6 +159,10 @@ class Machine:
         # without exits (pyvmm/devices/virtio_regpage.py), or why there is none.
         self.regpages: Optional[virtio_regpage.RegPageSet] = None
         self.regpage_off: Optional[str] = "no virtio device built yet"
+        # The PCI side (ITS, host bridge, virtio-pci functions), built for a
+        # device given transport=pci (pyvmm/machine/pci_devices.py)
+        self.pci: Optional[PciDevices] = None
+        self.pci_virtio: List[VirtioPci] = []
 
     # -- building --------------------------------------------------------------
     def _irq(self, spi: int) -> Callable[[bool], None]:
@@ -277,9 +283,12 @@ class Machine:
                 net = VirtioNet.open(n.tap, n.mac, shared=self.share_taps)
             else:
                 net = VirtioNetPython.open(n.tap, n.mac, self.io, shared=self.share_taps)
-            self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
+            if n.transport == "pci":
+                self._add_virtio_pci(self._own(net), f"virtio-net-pci tap={n.tap}")
+            else:
+                self._add_virtio(slot, self._own(net), f"virtio-net tap={n.tap}")
+                slot += 1
             self._watch_link(n.tap)
-            slot += 1
         if c.vsock is not None:
             from ..devices.virtio_vsock import VirtioVsock
 
@@ -335,6 +344,26 @@ class Machine:
         if self.regpages is not None:
             t.attach_page(self.regpages.page(base, VIRTIO_SIZE))
 
+    def _add_virtio_pci(self, backend: VirtioBackend, name: str) -> None:
+        """``backend`` as a virtio-pci function (MSI-X through the ITS); the
+        ITS and host bridge come with the first one."""
+        if self.pci is None:
+            from .pci_devices import PciDevices  # loaded only for a machine with a PCI device (start-up time)
+
+            gic = built(self.gic, "vGIC")
+            self.pci = PciDevices(built(self.vm, "VM"), self.bus, built(self.io, "I/O thread"), gic.nr_irqs() - 32)
+            self.bus.register(layout.ITS_BASE, layout.ITS_SIZE, _KernelOwned(), "vGICv3 ITS")
+        self.pci_virtio.append(self.pci.add_virtio(self.mem, backend, name))
+
+    @property
+    def snapshot_refusal(self) -> Optional[str]:
+        """Why the machine as a whole cannot be snapshotted or migrated (None: it can, as far as that goes)."""
+        if self.pci is not None:
+            from .pci_devices import REFUSAL
+
+            return REFUSAL
+        return None
+
     def _watch_link(self, tap: str) -> None:
         """Stop the guest when the interface of ``tap`` is deleted on the host."""
         if self.links is None:
@@ -372,7 +401,8 @@ class Machine:
         self.finish(status, f"virtio I/O thread: {what}")
 
     def device_nodes(self) -> List[fdt.Node]:
-        return [built(self.uart, "UART").dt_node()] + [t.dt_node() for t in self.virtio]
+        nodes = [built(self.uart, "UART").dt_node()] + [t.dt_node() for t in self.virtio]
+        return nodes + (self.pci.dt_nodes() if self.pci is not None else [])
 
     def load_images(self) -> None:
         """Kernel (or firmware) and initrd into RAM (they need only the VM's memory)."""
@@ -389,7 +419,7 @@ class Machine:
         initrd there); vCPU 0 at the entry."""
         p = built(self.payload, "payload").plan
         self.dtb = fdt.build(ram_size=self.config.mem, mpidrs=[mpidr_of(v) for v in self.vcpus],
-                             gic=built(self.gic, "vGIC").dt_node(), devices=self.device_nodes(),
+                             gic=built(self.gic, "vGIC").dt_node(its=self.pci is not None), devices=self.device_nodes(),
                              bootargs=self.cmdline, initrd=self._initrd_range,
                              stdout_path=built(self.uart, "UART").dt_path if self.config.console == "serial" else None,
                              pmu=self.pmu)
@@ -566,6 +596,8 @@ class Machine:
         self._daemons.clear()
         for n in self.notifiers:
             n.close()
+        if self.pci is not None:
+            self.pci.close()
         for d in self.disks:
             d.close()
         if self.gic is not None:

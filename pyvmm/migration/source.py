@@ -91,6 +91,8 @@ def refusal(m: Machine) -> Optional[str]:
     why = chain.untracked(m)
     if why:
         return why
+    if m.snapshot_refusal:
+        return m.snapshot_refusal
     for t in m.virtio:
         if t.backend.snapshot_refusal:
             return t.backend.snapshot_refusal

@@ -74,6 +74,8 @@ def _planes_stopped(m: Machine) -> Iterator[None]:
 
 def check_snapshottable(m: Machine) -> None:
     """UsageProblem naming the first device whose state pyvmm cannot save."""
+    if m.snapshot_refusal:
+        raise UsageProblem(f"cannot snapshot this machine: {m.snapshot_refusal}")
     for t in m.virtio:
         why = t.backend.snapshot_refusal
         if why:

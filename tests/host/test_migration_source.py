@@ -33,6 +33,7 @@ class FakeSourceMachine:
             self.mem.write(0x4000_0000 + i * PAGE, bytes([i % 251 + 1]) * 100)
         self.vm = FakeDirtyVm()
         self.virtio = []
+        self.snapshot_refusal = None  # as Machine's (set with a PCI device)
         self.config = types.SimpleNamespace(fss=[])
         self.paused = False
         self.owned = []  # as Machine.owned: source.migrate drops a snapshot chain's dirty tracker from it
@@ -320,6 +321,11 @@ def test_a_paused_guest_and_vhost_machines_are_refused(tmp_path, fake_take):
                                                                                   snapshot_refusal=None))]
     with pytest.raises(source.MigrationError, match="vhost"):
         source.migrate(m, f"unix:{tmp_path}/x.sock")
+    m = FakeSourceMachine()
+    m.snapshot_refusal = "a machine with PCI devices cannot be saved yet"  # as Machine's, with transport=pci
+    with pytest.raises(source.MigrationError, match="^cannot migrate this machine: a machine with PCI devices"):
+        source.migrate(m, f"unix:{tmp_path}/x.sock")
+    assert m.events == []  # nothing paused
 
 
 def test_pre_copy_stops_when_the_rest_fits_and_is_small_or_no_longer_shrinks():

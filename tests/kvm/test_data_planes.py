@@ -17,6 +17,7 @@ import time
 import pytest
 
 from support.run_support import Running, guest_files, pyvmm
+from support.tcp_peer import TcpPeer, serving
 
 pytestmark = pytest.mark.kvm
 
@@ -77,19 +78,6 @@ def _ip(*args):
     subprocess.run([BUSYBOX, "ip", *args], check=True, capture_output=True)
 
 
-class Blob(http.server.BaseHTTPRequestHandler):
-    data = b""
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(self.data)))
-        self.end_headers()
-        self.wfile.write(self.data)
-
-    def log_message(self, *a):
-        pass
-
-
 def _wait_for_interface(name, proc, timeout=120):
     deadline = time.monotonic() + timeout
     while not os.path.exists(f"/sys/class/net/{name}"):
@@ -103,33 +91,9 @@ def test_tcp_both_ways_over_a_tap_pyvmm_creates(vhost):
     """pyvmm creates tap pvt0 (and it is gone after exit); the guest sends
     2 MiB to a TCP listener here and fetches 2 MiB over HTTP; both hashes
     match. vhost=on: vhost-net moves the packets; off: pyvmm's I/O thread."""
-    size = 2 << 20
-    h2g = os.urandom(size)
-    Blob.data = h2g
-    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5202), Blob)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    lsock = socket.create_server(("0.0.0.0", 5201))
-    got = []
-
-    def receive():
-        c, _ = lsock.accept()
-        buf = bytearray()
-        while len(buf) < size:
-            chunk = c.recv(1 << 16)
-            if not chunk:
-                break
-            buf += chunk
-        got.append(bytes(buf))
-        c.close()
-    rx = threading.Thread(target=receive, daemon=True)
-    rx.start()
+    peer = TcpPeer(2 << 20, 5201, 5202)
     guest = (f'ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n'
-             'echo "mac=$(cat /sys/class/net/eth0/address)"\n'
-             f'dd if=/dev/urandom of=/tmp/g2h bs=64k count={size >> 16} 2>/dev/null\n'
-             'echo "g2h=$(sha256sum /tmp/g2h | cut -c1-64)"\n'
-             f'i=0; until nc {HOST_IP} 5201 </tmp/g2h; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 0.5; done\n'
-             f'wget -q -O /tmp/h2g http://{HOST_IP}:5202/blob; echo "wget=$?"\n'
-             'echo "h2g=$(sha256sum /tmp/h2g | cut -c1-64)"\n')
+             'echo "mac=$(cat /sys/class/net/eth0/address)"\n' + peer.guest_lines(HOST_IP))
     kernel, initrd = guest_files()
     vm = Running(["run", "-k", kernel, "-i", initrd, "-m", "256M", "-p", "quiet " + script(guest),
                   "--net", f"tap=pvt0,mac=52:54:00:77:00:02,vhost={vhost}"])
@@ -139,17 +103,21 @@ def test_tcp_both_ways_over_a_tap_pyvmm_creates(vhost):
         _ip("link", "set", "pvt0", "up")
         err = vm.finish(400)
     finally:
-        httpd.shutdown()
-        lsock.close()
+        peer.close()
     out = vm.out.decode(errors="replace")
     assert vm.p.returncode == 0, (err, out[-2000:])
     assert guest_value(out, "mac") == "52:54:00:77:00:02"
-    rx.join(10)
-    assert got and len(got[0]) == size, (len(got[0]) if got else None, out[-1500:])
-    assert guest_value(out, "g2h") == sha(got[0])
-    assert guest_value(out, "wget") == "0"
-    assert guest_value(out, "h2g") == sha(h2g)
+    check_tcp(peer, out)
     assert not os.path.exists("/sys/class/net/pvt0")  # the tap pyvmm made is gone
+
+
+def check_tcp(peer, out):
+    """Both transfers of ``peer.guest_lines`` arrived whole."""
+    got = peer.received()
+    assert len(got) == peer.size, (len(got), out[-1500:])
+    assert guest_value(out, "g2h") == sha(got)
+    assert guest_value(out, "wget") == "0"
+    assert guest_value(out, "h2g") == sha(peer.h2g)
 
 
 @pytest.mark.parametrize("vhost", ["on", "off"])
@@ -330,8 +298,7 @@ def test_net_and_vsock_guest_continues_after_snapshot_kill_restore(tmp_path):
     pyvmm stopped, and a new process restores it on a tap it creates again:
     the numbered fetches continue with no gap or repeat, and a vsock round
     trip works after the restore."""
-    Blob.data = b"pong\n"
-    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5203), Blob)
+    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5203), serving(b"pong\n"))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     lsock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     lsock.bind((socket.VMADDR_CID_ANY, VSOCK_PORT))
