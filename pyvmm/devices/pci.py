@@ -57,7 +57,8 @@ class Capability:
 
 
 def _put(buf: bytearray, offset: int, value: int, size: int) -> None:
-    buf[offset:offset + size] = value.to_bytes(size, "little")
+    """``value``'s low ``size`` bytes, little-endian, at ``offset`` of ``buf``."""
+    buf[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
 
 class PciFunction:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from typing import Dict, List
 
 from .msix import NO_VECTOR, Msix
-from .pci import Capability, PciFunction
+from .pci import Capability, PciFunction, _put
 from .virtio_mmio import (INT_CONFIG_CHANGE, INT_USED_BUFFER, R_DEVICE_FEATURES, R_DEVICE_FEATURES_SEL, R_DRIVER_FEATURES,
                           R_DRIVER_FEATURES_SEL, R_QUEUE_DESC_HIGH, R_QUEUE_DESC_LOW, R_QUEUE_DEVICE_HIGH,
                           R_QUEUE_DEVICE_LOW, R_QUEUE_DRIVER_HIGH, R_QUEUE_DRIVER_LOW, R_QUEUE_NUM,
@@ -110,10 +110,6 @@ class PciCfgAccess(Capability):
         if target is not None and start < data + 4 and data < end:
             offset, length = target
             cfg.cfg[data:data + 4] = self.transport.read(offset, length).ljust(4, b"\0")
-
-
-def _put(buf: bytearray, offset: int, value: int, size: int) -> None:
-    buf[offset:offset + size] = (value & ((1 << 8 * size) - 1)).to_bytes(size, "little")
 
 
 class VirtioPci(VirtioMmio):
