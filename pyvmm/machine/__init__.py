@@ -6,7 +6,7 @@ and stay so, except ``run``: a :class:`Session` runs machines, and
 :func:`pyvmm.api.start` is the library's way to start one.
 """
 from .config import (RESET_REASON, DiskSpec, MachineConfig, Outcome, Payload, check_disks, check_options,
-                     default_cmdline, full_cmdline, prepare)
+                     default_cmdline, full_cmdline, lazy_exit_status, prepare)
 from .console import ConsoleInput, OutputBuffer
 from .coalesced import CoalescedRing
 from .machine import Machine
@@ -23,10 +23,5 @@ __all__ = ["RESET_REASON", "check_disks", "CoalescedRing", "ConsoleInput", "Disk
 
 
 def __getattr__(name: str) -> "Any":
-    """:class:`ExitStatus`, loaded on first use (PEP 562; :mod:`pyvmm.machine.exit_status`)."""
-    if name != "ExitStatus":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from .exit_status import ExitStatus
-
-    globals()[name] = ExitStatus
-    return ExitStatus
+    """:class:`ExitStatus`, loaded on first use (PEP 562; :func:`.config.lazy_exit_status`)."""
+    return lazy_exit_status(globals(), __name__, name)

@@ -21,15 +21,20 @@ if TYPE_CHECKING:  # annotations only: devspec loads when --net/--vsock/--fs are
     from .devspec import FsSpec, NetSpec, VsockSpec
 
 
-def __getattr__(name: str) -> Any:
-    """:class:`ExitStatus` (:mod:`pyvmm.machine.exit_status`), loaded on first use (PEP 562):
-    its :mod:`enum` is not needed before a guest runs (start-up time)."""
+def lazy_exit_status(namespace: Dict[str, Any], module: str, name: str) -> Any:
+    """A module's PEP 562 ``__getattr__`` for :class:`ExitStatus` (:mod:`pyvmm.machine.exit_status`),
+    loaded on first use and then kept in ``namespace``: its :mod:`enum` is not needed before a
+    guest runs (start-up time). Shared by this module and the ``pyvmm.machine`` package."""
     if name != "ExitStatus":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
     from .exit_status import ExitStatus
 
-    globals()[name] = ExitStatus
+    namespace[name] = ExitStatus
     return ExitStatus
+
+
+def __getattr__(name: str) -> Any:
+    return lazy_exit_status(globals(), __name__, name)
 
 
 def counter(counts: Optional[Dict[Any, int]] = None) -> Counter:
