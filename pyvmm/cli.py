@@ -16,22 +16,23 @@ from ._version import __version__
 from .commands.entry import debug_from_env, fail
 
 # Every command, by name: (its module under pyvmm.commands, the click command
-# in it). A command's module is imported only when that command runs (or
-# `pyvmm --help` lists it), so `pyvmm run` loads run's modules and nothing
-# of snapshot, abi-check or inspect; tests/host/test_startup.py checks it.
+# in it, the line `pyvmm --help` lists it with). A command's module is imported
+# only when that command runs or shows its own help, so `pyvmm run` loads run's
+# modules and nothing of snapshot, abi-check or inspect, and `pyvmm --help`
+# loads none of them; tests/host/test_startup.py checks both.
 COMMANDS = {
-    "caps": ("caps", "caps"),
-    "abi-check": ("abi_check", "abi_check"),
-    "restore-plan": ("plan", "restore_plan_cmd"),
-    "inspect": ("inspect", "inspect"),
-    "diff": ("diff", "diff"),
-    "run": ("run", "run"),
-    "snapshot": ("snapshot", "snapshot"),
-    "restore": ("restore", "restore"),
-    "migrate": ("migrate", "migrate"),
-    "pause": ("pause", "pause"),
-    "resume": ("resume", "resume"),
-    "status": ("status", "status"),
+    "caps": ("caps", "caps", "Show what this host's KVM offers: SVE, SME, GIC, limits."),
+    "abi-check": ("abi_check", "abi_check", "Check the running kernel against the KVM SME ABI."),
+    "restore-plan": ("plan", "restore_plan_cmd", "Show the order a saved SVE/SME state is written back in."),
+    "inspect": ("inspect", "inspect", "Show a snapshot: configuration, memory, registers."),
+    "diff": ("diff", "diff", "Show what changed from snapshot A to snapshot B."),
+    "run": ("run", "run", "Boot an arm64 Linux guest (or a bare-metal binary) on KVM."),
+    "snapshot": ("snapshot", "snapshot", "Save the VM listening on SOCKET to the file OUT."),
+    "restore": ("restore", "restore", "Restore a VM from a snapshot, or take one --incoming."),
+    "migrate": ("migrate", "migrate", "Live-migrate the VM listening on SOCKET to DEST."),
+    "pause": ("pause", "pause", "Pause the VM listening on SOCKET."),
+    "resume": ("resume", "resume", "Let the VM listening on SOCKET run again."),
+    "status": ("status", "status", "Show whether the VM on SOCKET is running or paused."),
 }
 
 
@@ -49,7 +50,14 @@ class _Group(click.Group):
         module = importlib.import_module(f".commands.{entry[0]}", __package__)
         command = getattr(module, entry[1])
         assert command.name == cmd_name, (command.name, cmd_name)
+        command.short_help = entry[2]
         return command
+
+    def format_commands(self, ctx, formatter):
+        """The command list of ``pyvmm --help``, from :data:`COMMANDS` alone:
+        listing a command does not import it."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
 
     def invoke(self, ctx):
         try:

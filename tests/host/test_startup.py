@@ -129,7 +129,7 @@ def test_a_command_loads_only_its_own_module(name):
 
     own = f"pyvmm.commands.{COMMANDS[name][0]}"
     assert own in mods
-    others = {f"pyvmm.commands.{m}" for m, _ in COMMANDS.values()} - {own}
+    others = {f"pyvmm.commands.{m}" for m, *_ in COMMANDS.values()} - {own}
     assert sorted(others & mods) == []
     assert under(mods, "pyvmm.machine", *TEST_ONLY) == []
 
@@ -150,6 +150,27 @@ def test_help_lists_every_command():
     out = CliRunner().invoke(cli, ["--help"]).output
     for name in COMMANDS:
         assert f"  {name} " in out
+
+
+def test_help_loads_no_command():
+    # `pyvmm --help` lists the commands from the table in pyvmm.cli: no command module, machine or KVM binding
+    mods = loaded_after("import sys\nfrom pyvmm.cli import main\nsys.argv = ['pyvmm', '--help']\n"
+                        "try:\n    main()\nexcept SystemExit:\n    pass")
+    assert "click" in mods
+    assert sorted(m for m in mods if m.startswith("pyvmm.commands.")) == ["pyvmm.commands.entry"]
+    assert under(mods, "pyvmm.machine", "pyvmm.kvm", "pyvmm._kvm_ffi", "pyvmm.control") == []
+
+
+def test_help_lines_fit_and_match_the_loaded_commands():
+    # each listed line fits an 80-column terminal untruncated and is what the loaded command shows
+    from click.testing import CliRunner
+
+    from pyvmm.cli import COMMANDS, cli
+
+    out = CliRunner().invoke(cli, ["--help"], terminal_width=80).output
+    for name, (_, _, line) in COMMANDS.items():
+        assert f"  {name.ljust(12)}  {line}\n" in out
+        assert cli.get_command(None, name).get_short_help_str(80) == line
 
 
 def test_restore_loads_no_thread_pool_or_random_before_the_guest_runs():
