@@ -1,6 +1,6 @@
 """The ``pyvmm`` program (console script and ``python -m pyvmm``).
 
-``pyvmm run``, ``restore``, ``snapshot``, ``pause``, ``resume`` and
+``pyvmm run``, ``restore``, ``snapshot``, ``migrate``, ``pause``, ``resume`` and
 ``status`` with a plainly valid command line start here without click: their parameters are read from the table that
 also builds their click command (:mod:`pyvmm.commands.options`), so a guest
 is not waiting for click and the ``inspect`` machinery it loads. Everything
@@ -52,7 +52,7 @@ def guarded(call: Callable[[], Any], debug: bool) -> Any:
 
 
 # The commands started without click: each module has PARAMS (its table) and execute(values) -> status.
-FAST = ("run", "restore", "snapshot", "pause", "resume", "status")
+FAST = ("run", "restore", "snapshot", "migrate", "pause", "resume", "status")
 
 
 def _command_module(name: str) -> Any:

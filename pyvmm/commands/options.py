@@ -24,13 +24,15 @@ class Option:
     """One option: its parameter name ``dest``, its spellings, and its type:
     ``str`` or ``int`` (takes a value), ``bool`` (a flag); ``multiple`` options
     collect every value given, in order, as a tuple; ``choices``, when given,
-    are the only values accepted."""
+    are the only values accepted; ``bounds`` (low, high), for an ``int``, the
+    only range accepted (click's IntRange)."""
 
-    __slots__ = ("dest", "flags", "type", "multiple", "default", "metavar", "help", "choices", "show_default")
+    __slots__ = ("dest", "flags", "type", "multiple", "default", "metavar", "help", "choices", "show_default",
+                 "bounds")
 
     def __init__(self, dest: str, *flags: str, type: type = str, multiple: bool = False, default: Any = None,
                  metavar: Optional[str] = None, help: str = "", choices: Optional[Sequence[str]] = None,
-                 show_default: bool = False):
+                 show_default: bool = False, bounds: Optional[Sequence[int]] = None):
         self.dest = dest
         self.flags = flags
         self.type = type
@@ -40,6 +42,7 @@ class Option:
         self.help = help
         self.choices = choices
         self.show_default = show_default
+        self.bounds = bounds
 
 
 class Argument:
@@ -129,6 +132,8 @@ def _store(values: Dict[str, Any], o: Option, value: str) -> bool:
             converted: Any = int(value)
         except ValueError:
             return False
+        if o.bounds is not None and not o.bounds[0] <= converted <= o.bounds[1]:
+            return False
     else:
         converted = value
     if o.choices is not None and converted not in o.choices:
@@ -155,7 +160,7 @@ def click_params(params: Sequence[Param]) -> Callable[[Callable[..., Any]], Call
             else:
                 kw["metavar"] = o.metavar
             if o.type is int:
-                kw["type"] = int
+                kw["type"] = int if o.bounds is None else click.IntRange(o.bounds[0], o.bounds[1])
             if o.choices is not None:
                 kw["type"] = click.Choice(list(o.choices))
             if o.show_default:

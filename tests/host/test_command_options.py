@@ -11,7 +11,7 @@ import sys
 import click
 import pytest
 
-from pyvmm.commands import pause as pause_module, restore as restore_module, resume as resume_module
+from pyvmm.commands import migrate as migrate_module, pause as pause_module, restore as restore_module, resume as resume_module
 from pyvmm.commands import run as run_module, snapshot as snapshot_module, status as status_module
 from pyvmm.commands.options import parse
 
@@ -63,12 +63,18 @@ CONTROL_VALID = [["sock"], ["--", "-odd.sock"]]
 STATUS_VALID = [["sock"], ["sock", "--json"], ["--json", "sock"]]
 CONTROL_NOT = [[], ["a", "b"], ["--json", "sock"], ["-h"]]
 STATUS_NOT = [[], ["a", "b"], ["sock", "--json=1"], ["--help"]]
+MIGRATE_VALID = [["sock", "unix:/d"], ["sock", "tcp:h:1", "--max-downtime", "1", "--bandwidth=1048576", "--json"],
+                 ["--json", "--max-downtime=3600000", "sock", "--", "unix:-x"]]
+MIGRATE_NOT = [["sock"], ["sock", "d", "--max-downtime", "0"], ["sock", "d", "--max-downtime=3600001"],
+               ["sock", "d", "--bandwidth", "0"], ["sock", "d", "--bandwidth=1048577"], ["s", "d", "--bandwidth", "x"],
+               ["s", "d", "--json=1"], ["--help"]]
 
 
 @pytest.mark.parametrize("module,args", [(restore_module, a) for a in RESTORE_VALID] +
                          [(snapshot_module, a) for a in SNAPSHOT_VALID] +
                          [(m, a) for m in (pause_module, resume_module) for a in CONTROL_VALID] +
-                         [(status_module, a) for a in STATUS_VALID], ids=str)
+                         [(status_module, a) for a in STATUS_VALID] +
+                         [(migrate_module, a) for a in MIGRATE_VALID], ids=str)
 def test_restore_and_snapshot_read_a_valid_command_line_as_click_does(module, args):
     command = getattr(module, module.__name__.rsplit(".", 1)[1])
     assert parse(module.PARAMS, args) == command.make_context(command.name, list(args)).params
@@ -77,7 +83,8 @@ def test_restore_and_snapshot_read_a_valid_command_line_as_click_does(module, ar
 @pytest.mark.parametrize("module,args", [(restore_module, a) for a in RESTORE_NOT] +
                          [(snapshot_module, a) for a in SNAPSHOT_NOT] +
                          [(m, a) for m in (pause_module, resume_module) for a in CONTROL_NOT] +
-                         [(status_module, a) for a in STATUS_NOT], ids=str)
+                         [(status_module, a) for a in STATUS_NOT] +
+                         [(migrate_module, a) for a in MIGRATE_NOT], ids=str)
 def test_restore_and_snapshot_leave_the_rest_to_click(module, args):
     command = getattr(module, module.__name__.rsplit(".", 1)[1])
     assert parse(module.PARAMS, args) is None
@@ -86,7 +93,7 @@ def test_restore_and_snapshot_leave_the_rest_to_click(module, args):
 
 
 @pytest.mark.parametrize("module", [run_module, restore_module, snapshot_module, pause_module, resume_module,
-                                    status_module], ids=lambda m: m.__name__)
+                                    status_module, migrate_module], ids=lambda m: m.__name__)
 def test_the_table_is_the_click_command(module):
     command = getattr(module, module.__name__.rsplit(".", 1)[1])
     assert [p.name for p in command.params if p.name != "help"] == [o.dest for o in module.PARAMS]
@@ -111,7 +118,8 @@ def through_click(*args):
                                   ["run", "--no-sve=1"], ["--debug", "run", "--mem"], ["restore", "a", "b"],
                                   ["restore", "--clock", "never", "s"], ["snapshot", "sock"],
                                   ["snapshot", "a", "b", "c"], ["pause"], ["resume", "a", "b"],
-                                  ["status", "s", "--json=1"]], ids=" ".join)
+                                  ["status", "s", "--json=1"], ["migrate", "s", "d", "--max-downtime", "0"],
+                                  ["migrate", "s"]], ids=" ".join)
 def test_usage_errors_are_clicks_own(args):
     got, want = pyvmm(*args), through_click(*args)
     assert got.returncode == want.returncode == 2
@@ -121,7 +129,8 @@ def test_usage_errors_are_clicks_own(args):
 
 @pytest.mark.parametrize("name,shown", [("run", "--sve-max-vl BITS"), ("restore", "--clock [hide|keep]"),
                                         ("snapshot", "--since PREVIOUS"), ("pause", "SOCKET"),
-                                        ("resume", "SOCKET"), ("status", "--json")])
+                                        ("resume", "SOCKET"), ("status", "--json"),
+                                        ("migrate", "--max-downtime MS")])
 def test_help_is_clicks_own(name, shown):
     got, want = pyvmm(name, "--help"), through_click(name, "--help")
     assert got.returncode == 0 and got.stdout == want.stdout and shown in got.stdout
@@ -153,6 +162,8 @@ def test_a_runtime_error_is_one_line_and_status_1(tmp_path):
     (["restore"], 2, "give a snapshot file SNAP or --incoming ADDRESS (one of them)"),
     (["restore", "/nonexistent/vm.snap"], 2, "snapshot /nonexistent/vm.snap does not exist"),
     (["snapshot", "/nonexistent/vm.sock", "/tmp/x.snap"], 2, "no control socket at /nonexistent/vm.sock"),
+    (["migrate", "/nonexistent/vm.sock", "unix:/tmp/in.sock"], 2, "no control socket at /nonexistent/vm.sock"),
+    (["migrate", "/nonexistent/vm.sock", "ftp:x"], 2, "ftp:x"),
 ])
 def test_restore_and_snapshot_errors_are_one_line_as_through_click(args, status, message):
     got, want = pyvmm(*args), through_click(*args)
