@@ -499,6 +499,10 @@ class VirtioMmio:
     _STATE_KEYS = ("device_id", "status", "device_features_sel", "driver_features_sel", "driver_features",
                    "queue_sel", "interrupt_status", "config_generation", "error", "level", "queues", "backend")
 
+    def state_name(self) -> str:
+        """How a refusal of this transport's saved state names it."""
+        return f"virtio-mmio@{self.base:#x}"
+
     def save_state(self) -> Dict:
         """The transport's registers, the error state, the interrupt's
         trigger type and line level (always low when edge-triggered), every
@@ -522,7 +526,7 @@ class VirtioMmio:
         names: :func:`saved_trigger`)."""
         from .state import StateReader, restore_line
 
-        what = f"virtio-mmio@{self.base:#x}"
+        what = self.state_name()
         r = StateReader(what, state, self._STATE_KEYS, ("trigger",), version=STATE_VERSION)
         trigger = saved_trigger(state)
         if trigger != self.trigger:

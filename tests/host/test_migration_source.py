@@ -32,8 +32,7 @@ class FakeSourceMachine:
         for i in range(0, PAGES, 3):
             self.mem.write(0x4000_0000 + i * PAGE, bytes([i % 251 + 1]) * 100)
         self.vm = FakeDirtyVm()
-        self.virtio = []
-        self.snapshot_refusal = None  # as Machine's (set with a PCI device)
+        self.virtio, self.pci_virtio, self.pci = [], [], None  # as Machine's (no PCI device)
         self.config = types.SimpleNamespace(fss=[])
         self.paused = False
         self.owned = []  # as Machine.owned: source.migrate drops a snapshot chain's dirty tracker from it
@@ -58,7 +57,7 @@ class FakeSourceMachine:
 
 @pytest.fixture
 def fake_take(monkeypatch):
-    def take(m, progress=None, memory=True, cache=None, sealed=True, timing=None):
+    def take(m, progress=None, memory=True, cache=None, sealed=True, timing=None, flushed=False):
         assert m.paused and not memory
         return fmt.Snapshot({"kind": "fake", "at": len(m.events)})
     monkeypatch.setattr(source.machine_snapshot, "take", take)
@@ -322,9 +321,10 @@ def test_a_paused_guest_and_vhost_machines_are_refused(tmp_path, fake_take):
     with pytest.raises(source.MigrationError, match="vhost"):
         source.migrate(m, f"unix:{tmp_path}/x.sock")
     m = FakeSourceMachine()
-    m.snapshot_refusal = "a machine with PCI devices cannot be saved yet"  # as Machine's, with transport=pci
-    with pytest.raises(source.MigrationError, match="^cannot migrate this machine: a machine with PCI devices"):
-        source.migrate(m, f"unix:{tmp_path}/x.sock")
+    m.pci_virtio = [types.SimpleNamespace(base=0, backend=types.SimpleNamespace(kernel_queues=False,
+                                                                              snapshot_refusal="not this one"))]
+    with pytest.raises(source.MigrationError, match="^cannot migrate this machine: not this one"):
+        source.migrate(m, f"unix:{tmp_path}/x.sock")  # the virtio-pci functions are asked too
     assert m.events == []  # nothing paused
 
 
