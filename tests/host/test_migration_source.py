@@ -138,6 +138,29 @@ def test_a_migration_copies_memory_and_guest_writes_made_meanwhile(tmp_path, fak
     assert report.downtime_parts["last_pages"] >= 0
 
 
+def test_the_its_tables_flushed_in_the_pause_are_in_the_pages_sent(tmp_path, fake_take):
+    """A machine with PCI devices: in the final pause KVM writes its ITS
+    tables into guest RAM (KVM_DEV_ARM_ITS_SAVE_TABLES), before the last
+    dirty-log look, so the destination gets those pages."""
+    m = FakeSourceMachine()
+    m.gic = types.SimpleNamespace(device="vgic-v3 fd")
+
+    class Pci:  # the machine's PciDevices (a fake: its flush writes a page as KVM would)
+        def flush(self, gic_device):
+            assert m.paused and gic_device == "vgic-v3 fd"
+            m.events.append("its flush")
+            m.guest_write(100, b"ITS device table")
+    m.pci = Pci()
+    d = Destination(tmp_path / "in.sock", m, happy)
+    d.start()
+    source.migrate(m, f"unix:{tmp_path}/in.sock", max_downtime_ms=1e-6)
+    d.join(10)
+    assert d.error is None
+    assert m.events == ["pause", "resume", "pause", "its flush"]
+    assert bytes(d.memory[100 * PAGE:100 * PAGE + 16]) == b"ITS device table"
+    assert bytes(d.memory) == bytes(m.mem.regions[0].mm)
+
+
 def test_the_rest_goes_before_the_pause_which_sends_only_later_writes(tmp_path, fake_take, monkeypatch):
     # Pre-copy stops with a small rest (pages 0 and 200, written in round 1):
     # it is sent while the guest still runs; a write made meanwhile (page 5)
