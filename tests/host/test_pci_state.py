@@ -263,6 +263,14 @@ def test_any_config_space_is_taken_only_as_guest_writes_could_leave_it(flips):
         devs.close()
 
 
+def test_inspect_shows_the_its_and_the_functions():
+    from pyvmm.snapshot import describe
+
+    lines = describe._machine_lines({"config": {"cpus": 1, "mem": 256 << 20}, "devices": {"pci": saved_machine()}})
+    assert "its: enabled" in lines
+    assert "virtio-pci 00:00.0 (virtio device 1): status 0xf, 2 of 2 queues ready, 1 MSI-X vectors owed" in lines
+
+
 def test_restore_sequence_is_the_documented_order_and_checks_every_register():
     regs = {"GITS_CTLR": 1, "GITS_IIDR": 0x4301_043B, "GITS_CBASER": 5, "GITS_CREADR": 0x20,
             "GITS_CWRITER": 0x40, "GITS_BASER": list(range(8))}
