@@ -194,6 +194,8 @@ class VirtioPci(VirtioMmio):
         return self.vectors.fd(v) if v < self.msix.n else -1
 
     # -- snapshot ------------------------------------------------------------------------------
+    isr_keeps_used = True  # the ISR is set by every interrupt and cleared only by a read (4.1.4.5)
+
     def state_name(self) -> str:
         return self.label
 
