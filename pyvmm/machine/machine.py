@@ -357,7 +357,6 @@ class Machine:
             self.bus.register(layout.ITS_BASE, layout.ITS_SIZE, _KernelOwned(), "vGICv3 ITS")
         self.pci_virtio.append(self.pci.add_virtio(self.mem, backend, name))
 
-
     def _watch_link(self, tap: str) -> None:
         """Stop the guest when the interface of ``tap`` is deleted on the host."""
         if self.links is None:

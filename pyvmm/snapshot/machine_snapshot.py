@@ -1,7 +1,7 @@
 """Snapshot and restore of a whole :class:`pyvmm.machine.Machine` (what
 ``pyvmm run`` boots): machine configuration, every vCPU, the vGICv3, the
-devices (PL011, virtio-mmio transports with their queues and backends) and
-guest memory.
+devices (PL011, virtio-mmio transports with their queues and backends, the
+PCI side: the ITS and the virtio-pci functions) and guest memory.
 
 Saving needs the machine paused (:meth:`Machine.pause`): every vCPU thread
 is parked outside KVM_RUN with its pending MMIO access completed, and the
@@ -12,7 +12,9 @@ model, SME availability, disk files), then builds the machine in this order:
 VM and RAM -> each vCPU created and initialised (features, vector lengths,
 MPIDR) -> vGIC created and initialised -> vGIC state -> each vCPU's registers
 through the SME restore planner (ID registers, FINALIZE, SVCR first, ...,
-the timers with the rest) -> devices and their state -> guest memory.
+the timers with the rest) -> devices and their state -> guest memory -> the
+ITS (its registers, and its tables read from guest RAM) -> the devices'
+after-restore step.
 """
 from __future__ import annotations
 
