@@ -35,7 +35,14 @@ QEMU's, total migration time <= 1.0x). Exit status 0 when everything ran (a
 missed target is a result), 1 when something failed to run, 130 when
 interrupted. Progress goes to stderr.
 
+With ``--net-transports`` (or PYVMM_BENCH_NET_TRANSPORTS=mmio,pci) pyvmm's
+guest gets a virtio-net device on a tap it creates, once per transport
+listed, and the pyvmm rounds run once per transport (a machine with
+virtio-pci moves its ITS and MSI-X state too); the report adds each
+transport's medians and their ratio to the first transport's, same run.
+
 Usage: python3 bench/migration.py [--rounds N] [--mem MIB] [--only qemu|pyvmm]
+                                  [--net-transports mmio,pci]
 (on a non-arm64 host it re-runs itself inside ci/qemu-aarch64/run; build the
 guest first with guests/linux/build).
 """
@@ -111,12 +118,13 @@ def timing_line(dst):
     return next((x.split(": ", 1)[1] for x in lines if x.startswith("pyvmm: incoming timing")), "(not reported)")
 
 
-def round_pyvmm(k, i, mib, tmp):
+def round_pyvmm(k, i, mib, tmp, transport=None):
     sock, inc = os.path.join(tmp, "pyvmm.ctl"), os.path.join(tmp, "pyvmm.in")
+    net = ["--net", f"tap=pvbm0,transport={transport}"] if transport else []  # a tap pyvmm creates
     src = dst = None
     try:
         src = Vmm("pyvmm", [sys.executable, "-m", "pyvmm", "run", "-k", k, "-i", i, "-m", f"{mib}M", "-c", "1",
-                            "--console", "serial", "-p", workload(mib), "--control", sock], tmp)
+                            "--console", "serial", "-p", workload(mib), "--control", sock, *net], tmp)
         src.wait_tick(2, BOOT_TIMEOUT, f"pyvmm {mib} MiB boot")
         os.environ["PYVMM_MIGRATION_TIMING"] = "1"  # the destination reports its part (timing_line)
         dst = Vmm("pyvmm-incoming", [sys.executable, "-m", "pyvmm", "restore", "--incoming", f"unix:{inc}"], tmp)
@@ -213,13 +221,33 @@ def report(results, mib, rounds):
         print(f"| {label} | {show(p)} | {show(q)} | {'n/a' if ratio is None else f'{ratio:.2f}'} | {verdict} |")
 
 
+def report_transports(results, transports, label):
+    """pyvmm's medians per virtio-net transport, and their ratio to the first's (same run)."""
+    first = transports[0]
+    print(f"\n## pyvmm live migration by virtio-net transport (ratio to net={first}, same run)\n")
+    print("| metric | " + " | ".join(f"net={t}" for t in transports) + " | " +
+          " | ".join(f"{t}/{first}" for t in transports[1:]) + " |")
+    print("|---|" + "---|" * (2 * len(transports) - 1))
+    for what, key in (("downtime: pause until all sent", "sent"), ("pause until running", "running"),
+                      ("total migration time", "total")):
+        meds = [median([r[key] for r in results[label[("pyvmm", t)]]]) for t in transports]
+        ratios = ["n/a" if m is None or not meds[0] else f"{m / meds[0]:.2f}" for m in meds[1:]]
+        print(f"| {what} | " + " | ".join("n/a" if m is None else f"{m:.3f} s" for m in meds) + " | "
+              + " | ".join(ratios) + " |")
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="bench/migration.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("PYVMM_BENCH_RUNS", "3")), metavar="N",
                     help="migrations per VMM (default 3; medians are reported)")
     ap.add_argument("--mem", type=int, default=256, metavar="MIB", help="guest RAM in MiB (default 256)")
     ap.add_argument("--only", choices=("qemu", "pyvmm"), help="measure only this VMM")
+    ap.add_argument("--net-transports", default=os.environ.get("PYVMM_BENCH_NET_TRANSPORTS"), metavar="T,T",
+                    help="give pyvmm's guest a virtio-net device, once per transport listed (mmio, pci)")
     a = ap.parse_args(argv)
+    a.transports = a.net_transports.split(",") if a.net_transports else [None]
+    if any(t not in (None, "mmio", "pci") for t in a.transports):
+        ap.error("--net-transports takes mmio and pci, comma-separated")
     if a.rounds < 1:
         ap.error("--rounds must be at least 1")
     if a.mem < 128 or a.mem % 4:
@@ -231,18 +259,25 @@ def main(argv):
     args = parse_args(argv)
     k, i = guest_in_test_machine("bench/migration.py", argv, PROG)
     vmms = [args.only] if args.only else ["pyvmm", "qemu"]
-    results = {v: [] for v in vmms}
+    # pyvmm once per transport: "pyvmm" is the first (compared with QEMU), "pyvmm net=T" the others
+    runs = [(v, t) for v in vmms for t in (args.transports if v == "pyvmm" else [None])]
+    label = {(v, t): v if v != "pyvmm" or t == args.transports[0] else f"pyvmm net={t}" for v, t in runs}
+    results = {label[r]: [] for r in runs}
 
     def body(tmp):
         for n in range(args.rounds):
-            for name in vmms:
-                r = (round_pyvmm if name == "pyvmm" else round_qemu)(k, i, args.mem, tmp)
+            for vmm, transport in runs:
+                name = label[(vmm, transport)]
+                r = (round_pyvmm(k, i, args.mem, tmp, transport) if vmm == "pyvmm"
+                     else round_qemu(k, i, args.mem, tmp))
                 results[name].append(r)
                 show = (lambda x, d=3: "n/a" if x is None else f"{x:.{d}f} s")
                 print(f"bench: round {n + 1}/{args.rounds} {name}: downtime (all sent) {show(r['sent'])}, pause until "
                       f"running {show(r['running'])}, total {show(r['total'], 2)}, guest gap {show(r['gap'], 2)}, "
                       f"{r['rounds']} rounds, {(r['bytes'] or 0) / (1 << 20):.1f} MiB", file=sys.stderr, flush=True)
         report(results, args.mem, args.rounds)
+        if len(args.transports) > 1 and "pyvmm" in vmms:
+            report_transports(results, args.transports, label)
 
     return guarded(PROG, "pyvmm-bench-migration-", body)
 

@@ -298,6 +298,14 @@ struct kvm_irq_routing {
 #define KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS 6
 #define KVM_DEV_ARM_VGIC_GRP_LEVEL_INFO 7
 #define KVM_DEV_ARM_VGIC_CTRL_INIT 0
+/* the ITS's state (Documentation/virt/kvm/devices/arm-vgic-its.rst): its
+ * registers (attr = offset in the ITS frame, always a __u64), and GRP_CTRL
+ * commands that flush its tables (and, on the vGICv3, the LPI pending bits)
+ * into guest RAM or read them back */
+#define KVM_DEV_ARM_VGIC_GRP_ITS_REGS 8
+#define KVM_DEV_ARM_ITS_SAVE_TABLES 1
+#define KVM_DEV_ARM_ITS_RESTORE_TABLES 2
+#define KVM_DEV_ARM_VGIC_SAVE_PENDING_TABLES 3
 /* vGICv3 state access (Documentation/virt/kvm/devices/arm-vgic-v3.rst): the
  * attr of DIST_REGS/REDIST_REGS/CPU_SYSREGS/LEVEL_INFO carries the vCPU's MPIDR
  * affinity (Aff3.Aff2.Aff1.Aff0) in [63:32]; the register offset, the sysreg

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Callable, Tuple
+    from typing import Callable, Optional, Tuple
 
 from .pci import Capability
 
@@ -88,6 +88,24 @@ class Msix:
 
     def may_deliver(self, v: int) -> bool:
         return 0 <= v < self.n and self.enabled and not self.function_masked and not self.entry(v)[2]
+
+    # -- snapshot ----------------------------------------------------------------------
+    def restore_refusal(self, table: bytes) -> Optional[str]:
+        """Why ``table`` (a snapshot's vector table) cannot be this one's: another
+        size, or a reserved bit set. None: it fits."""
+        if len(table) != len(self.table):
+            return f"MSI-X table of {len(table)} bytes, not the {len(self.table)} of {self.n} vectors"
+        for i, b in enumerate(table):
+            if b & ~_ENTRY_WMASK[i % ENTRY_SIZE] & 0xFF:
+                return f"MSI-X table byte {i:#x} is {b:#04x}: a reserved bit is set"
+        return None
+
+    def restore(self, table: bytes, control: int) -> None:
+        """Take a checked vector ``table`` and the capability's message
+        ``control`` (MSI-X Enable, Function Mask) without telling anyone: the
+        caller then has every vector :attr:`changed`."""
+        self.table[:] = table
+        self.enabled, self.function_masked = bool(control & CONTROL_ENABLE), bool(control & CONTROL_FUNCTION_MASK)
 
     # -- BAR accesses (offsets relative to the table / the PBA) ------------------------
     def read_table(self, offset: int, length: int) -> bytes:

@@ -145,6 +145,26 @@ class PciFunction:
         if offset < BAR1 + 4 and COMMAND < end:
             self._remap()
 
+    # -- snapshot ------------------------------------------------------------------
+    def restore_refusal(self, saved: bytes) -> Optional[str]:
+        """Why ``saved`` (a snapshot's 256 bytes of this function's config
+        space) cannot be this function's: a bit no guest write can change
+        differs from the function's own, or another size. None: it fits."""
+        if len(saved) != CONFIG_SIZE:
+            return f"config space of {len(saved)} bytes, not {CONFIG_SIZE}"
+        for i, (b, own, mask) in enumerate(zip(saved, self.cfg, self.wmask)):
+            if (b ^ own) & ~mask & 0xFF:
+                return f"config space byte {i:#x} is {b:#04x}, its read-only bits are {own & ~mask & 0xFF:#04x} here"
+        return None
+
+    def restore(self, saved: bytes) -> None:
+        """Take config space ``saved`` (checked by :meth:`restore_refusal`)
+        as a guest's writes would leave it, and decode the BAR it names
+        (``on_bar``). Capability hooks are not run: their owners restore
+        their own state."""
+        self.cfg[:] = saved
+        self._remap()
+
     def _remap(self) -> None:
         want = self.bar_address if self.memory_enabled else None
         if want != self.mapped:

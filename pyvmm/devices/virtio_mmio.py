@@ -496,8 +496,15 @@ class VirtioMmio:
             self.run_guarded(self.backend.activate, self)
 
     # -- snapshot ----------------------------------------------------------------
+    # Whether interrupt_status may hold the used-buffer bit while edge-triggered
+    # (virtio-pci's ISR keeps it until read, and an MSI-X driver never reads it).
+    isr_keeps_used = False
     _STATE_KEYS = ("device_id", "status", "device_features_sel", "driver_features_sel", "driver_features",
                    "queue_sel", "interrupt_status", "config_generation", "error", "level", "queues", "backend")
+
+    def state_name(self) -> str:
+        """How a refusal of this transport's saved state names it."""
+        return f"virtio-mmio@{self.base:#x}"
 
     def save_state(self) -> Dict:
         """The transport's registers, the error state, the interrupt's
@@ -522,7 +529,7 @@ class VirtioMmio:
         names: :func:`saved_trigger`)."""
         from .state import StateReader, restore_line
 
-        what = f"virtio-mmio@{self.base:#x}"
+        what = self.state_name()
         r = StateReader(what, state, self._STATE_KEYS, ("trigger",), version=STATE_VERSION)
         trigger = saved_trigger(state)
         if trigger != self.trigger:
@@ -539,7 +546,7 @@ class VirtioMmio:
                   "config_generation": r.int("config_generation", 0, u32), "error": r.str("error", optional=True)}
         level = r.bool("level")
         if self.edge:
-            if level or fields["interrupt_status"] & INT_USED_BUFFER:
+            if level or fields["interrupt_status"] & INT_USED_BUFFER and not self.isr_keeps_used:
                 raise r.fail(f"line level {int(level)} and interrupt status {fields['interrupt_status']:#x}: "
                              "an edge-triggered device holds neither a line nor the used-buffer bit")
         elif level != bool(fields["interrupt_status"]):

@@ -24,14 +24,23 @@ vector, a KVM_IRQFD routed as an MSI to the ITS). The guest acknowledges
 nothing by register: no exit per interrupt. A vhost plane signals its
 queue's vector eventfd itself (:meth:`VirtioPci.queue_call`). There is no
 INTx pin: a driver without MSI-X gets no interrupt.
+
+Saved state (:meth:`VirtioPci.save_state`, docs/snapshot-format.md): the
+virtio-mmio transport's own state (registers, queues, backend) under
+"transport", and the PCI side: configuration space (command, BAR, MSI-X
+Enable/Function Mask), the MSI-X table, the vectors chosen for the
+configuration change and each queue, and the vectors owed while masked
+(the PBA). Loading it remaps BAR0 and has every vector follow its entry
+(routes, irqfds); the owed messages are signalled only in
+:meth:`VirtioPci.after_restore`, once the ITS is restored.
 """
 from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Dict, List
+    from typing import Any, Dict, List
 
-from .msix import NO_VECTOR, Msix
+from .msix import CAP_ID as MSIX_CAP_ID, NO_VECTOR, Msix
 from .pci import Capability, PciFunction, _put
 from .virtio_mmio import (INT_CONFIG_CHANGE, INT_USED_BUFFER, R_DEVICE_FEATURES, R_DEVICE_FEATURES_SEL, R_DRIVER_FEATURES,
                           R_DRIVER_FEATURES_SEL, R_QUEUE_DESC_HIGH, R_QUEUE_DESC_LOW, R_QUEUE_DEVICE_HIGH,
@@ -44,6 +53,10 @@ REVISION = 1  # modern only
 SUBSYSTEM_ID = 0x0040  # >= 0x40: not a transitional device
 # PCI class codes by virtio device id (network controller, mass storage, ...)
 CLASS_CODES = {1: 0x02_00_00, 2: 0x01_80_00, 3: 0x07_80_00, 4: 0xFF_00_00}
+
+# The saved state's version (docs/snapshot-format.md)
+STATE_VERSION = 1
+_STATE_KEYS = ("transport", "config_space", "msix_table", "config_vector", "queue_vectors", "pending")
 
 COMMON, ISR, DEVICE, NOTIFY, MSIX_TABLE, MSIX_PBA = 0x0000, 0x1000, 0x2000, 0x3000, 0x4000, 0x6000
 BAR_SIZE = 0x8000
@@ -133,6 +146,8 @@ class VirtioPci(VirtioMmio):
                                REVISION, VENDOR, SUBSYSTEM_ID, BAR_SIZE, caps, on_bar)
         super().__init__(0, 0, mem, self._no_line, backend, TRIGGER_EDGE)
         self._queue_index: Dict[int, int] = {id(q): i for i, q in enumerate(self.queues)}
+        self.label = "virtio-pci"  # how refusals name it (the machine puts its slot in)
+        self._owed: List[int] = []  # vectors a restored state owes, signalled by after_restore()
 
     @staticmethod
     def _no_line(level: bool) -> None:
@@ -177,6 +192,76 @@ class VirtioPci(VirtioMmio):
         """The eventfd a vhost plane signals for queue ``index``: its vector's (-1: no vector)."""
         v = self.queue_vectors[index] if index < len(self.queue_vectors) else NO_VECTOR
         return self.vectors.fd(v) if v < self.msix.n else -1
+
+    # -- snapshot ------------------------------------------------------------------------------
+    isr_keeps_used = True  # the ISR is set by every interrupt and cleared only by a read (4.1.4.5)
+
+    def state_name(self) -> str:
+        return self.label
+
+    def save_state(self) -> Dict:
+        """The transport's state (:meth:`VirtioMmio.save_state`) and the PCI side."""
+        from .state import b64
+
+        with self.lock:
+            return {"version": STATE_VERSION, "transport": super().save_state(),
+                    "config_space": b64(self.pci.cfg), "msix_table": b64(self.msix.table),
+                    "config_vector": self.config_vector, "queue_vectors": list(self.queue_vectors),
+                    "pending": [v for v in range(self.msix.n) if self.vectors.pending(v)]}
+
+    def load_state(self, state: Dict) -> None:
+        """Take a :meth:`save_state` dict into this function, everything
+        checked before anything changes: config space bits no guest write
+        changes must be this function's, the MSI-X table's reserved bits
+        clear, vectors this function has."""
+        from .state import StateReader
+
+        r = StateReader(self.label, state, _STATE_KEYS, version=STATE_VERSION)
+        n = self.msix.n
+        config_space = r.bytes("config_space", 1 << 12)
+        table = r.bytes("msix_table", len(self.msix.table))
+        for why in (self.pci.restore_refusal(config_space), self.msix.restore_refusal(table)):
+            if why:
+                raise r.fail(why)
+
+        def vector(value: Any, key: str) -> int:
+            if type(value) is not int or not (0 <= value < n or value == NO_VECTOR):
+                raise r.fail(f"{key} must be a vector below {n} or {NO_VECTOR:#x} (none), not {str(value)[:20]}")
+            return value
+        config_vector = vector(r.state["config_vector"], "'config_vector'")
+        queue_vectors = [vector(v, f"queue_vectors[{i}]")
+                         for i, v in enumerate(r.list("queue_vectors", len(self.queue_vectors)))]
+        pending = r.ints("pending", 0, n - 1)
+        if any(a >= b for a, b in zip(pending, pending[1:])):
+            raise r.fail(f"'pending' must be strictly increasing, not {str(pending)[:40]}")
+        at = self.pci.cap_offset(MSIX_CAP_ID)
+        assert at is not None  # every VirtioPci has the capability
+        control = int.from_bytes(config_space[at + 2:at + 4], "little")
+        with self.lock:
+            super().load_state(r.dict("transport"))
+            self.config_vector, self.queue_vectors = config_vector, queue_vectors
+            self.msix.restore(table, control)
+            self.pci.restore(config_space)  # BAR0 decoded where the guest had it
+            for v in range(n):
+                self.vectors.changed(v)  # routes and irqfds as the entries and masks say
+            self.vectors.forget_pending()  # what an earlier load of this function owed
+            self._owed = list(pending)
+
+    def after_restore(self) -> None:
+        """As :meth:`VirtioMmio.after_restore` (run once the ITS is restored);
+        then the vectors the saved state owed are signalled (a masked one
+        keeps it pending), and a running device signals each queue's vector
+        that may deliver once: the MSI-X counterpart of the extra edge (an
+        interrupt KVM had not injected when the machine was saved)."""
+        super().after_restore()
+        with self.lock:
+            owed, self._owed = self._owed, []
+            for v in owed:
+                self.vectors.signal(v)
+            if self.driver_ok:
+                for v in sorted(set(self.queue_vectors)):
+                    if self.msix.may_deliver(v):
+                        self.vectors.signal(v)
 
     # -- BAR0 ---------------------------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:

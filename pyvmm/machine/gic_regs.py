@@ -49,6 +49,15 @@ GICR_ICACTIVER0 = GICR_SGI_BASE + 0x0380
 GICR_IPRIORITYR0 = GICR_SGI_BASE + 0x0400  # 8 words
 GICR_ICFGR0 = GICR_SGI_BASE + 0x0C00  # ICFGR0 (SGIs, read-only) and ICFGR1 (PPIs)
 GICR_IGRPMODR0 = GICR_SGI_BASE + 0x0D00
+# ITS control frame, offsets from ITS_BASE (GRP_ITS_REGS: every value a __u64)
+GITS_CTLR = 0x0000
+GITS_CTLR_ENABLED = 1 << 0
+GITS_IIDR = 0x0004
+GITS_CBASER = 0x0080  # 64 bits
+GITS_CWRITER = 0x0088  # 64 bits
+GITS_CREADR = 0x0090  # 64 bits
+GITS_BASER = 0x0100  # GITS_BASER<n> at 0x0100 + 8n, n = 0..7, 64 bits each
+GITS_BASERS = 8
 
 # (saved name, set-register offset, clear-register offset or None, bits per INTID)
 # KVM implements IGRPMODR as RAZ/WI (no Secure state); saved all the same.

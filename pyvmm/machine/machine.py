@@ -160,7 +160,9 @@ class Machine:
         self.regpages: Optional[virtio_regpage.RegPageSet] = None
         self.regpage_off: Optional[str] = "no virtio device built yet"
         # The PCI side (ITS, host bridge, virtio-pci functions), built for a
-        # device given transport=pci (pyvmm/machine/pci_devices.py)
+        # device given transport=pci (pyvmm/machine/pci_devices.py); whatever
+        # goes over every virtio transport (snapshots, vhost planes, taps)
+        # takes both lists
         self.pci: Optional[PciDevices] = None
         self.pci_virtio: List[VirtioPci] = []
 
@@ -354,15 +356,6 @@ class Machine:
             self.pci = PciDevices(built(self.vm, "VM"), self.bus, built(self.io, "I/O thread"), gic.nr_irqs() - 32)
             self.bus.register(layout.ITS_BASE, layout.ITS_SIZE, _KernelOwned(), "vGICv3 ITS")
         self.pci_virtio.append(self.pci.add_virtio(self.mem, backend, name))
-
-    @property
-    def snapshot_refusal(self) -> Optional[str]:
-        """Why the machine as a whole cannot be snapshotted or migrated (None: it can, as far as that goes)."""
-        if self.pci is not None:
-            from .pci_devices import REFUSAL
-
-            return REFUSAL
-        return None
 
     def _watch_link(self, tap: str) -> None:
         """Stop the guest when the interface of ``tap`` is deleted on the host."""

@@ -89,6 +89,12 @@ class MsiVectors:
             # take): the vector stays as it was, and the guest runs on.
             self.refused = f"MSI-X vector {v}: {e}"
 
+    def forget_pending(self) -> None:
+        """Drop the messages the masked vectors owe (a restore then signals the saved ones)."""
+        for v, fd in enumerate(self.fds):
+            if not self.assigned[v]:
+                drain(fd)
+
     def close(self) -> None:
         """Deassign the irqfds (while the VM is open) and close the eventfds."""
         vm = self.vm

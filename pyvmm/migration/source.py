@@ -17,8 +17,9 @@ control socket's ``migrate`` request) while its guest keeps running.
    and is small or no longer shrinks (:func:`stop_copying`), or MAX_ROUNDS
    rounds; that rest is sent too, still while the guest runs.
 4. Pause; the vhost planes stopped (and held so until the end: a paused
-   guest's receive ring can still be filled); under the I/O lock, the last
-   dirty pages and the final state
+   guest's receive ring can still be filled) and the ITS tables flushed
+   into guest RAM (a machine with PCI devices); under the I/O lock, the
+   last dirty pages and the final state
    (STATE); the destination loads it and answers READY (built, paused).
 5. GO: from here the destination owns the guest. It answers RUNNING once
    its vCPUs run; then the caller ends this VMM (ExitStatus.POWEROFF,
@@ -91,9 +92,7 @@ def refusal(m: Machine) -> Optional[str]:
     why = chain.untracked(m)
     if why:
         return why
-    if m.snapshot_refusal:
-        return m.snapshot_refusal
-    for t in m.virtio:
+    for t in m.virtio + m.pci_virtio:
         if t.backend.snapshot_refusal:
             return t.backend.snapshot_refusal
     if m.config.fss:
@@ -348,6 +347,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
         # guest memory or device state between what is sent and GO.
         with m.io_lock:
             held = vhost_log.stop_planes(m)  # before the last look at the dirty log
+            # KVM's ITS tables into guest RAM, also before it: the pages it writes are sent
+            machine_snapshot.flush_its(m)
             t_paused = time.monotonic()
             # The last pages are looked up and sent by a thread while the
             # state is read here (guest memory no longer changes; the
@@ -357,7 +358,8 @@ def migrate(m: Machine, dest_text: str, max_downtime_ms: float = DEFAULT_MAX_DOW
             sending = _LastPages(snd, log, dirty)
             read_parts: Dict[str, float] = {}
             try:
-                final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts)
+                final = machine_snapshot.take(m, memory=False, cache=save_cache, sealed=False, timing=read_parts,
+                                              flushed=True)
                 t_read = time.monotonic()
                 final_state = fmt.encode(final)  # while the last pages may still be going out
                 t_encoded = time.monotonic()

@@ -134,6 +134,17 @@ def _machine_lines(machine: Dict) -> List[str]:
                          f"at {int(v.get('base', 0)):#x}: status {st.get('status', 0):#x}, "
                          f"{ready} of {len(st.get('queues', []))} queues ready"
                          f"{', error: ' + st['error'] if st.get('error') else ''}")
+        pci = devices.get("pci")
+        if isinstance(pci, dict):
+            ctlr = (pci.get("its") or {}).get("GITS_CTLR", 0)
+            lines.append(f"its: {'enabled' if ctlr & 1 else 'disabled'}")
+            for f in pci.get("functions", []):
+                st = f.get("state", {})
+                tr = st.get("transport", {})
+                ready = sum(1 for q in tr.get("queues", []) if q.get("ready"))
+                lines.append(f"virtio-pci 00:{int(f.get('slot', 0)):02x}.0 (virtio device {f.get('device_id')}): "
+                             f"status {tr.get('status', 0):#x}, {ready} of {len(tr.get('queues', []))} queues ready, "
+                             f"{len(st.get('pending', []))} MSI-X vectors owed")
     return lines
 
 

@@ -1,7 +1,7 @@
 """Snapshot and restore of a whole :class:`pyvmm.machine.Machine` (what
 ``pyvmm run`` boots): machine configuration, every vCPU, the vGICv3, the
-devices (PL011, virtio-mmio transports with their queues and backends) and
-guest memory.
+devices (PL011, virtio-mmio transports with their queues and backends, the
+PCI side: the ITS and the virtio-pci functions) and guest memory.
 
 Saving needs the machine paused (:meth:`Machine.pause`): every vCPU thread
 is parked outside KVM_RUN with its pending MMIO access completed, and the
@@ -12,7 +12,9 @@ model, SME availability, disk files), then builds the machine in this order:
 VM and RAM -> each vCPU created and initialised (features, vector lengths,
 MPIDR) -> vGIC created and initialised -> vGIC state -> each vCPU's registers
 through the SME restore planner (ID registers, FINALIZE, SVCR first, ...,
-the timers with the rest) -> devices and their state -> guest memory.
+the timers with the rest) -> devices and their state -> guest memory -> the
+ITS (its registers, and its tables read from guest RAM) -> the devices'
+after-restore step.
 """
 from __future__ import annotations
 
@@ -47,7 +49,10 @@ def config_to_json(c: MachineConfig) -> Dict:
     d = {k: getattr(c, k) for k in _CONFIG_KEYS}
     d["disks"] = [{"path": os.path.abspath(x.path), "readonly": x.readonly} for x in c.disks]
     d["rng"] = c.rng
-    d["nets"] = [{"tap": n.tap, "mac": n.mac, "vhost": n.vhost} for n in c.nets]
+    # "transport" only for virtio-pci (a pyvmm from before it refuses such a snapshot; mmio ones stay readable)
+    d["nets"] = [{"tap": n.tap, "mac": n.mac, "vhost": n.vhost, **({"transport": n.transport}
+                                                                  if n.transport != "mmio" else {})}
+                 for n in c.nets]
     d["vsock"] = None if c.vsock is None else {"cid": c.vsock.cid}
     return d
 
@@ -74,9 +79,7 @@ def _planes_stopped(m: Machine) -> Iterator[None]:
 
 def check_snapshottable(m: Machine) -> None:
     """UsageProblem naming the first device whose state pyvmm cannot save."""
-    if m.snapshot_refusal:
-        raise UsageProblem(f"cannot snapshot this machine: {m.snapshot_refusal}")
-    for t in m.virtio:
+    for t in m.virtio + m.pci_virtio:
         why = t.backend.snapshot_refusal
         if why:
             raise UsageProblem(f"cannot snapshot this machine: {why}")
@@ -84,7 +87,7 @@ def check_snapshottable(m: Machine) -> None:
 
 def take(m: Machine, progress: Progress = None, memory: bool = True,
          cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
-         timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
+         timing: Optional[Dict[str, float]] = None, flushed: bool = False) -> fmt.Snapshot:
     """The snapshot of a paused machine. Its guest RAM is the machine's own
     memory (:class:`~pyvmm.snapshot.ram_image.LiveRam`), read when the
     snapshot is written: until then the machine must stay paused and its
@@ -95,9 +98,19 @@ def take(m: Machine, progress: Progress = None, memory: bool = True,
     ``sealed``, the snapshot carries no seal (a live migration's final state:
     the destination trusts only the state it checked first, and refuses a
     final one whose configuration differs). ``timing``: filled with the
-    milliseconds the vCPUs, the vGIC, the devices and the manifest took."""
+    milliseconds the vCPUs, the vGIC, the devices and the manifest took.
+    ``flushed``: the caller ran :func:`flush_its` in this pause already
+    (a migration, before its last dirty-log look)."""
     with quiet(m):
-        return _take(m, progress, memory, cache, sealed, timing)
+        return _take(m, progress, memory, cache, sealed, timing, flushed)
+
+
+def flush_its(m: Machine) -> None:
+    """A machine with PCI devices: KVM's ITS tables and LPI pending bits
+    written into guest RAM (arm-vgic-its.rst, KVM_DEV_ARM_ITS_SAVE_TABLES),
+    before guest RAM is saved. The vCPUs must be paused."""
+    if m.pci is not None:
+        m.pci.flush(built(m.gic, "vGIC").device)
 
 
 @contextlib.contextmanager
@@ -112,7 +125,7 @@ def quiet(m: Machine):
 
 def _take(m: Machine, progress: Progress = None, memory: bool = True,
           cache: Optional[vcpu_state.SaveCache] = None, sealed: bool = True,
-          timing: Optional[Dict[str, float]] = None) -> fmt.Snapshot:
+          timing: Optional[Dict[str, float]] = None, flushed: bool = False) -> fmt.Snapshot:
     t0 = time.monotonic()
     saved = _save_vcpus(m, cache)
     states = [s for s, _ in saved]
@@ -124,6 +137,10 @@ def _take(m: Machine, progress: Progress = None, memory: bool = True,
     devices = {"uart": built(m.uart, "UART").save_state(),
                "virtio": [{"base": t.base, "device_id": t.backend.device_id, "state": t.save_state()}
                           for t in m.virtio]}
+    if m.pci is not None:
+        if not flushed:
+            flush_its(m)
+        devices["pci"] = m.pci.save_state()
     t3 = time.monotonic()
     blobs, regions = pack_ram(m.mem, progress) if memory else empty_ram(m.mem)
     blobs.update({f"vcpu{s.index}.regs": blob for s, blob in saved})
@@ -313,8 +330,13 @@ def finish_restore(m: Machine) -> None:
     # A queue notify is an eventfd signal served by the I/O thread: one the
     # guest made just before the snapshot may not have been served yet. A
     # vhost plane is set up again from the restored queues (it reads the
-    # used indices from guest RAM, so after the memory).
-    for t in m.virtio:
+    # used indices from guest RAM, so after the memory). The ITS reads its
+    # tables and the LPI pending bits from guest RAM, after the vGIC's
+    # redistributors (arm-vgic-its.rst, "ITS Restore Sequence"), and before
+    # the virtio-pci functions signal the messages they owe.
+    if m.pci is not None:
+        m.pci.restore_its()
+    for t in m.virtio + m.pci_virtio:
         t.after_restore()
 
 
@@ -327,6 +349,11 @@ def _load_devices(m: Machine, devices: Dict) -> None:
     for i, (t, saved) in enumerate(zip(m.virtio, saved_virtio)):
         check_virtio_slot(i, saved, t.base, t.backend.device_id)
         t.load_state(saved["state"])
+    if (m.pci is not None) != ("pci" in devices):
+        raise fmt.SnapshotError("snapshot has PCI devices and its configuration makes none" if m.pci is None
+                                else "snapshot has no PCI state, and its configuration makes PCI devices")
+    if m.pci is not None:
+        m.pci.load_state(devices["pci"])  # the ITS itself once guest RAM is in place (finish_restore)
 
 
 def build_from(m: Machine, snap: fmt.Snapshot, clock: str = "hide", vm_created: bool = False) -> Dict:

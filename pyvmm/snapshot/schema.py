@@ -147,15 +147,34 @@ def _machine(snap, machine) -> Optional[int]:
         if size != config.mem:
             raise rr.fail(f"RAM of {size} bytes does not match the configuration's {config.mem}")
     _region(snap, _bounded(r, "memory", 1, 1), "snapshot machine.memory", ram)
-    d = StateReader("snapshot machine.devices", r.dict("devices"), ("uart", "virtio"))
+    d = StateReader("snapshot machine.devices", r.dict("devices"), ("uart", "virtio"), optional=("pci",))
     d.dict("uart")
     for i, entry in enumerate(_bounded(d, "virtio", 0, layout.VIRTIO_SLOTS)):
         v = StateReader(f"snapshot machine.devices.virtio[{i}]", entry, ("base", "device_id", "state"))
         v.int("base", 0, (1 << 48) - 1)
         v.int("device_id", 0, 0xFFFFFFFF)
         v.dict("state")
+    _pci(d, config)
     virtio_trigger(machine["devices"])
     return sme_bit
+
+
+def _pci(d: StateReader, config) -> None:
+    """The "pci" section (absent in snapshots from before virtio-pci could be
+    saved): present exactly when the configuration has virtio-pci devices,
+    one function each."""
+    from ..machine.pci_devices import check_state
+
+    want = sum(1 for n in config.nets if n.transport == "pci")
+    if not d.has("pci"):
+        if want:
+            raise d.fail(f"lacks 'pci' while its configuration has {want} virtio-pci devices")
+        return
+    if not want:
+        raise d.fail("has 'pci' while its configuration has no virtio-pci device")
+    pci = check_state(d.state["pci"])
+    if len(pci["functions"]) != want:
+        raise d.fail(f"'pci' has {len(pci['functions'])} functions, its configuration {want} virtio-pci devices")
 
 
 def virtio_trigger(devices: Dict) -> str:
@@ -217,10 +236,13 @@ def config_from_manifest(d):
     kw["rng"] = r.bool("rng") if "rng" in d else False
     nets = []
     for i, x in enumerate(_bounded(r, "nets", 0, layout.VIRTIO_SLOTS) if "nets" in d else []):
-        nr = StateReader(f"snapshot machine.config.nets[{i}]", x, ("tap", "mac", "vhost"))
+        nr = StateReader(f"snapshot machine.config.nets[{i}]", x, ("tap", "mac", "vhost"), optional=("transport",))
+        transport = nr.str("transport") if nr.has("transport") else "mmio"  # absent: from before virtio-pci
+        if transport not in devspec.NET_TRANSPORTS:
+            raise nr.fail(f"'transport' must be one of {', '.join(devspec.NET_TRANSPORTS)}, not {transport[:20]!r}")
         try:
             nets.append(devspec.parse_net(f"tap={nr.str('tap')},mac={nr.str('mac')},"
-                                          f"vhost={'on' if nr.bool('vhost') else 'off'}"))
+                                          f"vhost={'on' if nr.bool('vhost') else 'off'},transport={transport}"))
         except UsageProblem as e:
             raise nr.fail(e.message) from None
     vsock = None

@@ -18,7 +18,7 @@ class FakeMachine:
     def __init__(self):
         self.paused = False
         self.virtio = []  # no devices whose state lives outside pyvmm
-        self.snapshot_refusal = None  # as Machine's (no PCI device)
+        self.pci_virtio, self.pci = [], None  # as Machine's (no PCI device)
         self.io_lock = threading.RLock()  # held while a snapshot is taken and written
         self.calls = []
         # the dirty log a snapshot leaves on (pyvmm/snapshot/chain.py): a fake VM fd, no RAM

@@ -115,15 +115,16 @@ def test_vhost_planes_are_stopped_around_the_save_and_fs_is_refused():
     vs.running, vs.started = True, [0, 1]
     queues = [SimpleNamespace(last_avail=0) for _ in range(3)]
     t = SimpleNamespace(backend=vs, queues=queues, driver_features=0, lock=threading.RLock())  # as VirtioMmio's
-    m = SimpleNamespace(virtio=[t], snapshot_refusal=None)
+    m = SimpleNamespace(virtio=[t], pci_virtio=[])
     with ms._planes_stopped(m):
         assert plane.calls[1:] == [("set_running", False), ("get_vring_base", 0), ("get_vring_base", 1)]
     assert plane.calls[-1] == ("set_running", True)
     m.virtio.append(SimpleNamespace(backend=VirtioFs(FakePlane(0), "t")))
     with pytest.raises(UsageProblem, match="cannot snapshot this machine: virtio-fs"):
         ms.check_snapshottable(m)
-    m.snapshot_refusal = "a machine with PCI devices cannot be saved yet"  # as Machine's, with transport=pci
-    with pytest.raises(UsageProblem, match="^cannot snapshot this machine: a machine with PCI devices"):
+    m.virtio.pop()
+    m.pci_virtio.append(SimpleNamespace(backend=VirtioFs(FakePlane(0), "t")))  # the virtio-pci functions too
+    with pytest.raises(UsageProblem, match="cannot snapshot this machine: virtio-fs"):
         ms.check_snapshottable(m)
 
 

@@ -32,8 +32,7 @@ class FakeSourceMachine:
         for i in range(0, PAGES, 3):
             self.mem.write(0x4000_0000 + i * PAGE, bytes([i % 251 + 1]) * 100)
         self.vm = FakeDirtyVm()
-        self.virtio = []
-        self.snapshot_refusal = None  # as Machine's (set with a PCI device)
+        self.virtio, self.pci_virtio, self.pci = [], [], None  # as Machine's (no PCI device)
         self.config = types.SimpleNamespace(fss=[])
         self.paused = False
         self.owned = []  # as Machine.owned: source.migrate drops a snapshot chain's dirty tracker from it
@@ -58,7 +57,7 @@ class FakeSourceMachine:
 
 @pytest.fixture
 def fake_take(monkeypatch):
-    def take(m, progress=None, memory=True, cache=None, sealed=True, timing=None):
+    def take(m, progress=None, memory=True, cache=None, sealed=True, timing=None, flushed=False):
         assert m.paused and not memory
         return fmt.Snapshot({"kind": "fake", "at": len(m.events)})
     monkeypatch.setattr(source.machine_snapshot, "take", take)
@@ -137,6 +136,29 @@ def test_a_migration_copies_memory_and_guest_writes_made_meanwhile(tmp_path, fak
     assert report.dirty_log == "get+clear"
     assert 0 < report.sent_ms <= report.downtime_ms  # everything sent before the destination ran it
     assert report.downtime_parts["last_pages"] >= 0
+
+
+def test_the_its_tables_flushed_in_the_pause_are_in_the_pages_sent(tmp_path, fake_take):
+    """A machine with PCI devices: in the final pause KVM writes its ITS
+    tables into guest RAM (KVM_DEV_ARM_ITS_SAVE_TABLES), before the last
+    dirty-log look, so the destination gets those pages."""
+    m = FakeSourceMachine()
+    m.gic = types.SimpleNamespace(device="vgic-v3 fd")
+
+    class Pci:  # the machine's PciDevices (a fake: its flush writes a page as KVM would)
+        def flush(self, gic_device):
+            assert m.paused and gic_device == "vgic-v3 fd"
+            m.events.append("its flush")
+            m.guest_write(100, b"ITS device table")
+    m.pci = Pci()
+    d = Destination(tmp_path / "in.sock", m, happy)
+    d.start()
+    source.migrate(m, f"unix:{tmp_path}/in.sock", max_downtime_ms=1e-6)
+    d.join(10)
+    assert d.error is None
+    assert m.events == ["pause", "resume", "pause", "its flush"]
+    assert bytes(d.memory[100 * PAGE:100 * PAGE + 16]) == b"ITS device table"
+    assert bytes(d.memory) == bytes(m.mem.regions[0].mm)
 
 
 def test_the_rest_goes_before_the_pause_which_sends_only_later_writes(tmp_path, fake_take, monkeypatch):
@@ -322,9 +344,10 @@ def test_a_paused_guest_and_vhost_machines_are_refused(tmp_path, fake_take):
     with pytest.raises(source.MigrationError, match="vhost"):
         source.migrate(m, f"unix:{tmp_path}/x.sock")
     m = FakeSourceMachine()
-    m.snapshot_refusal = "a machine with PCI devices cannot be saved yet"  # as Machine's, with transport=pci
-    with pytest.raises(source.MigrationError, match="^cannot migrate this machine: a machine with PCI devices"):
-        source.migrate(m, f"unix:{tmp_path}/x.sock")
+    m.pci_virtio = [types.SimpleNamespace(base=0, backend=types.SimpleNamespace(kernel_queues=False,
+                                                                              snapshot_refusal="not this one"))]
+    with pytest.raises(source.MigrationError, match="^cannot migrate this machine: not this one"):
+        source.migrate(m, f"unix:{tmp_path}/x.sock")  # the virtio-pci functions are asked too
     assert m.events == []  # nothing paused
 
 

@@ -50,6 +50,9 @@ class FakeVectors:
     def pending(self, v):
         return v in self.owed
 
+    def forget_pending(self):
+        self.owed = set()
+
 
 class Backend(VirtioBackend):
     device_id = 1

@@ -41,7 +41,7 @@ class TrackedMachine:
         self.region = self.mem.add(GPA, size)
         self.vm = FakeDirtyVm()
         self.owned, self.virtio = [], []
-        self.snapshot_refusal = None  # as Machine's (no PCI device)
+        self.pci_virtio, self.pci = [], None  # as Machine's (no PCI device)
         self.paused = False
         self.io_lock = threading.RLock()
         self.rnd = random.Random(seed)
