@@ -570,11 +570,12 @@ class Machine:
                 except (ProcessLookupError, OSError):
                     pass
 
-    def run(self) -> Outcome:
+    def run(self, on_running: Optional[Callable[[], None]] = None) -> Outcome:
         """Run until the guest powers off, resets, crashes or finish() is
         called: one thread per vCPU, this one drains the coalesced ring.
         Callable from any thread (the kick signal's handler is installed
-        here if it is missing)."""
+        here if it is missing). ``on_running()`` is called once the vCPU
+        threads and the I/O thread were started."""
         ensure_handler()
         t0 = time.monotonic()
         for v in self.vcpus:
@@ -584,6 +585,8 @@ class Machine:
             t.start()
         if self.io is not None:
             self.io.start()
+        if on_running is not None:
+            on_running()
         ring = self.coalesced
         while not self.done.wait(0.02 if ring is not None else 0.25):
             if ring is not None and ring.pending():
