@@ -69,7 +69,7 @@ class Vcpu(DeviceAttrs, KvmFd):
         try:
             self.ioctl(name, one)
         except KvmError as e:
-            raise self.error(name, e.errno, regs.name(reg_id)) from None
+            raise self.error(name, e.errno or 0, regs.name(reg_id)) from None
 
     def one_reg_batch(self, ids, framed: bool = False) -> "OneRegBatch":
         """KVM_GET/SET_ONE_REG for a fixed list of ids, prepared once."""
