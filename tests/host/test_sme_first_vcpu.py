@@ -104,3 +104,25 @@ def test_an_init_that_may_have_fixed_the_vms_features_spoils_it_and_nothing_is_k
     assert vcpu.inits == [[PSCI, SVE, SME_BIT]]
     assert kvm.probed == {}  # the full probe (scratch VMs) answers instead
     assert sme.discover(kvm).bit == SME_BIT and kvm.vms > 0
+
+
+def test_a_machine_whose_vm_the_probe_spoiled_builds_its_vcpus_on_a_new_vm(monkeypatch):
+    from pyvmm.machine import MachineConfig
+    from pyvmm.machine import machine as machine_mod
+
+    kvm = StrictCapKvm()
+    vms = []
+
+    def create_vm(self):  # the VM without RAM: the fake VM has no memory slots
+        self.vm = kvm.create_vm()
+        vms.append(self.vm)
+    monkeypatch.setattr(machine_mod.Machine, "create_vm", create_vm)
+    probed = []
+    monkeypatch.setattr(machine_mod, "probe_on_vcpu", lambda k, vcpu, feats: probed.append(vcpu) or (None, True))
+    m = machine_mod.Machine(kvm, MachineConfig(firmware="fw.bin", cpus=2), None, lambda data: None)
+    m.create_vm()
+    m.create_vcpus()
+    assert len(probed) == 1 and probed[0].vm is vms[0]
+    assert len(vms) == 2 and m.vm is vms[1] and vms[0].vcpus == []  # the spoiled VM was closed
+    assert [v.vm for v in m.vcpus] == [vms[1], vms[1]] and all(v.inited and v.finalized for v in m.vcpus)
+    assert m.sme_bit == SME_BIT  # from the full probe, on scratch VMs
