@@ -69,11 +69,12 @@ class Chosen:
         return [f for f in self.init_features() if f not in skip]
 
 
-def offered(kvm) -> Offered:
-    """Probe this host's KVM (the SME feature bit by sme.discover, ABI page §2)."""
-    from .sme import discover
+def offered(kvm, probe_sme: bool = True) -> Offered:
+    """Probe this host's KVM (the SME feature bit by sme.discover, ABI page §2;
+    ``probe_sme=False``: SME left out, for a guest that gets none)."""
+    from .sme import SmeDiscovery, discover
 
-    found = discover(kvm)
+    found = discover(kvm) if probe_sme else SmeDiscovery(None, None, (), "not probed", "not probed")
     return Offered(sve=kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0,
                    sme_bit=found.bit if found.present else None,
                    pmu=kvm.check_extension(const("KVM_CAP_ARM_PMU_V3")) > 0,

@@ -99,6 +99,63 @@ def discover(kvm, bit_override: Optional[int] = None) -> SmeDiscovery:
     return found
 
 
+# ABI page §2: KVM_CAP_ARM_PMU_V3_STRICT (251, Linux 7.3's last merged cap) came with feature
+# bit 9 (PMU_V3_STRICT), after bit 8 (HAS_EL2_E2H0, which initialises without its HAS_EL2 and
+# then fails the SME_VLS read): a kernel offering that cap has both bits merged, and an SME
+# series on it takes a bit above them.
+CAP_PMU_V3_STRICT = LAST_MERGED_CAP
+MERGED_WITH_LAST_CAP = (8, 9)
+
+
+def _cache_key() -> tuple:
+    return ("sme", None, os.environ.get(ENV_CAP))
+
+
+def probe_on_vcpu(kvm, vcpu, features) -> tuple:
+    """SME discovery (ABI page §2) on ``vcpu``, the first vCPU of the VM that is going to
+    run, before anything initialised it: one KVM_ARM_VCPU_INIT with ``features`` (every
+    other feature the vCPU gets) and the first candidate bit, instead of scratch VMs
+    (start-up time: each costs milliseconds). Only on a kernel offering
+    KVM_CAP_ARM_PMU_V3_STRICT, where bits 8 and 9 are merged features and the first
+    candidate left is 10; not with a ``PYVMM_SME_BIT`` override, nor when this handle
+    probed already. Returns ``(discovery, spoiled)``:
+
+    - INIT fails with ENOENT: the bit is unknown, so no SME (as :func:`discover`
+      concludes: bits are allocated in order). A failed INIT changes nothing: ``vcpu``
+      is left for its own INIT.
+    - INIT succeeds and SME_VLS reads: SME at that bit, and ``vcpu`` stays initialised
+      with it, its vector lengths still writable (no FINALIZE yet, ABI page §4).
+    - Anything else, or not applicable: ``(None, spoiled)``; the caller uses
+      :func:`discover`. ``spoiled``: INIT succeeded with a bit that is not SME (which
+      fixes the VM's vCPU features) or failed past the feature check: the caller must
+      build a new VM.
+
+    A discovery found here is kept in the handle's ``probed`` like :func:`discover`'s."""
+    probed = getattr(kvm, "probed", None)
+    if _env_int(ENV_BIT) is not None or (probed is not None and _cache_key() in probed) \
+            or kvm.check_extension(CAP_PMU_V3_STRICT) <= 0:
+        return None, False
+    bit = next(b for b in SME_BIT_CANDIDATES if b not in MERGED_WITH_LAST_CAP)
+    skipped = ", ".join(str(b) for b in MERGED_WITH_LAST_CAP)
+    try:
+        vcpu.arm_vcpu_init([*features, bit])
+    except KvmError as e:
+        if e.errno != errno.ENOENT:  # after the feature check: what INIT set up is not known
+            return None, True
+        found = SmeDiscovery(None, None, (), "probed",
+                             f"bits {skipped}: merged features (KVM_CAP_ARM_PMU_V3_STRICT is offered); "
+                             f"bit {bit}: unknown to the kernel")
+    else:
+        try:
+            vls = vcpu.get_one_reg(regs.SME_VLS)
+        except KvmError:
+            return None, True
+        found = SmeDiscovery(bit, _discover_cap(kvm), tuple(regs.vls_decode(vls)), "probed")
+    if probed is not None:
+        probed[_cache_key()] = found
+    return found, False
+
+
 def _discover(kvm, bit_override: Optional[int]) -> SmeDiscovery:
     candidates = (bit_override,) if bit_override is not None else SME_BIT_CANDIDATES
     how = "override" if bit_override is not None else "probed"
@@ -179,7 +236,7 @@ def require_vqs(vcpu, vls_id: int, wanted, what: str) -> None:
 def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
                    sme_max_bits: Optional[int] = None, *, sve: bool = True,
                    extra_features=(), sve_label: str = "SVE vector length",
-                   sme_label: str = "SME vector length") -> VecShape:
+                   sme_label: str = "SME vector length", initialised: bool = False) -> VecShape:
     """Initialise ``vcpu`` with SVE and/or SME, cut the vector lengths, and
     finalise both with one KVM_ARM_VCPU_FINALIZE(KVM_ARM_VCPU_VEC).
 
@@ -189,6 +246,7 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     vCPU (legal, ABI page §4). Order: INIT -> SVE_VLS/SME_VLS -> FINALIZE(4).
     ``extra_features``: more feature bits for INIT (e.g. POWER_OFF);
     ``sve_label``/``sme_label`` name the lengths in errors (e.g. the option).
+    ``initialised``: :func:`probe_on_vcpu` did the INIT (with these features and ``bit``).
     """
     if not sve and bit is None:
         raise UsageProblem("a vCPU without SVE needs SME", "drop --no-sve, or use a kernel with SME")
@@ -201,12 +259,13 @@ def configure_vcpu(vcpu, bit: Optional[int], sve_max_bits: Optional[int] = None,
     for bits, what in ((sve_max_bits, sve_label), (sme_max_bits, sme_label)):
         if bits is not None:
             parse_vl(bits, what)
-    feats = [const("KVM_ARM_VCPU_PSCI_0_2"), *extra_features]
-    if sve:
-        feats.append(const("KVM_ARM_VCPU_SVE"))
-    if bit is not None:
-        feats.append(bit)
-    vcpu.arm_vcpu_init(feats)
+    if not initialised:
+        feats = [const("KVM_ARM_VCPU_PSCI_0_2"), *extra_features]
+        if sve:
+            feats.append(const("KVM_ARM_VCPU_SVE"))
+        if bit is not None:
+            feats.append(bit)
+        vcpu.arm_vcpu_init(feats)
     sve_vqs = cut_vls(vcpu, regs.SVE_VLS, sve_max_bits, sve_label) if sve else ()
     sme_vqs = cut_vls(vcpu, regs.SME_VLS, sme_max_bits, sme_label) if bit is not None else ()
     vcpu.arm_vcpu_finalize(KVM_ARM_VCPU_VEC)  # one call for SVE and SME (§4)

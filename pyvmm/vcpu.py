@@ -7,7 +7,7 @@ import mmap
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Iterable, List, Optional, Sequence
+    from typing import Any, Iterable, List, Optional, Sequence
 
 from .arm64 import regs
 from .arm64.vec import KVM_ARM_VCPU_VEC
@@ -50,7 +50,7 @@ class Vcpu(DeviceAttrs, KvmFd):
         buf = ffi.new("uint8_t[]", size)
         one = ffi.new("struct kvm_one_reg *")
         one.id, one.addr = reg_id, int(ffi.cast("uintptr_t", buf))
-        self.ioctl("KVM_GET_ONE_REG", one, reg=regs.name(reg_id))
+        self._one_reg("KVM_GET_ONE_REG", one, reg_id)
         return bytes(ffi.buffer(buf, size))
 
     def set_one_reg(self, reg_id: int, value: bytes) -> None:
@@ -60,7 +60,16 @@ class Vcpu(DeviceAttrs, KvmFd):
         buf = ffi.new("uint8_t[]", bytes(value))
         one = ffi.new("struct kvm_one_reg *")
         one.id, one.addr = reg_id, int(ffi.cast("uintptr_t", buf))
-        self.ioctl("KVM_SET_ONE_REG", one, reg=regs.name(reg_id))
+        self._one_reg("KVM_SET_ONE_REG", one, reg_id)
+
+    def _one_reg(self, name: str, one: Any, reg_id: int) -> None:
+        """KVM_GET/SET_ONE_REG; a failure names the register. The name is made only
+        then: a system register's name comes from a table of every encoding, built
+        on first use (start-up time: reading MPIDR_EL1 for the device tree built it)."""
+        try:
+            self.ioctl(name, one)
+        except KvmError as e:
+            raise self.error(name, e.errno or 0, regs.name(reg_id)) from None
 
     def one_reg_batch(self, ids, framed: bool = False) -> "OneRegBatch":
         """KVM_GET/SET_ONE_REG for a fixed list of ids, prepared once."""

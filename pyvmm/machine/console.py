@@ -30,7 +30,8 @@ class ConsoleInput:
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
-        if self.fd is None:
+        """Start reading (once: later calls do nothing)."""
+        if self.fd is None or self._thread is not None:
             return
         self._thread = threading.Thread(target=self._loop, name="console-input", daemon=True)
         self._thread.start()

@@ -41,7 +41,7 @@ from ..devices import virtio_regpage
 from ..errors import GuestError, HostUnsupported, PyvmmError, UsageProblem
 from ..memory import GuestMemory
 from .. import guest_features
-from ..sme import configure_vcpu
+from ..sme import configure_vcpu, probe_on_vcpu
 from ..vcpu import mpidr_of
 from .coalesced import CoalescedRing
 from .config import MachineConfig, Outcome, Payload, counter, full_cmdline
@@ -215,23 +215,48 @@ class Machine:
 
     def create_vcpus(self) -> None:
         c, kvm = self.config, self.kvm
-        chosen = guest_features.choose(c, guest_features.offered(kvm))
+        first, probed_bit = self._probe_sme_on_first_vcpu()
+        # SME left out unprobed when the guest gets none (--no-sme): no scratch VMs
+        chosen = guest_features.choose(c, guest_features.offered(kvm, probe_sme=c.sme or c.sme_max_vl is not None))
         self.sme_bit = chosen.sme_bit
         self.pmu = chosen.pmu
         # The INIT features a snapshot records (configure_vcpu adds the SVE
         # and SME bits itself); POWER_OFF is in the saved MP state instead.
         features = chosen.init_features()
         for i in range(c.cpus):
-            vcpu = built(self.vm, "VM").create_vcpu(i)
+            vcpu = first if i == 0 and first is not None else built(self.vm, "VM").create_vcpu(i)
             extra = chosen.extra_features() + ([const("KVM_ARM_VCPU_POWER_OFF")] if i > 0 else [])
             if chosen.sve or chosen.sme_bit is not None:
                 # INIT, SVE_VLS/SME_VLS cuts, one FINALIZE(KVM_ARM_VCPU_VEC) (pyvmm/sme.py)
                 configure_vcpu(vcpu, chosen.sme_bit, c.sve_max_vl if chosen.sve else None, c.sme_max_vl,
                                sve=chosen.sve, extra_features=extra,
-                               sve_label="--sve-max-vl", sme_label="--sme-max-vl")
+                               sve_label="--sve-max-vl", sme_label="--sme-max-vl",
+                               initialised=i == 0 and probed_bit is not None)
             else:
                 vcpu.arm_vcpu_init([const("KVM_ARM_VCPU_PSCI_0_2"), *extra])
             self.add_vcpu(vcpu, features)
+
+    def _probe_sme_on_first_vcpu(self) -> Tuple[Optional[Vcpu], Optional[int]]:
+        """For a guest that gets SME wherever KVM offers it (no --sme-max-vl, which is
+        refused with the full probe's reasons): create vCPU 0 and let SME discovery's
+        probe be its INIT (pyvmm/sme.py, probe_on_vcpu; ABI page §2) instead of scratch
+        VMs. Returns (vCPU 0 or None, the SME bit it was initialised with or None: not
+        initialised). An INIT that fixed the VM's features with a bit that is not SME
+        costs a new VM (and the scratch VMs of the full probe)."""
+        c, kvm = self.config, self.kvm
+        if not c.sme or c.sme_max_vl is not None:
+            return None, None
+        base = guest_features.choose(c, guest_features.offered(kvm, probe_sme=False))
+        first = built(self.vm, "VM").create_vcpu(0)
+        found, spoiled = probe_on_vcpu(kvm, first, base.init_features())
+        if spoiled:
+            built(self.vm, "VM").close()
+            self.vm = None
+            self.mem.close()
+            self.mem = GuestMemory()
+            self.create_vm()
+            return None, None
+        return first, found.bit if found is not None else None
 
     def add_vcpu(self, vcpu, features: List[int]) -> None:
         """Record a vCPU created and initialised by the caller (also used by
@@ -538,11 +563,12 @@ class Machine:
                 except (ProcessLookupError, OSError):
                     pass
 
-    def run(self) -> Outcome:
+    def run(self, on_running: Optional[Callable[[], None]] = None) -> Outcome:
         """Run until the guest powers off, resets, crashes or finish() is
         called: one thread per vCPU, this one drains the coalesced ring.
         Callable from any thread (the kick signal's handler is installed
-        here if it is missing)."""
+        here if it is missing). ``on_running()`` is called once the vCPU
+        threads and the I/O thread were started."""
         ensure_handler()
         t0 = time.monotonic()
         for v in self.vcpus:
@@ -552,6 +578,8 @@ class Machine:
             t.start()
         if self.io is not None:
             self.io.start()
+        if on_running is not None:
+            on_running()
         ring = self.coalesced
         while not self.done.wait(0.02 if ring is not None else 0.25):
             if ring is not None and ring.pending():

@@ -91,7 +91,13 @@ class Session:
         resets = 0
         first_run_ns: Optional[int] = None
         try:
-            self.console_in.start()
+            # Console input is read from once the first booted machine's vCPUs run: its
+            # guest cannot tell (input waits in the fd meanwhile), and the reader's
+            # thread does not hold up the build (start-up time; docs/benchmarks.md). A
+            # restore reads it from the start, so Ctrl-A x can stop a long one (an
+            # incoming migration's wait).
+            if self.first_build is not None:
+                self.console_in.start()
             while True:
                 m = Machine(kvm, config, payload, self.output)
                 try:
@@ -112,7 +118,7 @@ class Session:
                     if self.on_ready:
                         self.on_ready(m)
                     self._set_current(m)
-                    outcome = m.run()
+                    outcome = m.run(on_running=self.console_in.start)
                     if first_run_ns is None:
                         first_run_ns = m.first_run_ns
                 finally:

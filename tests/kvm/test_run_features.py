@@ -79,3 +79,28 @@ def test_sme_is_on_by_default_at_the_largest_length(request, host, probe):
     assert r.stdout.decode().startswith("S" + chr(ord("A") + svl // 16)), r.stdout
     r = pyvmm("run", "--firmware", probe, "-m", "64M", "--no-sme", timeout=240)
     assert r.stdout.decode().startswith("U"), r.stdout
+
+
+def test_sme_discovery_is_the_first_vcpus_init_without_scratch_vms(host, probe):
+    """Where KVM_CAP_ARM_PMU_V3_STRICT says bits 8 and 9 are merged features (Linux 7.3 on),
+    building a machine creates its own VM only: vCPU 0's INIT is SME discovery's probe
+    (pyvmm/sme.py, probe_on_vcpu), and it answers as the full scratch-VM probe does."""
+    from pyvmm import sme
+    from pyvmm.kvm import open_kvm
+    from pyvmm.machine import Machine, MachineConfig, prepare
+
+    with open_kvm() as kvm:
+        if kvm.check_extension(sme.CAP_PMU_V3_STRICT) <= 0:
+            pytest.skip("this kernel does not offer KVM_CAP_ARM_PMU_V3_STRICT: the scratch VMs probe")
+        vms = []
+        create_vm = kvm.create_vm
+        kvm.create_vm = lambda *a: vms.append(create_vm(*a)) or vms[-1]
+        config = MachineConfig(firmware=str(probe), mem=64 << 20)
+        m = Machine(kvm, config, prepare(config), lambda data: None)
+        try:
+            m.create_vm()
+            m.create_vcpus()
+        finally:
+            m.close()
+        assert len(vms) == 1
+        assert m.sme_bit == host[0].sme_bit  # the fixture's offered(): the full probe, on its own handle
