@@ -167,13 +167,19 @@ class TcpPeer:
     def _g2h(self, c):
         c.settimeout(120)  # a guest that died leaves no connection stuck (the next one waits behind it)
         t0 = time.monotonic()
-        got = drain(c)
+        got = 0
+        buf = bytearray(1 << 20)
+        while True:  # MSG_TRUNC: TCP discards the bytes without copying them (tcp(7)), which
+            n = c.recv_into(buf, len(buf), socket.MSG_TRUNC)  # leaves more of the test machine's CPUs to the VMM
+            if not n:
+                break
+            got += n
         self.done.append(("g2h", got, time.monotonic() - t0))
 
     def _h2g(self, c):
         c.settimeout(120)
         t0 = time.monotonic()
-        chunk = b"\xa5" * (1 << 20)
+        chunk = memoryview(b"\xa5" * (1 << 20))
         left = self.h2g_bytes
         while left:
             n = min(left, len(chunk))
