@@ -147,22 +147,24 @@ def drain(conn):
 
 
 class TcpPeer:
-    """The host end of the TCP row: on G2H_PORT it reads each connection to
-    its end, on H2G_PORT it sends ``h2g_bytes`` and then waits for the
+    """The host end of the TCP row: on ``g2h_port`` it reads each connection
+    to its end, on ``h2g_port`` it sends ``h2g_bytes`` and then waits for the
     guest's end. Each transfer's (direction, bytes, seconds from accept to
-    the guest's end) goes into ``done``."""
-    G2H_PORT, H2G_PORT = 5301, 5303
+    the guest's end) goes into ``done``; a connection that fails (the guest
+    stopped reading, a timeout) adds nothing. Port 0: any free one (the
+    ports taken are the attributes)."""
 
-    def __init__(self):
+    def __init__(self, g2h_port=5301, h2g_port=5303, host="0.0.0.0"):
         self.h2g_bytes = 0
         self.done = []
         self.socks = []
         try:
-            self.socks.append(serve_each(socket.create_server(("0.0.0.0", self.G2H_PORT)), self._g2h))
-            self.socks.append(serve_each(socket.create_server(("0.0.0.0", self.H2G_PORT)), self._h2g))
+            self.socks.append(serve_each(socket.create_server((host, g2h_port)), self._g2h))
+            self.socks.append(serve_each(socket.create_server((host, h2g_port)), self._h2g))
         except BaseException:
             self.close()
             raise
+        self.g2h_port, self.h2g_port = (s.getsockname()[1] for s in self.socks)
 
     def _g2h(self, c):
         c.settimeout(120)  # a guest that died leaves no connection stuck (the next one waits behind it)
@@ -180,17 +182,21 @@ class TcpPeer:
         c.settimeout(120)
         t0 = time.monotonic()
         chunk = memoryview(b"\xa5" * (1 << 20))
-        left = self.h2g_bytes
+        size = left = self.h2g_bytes
         while left:
             n = min(left, len(chunk))
             c.sendall(chunk[:n])
             left -= n
         c.shutdown(socket.SHUT_WR)
         drain(c)  # the guest closes once it read everything
-        self.done.append(("h2g", self.h2g_bytes, time.monotonic() - t0))
+        self.done.append(("h2g", size, time.monotonic() - t0))
 
     def close(self):
         for sock in self.socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept() (Linux)
+            except OSError:
+                pass
             sock.close()
 
 
@@ -409,8 +415,8 @@ def bench_tcp(k, ti, tmp, r):
             sizes = {"g2h": g2h_mb << 20, "h2g": h2g_mb << 20}
             guest = (f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n"
                      f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
-                     + repeated(("g2h", f"/tcp_cat {TcpPeer.G2H_PORT} {g2h_mb}"),
-                                ("h2g", f"/tcp_cat {TcpPeer.H2G_PORT} </dev/null >/dev/null")))
+                     + repeated(("g2h", f"/tcp_cat {peer.g2h_port} {g2h_mb}"),
+                                ("h2g", f"/tcp_cat {peer.h2g_port} </dev/null >/dev/null")))
             for n, vmm in tcp_rounds():
                 tap = tap_for(vmm.split()[0])
                 net = {"tap": tap, "vhost": vhost}
