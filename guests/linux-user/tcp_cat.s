@@ -53,56 +53,9 @@ send:   cbz     x21, readin
         ldr     x1, =buf
         mov     x2, #0x10000
         b       write
-readin: mov     x0, #0                      // read(stdin, buf, 64 KiB)
-        ldr     x1, =buf
-        mov     x2, #0x10000
-        mov     x8, #63
-        svc     #0
-        cmp     x0, #0
-        b.lt    fail
-        b.eq    sent
-        mov     x2, x0
-write:  mov     x0, x19                     // write(sock, ...) until all is out
-        mov     x8, #64
-        svc     #0
-        cmp     x0, #0
-        b.le    fail
-        add     x1, x1, x0
-        sub     x2, x2, x0
-        cbnz    x2, write
-        b       send
+        .include "stream.inc"
 
-sent:   mov     x0, x19                     // shutdown(sock, SHUT_WR)
-        mov     x1, #1
-        mov     x8, #210
-        svc     #0
-
-recv:   mov     x0, x19                     // read(sock, buf, 64 KiB)
-        ldr     x1, =buf
-        mov     x2, #0x10000
-        mov     x8, #63
-        svc     #0
-        cmp     x0, #0
-        b.lt    fail
-        b.eq    done
-        mov     x2, x0
-2:      mov     x0, #1                      // write(stdout, ...) until all is out
-        mov     x8, #64
-        svc     #0
-        cmp     x0, #0
-        b.le    fail
-        add     x1, x1, x0
-        sub     x2, x2, x0
-        cbnz    x2, 2b
-        b       recv
-
-done:   mov     x0, #0
-        mov     x8, #93                     // exit(0)
-        svc     #0
-fail:   mov     x0, #1
-        mov     x8, #93                     // exit(1)
-        svc     #0
-
+        .text
 // number: the decimal string at x1 (NUL-terminated) in x0; 0 when it is
 // empty, has a non-digit or exceeds 32 bits
 number: mov     x0, #0
@@ -128,7 +81,3 @@ number: mov     x0, #0
 addr:   .hword  2, 0                        // struct sockaddr_in: AF_INET, port (set above)
         .byte   10, 78, 0, 1                // 10.78.0.1
         .quad   0
-
-        .bss
-        .align  12
-buf:    .skip   0x10000
