@@ -50,8 +50,10 @@ non-arm64 host; needs root there for taps; build the guest first).
 """
 from __future__ import annotations
 
+import array
 import base64
 import datetime
+import fcntl
 import os
 import pathlib
 import re
@@ -61,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 
@@ -148,8 +151,8 @@ def drain(conn):
 
 class TcpPeer:
     """The host end of the TCP row: on ``g2h_port`` it reads each connection
-    to its end, on ``h2g_port`` it sends ``h2g_bytes`` and then waits for the
-    guest's end. Each transfer's (direction, bytes, seconds from accept to
+    to its end, on ``h2g_port`` it sends ``h2g_bytes`` and then waits until
+    the guest acknowledged all of them. Each transfer's (direction, bytes, seconds from accept to
     the guest's end) goes into ``done``; a connection that fails (the guest
     stopped reading, a timeout) adds nothing. Port 0: any free one (the
     ports taken are the attributes)."""
@@ -188,7 +191,16 @@ class TcpPeer:
             c.sendall(chunk[:n])
             left -= n
         c.shutdown(socket.SHUT_WR)
-        drain(c)  # the guest closes once it read everything
+        # sendall() returns with up to the socket's send buffer (MiBs) still on its way; the
+        # transfer ends when the guest acknowledged every byte (tcp_cat's own FIN came first)
+        unacked = array.array("i", [1])
+        while True:
+            fcntl.ioctl(c.fileno(), termios.TIOCOUTQ, unacked)  # SIOCOUTQ: unsent + unacknowledged
+            if unacked[0] == 0:
+                break
+            if time.monotonic() - t0 > 120:
+                raise OSError("host->guest: the guest stopped acknowledging")
+            time.sleep(0.001)
         self.done.append(("h2g", size, time.monotonic() - t0))
 
     def close(self):

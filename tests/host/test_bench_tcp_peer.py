@@ -44,22 +44,32 @@ def test_guest_to_host_counts_every_byte_until_the_guest_ends(peer):
     assert seconds > 0
 
 
-def test_host_to_guest_sends_the_size_and_waits_for_the_guest(peer):
-    peer.h2g_bytes = (2 << 20) + 3
+def test_host_to_guest_ends_when_the_guest_has_every_byte(peer):
+    peer.h2g_bytes = (16 << 20) + 3  # more than the socket buffers hold
     got = 0
     with socket.create_connection(("127.0.0.1", peer.h2g_port)) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
         c.shutdown(socket.SHUT_WR)  # what tcp_cat does with stdin at its end
-        while True:
-            chunk = c.recv(1 << 16)
-            if not chunk:
-                break
-            got += len(chunk)
-        assert not peer.done  # not before the guest's end of the connection
+
+        def read(until):
+            nonlocal got
+            while got < until:
+                chunk = c.recv(min(1 << 16, until - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+        time.sleep(0.2)
+        assert not peer.done  # the guest read nothing yet
+        read(peer.h2g_bytes - (1 << 20))
+        time.sleep(0.3)  # the last MiB fits the host's send buffer: sendall() is done, the transfer is not
+        assert not peer.done
+        read(peer.h2g_bytes + 1)
+        assert c.recv(1) == b""
     assert got == peer.h2g_bytes
     assert wait_for(lambda: peer.done)
     [(direction, sent, seconds)] = peer.done
     assert (direction, sent) == ("h2g", peer.h2g_bytes)
-    assert seconds > 0
+    assert seconds > 0.5
 
 
 def test_a_host_to_guest_transfer_the_guest_drops_records_nothing(peer):
