@@ -14,9 +14,10 @@ kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
       PYVMM_BENCH_NET_G2H_MB, default 256 MiB) / reads in 64 KiB reads what a
       server here sends (host->guest, PYVMM_BENCH_NET_H2G_MB, default 512 MiB);
       vhost=off moves PYVMM_BENCH_NET_OFF_MB (8) each way. The listener
-      times each transfer (time.monotonic: from accepting the connection to
-      the guest's end of it); the guest's own /proc/uptime figures (10 ms
-      steps) are logged beside them. Until 2026-12-05 the guest sent with
+      times each transfer with time.monotonic, from accepting the connection
+      to the guest's end of it (guest->host) or to the guest's acknowledgement
+      of the last byte (host->guest); the guest's own /proc/uptime figures
+      (10 ms steps) are logged beside them. Until 2026-12-05 the guest sent with
       ``dd | busybox nc`` (about 1 KiB a write: one small packet each, about
       1 MiB/s for both VMMs) and fetched 8 MiB with busybox wget (0.1-0.2 s).
   vsock stream guest->host and host->guest: pyvmm ``--vsock`` (vhost-vsock) vs
