@@ -153,10 +153,10 @@ def drain(conn):
 class TcpPeer:
     """The host end of the TCP row: on ``g2h_port`` it reads each connection
     to its end, on ``h2g_port`` it sends ``h2g_bytes`` and then waits until
-    the guest acknowledged all of them. Each transfer's (direction, bytes, seconds from accept to
-    the guest's end) goes into ``done``; a connection that fails (the guest
-    stopped reading, a timeout) adds nothing. Port 0: any free one (the
-    ports taken are the attributes)."""
+    the guest acknowledged all of them. Each transfer's (direction, bytes,
+    seconds from the accept to that end) goes into ``done``; a connection
+    that fails (the guest stopped reading, a timeout) adds nothing. Port 0:
+    any free one (the ports taken are the attributes)."""
 
     def __init__(self, g2h_port=5301, h2g_port=5303, host="0.0.0.0"):
         self.h2g_bytes = 0
