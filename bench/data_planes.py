@@ -9,9 +9,17 @@ kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
   TCP guest->host and host->guest over a tap, vhost=on: pyvmm ``--net tap=...``
       (vhost-net) vs QEMU ``-netdev tap,vhost=on`` + virtio-net-pci; vhost=off:
       pyvmm ``--net tap=...,vhost=off`` (packets moved by its I/O thread) vs QEMU
-      ``-netdev tap,vhost=off``. The guest sends (``dd | nc``) to a listener
-      here / fetches over HTTP from a server here; the guest times the
-      transfer with /proc/uptime.
+      ``-netdev tap,vhost=off``. guests/linux-user/tcp_cat.s in the guest
+      sends zeros in 64 KiB writes to a listener here (guest->host,
+      PYVMM_BENCH_NET_G2H_MB, default 256 MiB) / reads in 64 KiB reads what a
+      server here sends (host->guest, PYVMM_BENCH_NET_H2G_MB, default 512 MiB);
+      vhost=off moves PYVMM_BENCH_NET_OFF_MB (8) each way. The listener
+      times each transfer with time.monotonic, from accepting the connection
+      to the guest's end of it (guest->host) or to the guest's acknowledgement
+      of the last byte (host->guest); the guest's own /proc/uptime figures
+      (10 ms steps) are logged beside them. Until 2026-12-05 the guest sent with
+      ``dd | busybox nc`` (about 1 KiB a write: one small packet each, about
+      1 MiB/s for both VMMs) and fetched 8 MiB with busybox wget (0.1-0.2 s).
   vsock stream guest->host and host->guest: pyvmm ``--vsock`` (vhost-vsock) vs
       QEMU vhost-vsock-pci, guests/linux-user/vsock_cat.s in the guest.
   virtio-fs sequential read of a file (256 MiB; PYVMM_BENCH_FS_MB): pyvmm
@@ -43,9 +51,10 @@ non-arm64 host; needs root there for taps; build the guest first).
 """
 from __future__ import annotations
 
+import array
 import base64
 import datetime
-import http.server
+import fcntl
 import os
 import pathlib
 import re
@@ -55,6 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 
@@ -67,10 +77,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CHECKOUT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(CHECKOUT, "tests"))
 MEM = "256M"
-# Guest->host TCP moves 0.1-0.5 MiB/s in the test machine (2026-12-03, vhost=on and off, both
-# VMMs), so 8 MiB (4 with vhost=off) keeps one run near 90 s there; 64 MiB took 270-440 s a run.
-NET_MB = int(os.environ.get("PYVMM_BENCH_NET_MB", "8"))
-NET_OFF_MB = int(os.environ.get("PYVMM_BENCH_NET_OFF_MB", "4"))  # vhost=off: every packet crosses Python
+# TCP sizes: 64 MiB took 0.3-0.9 s each way in the test machine on a quiet host (2026-12-05,
+# vhost=on, both VMMs), so these keep one transfer near 2 s or longer.
+NET_G2H_MB = int(os.environ.get("PYVMM_BENCH_NET_G2H_MB", "256"))
+NET_H2G_MB = int(os.environ.get("PYVMM_BENCH_NET_H2G_MB", "512"))
+NET_OFF_MB = int(os.environ.get("PYVMM_BENCH_NET_OFF_MB", "8"))  # vhost=off, each way: every 1.5 KB frame crosses Python (0.44 MiB/s g2h, 2026-12-05)
 VSOCK_MB = int(os.environ.get("PYVMM_BENCH_VSOCK_MB", "64"))
 FS_MB = int(os.environ.get("PYVMM_BENCH_FS_MB", "256"))
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "3"))
@@ -110,24 +121,6 @@ def rounds():
             yield n, vmm
 
 
-class Blob(http.server.BaseHTTPRequestHandler):
-    size = 0
-
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", str(self.size))
-        self.end_headers()
-        chunk = b"\xa5" * (1 << 20)
-        left = self.size
-        while left:
-            n = min(left, len(chunk))
-            self.wfile.write(chunk[:n])
-            left -= n
-
-    def log_message(self, *a):
-        pass
-
-
 def serve_each(sock, handle):
     """Accept connections on listening ``sock`` in a thread until it is
     closed: ``handle(conn)`` each, then close it. Returns ``sock``."""
@@ -147,23 +140,77 @@ def serve_each(sock, handle):
     return sock
 
 
-def drain(conn, limit=None):
-    """Read from ``conn`` until it closes (or ``limit`` bytes came)."""
+def drain(conn):
+    """Read from ``conn`` until it closes; the number of bytes read."""
     got = 0
-    while limit is None or got < limit:
+    while True:
         chunk = conn.recv(1 << 20)
         if not chunk:
-            break
+            return got
         got += len(chunk)
 
 
-def sink_tcp(port):
-    """A TCP listener reading each connection until ``sink_tcp.size`` bytes
-    came (busybox nc may not close its side when its input ends)."""
-    return serve_each(socket.create_server(("0.0.0.0", port)), lambda c: drain(c, sink_tcp.size))
+class TcpPeer:
+    """The host end of the TCP row: on ``g2h_port`` it reads each connection
+    to its end, on ``h2g_port`` it sends ``h2g_bytes`` and then waits until
+    the guest acknowledged all of them. Each transfer's (direction, bytes,
+    seconds from the accept to that end) goes into ``done``; a connection
+    that fails (the guest stopped reading, a timeout) adds nothing. Port 0:
+    any free one (the ports taken are the attributes)."""
 
+    def __init__(self, g2h_port=5301, h2g_port=5303, host="0.0.0.0"):
+        self.h2g_bytes = 0
+        self.done = []
+        self.socks = []
+        try:
+            self.socks.append(serve_each(socket.create_server((host, g2h_port)), self._g2h))
+            self.socks.append(serve_each(socket.create_server((host, h2g_port)), self._h2g))
+        except BaseException:
+            self.close()
+            raise
+        self.g2h_port, self.h2g_port = (s.getsockname()[1] for s in self.socks)
 
-sink_tcp.size = 0
+    def _g2h(self, c):
+        c.settimeout(120)  # a guest that died leaves no connection stuck (the next one waits behind it)
+        t0 = time.monotonic()
+        got = 0
+        buf = bytearray(1 << 20)
+        while True:  # MSG_TRUNC: TCP discards the bytes without copying them (tcp(7)), which
+            n = c.recv_into(buf, len(buf), socket.MSG_TRUNC)  # leaves more of the test machine's CPUs to the VMM
+            if not n:
+                break
+            got += n
+        self.done.append(("g2h", got, time.monotonic() - t0))
+
+    def _h2g(self, c):
+        c.settimeout(120)
+        t0 = time.monotonic()
+        chunk = memoryview(b"\xa5" * (1 << 20))
+        size = left = self.h2g_bytes
+        while left:
+            n = min(left, len(chunk))
+            c.sendall(chunk[:n])
+            left -= n
+        c.shutdown(socket.SHUT_WR)
+        # sendall() returns with up to the socket's send buffer (MiBs) still on its way; the
+        # transfer ends when the guest acknowledged every byte (tcp_cat's own FIN came first)
+        unacked = array.array("i", [1])
+        while True:
+            fcntl.ioctl(c.fileno(), termios.TIOCOUTQ, unacked)  # SIOCOUTQ: unsent + unacknowledged
+            if unacked[0] == 0:
+                break
+            if time.monotonic() - t0 > 120:
+                raise OSError("host->guest: the guest stopped acknowledging")
+            time.sleep(0.001)
+        self.done.append(("h2g", size, time.monotonic() - t0))
+
+    def close(self):
+        for sock in self.socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept() (Linux)
+            except OSError:
+                pass
+            sock.close()
 
 
 def vsock_echo(size):
@@ -370,35 +417,39 @@ def tcp_rounds():
                 yield n, f"pyvmm {t}"
 
 
-def bench_tcp(k, i, tmp, r):
-    Blob.size = 0
-    httpd = http.server.ThreadingHTTPServer(("0.0.0.0", 5302), Blob)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    sink = sink_tcp(5301)
+def bench_tcp(k, ti, tmp, r):
+    """``ti``: the initramfs with /tcp_cat."""
+    peer = TcpPeer()
     try:
-        for vhost, mb in (("on", NET_MB), ("off", NET_OFF_MB)):
+        for vhost, g2h_mb, h2g_mb in (("on", NET_G2H_MB, NET_H2G_MB), ("off", NET_OFF_MB, NET_OFF_MB)):
             if vhost not in TCP_VHOST:
                 continue
-            Blob.size = sink_tcp.size = mb << 20
+            peer.h2g_bytes = h2g_mb << 20
+            sizes = {"g2h": g2h_mb << 20, "h2g": h2g_mb << 20}
             guest = (f"ip link set eth0 up; ip addr add {GUEST_IP}/24 dev eth0\n"
                      f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
-                     + repeated(("g2h", f"dd if=/dev/zero bs=64k count={mb * 16} 2>/dev/null | nc {HOST_IP} 5301"),
-                                ("h2g", f"wget -q -O /dev/null http://{HOST_IP}:5302/")))
+                     + repeated(("g2h", f"/tcp_cat {peer.g2h_port} {g2h_mb}"),
+                                ("h2g", f"/tcp_cat {peer.h2g_port} </dev/null >/dev/null")))
             for n, vmm in tcp_rounds():
                 tap = tap_for(vmm.split()[0])
                 net = {"tap": tap, "vhost": vhost}
                 if vmm.startswith("pyvmm "):  # another transport's A/B line
                     net["transport"] = vmm.split()[1]
+                peer.done.clear()
                 out = r.attempt(vmm, f"tcp vhost={vhost}", n, lambda: run_guest(
-                    vmm.split()[0], k, i, guest, [("net", net)], tmp,
+                    vmm.split()[0], k, ti, guest, [("net", net)], tmp,
                     setup=lambda: configure_tap(tap)))
-                v = values(out or "", "g2h", "h2g")
-                for d in ("g2h", "h2g"):
-                    r.add_rates(vmm, f"tcp {d} vhost={vhost}", mb, v[d])
-                log(f"{vmm} tcp vhost={vhost} run {n + 1}: {v}")
+                if out is None:
+                    continue
+                host = {d: [t for dd, got, t in peer.done if dd == d and got == sizes[d]] for d in sizes}
+                for d in sizes:
+                    r.add_rates(vmm, f"tcp {d} vhost={vhost}", sizes[d] >> 20, host[d])
+                short = [(d, got) for d, got, _ in peer.done if got != sizes[d]]
+                log(f"{vmm} tcp vhost={vhost} run {n + 1}: MiB/s {({d: [round((sizes[d] >> 20) / t, 1) for t in v] for d, v in host.items()})}"
+                    f", seconds by the host {({d: [round(t, 3) for t in v] for d, v in host.items()})}"
+                    f", by the guest {values(out, 'g2h', 'h2g')}" + (f", short transfers left out: {short}" if short else ""))
     finally:
-        httpd.shutdown()
-        sink.close()
+        peer.close()
 
 
 def bench_vsock(k, vi, tmp, r):
@@ -493,7 +544,8 @@ def met(ratio, target):
 def report(r, only):
     print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} boots each, interleaved, "
           f"{REPEAT} transfers per boot (console, TCP, vsock), medians of all transfers; "
-          f"{MEM} guest, 1 vCPU; TCP {NET_MB} MiB with vhost=on, {NET_OFF_MB} MiB with vhost=off; "
+          f"{MEM} guest, 1 vCPU; TCP (guests/linux-user/tcp_cat.s, timed by the host) {NET_G2H_MB} MiB g2h and "
+          f"{NET_H2G_MB} MiB h2g with vhost=on, {NET_OFF_MB} MiB each way with vhost=off; "
           f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB; pyvmm's virtio-net on virtio-{NET_TRANSPORTS[0]})\n")
     print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
     print("|---|---|---|---|---|")
@@ -541,6 +593,8 @@ def main():
         k, i = local_guest(k, i, tmp)  # both VMMs boot from /tmp, not the checkout's virtio-fs
         with open(guestbuild.build_linux_program("vsock_cat"), "rb") as f:
             vi = initrd_with(i, {"vsock_cat": f.read()}, pathlib.Path(tmp) / "initrd.gz")
+        with open(guestbuild.build_linux_program("tcp_cat"), "rb") as f:
+            ti = initrd_with(i, {"tcp_cat": f.read()}, pathlib.Path(tmp) / "initrd-tcp.gz")
         share = os.path.join(tmp, "share")
         os.makedirs(share)
         if "fs" in only:  # the file the fs row reads (the boot row only mounts the directory)
@@ -551,7 +605,7 @@ def main():
         if "console" in only:
             bench_console(k, i, r)
         if "tcp" in only:
-            bench_tcp(k, i, tmp, r)
+            bench_tcp(k, ti, tmp, r)
         if "vsock" in only:
             bench_vsock(k, vi, tmp, r)
         if "fs" in only:

@@ -7,6 +7,7 @@ hash under $TMPDIR.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import platform
@@ -65,8 +66,11 @@ def build_linux_program(name: str) -> str:
     """Assemble and link guests/linux-user/<name>.s into a static arm64 Linux
     executable (no libc); returns its path (cached by content hash)."""
     src = os.path.join(LINUX_USER, f"{name}.s")
-    with open(src, "rb") as f:
-        key = hashlib.sha256(f.read() + MARCH.encode()).hexdigest()[:16]
+    text = b""
+    for path in [src] + sorted(glob.glob(os.path.join(LINUX_USER, "*.inc"))):  # what it may .include
+        with open(path, "rb") as f:
+            text += f.read()
+    key = hashlib.sha256(text + MARCH.encode()).hexdigest()[:16]
     cache = os.path.join(tempfile.gettempdir(), "pyvmm-guests")
     os.makedirs(cache, exist_ok=True)
     out = os.path.join(cache, f"{name}-{key}")
@@ -74,7 +78,7 @@ def build_linux_program(name: str) -> str:
         return out
     with tempfile.TemporaryDirectory() as d:
         obj, exe = os.path.join(d, "p.o"), os.path.join(d, "p")
-        subprocess.run([_tool("as"), f"-march={MARCH}", "-o", obj, src], check=True)
+        subprocess.run([_tool("as"), f"-march={MARCH}", "-I", LINUX_USER, "-o", obj, src], check=True)
         subprocess.run([_tool("ld"), "-static", "-e", "_start", "-o", exe, obj], check=True)
         tmp = out + f".{os.getpid()}"
         shutil.copyfile(exe, tmp)
