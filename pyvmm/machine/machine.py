@@ -162,7 +162,7 @@ class Machine:
         # The PCI side (ITS, host bridge, virtio-pci functions), built for a
         # device given transport=pci (pyvmm/machine/pci_devices.py); whatever
         # goes over every virtio transport (snapshots, vhost planes, taps)
-        # takes both lists
+        # takes :attr:`transports`
         self.pci: Optional[PciDevices] = None
         self.pci_virtio: List[VirtioPci] = []
 
@@ -381,6 +381,11 @@ class Machine:
             self.pci = PciDevices(built(self.vm, "VM"), self.bus, built(self.io, "I/O thread"), gic.nr_irqs() - 32)
             self.bus.register(layout.ITS_BASE, layout.ITS_SIZE, _KernelOwned(), "vGICv3 ITS")
         self.pci_virtio.append(self.pci.add_virtio(self.mem, backend, name))
+
+    @property
+    def transports(self) -> List[VirtioMmio]:
+        """Every virtio transport: the virtio-mmio ones, then the virtio-pci functions."""
+        return self.virtio + self.pci_virtio
 
     def _watch_link(self, tap: str) -> None:
         """Stop the guest when the interface of ``tap`` is deleted on the host."""

@@ -92,7 +92,7 @@ def refusal(m: Machine) -> Optional[str]:
     why = chain.untracked(m)
     if why:
         return why
-    for t in m.virtio + m.pci_virtio:
+    for t in m.transports:
         if t.backend.snapshot_refusal:
             return t.backend.snapshot_refusal
     if m.config.fss:

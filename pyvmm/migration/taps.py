@@ -36,7 +36,7 @@ def standby(m) -> List:
     """Disable the queue of every multi-queue tap machine ``m`` attached to
     an interface that existed before (on this host: possibly the source's)."""
     done: List = []
-    for t in m.virtio + m.pci_virtio:
+    for t in m.transports:
         tap = getattr(t.backend, "tap", None)
         if tap is not None and tap.multi_queue and not tap.created:
             tap.tunsetqueue(False)

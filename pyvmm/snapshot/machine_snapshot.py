@@ -79,7 +79,7 @@ def _planes_stopped(m: Machine) -> Iterator[None]:
 
 def check_snapshottable(m: Machine) -> None:
     """UsageProblem naming the first device whose state pyvmm cannot save."""
-    for t in m.virtio + m.pci_virtio:
+    for t in m.transports:
         why = t.backend.snapshot_refusal
         if why:
             raise UsageProblem(f"cannot snapshot this machine: {why}")
@@ -336,7 +336,7 @@ def finish_restore(m: Machine) -> None:
     # the virtio-pci functions signal the messages they owe.
     if m.pci is not None:
         m.pci.restore_its()
-    for t in m.virtio + m.pci_virtio:
+    for t in m.transports:
         t.after_restore()
 
 

@@ -19,7 +19,7 @@ from ..vhost.dirty import VhostLog
 
 def untracked(m) -> Optional[str]:
     """Why pyvmm cannot see every write to machine ``m``'s RAM, or None."""
-    for t in m.virtio + m.pci_virtio:
+    for t in m.transports:
         b = t.backend
         why = getattr(b, "unlogged", VhostBackend.unlogged)
         if b.kernel_queues and why:
@@ -49,7 +49,7 @@ class _Target:
 def dirty_log(m) -> DirtyLog:
     """KVM's dirty log of ``m``'s RAM, with its vhost planes' logs merged in
     (call :func:`untracked` first)."""
-    targets = [_Target(t) for t in m.virtio + m.pci_virtio if isinstance(t.backend, VhostBackend)]
+    targets = [_Target(t) for t in m.transports if isinstance(t.backend, VhostBackend)]
     regions = [(r.slot, r.gpa, r.size) for r in m.mem.regions if not r.readonly]
     return DirtyLog(m.vm, m.mem, [VhostLog(targets, regions, mmap.PAGESIZE)] if targets else [])
 
@@ -66,7 +66,7 @@ def stop_planes(m) -> Held:
     snapshot taken meanwhile leaves its planes stopped."""
     held: Held = []
     try:
-        for t in m.virtio + m.pci_virtio:
+        for t in m.transports:
             b = t.backend
             if isinstance(b, VhostBackend) and b.running and not b.held:
                 with t.lock:

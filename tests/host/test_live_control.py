@@ -5,6 +5,7 @@ import threading
 
 import pytest
 
+from pyvmm.machine import Machine
 from pyvmm.memory import GuestMemory
 from support.fake_dirty_vm import FakeDirtyVm
 
@@ -15,6 +16,8 @@ from pyvmm.snapshot import machine_snapshot as ms
 
 
 class FakeMachine:
+    transports = Machine.transports
+
     def __init__(self):
         self.paused = False
         self.virtio = []  # no devices whose state lives outside pyvmm

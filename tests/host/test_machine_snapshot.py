@@ -10,6 +10,7 @@ from pyvmm.snapshot import format as fmt
 from pyvmm.snapshot import machine_snapshot as ms
 from pyvmm.snapshot import trust
 from support.fake_kvm import FakeKvm
+from support.fake_machine import DeviceLists
 from support.snapshots import machine_snapshot
 
 
@@ -17,6 +18,7 @@ def _snap(**machine_overrides):
     config = MachineConfig(kernel="/k/Image", initrd=None, cmdline="quiet", mem=256 << 20, cpus=2,
                            disks=[DiskSpec("/d/disk.img", True)])
     return machine_snapshot(config, **machine_overrides)
+
 
 
 def test_config_round_trip():
@@ -115,7 +117,7 @@ def test_vhost_planes_are_stopped_around_the_save_and_fs_is_refused():
     vs.running, vs.started = True, [0, 1]
     queues = [SimpleNamespace(last_avail=0) for _ in range(3)]
     t = SimpleNamespace(backend=vs, queues=queues, driver_features=0, lock=threading.RLock())  # as VirtioMmio's
-    m = SimpleNamespace(virtio=[t], pci_virtio=[])
+    m = DeviceLists([t])
     with ms._planes_stopped(m):
         assert plane.calls[1:] == [("set_running", False), ("get_vring_base", 0), ("get_vring_base", 1)]
     assert plane.calls[-1] == ("set_running", True)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyvmm.machine import ExitStatus
+from pyvmm.machine import ExitStatus, Machine
 from pyvmm.memory import GuestMemory
 from pyvmm.migration import source, stream, transport
 from pyvmm.snapshot import format as fmt
@@ -25,6 +25,8 @@ PAGES = 256
 
 class FakeSourceMachine:
     """A running machine as source.migrate sees it (a fake for pure logic)."""
+
+    transports = Machine.transports
 
     def __init__(self):
         self.mem = GuestMemory()

@@ -17,6 +17,7 @@ from pyvmm.cli import cli
 from pyvmm.control import ControlError
 from pyvmm.control import handler as live
 from pyvmm.errors import SnapshotError, UsageProblem
+from pyvmm.machine import Machine
 from pyvmm.memory import GuestMemory
 from pyvmm.snapshot import chain
 from pyvmm.snapshot import format as fmt
@@ -35,6 +36,8 @@ class TrackedMachine:
     real guest RAM (a GuestMemory region without a memory slot) and a fake
     VM fd for the dirty log. :meth:`guest_write` is a store by the guest
     (KVM would log it), ``mem.write`` one by a device model."""
+
+    transports = Machine.transports
 
     def __init__(self, size=8 * MiB, seed=1):
         self.mem = GuestMemory()

@@ -19,6 +19,7 @@ from pyvmm.migration import taps
 from pyvmm.snapshot import machine_snapshot, vhost_log
 from pyvmm.vhost import dirty
 from pyvmm.vhost.base import VHOST_F_LOG_ALL
+from support.fake_machine import DeviceLists
 from support.fake_vhost import FakePlane
 from test_dirty_log import FakeDirtyVm, _memory
 from test_net_devices import RAM, VHOST_NET_FEATURES, FakeTap, bring_up
@@ -229,9 +230,8 @@ def test_a_device_not_started_yet_only_takes_the_base():
 # ---- which machines, and the planes held stopped -------------------------------------
 
 def machine(*backends):
-    return types.SimpleNamespace(virtio=[types.SimpleNamespace(base=0xA000000 + 0x200 * i, backend=b,
-                                                               lock=threading.RLock())
-                                         for i, b in enumerate(backends)], pci_virtio=[])
+    return DeviceLists([types.SimpleNamespace(base=0xA000000 + 0x200 * i, backend=b, lock=threading.RLock())
+                        for i, b in enumerate(backends)])
 
 
 def test_vhost_net_is_tracked_vhost_vsock_and_virtio_fs_are_refused_with_the_reason():
@@ -250,7 +250,7 @@ def test_a_migration_holds_the_planes_stopped_through_a_snapshot_then_restarts_t
     plane = FakePlane(VHOST_NET_FEATURES)
     net = N.VirtioNet(FakeTap(), plane, N.parse_mac("52:54:00:12:34:56"))
     dev, mem, kicks = bring_up(net, T.VIRTIO_F_VERSION_1 | N.F_MAC)
-    m = types.SimpleNamespace(virtio=[dev], pci_virtio=[])
+    m = DeviceLists([dev])
     plane.calls.clear()
     held = vhost_log.stop_planes(m)
     assert net.held and ("net_set_backend", 0, -1) in plane.calls and ("get_vring_base", 0) in plane.calls

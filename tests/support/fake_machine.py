@@ -4,6 +4,8 @@ how it was ended, parked and counted."""
 import threading
 from collections import Counter
 
+from pyvmm.machine.machine import Machine
+
 
 class RecordingBus:
     def __init__(self, answer=b"\x11\x22\x33\x44\x55\x66\x77\x88"):
@@ -42,3 +44,14 @@ class FakeMachine:
 
     def record_exits(self, counts):
         self.exits.update(counts)
+
+
+class DeviceLists:
+    """A machine's virtio transports as snapshot, migration and vhost-log code
+    walk them (a fake): the virtio-mmio list, the virtio-pci list, and
+    Machine's own :attr:`transports` over both."""
+
+    transports = Machine.transports
+
+    def __init__(self, virtio=(), pci_virtio=()):
+        self.virtio, self.pci_virtio = list(virtio), list(pci_virtio)
