@@ -46,7 +46,7 @@ class KvmFd:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def ioctl(self, name: str, arg: Any = 0, reg: Optional[str] = None) -> int:
+    def ioctl(self, name: str, arg: Any = 0) -> int:
         """Issue request ``name`` with ``arg`` (an int or cdata pointer); return
         the non-negative result or raise KvmError."""
         if self.fd < 0:
@@ -57,7 +57,7 @@ class KvmFd:
             arg = arg_of_int(arg)
         ret = call(self.fd, ffi.cast("unsigned long", req.number), arg)
         if ret < 0:
-            raise self.error(name, ffi.errno, reg)
+            raise self.error(name, ffi.errno)
         return ret
 
     def prepare_raw(self, name: str) -> Tuple[Callable[[int, Any, Any], int], int, Any]:
