@@ -5,8 +5,7 @@ It starts without click (:mod:`pyvmm.commands.entry`): the command's own
 start-up is part of the wall time a user waits for a migration."""
 from __future__ import annotations
 
-import sys
-
+from ._progress import ProgressBar
 from .options import Argument, Option, lazy_command
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
@@ -52,27 +51,18 @@ JSON_KEYS = ("dest", "downtime_ms", "sent_ms", "total_ms", "rounds", "bytes", "p
              "downtime_parts", "phases")
 
 
-class _Line:
-    """The migration's progress on one terminal line (nothing when the stream is not a terminal)."""
+class _Line(ProgressBar):
+    """The migration's progress on one terminal line, as the VMM words it
+    (nothing when the stream is not a terminal)."""
 
     def __init__(self, stream: Optional[TextIO] = None):
-        self.stream = stream or sys.stderr
-        try:
-            self.enabled = self.stream.isatty()
-        except (AttributeError, ValueError):
-            self.enabled = False
-        self.drawn = False
+        super().__init__("", stream)
 
-    def __call__(self, done: int, total: int, what: str) -> None:
+    def __call__(self, done: int, total: int, what: str = "") -> None:
         if self.enabled:
             self.stream.write(f"\r\x1b[K{what}")
             self.stream.flush()
-            self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+            self._drawn = True
 
 
 def execute(values: Dict[str, Any]) -> int:
