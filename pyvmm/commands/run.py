@@ -109,8 +109,8 @@ PARAMS = (
     Option("nets", "--net", multiple=True, metavar="tap=IFNAME[,mac=MAC][,vhost=on|off][,transport=mmio|pci]",
            help="virtio-net on tap IFNAME (created, and removed at exit, if it does not exist); "
                 "packets moved by vhost-net (repeatable). transport=pci: a virtio-pci function with "
-                "MSI-X through the GICv3 ITS (no exit per interrupt; such a machine cannot be "
-                "snapshotted or migrated yet)."),
+                "MSI-X through the GICv3 ITS (no exit per interrupt; snapshotted and migrated "
+                "like mmio)."),
     Option("vsock", "--vsock", metavar="cid=N", help="virtio-vsock through vhost-vsock with guest CID N (3 or more)."),
     Option("fss", "--fs", multiple=True, metavar="tag=TAG,dir=DIR|socket=PATH",
            help="virtio-fs with mount tag TAG: pyvmm runs virtiofsd for DIR, or connects to the "
