@@ -549,7 +549,8 @@ def met(ratio, target):
 def report(r, only):
     print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} boots each, interleaved, "
           f"{REPEAT} transfers per boot (console, TCP, vsock), medians of all transfers; "
-          f"{MEM} guest, 1 vCPU; TCP (guests/linux-user/tcp_cat.s, timed by the host) {NET_G2H_MB} MiB g2h and "
+          f"{MEM} guest, 1 vCPU; console {CONSOLE_MB} MiB to hvc0 (timed by the guest); "
+          f"TCP (guests/linux-user/tcp_cat.s, timed by the host) {NET_G2H_MB} MiB g2h and "
           f"{NET_H2G_MB} MiB h2g with vhost=on, {NET_OFF_MB} MiB each way with vhost=off; "
           f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB; pyvmm's virtio-net on virtio-{NET_TRANSPORTS[0]})\n")
     print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")
