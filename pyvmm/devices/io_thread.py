@@ -94,19 +94,22 @@ class IoThread:
             except InterruptedError:
                 continue
             for fd, _ in events:
-                if fd == self._wake:
+                # queue notifies first: the common case, and a vCPU may be
+                # spinning until its buffer is used (virtio-console's hvc)
+                handler: Optional[Callable[[], None]] = self._handlers.get(fd)
+                if handler is not None:
+                    if not drain(fd):
+                        continue
+                elif fd == self._wake:
                     drain(fd)
                     continue
-                handler: Optional[Callable[[], None]]
-                if fd in self._hangups:
+                elif fd in self._hangups:
                     handler = self._hangups.pop(fd)
                     self._epoll.unregister(fd)
                 elif fd in self._readers:
                     handler = self._readers[fd]
                 else:
-                    handler = self._handlers.get(fd)
-                    if handler is None or not drain(fd):
-                        continue
+                    continue
                 self.wakeups += 1
                 try:
                     with self._lock:

@@ -58,3 +58,37 @@ def test_stop_without_start_and_twice():
     io.stop()
     io.close()
     assert threading.active_count() >= 1
+
+
+def test_notifies_readers_and_hangups_in_one_thread():
+    """Each kind of fd reaches its own handler: an eventfd (queue notify,
+    drained before its handler runs), a watched reader (read by its
+    handler), a socket's hang-up (once, then forgotten)."""
+    import socket
+
+    lock = threading.RLock()
+    seen, errors = [], []
+    io = IoThread(lock, errors.append)
+    note = eventfd()
+    r, w = os.pipe()
+    mine, peer = socket.socketpair()
+    io.add(note, lambda: seen.append("notify"))
+    io.watch(r, lambda: seen.append(("read", os.read(r, 10))))
+    io.watch_hangup(mine.fileno(), lambda: seen.append("hangup"))
+    io.start()
+    try:
+        os.eventfd_write(note, 1)
+        wait_for(lambda: "notify" in seen)
+        assert drain(note) == 0
+        os.write(w, b"typed")
+        wait_for(lambda: ("read", b"typed") in seen)
+        peer.close()
+        wait_for(lambda: "hangup" in seen)
+        os.eventfd_write(note, 1)
+        wait_for(lambda: seen.count("notify") == 2)
+        assert seen.count("hangup") == 1 and not errors and io.wakeups == 4
+    finally:
+        io.close()
+        for fd in (note, r, w):
+            os.close(fd)
+        mine.close()
