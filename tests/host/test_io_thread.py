@@ -92,3 +92,42 @@ def test_notifies_readers_and_hangups_in_one_thread():
         for fd in (note, r, w):
             os.close(fd)
         mine.close()
+
+
+def test_a_kick_runs_its_handler_after_every_signal_without_reading_it():
+    """add_kick: edge-triggered, the counter is not read; still one handler
+    run after each signal that comes while the thread waits, and at least
+    one after signals that came while a handler ran."""
+    lock = threading.RLock()
+    seen, errors = [], []
+    io = IoThread(lock, errors.append)
+    k = eventfd()
+    gate = threading.Event()
+
+    def handler():
+        seen.append(len(seen))
+        if len(seen) == 2:
+            gate.wait(5)  # two signals arrive while this runs
+    io.add_kick(k, handler)
+    io.start()
+    try:
+        os.eventfd_write(k, 1)
+        wait_for(lambda: len(seen) == 1)
+        os.eventfd_write(k, 1)
+        wait_for(lambda: len(seen) == 2)
+        os.eventfd_write(k, 1)
+        os.eventfd_write(k, 1)
+        gate.set()
+        wait_for(lambda: len(seen) == 3)
+        time.sleep(0.1)
+        assert len(seen) == 3 and not errors  # the two signals meanwhile: one more run
+        os.eventfd_write(k, 1)
+        wait_for(lambda: len(seen) == 4)
+        assert drain(k) == 5  # nobody read the counter
+        io.forget(k)
+        os.eventfd_write(k, 1)
+        time.sleep(0.1)
+        assert len(seen) == 4
+    finally:
+        io.close()
+        os.close(k)
