@@ -33,7 +33,8 @@ CONSOLES = os.environ.get("PYVMM_BENCH_CONSOLES", "serial,virtio").split(",")
 MEM = "256M"
 MEM_BYTES = 256 << 20
 INIT_MARKER = b"pyvmm-guest: init"
-# bytes the guest writes to its console: the UART is slow for everyone (an exit per byte or so)
+# bytes the guest writes to its console: the UART is slow for everyone (an exit per byte or so);
+# bench/data_planes.py times virtio-console with its own, longer size (PYVMM_BENCH_CONSOLE_MB)
 THROUGHPUT_BYTES = {"serial": int(os.environ.get("PYVMM_BENCH_UART_BYTES", "8192")),
                     "virtio": int(os.environ.get("PYVMM_BENCH_VIRTIO_BYTES", "262144"))}
 

@@ -2,8 +2,12 @@
 """Data-plane benchmark: pyvmm vs QEMU -accel kvm in the same run, same
 kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
 
-  virtio-console throughput: bench/boot.py's measurement (the guest writes
-      256 KiB to hvc0), pyvmm --console virtio vs QEMU virtconsole.
+  virtio-console throughput: the guest writes PYVMM_BENCH_CONSOLE_MB (4 MiB)
+      of 'x' to hvc0 (bench/boot.py's script, longer), pyvmm --console virtio
+      vs QEMU virtconsole, each transfer timed by /proc/uptime (10 ms steps).
+      Until 2026-12-05 afternoon it wrote 256 KiB (bench/boot.py's size,
+      PYVMM_BENCH_VIRTIO_BYTES): 0.16-0.19 s, so one clock step moved a
+      transfer's figure by 6%; 4 MiB takes about 3 s.
   Every row gives both VMMs the same virtio devices: pyvmm runs with
   --no-rng except in the boot row, where QEMU has virtio-rng-pci too.
   TCP guest->host and host->guest over a tap, vhost=on: pyvmm ``--net tap=...``
@@ -69,7 +73,7 @@ import threading
 import time
 
 from _common import env, guest_in_test_machine
-from boot import INIT_MARKER, THROUGHPUT_BYTES, Watched, local_guest
+from boot import INIT_MARKER, Watched, local_guest
 from boot import pyvmm_cmd as console_pyvmm_cmd, qemu_cmd as console_qemu_cmd
 from pyvmm.unix_socket import SocketNotUp, wait_for_socket
 
@@ -82,6 +86,7 @@ MEM = "256M"
 NET_G2H_MB = int(os.environ.get("PYVMM_BENCH_NET_G2H_MB", "256"))
 NET_H2G_MB = int(os.environ.get("PYVMM_BENCH_NET_H2G_MB", "512"))
 NET_OFF_MB = int(os.environ.get("PYVMM_BENCH_NET_OFF_MB", "8"))  # vhost=off, each way: every 1.5 KB frame crosses Python (0.44 MiB/s g2h, 2026-12-05)
+CONSOLE_MB = int(os.environ.get("PYVMM_BENCH_CONSOLE_MB", "4"))  # 1.4-1.6 MB/s for both VMMs (2026-12-05): about 3 s
 VSOCK_MB = int(os.environ.get("PYVMM_BENCH_VSOCK_MB", "64"))
 FS_MB = int(os.environ.get("PYVMM_BENCH_FS_MB", "256"))
 RUNS = int(os.environ.get("PYVMM_BENCH_RUNS", "3"))
@@ -378,12 +383,12 @@ class Results:
 
 
 def bench_console(k, i, r):
-    """bench/boot.py's console measurement (the guest writes n_bytes of 'x'
-    to hvc0), REPEAT times per boot, each timed by the guest: hvc output is
+    """The guest writes CONSOLE_MB MiB of 'x' to hvc0 (bench/boot.py's
+    script), REPEAT times per boot, each timed by the guest: hvc output is
     synchronous (each chunk waits until the device used it), so a write
     ends when its last chunk reached the VMM."""
     metric = "virtio-console throughput"
-    n_bytes = THROUGHPUT_BYTES["virtio"]
+    n_bytes = CONSOLE_MB << 20
     guest = repeated(("con", f"dd if=/dev/zero bs=4096 count={n_bytes // 4096} 2>/dev/null | tr '\\000' x; echo"))
 
     def pyvmm_no_rng(*a):  # QEMU's command has only the console: no virtio-rng for pyvmm either
@@ -544,7 +549,8 @@ def met(ratio, target):
 def report(r, only):
     print(f"\n## data planes: pyvmm vs QEMU -accel kvm ({datetime.date.today()}; {RUNS} boots each, interleaved, "
           f"{REPEAT} transfers per boot (console, TCP, vsock), medians of all transfers; "
-          f"{MEM} guest, 1 vCPU; TCP (guests/linux-user/tcp_cat.s, timed by the host) {NET_G2H_MB} MiB g2h and "
+          f"{MEM} guest, 1 vCPU; console {CONSOLE_MB} MiB to hvc0 (timed by the guest); "
+          f"TCP (guests/linux-user/tcp_cat.s, timed by the host) {NET_G2H_MB} MiB g2h and "
           f"{NET_H2G_MB} MiB h2g with vhost=on, {NET_OFF_MB} MiB each way with vhost=off; "
           f"vsock {VSOCK_MB} MiB each way; virtio-fs {FS_MB} MiB; pyvmm's virtio-net on virtio-{NET_TRANSPORTS[0]})\n")
     print("| metric | pyvmm | QEMU | pyvmm/QEMU | target |")

@@ -250,7 +250,7 @@ class Virtqueue:
         return _U16.unpack(self.mem.read(addr, 2))[0]
 
     def pending(self) -> int:
-        n = (self._u16(self.avail_addr + 2) - self.last_avail) & 0xFFFF
+        n = (_U16.unpack(self.mem.read(self.avail_addr + 2, 2))[0] - self.last_avail) & 0xFFFF
         if n > self.size:
             raise VirtqueueError(f"available index moved by {n}, more than the queue size {self.size}")
         return n
@@ -270,7 +270,7 @@ class Virtqueue:
             fence()
             if self.pending() == 0:
                 return None
-        head = self._u16(self.avail_addr + 4 + 2 * (self.last_avail % self.size))
+        head = _U16.unpack(self.mem.read(self.avail_addr + 4 + 2 * (self.last_avail % self.size), 2))[0]
         if head >= self.size:
             raise VirtqueueError(f"available ring entry {head} is not below the queue size {self.size}")
         chain = self._walk(head)
@@ -278,7 +278,7 @@ class Virtqueue:
         return chain
 
     def _walk(self, head: int) -> Chain:
-        chain = Chain(head)
+        chain = Chain(head, [], [])  # every field given: the record's quick __init__ (a chain per request)
         table, table_size = self.desc_addr, self.size
         idx, seen, total, indirect = head, 0, 0, False
         while True:

@@ -130,7 +130,7 @@ class PciDevices:
             backend.attach_eventfds(kicks, -1, direct=True)  # each queue's call: its vector (queue_call)
         for i in range(backend.num_queues):
             if i not in backend.served_queues:
-                self.io.add(kicks[i], bound(t.notify, i))
+                self.io.add_kick(kicks[i], bound(t.notify, i))
         return t
 
     def _move(self, fn: _Function, address: Optional[int]) -> None:

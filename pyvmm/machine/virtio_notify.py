@@ -116,7 +116,7 @@ class Notifiers:
         in Python; a vhost plane reads the others itself) and, level-triggered,
         the interrupt's resample requests and the plane's call."""
         for i in queues:
-            io.add(self.kicks[i], bound(transport.notify, i))
+            io.add_kick(self.kicks[i], bound(transport.notify, i))
         if not self.edge:
             io.add(self.resample, transport.resample)
             if transport.backend.kernel_queues:

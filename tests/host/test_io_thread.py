@@ -58,3 +58,76 @@ def test_stop_without_start_and_twice():
     io.stop()
     io.close()
     assert threading.active_count() >= 1
+
+
+def test_notifies_readers_and_hangups_in_one_thread():
+    """Each kind of fd reaches its own handler: an eventfd (queue notify,
+    drained before its handler runs), a watched reader (read by its
+    handler), a socket's hang-up (once, then forgotten)."""
+    import socket
+
+    lock = threading.RLock()
+    seen, errors = [], []
+    io = IoThread(lock, errors.append)
+    note = eventfd()
+    r, w = os.pipe()
+    mine, peer = socket.socketpair()
+    io.add(note, lambda: seen.append("notify"))
+    io.watch(r, lambda: seen.append(("read", os.read(r, 10))))
+    io.watch_hangup(mine.fileno(), lambda: seen.append("hangup"))
+    io.start()
+    try:
+        os.eventfd_write(note, 1)
+        wait_for(lambda: "notify" in seen)
+        assert drain(note) == 0
+        os.write(w, b"typed")
+        wait_for(lambda: ("read", b"typed") in seen)
+        peer.close()
+        wait_for(lambda: "hangup" in seen)
+        os.eventfd_write(note, 1)
+        wait_for(lambda: seen.count("notify") == 2)
+        assert seen.count("hangup") == 1 and not errors and io.wakeups == 4
+    finally:
+        io.close()
+        for fd in (note, r, w):
+            os.close(fd)
+        mine.close()
+
+
+def test_a_kick_runs_its_handler_after_every_signal_without_reading_it():
+    """add_kick: edge-triggered, the counter is not read; still one handler
+    run after each signal that comes while the thread waits, and at least
+    one after signals that came while a handler ran."""
+    lock = threading.RLock()
+    seen, errors = [], []
+    io = IoThread(lock, errors.append)
+    k = eventfd()
+    gate = threading.Event()
+
+    def handler():
+        seen.append(len(seen))
+        if len(seen) == 2:
+            gate.wait(5)  # two signals arrive while this runs
+    io.add_kick(k, handler)
+    io.start()
+    try:
+        os.eventfd_write(k, 1)
+        wait_for(lambda: len(seen) == 1)
+        os.eventfd_write(k, 1)
+        wait_for(lambda: len(seen) == 2)
+        os.eventfd_write(k, 1)
+        os.eventfd_write(k, 1)
+        gate.set()
+        wait_for(lambda: len(seen) == 3)
+        time.sleep(0.1)
+        assert len(seen) == 3 and not errors  # the two signals meanwhile: one more run
+        os.eventfd_write(k, 1)
+        wait_for(lambda: len(seen) == 4)
+        assert drain(k) == 5  # nobody read the counter
+        io.forget(k)
+        os.eventfd_write(k, 1)
+        time.sleep(0.1)
+        assert len(seen) == 4
+    finally:
+        io.close()
+        os.close(k)

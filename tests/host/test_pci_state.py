@@ -52,7 +52,7 @@ def machine_pci(vm):
     bus = MmioBus()
     mem = GuestMemory()
     mem.add(RAM, 16 << 20)
-    devs = pci_devices.PciDevices(vm, bus, type("Io", (), {"add": lambda self, fd, fn: None})(), 96)
+    devs = pci_devices.PciDevices(vm, bus, type("Io", (), {"add_kick": lambda self, fd, fn: None})(), 96)
     t = devs.add_virtio(mem, Backend(), "virtio-net-pci")
     return devs, t, bus
 

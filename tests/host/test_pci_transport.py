@@ -417,7 +417,7 @@ def test_bar_moves_follow_the_guest_and_never_leave_the_window():
     from pyvmm.machine.pci_devices import PciDevices
 
     vm, bus = FakeVm(), MmioBus()
-    io = types.SimpleNamespace(add=lambda fd, fn: None)
+    io = types.SimpleNamespace(add_kick=lambda fd, fn: None)
     mem = GuestMemory()
     mem.add(RAM, 16 << 20)
     devs = PciDevices(vm, bus, io, 96)
