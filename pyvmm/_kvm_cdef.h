@@ -22,10 +22,6 @@ int abs(int j);
  * address (pyvmm/memory.py, map_file): Python's mmap module cannot map at an
  * address. off_t is 64 bits on every platform pyvmm runs on. */
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
-/* Collapsing shared guest RAM into 2 MiB pages on a thread while the guest
- * boots (pyvmm/memory.py, _collapse): a call through cffi releases the GIL,
- * Python's mmap.madvise holds it for the whole call. */
-int madvise(void *addr, size_t length, int advice);
 
 /* ---- libatomic ------------------------------------------------------------ */
 /* A full memory barrier for the virtqueues' event indices

@@ -6,9 +6,8 @@ Guest RAM starts on a 2 MiB boundary of this process's address space (the
 stage-2 block size of a 4 KiB-granule host), so KVM can map it 2 MiB at a
 time wherever the host backs it with a huge page: anonymous RAM on a host
 whose transparent huge pages are on, and shared RAM because pyvmm collapses
-the memfd into 2 MiB pages (MADV_COLLAPSE) on a thread that
-:meth:`GuestMemory.add` starts, while the machine is built and the guest
-boots (``PYVMM_HUGE_RAM=0`` leaves it in 4 KiB pages faulted in on demand).
+the memfd into 2 MiB pages up front (MADV_COLLAPSE, :meth:`GuestMemory.add`;
+``PYVMM_HUGE_RAM=0`` leaves it in 4 KiB pages faulted in on demand).
 
 Every access from device models goes through :meth:`GuestMemory.read` /
 :meth:`GuestMemory.write`, which check the whole range against guest RAM, so
@@ -40,7 +39,6 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # <linux/mman.h
 _MADV_COLLAPSE = 25  # <linux/mman.h>, Linux 6.1+
 HUGE = 2 << 20  # the stage-2 block (and transparent huge page) size with 4 KiB pages
 HUGE_ENV = "PYVMM_HUGE_RAM"
-errno_EINVAL = 22  # <asm-generic/errno-base.h> (the errno module is not loaded on the run path)
 
 
 def huge_ram_wanted() -> bool:
@@ -90,9 +88,6 @@ class GuestMemory:
         self._written: Optional[Dict[int, Set[int]]] = None  # slot -> page indices, while tracking
         self._written_lock = threading.Lock()
         self._last: Optional[Region] = None  # the region _find found last (one-region fast path)
-        # The thread collapsing shared RAM into 2 MiB pages (add), stopped and joined by close()
-        self._collapser: Optional[threading.Thread] = None
-        self._stop_collapse = threading.Event()
 
     def add(self, gpa: int, size: int, vm=None, readonly: bool = False, shared: bool = False) -> Region:
         if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
@@ -126,6 +121,8 @@ class GuestMemory:
                 owner.close()
                 raise HostUnsupported(f"cannot map {size >> 20} MiB of shared guest RAM: {e.strerror or e}",
                                       "give the guest less memory (-m)") from None
+            if huge_ram_wanted() and collapse_fits(size, _mem_available()):
+                _collapse(owner, offset, size, fd)
         # the buffer holds a view of owner: owner cannot be unmapped under it
         mm = ffi.buffer(ffi.from_buffer("char[]", memoryview(owner)[offset:offset + size]))
         region = Region(len(self.regions), gpa, size, mm, fd, readonly, owner, offset)
@@ -133,12 +130,6 @@ class GuestMemory:
             vm.set_user_memory_region(region.slot, gpa, size, region.host_address(),
                                       2 if readonly else 0)
         self.regions.append(region)
-        if shared and self._collapser is None and huge_ram_wanted() and collapse_fits(size, _mem_available()):
-            # on a thread (once the region is ours to close): the kernel keeps whatever is written
-            # meanwhile (the images, the guest's own stores), so nobody waits for the 2 MiB pages
-            self._collapser = threading.Thread(target=_collapse, args=(start + offset, size, self._stop_collapse),
-                                               name="pyvmm-ram-collapse", daemon=True)
-            self._collapser.start()
         return region
 
     def _find(self, gpa: int, length: int) -> Optional[Region]:
@@ -249,17 +240,7 @@ class GuestMemory:
             taken, self._written = self._written, {}
         return taken
 
-    def wait_collapsed(self) -> None:
-        """Until the collapse :meth:`add` started (if any) has finished."""
-        if self._collapser is not None:
-            self._collapser.join()
-
     def close(self) -> None:
-        if self._collapser is not None:  # before the RAM it works on is unmapped
-            self._stop_collapse.set()
-            self._collapser.join()
-            self._collapser = None
-            self._stop_collapse.clear()
         regions, self.regions, self._last = self.regions, [], None
         for r in regions:
             owner, r.mm, r.owner = r.owner, None, None
@@ -292,28 +273,22 @@ def collapse_fits(size: int, available: Optional[int]) -> bool:
     return available is not None and size <= available // 2
 
 
-def _collapse(address: int, size: int, stop: threading.Event) -> None:
-    """Back the shared RAM (a memfd mapped 2 MiB aligned at ``address``)
-    with 2 MiB pages, one 2 MiB range at a time from the lowest (where the
-    kernel is loaded), so KVM maps it in 2 MiB stage-2 blocks: shmem gets
-    huge pages only where the host's shmem_enabled allows them (Debian:
-    never), but MADV_COLLAPSE ignores that setting. It collapses only 2 MiB
-    ranges with a page in them, so each range gets one first
-    (MADV_POPULATE_WRITE of its first page: a zeroed page where there was
-    none, what is there left alone, since the guest may already run). The
-    kernel copies a range's pages into the huge page and keeps later
-    stores, so this runs beside the machine's build and the guest (the
-    madvise through cffi releases the GIL). Costs: all of the
-    guest's RAM is allocated (and zeroed) now instead of when the guest
-    first touches it. Best effort: a kernel without MADV_COLLAPSE, or one
-    short of huge pages, leaves (some of) it in 4 KiB pages. Returns early
-    once ``stop`` is set (GuestMemory.close)."""
-    lib = libc()
-    for off in range(0, size - size % HUGE, HUGE):
-        if stop.is_set():
-            return
-        at = ffi.cast("void *", address + off)
-        if lib.madvise(at, mmap.PAGESIZE, _MADV_POPULATE_WRITE) != 0:
-            return  # a kernel before 5.14: before MADV_COLLAPSE too
-        if lib.madvise(at, HUGE, _MADV_COLLAPSE) != 0 and ffi.errno == errno_EINVAL:
-            return  # no MADV_COLLAPSE in this kernel; other failures (no free huge page) stay 4 KiB here
+def _collapse(owner: mmap.mmap, offset: int, size: int, fd: int) -> None:
+    """Back the shared RAM (memfd ``fd``, mapped 2 MiB aligned at ``offset``
+    in ``owner``) with 2 MiB pages now, so KVM maps it in 2 MiB stage-2
+    blocks: shmem gets huge pages only where the host's
+    shmem_enabled allows them (Debian: never), but MADV_COLLAPSE ignores
+    that setting. It collapses only 2 MiB ranges with a page in them, so one
+    byte is written per range first. Costs: all of the guest's RAM is
+    allocated (and zeroed) here instead of when the guest first touches it.
+    Best effort: a kernel without MADV_COLLAPSE, or one short of huge pages,
+    leaves (some of) it in 4 KiB pages."""
+    whole = size - size % HUGE
+    if not whole:
+        return
+    try:
+        for off in range(0, whole, HUGE):
+            os.pwrite(fd, b"\0", off)
+        owner.madvise(_MADV_COLLAPSE, offset, whole)
+    except OSError:
+        pass

@@ -55,50 +55,18 @@ def test_ram_starts_on_a_2mib_boundary_and_round_trips(shared):
     assert owner.closed  # unmapped at once when nothing else holds a view
 
 
-def _collapsing(monkeypatch, size: int):
-    """(GuestMemory, its shared region of ``size`` bytes, being collapsed on its thread)."""
+def test_shared_ram_is_collapsed_into_2mib_pages(monkeypatch):
     why = _collapse_expected()
     if why:
         pytest.skip(why)
     monkeypatch.delenv(HUGE_ENV, raising=False)
     mem = GuestMemory()
-    return mem, mem.add(BASE, size, shared=True)
-
-
-def test_shared_ram_is_collapsed_into_2mib_pages(monkeypatch):
-    mem, r = _collapsing(monkeypatch, 8 * MiB)
-    mem.wait_collapsed()
-    assert os.fstat(r.fd).st_blocks * 512 == 8 * MiB  # all of it allocated
-    assert mem.read(BASE, 8 * MiB) == bytes(8 * MiB)  # and zero
+    r = mem.add(BASE, 8 * MiB, shared=True)
+    assert os.fstat(r.fd).st_blocks * 512 == 8 * MiB  # allocated up front
+    assert mem.read(BASE, 8 * MiB) == bytes(8 * MiB)  # and zero, though one byte was written per 2 MiB
     mem.write(BASE + 3 * MiB, b"x")
     assert _smaps_field(r.host_address(), "ShmemPmdMapped") == 8 * 1024
     mem.close()
-
-
-def test_what_is_written_while_the_collapse_runs_is_kept(monkeypatch):
-    """The collapse runs on a thread beside the images' loading and the guest:
-    stores made meanwhile, before and after each range is collapsed, survive
-    it, and the RAM still ends in 2 MiB pages."""
-    mem, r = _collapsing(monkeypatch, 32 * MiB)
-    pattern = {n: os.urandom(64) for n in range(0, 32 * MiB, 256 * 1024)}
-    for off, data in pattern.items():  # racing the collapse thread
-        mem.write(BASE + off, data)
-    mem.wait_collapsed()
-    for off, data in pattern.items():
-        assert mem.read(BASE + off, 64) == data
-    mem.write(BASE + 1, b"y")  # a first fault after the collapse maps 2 MiB at a time
-    assert _smaps_field(r.host_address(), "ShmemPmdMapped") == 32 * 1024
-    mem.close()
-
-
-def test_close_stops_a_running_collapse_before_unmapping(monkeypatch):
-    monkeypatch.delenv(HUGE_ENV, raising=False)
-    mem = GuestMemory()
-    mem.add(BASE, 64 * MiB, shared=True)
-    thread = mem._collapser
-    mem.close()
-    assert mem.regions == []
-    assert thread is None or not thread.is_alive()
 
 
 def test_huge_ram_off_leaves_shared_ram_unallocated(monkeypatch):
