@@ -48,8 +48,8 @@ A run that fails is reported and left out (the table says how many counted).
 PYVMM_BENCH_ONLY picks rows (console,tcp,vsock,fs,boot), PYVMM_BENCH_TCP_VHOST
 the TCP variants (on,off). PYVMM_BENCH_NET_TRANSPORT: pyvmm's virtio-net transport,
 mmio or pci (``--net ...,transport=``; default pci); a list (pci,mmio) runs the
-TCP rows with each, the first in the table's pyvmm column and the others right
-after it in every round, shown as A/B lines under the TCP rows.
+TCP and boot rows with each, the first in the table's pyvmm column and the others right
+after it in every round, shown as A/B lines under those rows.
 Run: python3 bench/data_planes.py  (re-runs itself in ci/qemu-aarch64/run on a
 non-arm64 host; needs root there for taps; build the guest first).
 """
@@ -413,7 +413,7 @@ def bench_console(k, i, r):
         log(f"{vmm} console run {n + 1}: {[round(n_bytes / t) for t in times]} B/s")
 
 
-def tcp_rounds():
+def transport_rounds():
     """rounds(), with pyvmm on each further PYVMM_BENCH_NET_TRANSPORT right after pyvmm."""
     for n, vmm in rounds():
         yield n, vmm
@@ -435,7 +435,7 @@ def bench_tcp(k, ti, tmp, r):
                      f"i=0; until ping -c1 -W1 {HOST_IP} >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 120 ] && break; done\n"
                      + repeated(("g2h", f"/tcp_cat {peer.g2h_port} {g2h_mb}"),
                                 ("h2g", f"/tcp_cat {peer.h2g_port} </dev/null >/dev/null")))
-            for n, vmm in tcp_rounds():
+            for n, vmm in transport_rounds():
                 tap = tap_for(vmm.split()[0])
                 net = {"tap": tap, "vhost": vhost}
                 if vmm.startswith("pyvmm "):  # another transport's A/B line
@@ -488,12 +488,14 @@ HUGE_AB = os.environ.get("PYVMM_BENCH_HUGE_AB") == "1"
 
 def bench_boot(k, i, tmp, share, r):
     metric = "boot to init with net, vsock, fs, rng"
-    order = [(n, vmm) for n, vmm in rounds()]
+    order = list(transport_rounds())  # pyvmm on each further PYVMM_BENCH_NET_TRANSPORT too
     if HUGE_AB:  # pyvmm with 4 KiB guest RAM right after pyvmm in every round
         order = [x for n, vmm in order for x in ([(n, vmm), (n, "pyvmm 4k")] if vmm == "pyvmm" else [(n, vmm)])]
     for n, vmm in order:
-        devs = [("net", {"tap": tap_for(vmm.split()[0])}), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}),
-                ("rng", {})]
+        net = {"tap": tap_for(vmm.split()[0])}
+        if vmm.split()[-1] in NET_TRANSPORTS[1:]:
+            net["transport"] = vmm.split()[-1]
+        devs = [("net", net), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}), ("rng", {})]
 
         def one():
             # from before QEMU's virtiofsd starts: pyvmm's time includes starting its own
@@ -578,6 +580,9 @@ def report(r, only):
                           f"{b:,.2f} {unit} ({nb}) | {a / b:.2f} | A/B{vs_qemu} |")
         if metric == ROWS[-1][0]:
             extra = [("guest clock at init", "pyvmm", "qemu", "for comparison")]
+            for t in NET_TRANSPORTS[1:]:
+                extra += [(metric, "pyvmm", f"pyvmm {t}", f"A/B: net transport {NET_TRANSPORTS[0]} / {t}"),
+                          ("guest clock at init", "pyvmm", f"pyvmm {t}", f"A/B: net transport {NET_TRANSPORTS[0]} / {t}")]
             if HUGE_AB:
                 extra += [(metric, "pyvmm", "pyvmm 4k", "A/B: PYVMM_HUGE_RAM=1 / 0"),
                           ("guest clock at init", "pyvmm", "pyvmm 4k", "A/B: PYVMM_HUGE_RAM=1 / 0")]
