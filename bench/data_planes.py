@@ -344,6 +344,15 @@ def tap_for(vmm):
     return "pvbp0" if vmm == "pyvmm" else "pvbq0"
 
 
+def net_for(vmm, **options):
+    """The ``--net`` spec of a round's VMM (``pyvmm``, ``qemu``, or ``pyvmm T`` for another
+    transport's A/B line): its tap, that transport, ``options``."""
+    net = {"tap": tap_for(vmm.split()[0]), **options}
+    if vmm.split()[-1] in NET_TRANSPORTS[1:]:
+        net["transport"] = vmm.split()[-1]
+    return net
+
+
 def configure_tap(name, timeout=120):
     deadline = time.monotonic() + timeout
     while not os.path.exists(f"/sys/class/net/{name}"):
@@ -436,10 +445,8 @@ def bench_tcp(k, ti, tmp, r):
                      + repeated(("g2h", f"/tcp_cat {peer.g2h_port} {g2h_mb}"),
                                 ("h2g", f"/tcp_cat {peer.h2g_port} </dev/null >/dev/null")))
             for n, vmm in transport_rounds():
-                tap = tap_for(vmm.split()[0])
-                net = {"tap": tap, "vhost": vhost}
-                if vmm.startswith("pyvmm "):  # another transport's A/B line
-                    net["transport"] = vmm.split()[1]
+                net = net_for(vmm, vhost=vhost)
+                tap = net["tap"]
                 peer.done.clear()
                 out = r.attempt(vmm, f"tcp vhost={vhost}", n, lambda: run_guest(
                     vmm.split()[0], k, ti, guest, [("net", net)], tmp,
@@ -492,10 +499,7 @@ def bench_boot(k, i, tmp, share, r):
     if HUGE_AB:  # pyvmm with 4 KiB guest RAM right after pyvmm in every round
         order = [x for n, vmm in order for x in ([(n, vmm), (n, "pyvmm 4k")] if vmm == "pyvmm" else [(n, vmm)])]
     for n, vmm in order:
-        net = {"tap": tap_for(vmm.split()[0])}
-        if vmm.split()[-1] in NET_TRANSPORTS[1:]:
-            net["transport"] = vmm.split()[-1]
-        devs = [("net", net), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}), ("rng", {})]
+        devs = [("net", net_for(vmm)), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}), ("rng", {})]
 
         def one():
             # from before QEMU's virtiofsd starts: pyvmm's time includes starting its own
