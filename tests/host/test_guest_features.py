@@ -1,15 +1,18 @@
 """Which vCPU features a run guest gets (pyvmm/guest_features.py, pure):
 SVE, SME, PMU and pointer authentication on wherever KVM offers them,
---no-* leaves one out, a length asked of a missing extension is refused."""
+--no-* leaves one out, a length asked of a missing extension is refused;
+what a KVM handle offers is probed once (on fakes of the suite's KVM)."""
 
 import pytest
 
 from pyvmm import guest_features as gf
+from pyvmm import sme
 from pyvmm._record import replace
 from pyvmm._ffi import const
 from pyvmm.boot import fdt
 from pyvmm.errors import HostUnsupported
 from pyvmm.machine import MachineConfig
+from support.fake_kvm import SME_BIT as FAKE_SME_BIT, FakeKvm
 
 SME_BIT = 10  # whatever discover() found
 ALL = gf.Offered(sve=True, sme_bit=SME_BIT, pmu=True, pauth=True)
@@ -51,3 +54,57 @@ def test_pmu_node_in_the_device_tree():
     dtb = fdt.build(ram_size=64 << 20, mpidrs=[0], gic=fdt.Node("intc"), devices=[], pmu=True)
     assert b"arm,armv8-pmuv3" in dtb
     assert b"arm,armv8-pmuv3" not in fdt.build(ram_size=64 << 20, mpidrs=[0], gic=fdt.Node("intc"), devices=[])
+
+
+class FakeKvmCaps(FakeKvm):
+    """The suite's fake KVM (SVE, SME at SME_BIT) that also offers the PMU and
+    pointer authentication, keeps ``probed`` as pyvmm.kvm.Kvm does, and counts
+    what a probe costs: capability questions and scratch VMs."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.probed = {}
+        self.questions = 0
+        self.vms = 0
+
+    def check_extension(self, cap):
+        self.questions += 1
+        if cap in (const("KVM_CAP_ARM_PMU_V3"), const("KVM_CAP_ARM_PTRAUTH_ADDRESS"),
+                   const("KVM_CAP_ARM_PTRAUTH_GENERIC")):
+            return 1
+        return super().check_extension(cap)
+
+    def create_vm(self, ipa_bits=None):
+        self.vms += 1
+        return super().create_vm(ipa_bits)
+
+
+@pytest.fixture
+def no_overrides(monkeypatch):
+    monkeypatch.delenv(sme.ENV_BIT, raising=False)
+    monkeypatch.delenv(sme.ENV_CAP, raising=False)
+
+
+@pytest.mark.usefixtures("fake_syscalls", "no_overrides")
+def test_offered_probes_a_kvm_handle_once():
+    kvm = FakeKvmCaps()
+    first = gf.offered(kvm)
+    assert first == gf.Offered(sve=True, sme_bit=FAKE_SME_BIT, pmu=True, pauth=True)
+    assert kvm.questions > 0 and kvm.vms > 0
+    cost = (kvm.questions, kvm.vms, kvm.ioctls)
+    assert gf.offered(kvm) == first and gf.offered(kvm, probe_sme=False) == replace(first, sme_bit=None,
+                                                                                      sme_reason="not probed")
+    assert (kvm.questions, kvm.vms, kvm.ioctls) == cost
+    # a new handle (another open /dev/kvm) is asked again
+    other = FakeKvmCaps(sme=False)
+    assert gf.offered(other, probe_sme=False).pmu and other.questions > 0 and other.vms == 0
+
+
+@pytest.mark.usefixtures("fake_syscalls", "no_overrides")
+def test_a_handle_without_probed_is_asked_every_time():
+    kvm = FakeKvmCaps()
+    del kvm.probed
+    gf.offered(kvm, probe_sme=False)
+    once = kvm.questions
+    gf.offered(kvm, probe_sme=False)
+    assert once > 0 and kvm.questions == 2 * once
