@@ -103,7 +103,14 @@ def _show(v) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-_VIRTIO_NAMES = {2: "virtio-blk", 3: "virtio-console"}
+# Virtio device ids (virtio 1.2, section 5 "Device Types") of the devices
+# pyvmm has, by name, for the mmio and pci lines alike.
+VIRTIO_NAMES = {1: "virtio-net", 2: "virtio-blk", 3: "virtio-console", 4: "virtio-rng",
+                19: "virtio-vsock", 26: "virtio-fs"}
+
+
+def virtio_name(device_id) -> str:
+    return VIRTIO_NAMES.get(device_id, f"virtio device {device_id}")
 
 
 def _machine_lines(machine: Dict) -> List[str]:
@@ -130,8 +137,8 @@ def _machine_lines(machine: Dict) -> List[str]:
         for v in devices.get("virtio", []):
             st = v.get("state", {})
             ready = sum(1 for q in st.get("queues", []) if q.get("ready"))
-            lines.append(f"{_VIRTIO_NAMES.get(v.get('device_id'), 'virtio device ' + str(v.get('device_id')))} "
-                         f"at {int(v.get('base', 0)):#x}: status {st.get('status', 0):#x}, "
+            lines.append(f"{virtio_name(v.get('device_id'))} on mmio {int(v.get('base', 0)):#x}: "
+                         f"status {st.get('status', 0):#x}, "
                          f"{ready} of {len(st.get('queues', []))} queues ready"
                          f"{', error: ' + st['error'] if st.get('error') else ''}")
         pci = devices.get("pci")
@@ -142,7 +149,7 @@ def _machine_lines(machine: Dict) -> List[str]:
                 st = f.get("state", {})
                 tr = st.get("transport", {})
                 ready = sum(1 for q in tr.get("queues", []) if q.get("ready"))
-                lines.append(f"virtio-pci 00:{int(f.get('slot', 0)):02x}.0 (virtio device {f.get('device_id')}): "
+                lines.append(f"{virtio_name(f.get('device_id'))} on pci 00:{int(f.get('slot', 0)):02x}.0: "
                              f"status {tr.get('status', 0):#x}, {ready} of {len(tr.get('queues', []))} queues ready, "
                              f"{len(st.get('pending', []))} MSI-X vectors owed")
     return lines

@@ -1,5 +1,10 @@
 """inspect/diff on machine snapshots (pure): field-level differences,
-memory compared page by page, the short machine summary."""
+memory compared page by page, the short machine summary, virtio devices
+named by their device ids."""
+import importlib
+import os
+
+from pyvmm import devices
 from pyvmm.machine import DiskSpec, MachineConfig
 from pyvmm.snapshot import describe, memory_image
 from pyvmm.snapshot import format as fmt
@@ -31,7 +36,9 @@ def _machine_snap(pending_word: int, page_value: int) -> fmt.Snapshot:
                                                                   "ISENABLER": [6, 0, 0]}}},
         devices={"uart": {"level": False, "rx": ""},
                  "virtio": [{"base": 0xa000000, "device_id": 3,
-                             "state": {"status": 15, "queues": [{"ready": True}, {"ready": False}], "error": None}}]})
+                             "state": {"status": 15, "queues": [{"ready": True}, {"ready": False}], "error": None}},
+                            {"base": 0xa000200, "device_id": 19, "state": {"status": 7, "queues": []}},
+                            {"base": 0xa000400, "device_id": 42, "state": {"status": 0, "queues": []}}]})
 
 
 def test_diff_of_machine_snapshots_is_field_and_page_level():
@@ -45,4 +52,17 @@ def test_inspect_summarises_the_machine():
     assert "machine: 2 vCPUs, 256 MiB, console virtio, SVE on" in text
     assert "disk: /d.img (read-only)" in text
     assert "gic: gicv3, 128 interrupts, 2 SPIs enabled, 1 pending" in text
-    assert "virtio-console at 0xa000000: status 0xf, 1 of 2 queues ready" in text
+    assert "virtio-console on mmio 0xa000000: status 0xf, 1 of 2 queues ready" in text
+    assert "virtio-vsock on mmio 0xa000200: status 0x7, 0 of 0 queues ready" in text
+    assert "virtio device 42 on mmio 0xa000400: status 0x0, 0 of 0 queues ready" in text
+
+
+def test_the_name_table_is_the_virtio_device_modules_by_their_device_ids():
+    # every pyvmm/devices/virtio_X.py with a DEVICE_ID is "virtio-X", and the table has no other row
+    found = {}
+    for f in sorted(os.listdir(os.path.dirname(devices.__file__))):
+        if f.startswith("virtio_") and f.endswith(".py"):
+            module = importlib.import_module(f"pyvmm.devices.{f[:-3]}")
+            if hasattr(module, "DEVICE_ID"):
+                found[module.DEVICE_ID] = f[:-3].replace("_", "-")
+    assert len(found) == 6 and describe.VIRTIO_NAMES == found

@@ -268,9 +268,14 @@ def test_any_config_space_is_taken_only_as_guest_writes_could_leave_it(flips):
 def test_inspect_shows_the_its_and_the_functions():
     from pyvmm.snapshot import describe
 
-    lines = describe._machine_lines({"config": {"cpus": 1, "mem": 256 << 20}, "devices": {"pci": saved_machine()}})
+    pci = saved_machine()
+    unknown = json.loads(json.dumps(pci["functions"][0]))
+    unknown.update(slot=1, device_id=42)
+    pci["functions"].append(unknown)
+    lines = describe._machine_lines({"config": {"cpus": 1, "mem": 256 << 20}, "devices": {"pci": pci}})
     assert "its: enabled" in lines
-    assert "virtio-pci 00:00.0 (virtio device 1): status 0xf, 2 of 2 queues ready, 1 MSI-X vectors owed" in lines
+    assert "virtio-net on pci 00:00.0: status 0xf, 2 of 2 queues ready, 1 MSI-X vectors owed" in lines
+    assert "virtio device 42 on pci 00:01.0: status 0xf, 2 of 2 queues ready, 1 MSI-X vectors owed" in lines
 
 
 def test_restore_sequence_is_the_documented_order_and_checks_every_register():
