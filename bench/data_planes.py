@@ -34,9 +34,13 @@ kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
       are probed), QEMU with virtio-rng-pci beside the same devices; QEMU's
       clock starts before its virtiofsd does (pyvmm starts its own).
       The guest also prints its own clock (/proc/uptime) right after init's
-      line: the guest's share of the boot. PYVMM_BENCH_HUGE_AB=1 adds a third
-      VMM to each round of this row, pyvmm with PYVMM_HUGE_RAM=0 (guest RAM
-      in 4 KiB pages, pyvmm/memory.py), shown as the row's "pyvmm 4k" line.
+      line: the guest's share of the boot.
+  PYVMM_BENCH_HUGE_AB adds a third VMM to each round of the boot and fs rows:
+      pyvmm with another PYVMM_HUGE_RAM (how its shared guest RAM gets 2 MiB
+      pages, pyvmm/memory.py), shown as A/B lines under those rows: ``1`` (or
+      ``0``) runs it with PYVMM_HUGE_RAM=0 (4 KiB pages; the "pyvmm 4k" line),
+      ``collapse`` with PYVMM_HUGE_RAM=collapse (a memfd collapsed up front
+      instead of the default huge-page tmpfs; the "pyvmm collapse" line).
 
 Noise (a loaded 2-core host moves single runs by 2x): each row boots each
 VMM RUNS times (PYVMM_BENCH_RUNS, default 3), pyvmm and QEMU interleaved
@@ -305,10 +309,11 @@ def command_for(vmm, k, i, params, devices, tmp):
 
 
 def run_guest(vmm, k, i, guest, devices, tmp, timeout=900, setup=None):
-    """The guest's console output; RunFailed when the VMM fails or times out."""
-    cmd, daemons = command_for(vmm, k, i, "quiet " + script(guest), devices, tmp)
+    """The guest's console output; RunFailed when the VMM fails or times out.
+    ``vmm``: pyvmm, qemu, or the huge-RAM A/B's pyvmm (PYVMM_BENCH_HUGE_AB)."""
+    cmd, daemons = command_for(vmm.split()[0], k, i, "quiet " + script(guest), devices, tmp)
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=env(), cwd=CHECKOUT)
+                         env=env_for(vmm), cwd=CHECKOUT)
     try:
         if setup:
             setup()
@@ -482,7 +487,7 @@ def bench_fs(k, i, tmp, share, r):
     # one read per boot: a second would find the file in the guest's page cache
     guest = ("mkdir -p /mnt; mount -t virtiofs bench /mnt\n"
              + timed("read0", "dd if=/mnt/big of=/dev/null bs=1M 2>/dev/null"))
-    for n, vmm in rounds():
+    for n, vmm in with_huge_ab(rounds()):
         out = r.attempt(vmm, "virtio-fs", n, lambda: run_guest(
             vmm, k, i, guest, [("fs", {"tag": "bench", "dir": share})], tmp))
         v = values(out or "", "read")
@@ -490,14 +495,30 @@ def bench_fs(k, i, tmp, share, r):
         log(f"{vmm} fs run {n + 1}: {v}")
 
 
-HUGE_AB = os.environ.get("PYVMM_BENCH_HUGE_AB") == "1"
+# PYVMM_BENCH_HUGE_AB: the A/B VMM's PYVMM_HUGE_RAM and its name in the table (None: no A/B)
+HUGE_AB = {"1": ("0", "pyvmm 4k"), "0": ("0", "pyvmm 4k"),
+           "collapse": ("collapse", "pyvmm collapse")}.get(os.environ.get("PYVMM_BENCH_HUGE_AB", ""))
+
+
+def with_huge_ab(order):
+    """``order`` ((round, VMM) pairs) with the PYVMM_BENCH_HUGE_AB VMM right after pyvmm."""
+    if HUGE_AB is None:
+        return list(order)
+    return [x for n, vmm in order for x in ([(n, vmm), (n, HUGE_AB[1])] if vmm == "pyvmm" else [(n, vmm)])]
+
+
+def env_for(vmm):
+    """The environment VMM ``vmm`` of a round runs in (the huge-RAM A/B VMM's PYVMM_HUGE_RAM)."""
+    e = env()
+    if HUGE_AB is not None and vmm == HUGE_AB[1]:
+        e["PYVMM_HUGE_RAM"] = HUGE_AB[0]
+    return e
 
 
 def bench_boot(k, i, tmp, share, r):
     metric = "boot to init with net, vsock, fs, rng"
-    order = list(transport_rounds())  # pyvmm on each further PYVMM_BENCH_NET_TRANSPORT too
-    if HUGE_AB:  # pyvmm with 4 KiB guest RAM right after pyvmm in every round
-        order = [x for n, vmm in order for x in ([(n, vmm), (n, "pyvmm 4k")] if vmm == "pyvmm" else [(n, vmm)])]
+    # pyvmm on each further PYVMM_BENCH_NET_TRANSPORT too, and with PYVMM_BENCH_HUGE_AB's RAM
+    order = with_huge_ab(transport_rounds())
     for n, vmm in order:
         devs = [("net", net_for(vmm)), ("vsock", {"cid": 56}), ("fs", {"tag": "bench", "dir": share}), ("rng", {})]
 
@@ -507,11 +528,8 @@ def bench_boot(k, i, tmp, share, r):
             cmd, daemons = command_for(vmm.split()[0], k, i,
                                        "quiet " + script("echo \"uptime=$(cut -d' ' -f1 /proc/uptime)\"\n"),
                                        devs, tmp)
-            e = env()
-            if vmm == "pyvmm 4k":
-                e["PYVMM_HUGE_RAM"] = "0"
             try:
-                w = Watched(cmd, e).wait()
+                w = Watched(cmd, env_for(vmm)).wait()
             except SystemExit as e:
                 raise RunFailed(str(e)) from None
             finally:
@@ -582,14 +600,21 @@ def report(r, only):
                     vs_qemu = f", {t} vs QEMU {b / q:.2f}" if q else ""
                     print(f"| {metric} (transport {NET_TRANSPORTS[0]} vs {t}) | {a:,.2f} {unit} ({na}) | "
                           f"{b:,.2f} {unit} ({nb}) | {a / b:.2f} | A/B{vs_qemu} |")
+        if metric == "virtio-fs read" and HUGE_AB is not None:
+            (a, na), (b, nb) = r.median("pyvmm", metric), r.median(HUGE_AB[1], metric)
+            (q, _) = r.median("qemu", metric)
+            if a and b:
+                vs_qemu = f", {HUGE_AB[1]} vs QEMU {b / q:.2f}" if q else ""
+                print(f"| {metric} (pyvmm vs {HUGE_AB[1]}) | {a:,.2f} {unit} ({na}) | {b:,.2f} {unit} ({nb}) | "
+                      f"{a / b:.2f} | A/B: PYVMM_HUGE_RAM=1 / {HUGE_AB[0]}{vs_qemu} |")
         if metric == ROWS[-1][0]:
             extra = [("guest clock at init", "pyvmm", "qemu", "for comparison")]
             for t in NET_TRANSPORTS[1:]:
                 extra += [(metric, "pyvmm", f"pyvmm {t}", f"A/B: net transport {NET_TRANSPORTS[0]} / {t}"),
                           ("guest clock at init", "pyvmm", f"pyvmm {t}", f"A/B: net transport {NET_TRANSPORTS[0]} / {t}")]
-            if HUGE_AB:
-                extra += [(metric, "pyvmm", "pyvmm 4k", "A/B: PYVMM_HUGE_RAM=1 / 0"),
-                          ("guest clock at init", "pyvmm", "pyvmm 4k", "A/B: PYVMM_HUGE_RAM=1 / 0")]
+            if HUGE_AB is not None:
+                note = f"A/B: PYVMM_HUGE_RAM=1 / {HUGE_AB[0]}"
+                extra += [(metric, "pyvmm", HUGE_AB[1], note), ("guest clock at init", "pyvmm", HUGE_AB[1], note)]
             for m, x, y, note in extra:
                 (a, na), (b, nb) = r.median(x, m), r.median(y, m)
                 if a and b:

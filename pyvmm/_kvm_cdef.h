@@ -22,6 +22,10 @@ int abs(int j);
  * address (pyvmm/memory.py, map_file): Python's mmap module cannot map at an
  * address. off_t is 64 bits on every platform pyvmm runs on. */
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+/* System calls glibc has no wrapper for (pyvmm/memory.py: fsopen, fsconfig and
+ * fsmount make the private tmpfs instance shared guest RAM lives on). Every
+ * argument after the number is passed as a long or a pointer. */
+long syscall(long number, ...);
 
 /* ---- libatomic ------------------------------------------------------------ */
 /* A full memory barrier for the virtqueues' event indices

@@ -1,13 +1,24 @@
 """Guest RAM: host mappings registered as KVM memory slots: anonymous
-private memory, or (``shared``) a memfd mapped MAP_SHARED, whose fd a
+private memory, or (``shared``) a shmem file mapped MAP_SHARED, whose fd a
 vhost-user daemon can map to reach the guest's buffers itself.
 
 Guest RAM starts on a 2 MiB boundary of this process's address space (the
 stage-2 block size of a 4 KiB-granule host), so KVM can map it 2 MiB at a
 time wherever the host backs it with a huge page: anonymous RAM on a host
-whose transparent huge pages are on, and shared RAM because pyvmm collapses
-the memfd into 2 MiB pages up front (MADV_COLLAPSE, :meth:`GuestMemory.add`;
-``PYVMM_HUGE_RAM=0`` leaves it in 4 KiB pages faulted in on demand).
+whose transparent huge pages are on; shared RAM as chosen by
+``PYVMM_HUGE_RAM`` in pyvmm's environment:
+
+- unset or ``1``: an unnamed file (O_TMPFILE) on a private tmpfs instance
+  mounted with ``huge=within_size`` and never attached anywhere (fsopen,
+  fsconfig, fsmount; nothing appears in any mount table, and it goes with the
+  file's last fd). It gets 2 MiB pages as the guest first touches it, whatever
+  the host's ``shmem_enabled`` says (unless ``deny``), so nothing is allocated
+  up front. Where that mount cannot be made (no CAP_SYS_ADMIN, a kernel before
+  5.2 or without huge tmpfs pages), silently as ``collapse``.
+- ``collapse``: a memfd collapsed into 2 MiB pages up front (MADV_COLLAPSE:
+  all of it allocated and zeroed before the guest runs) while it is at most
+  half of the host's available memory, else left in 4 KiB pages.
+- ``0``: a memfd in 4 KiB pages faulted in on demand.
 
 Every access from device models goes through :meth:`GuestMemory.read` /
 :meth:`GuestMemory.write`, which check the whole range against guest RAM, so
@@ -39,12 +50,19 @@ _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # <linux/mman.h
 _MADV_COLLAPSE = 25  # <linux/mman.h>, Linux 6.1+
 HUGE = 2 << 20  # the stage-2 block (and transparent huge page) size with 4 KiB pages
 HUGE_ENV = "PYVMM_HUGE_RAM"
+# System call numbers of the new mount API: include/uapi/asm-generic/unistd.h
+# (arm64) and arch/x86/entry/syscalls/syscall_64.tbl give both the same.
+_NR_FSOPEN, _NR_FSCONFIG, _NR_FSMOUNT = 430, 431, 432
+_FSOPEN_CLOEXEC = _FSMOUNT_CLOEXEC = 1  # <linux/mount.h>
+_FSCONFIG_SET_STRING, _FSCONFIG_CMD_CREATE = 1, 6  # <linux/mount.h>, enum fsconfig_command
 
 
-def huge_ram_wanted() -> bool:
-    """Whether shared guest RAM is collapsed into huge pages up front
-    (``PYVMM_HUGE_RAM=0``: no)."""
-    return os.environ.get(HUGE_ENV, "1") != "0"
+def huge_ram_mode() -> str:
+    """How shared guest RAM gets 2 MiB pages (``PYVMM_HUGE_RAM``): "tmpfs"
+    (the default: a huge-page tmpfs file, else as "collapse"), "collapse"
+    (a memfd collapsed up front) or "off" (``0``: a memfd in 4 KiB pages)."""
+    v = os.environ.get(HUGE_ENV, "1")
+    return "off" if v == "0" else "collapse" if v == "collapse" else "tmpfs"
 
 
 class GuestMemoryError(GuestError):
@@ -69,7 +87,7 @@ class Region:
     gpa: int
     size: int
     mm: Any  # the RAM as a buffer (cffi): slices are bytes, slice assignment writes, len is size
-    fd: int = -1  # the memfd of shared RAM, -1 for anonymous memory
+    fd: int = -1  # the file (tmpfs or memfd) of shared RAM, -1 for anonymous memory
     readonly: bool = False
     owner: Optional[mmap.mmap] = None  # the mapping mm lies in (2 MiB more than size, to align it)
     offset: int = 0  # where mm starts in owner
@@ -108,8 +126,14 @@ class GuestMemory:
         start = int(ffi.cast("uintptr_t", ffi.from_buffer(owner)))
         offset = -start % HUGE
         if shared:
+            mode = huge_ram_mode()
+            on_tmpfs = False
+            if mode == "tmpfs":
+                fd = huge_tmpfs_file()
+                on_tmpfs = fd >= 0
             try:
-                fd = os.memfd_create(f"pyvmm-ram-{gpa:x}", os.MFD_CLOEXEC)
+                if fd < 0:
+                    fd = os.memfd_create(f"pyvmm-ram-{gpa:x}", os.MFD_CLOEXEC)
                 os.ftruncate(fd, size)
                 got = libc().mmap(ffi.cast("void *", start + offset), size, mmap.PROT_READ | mmap.PROT_WRITE,
                                   mmap.MAP_SHARED | MAP_FIXED, fd, 0)
@@ -121,7 +145,12 @@ class GuestMemory:
                 owner.close()
                 raise HostUnsupported(f"cannot map {size >> 20} MiB of shared guest RAM: {e.strerror or e}",
                                       "give the guest less memory (-m)") from None
-            if huge_ram_wanted() and collapse_fits(size, _mem_available()):
+            if on_tmpfs:
+                try:  # huge=within_size needs no hint; this one asks for the PMD mappings as well
+                    owner.madvise(mmap.MADV_HUGEPAGE, offset, size)
+                except OSError:
+                    pass
+            elif mode != "off" and collapse_fits(size, _mem_available()):
                 _collapse(owner, offset, size, fd)
         # the buffer holds a view of owner: owner cannot be unmapped under it
         mm = ffi.buffer(ffi.from_buffer("char[]", memoryview(owner)[offset:offset + size]))
@@ -158,13 +187,13 @@ class GuestMemory:
         RAM at ``gpa``, copy-on-write (MAP_PRIVATE, MAP_FIXED): the guest
         (and KVM, which follows the host mapping) reads the file's pages on
         first touch, and its writes stay private. Only anonymous RAM can be
-        mapped over: RAM shared with a vhost-user daemon is a memfd the
+        mapped over: RAM shared with a vhost-user daemon is a file the
         daemon maps too (UsageProblem; read it in instead)."""
         r = self._find(gpa, length)
         if r is None:
             raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
         if r.fd >= 0:
-            raise UsageProblem("guest RAM is shared with a vhost-user daemon (a memfd): it cannot be mapped from a file")
+            raise UsageProblem("guest RAM is shared with a vhost-user daemon: it cannot be mapped from a file")
         if length <= 0 or (gpa - r.gpa) % mmap.PAGESIZE or offset % mmap.PAGESIZE:
             raise UsageProblem(f"file range {offset:#x}+{length:#x} at guest {gpa:#x} is not page aligned")
         addr = r.host_address() + (gpa - r.gpa)
@@ -193,7 +222,7 @@ class GuestMemory:
     def populate(self, gpa: int, length: int) -> None:
         """Allocate the pages of guest range gpa+length now, writable, in one
         call (MADV_POPULATE_WRITE, Linux 5.14+), instead of one page fault
-        per page while it is filled (shared RAM is a memfd of 4 KiB pages).
+        per page while it is filled (shared RAM may be a memfd of 4 KiB pages).
         Best effort: an older kernel leaves them to be faulted in."""
         r = self._find(gpa, length)
         if r is None:
@@ -251,6 +280,43 @@ class GuestMemory:
                     pass
             if r.fd >= 0:
                 os.close(r.fd)
+
+
+def _syscall(number: int, *args: Any) -> int:
+    """A raw system call through libc's syscall(): its result, or OSError
+    with its errno. Integer arguments are passed as longs, bytes as pointers."""
+    cargs = [ffi.new("char[]", a) if isinstance(a, bytes) else ffi.cast("long", a) for a in args]
+    ret = libc().syscall(ffi.cast("long", number), *cargs)
+    if ret < 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def huge_tmpfs_file() -> int:
+    """An fd of a new, empty, unnamed file (O_TMPFILE, st_nlink 0) on a
+    private tmpfs instance with ``huge=within_size`` and no size limit
+    (``size=0``, Documentation/filesystems/tmpfs.rst), mounted with fsmount
+    but never attached: no mount table shows it, and the instance goes with
+    the file's last fd. -1 where it cannot be made (EPERM without
+    CAP_SYS_ADMIN, ENOSYS before Linux 5.2, EINVAL without huge tmpfs pages,
+    any other error): the caller falls back to a memfd."""
+    fds: List[int] = []
+    try:
+        fs = _syscall(_NR_FSOPEN, b"tmpfs", _FSOPEN_CLOEXEC)
+        fds.append(fs)
+        _syscall(_NR_FSCONFIG, fs, _FSCONFIG_SET_STRING, b"huge", b"within_size", 0)
+        _syscall(_NR_FSCONFIG, fs, _FSCONFIG_SET_STRING, b"size", b"0", 0)
+        _syscall(_NR_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, 0, 0, 0)
+        mnt = _syscall(_NR_FSMOUNT, fs, _FSMOUNT_CLOEXEC, 0)
+        fds.append(mnt)
+        # the open file keeps the (detached) mount alive once its fd closes
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=mnt)
+    except OSError:
+        return -1
+    finally:
+        for f in fds:
+            os.close(f)
 
 
 def _mem_available() -> Optional[int]:

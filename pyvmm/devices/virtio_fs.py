@@ -2,7 +2,7 @@
 (virtiofsd): a high-priority queue (0) and one request queue (1), both the
 daemon's; the config space is the mount tag and the number of request
 queues. The daemon reads and writes guest RAM itself, so the machine's RAM
-must be shared memory (memfd)."""
+must be shared memory (a shmem file, pyvmm/memory.py)."""
 from __future__ import annotations
 
 import struct

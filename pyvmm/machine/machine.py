@@ -208,7 +208,7 @@ class Machine:
 
     def create_vm(self) -> None:
         self.vm = self.kvm.create_vm()
-        # vhost-user daemons (virtio-fs) map guest RAM themselves: a shared memfd
+        # vhost-user daemons (virtio-fs) map guest RAM themselves: shared memory (pyvmm/memory.py)
         self.mem.add(layout.RAM_BASE, self.config.mem, self.vm, shared=bool(self.config.fss))
         if self.kvm.check_extension(const("KVM_CAP_ARM_PSCI_0_2")) <= 0:
             raise HostUnsupported("this host's KVM does not implement PSCI 0.2, which pyvmm needs for SMP and power-off")

@@ -180,7 +180,7 @@ class VhostUser:
         fd is what the back-end maps (shared guest RAM), from offset 0."""
         regions = list(regions)
         if any(fd < 0 for *_, fd in regions):
-            raise VhostUserError(f"{self.what}: guest RAM is not shareable (it must be a memfd)")
+            raise VhostUserError(f"{self.what}: guest RAM is not shareable (it must be shared memory with an fd)")
         payload = mem_table_payload([(gpa, size, hva, 0) for gpa, size, hva, _ in regions])
         self._set(SET_MEM_TABLE, payload, [fd for *_, fd in regions])
 

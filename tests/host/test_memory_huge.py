@@ -1,13 +1,20 @@
-"""Guest RAM on 2 MiB boundaries, and shared RAM collapsed into huge pages
-(pyvmm/memory.py): real mappings and a real memfd of this host."""
+"""Guest RAM on 2 MiB boundaries, and shared RAM in huge pages: a file on a
+private huge-page tmpfs, or a memfd collapsed up front (pyvmm/memory.py):
+real mappings, a real tmpfs instance and real memfds of this host."""
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import platform
 
 import pytest
 
+from pyvmm import memory
 from pyvmm.memory import HUGE, HUGE_ENV, GuestMemory, collapse_fits
+
+TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
+CAP_SYS_ADMIN = 21  # <linux/capability.h>
 
 BASE = 0x4000_0000
 MiB = 1 << 20
@@ -38,6 +45,46 @@ def _collapse_expected() -> str:
     return ""
 
 
+def _tmpfs_expected() -> str:
+    """Why this host cannot give pyvmm a private huge-page tmpfs ('' if it can)."""
+    why = _collapse_expected()  # the same kernel and page-size needs, and then some
+    if why:
+        return why
+    with open("/proc/self/status") as f:
+        caps = int(next(line for line in f if line.startswith("CapEff:")).split()[1], 16)
+    if not caps >> CAP_SYS_ADMIN & 1:
+        return "not root (no CAP_SYS_ADMIN): fsopen of a tmpfs instance needs it"
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/shmem_enabled") as f:
+            if "[deny]" in f.read():
+                return "shmem_enabled is deny: no tmpfs mount gets huge pages"
+    except OSError:
+        return "this host's kernel has no huge tmpfs pages"
+    return ""
+
+
+def _fstatfs_type(fd: int) -> int:
+    """f_type of fstatfs(fd) (the first field of struct statfs, a long on
+    x86-64 and arm64; Python's os module has no fstatfs)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    assert libc.fstatfs(fd, buf) == 0, os.strerror(ctypes.get_errno())
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def _is_memfd(fd: int) -> bool:
+    return os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:")
+
+
+def _open_fds() -> set:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _mountinfo() -> str:
+    with open("/proc/self/mountinfo") as f:
+        return f.read()
+
+
 @pytest.mark.parametrize("shared", [False, True])
 def test_ram_starts_on_a_2mib_boundary_and_round_trips(shared):
     mem = GuestMemory()
@@ -55,11 +102,72 @@ def test_ram_starts_on_a_2mib_boundary_and_round_trips(shared):
     assert owner.closed  # unmapped at once when nothing else holds a view
 
 
+def test_shared_ram_is_an_unnamed_file_on_a_private_huge_tmpfs(monkeypatch):
+    """The default: a tmpfs file (not a memfd) with no name, nothing mounted
+    where anyone sees it, nothing allocated up front, a 2 MiB page on the
+    first touch of a 2 MiB range, the daemon's view (the fd) the same
+    memory, and every fd closed again by close()."""
+    why = _tmpfs_expected()
+    if why:
+        pytest.skip(why)
+    monkeypatch.delenv(HUGE_ENV, raising=False)
+    fds, mounts = _open_fds(), _mountinfo()
+    mem = GuestMemory()
+    r = mem.add(BASE, 8 * MiB, shared=True)
+    assert _fstatfs_type(r.fd) == TMPFS_MAGIC
+    assert not _is_memfd(r.fd)
+    st = os.fstat(r.fd)
+    assert st.st_nlink == 0 and st.st_size == 8 * MiB
+    assert st.st_blocks == 0  # nothing allocated yet
+    assert _mountinfo() == mounts
+    mem.write(BASE + 3 * MiB + 5, b"huge")
+    assert os.pread(r.fd, 4, 3 * MiB + 5) == b"huge"
+    assert os.fstat(r.fd).st_blocks * 512 == 2 * MiB  # the one 2 MiB page touched
+    assert _smaps_field(r.host_address(), "ShmemPmdMapped") == 2 * 1024
+    mem.close()
+    assert _open_fds() == fds
+
+
+class FakeSyscallRefusingFsopen:
+    """Stands in for pyvmm.memory._syscall: fsopen fails with EPERM, as
+    without CAP_SYS_ADMIN; anything else is not expected."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, number, *args):
+        self.calls.append(number)
+        if number == 430:
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+        raise AssertionError(f"unexpected system call {number} after fsopen failed")
+
+
+@pytest.mark.parametrize("how", ["collapse", "0", "fsopen refused"])
+def test_shared_ram_falls_back_to_a_memfd(monkeypatch, how):
+    """PYVMM_HUGE_RAM=collapse and =0 ask for a memfd; so does a failing
+    fsopen under the default (silently); all of its fds closed by close()."""
+    fake = FakeSyscallRefusingFsopen()
+    monkeypatch.setattr(memory, "_syscall", fake)
+    if how == "fsopen refused":
+        monkeypatch.delenv(HUGE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(HUGE_ENV, how)
+    fds = _open_fds()
+    mem = GuestMemory()
+    r = mem.add(BASE, 4 * MiB, shared=True)
+    assert _is_memfd(r.fd)
+    assert fake.calls == ([430] if how == "fsopen refused" else [])
+    mem.write(BASE + MiB, b"memfd")
+    assert os.pread(r.fd, 5, MiB) == b"memfd"
+    mem.close()
+    assert _open_fds() == fds
+
+
 def test_shared_ram_is_collapsed_into_2mib_pages(monkeypatch):
     why = _collapse_expected()
     if why:
         pytest.skip(why)
-    monkeypatch.delenv(HUGE_ENV, raising=False)
+    monkeypatch.setenv(HUGE_ENV, "collapse")
     mem = GuestMemory()
     r = mem.add(BASE, 8 * MiB, shared=True)
     assert os.fstat(r.fd).st_blocks * 512 == 8 * MiB  # allocated up front

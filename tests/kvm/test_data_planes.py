@@ -4,6 +4,7 @@ TCP over a tap with vhost-net, a vsock stream through vhost-vsock, files
 through virtio-fs with virtiofsd. Data is checked by SHA-256 in both
 directions. Needs root in the test machine (taps, vhost, virtiofsd)."""
 import base64
+import ctypes
 import hashlib
 import http.server
 import os
@@ -235,23 +236,51 @@ def test_files_both_ways_through_virtio_fs(tmp_path):
     assert not [d for d in os.listdir("/tmp") if d.startswith("pyvmm-fs-")]  # its socket directory is gone
 
 
-def _shmem_pmd_kib(pid: int, name: str) -> int:
-    """ShmemPmdMapped (KiB) of process ``pid``'s mapping of the memfd ``name``."""
-    found = False
+TMPFS_MAGIC = 0x01021994  # <linux/magic.h>
+
+
+def _fstatfs_type(fd: int) -> int:
+    """f_type of fstatfs(fd): the first field of struct statfs, a long on arm64."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    assert libc.fstatfs(fd, buf) == 0, os.strerror(ctypes.get_errno())
+    return ctypes.c_long.from_buffer(buf).value
+
+
+def _ram_mapping(pid: int, size: int) -> dict:
+    """Process ``pid``'s shared mapping of ``size`` bytes (guest RAM) from
+    /proc/PID/smaps, its fields in KiB, and "fd": the fd of the file it maps
+    (found among the process's fds by device and inode)."""
+    maps, cur = [], None
     with open(f"/proc/{pid}/smaps") as f:
         for line in f:
             parts = line.split()
             if "-" in parts[0] and not parts[0].endswith(":"):
-                found = f"/memfd:{name}" in line
-            elif found and parts[0] == "ShmemPmdMapped:":
-                return int(parts[1])
-    raise AssertionError(f"pyvmm has no mapping of memfd {name}")
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                cur = {"size": hi - lo, "perms": parts[1], "dev": parts[3], "ino": int(parts[4]),
+                       "name": " ".join(parts[5:])}
+                maps.append(cur)
+            elif cur is not None and parts[0].endswith(":") and len(parts) > 1 and parts[1].isdigit():
+                cur[parts[0][:-1]] = int(parts[1])
+    ram = [m for m in maps if m["size"] == size and m["perms"].endswith("s")]
+    assert len(ram) == 1, [(m["name"], m["size"]) for m in maps if m["perms"].endswith("s")]
+    m = ram[0]
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if st.st_ino == m["ino"] and f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}" == m["dev"]:
+            m["fd"] = f"/proc/{pid}/fd/{fd}"
+            return m
+    raise AssertionError(f"no fd of pyvmm's maps its RAM ({m['name']})")
 
 
 def test_virtiofsd_dying_stops_the_guest_with_one_line(tmp_path):
-    """(And, while the guest runs: its RAM, a memfd shared with virtiofsd,
-    is mapped in 2 MiB pages in pyvmm, so KVM can map it in 2 MiB stage-2
-    blocks; pyvmm/memory.py.)"""
+    """(And, while the guest runs: its RAM, shared with virtiofsd, is an
+    unnamed file on pyvmm's private huge-page tmpfs, not a memfd, and every
+    page of it the guest touched is mapped in pyvmm as part of a 2 MiB page,
+    so KVM can map it in 2 MiB stage-2 blocks; pyvmm/memory.py.)"""
     share = tmp_path / "share"
     share.mkdir()
     kernel, initrd = guest_files()
@@ -259,7 +288,16 @@ def test_virtiofsd_dying_stops_the_guest_with_one_line(tmp_path):
                   "quiet " + script("mkdir -p /mnt; mount -t virtiofs s /mnt; echo mounted; sleep 600\n"),
                   "--fs", f"tag=s,dir={share}"])
     vm.wait_for(b"mounted", timeout=300)
-    assert _shmem_pmd_kib(vm.p.pid, "pyvmm-ram-40000000") == 256 << 10
+    ram = _ram_mapping(vm.p.pid, 256 << 20)
+    assert not os.readlink(ram["fd"]).startswith("/memfd:"), ram["name"]
+    fd = os.open(ram["fd"], os.O_RDONLY)
+    try:
+        assert _fstatfs_type(fd) == TMPFS_MAGIC
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert ram["ShmemPmdMapped"] > 0 and ram["Rss"] == ram["ShmemPmdMapped"], ram
+    assert ram["Rss"] < 256 << 10, ram  # allocated as the guest touched it, not up front
     daemons = subprocess.run(["pgrep", "-f", f"shared-dir={share}"], capture_output=True, text=True).stdout.split()
     assert daemons
     os.kill(int(daemons[0]), signal.SIGKILL)
