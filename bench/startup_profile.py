@@ -43,7 +43,7 @@ MEM = "256M"
 DRIVER = r'''
 import time
 t_script = time.monotonic_ns()
-import sys
+import os, sys
 T0 = int(sys.argv.pop(1))
 marks = []
 def mark(name, t=None):
@@ -71,6 +71,7 @@ def counted():
         n = names.get(int(number), hex(int(number)))
         if n == "KVM_RUN" and not first:
             first.append(dict(counts))
+            os.write(2, b"\nIMPORTS-END\n")  # -X importtime's lines after this one: after the first KVM_RUN
         counts[n] = counts.get(n, 0) + 1
         return call(fd, number, arg)
     return counting, arg_of_int
@@ -104,9 +105,8 @@ def start(*a, **kw):
 pyvmm.api.start = start
 import atexit
 def report():
-    m = [x for x in marks]
-    print("PROFILE " + json.dumps({"marks": m, "ioctls": first[0] if first else counts}), file=sys.stderr, flush=True)
-import json
+    import json
+    print("PROFILE " + json.dumps({"marks": marks, "ioctls": first[0] if first else counts}), file=sys.stderr, flush=True)
 atexit.register(report)
 real_run = M.run
 def run(self, *a, **kw):
@@ -117,6 +117,7 @@ def run(self, *a, **kw):
         if self.first_run_ns is not None:
             mark("first KVM_RUN", self.first_run_ns)
 M.run = run
+mark("main called")
 main(sys.argv[1:])
 '''
 
@@ -168,10 +169,13 @@ def spawn_to_first_run(cmd, cwd):
     t = float(text[at:].split()[4]) - t0 / 1e9
     prof = None
     imports = {}
+    counting = True
     for line in text.splitlines():
+        if line == "IMPORTS-END":
+            counting = False
         if line.startswith("PROFILE "):
             prof = json.loads(line[8:])
-        elif line.startswith("import time:") and "|" in line and "self [us]" not in line:
+        elif counting and line.startswith("import time:") and "|" in line and "self [us]" not in line:
             self_us, _, name = line[12:].split("|")
             imports[name.strip()] = int(self_us)
     if prof is not None:
