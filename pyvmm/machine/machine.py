@@ -117,6 +117,9 @@ class Machine:
         self.exits: Dict[str, int] = {}  # by kind; a Counter in the Outcome (collections loads after the run)
         # CLOCK_MONOTONIC ns when a vCPU first entered KVM_RUN (start-up benchmark, bench/startup.py)
         self.first_run_ns: Optional[int] = None
+        # Set by a vCPU thread about to enter KVM_RUN for the first time: run() starts the I/O
+        # and console threads after that (start-up time)
+        self.entered = _threads.Event()
         self.coalesced: Optional[CoalescedRing] = None
         self.vcpu_features: List[List[int]] = []  # INIT features per vCPU (without POWER_OFF)
         self.sme_bit: Optional[int] = None
@@ -582,6 +585,11 @@ class Machine:
             self._threads.append(t)
         for t in self._threads:
             t.start()
+        # This thread would keep the GIL from the vCPU threads (for up to the 5 ms switch
+        # interval) while it starts the I/O and console threads, which nothing needs before the
+        # guest's first device access: let the first vCPU enter KVM_RUN first (the timeout
+        # bounds the wait for a vCPU thread that failed before it got there).
+        self.entered.wait(0.1)
         if self.io is not None:
             self.io.start()
         if on_running is not None:
