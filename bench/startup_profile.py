@@ -27,14 +27,13 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from _common import CHECKOUT, env, guest_files
+from _common import CHECKOUT, guest_files
+from startup import bare_python, copied_to, first_run_at, installed, installed_env
 
 ROUNDS = int(os.environ.get("ROUNDS", "5"))
 MEM = "256M"
@@ -122,55 +121,16 @@ main(sys.argv[1:])
 '''
 
 
-def installed(root: str, tree: str):
-    """(python, the pyvmm command) of a venv in ``root`` with a compiled copy of ``tree``'s pyvmm/
-    and its bin/pyvmm (as bench/startup.py installs the checkout's)."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", root], check=True)
-    python = os.path.join(root, "bin", "python3")
-    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             stdout=subprocess.PIPE, text=True, check=True, env=bare_env()).stdout.strip()
-    shutil.copytree(os.path.join(tree, "pyvmm"), os.path.join(purelib, "pyvmm"),
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([python, "-m", "compileall", "-q", os.path.join(purelib, "pyvmm")], check=True, env=bare_env())
-    with open(os.path.join(tree, "bin", "pyvmm")) as f:
-        rest = f.read().split("\n", 1)[1]
-    command = os.path.join(root, "bin", "pyvmm")
-    with open(command, "w") as f:
-        f.write(f"#!{python}\n{rest}")
-    os.chmod(command, 0o755)
-    return python, command
-
-
-def bare_env():
-    e = env()
-    e.pop("PYTHONPATH", None)
-    return e
-
-
 def spawn_to_first_run(cmd, cwd):
-    """(seconds from spawn to the first KVM_RUN, the driver's PROFILE record or None)."""
+    """(seconds from spawn to the first KVM_RUN, the driver's PROFILE record or None); T0 in
+    ``cmd`` becomes the spawn time (CLOCK_MONOTONIC ns)."""
     t0 = time.monotonic_ns()
-    cmd = [c.replace("T0", str(t0)) for c in cmd]
-    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=bare_env(), cwd=cwd)
-    try:
-        assert p.stdout is not None
-        first = p.stdout.read1(4096)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=120)
-    except BaseException:
-        p.kill()
-        p.wait()
-        raise
-    text = err.decode(errors="replace")
-    at = text.find("first KVM_RUN at CLOCK_MONOTONIC ")
-    if not first or at < 0:
-        raise SystemExit(f"profile: no first KVM_RUN (status {p.returncode}): {text[-600:]}")
-    t = float(text[at:].split()[4]) - t0 / 1e9
+    errs: list = []
+    t = first_run_at([c.replace("T0", str(t0)) for c in cmd], installed_env(), cwd, errs) - t0 / 1e9
     prof = None
     imports = {}
     counting = True
-    for line in text.splitlines():
+    for line in errs[0].decode(errors="replace").splitlines():
         if line == "IMPORTS-END":
             counting = False
         if line.startswith("PROFILE "):
@@ -183,13 +143,6 @@ def spawn_to_first_run(cmd, cwd):
     return t, prof
 
 
-def bare(python):
-    t0 = time.monotonic_ns()
-    out = subprocess.run([python, "-c", "import time; print(time.monotonic_ns())"], stdout=subprocess.PIPE,
-                         check=True, env=bare_env()).stdout
-    return (int(out) - t0) / 1e9
-
-
 def main():
     trees = [os.path.abspath(t) for t in sys.argv[1:]] or [CHECKOUT]
     if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
@@ -200,10 +153,7 @@ def main():
     k, i = guest_files("bench/startup_profile.py")
     root = tempfile.mkdtemp(prefix="pyvmm-startprof-")
     try:
-        local = []
-        for path in (k, i):
-            local.append(os.path.join(root, os.path.basename(path)))
-            shutil.copyfile(path, local[-1])
+        local = copied_to(root, k, i)
         driver = os.path.join(root, "driver.py")
         with open(driver, "w") as f:
             f.write(DRIVER)
@@ -213,7 +163,7 @@ def main():
         res = {t: {"bare": [], "run": [], "prof": []} for t in trees}
         for n in range(ROUNDS + 1):
             for t, (python, command) in zip(trees, venvs):
-                b = bare(python)
+                b = bare_python(python, installed_env())
                 r, _ = spawn_to_first_run([command, *args], root)
                 _, prof = spawn_to_first_run([python, *imports_flag, driver, "T0", *args], root)
                 if n:
