@@ -147,13 +147,13 @@ def main():
     trees = [os.path.abspath(t) for t in sys.argv[1:]] or [CHECKOUT]
     if platform.machine() not in ("aarch64", "arm64") or not os.path.exists("/dev/kvm"):
         run = os.path.join(CHECKOUT, "ci", "qemu-aarch64", "run")
-        os.execv(run, [run, "--env", f"ROUNDS={ROUNDS}", "--env",
+        os.execv(run, [run, "--env", f"ROUNDS={ROUNDS}", "--env", f"LOCAL={os.environ.get('LOCAL', '1')}", "--env",
                        f"PROFILE_IMPORTS={os.environ.get('PROFILE_IMPORTS', '')}", "--",
                        "python3", "bench/startup_profile.py", *trees])
     k, i = guest_files("bench/startup_profile.py")
     root = tempfile.mkdtemp(prefix="pyvmm-startprof-")
     try:
-        local = copied_to(root, k, i)
+        local = copied_to(root, k, i) if os.environ.get("LOCAL", "1") == "1" else (k, i)  # LOCAL=0: the checkout's
         driver = os.path.join(root, "driver.py")
         with open(driver, "w") as f:
             f.write(DRIVER)

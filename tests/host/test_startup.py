@@ -268,3 +268,22 @@ def test_run_prepares_the_payload_once(tmp_path):
         Session(config, lambda data: None, payload=payload).run()
     with pytest.raises(UsageProblem, match="initrd .*: no such file"):
         Session(config, lambda data: None).run()
+
+
+def test_the_open_ahead_of_run_files_never_blocks_or_raises(tmp_path):
+    # pyvmm run opens its -k/-i files on a thread while it loads (pyvmm/commands/entry.py): a
+    # missing file, a directory or a FIFO without a writer (an open that would block) are passed over
+    import threading
+
+    from pyvmm.commands import entry
+
+    fifo, regular = tmp_path / "fifo", tmp_path / "Image"
+    os.mkfifo(fifo)
+    regular.write_bytes(b"x")
+    fds = len(os.listdir("/proc/self/fd"))
+    t = threading.Thread(target=entry._open_and_close,
+                         args=([str(tmp_path / "missing"), str(tmp_path), str(fifo), str(regular)],), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(os.listdir("/proc/self/fd")) == fds  # each one it opened is closed
