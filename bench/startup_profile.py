@@ -48,7 +48,11 @@ marks = []
 def mark(name, t=None):
     marks.append((name, ((t if t is not None else time.monotonic_ns()) - T0) / 1e6))
 mark("script start", t_script)
+from pyvmm.commands import entry
 from pyvmm.commands.entry import main
+if hasattr(entry, "_open_ahead"):  # as main does before loading the command; not again in main
+    entry._open_ahead(sys.argv[2:])
+    entry._open_ahead = lambda args: None
 from pyvmm.commands import options, run as run_cmd
 import pyvmm.api, pyvmm.machine.session as session_mod, pyvmm.machine.machine as machine_mod
 import pyvmm.kvm, pyvmm.vm, pyvmm.vcpu, pyvmm.sme, pyvmm.guest_features, pyvmm.memory
@@ -203,8 +207,10 @@ def report(tree, r):
             imps.setdefault(name, []).append(us)
     if imps:
         total = sum(med(v) for v in imps.values())
-        print(f"\nimports (-X importtime self, median us): {len(imps)} modules, {total / 1000:.1f} ms")
-        for name, v in sorted(imps.items(), key=lambda x: -med(x[1]))[:60]:
+        own = [med(v) for name, v in imps.items() if name == "pyvmm" or name.startswith("pyvmm.")]
+        print(f"\nimports (-X importtime self, median us): {len(imps)} modules, {total / 1000:.1f} ms; "
+              f"pyvmm's own {len(own)}, {sum(own) / 1000:.1f} ms")
+        for name, v in sorted(imps.items(), key=lambda x: -med(x[1])):
             print(f"  {med(v) / 1000:7.2f} ms  {name}")
 
 
