@@ -66,8 +66,15 @@ def pyvmm_first_run(k: str, i: str, pyvmm=(sys.executable, "-m", "pyvmm"), envir
     """Seconds from spawn to pyvmm's first KVM_RUN (``pyvmm``: the command that is pyvmm)."""
     cmd = [*pyvmm, "run", "--debug", "-k", k, "-i", i, "-m", MEM, "-c", "1"]
     t0 = time.monotonic_ns()
+    return first_run_at(cmd, environ or env(), cwd) - t0 / 1e9
+
+
+def first_run_at(cmd, environ, cwd: str, stderr=None) -> float:
+    """CLOCK_MONOTONIC seconds at which ``cmd`` (a ``pyvmm run --debug``) first entered KVM_RUN,
+    from its closing line once the guest wrote to its console and it was stopped with SIGTERM;
+    its stderr is appended to the list ``stderr`` if one is given."""
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=environ or env(), cwd=cwd)
+                         env=environ, cwd=cwd)
     try:
         assert p.stdout is not None
         first = p.stdout.read1(4096)  # the guest's first console output: it runs
@@ -80,21 +87,23 @@ def pyvmm_first_run(k: str, i: str, pyvmm=(sys.executable, "-m", "pyvmm"), envir
     m = _FIRST_RUN.search(err)
     if not first or not m:
         raise SystemExit(f"bench: pyvmm run gave no first-KVM_RUN time (status {p.returncode}): {err[-600:]!r}")
-    return float(m.group(1)) - t0 / 1e9
+    if stderr is not None:
+        stderr.append(err)
+    return float(m.group(1))
 
 
-def installed(root: str):
+def installed(root: str, tree: str = CHECKOUT):
     """(python, the pyvmm command) of a venv made in ``root`` with a compiled copy of the
-    checkout's pyvmm/ in it and bin/pyvmm installed as pip installs a script: its ``#!python``
-    line made the venv's interpreter."""
+    pyvmm/ of ``tree`` (a checkout) in it and its bin/pyvmm installed as pip installs a script:
+    its ``#!python`` line made the venv's interpreter."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", root], check=True)
     python = os.path.join(root, "bin", "python3")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              stdout=subprocess.PIPE, text=True, check=True, env=installed_env()).stdout.strip()
-    shutil.copytree(os.path.join(CHECKOUT, "pyvmm"), os.path.join(purelib, "pyvmm"),
+    shutil.copytree(os.path.join(tree, "pyvmm"), os.path.join(purelib, "pyvmm"),
                     ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([python, "-m", "compileall", "-q", os.path.join(purelib, "pyvmm")], check=True, env=installed_env())
-    with open(os.path.join(CHECKOUT, "bin", "pyvmm")) as f:
+    with open(os.path.join(tree, "bin", "pyvmm")) as f:
         first, rest = f.read().split("\n", 1)
     if first != "#!python":
         raise SystemExit(f"bench: bin/pyvmm starts with {first!r}, not #!python (what pip rewrites)")
@@ -116,13 +125,18 @@ def main():
     k, i = guest_in_test_machine("bench/startup.py")
     root = tempfile.mkdtemp(prefix="pyvmm-startup-")
     try:
-        local = []
-        for path in (k, i):
-            local.append(os.path.join(root, os.path.basename(path)))
-            shutil.copyfile(path, local[-1])
-        measure(k, i, installed(os.path.join(root, "venv")), root, tuple(local))
+        measure(k, i, installed(os.path.join(root, "venv")), root, copied_to(root, k, i))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def copied_to(root: str, *paths: str):
+    """The paths of copies of ``paths`` made in ``root`` (a local disk, not the checkout's virtio-fs)."""
+    local = []
+    for path in paths:
+        local.append(os.path.join(root, os.path.basename(path)))
+        shutil.copyfile(path, local[-1])
+    return tuple(local)
 
 
 def measure(k: str, i: str, venv, venv_cwd: str, local):

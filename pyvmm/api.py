@@ -24,7 +24,7 @@ no-op C handler when it has none: :mod:`pyvmm.machine.kick`). Errors are the
 """
 from __future__ import annotations
 
-import threading
+from . import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -84,8 +84,8 @@ class VirtualMachine:
         self._session = session
         self._kvm = kvm  # closed by close() when restore() opened it
         self._console = console
-        self._lock = threading.RLock()
-        self._ready = threading.Event()
+        self._lock = _threads.RLock()
+        self._ready = _threads.Event()
         self._machine: Optional[Machine] = None
         self._vec: Dict[int, VecState] = {}
         self._outcome: Optional[Outcome] = None
@@ -103,7 +103,7 @@ class VirtualMachine:
                 user_ready(m)
             self._ready.set()
         session.on_ready = on_ready
-        self._thread = threading.Thread(target=self._run, name="pyvmm-session", daemon=True)
+        self._thread = _threads.Thread(target=self._run, name="pyvmm-session")
 
     def _run(self) -> None:
         try:
@@ -334,7 +334,7 @@ def _console(output: Optional[Output]):
     if output is not None:
         return output, None
     kept = bytearray()
-    lock = threading.Lock()
+    lock = _threads.Lock()
 
     def keep(data: bytes) -> None:
         with lock:

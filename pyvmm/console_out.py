@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import select
 import stat
-import threading
+from . import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -144,9 +144,9 @@ class UnixEndpoint(Endpoint):
         os.set_blocking(self._wpipe, False)
         self.input_fd = self._rpipe
         self._client: Optional[socket.socket] = None
-        self._lock = threading.Lock()
+        self._lock = _threads.Lock()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
-        self._thread: Optional[threading.Thread] = threading.Thread(target=self._loop, name="console-unix", daemon=True)
+        self._thread: Optional[_threads.Thread] = _threads.Thread(target=self._loop, name="console-unix")
         self._thread.start()
 
     def output(self, data: bytes) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-import threading
+from . import _threads
 from typing import Optional
 
 from .errors import GuestError, HostUnsupported
@@ -18,7 +18,7 @@ _PROBE = (0xD53BE000,  # mrs  x0, cntfrq_el0
           0xF9000020,  # str  x0, [x1]
           0x14000000)  # b    .
 _PSTATE_EL1H_MASKED = 0x3C5
-_lock = threading.Lock()
+_lock = _threads.Lock()
 _value: Optional[int] = None
 
 

@@ -40,6 +40,7 @@ class Kvm(KvmFd):
         # Host facts probed through this handle (sme.discover): the module
         # behind an open /dev/kvm cannot change, so they hold while it is open.
         self.probed: Dict[Any, Any] = {}
+        self._caps: Dict[int, int] = {}  # KVM_CHECK_EXTENSION's answers, by capability (the same reason)
         version = self.get_api_version()
         if version != const("KVM_API_VERSION"):
             self.close()
@@ -50,7 +51,12 @@ class Kvm(KvmFd):
         return self.ioctl("KVM_GET_API_VERSION")
 
     def check_extension(self, cap: int) -> int:
-        return self.ioctl("KVM_CHECK_EXTENSION", cap)
+        """KVM_CHECK_EXTENSION on the system fd, asked once per capability while this handle is
+        open (a machine's build asks for some several times; start-up time)."""
+        answer = self._caps.get(cap)
+        if answer is None:
+            answer = self._caps[cap] = self.ioctl("KVM_CHECK_EXTENSION", cap)
+        return answer
 
     def get_vcpu_mmap_size(self) -> int:
         return self.ioctl("KVM_GET_VCPU_MMAP_SIZE")

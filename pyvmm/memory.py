@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import mmap
 import os
-import threading
+from . import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ class GuestMemory:
     def __init__(self):
         self.regions: List[Region] = []
         self._written: Optional[Dict[int, Set[int]]] = None  # slot -> page indices, while tracking
-        self._written_lock = threading.Lock()
+        self._written_lock = _threads.Lock()
         self._last: Optional[Region] = None  # the region _find found last (one-region fast path)
 
     def add(self, gpa: int, size: int, vm=None, readonly: bool = False, shared: bool = False) -> Region:

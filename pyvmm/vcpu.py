@@ -31,7 +31,7 @@ class Vcpu(DeviceAttrs, KvmFd):
         """KVM_ARM_VCPU_INIT with the given feature bit numbers (e.g.
         ``KVM_ARM_VCPU_PSCI_0_2``, ``KVM_ARM_VCPU_SVE``, the SME bit)."""
         init = ffi.new("struct kvm_vcpu_init *")
-        init.target = self.vm.arm_preferred_target().target if target is None else target
+        init.target = self.vm.preferred_target() if target is None else target
         for bit in features:
             if not 0 <= bit < 7 * 32:
                 raise ValueError(f"feature bit {bit} out of range")

@@ -18,6 +18,7 @@ class Vm(KvmFd):
         super().__init__(fd)
         self.kvm = kvm
         self.vcpus: List = []
+        self._target: Optional[int] = None  # KVM_ARM_PREFERRED_TARGET's, asked once (it is the host CPU's)
 
     # -- one method per ioctl --------------------------------------------------
     def check_extension(self, cap: int) -> int:
@@ -62,6 +63,12 @@ class Vm(KvmFd):
         init = ffi.new("struct kvm_vcpu_init *")
         self.ioctl("KVM_ARM_PREFERRED_TARGET", init)
         return init
+
+    def preferred_target(self) -> int:
+        """The target of :meth:`arm_preferred_target`, asked once per VM."""
+        if self._target is None:
+            self._target = self.arm_preferred_target().target
+        return self._target
 
     def create_device(self, dev_type: int, test: bool = False):
         from .kvm_device import Device

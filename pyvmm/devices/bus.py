@@ -9,7 +9,7 @@ without the lookup and the device's general read path.
 from __future__ import annotations
 
 from _bisect import bisect_right  # bisect's C core, without the bisect module (start-up time)
-import threading
+from .. import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Mapping:
 class MmioBus:
     def __init__(self):
         self._table: Tuple[List[Mapping], List[int]] = ([], [])  # mappings and their bases, by base
-        self._lock = threading.Lock()
+        self._lock = _threads.Lock()
         self.unhandled = 0  # accesses that hit no device
         self.trace = None  # a dict counting (device, offset, r/w) when tracing (--debug)
         # guest physical address -> the 4-byte read of a device's fast_reads()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import select
-import threading
+from .. import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class IoThread:
         self._wake = eventfd()
         self._epoll.register(self._wake, select.EPOLLIN)
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[_threads.Thread] = None
         self.wakeups = 0
 
     def add(self, fd: int, handler: Callable[[], None]) -> None:
@@ -95,7 +95,7 @@ class IoThread:
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="virtio-io", daemon=True)
+            self._thread = _threads.Thread(target=self._loop, name="virtio-io")
             self._thread.start()
 
     def _loop(self) -> None:
@@ -136,7 +136,7 @@ class IoThread:
         """Stop and join the thread; the eventfds stay open (their owners close them)."""
         self._stopping = True
         os.eventfd_write(self._wake, 1)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if self._thread is not None and self._thread.ident != _threads.get_ident():
             self._thread.join()
         self._thread = None
 

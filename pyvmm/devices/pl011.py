@@ -8,7 +8,7 @@ interrupts are raised while it is non-empty.
 """
 from __future__ import annotations
 
-import threading
+from .. import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Pl011:
         self.base, self.spi = base, spi
         self._raise_irq = raise_irq
         self._output = output
-        self._lock = threading.Lock()
+        self._lock = _threads.Lock()
         self._rx: Deque[int] = deque()
         self.tx_bytes = 0
         self.reset()

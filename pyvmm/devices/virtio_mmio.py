@@ -23,7 +23,7 @@ both bits and a level that stays up until the driver acknowledges them
 """
 from __future__ import annotations
 
-import threading
+from .. import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class VirtioMmio:
         self._raise_irq = raise_irq
         self.backend = backend
         backend.transport = self
-        self.lock = threading.RLock()
+        self.lock = _threads.RLock()
         self.queues: List[Virtqueue] = [Virtqueue(mem, backend.queue_max) for _ in range(backend.num_queues)]
         self.error: Optional[str] = None  # why the device is in its error state
         self.notifications = 0

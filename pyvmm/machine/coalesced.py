@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import mmap
-import threading
+from .. import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ class CoalescedRing:
                             offset=page_offset * mmap.PAGESIZE)
         self.ring = ffi.from_buffer("struct kvm_coalesced_mmio_ring *", self.mm)
         self.max = (mmap.PAGESIZE - 8) // self.ENTRY  # KVM_COALESCED_MMIO_MAX
-        self.lock = threading.Lock()
+        self.lock = _threads.Lock()
         self.entries = 0
 
     def pending(self) -> bool:

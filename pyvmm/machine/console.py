@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import select
-import threading
+from .. import _threads
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
@@ -25,15 +25,15 @@ class ConsoleInput:
         self.escape = escape
         self.sink: Optional[Callable[[bytes], int]] = None
         self.on_escape: Optional[Callable[[], None]] = None
-        self._stop = threading.Event()
+        self._stop = _threads.Event()
         self._pending_escape = False
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[_threads.Thread] = None
 
     def start(self) -> None:
         """Start reading (once: later calls do nothing)."""
         if self.fd is None or self._thread is not None:
             return
-        self._thread = threading.Thread(target=self._loop, name="console-input", daemon=True)
+        self._thread = _threads.Thread(target=self._loop, name="console-input")
         self._thread.start()
 
     def _loop(self) -> None:
@@ -89,7 +89,7 @@ class OutputBuffer:
     def __init__(self, output: Callable[[bytes], None]):
         self._output = output
         self._buf = bytearray()
-        self._lock = threading.Lock()
+        self._lock = _threads.Lock()
         self.batching = 0
 
     def write(self, data: bytes) -> None:

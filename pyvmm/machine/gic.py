@@ -14,7 +14,7 @@ encodings they use are in :mod:`pyvmm.machine.gic_regs`.
 from __future__ import annotations
 
 import errno
-import threading
+from .. import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
@@ -490,7 +490,7 @@ class AttrIo32:
         self._value64 = ffi.new("uint64_t *")
         self._attr64 = ffi.new("struct kvm_device_attr *")
         self._attr64.addr = int(ffi.cast("uintptr_t", self._value64))
-        self._lock = threading.Lock()
+        self._lock = _threads.Lock()
         self.record: Optional[Dict[Tuple[int, int], int]] = None  # when set, every value read lands here
 
     def note(self, group: int, attr: int, value: int) -> int:

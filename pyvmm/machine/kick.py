@@ -16,7 +16,7 @@ left installed: a second machine, or one in another thread, needs it too.
 """
 from __future__ import annotations
 
-import threading
+from .. import _threads
 
 from .._ffi import ffi, libc
 
@@ -28,7 +28,7 @@ else:
 
 KICK_SIGNAL = signal.SIGUSR1
 _SIG_DFL, _SIG_IGN = 0, 1
-_lock = threading.Lock()
+_lock = _threads.Lock()
 
 
 def _address(handler) -> int:

@@ -15,7 +15,7 @@ returns EINTR wherever it is.
 """
 from __future__ import annotations
 
-import threading
+from .. import _threads
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
@@ -110,19 +110,22 @@ class Machine:
         self.disks: List[VirtioBlk] = []
         self.dtb = b""
         self.cmdline = full_cmdline(config)
-        self._threads: List[threading.Thread] = []
-        self.done = threading.Event()
-        self._outcome_lock = threading.Lock()
+        self._threads: List[_threads.Thread] = []
+        self.done = _threads.Event()
+        self._outcome_lock = _threads.Lock()
         self._outcome: Optional[Outcome] = None
         self.exits: Dict[str, int] = {}  # by kind; a Counter in the Outcome (collections loads after the run)
         # CLOCK_MONOTONIC ns when a vCPU first entered KVM_RUN (start-up benchmark, bench/startup.py)
         self.first_run_ns: Optional[int] = None
+        # Set by a vCPU thread about to enter KVM_RUN for the first time: run() starts the I/O
+        # and console threads after that (start-up time)
+        self.entered = _threads.Event()
         self.coalesced: Optional[CoalescedRing] = None
         self.vcpu_features: List[List[int]] = []  # INIT features per vCPU (without POWER_OFF)
         self.sme_bit: Optional[int] = None
         self.pmu = False  # the vCPUs have a PMUv3 (build: chosen; restore: their saved features)
         # Pausing (pause()/resume()): vCPU threads park outside KVM_RUN.
-        self._pause_cv = threading.Condition()
+        self._pause_cv = _threads.Condition()
         self._pause_req = False
         self._parked = 0
         # Guest counters (CNTVCT, CNTPCT) read when the vCPUs stopped and
@@ -137,7 +140,7 @@ class Machine:
         self.share_taps = False
         # Held by host-side input into devices (console) and by whoever saves
         # the machine, so a snapshot never sees a half-delivered input.
-        self.io_lock = threading.RLock()
+        self.io_lock = _threads.RLock()
         # Virtio queue notifies and interrupts through KVM_IOEVENTFD/KVM_IRQFD
         # (eventfds False: MMIO exits and KVM_IRQ_LINE, on a KVM without
         # them); Python-emulated queues and the taps of vhost=off served by
@@ -450,8 +453,9 @@ class Machine:
         boot = self.vcpus[0]
         boot.set_reg(regs.core("PC"), p.entry)
         boot.set_reg(regs.core("X0"), p.dtb_addr)
-        for n in (1, 2, 3):
-            boot.set_reg(regs.core(f"X{n}"), 0)
+        # x1-x3 are 0 already: KVM_ARM_VCPU_INIT resets the vCPU, and the reset zeroes every
+        # general-purpose register (arch/arm64/kvm/reset.c, kvm_reset_vcpu); three ONE_REG writes fewer
+        # before the first KVM_RUN (start-up time)
 
     # -- running -----------------------------------------------------------------
     def console_sink(self) -> Callable[[bytes], int]:
@@ -560,7 +564,7 @@ class Machine:
         self._signal_threads()
 
     def _signal_threads(self) -> None:
-        me = threading.get_ident()
+        me = _threads.get_ident()
         for t in self._threads:
             if t.ident is not None and t.ident != me and t.is_alive():
                 try:
@@ -577,10 +581,15 @@ class Machine:
         ensure_handler()
         t0 = time.monotonic()
         for v in self.vcpus:
-            t = threading.Thread(target=run_vcpu, args=(self, v), name=f"vcpu{v.index}", daemon=True)
+            t = _threads.Thread(target=run_vcpu, args=(self, v), name=f"vcpu{v.index}")
             self._threads.append(t)
         for t in self._threads:
             t.start()
+        # This thread would keep the GIL from the vCPU threads (for up to the 5 ms switch
+        # interval) while it starts the I/O and console threads, which nothing needs before the
+        # guest's first device access: let the first vCPU enter KVM_RUN first (the timeout
+        # bounds the wait for a vCPU thread that failed before it got there).
+        self.entered.wait(0.1)
         if self.io is not None:
             self.io.start()
         if on_running is not None:

@@ -2,7 +2,7 @@
 resets, with the console input and a stop that any thread may request."""
 from __future__ import annotations
 
-import threading
+from .. import _threads
 import time
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
@@ -46,7 +46,7 @@ class Session:
         self.kvm = kvm
         self.console_in = ConsoleInput(input_fd, escape)
         self.console_in.on_escape = self._escaped
-        self._lock = threading.RLock()  # re-entered by a signal handler calling stop()
+        self._lock = _threads.RLock()  # re-entered by a signal handler calling stop()
         self._current: Optional[Machine] = None
         self._stop_request: Optional[Tuple[ExitStatus, str]] = None
 

@@ -124,6 +124,7 @@ def run_vcpu(machine, vcpu) -> None:
     done = machine.done
     if machine.first_run_ns is None:
         machine.first_run_ns = time.monotonic_ns()
+    machine.entered.set()  # Machine.run starts its other threads now
     try:
         while not done.is_set():
             try:

@@ -14,7 +14,7 @@ import threading
 import pytest
 
 import pyvmm
-from pyvmm import api
+from pyvmm import _threads, api
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PKG = os.path.join(ROOT, "pyvmm")
@@ -70,6 +70,7 @@ def _errors_in_a_thread(fn):
     t.join(60)
     assert not t.is_alive()
     assert set(threading.enumerate()) == before, "threads left behind"
+    assert _threads.alive() == [], "pyvmm threads left behind"
     return caught[0] if caught else None
 
 

@@ -5,12 +5,11 @@ import os
 import select
 import socket
 import stat
-import threading
 import time
 
 import pytest
 
-from pyvmm import console_out
+from pyvmm import _threads, console_out
 from pyvmm.errors import UsageProblem
 
 
@@ -82,7 +81,7 @@ def test_unix_socket_console(tmp_path):
     finally:
         ep.close()
     assert not os.path.exists(path)
-    assert not [t for t in threading.enumerate() if t.name == "console-unix"]
+    assert "console-unix" not in _threads.alive()
 
 
 def test_unix_close_while_input_waits_for_the_guest(tmp_path):
@@ -101,7 +100,7 @@ def test_unix_close_while_input_waits_for_the_guest(tmp_path):
     ep.close()
     c.close()
     assert time.monotonic() - t0 < 2.0
-    assert not [t for t in threading.enumerate() if t.name == "console-unix"]
+    assert "console-unix" not in _threads.alive()
 
 
 def test_log_file(tmp_path):

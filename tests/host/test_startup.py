@@ -74,6 +74,9 @@ def test_run_path_loads_no_typing_regex_or_sysreg_table(tmp_path):
     assert "pyvmm.machine.machine" in mods and "pyvmm.arm64.sysregs" in mods  # the checks below mean something
     assert under(mods, "typing", "re", "contextlib", "warnings", "collections.abc", "signal", "binascii",
                  "struct", "bisect", "pyvmm.arm64.errno_explain") == []  # struct, bisect: their C cores do
+    # threads and locks come from _thread (pyvmm/_threads.py): threading loads warnings, _weakrefset
+    # and types, about 35 ms in the emulated test machine
+    assert under(mods, "threading", "_weakrefset", "types") == []
     assert built == "False"  # the sysreg tables are built on first use, not by the names resolved at import
 
 
@@ -186,17 +189,17 @@ def test_restore_loads_no_thread_pool_or_random_before_the_guest_runs():
 def test_run_path_loads_no_enum_functools_or_collections(tmp_path):
     # ExitStatus (an IntEnum) loads when a run ends; exits are counted in dicts (a Counter only in the
     # Outcome); the records are tuples without namedtuple: enum, and the functools and collections it
-    # loads, cost ~0.2 s in the emulated test machine (issue 13, item 5). What the interpreter's own
-    # threading loads is not pyvmm's doing (3.11's loads functools and collections, 3.13's neither).
+    # loads, cost ~0.2 s in the emulated test machine (issue 13, item 5). (threading, which 3.11's
+    # loads functools and collections with, is not loaded either: pyvmm/_threads.py.)
     import site
 
     path = os.pathsep.join([ROOT, *site.getsitepackages()])
     built, *mods = run_until_kvm(tmp_path, "-S", path=path)
     assert "pyvmm.machine.vcpu_loop" in mods and "pyvmm.api" in mods  # the check below means something
-    out = subprocess.run([sys.executable, "-S", "-c", "import sys, threading; print(*sys.modules)"],
+    out = subprocess.run([sys.executable, "-S", "-c", "import sys; print(*sys.modules)"],
                          stdout=subprocess.PIPE, text=True, check=True, timeout=120).stdout
     own = set(out.split())
-    assert under(set(mods) - own, "enum", "functools", "collections", "operator", "keyword", "reprlib", "heapq",
+    assert under(set(mods) - own, "threading", "enum", "functools", "collections", "operator", "keyword", "reprlib", "heapq",
                  "pyvmm.machine.exit_status", "pyvmm.exits") == []  # exits: decoded at the first non-MMIO exit
 
 
@@ -265,3 +268,22 @@ def test_run_prepares_the_payload_once(tmp_path):
         Session(config, lambda data: None, payload=payload).run()
     with pytest.raises(UsageProblem, match="initrd .*: no such file"):
         Session(config, lambda data: None).run()
+
+
+def test_the_open_ahead_of_run_files_never_blocks_or_raises(tmp_path):
+    # pyvmm run opens its -k/-i files on a thread while it loads (pyvmm/commands/entry.py): a
+    # missing file, a directory or a FIFO without a writer (an open that would block) are passed over
+    import threading
+
+    from pyvmm.commands import entry
+
+    fifo, regular = tmp_path / "fifo", tmp_path / "Image"
+    os.mkfifo(fifo)
+    regular.write_bytes(b"x")
+    fds = len(os.listdir("/proc/self/fd"))
+    t = threading.Thread(target=entry._open_and_close,
+                         args=([str(tmp_path / "missing"), str(tmp_path), str(fifo), str(regular)],), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive()
+    assert len(os.listdir("/proc/self/fd")) == fds  # each one it opened is closed

@@ -22,6 +22,7 @@ PRELUDE = f"""
 import dataclasses, json, os, signal, sys, threading, time, traceback
 sys.path.insert(0, {CHECKOUT!r})
 import pyvmm
+from pyvmm import _threads
 assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL, "the test needs SIGUSR1 without a handler"
 result = {{}}
 
@@ -36,7 +37,7 @@ def in_a_thread(fn):
     t.start()
     t.join(900)
     result.setdefault("error", "the scenario did not finish") if t.is_alive() else None
-    result["threads_left"] = [x.name for x in threading.enumerate() if x is not threading.main_thread()]
+    result["threads_left"] = [x.name for x in threading.enumerate() if x is not threading.main_thread()] + _threads.alive()
     print(json.dumps(result))
 """
 

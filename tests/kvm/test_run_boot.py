@@ -29,6 +29,7 @@ def test_one_vcpu_boots_to_init_with_cmdline_and_initrd():
     assert "pyvmm-guest: init" in out  # /init of the initrd ran
     assert "cpus=1" in out
     assert "pyvmm.marker=x1y2z3" in out  # the command line arrived
+    assert "x1-x3 nonzero" not in out  # Linux checks the boot protocol (pr_err, shown with quiet)
     assert "virtio_mmio.ko" in out
 
 

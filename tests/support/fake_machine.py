@@ -31,6 +31,7 @@ class FakeMachine:
         self.outcomes = []
         self.exits = Counter()
         self.first_run_ns = None  # set by the loop before its first KVM_RUN
+        self.entered = threading.Event()  # the same moment
 
     def pause_point(self, vcpu):
         if self.paused:  # parks once: the pause is then lifted
