@@ -69,35 +69,19 @@ class Chosen:
         return [f for f in self.init_features() if f not in skip]
 
 
-# The key of the SVE/PMU/pauth answers in a Kvm handle's ``probed``.
-_CAPS_KEY = "guest_features.caps"
-
-
-def _caps(kvm) -> tuple:
-    """(sve, pmu, pauth) as this host's KVM offers them: asked once per
-    :class:`pyvmm.kvm.Kvm` handle (its ``probed``, as sme.discover keeps
-    the SME bit); a handle without ``probed`` is asked every time."""
-    probed = getattr(kvm, "probed", None)
-    if probed is not None and _CAPS_KEY in probed:
-        return probed[_CAPS_KEY]
-    caps = (kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0,
-            kvm.check_extension(const("KVM_CAP_ARM_PMU_V3")) > 0,
-            kvm.check_extension(const("KVM_CAP_ARM_PTRAUTH_ADDRESS")) > 0
-            and kvm.check_extension(const("KVM_CAP_ARM_PTRAUTH_GENERIC")) > 0)
-    if probed is not None:
-        probed[_CAPS_KEY] = caps
-    return caps
-
-
 def offered(kvm, probe_sme: bool = True) -> Offered:
     """Probe this host's KVM (the SME feature bit by sme.discover, ABI page §2;
-    ``probe_sme=False``: SME left out, for a guest that gets none). Both
-    parts are kept in the handle's ``probed``: asking again probes nothing."""
+    ``probe_sme=False``: SME left out, for a guest that gets none). Asking
+    again probes nothing: the SME bit is kept in the handle's ``probed`` and
+    :meth:`pyvmm.kvm.Kvm.check_extension` keeps each capability's answer."""
     from .sme import SmeDiscovery, discover
 
     found = discover(kvm) if probe_sme else SmeDiscovery(None, None, (), "not probed", "not probed")
-    sve, pmu, pauth = _caps(kvm)
-    return Offered(sve=sve, sme_bit=found.bit if found.present else None, pmu=pmu, pauth=pauth,
+    return Offered(sve=kvm.check_extension(const("KVM_CAP_ARM_SVE")) > 0,
+                   sme_bit=found.bit if found.present else None,
+                   pmu=kvm.check_extension(const("KVM_CAP_ARM_PMU_V3")) > 0,
+                   pauth=(kvm.check_extension(const("KVM_CAP_ARM_PTRAUTH_ADDRESS")) > 0
+                          and kvm.check_extension(const("KVM_CAP_ARM_PTRAUTH_GENERIC")) > 0),
                    sme_reason="" if found.present else found.reason)
 
 
