@@ -181,7 +181,10 @@ def execute(values: Dict[str, Any]) -> int:
         disks=[parse_disk(d) for d in values["disks"]], console=values["console"], rng=not values["no_rng"],
         nets=net_specs, vsock=vsock_spec, fss=fs_specs, on_reboot=values["on_reboot"],
         dump_dtb=values["dump_dtb"], kvm_path=values["kvm_path"], trace_mmio=debug)
-    payload = machine_lib.prepare(config)  # usage errors before touching the terminal; read once
+    from .entry import take_opened
+
+    # usage errors before touching the terminal; the files -k/-i name as entry opened them ahead
+    payload = machine_lib.prepare(config, take_opened())
     console_out = values["console_out"]
     _check_console_out(console_out)
     from ..api import start
