@@ -128,7 +128,7 @@ def test_save_restore_round_trip_into_a_fresh_vm(vms):
     mpidrs = a.mpidrs()
     assert [gic_regs.mpidr_affinity(m) for m in mpidrs] == [0, 1]
     pristine = a.gic.save(mpidrs)
-    _dirty(a.gic, mpidrs, a.vm)
+    _dirty(a.gic.state, mpidrs, a.vm)  # the single-register side: VgicState
     saved = a.gic.save(mpidrs)
     assert saved != pristine
     _assert_dirty_state(saved, mpidrs)
