@@ -17,7 +17,10 @@ if TYPE_CHECKING:
     from typing import Dict, NamedTuple, Optional, Tuple
 
 from .._record import tuple_record
-from . import sysregs
+
+# pyvmm.arm64.sysregs (the system registers' names and encodings) is imported by the
+# functions that look a name or an encoding up, on first use: ``pyvmm run`` needs none
+# of it, as the registers it names are the constants below (issue 13, item 5: start-up).
 
 KVM_REG_ARM64 = 0x6000000000000000
 ARCH_MASK = 0xFF00000000000000
@@ -131,15 +134,17 @@ def sysreg(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
 
 
 def sysreg_named(name: str) -> int:
+    from . import sysregs
+
     return sysreg(*sysregs.encoding_of(name))
 
 
 # The guest's counters (virtual, physical): what a pause hides and a restore's
 # clock policy moves (KVM exposes them as ONE_REG sysregs; writing one sets the
 # VM's counter offset).
-GUEST_COUNTERS = (sysreg_named("CNTVCT_EL0"), sysreg_named("CNTPCT_EL0"))
+GUEST_COUNTERS = (0x603000000013df1a, 0x603000000013df01)  # CNTVCT_EL0, CNTPCT_EL0
 # The guest's timers' control registers (virtual, physical): 0 disables a timer.
-TIMER_CTLS = (sysreg_named("CNTV_CTL_EL0"), sysreg_named("CNTP_CTL_EL0"))
+TIMER_CTLS = (0x603000000013df19, 0x603000000013df11)  # CNTV_CTL_EL0, CNTP_CTL_EL0
 
 
 def fw(n: int) -> int:
@@ -195,20 +200,20 @@ def sme_zt(n: int = 0) -> int:
 SME_VLS = _make(SIZE_U512, COPROC_SME, SME_VLS_LOW)
 
 # Frequently used system registers.
-SVCR = sysreg_named("SVCR")
-SMCR_EL1 = sysreg_named("SMCR_EL1")
-SMPRI_EL1 = sysreg_named("SMPRI_EL1")
-SMIDR_EL1 = sysreg_named("SMIDR_EL1")
-TPIDR2_EL0 = sysreg_named("TPIDR2_EL0")
-TPIDR_EL0 = sysreg_named("TPIDR_EL0")
-FPMR = sysreg_named("FPMR")
-ZCR_EL1 = sysreg_named("ZCR_EL1")
-ID_AA64PFR0_EL1 = sysreg_named("ID_AA64PFR0_EL1")
-ID_AA64PFR1_EL1 = sysreg_named("ID_AA64PFR1_EL1")
-ID_AA64SMFR0_EL1 = sysreg_named("ID_AA64SMFR0_EL1")
-ID_AA64ZFR0_EL1 = sysreg_named("ID_AA64ZFR0_EL1")
-MPIDR_EL1 = sysreg_named("MPIDR_EL1")
-CNTFRQ_EL0 = sysreg_named("CNTFRQ_EL0")
+SVCR = 0x603000000013da12  # SVCR
+SMCR_EL1 = 0x603000000013c096  # SMCR_EL1
+SMPRI_EL1 = 0x603000000013c094  # SMPRI_EL1
+SMIDR_EL1 = 0x603000000013c806  # SMIDR_EL1
+TPIDR2_EL0 = 0x603000000013de85  # TPIDR2_EL0
+TPIDR_EL0 = 0x603000000013de82  # TPIDR_EL0
+FPMR = 0x603000000013da22  # FPMR
+ZCR_EL1 = 0x603000000013c090  # ZCR_EL1
+ID_AA64PFR0_EL1 = 0x603000000013c020  # ID_AA64PFR0_EL1
+ID_AA64PFR1_EL1 = 0x603000000013c021  # ID_AA64PFR1_EL1
+ID_AA64SMFR0_EL1 = 0x603000000013c025  # ID_AA64SMFR0_EL1
+ID_AA64ZFR0_EL1 = 0x603000000013c024  # ID_AA64ZFR0_EL1
+MPIDR_EL1 = 0x603000000013c005  # MPIDR_EL1
+CNTFRQ_EL0 = 0x603000000013df00  # CNTFRQ_EL0
 
 
 # ---- decoding ----------------------------------------------------------------
@@ -257,6 +262,8 @@ def decode(reg_id: int) -> Decoded:
         if size != 8 or low != reg_id & 0xFFFF or reg_id & 0xFFFF0000 != COPROC_SYSREG << 16:
             return unknown
         enc = ((low >> 14) & 3, (low >> 11) & 7, (low >> 7) & 15, (low >> 3) & 15, low & 7)
+        from . import sysregs
+
         name = sysregs.name_of(enc)
         known = enc in sysregs.BY_ENCODING or sysregs.is_id_space(enc)
         return Decoded("sysreg", name, size, encoding=enc, known=known)
@@ -337,7 +344,7 @@ def parse(text: str) -> int:
         if m:
             return build(m)
     try:
-        return sysreg(*sysregs.encoding_of(t))
+        return sysreg_named(t)
     except KeyError:
         raise KeyError(f"unknown register name {text!r} (try e.g. X0, V3, Z3, P1, FFR, "
                        f"ZA[12], ZT0, SVCR, SCTLR_EL1, SVE_VLS, SME_VLS)") from None

@@ -159,10 +159,3 @@ def read_file(path: str, what: str, limit=None) -> bytes:
             return f.read() if limit is None else f.read(limit)
         except OSError as e:
             raise ImageError(f"{what} {path}: {e.strerror}") from None
-
-
-def file_size(path: str, what: str) -> int:
-    """The size of a file this process can open for reading (it is not read:
-    a loader maps or reads it later), or ImageError saying why not."""
-    with open_file(path, what) as f:
-        return os.fstat(f.fileno()).st_size

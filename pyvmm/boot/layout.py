@@ -81,6 +81,7 @@ QEMU_INITRD_OFFSET = 128 * MiB  # the initrd at min(RAM/2, this) from the RAM ba
 TIMER_PPI_SEC, TIMER_PPI_PHYS, TIMER_PPI_VIRT, TIMER_PPI_HYP = 13, 14, 11, 10
 PMU_PPI = 7  # the PMU overflow interrupt (INTID 23), where QEMU's virt board puts it
 SPI_BASE_INTID = 32
+NR_IRQS = 128  # the vGIC's interrupts: 32 private + 96 SPIs (UART SPI 1, 32 virtio slots SPI 16..47)
 
 
 def virtio_slot(n: int):

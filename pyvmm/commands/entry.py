@@ -17,7 +17,7 @@ import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Any, Callable, List, NoReturn, Optional, Sequence
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 
 def fail(error: BaseException, debug: bool) -> NoReturn:
@@ -62,25 +62,58 @@ def _command_module(name: str) -> Any:
     return sys.modules[full]
 
 
+_opened: Dict[str, Any] = {}  # path -> file, what _open_ahead's thread opened
+_opening: Any = None  # a lock its thread holds until it is done
+
+
 def _open_ahead(args: Sequence[str]) -> None:
-    """Open and close the files ``pyvmm run``'s -k/--kernel and -i/--initrd name, on a thread,
-    while this one loads the command: the guest's files may be on a file system whose open is
-    slow (the test machine's virtio-fs drops a file's cached pages at each open: 20-125 ms for
-    a kernel a previous guest ran from, docs/benchmarks.md), and the open that reads them later
-    then finds nothing left to drop. Nothing is read; an error is left for that later open to report."""
+    """Open the files ``pyvmm run``'s -k/--kernel and -i/--initrd name, on a thread, while
+    this one loads the command; :func:`take_opened` hands them to the run, whose checks and
+    first load use them without opening them again. The guest's files may be on a file
+    system where each open costs round trips (FUSE, NFS; the test machine's virtio-fs also
+    drops a file's cached pages at each open: 20-125 ms for a kernel a previous guest ran
+    from, docs/benchmarks.md). Nothing is read. Only regular files are kept; an error is
+    left for the run's own open to report."""
+    global _opening
     paths = [args[i + 1] for i in range(len(args) - 1) if args[i] in ("-k", "--kernel", "-i", "--initrd")]
     if paths:
         import _thread
 
-        _thread.start_new_thread(_open_and_close, (paths,))
+        _opening = _thread.allocate_lock()
+        _opening.acquire()
+        _thread.start_new_thread(_open_files, (paths, _opening))
 
 
-def _open_and_close(paths: List[str]) -> None:
-    for path in paths:
-        try:
-            os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY))
-        except (OSError, ValueError):
+def _open_files(paths: List[str], done: Any) -> None:
+    try:
+        for path in paths:
+            try:
+                # O_NONBLOCK: a FIFO or device named by mistake must not hang this thread
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            except (OSError, ValueError):
+                continue
+            try:
+                regular = (os.fstat(fd).st_mode & 0o170000) == 0o100000  # S_ISREG, without the stat module
+            except OSError:
+                regular = False
+            if not regular or path in _opened:
+                os.close(fd)
+                continue
+            os.set_blocking(fd, True)
+            _opened[path] = open(fd, "rb", buffering=0)
+    finally:
+        done.release()
+
+
+def take_opened() -> Dict[str, Any]:
+    """The files :func:`_open_ahead` opened (by path, unbuffered), once its thread is
+    done; the caller owns them (:func:`pyvmm.machine.config.prepare` takes them)."""
+    if _opening is not None:
+        with _opening:
             pass
+    files = dict(_opened)
+    _opened.clear()
+    return files
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
 else:
     import _signal as signal  # signal's C core: the same calls with int numbers, without enum (start-up time)
 
-from .. import console_out as console_out_lib
 from .. import machine as machine_lib
 from ..boot import layout
 from ..errors import UsageProblem
@@ -21,6 +20,26 @@ from .options import Option, lazy_command
 
 if TYPE_CHECKING:
     from ..api import VirtualMachine
+    from ..console_out import Endpoint
+
+
+def _console_endpoint(spec: Optional[str]) -> Optional[Endpoint]:
+    """The --console-out endpoint opened (:mod:`pyvmm.console_out`), or None for this
+    process's terminal, the default, which needs nothing opened (nor that module loaded:
+    issue 13, item 5, start-up time)."""
+    if spec in (None, "tty"):
+        return None
+    from ..console_out import open_endpoint
+
+    return open_endpoint(spec)
+
+
+def _check_console_out(spec: Optional[str]) -> None:
+    """A --console-out value's form checked (nothing opened): a usage error before anything starts."""
+    if spec not in (None, "tty"):
+        from ..console_out import parse
+
+        parse(spec)
 
 
 def last_words(outcome) -> str:
@@ -162,9 +181,12 @@ def execute(values: Dict[str, Any]) -> int:
         disks=[parse_disk(d) for d in values["disks"]], console=values["console"], rng=not values["no_rng"],
         nets=net_specs, vsock=vsock_spec, fss=fs_specs, on_reboot=values["on_reboot"],
         dump_dtb=values["dump_dtb"], kvm_path=values["kvm_path"], trace_mmio=debug)
-    payload = machine_lib.prepare(config)  # usage errors before touching the terminal; read once
+    from .entry import take_opened
+
+    # usage errors before touching the terminal; the files -k/-i name as entry opened them ahead
+    payload = machine_lib.prepare(config, take_opened())
     console_out = values["console_out"]
-    console_out_lib.parse(console_out)
+    _check_console_out(console_out)
     from ..api import start
 
     return run_on_console(lambda **kw: start(config, payload=payload, **kw), debug, control=values["control"],
@@ -185,7 +207,7 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
     Returns the exit status. Shared by run and restore. ``cancel()`` is
     called when a signal comes while the machine is still being built
     (restore --incoming: the migration is abandoned before the guest runs here)."""
-    console_out_lib.parse(console_out)  # usage errors before anything is opened
+    _check_console_out(console_out)  # usage errors before anything is opened
     server = None
     on_ready = None
     endpoint = None
@@ -217,13 +239,13 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
                 signal.SIGTERM: lambda s, f: stop(machine_lib.ExitStatus.TERMINATED, "stopped by SIGTERM")}
     old = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
-        endpoint = console_out_lib.open_endpoint(console_out)
-        if endpoint.kind != "tty":
+        endpoint = _console_endpoint(console_out)
+        if endpoint is not None and endpoint.kind != "tty":
             output, stdin_fd = endpoint.output, endpoint.input_fd
             _say(f"console on {endpoint.kind} {endpoint.name}")
         if server is not None:
             server.start()
-        if endpoint.kind == "tty" and stdin_fd is not None and os.isatty(stdin_fd):
+        if (endpoint is None or endpoint.kind == "tty") and stdin_fd is not None and os.isatty(stdin_fd):
             import termios
             import tty
 
@@ -252,7 +274,8 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
             endpoint.close()
     if debug:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(outcome.exits.items())) or "none"
-        dropped = f" ({endpoint.dropped} dropped: nobody read them)" if endpoint.dropped else ""
+        lost = endpoint.dropped if endpoint is not None else 0
+        dropped = f" ({lost} dropped: nobody read them)" if lost else ""
         first = "" if outcome.first_run_ns is None else \
             f", first KVM_RUN at CLOCK_MONOTONIC {outcome.first_run_ns / 1e9:.6f} s"
         _say(f"{outcome.reason}; VM set-up {outcome.build_seconds:.2f} s{first}, guest ran "

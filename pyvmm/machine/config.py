@@ -134,7 +134,13 @@ class Payload:
     time each file is mapped copy-on-write over guest RAM (the guest reads
     each page from the page cache on first touch: start-up does not wait for
     the whole file), or, where RAM cannot be mapped over (shared with a
-    vhost-user daemon, or not page aligned on this host), read straight into it."""
+    vhost-user daemon, or not page aligned on this host), read straight into it.
+
+    ``files`` holds the kernel and initrd as :func:`prepare` opened them
+    (``"kernel"``, ``"initrd"``): the first load reads the very files that were
+    checked, without opening them again (on a network or FUSE file system each
+    open is round trips: start-up time). A later load (a reboot) opens the paths
+    anew; :meth:`close` closes what no load took."""
     data: Optional[bytes]  # firmware bytes; None for a kernel (read from kernel_path)
     plan: layout.BootPlan
     firmware: bool
@@ -142,6 +148,7 @@ class Payload:
     kernel_size: int = 0
     initrd_path: Optional[str] = None
     initrd_size: int = 0
+    files: Dict[str, Any] = field(default_factory=dict)
 
     def load_into(self, mem, addr: int) -> None:
         """The kernel (or firmware) into ``mem`` at ``addr``."""
@@ -149,21 +156,31 @@ class Payload:
             mem.write(addr, self.data)
             return
         assert self.kernel_path is not None  # a kernel payload always has its path
-        load_file(mem, addr, self.kernel_path, self.kernel_size, "kernel")
+        load_file(mem, addr, self.kernel_path, self.kernel_size, "kernel", self.files.pop("kernel", None))
 
     def load_initrd(self, mem, addr: int) -> None:
         """The initrd (if there is one) into ``mem`` at ``addr``."""
         if self.initrd_path is not None:
-            load_file(mem, addr, self.initrd_path, self.initrd_size, "initrd")
+            load_file(mem, addr, self.initrd_path, self.initrd_size, "initrd", self.files.pop("initrd", None))
+
+    def close(self) -> None:
+        """Close the files :func:`prepare` opened that no load took."""
+        _close_all(self.files)
+
+
+def _close_all(files: Dict[str, Any]) -> None:
+    while files:
+        files.popitem()[1].close()
 
 
 LOAD_CHUNK = 4 << 20
 
 
-def load_file(mem, addr: int, path: str, size: int, what: str) -> None:
+def load_file(mem, addr: int, path: str, size: int, what: str, f: Any = None) -> None:
     """The ``size`` bytes of the file at ``path`` (checked by :func:`prepare`)
-    into guest RAM at ``addr``: mapped copy-on-write where RAM allows it, else read."""
-    with image.open_file(path, what, buffering=0) as f:
+    into guest RAM at ``addr``: mapped copy-on-write where RAM allows it, else read.
+    ``f``: the file already open (unbuffered), closed here; else ``path`` is opened."""
+    with f if f is not None else image.open_file(path, what, buffering=0) as f:
         if os.fstat(f.fileno()).st_size != size:
             raise UsageProblem(f"{what} {path} changed size while loading")
         if mem.mappable(addr, size):
@@ -176,6 +193,7 @@ def load_file(mem, addr: int, path: str, size: int, what: str) -> None:
         # and 21.2 with sendfile(2), one loaded run each: reading the file
         # over virtio-fs dominates, so no gain is shown yet)
         mem.populate(addr, size)
+        f.seek(0)
         with mem.view(addr, size) as view:
             done = 0
             while done < size:
@@ -248,8 +266,31 @@ def check_devices(config: MachineConfig) -> None:
                                ("no such directory" if not os.path.exists(f.dir) else "not a directory"))
 
 
-def prepare(config: MachineConfig) -> Payload:
-    """Validate options and files; raise UsageProblem with the reason."""
+def prepare(config: MachineConfig, opened: Optional[Dict[str, Any]] = None) -> Payload:
+    """Validate options and files; raise UsageProblem with the reason. The
+    kernel and initrd stay open in the payload (:attr:`Payload.files`) for its
+    first load. ``opened``: files the caller opened already, by path (unbuffered,
+    read-only: :func:`pyvmm.commands.entry.take_opened`); those used are moved
+    into the payload, the rest closed."""
+    files: Dict[str, Any] = {}
+    try:
+        payload = _prepare(config, opened or {}, files)
+    except BaseException:
+        _close_all(files)
+        raise
+    finally:
+        if opened:
+            _close_all(opened)
+    payload.files = files
+    return payload
+
+
+def _open(opened: Dict[str, Any], path: str, what: str) -> Any:
+    f = opened.pop(path, None)
+    return f if f is not None else image.open_file(path, what, buffering=0)
+
+
+def _prepare(config: MachineConfig, opened: Dict[str, Any], files: Dict[str, Any]) -> Payload:
     check_options(config)
     check_devices(config)
     if bool(config.kernel) == bool(config.firmware):
@@ -258,7 +299,8 @@ def prepare(config: MachineConfig) -> Payload:
     initrd_size = 0
     if config.initrd:
         # opened to check it, not read: the loader maps it (start-up time)
-        initrd_size = image.file_size(config.initrd, "initrd")
+        f = files["initrd"] = _open(opened, config.initrd, "initrd")
+        initrd_size = os.fstat(f.fileno()).st_size
         if not initrd_size:
             raise UsageProblem(f"initrd {config.initrd}: the file is empty")
     has_initrd = bool(config.initrd)
@@ -271,8 +313,12 @@ def prepare(config: MachineConfig) -> Payload:
         return Payload(data, plan, True, initrd_path=initrd_path, initrd_size=initrd_size)
     kernel = config.kernel
     assert kernel  # exactly one of kernel and firmware, checked above
-    head = image.read_file(kernel, "kernel", image.HEAD_BYTES)
-    size = os.path.getsize(kernel)
+    f = files["kernel"] = _open(opened, kernel, "kernel")
+    try:
+        head = os.pread(f.fileno(), image.HEAD_BYTES, 0)
+        size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise image.ImageError(f"kernel {kernel}: {e.strerror}") from None
     hdr = image.parse_header(head, f"kernel {kernel}", file_size=size)
     plan = layout.plan(config.mem, image.load_size(hdr, size), hdr.text_offset, initrd_size, has_initrd)
     return Payload(None, plan, False, config.kernel, size, initrd_path, initrd_size)

@@ -9,9 +9,7 @@ if TYPE_CHECKING:
 
 from .._ffi import const
 from ..arm64 import regs, sysregs
-from ..boot import layout
-
-NR_IRQS = 128  # 32 private + 96 SPIs: UART (SPI 1) and 32 virtio slots (SPI 16..47)
+from ..boot.layout import NR_IRQS  # noqa: F401 (the vGIC's size, part of the machine's layout)
 
 # ---- vGICv3 registers (GICv3 architecture specification, chapter 12) ---------
 # Distributor, offsets from GICD_BASE. Per-interrupt banks hold bits_per_irq
@@ -157,8 +155,3 @@ def spi_words(nr_irqs: int, bits_per_irq: int) -> range:
     """Word indices of a distributor bank covering INTIDs 32..nr_irqs-1."""
     return range(bits_per_irq, nr_irqs * bits_per_irq // 32)
 
-
-def spi_irq_line(spi: int) -> int:
-    """The KVM_IRQ_LINE ``irq`` field for SPI ``spi`` (arm64: type in [27:24],
-    vcpu index in [23:16], interrupt number in [15:0]; SPIs use the INTID)."""
-    return (const("KVM_ARM_IRQ_TYPE_SPI") << const("KVM_ARM_IRQ_TYPE_SHIFT")) | (layout.SPI_BASE_INTID + spi)

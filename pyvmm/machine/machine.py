@@ -46,8 +46,7 @@ from ..vcpu import mpidr_of
 from .coalesced import CoalescedRing
 from .config import MachineConfig, Outcome, Payload, counter, full_cmdline
 from .console import OutputBuffer
-from .gic import VgicV3
-from .gic_regs import spi_irq_line
+from .gic import VgicV3, spi_irq_line
 from .kick import KICK_SIGNAL, ensure_handler
 from .vcpu_loop import run_vcpu
 from . import virtio_notify

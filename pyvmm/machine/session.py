@@ -87,7 +87,12 @@ class Session:
         if payload is None and self.first_build is None:
             payload = prepare(config)
         own_kvm = self.kvm is None
-        kvm = open_kvm(config.kvm_path) if own_kvm else self.kvm
+        try:
+            kvm = open_kvm(config.kvm_path) if own_kvm else self.kvm
+        except BaseException:
+            if payload is not None:
+                payload.close()
+            raise
         resets = 0
         first_run_ns: Optional[int] = None
         try:
@@ -151,6 +156,8 @@ class Session:
                 return outcome
         finally:
             self.console_in.stop()
+            if payload is not None:
+                payload.close()  # the files its first load did not take (a build that failed before it)
             if own_kvm:
                 kvm.close()
 

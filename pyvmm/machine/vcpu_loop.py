@@ -119,13 +119,13 @@ def run_vcpu(machine, vcpu) -> None:
     ``machine`` is paused. Ends the machine on a verdict or a failure."""
     counts: Dict[str, int] = {}  # a dict, not a Counter: collections loads after the run
     run, bus, index = vcpu.run_struct, machine.bus, vcpu.index
-    kvm_run = vcpu.prepare_run()
     ring = machine.coalesced
     done = machine.done
-    if machine.first_run_ns is None:
-        machine.first_run_ns = time.monotonic_ns()
-    machine.entered.set()  # Machine.run starts its other threads now
     try:
+        kvm_run = vcpu.prepare_run()  # inside the try: a failure here ends the machine too
+        if machine.first_run_ns is None:
+            machine.first_run_ns = time.monotonic_ns()
+        machine.entered.set()  # Machine.run starts its other threads now
         while not done.is_set():
             try:
                 kvm_run()

@@ -209,6 +209,7 @@ def test_the_initrd_is_checked_by_prepare_and_loaded_like_the_kernel(tmp_path):
     with pytest.raises(UsageProblem, match="initrd .*: no such file"):  # e.g. when a reset boots it again
         payload.load_initrd(mem, addr)
     mem.close()
+    payload.close()  # the kernel prepare opened, which nothing loaded here
     with pytest.raises(UsageProblem, match="initrd .*: no such file"):
         prepare(config)
     initrd.write_bytes(b"")

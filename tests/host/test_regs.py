@@ -146,3 +146,17 @@ def test_vls_layout_matches_abi_page():
     assert int.from_bytes(buf[:8], "little") == 0b1011
     assert regs.vls_decode(bytes(8) + (1).to_bytes(8, "little") + bytes(48)) == [65]
     assert regs.vls_cut([1, 2, 4, 8, 16], 4) == [1, 2, 4]
+
+
+def test_named_sysreg_constants_are_the_encodings_of_their_names():
+    # regs.py spells these ids as literals so that `pyvmm run` does not load the sysregs table;
+    # each must be what the table says the name encodes to.
+    named = {"SVCR": regs.SVCR, "SMCR_EL1": regs.SMCR_EL1, "SMPRI_EL1": regs.SMPRI_EL1,
+             "SMIDR_EL1": regs.SMIDR_EL1, "TPIDR2_EL0": regs.TPIDR2_EL0, "TPIDR_EL0": regs.TPIDR_EL0,
+             "FPMR": regs.FPMR, "ZCR_EL1": regs.ZCR_EL1, "ID_AA64PFR0_EL1": regs.ID_AA64PFR0_EL1,
+             "ID_AA64PFR1_EL1": regs.ID_AA64PFR1_EL1, "ID_AA64SMFR0_EL1": regs.ID_AA64SMFR0_EL1,
+             "ID_AA64ZFR0_EL1": regs.ID_AA64ZFR0_EL1, "MPIDR_EL1": regs.MPIDR_EL1, "CNTFRQ_EL0": regs.CNTFRQ_EL0}
+    for name, value in named.items():
+        assert value == regs.sysreg_named(name), name
+    assert regs.GUEST_COUNTERS == (regs.sysreg_named("CNTVCT_EL0"), regs.sysreg_named("CNTPCT_EL0"))
+    assert regs.TIMER_CTLS == (regs.sysreg_named("CNTV_CTL_EL0"), regs.sysreg_named("CNTP_CTL_EL0"))

@@ -3,6 +3,7 @@ vCPUs run (the build is not held up by the reader's thread; the guest cannot
 tell), a restored one's from the start (Ctrl-A x can stop a long restore).
 Pure logic: the machine is a fake that records what it saw."""
 import os
+import types
 
 import pytest
 
@@ -45,8 +46,9 @@ def test_console_input_is_read_once_the_vcpus_run_or_from_the_start_of_a_restore
     r, w = os.pipe()
     try:
         first_build = (lambda m: FakeMachine.seen.append(("build", m._reading()))) if restore else None
+        payload = types.SimpleNamespace(close=lambda: None)  # a stand-in: the fake machine loads nothing
         s = session_mod.Session(MachineConfig(kernel="Image"), lambda data: None, input_fd=r, kvm=object(),
-                                payload=object(), first_build=first_build)
+                                payload=payload, first_build=first_build)
         FakeMachine.session = s
         assert s.run().status == ExitStatus.POWEROFF
     finally:

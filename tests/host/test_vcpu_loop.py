@@ -141,6 +141,21 @@ def test_the_loop_turns_a_stuck_guest_into_a_crash():
     assert [s for s, _ in m.outcomes] == [ExitStatus.CRASH]
 
 
+def test_a_vcpu_that_cannot_prepare_its_run_ends_the_machine_with_the_reason():
+    # an exception before the first KVM_RUN (here: mapping the run struct) used to escape the
+    # vCPU thread, leaving the machine waiting for a verdict that never came
+    vcpu = scripted_vcpu([])
+
+    def refuse():
+        raise KvmError(errno.ENOMEM, "KVM_RUN", "vcpu0")
+    vcpu.prepare_run = refuse
+    m = FakeMachine(RecordingBus())
+    run_vcpu(m, vcpu)
+    assert m.outcomes == [(ExitStatus.ERROR, "vcpu0: " + str(KvmError(errno.ENOMEM, "KVM_RUN", "vcpu0")))]
+    assert m.first_run_ns is None and not m.entered.is_set()
+    assert m.exits == {}
+
+
 def test_console_escape_ctrl_a_x_stops_and_ctrl_a_ctrl_a_sends_one_ctrl_a():
     c = ConsoleInput(None, escape=True)
     stops = []

@@ -14,7 +14,7 @@ from pyvmm.arm64 import regs
 from pyvmm._ffi import const
 from pyvmm.errors import UsageProblem
 from pyvmm.machine.gic import VgicV3
-from pyvmm.machine.gic_regs import spi_irq_line
+from pyvmm.machine.gic import spi_irq_line
 from pyvmm.vcpu import mpidr_of
 
 pytestmark = pytest.mark.kvm
@@ -128,7 +128,7 @@ def test_save_restore_round_trip_into_a_fresh_vm(vms):
     mpidrs = a.mpidrs()
     assert [gic_regs.mpidr_affinity(m) for m in mpidrs] == [0, 1]
     pristine = a.gic.save(mpidrs)
-    _dirty(a.gic, mpidrs, a.vm)
+    _dirty(a.gic.state, mpidrs, a.vm)  # the single-register side: VgicState
     saved = a.gic.save(mpidrs)
     assert saved != pristine
     _assert_dirty_state(saved, mpidrs)
@@ -142,9 +142,9 @@ def test_save_restore_round_trip_into_a_fresh_vm(vms):
     _assert_dirty_state(again, mpidrs)
     assert again == saved
     # Through the plain register interface too, not only via save().
-    assert b.gic.read_redist(mpidrs[1], gic_regs.GICR_ISPENDR0) == 1 << PENDING_SGI
-    assert b.gic.read_cpu_sysreg(mpidrs[0], "ICC_PMR_EL1") == 0xF0
-    assert (b.gic.read_line_level(mpidrs[0], 32) >> LEVEL_SPI) & 1
+    assert b.gic.state.read_redist(mpidrs[1], gic_regs.GICR_ISPENDR0) == 1 << PENDING_SGI
+    assert b.gic.state.read_cpu_sysreg(mpidrs[0], "ICC_PMR_EL1") == 0xF0
+    assert (b.gic.state.read_line_level(mpidrs[0], 32) >> LEVEL_SPI) & 1
 
 
 def test_restore_refuses_another_nr_irqs_and_vcpu_count(vms):
