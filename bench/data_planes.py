@@ -35,7 +35,8 @@ kernel and initramfs (guests/linux), 1 vCPU, 256 MiB.
       clock starts before its virtiofsd does (pyvmm starts its own).
       The guest also prints its own clock (/proc/uptime) right after init's
       line: the guest's share of the boot.
-  PYVMM_BENCH_HUGE_AB adds a third VMM to each round of the boot and fs rows:
+  PYVMM_BENCH_HUGE_AB adds a third VMM to each round of the boot and fs rows
+      (right after pyvmm in even rounds, right before it in odd ones):
       pyvmm with another PYVMM_HUGE_RAM (how its shared guest RAM gets 2 MiB
       pages, pyvmm/memory.py), shown as A/B lines under those rows: ``1`` (or
       ``0``) runs it with PYVMM_HUGE_RAM=0 (4 KiB pages; the "pyvmm 4k" line),
@@ -501,10 +502,14 @@ HUGE_AB = {"1": ("0", "pyvmm 4k"), "0": ("0", "pyvmm 4k"),
 
 
 def with_huge_ab(order):
-    """``order`` ((round, VMM) pairs) with the PYVMM_BENCH_HUGE_AB VMM right after pyvmm."""
+    """``order`` ((round, VMM) pairs) with the PYVMM_BENCH_HUGE_AB VMM next to pyvmm: right after
+    it in even rounds, right before it in odd ones (in an A/B with a fixed order the second pyvmm
+    boot of a round was the slower one, in either order: 2026-12-06, docs/benchmarks.md)."""
     if HUGE_AB is None:
         return list(order)
-    return [x for n, vmm in order for x in ([(n, vmm), (n, HUGE_AB[1])] if vmm == "pyvmm" else [(n, vmm)])]
+    pair = {0: ("pyvmm", HUGE_AB[1]), 1: (HUGE_AB[1], "pyvmm")}
+    return [x for n, vmm in order
+            for x in ([(n, v) for v in pair[n % 2]] if vmm == "pyvmm" else [(n, vmm)])]
 
 
 def env_for(vmm):
