@@ -23,11 +23,15 @@ if TYPE_CHECKING:
     from ..console_out import Endpoint
 
 
+# --console-out values meaning this process's terminal, the default (console_out.parse reads an
+# empty value as tty too): nothing to open, and pyvmm.console_out is not loaded for them (issue 13,
+# item 5: start-up time)
+_TERMINAL = (None, "", "tty")
+
+
 def _console_endpoint(spec: Optional[str]) -> Optional[Endpoint]:
-    """The --console-out endpoint opened (:mod:`pyvmm.console_out`), or None for this
-    process's terminal, the default, which needs nothing opened (nor that module loaded:
-    issue 13, item 5, start-up time)."""
-    if spec in (None, "tty"):
+    """The --console-out endpoint opened (:mod:`pyvmm.console_out`), or None for the terminal."""
+    if spec in _TERMINAL:
         return None
     from ..console_out import open_endpoint
 
@@ -36,7 +40,7 @@ def _console_endpoint(spec: Optional[str]) -> Optional[Endpoint]:
 
 def _check_console_out(spec: Optional[str]) -> None:
     """A --console-out value's form checked (nothing opened): a usage error before anything starts."""
-    if spec not in (None, "tty"):
+    if spec not in _TERMINAL:
         from ..console_out import parse
 
         parse(spec)
@@ -240,12 +244,12 @@ def run_on_console(start: Callable[..., "VirtualMachine"], debug: bool, control:
     old = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         endpoint = _console_endpoint(console_out)
-        if endpoint is not None and endpoint.kind != "tty":
+        if endpoint is not None:  # never the terminal's: that is None
             output, stdin_fd = endpoint.output, endpoint.input_fd
             _say(f"console on {endpoint.kind} {endpoint.name}")
         if server is not None:
             server.start()
-        if (endpoint is None or endpoint.kind == "tty") and stdin_fd is not None and os.isatty(stdin_fd):
+        if endpoint is None and stdin_fd is not None and os.isatty(stdin_fd):
             import termios
             import tty
 

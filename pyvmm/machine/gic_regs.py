@@ -154,4 +154,3 @@ def apr_count(icc_ctlr: int) -> int:
 def spi_words(nr_irqs: int, bits_per_irq: int) -> range:
     """Word indices of a distributor bank covering INTIDs 32..nr_irqs-1."""
     return range(bits_per_irq, nr_irqs * bits_per_irq // 32)
-

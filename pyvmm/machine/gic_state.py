@@ -1,6 +1,7 @@
 """The save/restore side of the in-kernel vGICv3 (:class:`VgicState`), used
 through :class:`pyvmm.machine.gic.VgicV3` (its ``save``, ``restore``,
-``preset_config``, ``learn_current`` and single-register accessors): the whole
+``preset_config`` and ``learn_current``; the single-register accessors are
+here, reached as ``VgicV3.state``): the whole
 in-kernel GIC state (distributor, redistributors, CPU interfaces, line levels)
 in and out as a JSON-serialisable dict, for machine snapshots and live
 migration. The registers and attr encodings it uses are in

@@ -87,15 +87,12 @@ class Session:
         if payload is None and self.first_build is None:
             payload = prepare(config)
         own_kvm = self.kvm is None
-        try:
-            kvm = open_kvm(config.kvm_path) if own_kvm else self.kvm
-        except BaseException:
-            if payload is not None:
-                payload.close()
-            raise
+        kvm = self.kvm
         resets = 0
         first_run_ns: Optional[int] = None
         try:
+            if own_kvm:
+                kvm = open_kvm(config.kvm_path)
             # Console input is read from once the first booted machine's vCPUs run: its
             # guest cannot tell (input waits in the fd meanwhile), and the reader's
             # thread does not hold up the build (start-up time; docs/benchmarks.md). A
@@ -157,8 +154,8 @@ class Session:
         finally:
             self.console_in.stop()
             if payload is not None:
-                payload.close()  # the files its first load did not take (a build that failed before it)
-            if own_kvm:
+                payload.close()  # the files its first load did not take (KVM or a build that failed before it)
+            if own_kvm and kvm is not None:
                 kvm.close()
 
 
