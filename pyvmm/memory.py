@@ -29,6 +29,16 @@ While a migration or an incremental snapshot tracks dirty memory
 the pages it wrote: KVM's dirty log only sees the guest's own stores, not
 the ones pyvmm's device models make into its buffers (pyvmm/dirty_log.py
 merges the two).
+
+A file mapped over guest RAM (:meth:`GuestMemory.map_file`: the kernel and
+initrd of ``pyvmm run``, for start-up time) is replaced by anonymous memory
+holding the same bytes once the guest runs (:meth:`GuestMemory.copy_mapped_file`,
+then :meth:`GuestMemory.prepare_copies` and :meth:`GuestMemory.finish_copies`).
+Until then a page the guest only read is the file's page-cache page, and even
+the pages it wrote go with the file: truncating a file (``cp`` over it does)
+unmaps every page of a private mapping past the new end, copied or not (POSIX
+wants SIGBUS there). The file rewritten under a running guest would change its
+memory or fault it (SIGBUS in pyvmm for a device model's access).
 """
 from __future__ import annotations
 
@@ -38,7 +48,7 @@ from . import _threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Optional, Set
+    from typing import Any, Callable, Dict, List, Optional, Set
 
 from ._record import record
 from ._ffi import ffi, libc
@@ -48,6 +58,14 @@ from .errors import GuestError, HostUnsupported, UsageProblem
 MAP_FIXED = 0x10  # <sys/mman.h>, the same on arm64 and x86-64 (Python's mmap module has no name for it)
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)  # <linux/mman.h> (Python 3.13 lacks the name)
 _MADV_COLLAPSE = 25  # <linux/mman.h>, Linux 6.1+
+_MADV_POPULATE_READ = 22  # <linux/mman.h>, Linux 5.14+
+_MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2  # <linux/mman.h>
+# Calls by number, through libc's syscall(): cffi releases the GIL for them (the
+# mmap module's madvise() holds it), so the vCPU threads run on meanwhile, and glibc's
+# mremap/munmap are not declared in _kvm_cdef.h. arm64 numbers from
+# include/uapi/asm-generic/unistd.h, x86-64 from arch/x86/entry/syscalls/syscall_64.tbl.
+_NR_MADVISE, _NR_MREMAP, _NR_MUNMAP = {"aarch64": (233, 216, 215),
+                                       "x86_64": (28, 25, 11)}.get(os.uname().machine, (None, None, None))
 HUGE = 2 << 20  # the stage-2 block (and transparent huge page) size with 4 KiB pages
 HUGE_ENV = "PYVMM_HUGE_RAM"
 # System call numbers of the new mount API: include/uapi/asm-generic/unistd.h
@@ -106,6 +124,7 @@ class GuestMemory:
         self._written: Optional[Dict[int, Set[int]]] = None  # slot -> page indices, while tracking
         self._written_lock = _threads.Lock()
         self._last: Optional[Region] = None  # the region _find found last (one-region fast path)
+        self._copies: List[tuple] = []  # (region, offset, length): mapped files to replace by copies
 
     def add(self, gpa: int, size: int, vm=None, readonly: bool = False, shared: bool = False) -> Region:
         if size <= 0 or size % mmap.PAGESIZE or gpa % mmap.PAGESIZE:
@@ -152,6 +171,11 @@ class GuestMemory:
                     pass
             elif mode != "off" and collapse_fits(size, _mem_available()):
                 _collapse(owner, offset, size, fd)
+        else:
+            try:  # 2 MiB pages also on a host whose transparent huge pages are "madvise"
+                owner.madvise(mmap.MADV_HUGEPAGE, offset, size)
+            except OSError:
+                pass
         # the buffer holds a view of owner: owner cannot be unmapped under it
         mm = ffi.buffer(ffi.from_buffer("char[]", memoryview(owner)[offset:offset + size]))
         region = Region(len(self.regions), gpa, size, mm, fd, readonly, owner, offset)
@@ -202,6 +226,56 @@ class GuestMemory:
         if int(ffi.cast("uintptr_t", got)) != addr:
             err = ffi.errno
             raise HostUnsupported(f"cannot map the snapshot's memory at guest {gpa:#x}: {os.strerror(err)}")
+
+    # -- files mapped over RAM, replaced by copies ------------------------------
+    def copy_mapped_file(self, gpa: int, length: int) -> None:
+        """Have the file mapped at guest range gpa+length (by :meth:`map_file`)
+        replaced by a copy in anonymous memory (:meth:`prepare_copies`,
+        :meth:`finish_copies`)."""
+        r = self._find(gpa, length)
+        if r is None:
+            raise GuestMemoryError(f"guest range {gpa:#x}+{length:#x} is outside guest RAM")
+        start = (gpa - r.gpa) & ~(mmap.PAGESIZE - 1)
+        end = min(gpa - r.gpa + length + mmap.PAGESIZE - 1, r.size) & ~(mmap.PAGESIZE - 1)
+        self._copies.append((r, start, end - start))
+
+    @property
+    def copies_pending(self) -> bool:
+        return bool(self._copies) and _NR_MREMAP is not None
+
+    def prepare_copies(self, stop: Callable[[], bool] = lambda: False) -> List["Copy"]:
+        """The slow half of replacing the mapped files, done while the guest
+        runs on: each file read in (MADV_POPULATE_READ, Linux 5.14+) and an
+        anonymous mapping of its size allocated, 2 MiB aligned, in huge pages
+        where the host gives them. Hand the result to :meth:`finish_copies`
+        (or :meth:`Copy.drop` each); nothing of guest RAM changes here. Empty
+        where nothing is to be copied, on a host without the calls, or once
+        ``stop()`` says so (asked between 2 MiB steps)."""
+        copies, self._copies = self._copies, []
+        if _NR_MREMAP is None:
+            return []
+        made: List[Copy] = []
+        try:
+            for r, start, length in copies:
+                made.append(Copy(r, start, length, stop))
+        except OSError:
+            for c in made:
+                c.drop()
+            return []
+        return made
+
+    def finish_copies(self, copies: List["Copy"]) -> int:
+        """Replace each mapped file's range by its copy: the bytes guest RAM
+        holds now (written pages as the guest left them) copied into the copy's
+        memory, which is then moved over the range (mremap: the file's mapping
+        goes, KVM follows the new pages). Only while nothing writes guest RAM:
+        the vCPUs paused, device models and vhost planes held (Machine.run's
+        copy thread). Returns the bytes replaced; a range that cannot be read
+        whole (the file truncated meanwhile) stays mapped."""
+        done = 0
+        for c in copies:
+            done += c.finish()
+        return done
 
     def mappable(self, gpa: int, length: int) -> bool:
         """Whether :meth:`map_file` can map a file at ``gpa`` (a page-aligned
@@ -280,6 +354,75 @@ class GuestMemory:
                     pass
             if r.fd >= 0:
                 os.close(r.fd)
+
+
+class Copy:
+    """One mapped file's range with its anonymous copy in the making
+    (:meth:`GuestMemory.prepare_copies`)."""
+
+    def __init__(self, r: Region, start: int, length: int, stop: Callable[[], bool]):
+        assert r.owner is not None
+        self.target = int(ffi.cast("uintptr_t", ffi.from_buffer(r.owner))) + r.offset + start
+        self.length = length
+        self.base = 0
+        # the file's pages read in now (the slow part: the file may be on a network file
+        # system), so the copy made while the guest is paused finds them in memory
+        for off in range(0, length, HUGE):
+            if stop():
+                raise OSError(0, "stopped")
+            _syscall(_NR_MADVISE, self.target + off, min(HUGE, length - off), _MADV_POPULATE_READ)
+        got = libc().mmap(ffi.NULL, length + HUGE, mmap.PROT_READ | mmap.PROT_WRITE,
+                          mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
+        base = int(ffi.cast("uintptr_t", got))
+        if base == (1 << 64) - 1:  # MAP_FAILED
+            raise OSError(ffi.errno, os.strerror(ffi.errno))
+        self.base = base
+        self.copy = base + (-base % HUGE)  # where the pages to move start: 2 MiB aligned, as the target is
+        for advice in (mmap.MADV_HUGEPAGE, _MADV_POPULATE_WRITE):  # huge pages, allocated before the pause
+            try:
+                _syscall(_NR_MADVISE, self.copy, length, advice)
+            except OSError:
+                pass  # best effort: 4 KiB pages, faulted in by the copy
+
+    def finish(self) -> int:
+        """Copy and move (everything quiet); the bytes replaced (0: left mapped)."""
+        moved = False
+        try:
+            # Through /proc/self/mem rather than a memory copy: a page of the file
+            # truncated under us reads as an error here, where a load would be SIGBUS.
+            fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                view = memoryview(ffi.buffer(ffi.cast("char *", self.copy), self.length))
+                done = 0
+                while done < self.length:
+                    n = os.preadv(fd, [view[done:]], self.target + done)
+                    if n <= 0:
+                        return 0
+                    done += n
+            finally:
+                os.close(fd)
+            _syscall(_NR_MREMAP, self.copy, self.length, self.length, _MREMAP_MAYMOVE | _MREMAP_FIXED, self.target)
+            moved = True
+        except OSError:
+            return 0
+        finally:
+            self.drop(moved)
+        return self.length
+
+    def drop(self, moved: bool = False) -> None:
+        """Unmap the copy's mapping (only what is left around the moved pages
+        if they were moved: their old range may be someone else's mapping by now)."""
+        base, self.base = self.base, 0
+        if not base:
+            return
+        end = base + self.length + HUGE
+        parts = ((base, self.copy), (self.copy + self.length, end)) if moved else ((base, end),)
+        for lo, hi in parts:
+            if hi > lo:
+                try:
+                    _syscall(_NR_MUNMAP, lo, hi - lo)
+                except OSError:
+                    pass
 
 
 def _syscall(number: int, *args: Any) -> int:

@@ -185,6 +185,7 @@ def load_file(mem, addr: int, path: str, size: int, what: str, f: Any = None) ->
             raise UsageProblem(f"{what} {path} changed size while loading")
         if mem.mappable(addr, size):
             mem.map_file(addr, size, f.fileno(), 0)  # the mapping keeps the file
+            mem.copy_mapped_file(addr, size)  # once the guest runs (Machine.run)
             return
         # read straight into guest RAM: one copy, no buffer in between, its
         # pages allocated first in one call (a 4 KiB fault each otherwise).

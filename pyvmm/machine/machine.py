@@ -127,6 +127,13 @@ class Machine:
         self._pause_cv = _threads.Condition()
         self._pause_req = False
         self._parked = 0
+        # Held by pause() and resume() and, from its pause to its resume, by the thread that
+        # replaces the mapped kernel and initrd files (_replace_mapped_files): a pause or resume
+        # asked for meanwhile waits for it, so it never resumes a guest someone else paused.
+        self._hold_lock = _threads.RLock()
+        self._copier: Optional[_threads.Thread] = None
+        self._stop_copy = False
+        self.files_copied: Optional[Tuple[int, float]] = None  # bytes, seconds paused for them
         # Guest counters (CNTVCT, CNTPCT) read when the vCPUs stopped and
         # written back on resume, so the guest never sees a pause (a long one
         # would trip its RCU stall detector and watchdogs). Off: the counters
@@ -489,6 +496,10 @@ class Machine:
         immediate_exit completes a pending MMIO access and returns EINTR, so
         each thread parks with the PC past the instruction it was on. Then
         drain the coalesced ring, so every guest write reached its device."""
+        with self._hold_lock:
+            self._pause(timeout)
+
+    def _pause(self, timeout: float) -> None:
         self.request_pause()
         deadline = time.monotonic() + timeout
         with self._pause_cv:
@@ -511,7 +522,7 @@ class Machine:
             self._frozen_counters = [self.vcpus[0].get_reg(r) for r in regs.GUEST_COUNTERS]
 
     def resume(self) -> None:
-        with self._pause_cv:
+        with self._hold_lock, self._pause_cv:
             frozen, self._frozen_counters = self._frozen_counters, None
             if frozen is not None and self._pause_req:
                 # The counter offset is VM-wide in KVM; every vCPU is written
@@ -591,6 +602,9 @@ class Machine:
         self.entered.wait(0.1)
         if self.io is not None:
             self.io.start()
+        if self.mem.copies_pending:
+            self._copier = _threads.Thread(target=self._replace_mapped_files, name="pyvmm-ram-copy")
+            self._copier.start()
         if on_running is not None:
             on_running()
         ring = self.coalesced
@@ -598,6 +612,7 @@ class Machine:
             if ring is not None and ring.pending():
                 ring.drain()
         self._kick()
+        self._stop_copier()
         for t in self._threads:
             while t.is_alive():
                 t.join(0.2)
@@ -616,7 +631,54 @@ class Machine:
         out.regpage = "on" if self.regpages is not None else f"off: {self.regpage_off}"
         return out
 
+    # -- the kernel's and initrd's files, mapped at load, replaced by copies ---------------
+    def _replace_mapped_files(self) -> None:
+        """Replace the files mapped over guest RAM at load (kernel, initrd: see
+        pyvmm/memory.py for why they must not stay mapped) by anonymous copies,
+        in 2 MiB pages where the host has them (the guest kernel then runs on
+        huge pages, as it does in a VMM that reads it in). The files are read
+        in while the guest runs on; the copy itself is made with the vCPUs
+        paused (unseen by the guest, like any pause), the I/O thread and the
+        vhost planes held, as a snapshot holds them. Best effort: a guest that
+        ends meanwhile, or a file truncated under it, leaves the mapping."""
+        copies = self.mem.prepare_copies(lambda: self._stop_copy or self.done.is_set())
+        try:
+            if not copies:
+                return
+            from .vhost_planes import restart_planes, stop_planes
+            with self._hold_lock:
+                if self._stop_copy or self.done.is_set():
+                    return
+                was_paused = self._pause_req
+                if not was_paused:
+                    self._pause(30.0)
+                t0 = time.monotonic()
+                try:
+                    with self.io_lock:
+                        held = stop_planes(self)
+                        try:
+                            n = self.mem.finish_copies(copies)
+                        finally:
+                            restart_planes(held)
+                finally:
+                    if not was_paused:
+                        self.resume()
+                self.files_copied = (n, time.monotonic() - t0)
+        except (PyvmmError, OSError):  # the guest ended or failed meanwhile: nothing to copy for
+            pass
+        finally:
+            for c in copies:
+                c.drop()
+
+    def _stop_copier(self) -> None:
+        """Stop and join the copy thread (before RAM goes: it must not touch it after)."""
+        copier, self._copier = self._copier, None
+        if copier is not None:
+            self._stop_copy = True
+            copier.join()
+
     def close(self) -> None:
+        self._stop_copier()
         if self.coalesced is not None:
             self.coalesced.close()
         if self.io is not None:

@@ -1,6 +1,7 @@
 """The vhost back ends of a machine and the dirty log (pyvmm/vhost/dirty.py):
 which machines can be tracked, the log that covers them, and the planes a
-live migration holds stopped from its pause to its end.
+live migration holds stopped from its pause to its end (stop_planes and
+restart_planes, from pyvmm/machine/vhost_planes.py).
 
 A machine is tracked when every device on a vhost plane logs all its writes
 to guest RAM (vhost-net); the others (vhost-vsock, virtio-fs) say why not
@@ -10,10 +11,11 @@ their machine is refused with that reason.
 from __future__ import annotations
 
 import mmap
-from typing import List, Optional, Tuple
+from typing import Optional
 
 from ..devices.vhost_backend import VhostBackend
 from ..dirty_log import DirtyLog
+from ..machine.vhost_planes import Held, restart_planes, stop_planes  # noqa: F401 (this package's callers use them from here)
 from ..vhost.dirty import VhostLog
 
 
@@ -52,36 +54,3 @@ def dirty_log(m) -> DirtyLog:
     targets = [_Target(t) for t in m.transports if isinstance(t.backend, VhostBackend)]
     regions = [(r.slot, r.gpa, r.size) for r in m.mem.regions if not r.readonly]
     return DirtyLog(m.vm, m.mem, [VhostLog(targets, regions, mmap.PAGESIZE)] if targets else [])
-
-
-Held = List[Tuple[VhostBackend, object]]
-
-
-def stop_planes(m) -> Held:
-    """Stop every running vhost plane of the paused machine ``m`` that is
-    not held stopped already (their rings' next indices read back) and
-    hold them so until :func:`restart_planes`. A snapshot does this while
-    it saves the machine; a migration before its last dirty look (a paused
-    guest's receive ring can still be filled by vhost), until it ends: a
-    snapshot taken meanwhile leaves its planes stopped."""
-    held: Held = []
-    try:
-        for t in m.transports:
-            b = t.backend
-            if isinstance(b, VhostBackend) and b.running and not b.held:
-                with t.lock:
-                    b.pause(t)
-                    b.held = True
-                held.append((b, t))
-    except BaseException:
-        restart_planes(held)
-        raise
-    return held
-
-
-def restart_planes(held: Held) -> None:
-    """Let the planes :func:`stop_planes` stopped run again (a migration that failed)."""
-    for b, t in held:
-        with t.lock:  # type: ignore[attr-defined]
-            b.held = False
-            b.unpause(t)

@@ -1,5 +1,6 @@
 """arm64 Image header checks and RAM placement (pure; no KVM)."""
 import gzip
+import os
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -139,7 +140,8 @@ def test_kernel_initrd_and_dtb_placed_as_qemu_places_them():
 def test_the_kernel_is_mapped_copy_on_write_or_read_into_shared_ram(tmp_path):
     """Payload.load_into maps the kernel file over anonymous guest RAM (start-up
     does not read it first) and reads it into RAM shared with a vhost-user
-    daemon; either way guest RAM holds the file, and guest writes never reach it."""
+    daemon; either way guest RAM holds the file, and guest writes never reach it.
+    A mapped file is copied into RAM of its own: later changes to it never reach the guest."""
     import mmap
     import random
 
@@ -166,6 +168,18 @@ def test_the_kernel_is_mapped_copy_on_write_or_read_into_shared_ram(tmp_path):
             assert mem.read(addr + body, page_end - body) == bytes(page_end - body)
         mem.write(addr + 8192, b"guest writes here")
         assert kernel.read_bytes() == bytes(data)
+        if not shared:
+            # once replaced by a copy (Machine.run has it made), the file changed in place
+            # or truncated no longer reaches guest RAM (unwritten pages or written ones)
+            assert mem.finish_copies(mem.prepare_copies()) == page_end
+            with open(kernel, "r+b") as f:
+                f.seek(1 << 20)
+                f.write(b"rebuilt in place" * 256)
+            os.truncate(kernel, 4096)  # what cp over it does first
+            expect = bytearray(data)
+            expect[8192:8192 + 17] = b"guest writes here"
+            assert mem.read(addr, body) == bytes(expect)
+            kernel.write_bytes(bytes(data))
         mem.close()
     kernel.write_bytes(bytes(data) + b"more")
     mem = GuestMemory()

@@ -20,16 +20,28 @@ BASE = 0x4000_0000
 MiB = 1 << 20
 
 
-def _smaps_field(address: int, field: str) -> int:
-    """``field`` (kB) of the mapping of this process that starts at ``address``."""
-    found = False
+def _smaps():
+    """(start, end, {field: text after the name}) for each mapping of this process."""
+    entry = None
     with open("/proc/self/smaps") as f:
         for line in f:
-            head = line.split()[0]
+            head, _, rest = line.partition(" ")
             if "-" in head and not head.endswith(":"):
-                found = int(head.split("-")[0], 16) == address
-            elif found and head == field + ":":
-                return int(line.split()[1])
+                if entry is not None:
+                    yield entry
+                lo, hi = (int(x, 16) for x in head.split("-"))
+                entry = (lo, hi, {})
+            elif entry is not None:
+                entry[2][head.rstrip(":")] = rest.strip()
+    if entry is not None:
+        yield entry
+
+
+def _smaps_field(address: int, field: str) -> int:
+    """``field`` (kB) of the mapping of this process that starts at ``address``."""
+    for lo, _, fields in _smaps():
+        if lo == address and field in fields:
+            return int(fields[field].split()[0])
     raise AssertionError(f"no mapping at {address:#x} with {field} in /proc/self/smaps")
 
 
@@ -204,3 +216,91 @@ def test_collapse_only_while_ram_is_at_most_half_of_available_memory():
     assert not collapse_fits(256 * MiB + 4096, 512 * MiB)
     assert not collapse_fits(8 << 30, 4 << 30)
     assert not collapse_fits(2 * MiB, None)  # MemAvailable unknown: leave it on demand
+
+
+def _vm_flags(address: int) -> list:
+    """The VmFlags of the mapping of this process that starts at ``address``."""
+    for lo, _, fields in _smaps():
+        if lo == address:
+            return fields["VmFlags"].split()
+    raise AssertionError(f"no mapping at {address:#x} in /proc/self/smaps")
+
+
+def test_private_ram_asks_for_huge_pages():
+    """MADV_HUGEPAGE on anonymous RAM: 2 MiB pages also where the host's
+    transparent huge pages are "madvise" (VmFlags hg)."""
+    if not os.path.exists("/sys/kernel/mm/transparent_hugepage"):
+        pytest.skip("this host's kernel has no transparent huge pages")
+    mem = GuestMemory()
+    r = mem.add(BASE, 8 * MiB)
+    assert "hg" in _vm_flags(r.host_address())
+    mem.close()
+
+
+def _mapped_file(tmp_path, size: int, at: int = BASE, ram: int = 8 * MiB):
+    """A new GuestMemory of ``ram`` bytes with a file of ``size`` random bytes
+    mapped at ``at`` and named for copying: (memory, the file's path, its bytes)."""
+    path = tmp_path / "payload"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    mem = GuestMemory()
+    mem.add(BASE, ram)
+    with open(path, "rb") as f:
+        mem.map_file(at, len(data), f.fileno(), 0)
+    mem.copy_mapped_file(at, len(data))
+    return mem, path, data
+
+
+def _anonymous_kb(address: int, length: int) -> int:
+    """Anonymous kB of this process's mappings in address+length."""
+    return sum(int(fields["Anonymous"].split()[0]) for lo, hi, fields in _smaps()
+               if lo < address + length and address < hi)
+
+
+def _mapped_paths() -> str:
+    with open("/proc/self/maps") as f:
+        return f.read()
+
+
+def test_a_mapped_file_is_replaced_by_a_copy_of_what_ram_holds(tmp_path):
+    """prepare_copies + finish_copies: the file's mapping is gone (no line of
+    /proc/self/maps names it), the range is anonymous memory holding what
+    guest RAM held (the file's bytes and the guest's writes), and the file
+    truncated afterwards no longer reaches it (it would be SIGBUS)."""
+    mem, path, data = _mapped_file(tmp_path, 6 * MiB + 100, at=BASE + 2 * MiB, ram=16 * MiB)
+    r = mem.regions[0]
+    mem.write(BASE + 3 * MiB, b"written by the guest")
+    assert str(path) in _mapped_paths()
+    copies = mem.prepare_copies()
+    assert len(copies) == 1 and str(path) in _mapped_paths()  # prepared: RAM untouched yet
+    length = 6 * MiB + 4096
+    assert mem.finish_copies(copies) == length
+    assert str(path) not in _mapped_paths()
+    assert _anonymous_kb(r.host_address() + 2 * MiB, length) == length >> 10
+    os.truncate(path, 0)
+    expect = bytearray(data)
+    expect[MiB:MiB + 20] = b"written by the guest"
+    assert mem.read(BASE + 2 * MiB, len(data)) == bytes(expect)
+    assert mem.read(BASE + 2 * MiB + len(data), 4096 - 100) == bytes(4096 - 100)
+    assert mem.prepare_copies() == []  # each range once
+    mem.close()
+
+
+def test_a_file_truncated_before_the_copy_stays_mapped(tmp_path):
+    """finish_copies reads guest RAM through /proc/self/mem: a page gone with
+    the file is an error there, not SIGBUS; the range is left as it was."""
+    mem, path, data = _mapped_file(tmp_path, 4 * MiB)
+    copies = mem.prepare_copies()
+    os.truncate(path, MiB)
+    assert mem.finish_copies(copies) == 0
+    assert str(path) in _mapped_paths()
+    assert mem.read(BASE, MiB) == data[:MiB]
+    mem.close()
+
+
+def test_a_stopped_preparation_copies_nothing(tmp_path):
+    mem, path, data = _mapped_file(tmp_path, 4 * MiB)
+    before = _mapped_paths().count("\n")
+    assert mem.prepare_copies(stop=lambda: True) == []
+    assert _mapped_paths().count("\n") == before  # no copy mapping left behind
+    mem.close()

@@ -167,3 +167,47 @@ def scenario():
 in_a_thread(scenario)
 """, tmp_path)
     assert r["pc0"] >= 0xFFFF_0000_0000_0000  # a kernel address: the guest was in Linux
+
+
+def test_the_kernel_and_initrd_files_may_change_under_a_running_guest(tmp_path):
+    """pyvmm maps the kernel and initrd files over guest RAM at load (start-up
+    time) and replaces them by copies of their own once the guest runs: then
+    no mapping of either file is left, and truncating them (what ``cp`` over
+    them does first) neither crashes pyvmm nor reaches the guest. Before, a
+    snapshot here died of SIGBUS reading the truncated file's pages."""
+    import shutil
+
+    kernel, initrd = guest_files()
+    shutil.copyfile(kernel, tmp_path / "Image")
+    shutil.copyfile(initrd, tmp_path / "initrd")
+    cmd = base64.b64encode(b"echo files-guest-up; sleep 600").decode()
+    r = _run(f"""
+def mapped(path):
+    with open("/proc/self/maps") as f:
+        return path in f.read()
+
+def scenario():
+    config = pyvmm.MachineConfig(kernel="Image", initrd="initrd", cpus=2, mem=256 << 20,
+                                 cmdline="quiet pyvmm.cmd={cmd}")
+    kernel, initrd = os.path.abspath("Image"), os.path.abspath("initrd")
+    with pyvmm.start(config) as vm:
+        deadline = time.monotonic() + 300
+        m = vm._current()                            # the machine (internal): what its copy thread did
+        while m.files_copied is None or b"files-guest-up" not in vm.console_output():
+            assert vm.running, vm.console_output()[-2000:]
+            assert time.monotonic() < deadline, (mapped(kernel), mapped(initrd), vm.console_output()[-2000:])
+            time.sleep(0.2)
+        assert not mapped(kernel) and not mapped(initrd)
+        result["copied"] = m.files_copied
+        os.truncate(kernel, 0)
+        os.truncate(initrd, 0)
+        vm.snapshot("after.snap")                    # reads every page of guest RAM
+        time.sleep(1)
+        assert vm.running, vm.console_output()[-2000:]
+
+in_a_thread(scenario)
+""", tmp_path)
+    size = os.path.getsize(kernel) + os.path.getsize(initrd)
+    copied, seconds = r["copied"]
+    assert size <= copied < size + 2 * 4096 * 2, (copied, size)  # each file to its page end
+    assert seconds < 10, seconds
