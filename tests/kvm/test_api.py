@@ -173,8 +173,8 @@ def test_the_kernel_and_initrd_files_may_change_under_a_running_guest(tmp_path):
     """pyvmm maps the kernel and initrd files over guest RAM at load (start-up
     time) and replaces them by copies of their own once the guest runs: then
     no mapping of either file is left, and truncating them (what ``cp`` over
-    them does first) neither crashes pyvmm nor reaches the guest. Before, a
-    snapshot here died of SIGBUS reading the truncated file's pages."""
+    them does first) neither crashes pyvmm nor reaches the guest: a snapshot
+    reads every page (a truncated file's page still mapped would be SIGBUS)."""
     import shutil
 
     kernel, initrd = guest_files()
