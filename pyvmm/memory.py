@@ -64,8 +64,8 @@ _MREMAP_MAYMOVE, _MREMAP_FIXED = 1, 2  # <linux/mman.h>
 # mmap module's madvise() holds it), so the vCPU threads run on meanwhile, and glibc's
 # mremap/munmap are not declared in _kvm_cdef.h. arm64 numbers from
 # include/uapi/asm-generic/unistd.h, x86-64 from arch/x86/entry/syscalls/syscall_64.tbl.
-_NR_MADVISE, _NR_MREMAP, _NR_MUNMAP = {"aarch64": (233, 216, 215),
-                                       "x86_64": (28, 25, 11)}.get(os.uname().machine, (None, None, None))
+_NR_COPY_CALLS = {"aarch64": (233, 216, 215), "x86_64": (28, 25, 11)}.get(os.uname().machine)
+_NR_MADVISE, _NR_MREMAP, _NR_MUNMAP = _NR_COPY_CALLS or (-1, -1, -1)  # unknown: no copies are made
 HUGE = 2 << 20  # the stage-2 block (and transparent huge page) size with 4 KiB pages
 HUGE_ENV = "PYVMM_HUGE_RAM"
 # System call numbers of the new mount API: include/uapi/asm-generic/unistd.h
@@ -241,7 +241,7 @@ class GuestMemory:
 
     @property
     def copies_pending(self) -> bool:
-        return bool(self._copies) and _NR_MREMAP is not None
+        return bool(self._copies) and _NR_COPY_CALLS is not None
 
     def prepare_copies(self, stop: Callable[[], bool] = lambda: False) -> List["Copy"]:
         """The slow half of replacing the mapped files, done while the guest
@@ -252,7 +252,7 @@ class GuestMemory:
         where nothing is to be copied, on a host without the calls, or once
         ``stop()`` says so (asked between 2 MiB steps)."""
         copies, self._copies = self._copies, []
-        if _NR_MREMAP is None:
+        if _NR_COPY_CALLS is None:
             return []
         made: List[Copy] = []
         try:
