@@ -7,6 +7,12 @@ is not waiting for click and the ``inspect`` machinery it loads. Everything
 else (other commands, ``--help``, ``--version``, every usage error) goes to
 the click group in :mod:`pyvmm.cli`, which prints click's own messages.
 
+Run as the process's own command line (``main()`` without arguments), those
+commands load pyvmm's modules from the bundle of the command's name
+(:mod:`pyvmm._pycbundle`: one file instead of one per module), saved anew when
+the command ends if it was missing or stale; PYVMM_NO_BUNDLE=1 imports them the
+usual way.
+
 Exit status: 0 success; 1 runtime failure; 2 usage error. Errors are one
 line on stderr; ``--debug`` (or PYVMM_DEBUG=1) adds the traceback.
 """
@@ -123,12 +129,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if rest and rest[0] in FAST:
         if rest[0] == "run":
             _open_ahead(rest[1:])
+        bundle = None
+        if argv is None and os.environ.get("PYVMM_NO_BUNDLE") != "1":  # the process's own command line
+            from .._pycbundle import install
+
+            bundle = install(rest[0])
         from .options import parse
 
         command = guarded(lambda: _command_module(rest[0]), debug)
         values = parse(command.PARAMS, rest[1:])
         if values is not None:
-            sys.exit(guarded(lambda: command.execute(values), debug or bool(values.get("debug"))))
+            try:
+                status = guarded(lambda: command.execute(values), debug or bool(values.get("debug")))
+            finally:  # a failed command's modules were loaded all the same
+                if bundle is not None:
+                    bundle.save()
+            sys.exit(status)
     from ..cli import main as click_main
 
     click_main(args)

@@ -5,11 +5,13 @@ its end (pyvmm/snapshot/vhost_log.py), and Machine.run's file copy while it
 replaces the kernel's and initrd's mapped files (pyvmm/memory.py)."""
 from __future__ import annotations
 
-from typing import List, Tuple
-
 from ..devices.vhost_backend import VhostBackend
 
-Held = List[Tuple[VhostBackend, object]]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: Machine.run's file copy loads this
+if TYPE_CHECKING:      # module while the guest boots (start-up time; type checkers read True)
+    from typing import List, Tuple
+
+    Held = List[Tuple[VhostBackend, object]]
 
 
 def stop_planes(m) -> Held:

@@ -11,12 +11,15 @@ their machine is refused with that reason.
 from __future__ import annotations
 
 import mmap
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..devices.vhost_backend import VhostBackend
 from ..dirty_log import DirtyLog
-from ..machine.vhost_planes import Held, restart_planes, stop_planes  # noqa: F401 (this package's callers use them from here)
+from ..machine.vhost_planes import restart_planes, stop_planes  # noqa: F401 (this package's callers use them from here)
 from ..vhost.dirty import VhostLog
+
+if TYPE_CHECKING:
+    from ..machine.vhost_planes import Held  # noqa: F401 (for callers' annotations)
 
 
 def untracked(m) -> Optional[str]:

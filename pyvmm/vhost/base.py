@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Iterable, Tuple
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
+if TYPE_CHECKING:
+    from typing import Iterable, Tuple
 
 from .._fd import KvmFd
 from .._ffi import ffi

@@ -14,7 +14,7 @@ PKG = os.path.join(ROOT, "pyvmm")
 # Lowest first. The pure layer is below the binding and the fd layer: the fd
 # layer sizes and names registers through arm64/ and explains errnos with it.
 LAYERS = (
-    ("base", ("_version", "errors", "_record", "_threads")),
+    ("base", ("_version", "errors", "_record", "_threads", "_pycbundle")),
     ("pure", ("arm64", "boot")),
     ("binding", ("_ffi_build", "_kvm_ffi", "_ffi", "ioctls")),
     ("fd", ("_fd", "kvm", "vm", "vcpu", "kvm_device", "exits", "memory", "dirty_log", "hostinfo", "unix_socket", "console_out", "vhost", "net")),
