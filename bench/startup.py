@@ -25,7 +25,9 @@ disk: on the checkout's virtio-fs mount the kernel's open and first read
 cost 20-125 ms in the test machine (0.8 ms on /tmp), a cost of the test
 machine's file sharing that the bare interpreter does not pay. The installed
 command reads its modules from its start-up bundle (pyvmm/_pycbundle.py, written
-by the warm-up run); the row without it (PYVMM_NO_BUNDLE=1) shows what it saves.
+by the warm-up run); the row without it (PYVMM_NO_BUNDLE=1, files on /tmp: with
+them on virtio-fs, opening them takes longer than the imports beside it) shows
+what it saves.
 
 Run: python3 bench/startup.py  (on a non-arm64 host it re-runs itself inside
 ci/qemu-aarch64/run; build the guest first with guests/linux/build).
@@ -154,8 +156,8 @@ def measure(k: str, i: str, venv, venv_cwd: str, local):
             k, i, (venv_pyvmm,), installed_env(), venv_cwd),
         "installed: the same with the kernel and initrd on /tmp": lambda: pyvmm_first_run(
             *local, (venv_pyvmm,), installed_env(), venv_cwd),
-        "installed: pyvmm run without its start-up bundle (PYVMM_NO_BUNDLE=1)": lambda: pyvmm_first_run(
-            k, i, (venv_pyvmm,), dict(installed_env(), PYVMM_NO_BUNDLE="1"), venv_cwd),
+        "installed: the same on /tmp without the start-up bundle (PYVMM_NO_BUNDLE=1)": lambda: pyvmm_first_run(
+            *local, (venv_pyvmm,), dict(installed_env(), PYVMM_NO_BUNDLE="1"), venv_cwd),
     }
     times = {name: [] for name in probes}
     for n in range(RUNS + 1):
