@@ -14,8 +14,11 @@ command ends and the bundle was missing, stale or short of a module.
 A module comes from the bundle only under the rules importlib applies to a ``.pyc``
 file: the header's magic number is this interpreter's, the ``.pyc`` is the timestamp
 kind, and its recorded source modification time and size are those of the source file
-now (one ``stat``). Otherwise the module is imported the usual way (compiled anew if
-its source changed) and the bundle is rewritten at the end. The bundle is trusted like
+now (one ``stat``), and that source is in the package's own directory (a bundle
+copied along with a copy of the package names the first copy's files). Otherwise the
+module is imported the usual way (compiled anew if its source changed), as is one whose
+code does not load (a damaged body behind a valid header: compiled from its source),
+and the bundle is rewritten at the end. The bundle is trusted like
 the ``.pyc`` files next to it: whoever can write that directory can already replace
 them. Nothing is written where Python writes no ``.pyc`` files
 (``sys.dont_write_bytecode``, a directory that is not writable); a failed write leaves
@@ -60,6 +63,9 @@ def pyc_matches(pyc: bytes, source: str, magic: bytes) -> bool:
             and int.from_bytes(pyc[12:16], "little") == st.st_size & 0xFFFFFFFF)
 
 
+_CodeType = type(pyc_matches.__code__)  # types.CodeType, without importing types
+
+
 def bundle_path(package: ModuleType, command: str) -> Optional[str]:
     """Where ``command``'s bundle of ``package`` lives: beside its ``__init__``'s .pyc
     (``__pycache__/__init__.TAG.pyc`` -> ``__pycache__/bundle-COMMAND.TAG.pyb``); None
@@ -73,9 +79,11 @@ def bundle_path(package: ModuleType, command: str) -> Optional[str]:
     return os.path.join(directory, f"bundle-{command}.{name[len('__init__.'):-len('.pyc')]}.pyb")
 
 
-def _load(path: str, prefix: str) -> Dict[str, Entry]:
-    """The entries of the bundle at ``path`` for modules whose names start with ``prefix``;
-    empty when it is missing or not a bundle."""
+def _load(path: str, prefix: str, directory: str) -> Dict[str, Entry]:
+    """The entries of the bundle at ``path`` for modules whose names start with ``prefix``
+    and whose sources are in ``directory`` (the package's: a bundle copied along with
+    another copy of the package names that copy's files); empty when it is missing or not
+    a bundle."""
     try:
         with open(path, "rb") as f:
             data = marshal.loads(f.read())
@@ -87,7 +95,7 @@ def _load(path: str, prefix: str) -> Dict[str, Entry]:
     for name, entry in data.items():
         if (isinstance(name, str) and name.startswith(prefix) and isinstance(entry, tuple) and len(entry) == 4
                 and isinstance(entry[0], bool) and isinstance(entry[1], str) and isinstance(entry[2], str)
-                and isinstance(entry[3], bytes)):
+                and isinstance(entry[3], bytes) and entry[1].startswith(directory)):
             entries[name] = entry
     return entries
 
@@ -131,8 +139,18 @@ class Finder:
 
     def exec_module(self, module: ModuleType) -> None:
         name = module.__name__
-        code = marshal.loads(memoryview(self.entries[name][3])[_HEADER:])
-        self.served.add(name)
+        source, pyc = self.entries[name][1], self.entries[name][3]
+        try:
+            code = marshal.loads(memoryview(pyc)[_HEADER:])
+        except (ValueError, EOFError, TypeError):
+            code = None
+        if type(code) is not _CodeType:  # a damaged body behind a valid header: compile the source
+            self.entries.pop(name, None)
+            self.outdated = True
+            with open(source, "rb") as f:
+                code = compile(f.read(), source, "exec", dont_inherit=True)
+        else:
+            self.served.add(name)
         exec(code, module.__dict__)
 
     def save(self) -> bool:
@@ -191,6 +209,8 @@ def install(command: str, package: str = __name__.rpartition(".")[0]) -> Optiona
     if path is None:
         return None
     prefix = package + "."
-    finder = Finder(path, prefix, _load(path, prefix), [name for name in sys.modules if name.startswith(prefix)])
+    directory = os.path.dirname(sys.modules[package].__file__ or "") + os.sep
+    finder = Finder(path, prefix, _load(path, prefix, directory),
+                    [name for name in sys.modules if name.startswith(prefix)])
     sys.meta_path.insert(0, finder)
     return finder

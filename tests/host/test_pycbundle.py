@@ -117,6 +117,37 @@ def test_a_pyc_of_another_interpreter_in_the_bundle_is_not_used(tmp_path):
     assert "bpkg.a" not in out["served"] and out["a"] == 1 and out["saved"] is True
 
 
+def test_a_damaged_code_body_behind_a_valid_header_is_compiled_from_the_source(tmp_path):
+    import marshal
+
+    pkg = make_package(tmp_path)
+    run(tmp_path)
+    path = pkg / "__pycache__" / bundle(pkg)[0]
+    entries = marshal.loads(path.read_bytes())
+    for body in (b"\xff" * 8, marshal.dumps("VALUE = 666")):  # not marshal data; not a code object
+        is_package, source, cached, pyc = entries["bpkg.a"]
+        entries["bpkg.a"] = (is_package, source, cached, pyc[:16] + body)
+        path.write_bytes(marshal.dumps(entries))
+        out = run(tmp_path)
+        assert out["a"] == 1 and "bpkg.a" not in out["served"] and out["saved"] is True
+        assert run(tmp_path)["served"] == ["bpkg.a", "bpkg.sub", "bpkg.sub.b"]
+        entries = marshal.loads(path.read_bytes())
+
+
+def test_a_bundle_naming_another_copy_of_the_package_is_not_used(tmp_path):
+    """A package copied with its __pycache__ (the bundle's entries name the first copy's
+    files, which still exist): the copy's own modules are imported, not the first copy's."""
+    import shutil
+
+    first = make_package(tmp_path / "one")
+    run(tmp_path / "one")
+    shutil.copytree(first, tmp_path / "two" / "bpkg")
+    (tmp_path / "two" / "bpkg" / "a.py").write_text("VALUE = 22\n")  # another size: a .pyc's own check
+    out = run(tmp_path / "two")
+    assert out["a"] == 22 and out["b"] == 23 and out["served"] == []
+    assert out["file"] == str(tmp_path / "two" / "bpkg" / "a.py")
+
+
 def test_nothing_is_written_without_bytecode_writing_and_a_failed_write_leaves_nothing(tmp_path):
     pkg = make_package(tmp_path)
     out = run(tmp_path, PYTHONDONTWRITEBYTECODE="1")
