@@ -50,3 +50,17 @@ def test_condition_wait_releases_the_lock_however_often_it_was_entered():
             assert flag == [1]
         assert c.wait(0.02) is False  # no one notifies: the timeout
     assert c._waiters == []
+
+
+def test_a_thread_is_named_in_the_kernel_too():
+    # top -H and /proc/PID/task/TID/comm show the thread's name (its first 15 bytes), not the program's
+    seen = []
+
+    def body():
+        with open("/proc/thread-self/comm") as f:
+            seen.append(f.read().strip())
+    for name in ("virtio-io", "a-name-longer-than-fifteen-bytes"):
+        t = _threads.Thread(target=body, name=name)
+        t.start()
+        t.join(10)
+    assert seen == ["virtio-io", "a-name-longer-t"]
