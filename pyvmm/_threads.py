@@ -52,6 +52,19 @@ def _name_os_thread(name: str) -> None:
         _os.close(fd)
 
 
+def start_daemon(target: Callable[..., Any], args: tuple = (), name: str = "pyvmm") -> Any:
+    """A started ``threading.Thread`` (daemon) running ``target(*args)``, named ``name`` in
+    the kernel too, for the modules that use ``threading`` (loaded after the guest runs)."""
+    import threading
+
+    def run() -> None:
+        _name_os_thread(name)
+        target(*args)
+    t = threading.Thread(target=run, name=name, daemon=True)
+    t.start()
+    return t
+
+
 class Thread:
     """A daemon thread running ``target(*args)`` (an exception it raises is
     printed by :data:`sys.unraisablehook`), named ``name`` in the kernel too;

@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set
 
+from .. import _threads
 from ..devices.state import loads
 from ..errors import PyvmmError, UsageProblem
 from ..unix_socket import check_path, listen_private
@@ -90,8 +91,7 @@ class ControlServer:
         self.send_timeout = SEND_TIMEOUT
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="control", daemon=True)
-        self._thread.start()
+        self._thread = _threads.start_daemon(self._loop, (), "control")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -111,7 +111,7 @@ class ControlServer:
             if busy:
                 _refuse(conn, f"busy: {MAX_CLIENTS} clients are connected; try again")
                 continue
-            threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+            _threads.start_daemon(self._client, (conn,), "control-client")
 
     def _client(self, conn: socket.socket) -> None:
         try:

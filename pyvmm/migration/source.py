@@ -36,11 +36,11 @@ from __future__ import annotations
 import itertools
 import mmap
 import operator
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from .. import _threads
 from ..dirty_log import DirtyLog, merge
 from ..errors import PyvmmError, UsageProblem
 from ..machine import ExitStatus, Machine
@@ -196,9 +196,7 @@ class _LastPages:
         self.done_at = 0.0
         self.pages: Dict[int, List[int]] = {}
         self._error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(snd, log, dirty), name="pyvmm-migrate-last",
-                                        daemon=True)
-        self._thread.start()
+        self._thread = _threads.start_daemon(self._run, (snd, log, dirty), "pyvmm-migrate-last")
 
     def _run(self, snd: _Sender, log: DirtyLog, dirty: Dict[int, List[int]]) -> None:
         try:

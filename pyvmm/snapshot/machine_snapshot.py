@@ -25,7 +25,7 @@ import time
 from .._record import record
 from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
-from .. import hostinfo
+from .. import _threads, hostinfo
 from ..boot import layout
 from ..errors import HostUnsupported, UsageProblem
 from ..machine import ExitStatus, Machine, MachineConfig, check_disks, devspec
@@ -172,10 +172,7 @@ def _save_vcpus(m: Machine, cache: Optional[vcpu_state.SaveCache]) -> List[Tuple
             out[k] = vcpu_state.save_with_blob(pairs[k][0], pairs[k][1], m.sme_bit, cache)
         except BaseException as e:  # noqa: BLE001 (raised below, in the caller's thread)
             out[k] = e
-    threads = [threading.Thread(target=one, args=(k,), name=f"pyvmm-save-vcpu{k}", daemon=True)
-               for k in range(1, len(pairs))]
-    for t in threads:
-        t.start()
+    threads = [_threads.start_daemon(one, (k,), f"pyvmm-save-vcpu{k}") for k in range(1, len(pairs))]
     try:
         one(0)
     finally:
@@ -499,8 +496,7 @@ class RamVerifier:
     def __init__(self, m: Machine, snap: fmt.Snapshot):
         self.failed: Optional[str] = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(m, snap), name="pyvmm-ram-verify", daemon=True)
-        self._thread.start()
+        self._thread = _threads.start_daemon(self._run, (m, snap), "pyvmm-ram-verify")
 
     def _run(self, m: Machine, snap: fmt.Snapshot) -> None:
         # Start once a vCPU entered the guest (or after START_WAIT seconds, e.g. for a VM

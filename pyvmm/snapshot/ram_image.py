@@ -30,6 +30,8 @@ import threading
 import zlib
 from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+from .. import _threads
+
 if TYPE_CHECKING:  # concurrent.futures (and the logging it loads) only when a pool is needed: restore start-up
     from concurrent.futures import ThreadPoolExecutor
 
@@ -280,9 +282,7 @@ class MappedRam:
                 with lock:
                     errors.append(e)
 
-        threads = [threading.Thread(target=work, name=f"pyvmm-crc-{n}", daemon=True) for n in range(workers - 1)]
-        for t in threads:
-            t.start()
+        threads = [_threads.start_daemon(work, (), f"pyvmm-crc-{n}") for n in range(workers - 1)]
         work()  # this thread is one of the workers
         for t in threads:
             t.join()

@@ -64,3 +64,14 @@ def test_a_thread_is_named_in_the_kernel_too():
         t.start()
         t.join(10)
     assert seen == ["virtio-io", "a-name-longer-t"]
+
+
+def test_start_daemon_names_a_threading_thread_in_the_kernel_too():
+    seen = []
+
+    def body(x):
+        with open("/proc/thread-self/comm") as f:
+            seen.append((x, f.read().strip()))
+    t = _threads.start_daemon(body, (5,), "control-client")
+    t.join(10)
+    assert t.daemon and t.name == "control-client" and seen == [(5, "control-client")]
