@@ -139,7 +139,7 @@ class Finder:
 
     def exec_module(self, module: ModuleType) -> None:
         name = module.__name__
-        source, pyc = self.entries[name][1], self.entries[name][3]
+        _, source, _, pyc = self.entries[name]
         try:
             code = marshal.loads(memoryview(pyc)[_HEADER:])
         except (ValueError, EOFError, TypeError):

@@ -20,6 +20,7 @@ get_vring_base (pyvmm.vhost.base.VhostFd, pyvmm.vhost.user.VhostUser).
 from __future__ import annotations
 
 import os
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
     from typing import Dict, List, Optional, Sequence

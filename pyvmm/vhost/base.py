@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time; type checkers read True)
 if TYPE_CHECKING:
     from typing import Iterable, Tuple
